@@ -1,0 +1,141 @@
+"""The API's shapes, as msgspec structs: requests, replies, SSE event data, errors.
+
+These structs are the schema: requests are decoded straight into them, and the
+OpenAPI document is generated from them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from store import Status, UsageRecord
+
+# Ollama model names: `name`, `name:tag`, `namespace/name:tag` or
+# `host/namespace/name:tag`. Each part starts with a letter or digit, so `../x`,
+# `/x` and `host:port/x` never reach Ollama.
+_PART = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
+ModelName = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=200,
+        pattern=rf"^{_PART}(/{_PART}){{0,2}}(:[A-Za-z0-9_][A-Za-z0-9_.\-]*)?$",
+        description="The Ollama model to ask, as `ollama list` names it.",
+        examples=["llama3", "llama3.2:latest"],
+    ),
+]
+Tag = Annotated[str, Meta(max_length=200, description="A free label for accounting.")]
+
+
+class AskRequest(msgspec.Struct, kw_only=True):
+    """The seed's body for ask_sync and ask_async."""
+
+    agent: ModelName
+    content: Annotated[str, Meta(min_length=1, description="The user's message.")]
+    template: Annotated[str, Meta(description="The system prompt.")] | None = None
+    user_key: (
+        Annotated[
+            str, Meta(max_length=500, description="Who is asking; stored only as a fingerprint.")
+        ]
+        | None
+    ) = None
+    project: Tag | None = None
+    process_id: Tag | None = None
+    subprocess_id: Tag | None = None
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    """What one call cost; also the data of the SSE `done` event."""
+
+    id: str
+    status: Status
+    model_name: str
+    done_reason: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    total_tokens: int | None
+    tokens_estimated: bool
+    total_seconds: float
+    ttft_seconds: float | None
+    load_seconds: float | None
+    prompt_eval_seconds: float | None
+    eval_seconds: float | None
+
+    @classmethod
+    def of(cls, record: UsageRecord) -> Usage:
+        return cls(
+            id=record.id,
+            status=record.status,
+            model_name=record.model_name,
+            done_reason=record.done_reason,
+            input_tokens=record.input_tokens,
+            output_tokens=record.output_tokens,
+            total_tokens=record.total_tokens,
+            tokens_estimated=record.tokens_estimated,
+            total_seconds=record.total_seconds,
+            ttft_seconds=record.ttft_seconds,
+            load_seconds=record.load_seconds,
+            prompt_eval_seconds=record.prompt_eval_seconds,
+            eval_seconds=record.eval_seconds,
+        )
+
+
+class AskReply(msgspec.Struct, kw_only=True):
+    """ask_sync's answer for a client that sends `Accept: application/json`."""
+
+    id: str
+    model: str
+    output: str
+    thinking: str | None = None
+    usage: Usage
+
+
+class StartEvent(msgspec.Struct):
+    """Data of the SSE `start` event: the call's id, known before any token."""
+
+    id: str
+    model: str
+
+
+class TokenEvent(msgspec.Struct, omit_defaults=True):
+    """Data of an SSE `token` event: one chunk exactly as Ollama sent it."""
+
+    content: str
+    thinking: str | None = None
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True):
+    status: int
+    code: str
+    message: str
+    request_id: str | None = None
+
+
+class ErrorBody(msgspec.Struct):
+    """Every error, everywhere: HTTP bodies and the SSE `error` event."""
+
+    error: ErrorDetail
+
+
+class OllamaHealth(msgspec.Struct, kw_only=True):
+    status: str  # "up" or "down"
+    address: str
+    version: str | None = None
+    error: str | None = None
+
+
+class StoreHealthReply(msgspec.Struct, kw_only=True):
+    status: str
+    pending: int
+    error: str | None = None
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: str  # "ok" when Ollama answers and the store writes, else "degraded"
+    gateway: str
+    version: str
+    ollama: OllamaHealth
+    store: StoreHealthReply

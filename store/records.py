@@ -1,0 +1,87 @@
+"""The usage record and the dashboard query: the store's whole vocabulary."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+
+Status = Literal["ok", "error", "cancelled"]
+
+
+class InputMessage(msgspec.Struct):
+    role: str
+    content: str
+
+
+class UsageRecord(msgspec.Struct, kw_only=True):
+    """One call. The first fields are the seed's, with the seed's names."""
+
+    date: str
+    total_seconds: float
+    total_tokens: int | None
+    input_tokens: int | None
+    output_tokens: int | None
+    model_name: str
+    input: list[InputMessage]
+    output: str
+    project: str | None = None
+    process_id: str | None = None
+    subprocess_id: str | None = None
+    # Ours: enough to tell what happened and to explain a slow call.
+    id: str
+    status: Status
+    error: str | None = None
+    error_code: str | None = None
+    streamed: bool = False
+    done_reason: str | None = None
+    ttft_seconds: float | None = None
+    load_seconds: float | None = None
+    prompt_eval_seconds: float | None = None
+    eval_seconds: float | None = None
+    upstream_seconds: float | None = None
+    # True when Ollama never sent its counts (a cancelled or failed stream) and
+    # output_tokens is the number of chunks relayed, one token each.
+    tokens_estimated: bool = False
+    # A keyed fingerprint of the caller's user_key; never the key itself.
+    user: str | None = None
+
+
+class UsageQuery(msgspec.Struct, kw_only=True, frozen=True):
+    project: str | None = None
+    process_id: str | None = None
+    subprocess_id: str | None = None
+    model: str | None = None
+    status: Status | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    # Cursor: only records older than the record with this id.
+    before: str | None = None
+    offset: int = 0
+    limit: int = 100
+
+
+def iso(moment: datetime) -> str:
+    """The one date format on disk: fixed width, UTC, so strings sort as times do."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+_id_lock = threading.Lock()
+_last_id_us = 0
+
+
+def new_id() -> str:
+    """A record id that sorts by creation time: 14 hex digits of µs, 6 random.
+
+    Monotonic within the process even if the clock steps back, so newest-first
+    paging by id never skips a record.
+    """
+    global _last_id_us
+    with _id_lock:
+        now = max(time.time_ns() // 1000, _last_id_us + 1)
+        _last_id_us = now
+    return f"{now:014x}{os.urandom(3).hex()}"

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.gateway_proc import Gateway, start_gateway
+from tests.ollama_standin import StandIn, start_standin
+
+
+@pytest.fixture(scope="session")
+def standin() -> Iterator[StandIn]:
+    with start_standin() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gateway(standin: StandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The gateway most tests share: default settings but a short keep-alive."""
+    data = tmp_path_factory.mktemp("gateway") / "data"
+    with start_gateway(data, "--ollama", standin.url, "--keepalive", "0.2") as server:
+        yield server
+    assert "Traceback" not in server.logs(), server.logs()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"

@@ -1,0 +1,108 @@
+"""Run the gateway as a user does, `python app.py ...`, under real uvicorn on a free port.
+
+In-process ASGI transports buffer whole responses and skip the lifespan, so every
+test that streams, cancels, or stops the server talks to one of these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Gateway:
+    """A running gateway process."""
+
+    def __init__(
+        self, args: list[str], data: Path, log: IO[str], proc: subprocess.Popen[bytes], port: int
+    ) -> None:
+        self.args = args
+        self.data = data
+        self._log = log
+        self.proc = proc
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    def logs(self) -> str:
+        # The child writes straight to the file; nothing is buffered on this side.
+        return Path(self._log.name).read_text()
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10.0, **kwargs)  # type: ignore[arg-type]
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def start_gateway(
+    data: Path, *args: str, env: dict[str, str] | None = None, wait: bool = True
+) -> Gateway:
+    """Start `python app.py --port P --data DATA ARGS...`; wait until /health answers."""
+    data.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    argv = ["--port", str(port), "--data", str(data), *args]
+    log = open(data.parent / f"gateway-{port}.log", "w+")  # noqa: SIM115 (closed in stop())
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA")}
+    full_env.update(env or {})
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py"), *argv],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=full_env,
+    )
+    gateway = Gateway(argv, data, log, proc, port)
+    if wait:
+        deadline = time.monotonic() + 20
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the gateway exited with {proc.returncode}:\n{gateway.logs()}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(gateway.url + "/health", timeout=5).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                gateway.stop()
+                raise RuntimeError(f"the gateway did not start:\n{gateway.logs()}")
+            time.sleep(0.05)
+    return gateway

@@ -1,0 +1,65 @@
+"""Small helpers the API tests share."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import msgspec
+
+from tests.sse import SSEEvent, SSEParser
+
+
+def unique(prefix: str = "t") -> str:
+    """A project tag no other test uses, so a test can find exactly its own records."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def ask(agent: str = "llama3", content: str = "hello", **extra: Any) -> dict[str, Any]:
+    return {"agent": agent, "content": content, **extra}
+
+
+def records(client: httpx.Client, **params: str | int) -> list[dict[str, Any]]:
+    response = client.get("/api/v1/admin/dashboard", params=params)
+    assert response.status_code == 200, response.text
+    found: list[dict[str, Any]] = response.json()
+    return found
+
+
+def only_record(client: httpx.Client, project: str) -> dict[str, Any]:
+    found = records(client, project=project)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def read_events(response: httpx.Response) -> tuple[list[SSEEvent], list[str]]:
+    """Read a whole SSE response the way a browser does; returns events and comments."""
+    parser = SSEParser()
+    events: list[SSEEvent] = []
+    for text in response.iter_text():
+        events.extend(parser.feed(text))
+    return events, parser.comments
+
+
+def data(event: SSEEvent) -> dict[str, Any]:
+    decoded: dict[str, Any] = msgspec.json.decode(event.data)
+    return decoded
+
+
+ERROR_KEYS = {"status", "code", "message", "request_id"}
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The one error shape: {"error": {"status", "code", "message", "request_id"}}."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == ERROR_KEYS
+    assert body["error"]["status"] == status
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    assert "Traceback" not in response.text
+    error: dict[str, Any] = body["error"]
+    return error

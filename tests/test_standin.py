@@ -1,0 +1,239 @@
+"""The Ollama stand-in and the SSE parser that the other tests rely on."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from tests.ollama_standin import DEFAULT_MODELS, TRICKY_TOKENS, start_standin
+from tests.sse import SSEEvent, SSEParser, parse_sse
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from tests.ollama_standin import StandIn
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[StandIn]:
+    with start_standin() as server:
+        yield server
+
+
+@pytest.fixture
+def ollama(standin: StandIn) -> Iterator[httpx.Client]:
+    """A client for the stand-in, with an empty call log."""
+    standin.reset()
+    with httpx.Client(base_url=standin.url, timeout=10.0, trust_env=False) as client:
+        yield client
+
+
+def chat(content: str, *, model: str = "llama3", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+def ndjson(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+# --------------------------------------------------------------------------- stand-in
+
+
+def test_tags_lists_models(ollama: httpx.Client) -> None:
+    response = ollama.get("/api/tags")
+    assert response.status_code == 200
+    models = response.json()["models"]
+    assert [m["name"] for m in models] == DEFAULT_MODELS
+    first = models[0]
+    assert set(first) == {"name", "model", "modified_at", "size", "digest", "details"}
+    assert len(first["digest"]) == 64
+    assert first["details"]["format"] == "gguf"
+    assert ollama.get("/api/version").json() == {"version": "0.12.0"}
+
+
+def test_streamed_chat_lines_and_final_metrics(ollama: httpx.Client, standin: StandIn) -> None:
+    body = chat("hello there [[tokens=3]]", options={"temperature": 0})
+    response = ollama.post("/api/chat", json=body)  # stream defaults to true
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/x-ndjson"
+    lines = ndjson(response.text)
+    assert [line["message"] for line in lines[:-1]] == [
+        {"role": "assistant", "content": token} for token in ("w0 ", "w1 ", "w2 ")
+    ]
+    assert all(line["done"] is False and line["model"] == "llama3" for line in lines[:-1])
+    final = lines[-1]
+    assert final["done"] is True
+    assert final["done_reason"] == "stop"
+    assert final["message"] == {"role": "assistant", "content": ""}
+    assert final["eval_count"] == 3
+    assert final["prompt_eval_count"] == 3  # "hello", "there", "[[tokens=3]]"
+    durations = [final[key] for key in ("total_duration", "load_duration", "eval_duration")]
+    assert all(isinstance(ns, int) and ns > 0 for ns in durations)
+    assert final["total_duration"] >= final["load_duration"] + final["prompt_eval_duration"]
+
+    [call] = standin.calls()
+    assert call["model"] == "llama3"
+    assert call["stream"] is True
+    assert call["options"] == {"temperature": 0}
+    assert call["tokens_sent"] == 3
+    assert call["finished"] is True
+    assert call["disconnected"] is False
+    assert call["ended"] >= call["started"]
+
+
+def test_load_is_reported_in_nanoseconds(ollama: httpx.Client) -> None:
+    response = ollama.post("/api/chat", json=chat("[[tokens=1]] [[load=0.05]]"))
+    final = ndjson(response.text)[-1]
+    assert final["load_duration"] >= 50_000_000
+
+
+def test_num_predict_limits_with_done_reason_length(ollama: httpx.Client) -> None:
+    body = chat("[[tokens=5]]", options={"num_predict": 2}, stream=False)
+    reply = ollama.post("/api/chat", json=body).json()
+    assert reply["message"]["content"] == "w0 w1 "
+    assert reply["eval_count"] == 2
+    assert reply["done_reason"] == "length"
+
+
+def test_non_streamed_chat(ollama: httpx.Client, standin: StandIn) -> None:
+    response = ollama.post("/api/chat", json=chat("[[tokens=3]] [[think=1]]", stream=False))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    reply = response.json()
+    assert reply["message"] == {"role": "assistant", "content": "w0 w1 w2 ", "thinking": "hmm hmm "}
+    assert reply["done"] is True
+    assert reply["eval_count"] == 3
+    [call] = standin.calls()
+    assert call["stream"] is False
+    assert call["finished"] is True
+
+
+def test_nometrics_omits_every_metric(ollama: httpx.Client) -> None:
+    reply = ollama.post("/api/chat", json=chat("[[nometrics=1]]", stream=False)).json()
+    assert set(reply) == {"model", "created_at", "message", "done", "done_reason"}
+
+
+def test_unknown_model_is_404_with_ollamas_message(ollama: httpx.Client) -> None:
+    response = ollama.post("/api/chat", json=chat("hi", model="nope"))
+    assert response.status_code == 404
+    assert response.json() == {"error": 'model "nope" not found, try pulling it first'}
+    missing = ollama.post("/api/chat", json={"messages": []})
+    assert missing.status_code == 400
+    assert missing.json() == {"error": "model is required"}
+    invalid = ollama.post("/api/chat", content=b"{not json")
+    assert invalid.status_code == 400
+    assert "error" in invalid.json()
+
+
+def test_status_directive(ollama: httpx.Client) -> None:
+    response = ollama.post("/api/chat", json=chat("[[status=503]]"))
+    assert response.status_code == 503
+    assert response.json() == {
+        "error": "server busy, please try again.  maximum pending requests exceeded"
+    }
+
+
+def test_error_after_ends_stream_without_done_line(ollama: httpx.Client, standin: StandIn) -> None:
+    response = ollama.post("/api/chat", json=chat("[[tokens=5]] [[error_after=2]]"))
+    assert response.status_code == 200
+    lines = ndjson(response.text)
+    assert len(lines) == 3
+    assert [line["message"]["content"] for line in lines[:2]] == ["w0 ", "w1 "]
+    assert lines[2] == {"error": "runner crashed after 2 tokens"}
+    assert not any(line.get("done") for line in lines)
+    [call] = standin.calls()
+    assert call["tokens_sent"] == 2
+    assert call["finished"] is False
+
+
+def test_stall_then_hang_up_is_recorded(ollama: httpx.Client, standin: StandIn) -> None:
+    with ollama.stream("POST", "/api/chat", json=chat("[[tokens=5]] [[stall=1]]")) as response:
+        # Keep the iterator referenced: dropping a half-used httpx line iterator closes the
+        # connection at once (httpcore closes it on GeneratorExit).
+        lines = response.iter_lines()
+        assert json.loads(next(lines))["message"]["content"] == "w0 "
+        assert standin.open_streams() == 1
+        assert standin.calls()[0]["disconnected"] is False
+    # Leaving the block closes the half-read response, which closes the connection.
+    [call] = standin.wait_for(lambda calls: bool(calls) and calls[0]["disconnected"])
+    assert call["tokens_sent"] == 1
+    assert call["finished"] is False
+    assert call["disconnected_at"] >= call["started"]
+    standin.wait_for(lambda calls: calls[0]["ended"] is not None)
+    assert standin.open_streams() == 0
+
+
+def test_tricky_tokens_round_trip(ollama: httpx.Client) -> None:
+    response = ollama.post("/api/chat", json=chat("[[tricky=1]]"))
+    lines = ndjson(response.text)
+    assert [line["message"]["content"] for line in lines[:-1]] == TRICKY_TOKENS
+    assert lines[-1]["eval_count"] == len(TRICKY_TOKENS)
+
+
+# --------------------------------------------------------------------------- SSE parser
+
+
+def test_sse_multiline_data_and_default_type() -> None:
+    assert parse_sse("data: a\ndata:b\ndata\n\n") == [
+        SSEEvent(event="message", data="a\nb\n", id="", retry=None)
+    ]
+
+
+def test_sse_crlf_and_lone_cr_line_endings() -> None:
+    events = parse_sse("event: x\r\ndata: 1\r\n\r\ndata: 2\r\rdata: 3\n\n")
+    assert [(e.event, e.data) for e in events] == [("x", "1"), ("message", "2"), ("message", "3")]
+
+
+def test_sse_chunk_split_between_cr_and_lf() -> None:
+    parser = SSEParser()
+    assert parser.feed("data: a\r") == []
+    # This LF completes the CRLF above: it is not the blank line that would dispatch.
+    assert parser.feed("\ndata: b\r") == []
+    assert parser.feed("\n\r") == [SSEEvent("message", "a\nb", "", None)]
+    assert parser.feed("\ndata: c\n\n") == [SSEEvent("message", "c", "", None)]
+
+
+def test_sse_any_split_gives_the_same_events() -> None:
+    text = "retry: 10\nid: 1\r\nevent: e\rdata: x\r\n\r\n: ping\n\ndata:  y\n\n"
+    whole = parse_sse(text)
+    for size in range(1, 6):
+        parser = SSEParser()
+        events = [e for i in range(0, len(text), size) for e in parser.feed(text[i : i + size])]
+        assert events == whole
+        assert parser.comments == ["ping"]
+
+
+def test_sse_comments_are_recorded_not_dispatched() -> None:
+    parser = SSEParser()
+    assert parser.feed(": keep-alive\n\n:\n\n") == []
+    assert parser.comments == ["keep-alive", ""]
+
+
+def test_sse_last_event_id_persists() -> None:
+    events = parse_sse("id: 7\ndata: a\n\ndata: b\n\nid\ndata: c\n\nid: x\0y\ndata: d\n\n")
+    assert [e.id for e in events] == ["7", "7", "", ""]
+
+
+def test_sse_event_without_data_is_not_dispatched() -> None:
+    parser = SSEParser()
+    assert parser.feed("event: ping\nid: 3\nretry: 5\n\n") == []
+    # The id and retry still took effect; the event type did not carry over.
+    assert parser.last_event_id == "3"
+    assert parser.retry == 5
+    assert parser.feed("data: z\n\n") == [SSEEvent("message", "z", "3", None)]
+
+
+def test_sse_retry_digits_only() -> None:
+    assert parse_sse("retry: 1x\ndata: a\n\nretry: 20\ndata: b\n\n") == [
+        SSEEvent("message", "a", "", None),
+        SSEEvent("message", "b", "", 20),
+    ]
+
+
+def test_sse_only_one_leading_space_is_stripped() -> None:
+    [event] = parse_sse("data:  two spaces\ndata:none\n\n")
+    assert event.data == " two spaces\nnone"
+    assert parse_sse("data: unterminated\n") == []
