@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
-from .records import InputMessage, Status, UsageQuery, UsageRecord, iso, new_id
+from .records import (
+    Bucket,
+    GroupStats,
+    InputMessage,
+    Stats,
+    Status,
+    Totals,
+    UsageQuery,
+    UsageRecord,
+    iso,
+    new_id,
+)
 from .tinydb_store import StoreError, StoreHealth, UsageStore
 
 __all__ = [
+    "Bucket",
+    "GroupStats",
     "InputMessage",
+    "Stats",
     "Status",
     "StoreError",
     "StoreHealth",
+    "Totals",
     "UsageQuery",
     "UsageRecord",
     "UsageStore",

@@ -59,8 +59,9 @@ class UsageQuery(msgspec.Struct, kw_only=True, frozen=True):
     status: Status | None = None
     since: datetime | None = None
     until: datetime | None = None
-    # Cursor: only records older than the record with this id.
+    # Cursors: only records older than (before) or newer than (after) the record with this id.
     before: str | None = None
+    after: str | None = None
     offset: int = 0
     limit: int = 100
 
@@ -85,3 +86,48 @@ def new_id() -> str:
         now = max(time.time_ns() // 1000, _last_id_us + 1)
         _last_id_us = now
     return f"{now:014x}{os.urandom(3).hex()}"
+
+
+class Totals(msgspec.Struct, kw_only=True):
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    # Ollama's own time (total_duration), summed: where the GPU time went.
+    model_seconds: float = 0.0
+    errors: int = 0
+    cancelled: int = 0
+
+
+class GroupStats(msgspec.Struct, kw_only=True):
+    """One row of a breakdown (by model, by project, by process/subprocess)."""
+
+    key: str
+    calls: int
+    input_tokens: int
+    output_tokens: int
+    total_seconds: float
+    model_seconds: float
+    errors: int
+    p50_seconds: float | None
+    p95_seconds: float | None
+    p50_ttft_seconds: float | None
+    # Generation speed: output tokens over Ollama's eval time, for calls that report both.
+    tokens_per_second: float | None
+
+
+class Bucket(msgspec.Struct, kw_only=True):
+    start: str  # ISO 8601 UTC, the bucket's first instant
+    calls: int
+    input_tokens: int
+    output_tokens: int
+
+
+class Stats(msgspec.Struct, kw_only=True):
+    """Aggregates over every record matching a query's filters (paging fields are ignored)."""
+
+    totals: Totals
+    bucket_seconds: int
+    series: list[Bucket]
+    by_model: list[GroupStats]
+    by_project: list[GroupStats]
+    by_process: list[GroupStats]

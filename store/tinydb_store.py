@@ -24,7 +24,8 @@ import msgspec
 from tinydb import TinyDB
 from tinydb.storages import Storage
 
-from .records import UsageQuery, UsageRecord, iso
+from .records import Stats, UsageQuery, UsageRecord, iso
+from .stats import compute_stats
 
 log = logging.getLogger("ollama_host.store")
 
@@ -105,6 +106,7 @@ def _matches(doc: dict[str, Any], q: UsageQuery, since: str | None, until: str |
         and (since is None or doc.get("date", "") >= since)
         and (until is None or doc.get("date", "") < until)
         and (q.before is None or doc.get("id", "") < q.before)
+        and (q.after is None or doc.get("id", "") > q.after)
     )
 
 
@@ -194,6 +196,18 @@ class UsageStore:
         docs.sort(key=lambda doc: doc.get("id", ""), reverse=True)
         page = docs[q.offset : q.offset + q.limit]
         return [msgspec.convert(doc, UsageRecord) for doc in page]
+
+    async def stats(self, q: UsageQuery, *, bucket_seconds: int) -> Stats:
+        """Aggregates over all records matching q's filters (q's paging is ignored)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._worker, self._stats, q, bucket_seconds
+        )
+
+    def _stats(self, q: UsageQuery, bucket_seconds: int) -> Stats:
+        since = iso(q.since) if q.since else None
+        until = iso(q.until) if q.until else None
+        docs = (doc for doc in self._table.all() if _matches(doc, q, since, until))
+        return compute_stats(docs, bucket_seconds)
 
     def health(self) -> StoreHealth:
         with self._guard:

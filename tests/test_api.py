@@ -134,7 +134,8 @@ def test_every_call_gets_one_record_with_the_seed_fields(client: httpx.Client) -
     # Seconds, not nanoseconds; Ollama's own load time converted at the edge.
     assert 0.25 <= record["total_seconds"] < 60
     assert record["load_seconds"] == pytest.approx(0.25, abs=0.01)
-    assert record["prompt_eval_seconds"] is not None and record["eval_seconds"] is not None
+    assert record["prompt_eval_seconds"] is not None
+    assert record["eval_seconds"] is not None
     assert record["ttft_seconds"] is None  # a whole answer has no first token to time
 
 
