@@ -193,7 +193,11 @@ class StreamedCall:
         yield _event("start", 0, StartEvent(call.id, call.req.agent))
         seq = 0
         try:
-            self._stream = stream = await self._opening
+            # Not `await self._opening`: a cancelled awaiter cancels the task it awaits,
+            # and anyio re-delivers its cancellation on every loop turn, which would
+            # break httpcore's shielded close and leave the upstream connection open.
+            await asyncio.wait({self._opening})
+            self._stream = stream = self._opening.result()
             async for piece in stream:
                 call.add(piece)
                 seq += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -63,3 +64,21 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     assert "Traceback" not in response.text
     error: dict[str, Any] = body["error"]
     return error
+
+
+def wait_record(client: httpx.Client, project: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The one record of `project`, waiting for it: a cancelled call is recorded late."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = records(client, project=project)
+        if found:
+            assert len(found) == 1, found
+            return found[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no record for project {project} within {timeout}s")
+        time.sleep(0.02)
+
+
+def calls_with(calls: list[dict[str, Any]], marker: str) -> list[dict[str, Any]]:
+    """The stand-in's view of the calls whose last message contains `marker`."""
+    return [c for c in calls if marker in c["messages"][-1]["content"]]

@@ -364,9 +364,10 @@ class _Exchange:
     awaiting (a load sleep, a stall, a delay between chunks, a paused send).
     """
 
-    __slots__ = ("complete", "record", "send")
+    __slots__ = ("complete", "record", "send", "state")
 
-    def __init__(self, record: CallRecord, send: Send) -> None:
+    def __init__(self, state: _State, record: CallRecord, send: Send) -> None:
+        self.state = state
         self.record = record
         self.send = send
         # Set just before the last body message: after that uvicorn answers every receive()
@@ -382,8 +383,20 @@ class _Exchange:
     async def chunk(self, data: bytes) -> None:
         await self.send({"type": "http.response.body", "body": data, "more_body": True})
 
+    def end(self) -> None:
+        """Mark the call over (idempotent).
+
+        Called before the last bytes are sent, or as soon as the hang-up is seen, so that a
+        test that has just read a whole response, or closed one, finds `ended` set and the open
+        count down without racing the rest of the handler.
+        """
+        if self.record.ended is None:
+            self.record.ended = time.time()
+            self.state.open_streams -= 1
+
     async def finish(self, data: bytes = b"") -> None:
         self.complete = True
+        self.end()
         await self.send({"type": "http.response.body", "body": data, "more_body": False})
 
     async def reply(self, status: int, body: bytes, content_type: bytes = _JSON) -> None:
@@ -400,6 +413,7 @@ class _Exchange:
                 if not self.complete:
                     self.record.disconnected = True
                     self.record.disconnected_at = time.time()
+                    self.end()
                 group.cancel_scope.cancel()
 
             group.start_soon(watch)
@@ -438,18 +452,16 @@ class _ChatEndpoint:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = self.state
-        state.open_streams += 1
-        record = state.new_call()
-        try:
-            await self._handle(record, scope, receive, send)
-        finally:
-            record.ended = time.time()
-            state.open_streams -= 1
-
-    async def _handle(self, record: CallRecord, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter_ns()
-        exchange = _Exchange(record, send)
+        self.state.open_streams += 1
+        exchange = _Exchange(self.state, self.state.new_call(), send)
+        try:
+            await self._handle(exchange, scope, receive, t0)
+        finally:
+            exchange.end()
+
+    async def _handle(self, exchange: _Exchange, scope: Scope, receive: Receive, t0: int) -> None:
+        record = exchange.record
         try:
             body = await Request(scope, receive).body()
         except ClientDisconnect:
@@ -563,9 +575,15 @@ class _Turn:
         start = time.perf_counter_ns()
         if self.plan.load > 0:
             await anyio.sleep(self.plan.load)
-        self.load_ns = max(1, time.perf_counter_ns() - start)
+        # The event loop's timers may fire a little early by perf_counter's clock (uvloop has
+        # millisecond timers): never report less than the load that was asked for.
+        self.load_ns = max(1, time.perf_counter_ns() - start, int(self.plan.load * 1e9))
 
-    def _final(self, message: dict[str, Any], eval_ns: int) -> dict[str, Any]:
+    def _final(self, message: dict[str, Any], gen_start: int) -> dict[str, Any]:
+        # Generation takes at least the delays asked for (one per token, see stream/whole),
+        # even when a timer fired a little early.
+        planned_ns = int(self.plan.delay * 1e9) * len(self.tokens)
+        eval_ns = max(1, time.perf_counter_ns() - gen_start, planned_ns)
         final: dict[str, Any] = {
             "model": self.model,
             "created_at": _clock.now().decode(),
@@ -574,14 +592,19 @@ class _Turn:
             "done_reason": self.done_reason,
         }
         if not self.plan.nometrics:
+            # Prompt evaluation is not simulated by sleeping; it is added to the total so that
+            # total >= load + prompt_eval + eval holds, as it does for Ollama.
             prompt_ns = self.prompt_words * _PROMPT_NS_PER_WORD
+            total_ns = max(
+                time.perf_counter_ns() - self.t0 + prompt_ns, self.load_ns + prompt_ns + eval_ns
+            )
             metrics = {
-                "total_duration": time.perf_counter_ns() - self.t0 + prompt_ns,
+                "total_duration": total_ns,
                 "load_duration": self.load_ns,
                 "prompt_eval_count": self.prompt_words,
                 "prompt_eval_duration": prompt_ns,
                 "eval_count": len(self.tokens),
-                "eval_duration": max(1, eval_ns),
+                "eval_duration": eval_ns,
             }
             # Go's omitempty: a zero count is absent, not 0.
             final.update((key, value) for key, value in metrics.items() if value)
@@ -626,7 +649,7 @@ class _Turn:
                 # streams interleaved. Not every line: a yield per line costs ~35% throughput.
                 await anyio.lowlevel.checkpoint()
         message = {"role": "assistant", "content": ""}
-        final = self._final(message, time.perf_counter_ns() - gen_start)
+        final = self._final(message, gen_start)
         record.finished = True
         await exchange.finish(_encode(final) + b"\n")
 
@@ -647,7 +670,7 @@ class _Turn:
         message: dict[str, Any] = {"role": "assistant", "content": "".join(self.tokens)}
         if plan.think and self.tokens:
             message["thinking"] = "hmm " * min(2, len(self.tokens))
-        final = self._final(message, time.perf_counter_ns() - gen_start)
+        final = self._final(message, gen_start)
         record.tokens_sent = len(self.tokens)
         record.finished = True
         await exchange.reply(200, _encode(final))

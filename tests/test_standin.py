@@ -162,7 +162,8 @@ def test_stall_then_hang_up_is_recorded(ollama: httpx.Client, standin: StandIn) 
     assert call["tokens_sent"] == 1
     assert call["finished"] is False
     assert call["disconnected_at"] >= call["started"]
-    standin.wait_for(lambda calls: calls[0]["ended"] is not None)
+    # A hang-up ends the call at once: no race with the rest of the server's handler.
+    assert call["ended"] >= call["disconnected_at"]
     assert standin.open_streams() == 0
 
 

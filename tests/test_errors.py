@@ -1,0 +1,179 @@
+"""Every failure gets the one JSON error shape and the right status, and is recorded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.gateway_proc import Gateway, free_port, start_gateway
+from tests.helpers import ask, assert_error, data, read_events, records, unique, wait_record
+from tests.ollama_standin import StandIn
+
+pytestmark = pytest.mark.server
+
+SYNC = "/api/v1/ai/ask_sync"
+STREAM = "/api/v1/ai/ask_async"
+
+
+@pytest.fixture
+def client(gateway: Gateway) -> Iterator[httpx.Client]:
+    with gateway.client() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def unreachable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway whose Ollama address has nothing listening."""
+    closed = free_port()
+    data = tmp_path_factory.mktemp("unreachable") / "data"
+    with start_gateway(data, "--ollama", f"127.0.0.1:{closed}") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def impatient(standin: StandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway that waits only half a second for Ollama's next byte."""
+    data = tmp_path_factory.mktemp("impatient") / "data"
+    with start_gateway(data, "--ollama", standin.url, "--timeout", "0.5") as server:
+        yield server
+
+
+@pytest.mark.parametrize("path", [SYNC, STREAM])
+@pytest.mark.parametrize("body", [b"{not json", b'{"agent": "llama3", "content": "x"', b"", b"   "])
+def test_malformed_json_is_400(client: httpx.Client, path: str, body: bytes) -> None:
+    response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+
+    assert_error(response, 400, "invalid_json")
+
+
+@pytest.mark.parametrize("path", [SYNC, STREAM])
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"content": "hi"}, "agent"),
+        ({"agent": "llama3"}, "content"),
+        ({"agent": "llama3", "content": 5}, "$.content"),
+        ({"agent": "llama3", "content": ""}, "$.content"),
+        ({"agent": "llama3", "content": "hi", "project": ["a"]}, "$.project"),
+        ({"agent": "../../etc/passwd", "content": "hi"}, "$.agent"),
+        ({"agent": "evil.host:8080/x", "content": "hi"}, "$.agent"),
+        ({"agent": "", "content": "hi"}, "$.agent"),
+        (["llama3", "hi"], "object"),
+    ],
+)
+def test_wrong_fields_are_422_with_the_path(
+    client: httpx.Client, path: str, body: object, where: str
+) -> None:
+    response = client.post(path, json=body)
+
+    error = assert_error(response, 422, "invalid_request")
+    assert where in error["message"]
+
+
+def test_wrong_query_fields_are_422(client: httpx.Client) -> None:
+    response = client.get(STREAM, params={"content": "hi"})
+
+    error = assert_error(response, 422, "invalid_request")
+    assert "agent" in error["message"]
+
+
+def test_unknown_model_is_404_with_ollamas_message(client: httpx.Client) -> None:
+    project = unique()
+
+    response = client.post(SYNC, json=ask("mystery", project=project))
+
+    error = assert_error(response, 404, "model_not_found")
+    assert error["message"] == 'model "mystery" not found, try pulling it first'
+    record = wait_record(client, project)
+    assert error["request_id"] == record["id"] == response.headers["x-request-id"]
+    assert record["status"] == "error"
+    assert record["error"] == error["message"]
+
+
+@pytest.mark.parametrize(
+    ("directive", "status", "code"),
+    [
+        ("[[status=503]]", 503, "upstream_busy"),
+        ("[[status=500]]", 502, "upstream_error"),
+        ("[[status=400]]", 400, "upstream_rejected"),
+        ("[[error_after=1]]", 502, "upstream_error"),
+        ("[[garbage=1]]", 502, "upstream_bad_response"),
+    ],
+)
+def test_ollama_failures(client: httpx.Client, directive: str, status: int, code: str) -> None:
+    project = unique()
+
+    response = client.post(SYNC, json=ask(content=directive, project=project))
+
+    assert_error(response, status, code)
+    if status == 503:
+        assert response.headers["retry-after"].isdigit()
+    record = wait_record(client, project)
+    assert (record["status"], record["error_code"]) == ("error", code)
+
+
+@pytest.mark.parametrize("path", [SYNC, STREAM, "/api/v1/ai/models"])
+def test_unreachable_ollama_is_502_naming_the_address(unreachable: Gateway, path: str) -> None:
+    address = unreachable.args[unreachable.args.index("--ollama") + 1]
+
+    with unreachable.client() as client:
+        response = client.request("GET" if path.endswith("models") else "POST", path, json=ask())
+
+    error = assert_error(response, 502, "upstream_unavailable")
+    assert address in error["message"]
+
+
+def test_health_tells_ollama_down_from_all_good(unreachable: Gateway) -> None:
+    with unreachable.client() as client:
+        response = client.get("/health")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["status"], body["gateway"], body["ollama"]["status"]) == ("degraded", "up", "down")
+    assert body["ollama"]["error"]
+
+
+def test_unreachable_call_is_still_recorded(unreachable: Gateway) -> None:
+    project = unique()
+    with unreachable.client() as client:
+        client.post(SYNC, json=ask(project=project))
+
+        record = wait_record(client, project)
+
+    assert (record["status"], record["error_code"]) == ("error", "upstream_unavailable")
+
+
+def test_slow_ollama_is_504(impatient: Gateway) -> None:
+    project = unique()
+    with impatient.client() as client:
+        response = client.post(SYNC, json=ask(content="[[stall=0]]", project=project))
+
+        assert_error(response, 504, "upstream_timeout")
+        assert wait_record(client, project)["error_code"] == "upstream_timeout"
+
+
+def test_stalled_stream_ends_with_a_timeout_event(impatient: Gateway) -> None:
+    project = unique()
+    with impatient.client() as client:
+        with client.stream(
+            "POST", STREAM, json=ask(content="[[stall=2]]", project=project)
+        ) as response:
+            events, _ = read_events(response)
+
+        assert [e.event for e in events] == ["start", "token", "token", "error"]
+        assert data(events[-1])["error"]["code"] == "upstream_timeout"
+        record = wait_record(client, project)
+    assert (record["status"], record["output"]) == ("error", "w0 w1 ")
+
+
+def test_a_second_gateway_on_the_same_folder_refuses(gateway: Gateway, tmp_path: Path) -> None:
+    second = start_gateway(gateway.data, "--ollama", "127.0.0.1:9", wait=False)
+
+    assert second.wait() == 1
+    assert "another gateway is already using the data folder" in second.logs()
+    second.stop()
+    with gateway.client() as client:
+        assert records(client, limit=1)

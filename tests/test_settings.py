@@ -1,0 +1,97 @@
+"""Settings: flags, their environment variables, and OLLAMA_HOST read as Ollama reads it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from settings import FLAGS, ollama_url, parse_settings
+from tests.gateway_proc import ROOT
+
+
+@pytest.mark.parametrize(
+    ("value", "url"),
+    [
+        ("", "http://127.0.0.1:11434"),
+        ("127.0.0.1:11434", "http://127.0.0.1:11434"),
+        ("gpu-box", "http://gpu-box:11434"),
+        ("gpu-box:8080", "http://gpu-box:8080"),
+        ("http://gpu-box", "http://gpu-box:80"),
+        ("https://gpu-box", "https://gpu-box:443"),
+        ("https://gpu-box:8443/ollama/", "https://gpu-box:8443/ollama"),
+        ("[::1]:11434", "http://[::1]:11434"),
+        ("  0.0.0.0  ", "http://0.0.0.0:11434"),
+    ],
+)
+def test_ollama_address_is_read_like_ollama(value: str, url: str) -> None:
+    assert ollama_url(value) == url
+
+
+@pytest.mark.parametrize("value", ["ftp://gpu-box", "gpu-box:port"])
+def test_bad_ollama_address_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="Ollama address"):
+        ollama_url(value)
+
+
+def test_defaults() -> None:
+    settings = parse_settings([], {"XDG_DATA_HOME": "/srv/xdg"})
+
+    assert (settings.host, settings.port) == ("127.0.0.1", 5000)
+    assert settings.ollama_url == "http://127.0.0.1:11434"
+    assert settings.data_dir == "/srv/xdg/ollama-host"
+
+
+def test_environment_then_flags() -> None:
+    env = {"OLLAMA_HOST": "gpu:1", "OLLAMA_GATEWAY_PORT": "6000", "OLLAMA_GATEWAY_DATA": "/d"}
+
+    from_env = parse_settings([], env)
+    from_flags = parse_settings(["--port", "7000", "--ollama", "other:2"], env)
+
+    assert (from_env.port, from_env.ollama_url, from_env.data_dir) == (6000, "http://gpu:1", "/d")
+    assert (from_flags.port, from_flags.ollama_url, from_flags.data_dir) == (
+        7000,
+        "http://other:2",
+        "/d",
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--port", "70000"],
+        ["--port", "x"],
+        ["--timeout", "0"],
+        ["--log-level", "loud"],
+        ["--ollama", "ftp://x"],
+    ],
+)
+def test_bad_values_exit_with_a_message(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_settings(argv, {})
+
+    assert exited.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_help_names_every_flag_and_variable() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), "--help"], capture_output=True, text=True, check=True
+    )
+
+    for flag, var, _field, _text in FLAGS:
+        assert flag in result.stdout
+        assert var in result.stdout
+    for required in ("--host", "--port", "--ollama", "--data"):
+        assert required in result.stdout
+
+
+def test_readme_settings_table_lists_every_flag() -> None:
+    readme = (ROOT / "README.md").read_text()
+
+    for flag, var, _field, _text in FLAGS:
+        assert f"`{flag}" in readme, flag
+        assert f"`{var}`" in readme, var
