@@ -5,6 +5,7 @@ python app.py --help
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -15,13 +16,16 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-import keys
 from errors import ApiError, api_error
+from guard import Guard
+from keys import Access
 from ollama_client import OllamaClient, OllamaError
 from routes import admin, ai, health
+from routes import keys as key_routes
 from routes.common import error_response
 from service import Gateway
 from settings import Settings, parse_settings
@@ -55,8 +59,12 @@ async def on_crash(request: Request, exc: Exception) -> Response:
     )
 
 
-def create_app(settings: Settings, store: UsageStore | None = None) -> Starlette:
+def create_app(
+    settings: Settings, store: UsageStore | None = None, access: Access | None = None
+) -> Starlette:
     """The app; it opens the usage store at startup unless given one already open."""
+    if access is None:
+        access, _ = Access.open(settings.data_path, settings.admin_token)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -69,13 +77,21 @@ def create_app(settings: Settings, store: UsageStore | None = None) -> Starlette
         try:
             async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as http:
                 ollama = OllamaClient(http, settings.ollama_url)
-                secret = keys.load_or_create_secret(folder)
-                yield {"gateway": Gateway(settings, ollama, usage, secret)}
+                yield {"gateway": Gateway(settings, ollama, usage, access)}
         finally:
             await usage.aclose()
 
     return Starlette(
-        routes=[*ai.routes, *admin.routes, *health.routes],
+        routes=[*ai.routes, *admin.routes, *key_routes.routes, *health.routes],
+        middleware=[
+            Middleware(
+                Guard,
+                admin=access.admin,
+                allowed_hosts=settings.host_list,
+                cors_origins=settings.origin_list,
+                max_body=settings.max_body,
+            )
+        ],
         lifespan=lifespan,
         exception_handlers={
             ApiError: on_api_error,
@@ -84,6 +100,35 @@ def create_app(settings: Settings, store: UsageStore | None = None) -> Starlette
             500: on_crash,
         },
     )
+
+
+def show_new_token(settings: Settings, token: str) -> None:
+    """Show a new admin token once, on a terminal only: logs must never hold it."""
+    if not sys.stderr.isatty():
+        log.warning(
+            "made a new admin token, but there is no terminal to show it on, and it is never "
+            "logged. Start once from a terminal with --reset-admin-token to see a new one, "
+            "or set OLLAMA_GATEWAY_ADMIN_TOKEN"
+        )
+        return
+    shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    print(
+        f"\n    Open the dashboard (admin token, shown only now; the gateway keeps its hash):\n"
+        f"        http://{shown}:{settings.port}/?token={token}\n"
+        f"    Scripts send: Authorization: Bearer {token}\n"
+        f"    Lost it? Start once with --reset-admin-token.\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,7 +147,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         log.error("%s", exc)
         return 1
-    app = create_app(settings, store)
+    access, new_token = Access.open(
+        settings.data_path, settings.admin_token, reset=settings.reset_admin_token
+    )
+    if not is_loopback(settings.host) and not access.keys.active and not settings.admin_token:
+        log.error(
+            "refusing to listen on %s: anyone who can reach it could use Ollama and read every "
+            "prompt. Create an API key first (on 127.0.0.1: POST /api/v1/admin/keys), or set "
+            "--admin-token explicitly to accept an open asking endpoint",
+            settings.host,
+        )
+        store.close_now()
+        return 1
+    app = create_app(settings, store, access)
+    if new_token:
+        show_new_token(settings, new_token)
     log.info(
         "Ollama Host on http://%s:%d, asking Ollama at %s, usage in %s",
         settings.host,

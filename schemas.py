@@ -93,6 +93,13 @@ class AskReply(msgspec.Struct, kw_only=True):
     usage: Usage
 
 
+class Ticket(msgspec.Struct):
+    """A single-use stream ticket: `GET /api/v1/ai/ask_async?...&ticket=<ticket>`."""
+
+    ticket: str
+    expires_in: float
+
+
 class StartEvent(msgspec.Struct):
     """Data of the SSE `start` event: the call's id, known before any token."""
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import anyio
@@ -20,6 +20,8 @@ import msgspec
 
 import keys
 from errors import ApiError, api_error, error_body
+from keys import ADMIN, ANYONE, Access, ApiKey
+from limits import Concurrent, PerDay, PerMinute
 from ollama_client import ChatStream, Message, Metrics, OllamaClient, OllamaError, Piece
 from schemas import AskRequest, StartEvent, TokenEvent, Usage
 from settings import Settings
@@ -35,12 +37,36 @@ def messages_of(req: AskRequest) -> list[Message]:
     return messages
 
 
+class Caller(msgspec.Struct, frozen=True):
+    """Who is asking: a key's holder, the admin (the page's playground), or anyone."""
+
+    key: ApiKey | None = None
+    admin: bool = False
+    # A fingerprint of the credential presented, for the record.
+    fingerprint: str | None = None
+
+
+class Credentials(msgspec.Struct, frozen=True):
+    """What a request brought to prove who it is; the routes fill it in."""
+
+    bearer: str | None = None
+    session: str | None = None
+    ticket: str | None = None
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
 class Call:
     """One ask in flight: what has come back so far, and the clock."""
 
-    def __init__(self, gateway: Gateway, req: AskRequest, *, streamed: bool) -> None:
+    def __init__(
+        self, gateway: Gateway, req: AskRequest, caller: Caller, *, streamed: bool
+    ) -> None:
         self.gateway = gateway
         self.req = req
+        self.caller = caller
         self.streamed = streamed
         self.id = new_id()
         self.date = iso(datetime.now(UTC))
@@ -104,9 +130,15 @@ class Call:
             eval_seconds=metrics.eval_seconds,
             upstream_seconds=metrics.upstream_seconds,
             tokens_estimated=estimated,
-            user=keys.fingerprint(self.gateway.secret, req.user_key) if req.user_key else None,
+            user=self.caller.fingerprint
+            or (keys.fingerprint(self.gateway.secret, req.user_key) if req.user_key else None),
+            key_id=self.caller.key.id if self.caller.key else None,
+            key_label=self.caller.key.label
+            if self.caller.key
+            else ("admin" if self.caller.admin else None),
         )
         self.gateway.store.append(self.record)
+        self.gateway.spend(self, self.record)
         log.info(
             "call %s model=%s status=%s streamed=%s tokens_in=%s tokens_out=%s seconds=%.3f%s",
             self.id,
@@ -125,16 +157,104 @@ class Gateway:
     """Asks Ollama and accounts for every call."""
 
     def __init__(
-        self, settings: Settings, ollama: OllamaClient, store: UsageStore, secret: bytes
+        self, settings: Settings, ollama: OllamaClient, store: UsageStore, access: Access
     ) -> None:
         self.settings = settings
         self.ollama = ollama
         self.store = store
-        self.secret = secret
+        self.access = access
+        self.secret = access.secret
+        self.per_minute = PerMinute()
+        self.per_day = PerDay()
+        self.streams = Concurrent()
 
-    async def ask(self, req: AskRequest) -> Call:
+    def identify(self, credentials: Credentials, user_key: str | None = None) -> Caller:
+        """Who is asking, or ApiError 401. Asking needs a key once any key exists."""
+        ring = self.access.keys
+        if credentials.ticket is not None:
+            holder = ring.redeem_ticket(credentials.ticket)
+            if holder is None:
+                raise _unauthorized("this stream ticket is unknown, used or expired; get a new one")
+            if holder == ADMIN:
+                return Caller(admin=True)
+            if holder == ANYONE:
+                if ring.active:
+                    raise _unauthorized("asking needs an API key now; get a ticket with your key")
+                return Caller()
+            key = ring.get(holder)
+            if key is None or key.revoked:
+                raise _unauthorized("the key this ticket was issued to has been revoked")
+            return Caller(key=key, fingerprint=key.fingerprint)
+        admin = self.access.admin
+        if credentials.session and admin.check_session(credentials.session):
+            return Caller(admin=True)
+        if credentials.bearer and admin.check_token(credentials.bearer):
+            return Caller(admin=True)
+        if not ring.active:
+            return Caller()
+        presented = credentials.bearer or user_key
+        found = ring.verify(presented) if presented else None
+        if found is None:
+            raise _unauthorized(
+                "this API key is not valid or has been revoked"
+                if presented
+                else "asking needs an API key: send `Authorization: Bearer <key>`, "
+                "or the key as user_key"
+            )
+        return Caller(key=found, fingerprint=found.fingerprint)
+
+    def authorize(self, req: AskRequest, credentials: Credentials) -> Caller:
+        """identify(), then whether that caller may use the model asked for (403)."""
+        caller = self.identify(credentials, req.user_key)
+        if caller.key is not None and not caller.key.allows(req.agent):
+            raise ApiError(
+                403, "model_not_allowed", f"this key may not use the model {req.agent!r}"
+            )
+        return caller
+
+    def ticket(self, caller: Caller) -> str:
+        """A single-use ticket that lets an EventSource stream as `caller`."""
+        holder = caller.key.id if caller.key else (ADMIN if caller.admin else ANYONE)
+        return self.access.keys.issue_ticket(holder)
+
+    def admit(self, req: AskRequest, caller: Caller) -> None:
+        """Size and rate checks, before anything reaches Ollama (413, 429)."""
+        settings = self.settings
+        size = len(req.content) + len(req.template or "")
+        if size > settings.max_prompt:
+            raise ApiError(
+                413,
+                "prompt_too_large",
+                f"the prompt has {size} characters; the limit is {settings.max_prompt}",
+            )
+        key = caller.key
+        if key is not None:
+            limits = key.limits
+            rpm = settings.key_rpm if limits.rpm is None else limits.rpm
+            per_day = (
+                settings.key_tokens_per_day
+                if limits.tokens_per_day is None
+                else limits.tokens_per_day
+            )
+            self.per_day.check(f"key:{key.id}", per_day, f"the key {key.label!r}")
+            self.per_minute.take(f"key:{key.id}", rpm, f"the key {key.label!r}")
+        if req.project is not None:
+            name = f"project:{req.project}"
+            self.per_day.check(
+                name, settings.project_tokens_per_day, f"the project {req.project!r}"
+            )
+            self.per_minute.take(name, settings.project_rpm, f"the project {req.project!r}")
+
+    def spend(self, call: Call, record: UsageRecord) -> None:
+        tokens = (record.input_tokens or 0) + (record.output_tokens or 0)
+        if call.caller.key is not None:
+            self.per_day.spend(f"key:{call.caller.key.id}", tokens)
+        if record.project is not None:
+            self.per_day.spend(f"project:{record.project}", tokens)
+
+    async def ask(self, req: AskRequest, caller: Caller) -> Call:
         """A whole answer at once. Raises ApiError; a cancelled ask is recorded as such."""
-        call = Call(self, req, streamed=False)
+        call = Call(self, req, caller, streamed=False)
         try:
             answer = await self.ollama.chat(req.agent, call.messages)
         except OllamaError as exc:
@@ -153,8 +273,25 @@ class Gateway:
         call.finish("ok", answer.metrics)
         return call
 
-    def stream(self, req: AskRequest) -> StreamedCall:
-        return StreamedCall(Call(self, req, streamed=True))
+    def stream(self, req: AskRequest, caller: Caller) -> StreamedCall:
+        """Open a streamed call, within the concurrent-stream limits (429 past them)."""
+        held = ["all"]
+        self.streams.enter("all", self.settings.max_streams, "the gateway")
+        key = caller.key
+        if key is not None:
+            limit = self.settings.key_streams if key.limits.streams is None else key.limits.streams
+            try:
+                self.streams.enter(f"key:{key.id}", limit, f"the key {key.label!r}")
+            except ApiError:
+                self.streams.leave("all")
+                raise
+            held.append(f"key:{key.id}")
+
+        def release() -> None:
+            for name in held:
+                self.streams.leave(name)
+
+        return StreamedCall(Call(self, req, caller, streamed=True), release)
 
 
 def _event(name: str, seq: int, data: msgspec.Struct) -> bytes:
@@ -165,9 +302,11 @@ def _event(name: str, seq: int, data: msgspec.Struct) -> bytes:
 class StreamedCall:
     """A streamed ask: opens upstream, yields SSE events, and is always closed."""
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: Call, release: Callable[[], None]) -> None:
         self.call = call
         self.id = call.id
+        # Gives back this stream's places under the concurrency limits, once.
+        self._release: Callable[[], None] | None = release
         gateway = call.gateway
         self._opening = asyncio.ensure_future(
             gateway.ollama.open_chat(call.req.agent, call.messages)
@@ -230,3 +369,6 @@ class StreamedCall:
                 with contextlib.suppress(OllamaError):
                     await stream.aclose()
         self.call.finish("cancelled")
+        release, self._release = self._release, None
+        if release is not None:
+            release()

@@ -38,6 +38,28 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # loads get keep-alive comments.
     open_wait: Annotated[float, Meta(ge=0)] = 1.0
     log_level: str = "info"
+    # Access control (see README "Security").
+    admin_token: str | None = None
+    allowed_hosts: str = ""
+    cors_origins: str = ""
+    max_body: Annotated[int, Meta(ge=1)] = 1_048_576
+    max_prompt: Annotated[int, Meta(ge=1)] = 262_144
+    # Limits; 0 means no limit. A key's own limits override the per-key defaults.
+    key_rpm: Annotated[int, Meta(ge=0)] = 0
+    key_tokens_per_day: Annotated[int, Meta(ge=0)] = 0
+    key_streams: Annotated[int, Meta(ge=0)] = 0
+    project_rpm: Annotated[int, Meta(ge=0)] = 0
+    project_tokens_per_day: Annotated[int, Meta(ge=0)] = 0
+    max_streams: Annotated[int, Meta(ge=0)] = 0
+    reset_admin_token: bool = False
+
+    @property
+    def host_list(self) -> list[str]:
+        return [h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()]
+
+    @property
+    def origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def data_path(self) -> Path:
@@ -124,6 +146,73 @@ FLAGS: tuple[tuple[str, str, str, str], ...] = (
         "log_level",
         "debug, info, warning or error (default info)",
     ),
+    (
+        "--admin-token",
+        "OLLAMA_GATEWAY_ADMIN_TOKEN",
+        "admin_token",
+        "the admin token; prefer the variable, a flag shows in `ps` "
+        "(default: made on first start, kept hashed in the data folder)",
+    ),
+    (
+        "--allowed-hosts",
+        "OLLAMA_GATEWAY_ALLOWED_HOSTS",
+        "allowed_hosts",
+        "comma-separated host names clients may use besides localhost and IP addresses",
+    ),
+    (
+        "--cors-origins",
+        "OLLAMA_GATEWAY_CORS_ORIGINS",
+        "cors_origins",
+        "comma-separated browser origins allowed to call the gateway (default: none)",
+    ),
+    (
+        "--max-body",
+        "OLLAMA_GATEWAY_MAX_BODY",
+        "max_body",
+        "largest request body in bytes (default 1 MiB)",
+    ),
+    (
+        "--max-prompt",
+        "OLLAMA_GATEWAY_MAX_PROMPT",
+        "max_prompt",
+        "longest prompt (content + template) in characters (default 262144)",
+    ),
+    (
+        "--key-rpm",
+        "OLLAMA_GATEWAY_KEY_RPM",
+        "key_rpm",
+        "requests per minute per API key (0: no limit)",
+    ),
+    (
+        "--key-tokens-per-day",
+        "OLLAMA_GATEWAY_KEY_TOKENS_PER_DAY",
+        "key_tokens_per_day",
+        "tokens per UTC day per API key (0: no limit)",
+    ),
+    (
+        "--key-streams",
+        "OLLAMA_GATEWAY_KEY_STREAMS",
+        "key_streams",
+        "concurrent streams per API key (0: no limit)",
+    ),
+    (
+        "--project-rpm",
+        "OLLAMA_GATEWAY_PROJECT_RPM",
+        "project_rpm",
+        "requests per minute per project (0: no limit)",
+    ),
+    (
+        "--project-tokens-per-day",
+        "OLLAMA_GATEWAY_PROJECT_TOKENS_PER_DAY",
+        "project_tokens_per_day",
+        "tokens per UTC day per project (0: no limit)",
+    ),
+    (
+        "--max-streams",
+        "OLLAMA_GATEWAY_MAX_STREAMS",
+        "max_streams",
+        "concurrent streams in total (0: no limit)",
+    ),
 )
 
 
@@ -142,6 +231,11 @@ def parse_settings(
         parser.add_argument(
             flag, dest=field, metavar=var.removeprefix("OLLAMA_GATEWAY_"), help=f"{text} [{var}]"
         )
+    parser.add_argument(
+        "--reset-admin-token",
+        action="store_true",
+        help="make a new admin token (the old one stops working) and show it once",
+    )
     args = vars(parser.parse_args(argv))
 
     raw: dict[str, object] = {}
@@ -151,6 +245,7 @@ def parse_settings(
             value = env.get(var) or None
         if value is not None:
             raw[field] = value
+    raw["reset_admin_token"] = args["reset_admin_token"]
     try:
         raw["ollama_url"] = ollama_url(str(raw.get("ollama_url", "")))
         raw.setdefault("data_dir", str(default_data_dir(env)))

@@ -13,10 +13,26 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from schemas import AskReply, AskRequest, Usage
-from service import Call, StreamedCall
+from guard import SESSION_COOKIE
+from keys import TICKET_SECONDS
+from schemas import AskReply, AskRequest, Ticket, Usage
+from service import Call, Caller, Credentials, StreamedCall
 
 from .common import JSON, decode_body, decode_query, gateway_of
+
+
+def credentials(request: Request, *, ticket: str | None = None) -> Credentials:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    bearer = value.strip() if scheme.lower() == "bearer" and value.strip() else None
+    return Credentials(bearer=bearer, session=request.cookies.get(SESSION_COOKIE), ticket=ticket)
+
+
+def admitted(request: Request, req: AskRequest, *, ticket: str | None = None) -> Caller:
+    """Who asks, whether they may, and whether limits allow it now (401, 403, 413, 429)."""
+    gateway = gateway_of(request)
+    caller = gateway.authorize(req, credentials(request, ticket=ticket))
+    gateway.admit(req, caller)
+    return caller
 
 
 async def models(request: Request) -> Response:
@@ -67,7 +83,8 @@ async def _unless_client_leaves(request: Request, work: Coroutine[Any, Any, Call
 
 async def ask_sync(request: Request) -> Response:
     req = await decode_body(request, AskRequest)
-    call = await _unless_client_leaves(request, gateway_of(request).ask(req))
+    caller = admitted(request, req)
+    call = await _unless_client_leaves(request, gateway_of(request).ask(req, caller))
     if call is None:
         # Nobody is listening; the call is recorded as cancelled.
         return Response(status_code=499)
@@ -115,10 +132,12 @@ async def ask_async(request: Request) -> Response:
             # resumed, and 204 is what tells a browser to stop reconnecting.
             return Response(status_code=204)
         req = decode_query(request, AskRequest)
+        caller = admitted(request, req, ticket=request.query_params.get("ticket"))
     else:
         req = await decode_body(request, AskRequest)
+        caller = admitted(request, req)
     gateway = gateway_of(request)
-    call = gateway.stream(req)
+    call = gateway.stream(req, caller)
     try:
         await call.wait_open(gateway.settings.open_wait)
     except BaseException:
@@ -127,8 +146,16 @@ async def ask_async(request: Request) -> Response:
     return CallEvents(call, keepalive=gateway.settings.keepalive)
 
 
+async def tickets(request: Request) -> Response:
+    """A single-use ticket for a browser EventSource, which cannot send Authorization."""
+    gateway = gateway_of(request)
+    caller = gateway.identify(credentials(request))
+    return JSON(Ticket(ticket=gateway.ticket(caller), expires_in=TICKET_SECONDS), status_code=201)
+
+
 routes = [
     Route("/api/v1/ai/models", models, methods=["GET"]),
     Route("/api/v1/ai/ask_sync", ask_sync, methods=["POST"]),
     Route("/api/v1/ai/ask_async", ask_async, methods=["GET", "POST"]),
+    Route("/api/v1/ai/tickets", tickets, methods=["POST"]),
 ]

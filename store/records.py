@@ -47,8 +47,11 @@ class UsageRecord(msgspec.Struct, kw_only=True):
     # True when Ollama never sent its counts (a cancelled or failed stream) and
     # output_tokens is the number of chunks relayed, one token each.
     tokens_estimated: bool = False
-    # A keyed fingerprint of the caller's user_key; never the key itself.
+    # A keyed fingerprint of the caller's user_key or API key; never the key itself.
     user: str | None = None
+    # The API key used, by its public id and label ("admin" for the page's playground).
+    key_id: str | None = None
+    key_label: str | None = None
 
 
 class UsageQuery(msgspec.Struct, kw_only=True, frozen=True):

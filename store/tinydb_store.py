@@ -215,6 +215,12 @@ class UsageStore:
         status = "degraded" if self._error else "ok"
         return StoreHealth(status=status, path=str(self.path), pending=pending, error=self._error)
 
+    def close_now(self) -> None:
+        """Close a store that was never used (the gateway refused to start)."""
+        self._worker.shutdown(wait=True)
+        self._db.close()
+        os.close(self._lock_fd)
+
     async def aclose(self) -> None:
         await self.flush()
         self._worker.shutdown(wait=True)

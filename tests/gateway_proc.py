@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -20,6 +21,8 @@ from typing import IO
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+# Every test gateway gets this admin token through its environment variable.
+ADMIN_TOKEN = "test-admin-" + secrets.token_hex(8)
 
 
 def free_port() -> int:
@@ -41,13 +44,16 @@ class Gateway:
         self.proc = proc
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.admin_token = ADMIN_TOKEN
 
     def logs(self) -> str:
         # The child writes straight to the file; nothing is buffered on this side.
         return Path(self._log.name).read_text()
 
-    def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10.0, **kwargs)  # type: ignore[arg-type]
+    def client(self, *, admin: bool = True, timeout: float = 10.0) -> httpx.Client:
+        """An HTTP client for this gateway, holding the admin token unless admin=False."""
+        headers = {"Authorization": f"Bearer {self.admin_token}"} if admin else {}
+        return httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
@@ -84,6 +90,7 @@ def start_gateway(
     argv = ["--port", str(port), "--data", str(data), *args]
     log = open(data.parent / f"gateway-{port}.log", "w+")  # noqa: SIM115 (closed in stop())
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA")}
+    full_env["OLLAMA_GATEWAY_ADMIN_TOKEN"] = ADMIN_TOKEN
     full_env.update(env or {})
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "app.py"), *argv],

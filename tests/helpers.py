@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -82,3 +83,16 @@ def wait_record(client: httpx.Client, project: str, timeout: float = 10.0) -> di
 def calls_with(calls: list[dict[str, Any]], marker: str) -> list[dict[str, Any]]:
     """The stand-in's view of the calls whose last message contains `marker`."""
     return [c for c in calls if marker in c["messages"][-1]["content"]]
+
+
+def read_until(response: httpx.Response, event: str) -> Iterator[str]:
+    """Read a stream up to its first `event`; return the iterator, to be kept alive.
+
+    Dropping a half-read httpx iterator closes the connection: a hang-up.
+    """
+    chunks = response.iter_text()
+    parser = SSEParser()
+    for text in chunks:
+        if any(e.event == event for e in parser.feed(text)):
+            return chunks
+    raise AssertionError(f"the stream ended without a {event!r} event")

@@ -355,13 +355,20 @@ def _go_quote(text: str) -> str:
 class _Exchange:
     """One /api/chat response on the wire, and whether the client hung up during it.
 
-    Starlette's StreamingResponse is deliberately not used. Under uvicorn (ASGI spec 2.3) it
-    cancels the task that iterates the body when http.disconnect arrives; if the generator is
-    suspended at a `yield` at that moment (the usual case), it is not closed until garbage
-    collection, so a try/finally inside it records the hang-up late. On an ASGI 2.4 server it
-    does not listen for the disconnect at all, and a stalled stream would never notice. Here a
-    watcher task reads receive() for http.disconnect and cancels the work, whatever it is
-    awaiting (a load sleep, a stall, a delay between chunks, a paused send).
+    Starlette's StreamingResponse is deliberately not used:
+
+    * Under uvicorn (which declares ASGI spec 2.3) it cancels the task iterating the body when
+      http.disconnect arrives. If that lands in the generator's own await, its finally runs at
+      once (CancelledError); if it lands in send() waiting for a drain, the generator is left
+      suspended at its `yield` and its finally runs only when asyncio finalizes it later.
+    * For an ASGI >= 2.4 server it does not listen for the disconnect at all, so a stalled
+      stream would never notice the hang-up.
+    * The disconnect is only seen when the body iterator awaits something. After a hang-up
+      uvicorn's send() returns at once without yielding, so a generator that never awaits runs
+      to its end (or, if endless, hangs the whole server; seen while writing this).
+
+    Here a watcher task reads receive() for http.disconnect and cancels the work, whatever it
+    is awaiting (a load sleep, a stall, a delay between chunks, a paused send), and records it.
     """
 
     __slots__ = ("complete", "record", "send", "state")

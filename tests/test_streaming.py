@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.gateway_proc import Gateway
-from tests.helpers import ask, calls_with, data, read_events, unique, wait_record
+from tests.helpers import ask, calls_with, data, read_events, read_until, unique, wait_record
 from tests.ollama_standin import TRICKY_TOKENS, StandIn
 from tests.sse import SSEParser
 
@@ -96,15 +96,12 @@ def test_tokens_are_flushed_as_they_arrive(client: httpx.Client, standin: StandI
     body = ask(content=f"{marker} [[tokens=5]] [[delay=0.3]]", project=unique())
 
     with client.stream("POST", STREAM, json=body) as response:
-        parser = SSEParser()
-        first: list[str] = []
-        for text in response.iter_text():
-            first.extend(e.event for e in parser.feed(text))
-            if "token" in first:
-                break
+        alive = read_until(response, "token")
         # The first token reached us while Ollama was still generating the rest.
         (call,) = calls_with(standin.calls(), marker)
         assert not call["finished"]
+        assert not call["disconnected"]
+        del alive
 
 
 def test_keepalive_comments_while_the_model_loads(client: httpx.Client) -> None:

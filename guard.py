@@ -1,0 +1,242 @@
+"""The gate every request passes first: Host, Origin, body size, and the admin surface.
+
+A pure ASGI middleware, so it costs a few dictionary lookups per request and
+never buffers a body or a stream.
+
+- Host: only localhost, IP literals and the names in --allowed-hosts. A DNS
+  rebinding attack needs its own name in Host, so that name is refused
+  (Ollama's CVE-2024-28224).
+- Origin: a browser request from another origin is refused unless that origin
+  is in --cors-origins; allowed origins get CORS headers naming them (never `*`),
+  with credentials.
+- Body: a declared length over --max-body is refused before reading; a chunked
+  body is cut off when it passes the limit.
+- Admin: /api/v1/admin/* and the dashboard page need the admin token, as
+  `Authorization: Bearer`, as the session cookie, or once as `?token=` (which
+  sets the cookie and redirects to the same URL without it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qsl, urlencode
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from errors import ApiError, error_body
+from keys import AdminToken
+from routes.common import encoder
+
+SESSION_COOKIE = "ohost_admin"
+ADMIN_PREFIXES = ("/api/v1/admin",)
+ADMIN_PAGES = frozenset({"/", "/dashboard"})
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
+_EXPOSED = b"X-Request-Id, X-Next-Cursor, Link, Retry-After"
+
+
+def is_admin_path(path: str) -> bool:
+    return path in ADMIN_PAGES or path.startswith(ADMIN_PREFIXES)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def host_name(host_header: str) -> str:
+    """`example.com:5000` -> `example.com`; `[::1]:5000` -> `[::1]`."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def session_of(cookie_header: str) -> str | None:
+    cookies: SimpleCookie = SimpleCookie()
+    try:
+        cookies.load(cookie_header)
+    except KeyError:  # SimpleCookie's way of saying a cookie name is illegal
+        return None
+    morsel = cookies.get(SESSION_COOKIE)
+    return morsel.value if morsel else None
+
+
+async def _respond(send: Send, error: ApiError, extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    body = encoder.encode(error_body(error))
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    headers += list(extra)
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        admin: AdminToken,
+        allowed_hosts: Iterable[str] = (),
+        cors_origins: Iterable[str] = (),
+        max_body: int = 1_048_576,
+    ) -> None:
+        self.app = app
+        self.admin = admin
+        self.hosts = frozenset(h.lower() for h in allowed_hosts) | _LOOPBACK_NAMES
+        self.origins = frozenset(cors_origins)
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        host = host_name(headers.get(b"host", b"").decode("latin-1"))
+        if host not in self.hosts and not _is_ip(host) and "*" not in self.hosts:
+            await _respond(
+                send,
+                ApiError(
+                    403,
+                    "host_not_allowed",
+                    f"the Host {host!r} is not allowed; "
+                    "add it with --allowed-hosts if clients really use that name",
+                ),
+            )
+            return
+
+        cors: list[tuple[bytes, bytes]] = []
+        origin = headers.get(b"origin")
+        if origin is not None:
+            own = f"{scope.get('scheme', 'http')}://{headers.get(b'host', b'').decode('latin-1')}"
+            origin_text = origin.decode("latin-1").rstrip("/")
+            if origin_text != own:
+                if origin_text not in self.origins:
+                    await _respond(
+                        send,
+                        ApiError(
+                            403,
+                            "origin_not_allowed",
+                            f"requests from {origin_text} are not allowed; "
+                            "add the origin with --cors-origins",
+                        ),
+                    )
+                    return
+                cors = [
+                    (b"access-control-allow-origin", origin),
+                    (b"access-control-allow-credentials", b"true"),
+                    (b"access-control-expose-headers", _EXPOSED),
+                    (b"vary", b"Origin"),
+                ]
+                if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
+                    await self._preflight(send, cors, headers)
+                    return
+
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            await _respond(send, self._too_large(), cors)
+            return
+
+        if is_admin_path(scope["path"]):
+            done = await self._admin(scope, headers, send, cors)
+            if done:
+                return
+
+        if cors:
+            send = self._with_headers(send, cors)
+        await self.app(scope, self._limited(receive), send)
+
+    def _too_large(self) -> ApiError:
+        return ApiError(
+            413, "body_too_large", f"the request body is larger than {self.max_body} bytes"
+        )
+
+    def _limited(self, receive: Receive) -> Receive:
+        seen = 0
+        limit = self.max_body
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise self._too_large()
+            return message
+
+        return limited
+
+    @staticmethod
+    def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        return sending
+
+    @staticmethod
+    async def _preflight(
+        send: Send, cors: list[tuple[bytes, bytes]], headers: dict[bytes, bytes]
+    ) -> None:
+        allow = [
+            *cors,
+            (b"access-control-allow-methods", b"GET, POST, PATCH, DELETE"),
+            (b"access-control-allow-headers", headers.get(b"access-control-request-headers", b"")),
+            (b"access-control-max-age", b"600"),
+            (b"content-length", b"0"),
+        ]
+        await send({"type": "http.response.start", "status": 204, "headers": allow})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _admin(
+        self, scope: Scope, headers: dict[bytes, bytes], send: Send, cors: list[tuple[bytes, bytes]]
+    ) -> bool:
+        """Check the admin token; True when a response was already sent."""
+        authorization = headers.get(b"authorization", b"").decode("latin-1")
+        scheme, _, credential = authorization.partition(" ")
+        if scheme.lower() == "bearer" and self.admin.check_token(credential.strip()):
+            return False
+        session = session_of(headers.get(b"cookie", b"").decode("latin-1"))
+        if session and self.admin.check_session(session):
+            return False
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        token = next((value for name, value in query if name == "token"), None)
+        if token and scope["method"] in ("GET", "HEAD") and self.admin.check_token(token):
+            # Trade the token for a cookie, and take it out of the address bar.
+            rest = urlencode([(name, value) for name, value in query if name != "token"])
+            location = scope["path"] + (f"?{rest}" if rest else "")
+            secure = "; Secure" if scope.get("scheme") == "https" else ""
+            cookie = (
+                f"{SESSION_COOKIE}={self.admin.session}; Path=/; HttpOnly; SameSite=Strict{secure}"
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 303,
+                    "headers": [
+                        (b"location", location.encode()),
+                        (b"set-cookie", cookie.encode()),
+                        (b"content-length", b"0"),
+                        *cors,
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return True
+        await _respond(
+            send,
+            ApiError(
+                401,
+                "unauthorized",
+                "this is the admin surface: send `Authorization: Bearer <admin token>`, "
+                "or open the URL with ?token= that the gateway printed when it first started",
+                headers={"WWW-Authenticate": "Bearer"},
+            ),
+            cors,
+        )
+        return True

@@ -1,0 +1,111 @@
+"""/api/v1/admin/keys: create, list, label, limit and revoke callers' API keys.
+
+A key is shown once, when it is made; the gateway keeps only its hash.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from errors import ApiError
+from keys import ApiKey, KeyLimits
+from schemas import ModelName
+
+from .common import JSON, decode_body, gateway_of
+
+Label = Annotated[str, Meta(min_length=1, max_length=100)]
+
+
+class KeyCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    label: Label
+    models: list[ModelName] | None = None
+    limits: KeyLimits = msgspec.field(default_factory=KeyLimits)
+
+
+class KeyUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    label: Label | None = None
+    # Absent: unchanged; null: every model.
+    models: list[ModelName] | msgspec.UnsetType | None = msgspec.UNSET
+    limits: KeyLimits | None = None
+
+
+class KeyView(msgspec.Struct, kw_only=True):
+    """A key as the admin sees it: everything but the key."""
+
+    id: str
+    label: str
+    fingerprint: str
+    created: str
+    revoked: str | None
+    models: list[str] | None
+    limits: KeyLimits
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyView:
+        return cls(
+            id=key.id,
+            label=key.label,
+            fingerprint=key.fingerprint,
+            created=key.created,
+            revoked=key.revoked,
+            models=key.models,
+            limits=key.limits,
+        )
+
+
+class NewKey(msgspec.Struct, kw_only=True):
+    key: str  # shown this once
+    info: KeyView
+
+
+def _find(request: Request) -> ApiKey:
+    key = gateway_of(request).access.keys.get(request.path_params["key_id"])
+    if key is None:
+        raise ApiError(404, "key_not_found", "no API key has that id")
+    return key
+
+
+async def list_keys(request: Request) -> Response:
+    return JSON([KeyView.of(key) for key in gateway_of(request).access.keys.all()])
+
+
+async def create_key(request: Request) -> Response:
+    body = await decode_body(request, KeyCreate)
+    key, plain = gateway_of(request).access.keys.create(body.label, body.models, body.limits)
+    return JSON(NewKey(key=plain, info=KeyView.of(key)), status_code=201)
+
+
+async def update_key(request: Request) -> Response:
+    key = _find(request)
+    body = await decode_body(request, KeyUpdate)
+    changed = msgspec.structs.replace(
+        key,
+        label=body.label if body.label is not None else key.label,
+        models=key.models if body.models is msgspec.UNSET else body.models,
+        limits=body.limits if body.limits is not None else key.limits,
+    )
+    gateway_of(request).access.keys.update(changed)
+    return JSON(KeyView.of(changed))
+
+
+async def revoke_key(request: Request) -> Response:
+    key = _find(request)
+    if key.revoked is None:
+        key = msgspec.structs.replace(key, revoked=datetime.now(UTC).isoformat())
+        gateway_of(request).access.keys.update(key)
+    return JSON(KeyView.of(key))
+
+
+routes = [
+    Route("/api/v1/admin/keys", list_keys, methods=["GET"]),
+    Route("/api/v1/admin/keys", create_key, methods=["POST"]),
+    Route("/api/v1/admin/keys/{key_id}", update_key, methods=["PATCH"]),
+    Route("/api/v1/admin/keys/{key_id}", revoke_key, methods=["DELETE"]),
+]
