@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.gateway_proc import Gateway, start_gateway
@@ -22,6 +23,13 @@ def gateway(standin: StandIn, tmp_path_factory: pytest.TempPathFactory) -> Itera
     with start_gateway(data, "--ollama", standin.url, "--keepalive", "0.2") as server:
         yield server
     assert "Traceback" not in server.logs(), server.logs()
+
+
+@pytest.fixture
+def client(gateway: Gateway) -> Iterator[httpx.Client]:
+    """A client of the shared gateway, holding the admin token."""
+    with gateway.client() as client:
+        yield client
 
 
 @pytest.fixture

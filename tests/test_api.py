@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -28,12 +27,6 @@ SEED_FIELDS = [
     "process_id",
     "subprocess_id",
 ]
-
-
-@pytest.fixture
-def client(gateway: Gateway) -> Iterator[httpx.Client]:
-    with gateway.client() as client:
-        yield client
 
 
 def test_models_lists_ollama_names(client: httpx.Client) -> None:

@@ -18,12 +18,6 @@ SYNC = "/api/v1/ai/ask_sync"
 STREAM = "/api/v1/ai/ask_async"
 
 
-@pytest.fixture
-def client(gateway: Gateway) -> Iterator[httpx.Client]:
-    with gateway.client() as client:
-        yield client
-
-
 @pytest.fixture(scope="module")
 def unreachable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """A gateway whose Ollama address has nothing listening."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 
@@ -15,12 +13,6 @@ from tests.sse import SSEParser
 pytestmark = pytest.mark.server
 
 STREAM = "/api/v1/ai/ask_async"
-
-
-@pytest.fixture
-def client(gateway: Gateway) -> Iterator[httpx.Client]:
-    with gateway.client() as client:
-        yield client
 
 
 def test_stream_sends_start_tokens_and_done(client: httpx.Client) -> None:
