@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -30,8 +29,3 @@ def client(gateway: Gateway) -> Iterator[httpx.Client]:
     """A client of the shared gateway, holding the admin token."""
     with gateway.client() as client:
         yield client
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
