@@ -6,6 +6,8 @@ python app.py --help
 from __future__ import annotations
 
 import logging
+import math
+import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -15,21 +17,26 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
 import keys
 from errors import ApiError, api_error
 from ollama_client import OllamaClient, OllamaError
-from routes import admin, ai, health
-from routes.common import error_response
+from requestlog import RequestLog, configure_logging
+from routes import admin, ai, docs, health, openapi
+from routes.common import encoder, error_response
 from service import Gateway
-from settings import Settings, parse_settings
+from settings import Settings, __version__, parse_settings
 from store import StoreError, UsageStore
 
 log = logging.getLogger("ollama_host")
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+# Each module exports `routes` and an `openapi` description of them.
+MODULES = (ai, admin, health, docs)
 
 
 async def on_api_error(request: Request, exc: Exception) -> Response:
@@ -49,9 +56,15 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
 
 
 async def on_crash(request: Request, exc: Exception) -> Response:
-    # Starlette logs the traceback after this; the client gets no trace of it.
+    # Starlette logs the traceback after this; the client gets no trace of it, only
+    # the request id to find it by. This runs outside RequestLog, hence the state.
     return error_response(
-        ApiError(500, "internal_error", "the gateway failed unexpectedly; see its log")
+        ApiError(
+            500,
+            "internal_error",
+            "the gateway failed unexpectedly; see its log",
+            request_id=getattr(request.state, "request_id", None),
+        )
     )
 
 
@@ -70,13 +83,17 @@ def create_app(settings: Settings, store: UsageStore | None = None) -> Starlette
             async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as http:
                 ollama = OllamaClient(http, settings.ollama_url)
                 secret = keys.load_or_create_secret(folder)
-                yield {"gateway": Gateway(settings, ollama, usage, secret)}
+                gateway = Gateway(settings, ollama, usage, secret)
+                # For GatewayServer.shutdown, which must reach it before connections close.
+                app.state.gateway = gateway
+                yield {"gateway": gateway}
         finally:
             await usage.aclose()
 
-    return Starlette(
-        routes=[*ai.routes, *admin.routes, *health.routes],
+    app = Starlette(
+        routes=[route for module in MODULES for route in module.routes],
         lifespan=lifespan,
+        middleware=[Middleware(RequestLog, content=settings.log_content)],
         exception_handlers={
             ApiError: on_api_error,
             OllamaError: on_api_error,
@@ -84,17 +101,46 @@ def create_app(settings: Settings, store: UsageStore | None = None) -> Starlette
             500: on_crash,
         },
     )
+    app.state.openapi = encoder.encode(
+        openapi.document(
+            (module.openapi for module in MODULES),
+            title="Ollama Host",
+            version=__version__,
+            description="A gateway in front of Ollama that streams answers as Server-Sent "
+            "Events and records the usage of every call.",
+        )
+    )
+    return app
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, telling the gateway when it starts to stop.
+
+    On SIGTERM or Ctrl-C uvicorn stops listening, then waits up to
+    timeout_graceful_shutdown for open requests. `drain` starts the grace period
+    at that moment: calls still running at its end finish with `server_shutdown`.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: Starlette, grace: float) -> None:
+        super().__init__(config)
+        self.gateway_app = app
+        self.grace = grace
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        gateway: Gateway | None = getattr(self.gateway_app.state, "gateway", None)
+        if gateway is not None:
+            log.info("stopping: calls in flight have %g s to finish", self.grace)
+            gateway.drain(self.grace)
+        await super().shutdown(sockets)
+
+
+def _stopping(signum: int, frame: object) -> None:
+    """The signal handler left in place after uvicorn's; see main."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs every request URL at INFO; the gateway logs each call itself.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(settings)
     try:
         # Opened here, not in the lifespan, so that a locked or unusable data folder
         # ends the program with one clear line instead of a startup traceback.
@@ -111,8 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.data_path,
     )
     # The access log is off: it would write query strings, and a GET stream's
-    # query string holds the prompt. Each call logs its own line instead.
-    uvicorn.run(
+    # query string holds the prompt. RequestLog writes one line per request instead.
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -120,8 +166,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=settings.log_level,
         access_log=False,
         server_header=False,
+        # After the grace period and sse-starlette's margin, uvicorn cancels what is left.
+        timeout_graceful_shutdown=math.ceil(settings.grace + 2 * ai.SHUTDOWN_MARGIN),
     )
-    return 0
+    # uvicorn restores the handlers it found and then raises the signal it caught again,
+    # so that a SIGTERM'd server dies of SIGTERM. A clean stop should exit 0 instead:
+    # the handlers it restores ignore the signal, and main returns.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stopping)
+    server = GatewayServer(config, app, settings.grace)
+    server.run()
+    # Not started: the port was taken or the startup failed; uvicorn logged why.
+    return 0 if server.started else 1
 
 
 if __name__ == "__main__":
