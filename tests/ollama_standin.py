@@ -384,6 +384,8 @@ class _Exchange:
 
     async def finish(self, data: bytes = b"") -> None:
         self.complete = True
+        # Before the last byte: a client that has read the whole response must see it ended.
+        self.record.ended = time.time()
         await self.send({"type": "http.response.body", "body": data, "more_body": False})
 
     async def reply(self, status: int, body: bytes, content_type: bytes = _JSON) -> None:
@@ -444,7 +446,8 @@ class _ChatEndpoint:
         try:
             await self._handle(record, scope, receive, send)
         finally:
-            record.ended = time.time()
+            if record.ended is None:
+                record.ended = time.time()
             state.open_streams -= 1
 
     async def _handle(self, record: CallRecord, scope: Scope, receive: Receive, send: Send) -> None:
@@ -563,6 +566,10 @@ class _Turn:
         start = time.perf_counter_ns()
         if self.plan.load > 0:
             await anyio.sleep(self.plan.load)
+            # uvloop's timers may fire up to a millisecond early; a load lasts at least `load`.
+            left = self.plan.load - (time.perf_counter_ns() - start) / 1e9
+            if left > 0:
+                await anyio.sleep(left + 0.001)
         self.load_ns = max(1, time.perf_counter_ns() - start)
 
     def _final(self, message: dict[str, Any], eval_ns: int) -> dict[str, Any]:
