@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
+import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -24,16 +26,20 @@ from errors import ApiError, api_error
 from guard import Guard
 from keys import Access
 from ollama_client import OllamaClient, OllamaError
-from routes import admin, ai, health
+from requestlog import RequestLog, configure_logging
+from routes import admin, ai, docs, health, openapi
 from routes import keys as key_routes
-from routes.common import error_response
+from routes.common import encoder, error_response
 from service import Gateway
-from settings import Settings, parse_settings
+from settings import Settings, __version__, parse_settings
 from store import StoreError, UsageStore
 
 log = logging.getLogger("ollama_host")
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+# Each module exports `routes` and an `openapi` description of them.
+MODULES = (ai, admin, key_routes, health, docs)
 
 
 async def on_api_error(request: Request, exc: Exception) -> Response:
@@ -53,9 +59,15 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
 
 
 async def on_crash(request: Request, exc: Exception) -> Response:
-    # Starlette logs the traceback after this; the client gets no trace of it.
+    # Starlette logs the traceback after this; the client gets no trace of it, only
+    # the request id to find it by. This runs outside RequestLog, hence the state.
     return error_response(
-        ApiError(500, "internal_error", "the gateway failed unexpectedly; see its log")
+        ApiError(
+            500,
+            "internal_error",
+            "the gateway failed unexpectedly; see its log",
+            request_id=getattr(request.state, "request_id", None),
+        )
     )
 
 
@@ -77,22 +89,27 @@ def create_app(
         try:
             async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as http:
                 ollama = OllamaClient(http, settings.ollama_url)
-                yield {"gateway": Gateway(settings, ollama, usage, access)}
+                gateway = Gateway(settings, ollama, usage, access)
+                # For GatewayServer.shutdown, which must reach it before connections close.
+                app.state.gateway = gateway
+                yield {"gateway": gateway}
         finally:
             await usage.aclose()
 
-    return Starlette(
-        routes=[*ai.routes, *admin.routes, *key_routes.routes, *health.routes],
+    app = Starlette(
+        routes=[route for module in MODULES for route in module.routes],
+        lifespan=lifespan,
+        # RequestLog first, so that what the guard refuses is logged with an id too.
         middleware=[
+            Middleware(RequestLog, content=settings.log_content),
             Middleware(
                 Guard,
                 admin=access.admin,
                 allowed_hosts=settings.host_list,
                 cors_origins=settings.origin_list,
                 max_body=settings.max_body,
-            )
+            ),
         ],
-        lifespan=lifespan,
         exception_handlers={
             ApiError: on_api_error,
             OllamaError: on_api_error,
@@ -100,6 +117,41 @@ def create_app(
             500: on_crash,
         },
     )
+    app.state.openapi = encoder.encode(
+        openapi.document(
+            (module.openapi for module in MODULES),
+            title="Ollama Host",
+            version=__version__,
+            description="A gateway in front of Ollama that streams answers as Server-Sent "
+            "Events and records the usage of every call.",
+        )
+    )
+    return app
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, telling the gateway when it starts to stop.
+
+    On SIGTERM or Ctrl-C uvicorn stops listening, then waits up to
+    timeout_graceful_shutdown for open requests. `drain` starts the grace period
+    at that moment: calls still running at its end finish with `server_shutdown`.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: Starlette, grace: float) -> None:
+        super().__init__(config)
+        self.gateway_app = app
+        self.grace = grace
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        gateway: Gateway | None = getattr(self.gateway_app.state, "gateway", None)
+        if gateway is not None:
+            log.info("stopping: calls in flight have %g s to finish", self.grace)
+            gateway.drain(self.grace)
+        await super().shutdown(sockets)
+
+
+def _stopping(signum: int, frame: object) -> None:
+    """The signal handler left in place after uvicorn's; see main."""
 
 
 def show_new_token(settings: Settings, token: str) -> None:
@@ -133,13 +185,7 @@ def is_loopback(host: str) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs every request URL at INFO; the gateway logs each call itself.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(settings)
     try:
         # Opened here, not in the lifespan, so that a locked or unusable data folder
         # ends the program with one clear line instead of a startup traceback.
@@ -170,8 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.data_path,
     )
     # The access log is off: it would write query strings, and a GET stream's
-    # query string holds the prompt. Each call logs its own line instead.
-    uvicorn.run(
+    # query string holds the prompt. RequestLog writes one line per request instead.
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -179,8 +225,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=settings.log_level,
         access_log=False,
         server_header=False,
+        # After the grace period and sse-starlette's margin, uvicorn cancels what is left.
+        timeout_graceful_shutdown=math.ceil(settings.grace + 2 * ai.SHUTDOWN_MARGIN),
     )
-    return 0
+    # uvicorn restores the handlers it found and then raises the signal it caught again,
+    # so that a SIGTERM'd server dies of SIGTERM. A clean stop should exit 0 instead:
+    # the handlers it restores ignore the signal, and main returns.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stopping)
+    server = GatewayServer(config, app, settings.grace)
+    server.run()
+    # Not started: the port was taken or the startup failed; uvicorn logged why.
+    return 0 if server.started else 1
 
 
 if __name__ == "__main__":

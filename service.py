@@ -12,13 +12,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import anyio
 import msgspec
 
 import keys
+import requestlog
 from errors import ApiError, api_error, error_body
 from keys import ADMIN, ANYONE, Access, ApiKey
 from limits import Concurrent, PerDay, PerMinute
@@ -28,6 +30,7 @@ from settings import Settings
 from store import InputMessage, Status, UsageRecord, UsageStore, iso, new_id
 
 log = logging.getLogger("ollama_host.calls")
+T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
 
 
@@ -58,6 +61,21 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
 
 
+def shutdown_error(call_id: str) -> ApiError:
+    return ApiError(
+        503,
+        "server_shutdown",
+        "the gateway is shutting down and could not finish this answer in time; "
+        "ask again in a moment",
+        headers={"Retry-After": "5"},
+        request_id=call_id,
+    )
+
+
+class ShuttingDown(Exception):
+    """The gateway is stopping and this call's grace period is over."""
+
+
 class Call:
     """One ask in flight: what has come back so far, and the clock."""
 
@@ -68,7 +86,9 @@ class Call:
         self.req = req
         self.caller = caller
         self.streamed = streamed
-        self.id = new_id()
+        # Inside a request, the call takes the request's id: header, log and record agree.
+        self.request = requestlog.current.get()
+        self.id = self.request.id if self.request else new_id()
         self.date = iso(datetime.now(UTC))
         self.messages = messages_of(req)
         self.started = time.perf_counter()
@@ -139,7 +159,10 @@ class Call:
         )
         self.gateway.store.append(self.record)
         self.gateway.spend(self, self.record)
-        log.info(
+        if self.request is not None:
+            self.request.record = self.record
+        # The request log has the line that matters (see requestlog); this one is for debugging.
+        log.debug(
             "call %s model=%s status=%s streamed=%s tokens_in=%s tokens_out=%s seconds=%.3f%s",
             self.id,
             req.agent,
@@ -167,6 +190,30 @@ class Gateway:
         self.per_minute = PerMinute()
         self.per_day = PerDay()
         self.streams = Concurrent()
+        # Loop time after which calls still running end as `server_shutdown`; None until
+        # the server starts to stop. Every await on Ollama runs under one of `_bounds`.
+        self.deadline: float | None = None
+        self._bounds: set[asyncio.Timeout] = set()
+
+    def drain(self, grace: float) -> None:
+        """The server is stopping: calls in flight get `grace` more seconds, then end."""
+        self.deadline = asyncio.get_running_loop().time() + grace
+        for bound in self._bounds:
+            bound.reschedule(self.deadline)
+
+    async def until_shutdown(self, work: Awaitable[T]) -> T:
+        """Await `work`, unless the gateway is stopping and the grace period runs out first."""
+        bound = asyncio.timeout_at(self.deadline)
+        try:
+            async with bound:
+                self._bounds.add(bound)
+                return await work
+        except TimeoutError:
+            if bound.expired():
+                raise ShuttingDown from None
+            raise
+        finally:
+            self._bounds.discard(bound)
 
     def identify(self, credentials: Credentials, user_key: str | None = None) -> Caller:
         """Who is asking, or ApiError 401. Asking needs a key once any key exists."""
@@ -256,7 +303,11 @@ class Gateway:
         """A whole answer at once. Raises ApiError; a cancelled ask is recorded as such."""
         call = Call(self, req, caller, streamed=False)
         try:
-            answer = await self.ollama.chat(req.agent, call.messages)
+            answer = await self.until_shutdown(self.ollama.chat(req.agent, call.messages))
+        except ShuttingDown:
+            error = shutdown_error(call.id)
+            call.finish("cancelled", error=error)
+            raise error from None
         except OllamaError as exc:
             error = api_error(exc)
             error.request_id = call.id
@@ -331,18 +382,29 @@ class StreamedCall:
         call = self.call
         yield _event("start", 0, StartEvent(call.id, call.req.agent))
         seq = 0
+        bounded = call.gateway.until_shutdown
         try:
             # Not `await self._opening`: a cancelled awaiter cancels the task it awaits,
             # and anyio re-delivers its cancellation on every loop turn, which would
             # break httpcore's shielded close and leave the upstream connection open.
-            await asyncio.wait({self._opening})
+            await bounded(asyncio.wait({self._opening}))
             self._stream = stream = self._opening.result()
-            async for piece in stream:
+            pieces = aiter(stream)
+            while True:
+                try:
+                    piece = await bounded(anext(pieces))
+                except StopAsyncIteration:
+                    break
                 call.add(piece)
                 seq += 1
                 yield _event("token", seq, TokenEvent(piece.content, piece.thinking))
             record = call.finish("ok", stream.metrics)
             yield _event("done", seq + 1, Usage.of(record))
+        except ShuttingDown:
+            # The last word before the server goes: the same error shape as any other.
+            error = shutdown_error(call.id)
+            call.finish("cancelled", error=error)
+            yield _event("error", seq + 1, error_body(error))
         except OllamaError as exc:
             error = api_error(exc)
             error.request_id = call.id

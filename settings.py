@@ -61,6 +61,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def origin_list(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
+    # Seconds a stream or ask in flight may still run once the gateway is told to stop;
+    # after that it ends with a `server_shutdown` error. systemd's stop timeout must be longer.
+    grace: Annotated[float, Meta(ge=0, le=3600)] = 10.0
+    log_json: bool = False
+    # Prompts and answers in the log: off unless asked for, since they may be private.
+    log_content: bool = False
+
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser()
@@ -213,7 +220,28 @@ FLAGS: tuple[tuple[str, str, str, str], ...] = (
         "max_streams",
         "concurrent streams in total (0: no limit)",
     ),
+    (
+        "--grace",
+        "OLLAMA_GATEWAY_GRACE",
+        "grace",
+        "seconds calls in flight may still run after SIGTERM or Ctrl-C (default 10)",
+    ),
+    (
+        "--log-json",
+        "OLLAMA_GATEWAY_LOG_JSON",
+        "log_json",
+        "write the log as JSON lines, one object per line",
+    ),
+    (
+        "--log-content",
+        "OLLAMA_GATEWAY_LOG_CONTENT",
+        "log_content",
+        "also log each ask's prompt and answer (never its user_key)",
+    ),
 )
+
+# Fields set by a bare flag (`--log-json`) rather than a value; their variables take 1/0/true/false.
+SWITCHES = frozenset(f.name for f in msgspec.structs.fields(Settings) if f.type is bool)
 
 
 def parse_settings(
@@ -228,6 +256,11 @@ def parse_settings(
     )
     parser.add_argument("--version", action="version", version=f"ollama-host {__version__}")
     for flag, var, field, text in FLAGS:
+        if field in SWITCHES:
+            parser.add_argument(
+                flag, dest=field, action="store_true", default=None, help=f"{text} [{var}]"
+            )
+            continue
         parser.add_argument(
             flag, dest=field, metavar=var.removeprefix("OLLAMA_GATEWAY_"), help=f"{text} [{var}]"
         )

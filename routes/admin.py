@@ -13,9 +13,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from errors import ApiError
-from store import Status, UsageQuery
+from store import Status, UsageQuery, UsageRecord
 
 from .common import JSON, decode_query, gateway_of
+from .openapi import ADMIN, UNAUTHORIZED, Operation, Paths, Reply, error
 
 MAX_LIMIT = 1000
 
@@ -73,3 +74,32 @@ async def dashboard(request: Request) -> Response:
 
 
 routes = [Route("/api/v1/admin/dashboard", dashboard, methods=["GET"])]
+
+
+openapi: Paths = {
+    "/api/v1/admin/dashboard": {
+        "GET": Operation(
+            summary="The usage log, newest first",
+            tag="admin",
+            description="One record per call, filtered by the query parameters. `since` and "
+            "`until` are ISO 8601 dates or date-times (UTC when no zone is given). A full page "
+            "has `X-Next-Cursor` and a `Link: rel=next` header: pass the cursor back as "
+            "`cursor` for the next page.",
+            query=DashboardParams,
+            auth=ADMIN,
+            replies={
+                401: UNAUTHORIZED,
+                200: Reply(
+                    description="The matching usage records.",
+                    json=list[UsageRecord],
+                    headers={
+                        "X-Next-Cursor": "Present when more records may follow: the `cursor` "
+                        "for the next page.",
+                        "Link": 'The next page\'s URL, as `<...>; rel="next"`.',
+                    },
+                ),
+                422: error("A query parameter is invalid or repeated (`invalid_request`)."),
+            },
+        )
+    }
+}

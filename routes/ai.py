@@ -15,10 +15,15 @@ from starlette.types import Receive, Scope, Send
 
 from guard import SESSION_COOKIE
 from keys import TICKET_SECONDS
-from schemas import AskReply, AskRequest, Ticket, Usage
+from schemas import AskReply, AskRequest, ErrorBody, StartEvent, Ticket, TokenEvent, Usage
 from service import Call, Caller, Credentials, StreamedCall
 
 from .common import JSON, decode_body, decode_query, gateway_of
+from .openapi import CALLER, UNAUTHORIZED, Operation, Paths, Reply, error
+
+# Seconds after the grace period before sse-starlette cuts a stream of a stopping server
+# without a last word; the call's own `server_shutdown` event comes first.
+SHUTDOWN_MARGIN = 2.0
 
 
 def credentials(request: Request, *, ticket: str | None = None) -> Credentials:
@@ -105,7 +110,7 @@ async def ask_sync(request: Request) -> Response:
 class CallEvents(EventSourceResponse):
     """The SSE response of one streamed call; closing it always closes the call."""
 
-    def __init__(self, call: StreamedCall, *, keepalive: float) -> None:
+    def __init__(self, call: StreamedCall, *, keepalive: float, grace: float) -> None:
         super().__init__(
             call.events(),
             ping=keepalive,
@@ -115,6 +120,9 @@ class CallEvents(EventSourceResponse):
                 "Cache-Control": "no-cache, no-transform",
                 "X-Request-Id": call.id,
             },
+            # On shutdown the call itself ends the stream after `grace` seconds, with a
+            # final `error` event; sse-starlette's own cut-off must come later than that.
+            shutdown_grace_period=grace + SHUTDOWN_MARGIN,
         )
         self.call = call
 
@@ -125,14 +133,22 @@ class CallEvents(EventSourceResponse):
             await self.call.aclose()
 
 
+class StreamQuery(AskRequest, kw_only=True):
+    """The GET stream's query: the ask's fields, and a ticket in place of a header."""
+
+    ticket: str | None = None
+
+
 async def ask_async(request: Request) -> Response:
+    req: AskRequest
     if request.method == "GET":
+        query = decode_query(request, StreamQuery)
         if "last-event-id" in request.headers:
             # An EventSource reconnecting after its stream ended. An answer cannot be
             # resumed, and 204 is what tells a browser to stop reconnecting.
             return Response(status_code=204)
-        req = decode_query(request, AskRequest)
-        caller = admitted(request, req, ticket=request.query_params.get("ticket"))
+        req = query
+        caller = admitted(request, req, ticket=query.ticket)
     else:
         req = await decode_body(request, AskRequest)
         caller = admitted(request, req)
@@ -143,7 +159,8 @@ async def ask_async(request: Request) -> Response:
     except BaseException:
         await call.aclose()
         raise
-    return CallEvents(call, keepalive=gateway.settings.keepalive)
+    settings = gateway.settings
+    return CallEvents(call, keepalive=settings.keepalive, grace=settings.grace)
 
 
 async def tickets(request: Request) -> Response:
@@ -159,3 +176,100 @@ routes = [
     Route("/api/v1/ai/ask_async", ask_async, methods=["GET", "POST"]),
     Route("/api/v1/ai/tickets", tickets, methods=["POST"]),
 ]
+
+
+_ASK_ERRORS = {
+    400: error("The body is not JSON (`invalid_json`), or Ollama refused the request."),
+    401: UNAUTHORIZED,
+    403: error("This API key may not use this model (`model_not_allowed`)."),
+    413: error("The body or the prompt is too large (`body_too_large`, `prompt_too_large`)."),
+    429: error("A rate, token or stream limit is reached (`rate_limited`).", retry=True),
+    404: error("Ollama has no such model (`model_not_found`); `ollama pull` it first."),
+    422: error("The JSON is not a valid ask (`invalid_request`); the message names the field."),
+    502: error("Ollama is unreachable, failed, or answered nonsense (`upstream_*`)."),
+    503: error("Ollama is busy, or the gateway is shutting down.", retry=True),
+    504: error("Ollama sent nothing for `--timeout` seconds (`upstream_timeout`)."),
+}
+_EVENTS = {"start": StartEvent, "token": TokenEvent, "done": Usage, "error": ErrorBody}
+_STREAM = Reply(
+    description="The answer as Server-Sent Events: one `start`, a `token` per chunk, then "
+    "`done` with the call's usage or `error` (also sent when the gateway shuts down "
+    "before the answer ends, with code `server_shutdown`).",
+    events=_EVENTS,
+)
+_STREAM_ABOUT = (
+    "Failures noticed before the stream opens (within `--open-wait` seconds) keep their "
+    "HTTP status; later ones arrive as an `error` event."
+)
+
+openapi: Paths = {
+    "/api/v1/ai/models": {
+        "GET": Operation(
+            summary="List the models Ollama has",
+            tag="ai",
+            replies={
+                200: Reply(description="Model names, as `ollama list` shows them.", json=list[str]),
+                502: _ASK_ERRORS[502],
+                503: _ASK_ERRORS[503],
+                504: _ASK_ERRORS[504],
+            },
+        )
+    },
+    "/api/v1/ai/ask_sync": {
+        "POST": Operation(
+            summary="Ask and wait for the whole answer",
+            tag="ai",
+            description="The answer is plain text, or JSON with its usage when the client "
+            "prefers `application/json` in `Accept`.",
+            body=AskRequest,
+            auth=CALLER,
+            headers={"Accept": "`application/json` for a JSON reply; plain text otherwise."},
+            replies={
+                200: Reply(description="The answer.", text="text/plain", json=AskReply),
+                **_ASK_ERRORS,
+            },
+        )
+    },
+    "/api/v1/ai/ask_async": {
+        "POST": Operation(
+            summary="Ask and stream the answer",
+            tag="ai",
+            description=_STREAM_ABOUT,
+            body=AskRequest,
+            auth=CALLER,
+            replies={200: _STREAM, **_ASK_ERRORS},
+        ),
+        "GET": Operation(
+            summary="Ask and stream the answer (for EventSource)",
+            tag="ai",
+            description="The same ask as POST, with the body's fields as query parameters, "
+            "so a browser's `EventSource` can open it. " + _STREAM_ABOUT,
+            query=StreamQuery,
+            auth=CALLER,
+            headers={
+                "Last-Event-ID": "Sent by a reconnecting EventSource; answered with 204, "
+                "since an answer cannot be resumed."
+            },
+            replies={
+                200: _STREAM,
+                204: Reply(description="A reconnect after the stream ended: stop."),
+                **_ASK_ERRORS,
+            },
+        ),
+    },
+    "/api/v1/ai/tickets": {
+        "POST": Operation(
+            summary="A single-use stream ticket for EventSource",
+            tag="ai",
+            description="A browser EventSource cannot send `Authorization`. Get a ticket with "
+            "your key (or the admin cookie), then open "
+            "`GET /api/v1/ai/ask_async?...&ticket=<ticket>` within `expires_in` seconds; "
+            "it works once.",
+            auth=CALLER,
+            replies={
+                201: Reply(description="The ticket.", json=Ticket),
+                401: UNAUTHORIZED,
+            },
+        )
+    },
+}

@@ -8,6 +8,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+import requestlog
 from errors import ApiError, api_error, error_body
 
 if TYPE_CHECKING:
@@ -29,6 +30,8 @@ class JSON(Response):
 
 
 def error_response(error: ApiError) -> JSON:
+    if error.request_id is None and (info := requestlog.current.get()) is not None:
+        error.request_id = info.id
     headers = dict(error.headers)
     if error.request_id:
         headers["X-Request-Id"] = error.request_id
@@ -65,6 +68,13 @@ def decode_query(request: Request, kind: type[T]) -> T:
             )
         params[key] = value
     try:
-        return msgspec.convert(params, kind, strict=False)
+        decoded = msgspec.convert(params, kind, strict=False)
     except msgspec.ValidationError as exc:
         raise api_error(exc) from exc
+    for key in params:
+        # Lax conversion reads "null" as None; a parameter that is given is never None.
+        if getattr(decoded, key, "") is None:
+            raise ApiError(
+                422, "invalid_request", f"query parameter `{key}` cannot be {params[key]!r}"
+            )
+    return decoded

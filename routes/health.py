@@ -12,6 +12,7 @@ from schemas import Health, OllamaHealth, StoreHealthReply
 from settings import __version__
 
 from .common import JSON, gateway_of
+from .openapi import Operation, Paths, Reply
 
 # /health must answer quickly even when Ollama hangs.
 OLLAMA_PROBE_SECONDS = 3.0
@@ -44,3 +45,17 @@ async def health(request: Request) -> Response:
 
 
 routes = [Route("/health", health, methods=["GET"])]
+
+
+openapi: Paths = {
+    "/health": {
+        "GET": Operation(
+            summary="Is the gateway up, does Ollama answer, does the store write",
+            tag="operations",
+            description="Always 200 while the gateway runs: `status` is `ok` when Ollama "
+            "answers and the usage store writes, `degraded` otherwise (see `ollama.status` "
+            "and `store.status`).",
+            replies={200: Reply(description="The gateway's health.", json=Health)},
+        )
+    }
+}

@@ -19,6 +19,7 @@ from keys import ApiKey, KeyLimits
 from schemas import ModelName
 
 from .common import JSON, decode_body, gateway_of
+from .openapi import ADMIN, UNAUTHORIZED, Operation, Paths, Reply, error
 
 Label = Annotated[str, Meta(min_length=1, max_length=100)]
 
@@ -109,3 +110,64 @@ routes = [
     Route("/api/v1/admin/keys/{key_id}", update_key, methods=["PATCH"]),
     Route("/api/v1/admin/keys/{key_id}", revoke_key, methods=["DELETE"]),
 ]
+
+
+_KEY_ID = {"key_id": "The key's public id (`info.id` when it was made)."}
+_NOT_FOUND = error("No API key has that id (`key_not_found`).")
+_BAD = {
+    400: error("The body is not JSON (`invalid_json`)."),
+    422: error("The JSON is not valid here (`invalid_request`); the message names the field."),
+}
+
+openapi: Paths = {
+    "/api/v1/admin/keys": {
+        "GET": Operation(
+            summary="List the API keys (never the keys themselves)",
+            tag="keys",
+            auth=ADMIN,
+            replies={
+                200: Reply(description="Every key, revoked ones too.", json=list[KeyView]),
+                401: UNAUTHORIZED,
+            },
+        ),
+        "POST": Operation(
+            summary="Create an API key",
+            tag="keys",
+            description="The key is in this response only; the gateway keeps its hash. Once "
+            "any key exists, asking needs one.",
+            body=KeyCreate,
+            auth=ADMIN,
+            replies={
+                201: Reply(description="The new key, shown once.", json=NewKey),
+                401: UNAUTHORIZED,
+                **_BAD,
+            },
+        ),
+    },
+    "/api/v1/admin/keys/{key_id}": {
+        "PATCH": Operation(
+            summary="Change a key's label, models or limits",
+            tag="keys",
+            path=_KEY_ID,
+            body=KeyUpdate,
+            auth=ADMIN,
+            replies={
+                200: Reply(description="The key as it is now.", json=KeyView),
+                401: UNAUTHORIZED,
+                404: _NOT_FOUND,
+                **_BAD,
+            },
+        ),
+        "DELETE": Operation(
+            summary="Revoke a key",
+            tag="keys",
+            path=_KEY_ID,
+            auth=ADMIN,
+            replies={
+                200: Reply(description="The revoked key.", json=KeyView),
+                401: UNAUTHORIZED,
+                404: _NOT_FOUND,
+            },
+        ),
+    },
+}

@@ -1,0 +1,148 @@
+"""Request ids and the request log: one line per request, as text or as JSON.
+
+`RequestLog` is plain ASGI (no BaseHTTPMiddleware, which would put each response
+through a memory stream): it gives every request an id, adds it to the response
+as `X-Request-Id`, and logs one line when the request ends. An ask uses the same
+id for its usage record (`Call` reads it from `current`), so the header, the log
+line and the record all agree. Prompts, answers and keys stay out of the log
+unless `--log-content` is given, and even then the user_key is never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from store import new_id
+
+if TYPE_CHECKING:
+    from settings import Settings
+    from store import UsageRecord
+
+log = logging.getLogger("ollama_host.requests")
+_encode = msgspec.json.Encoder().encode
+_HEADER = b"x-request-id"
+
+
+class RequestInfo:
+    """What the log line needs to know about one request, filled in as it runs."""
+
+    __slots__ = ("id", "record")
+
+    def __init__(self, request_id: str) -> None:
+        self.id = request_id
+        # The usage record of the ask this request made, once written.
+        self.record: UsageRecord | None = None
+
+
+# Set for the duration of each HTTP request; tasks the request starts inherit it.
+current: ContextVar[RequestInfo | None] = ContextVar("current_request", default=None)
+
+
+class RequestLog:
+    def __init__(self, app: ASGIApp, *, content: bool = False) -> None:
+        self.app = app
+        self.content = content
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        info = RequestInfo(new_id())
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = message.get("headers", [])
+                # An ask sets its own header (its call id is this id); anything else gets ours.
+                if not any(name.lower() == _HEADER for name, _ in headers):
+                    message = {**message, "headers": [*headers, (_HEADER, info.id.encode())]}
+            await send(message)
+
+        # For the 500 handler, which runs outside this middleware (and this context).
+        scope.setdefault("state", {})["request_id"] = info.id
+        token = current.set(info)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            current.reset(token)
+            # 0: the app raised before answering; Starlette's error handler answers 500.
+            self._log(scope, info, status or 500, time.perf_counter() - started)
+
+    def _log(self, scope: Scope, info: RequestInfo, status: int, seconds: float) -> None:
+        # The path only: a GET stream's query string holds the prompt.
+        fields: dict[str, Any] = {
+            "id": info.id,
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "seconds": round(seconds, 6),
+        }
+        record = info.record
+        if record is not None:
+            fields.update(
+                model=record.model_name,
+                call=record.status,
+                tokens_in=record.input_tokens,
+                tokens_out=record.output_tokens,
+                streamed=record.streamed,
+            )
+            if record.error_code:
+                fields["error"] = record.error_code
+            if self.content:
+                fields["input"] = [[m.role, m.content] for m in record.input]
+                fields["output"] = record.output
+        text = " ".join(f"{key}={_text(value)}" for key, value in fields.items())
+        log.info("request %s", text, extra={"fields": fields})
+
+
+def _text(value: object) -> str:
+    # Plain words stay plain; anything with spaces, quotes or newlines is JSON-quoted,
+    # so one request is always one line.
+    if isinstance(value, str) and value.isprintable() and not _QUOTE.intersection(value):
+        return value or '""'
+    return _encode(value).decode()
+
+
+_QUOTE = frozenset(' "=')
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, plus a request's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            doc.update(fields)
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return _encode(doc).decode()
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_json:
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+    # httpx logs every request URL at INFO; the gateway logs each request itself.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -1,0 +1,240 @@
+"""The OpenAPI document, built from the routes' own descriptions and the msgspec schemas.
+
+Each routes module exports an `openapi` mapping next to its `routes` list:
+`{path: {method: Operation}}`. `document` gathers those, asks msgspec for the JSON
+Schema of every struct they name (one call, so shared structs become one component),
+and writes OpenAPI 3.1. Nothing in the document is written by hand except prose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from schemas import ErrorBody
+
+REF = "#/components/schemas/{name}"
+
+# Every response carries it (see app.RequestIds); documented once here.
+REQUEST_ID = (
+    "X-Request-Id",
+    "This request's id. For an ask it is also the id of its usage record.",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reply:
+    """One response of an operation; a body in each media type given (none: no body)."""
+
+    description: str
+    json: Any = None  # a type msgspec knows; its schema is the JSON body's
+    text: str | None = None  # media type of a text body, e.g. "text/plain" or "text/html"
+    events: Mapping[str, Any] | None = None  # SSE: event name -> type of its JSON data
+    headers: Mapping[str, str] = field(default_factory=dict)  # name -> description
+
+
+@dataclass(frozen=True, kw_only=True)
+class Operation:
+    summary: str
+    tag: str
+    replies: Mapping[int, Reply]
+    description: str = ""
+    query: Any = None  # a Struct whose fields are the query parameters
+    body: Any = None  # the type of a JSON request body
+    headers: Mapping[str, str] = field(default_factory=dict)  # request headers -> description
+    path: Mapping[str, str] = field(default_factory=dict)  # path parameters -> description
+    # Who may call it: ADMIN (the admin token or its cookie), CALLER (an API key once keys
+    # exist, or the admin), or nobody in particular (empty).
+    auth: tuple[str, ...] = ()
+
+
+ADMIN = ("adminToken", "adminCookie")
+CALLER = ("apiKey", "adminToken", "adminCookie", "anonymous")
+SECURITY_SCHEMES = {
+    "adminToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The admin token, shown once when the gateway first starts.",
+    },
+    "adminCookie": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "ohost_admin",
+        "description": "Set when the page is opened with `?token=<admin token>`.",
+    },
+    "apiKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A caller's API key (also accepted as the body's `user_key`). "
+        "Required to ask once any key exists.",
+    },
+}
+
+
+def error(description: str, *, retry: bool = False) -> Reply:
+    """A response carrying the one error shape."""
+    headers = {"Retry-After": "Seconds to wait before trying again."} if retry else {}
+    return Reply(description=description, json=ErrorBody, headers=headers)
+
+
+Paths = Mapping[str, Mapping[str, Operation]]
+
+UNAUTHORIZED = error("No valid admin token, API key or ticket (`unauthorized`).")
+
+
+def document(
+    descriptions: Iterable[Paths], *, title: str, version: str, description: str = ""
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for every operation in `descriptions`."""
+    paths: dict[str, dict[str, Operation]] = {}
+    for described in descriptions:
+        for path, methods in described.items():
+            for method, op in methods.items():
+                paths.setdefault(path, {})[method.lower()] = op
+
+    # Every type named anywhere, in a stable order, for one schema_components call.
+    types: list[Any] = []
+    queries: list[Any] = []
+    for methods in paths.values():
+        for op in methods.values():
+            queries += [op.query] if op.query is not None else []
+            types += [op.body] if op.body is not None else []
+            for reply in op.replies.values():
+                if reply.json is not None:
+                    types.append(reply.json)
+                types += list((reply.events or {}).values())
+    unique = list(dict.fromkeys(types + queries))
+    schemas, components = msgspec.json.schema_components(unique, ref_template=REF)
+    schema_of = dict(zip(unique, schemas, strict=True))
+
+    def query_parameters(kind: Any) -> list[dict[str, Any]]:
+        struct = components[schema_of[kind]["$ref"].rsplit("/", 1)[1]]
+        required = set(struct.get("required", ()))
+        return [
+            _parameter(name, "query", prop, required=name in required)
+            for name, prop in struct["properties"].items()
+        ]
+
+    def media(reply: Reply) -> dict[str, Any]:
+        content: dict[str, Any] = {}
+        if reply.text is not None:
+            content[reply.text] = {"schema": {"type": "string"}}
+        if reply.json is not None:
+            content["application/json"] = {"schema": schema_of[reply.json]}
+        if reply.events is not None:
+            content["text/event-stream"] = _event_stream(reply.events, schema_of)
+        return content
+
+    out_paths: dict[str, Any] = {}
+    for path, methods in paths.items():
+        out_methods: dict[str, Any] = {}
+        for method, op in methods.items():
+            item: dict[str, Any] = {"tags": [op.tag], "summary": op.summary}
+            if op.description:
+                item["description"] = op.description
+            item["operationId"] = _operation_id(method, path)
+            parameters = [
+                _parameter(name, "path", {"type": "string", "description": text}, required=True)
+                for name, text in op.path.items()
+            ]
+            parameters += [
+                _parameter(name, "header", {"type": "string", "description": text})
+                for name, text in op.headers.items()
+            ]
+            if op.query is not None:
+                parameters += query_parameters(op.query)
+            if parameters:
+                item["parameters"] = parameters
+            if op.body is not None:
+                item["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": schema_of[op.body]}},
+                }
+            responses: dict[str, Any] = {}
+            for status, reply in sorted(op.replies.items()):
+                response: dict[str, Any] = {"description": reply.description}
+                headers = {REQUEST_ID[0]: REQUEST_ID[1], **reply.headers}
+                response["headers"] = {
+                    name: {"description": text, "schema": {"type": "string"}}
+                    for name, text in headers.items()
+                }
+                content = media(reply)
+                if content:
+                    response["content"] = content
+                responses[str(status)] = response
+            item["responses"] = responses
+            if op.auth:
+                # `anonymous`: asking is open while no API key exists.
+                item["security"] = [{} if name == "anonymous" else {name: []} for name in op.auth]
+            out_methods[method] = item
+        out_paths[path] = out_methods
+
+    # A struct used only as query parameters is spelled out there, not a component.
+    for kind in set(queries) - set(types):
+        components.pop(schema_of[kind]["$ref"].rsplit("/", 1)[1])
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version, "description": description},
+        "paths": out_paths,
+        "components": {"schemas": components, "securitySchemes": SECURITY_SCHEMES},
+    }
+
+
+def _operation_id(method: str, path: str) -> str:
+    words = [w for w in path.replace("{", "").replace("}", "").split("/") if w]
+    return "_".join([method, *(w.replace(".", "_") for w in words)]) if words else method + "_root"
+
+
+def _parameter(
+    name: str, where: str, schema: dict[str, Any], *, required: bool = False
+) -> dict[str, Any]:
+    """A parameter from a struct field's schema; an absent parameter is the field's None."""
+    schema = dict(schema)
+    branches = schema.pop("anyOf", None)
+    if branches is not None:
+        # A query string cannot say null: `str | None` is just an optional string.
+        kept = [b for b in branches if b != {"type": "null"}]
+        schema = {**(kept[0] if len(kept) == 1 else {"anyOf": kept}), **schema}
+    if schema.get("default", 0) is None:
+        del schema["default"]
+    parameter: dict[str, Any] = {"name": name, "in": where, "required": required}
+    description = schema.pop("description", None)
+    if description:
+        parameter["description"] = description
+    parameter["schema"] = schema
+    return parameter
+
+
+def _event_stream(events: Mapping[str, Any], schema_of: Mapping[Any, Any]) -> dict[str, Any]:
+    """A Server-Sent Events body, described one event at a time.
+
+    As OpenAPI 3.2 does with `itemSchema` (and 3.1 tools read `schema` for SSE): each
+    event is an object with its `event` name, its `id`, and its `data`, a JSON text
+    whose shape `contentSchema` gives.
+    """
+    variants = [
+        {
+            "title": f"{name} event",
+            "type": "object",
+            "properties": {
+                "event": {"const": name},
+                "id": {"type": "string"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": schema_of[kind],
+                },
+            },
+            "required": ["event", "id", "data"],
+        }
+        for name, kind in events.items()
+    ]
+    names = ", ".join(f"`{name}`" for name in events)
+    about = (
+        f"One Server-Sent Event ({names}). Each has an `id`, an `event` name and one `data` "
+        "line of JSON; lines starting with `:` are keep-alive comments."
+    )
+    return {"schema": {"description": about, "oneOf": variants}}
