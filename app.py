@@ -21,7 +21,7 @@ from starlette.responses import Response
 import keys
 from errors import ApiError, api_error
 from ollama_client import OllamaClient, OllamaError
-from routes import admin, ai, health
+from routes import admin, ai, health, page
 from routes.common import error_response
 from service import Gateway
 from settings import Settings, parse_settings
@@ -75,7 +75,7 @@ def create_app(settings: Settings, store: UsageStore | None = None) -> Starlette
             await usage.aclose()
 
     return Starlette(
-        routes=[*ai.routes, *admin.routes, *health.routes],
+        routes=[*ai.routes, *admin.routes, *health.routes, *page.routes],
         lifespan=lifespan,
         exception_handlers={
             ApiError: on_api_error,

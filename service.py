@@ -107,6 +107,7 @@ class Call:
             user=keys.fingerprint(self.gateway.secret, req.user_key) if req.user_key else None,
         )
         self.gateway.store.append(self.record)
+        self.gateway.changes += 1
         log.info(
             "call %s model=%s status=%s streamed=%s tokens_in=%s tokens_out=%s seconds=%.3f%s",
             self.id,
@@ -131,6 +132,9 @@ class Gateway:
         self.ollama = ollama
         self.store = store
         self.secret = secret
+        # Bumped on every record appended: the admin endpoints' ETag, so an idle
+        # dashboard's polls are answered 304 without reading the store.
+        self.changes = 0
 
     async def ask(self, req: AskRequest) -> Call:
         """A whole answer at once. Raises ApiError; a cancelled ask is recorded as such."""

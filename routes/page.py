@@ -1,0 +1,46 @@
+"""The dashboard page at `/`, and the static files it loads from /static."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+# The page shows prompts and answers written by anyone who can call the gateway. It
+# renders them as text, and this policy is the second wall: only the gateway's own
+# scripts and styles run, nothing inline, nothing from another origin.
+CSP = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+PAGE_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+async def dashboard(request: Request) -> Response:
+    return FileResponse(STATIC / "dashboard.html", headers=PAGE_HEADERS)
+
+
+routes = [
+    Route("/", dashboard, methods=["GET", "HEAD"]),
+    Route("/dashboard", dashboard, methods=["GET", "HEAD"]),
+    Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+]
