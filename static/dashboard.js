@@ -28,6 +28,7 @@ const state = {
   etags: new Map(), // url -> etag
   timer: null,
   busy: false,
+  again: false,
   generation: 0, // bumped when the filters change, so late answers to old filters are dropped
   nextCursor: null,
 };
@@ -47,6 +48,7 @@ function fmtInt(value) {
 
 function fmtSeconds(value) {
   if (value === null || value === undefined) return "–";
+  if (value > 0 && value < 0.0005) return "<1 ms";
   if (value < 1) return `${Math.round(value * 1000)} ms`;
   if (value < 100) return `${value.toFixed(2)} s`;
   if (value < 3600) return `${Math.floor(value / 60)} min ${Math.round(value % 60)} s`;
@@ -98,21 +100,25 @@ async function errorText(response) {
   return `HTTP ${response.status}`;
 }
 
-// GET a JSON endpoint, revalidating with the ETag we hold: null means "unchanged".
-async function getJSON(path, params) {
+// GET a JSON endpoint, revalidating with the ETag we hold. `stale` means the filters changed
+// while it was on its way; `unchanged` that the server answered 304.
+async function getJSON(path, params, generation) {
   const url = `${path}?${params}`;
   const headers = {};
   const etag = state.etags.get(url);
   if (etag) headers["If-None-Match"] = etag;
   const response = await fetch(url, { headers, cache: "no-store" });
+  if (generation !== state.generation) return { stale: true };
   if (response.status === 304) return { unchanged: true, response };
   if (!response.ok) throw new Error(`${path}: ${await errorText(response)}`);
+  const body = await response.json();
+  if (generation !== state.generation) return { stale: true };
   const tag = response.headers.get("ETag");
   if (tag) {
     if (state.etags.size > 50) state.etags.clear();
     state.etags.set(url, tag);
   }
-  return { unchanged: false, response, body: await response.json() };
+  return { response, body };
 }
 
 // ---- filters and the URL -------------------------------------------------------------------
@@ -347,8 +353,8 @@ function renderStats(stats) {
 async function refreshStats(generation) {
   const params = apiParams();
   params.set("bucket", PERIODS[state.filters.period][1]);
-  const result = await getJSON("/api/v1/admin/stats", params);
-  if (generation !== state.generation || result.unchanged) return;
+  const result = await getJSON("/api/v1/admin/stats", params, generation);
+  if (result.stale || result.unchanged) return;
   renderStats(result.body);
 }
 
@@ -374,8 +380,15 @@ function callRow(record) {
   return tr;
 }
 
+// New filters: answers still on their way are for the old ones, and the ETags we hold
+// describe what the page showed before, so both are dropped.
 function resetTable() {
   state.generation += 1;
+  state.etags.clear();
+  clearTable();
+}
+
+function clearTable() {
   state.rows = [];
   state.nextCursor = null;
   $("calls").tBodies[0].replaceChildren();
@@ -387,14 +400,14 @@ async function refreshTable(generation) {
   params.set("limit", String(PAGE_SIZE));
   const newest = state.rows.length ? state.rows[0].id : null;
   if (newest) params.set("after", newest);
-  const result = await getJSON("/api/v1/admin/dashboard", params);
-  if (generation !== state.generation || result.unchanged) return;
+  const result = await getJSON("/api/v1/admin/dashboard", params, generation);
+  if (result.stale || result.unchanged) return;
   const records = result.body;
   const body = $("calls").tBodies[0];
   if (newest && records.length >= PAGE_SIZE) {
     // More arrived than one page holds: start over rather than leave a hole in the table.
-    resetTable();
-    return refreshTable(state.generation);
+    clearTable();
+    return refreshTable(generation);
   }
   if (!newest) {
     state.nextCursor = result.response.headers.get("X-Next-Cursor");
@@ -425,8 +438,8 @@ async function loadOlder() {
   params.set("limit", String(PAGE_SIZE));
   params.set("cursor", state.nextCursor);
   try {
-    const result = await getJSON("/api/v1/admin/dashboard", params);
-    if (generation !== state.generation || result.unchanged) return;
+    const result = await getJSON("/api/v1/admin/dashboard", params, generation);
+    if (result.stale || result.unchanged) return;
     state.nextCursor = result.response.headers.get("X-Next-Cursor");
     $("calls").tBodies[0].append(...result.body.map(callRow));
     state.rows = state.rows.concat(result.body);
@@ -523,8 +536,13 @@ function setLive(ok, text) {
 }
 
 async function refresh() {
-  if (state.busy) return;
+  if (state.busy) {
+    // Whatever changed since that refresh started is fetched right after it.
+    state.again = true;
+    return;
+  }
   state.busy = true;
+  state.again = false;
   const generation = state.generation;
   updateExportLinks();
   try {
@@ -536,6 +554,7 @@ async function refresh() {
     showProblem(error.message);
   } finally {
     state.busy = false;
+    if (state.again) refresh();
   }
 }
 
