@@ -122,6 +122,10 @@ def test_a_filter_narrows_the_table_and_stays_in_the_url(page: Page, site: Gatew
         assert "alpha" in text
     expect(page.locator("#t-calls")).to_have_attribute("data-value", "2")
     assert "project=alpha" in page.url
+    export = page.get_attribute("#export-csv", "href")
+    assert export is not None
+    assert "project=alpha" in export
+    assert "format=csv" in export
     # The URL is the view: opening it elsewhere shows the same thing.
     shared = page.context.new_page()
     shared.goto(page.url)
@@ -225,7 +229,17 @@ def start_long_answer(page: Page, site: Gateway, project: str) -> None:
     expect(page.locator("#pg-output")).to_contain_text("w1 ")
 
 
-def test_stop_ends_the_stream(page: Page, site: Gateway, client: httpx.Client) -> None:
+def assert_upstream_closed(standin: StandIn) -> None:
+    """Ollama was told to stop too (and the shared stand-in is left with nothing open)."""
+    deadline = time.monotonic() + 10
+    while standin.open_streams():
+        assert time.monotonic() < deadline, "the stand-in still has a stream open"
+        time.sleep(0.05)
+
+
+def test_stop_ends_the_stream(
+    page: Page, site: Gateway, client: httpx.Client, standin: StandIn
+) -> None:
     project = unique("stop")
     start_long_answer(page, site, project)
 
@@ -234,6 +248,7 @@ def test_stop_ends_the_stream(page: Page, site: Gateway, client: httpx.Client) -
     expect(page.locator("#pg-status")).to_have_text("stopped")
     record = wait_for_record(client, project, "cancelled")
     assert record["output_tokens"] < 300
+    assert_upstream_closed(standin)
 
 
 def test_leaving_the_page_ends_the_stream(page: Page, site: Gateway, client: httpx.Client) -> None:
@@ -275,5 +290,11 @@ def test_screenshots_fit_the_screen(
         # Wide tables scroll inside their panels; the page itself never scrolls sideways.
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         page.screenshot(path=ARTIFACTS / f"dashboard-{name}-{scheme}.png", full_page=True)
+        page.locator("#calls tbody tr").first.click()
+        box = page.locator("#detail").bounding_box()
+        assert box is not None
+        assert box["x"] >= 0
+        assert box["x"] + box["width"] <= viewport["width"]
+        page.screenshot(path=ARTIFACTS / f"detail-{name}-{scheme}.png")
     finally:
         context.close()
