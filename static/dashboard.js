@@ -615,6 +615,8 @@ async function loadModels() {
       return option;
     }));
     if (!models.length) $("pg-status").textContent = "Ollama has no models installed.";
+    // Send stays disabled until there is a model to send to.
+    $("pg-send").disabled = !models.length || playground.source !== null;
   } catch (error) {
     $("pg-status").textContent = `Cannot list the models: ${error.message}`;
   }
@@ -625,7 +627,7 @@ function stopStream(reason) {
     playground.source.close();
     playground.source = null;
   }
-  $("pg-send").disabled = false;
+  $("pg-send").disabled = $("playground").elements.agent.options.length === 0;
   $("pg-stop").disabled = true;
   if (reason) $("pg-status").textContent = reason;
 }
