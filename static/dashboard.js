@@ -101,6 +101,8 @@ async function errorText(response) {
   return `HTTP ${response.status}`;
 }
 
+class Unreachable extends Error {}
+
 // GET a JSON endpoint, revalidating with the ETag we hold. `stale` means the filters changed
 // while it was on its way; `unchanged` that the server answered 304.
 async function getJSON(path, params, generation) {
@@ -108,7 +110,13 @@ async function getJSON(path, params, generation) {
   const headers = {};
   const etag = state.etags.get(url);
   if (etag) headers["If-None-Match"] = etag;
-  const response = await fetch(url, { headers, cache: "no-store" });
+  let response;
+  try {
+    response = await fetch(url, { headers, cache: "no-store" });
+  } catch (_) {
+    // fetch rejects only when no answer came back at all.
+    throw new Unreachable();
+  }
   if (generation !== state.generation) return { stale: true };
   if (response.status === 304) return { unchanged: true, response };
   if (!response.ok) throw new Error(`${path}: ${await errorText(response)}`);
@@ -224,7 +232,8 @@ function drawBars(svg, series, parts, bucketSeconds) {
   // The SVG is 100 x 100 user units stretched to its box; bars need no text, so stretching is fine.
   svg.replaceChildren();
   const totals = series.map((b) => parts.reduce((sum, [key]) => sum + b[key], 0));
-  const max = Math.max(1, ...totals);
+  const peak = Math.max(0, ...totals);
+  const max = Math.max(1, peak);
   const width = 100 / Math.max(1, series.length);
   const gap = series.length > 60 ? 0 : width * 0.15;
   series.forEach((bucket, i) => {
@@ -246,7 +255,7 @@ function drawBars(svg, series, parts, bucketSeconds) {
       svg.append(rect);
     }
   });
-  return max;
+  return peak;
 }
 
 function renderCharts(stats) {
@@ -267,8 +276,8 @@ function renderCharts(stats) {
   $("tokens-from").textContent = from;
   $("calls-to").textContent = to;
   $("tokens-to").textContent = to;
-  $("calls-max").textContent = `max ${fmtInt(callsMax)}`;
-  $("tokens-max").textContent = `max ${fmtInt(tokensMax)}`;
+  $("calls-max").textContent = callsMax ? `peak ${fmtInt(callsMax)}` : "no calls";
+  $("tokens-max").textContent = tokensMax ? `peak ${fmtInt(tokensMax)}` : "no tokens";
 }
 
 const BREAKDOWN_COLUMNS = [
@@ -553,8 +562,13 @@ async function refresh() {
     showProblem("");
     setLive(true, `live · updated ${new Date().toLocaleTimeString()}`);
   } catch (error) {
-    setLive(false, "cannot reach the gateway");
-    showProblem(error.message);
+    if (error instanceof Unreachable) {
+      setLive(false, "cannot reach the gateway");
+      showProblem(`The gateway at ${location.host} does not answer; the page keeps trying.`);
+    } else {
+      setLive(false, "the gateway reported a problem");
+      showProblem(error.message);
+    }
   } finally {
     state.busy = false;
     if (state.again) refresh();
