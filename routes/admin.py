@@ -116,9 +116,8 @@ async def dashboard(request: Request) -> Response:
     if len(records) == params.limit:
         # More may follow: the next page starts after the last record of this one.
         cursor = records[-1].id
-        following = {
-            k: v for k, v in request.query_params.items() if k not in ("cursor", "offset", "after")
-        }
+        # `after` stays: the next page is the rest of what is newer than it.
+        following = {k: v for k, v in request.query_params.items() if k not in ("cursor", "offset")}
         following["cursor"] = cursor
         headers["X-Next-Cursor"] = cursor
         headers["Link"] = f'<{request.url.path}?{urlencode(following)}>; rel="next"'

@@ -135,6 +135,20 @@ def test_after_returns_only_newer_records(client: httpx.Client) -> None:
     assert [r["input"][0]["content"] for r in newer] == ["new"]
 
 
+def test_after_pages_through_everything_newer(client: httpx.Client) -> None:
+    project = unique()
+    for n in range(4):
+        client.post("/api/v1/ai/ask_sync", json=ask(content=f"n{n}", project=project))
+    oldest = records(client, project=project)[-1]["id"]
+    first = client.get(
+        "/api/v1/admin/dashboard", params={"project": project, "after": oldest, "limit": 2}
+    )
+
+    rest = client.get(first.links["next"]["url"])
+
+    assert [r["input"][0]["content"] for r in first.json() + rest.json()] == ["n3", "n2", "n1"]
+
+
 def test_export_json_streams_every_filtered_record(client: httpx.Client) -> None:
     project = unique()
     make_calls(client, project)
