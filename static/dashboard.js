@@ -737,6 +737,11 @@ function start() {
   $("older").addEventListener("click", loadOlder);
 
   $("playground").addEventListener("submit", startStream);
+  $("playground").elements.content.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !$("pg-send").disabled) {
+      $("playground").requestSubmit();
+    }
+  });
   $("pg-stop").addEventListener("click", () => stopStream("stopped"));
   // Leaving the page ends the stream, so the gateway stops Ollama generating for nobody.
   window.addEventListener("pagehide", () => stopStream());

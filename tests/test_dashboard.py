@@ -218,14 +218,15 @@ def test_playground_streams_the_answer_token_by_token(
     # The call it made is in the table without a reload.
     expect(page.locator("#calls tbody tr").first).to_contain_text(project)
     assert wait_for_record(client, project, "ok")["output"] == whole
-    page.screenshot(path=ARTIFACTS / "playground.png", full_page=True)
+    page.locator(".playground").screenshot(path=ARTIFACTS / "playground.png")
 
 
 def start_long_answer(page: Page, site: Gateway, project: str) -> None:
     open_dashboard(page, site)
     page.fill("#playground input[name=project]", project)
     page.fill("#playground textarea[name=content]", "[[tokens=300]] [[delay=0.05]]")
-    page.click("#pg-send")
+    expect(page.locator("#pg-send")).to_be_enabled()
+    page.press("#playground textarea[name=content]", "Control+Enter")
     expect(page.locator("#pg-output")).to_contain_text("w1 ")
 
 
