@@ -27,7 +27,7 @@ from guard import Guard
 from keys import Access
 from ollama_client import OllamaClient, OllamaError
 from requestlog import RequestLog, configure_logging
-from routes import admin, ai, docs, health, openapi
+from routes import admin, ai, docs, health, openapi, page
 from routes import keys as key_routes
 from routes.common import encoder, error_response
 from service import Gateway
@@ -39,7 +39,7 @@ log = logging.getLogger("ollama_host")
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 # Each module exports `routes` and an `openapi` description of them.
-MODULES = (ai, admin, key_routes, health, docs)
+MODULES = (ai, admin, key_routes, health, docs, page)
 
 
 async def on_api_error(request: Request, exc: Exception) -> Response:

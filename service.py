@@ -158,6 +158,7 @@ class Call:
             else ("admin" if self.caller.admin else None),
         )
         self.gateway.store.append(self.record)
+        self.gateway.changes += 1
         self.gateway.spend(self, self.record)
         if self.request is not None:
             self.request.record = self.record
@@ -194,6 +195,9 @@ class Gateway:
         # the server starts to stop. Every await on Ollama runs under one of `_bounds`.
         self.deadline: float | None = None
         self._bounds: set[asyncio.Timeout] = set()
+        # Bumped on every record appended: the admin endpoints' ETag, so an idle
+        # dashboard's polls are answered 304 without reading the store.
+        self.changes = 0
 
     def drain(self, grace: float) -> None:
         """The server is stopping: calls in flight get `grace` more seconds, then end."""

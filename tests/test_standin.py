@@ -74,7 +74,8 @@ def test_streamed_chat_lines_and_final_metrics(ollama: httpx.Client, standin: St
     assert all(isinstance(ns, int) and ns > 0 for ns in durations)
     assert final["total_duration"] >= final["load_duration"] + final["prompt_eval_duration"]
 
-    [call] = standin.calls()
+    # The stand-in marks a call ended just after its last byte: the client can be faster.
+    [call] = standin.wait_for(lambda calls: len(calls) == 1 and calls[0]["ended"] is not None)
     assert call["model"] == "llama3"
     assert call["stream"] is True
     assert call["options"] == {"temperature": 0}
@@ -87,7 +88,8 @@ def test_streamed_chat_lines_and_final_metrics(ollama: httpx.Client, standin: St
 def test_load_is_reported_in_nanoseconds(ollama: httpx.Client) -> None:
     response = ollama.post("/api/chat", json=chat("[[tokens=1]] [[load=0.05]]"))
     final = ndjson(response.text)[-1]
-    assert final["load_duration"] >= 50_000_000
+    # The event loop's timers fire to within a millisecond, sometimes early.
+    assert final["load_duration"] >= 49_000_000
 
 
 def test_num_predict_limits_with_done_reason_length(ollama: httpx.Client) -> None:
