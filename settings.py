@@ -38,6 +38,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # loads get keep-alive comments.
     open_wait: Annotated[float, Meta(ge=0)] = 1.0
     log_level: str = "info"
+    # Usage records older than this many days are deleted; None keeps them forever.
+    retention_days: Annotated[float, Meta(gt=0)] | None = None
 
     @property
     def data_path(self) -> Path:
@@ -117,6 +119,12 @@ FLAGS: tuple[tuple[str, str, str, str], ...] = (
         "OLLAMA_GATEWAY_OPEN_WAIT",
         "open_wait",
         "seconds a stream waits for Ollama to accept before opening anyway (default 1)",
+    ),
+    (
+        "--retention-days",
+        "OLLAMA_GATEWAY_RETENTION_DAYS",
+        "retention_days",
+        "delete usage records older than this many days (default: keep them forever)",
     ),
     (
         "--log-level",
