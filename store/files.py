@@ -5,6 +5,10 @@
     data/usage/index/2026-11-26-0001.summary
                                         derived: id/date ranges, values and hourly sums of
                                         that file, so queries and stats skip what they need not read
+    data/usage/index/2026-11-26-0001.rows
+                                        derived: each record's filter and stats fields and where
+                                        its document starts in the file, so a query reads rows and
+                                        then only the documents it returns
 
 A TinyDB file is only ever replaced whole (temp file, fsync, rename), so a reader
 sees the old file or the new one. The journal is only appended to, and fsynced.
@@ -58,6 +62,27 @@ class SegmentMeta(msgspec.Struct, array_like=True, kw_only=True):
     statuses: list[str | None] | None
 
 
+class Row(msgspec.Struct, array_like=True, kw_only=True):
+    """A record's filter and stats fields, and where its document lies in its file."""
+
+    id: str
+    date: str
+    model_name: str
+    project: str | None
+    process_id: str | None
+    subprocess_id: str | None
+    status: str
+    input_tokens: int | None
+    output_tokens: int | None
+    total_seconds: float
+    ttft_seconds: float | None
+    eval_seconds: float | None
+    upstream_seconds: float | None
+    tokens_estimated: bool
+    offset: int
+    length: int
+
+
 class Summary(msgspec.Struct, array_like=True):
     meta: SegmentMeta
     cells: list[Cell]
@@ -71,6 +96,8 @@ class _SummaryHead(msgspec.Struct, array_like=True):
 _encode_summary = msgspec.msgpack.Encoder().encode
 _decode_summary = msgspec.msgpack.Decoder(Summary).decode
 _decode_summary_head = msgspec.msgpack.Decoder(_SummaryHead).decode
+_encode_rows = msgspec.msgpack.Encoder().encode
+_decode_rows = msgspec.msgpack.Decoder(list[Row]).decode
 
 
 def segment_key(name: str) -> tuple[str, int]:
@@ -83,10 +110,24 @@ def segment_name(day: str, seq: int) -> str:
     return f"{day}-{seq:04d}.json"
 
 
+def layout(lines: list[bytes]) -> tuple[bytes, list[tuple[int, int]]]:
+    """A TinyDB file holding these encoded records as documents 1..n of table "usage",
+    and where each document lies in it (offset, length)."""
+    parts = [b'{"%s":{' % TABLE.encode()]
+    at = len(parts[0])
+    spans: list[tuple[int, int]] = []
+    for n, line in enumerate(lines, 1):
+        head = b'"%d":' % n if n == 1 else b',"%d":' % n
+        at += len(head)
+        spans.append((at, len(line)))
+        at += len(line)
+        parts += (head, line)
+    parts.append(b"}}")
+    return b"".join(parts), spans
+
+
 def tinydb_bytes(lines: list[bytes]) -> bytes:
-    """A TinyDB file holding these encoded records as documents 1..n of table "usage"."""
-    body = b",".join(b'"%d":%s' % (n, line) for n, line in enumerate(lines, 1))
-    return b'{"%s":{%s}}' % (TABLE.encode(), body)
+    return layout(lines)[0]
 
 
 def read_segment(path: Path) -> list[UsageRecord]:
@@ -128,6 +169,54 @@ def summary_path(usage: Path, name: str) -> Path:
     return usage / INDEX / (name.removesuffix(".json") + ".summary")
 
 
+def rows_path(usage: Path, name: str) -> Path:
+    return usage / INDEX / (name.removesuffix(".json") + ".rows")
+
+
+def read_rows(path: Path) -> list[Row]:
+    """Raises OSError or ValueError when the rows are missing or unreadable."""
+    try:
+        return _decode_rows(path.read_bytes())
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(f"unreadable {path.name}: {exc}") from None
+
+
+def read_documents(path: Path, rows: list[Row]) -> list[UsageRecord | None]:
+    """The documents these rows point at, read one by one; None where the file no longer
+    holds that record (it was rewritten since the rows were read)."""
+    found: list[UsageRecord | None] = []
+    with open(path, "rb") as handle:
+        fd = handle.fileno()
+        for row in rows:
+            try:
+                record = decode_line(os.pread(fd, row.length, row.offset))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                record = None
+            found.append(record if record is not None and record.id == row.id else None)
+    return found
+
+
+def _row(r: UsageRecord, span: tuple[int, int]) -> Row:
+    return Row(
+        id=r.id,
+        date=r.date,
+        model_name=r.model_name,
+        project=r.project,
+        process_id=r.process_id,
+        subprocess_id=r.subprocess_id,
+        status=r.status,
+        input_tokens=r.input_tokens,
+        output_tokens=r.output_tokens,
+        total_seconds=r.total_seconds,
+        ttft_seconds=r.ttft_seconds,
+        eval_seconds=r.eval_seconds,
+        upstream_seconds=r.upstream_seconds,
+        tokens_estimated=r.tokens_estimated,
+        offset=span[0],
+        length=span[1],
+    )
+
+
 def read_summary(path: Path) -> Summary:
     return _decode_summary(path.read_bytes())
 
@@ -159,14 +248,37 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def write_segment(
-    usage: Path, name: str, records: list[UsageRecord], lines: list[bytes]
-) -> Summary:
-    """Write a closed file and its summary (the caller fsyncs the folders)."""
-    data = tinydb_bytes(lines)
-    atomic_write(usage / name, data)
-    summary = summarize(name, len(data), records)
+    usage: Path, name: str, records: list[UsageRecord], lines: list[bytes], *, data: bool = True
+) -> tuple[SegmentMeta, list[Row]]:
+    """Write a closed file (unless data=False: it is on disk as layout(lines) already),
+    then its rows and summary. The caller fsyncs the folders."""
+    content, spans = layout(lines)
+    if data:
+        atomic_write(usage / name, content)
+    rows = [_row(r, span) for r, span in zip(records, spans, strict=True)]
+    atomic_write(rows_path(usage, name), _encode_rows(rows))
+    summary = summarize(name, len(content), records)
     atomic_write(summary_path(usage, name), _encode_summary(summary))
-    return summary
+    return summary.meta, rows
+
+
+def reindex(usage: Path, name: str) -> tuple[SegmentMeta, list[Row]] | None:
+    """Rebuild a closed file's rows and summary from the file itself.
+
+    A file changed outside the gateway (say, by TinyDB, which writes spaces) is first
+    rewritten in the store's compact form, records unchanged, so rows can point into it.
+    Raises ValueError if the file is unreadable; returns None if it holds no record.
+    """
+    path = usage / name
+    raw = path.read_bytes()
+    records = read_segment(path)
+    if not records:
+        return None
+    lines = [encode(r) for r in records]
+    same = layout(lines)[0] == raw
+    if not same:
+        log.warning("usage file %s was changed outside the gateway; re-indexing it", name)
+    return write_segment(usage, name, records, lines, data=not same)
 
 
 def fsync_dir(folder: Path) -> None:

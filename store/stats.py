@@ -15,10 +15,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Protocol
 
 import msgspec
 
-from .records import Bucket, GroupStats, Stats, Totals, UsageRecord, iso
+from .records import Bucket, GroupStats, Stats, Totals, iso
 
 RATIO = 1.1
 _LOG_RATIO = math.log(RATIO)
@@ -27,6 +28,37 @@ ZERO = -(10**6)
 _ZERO_BELOW = 1e-6
 
 CellKey = tuple[int, str | None, str | None, str | None, str | None, str]
+
+
+class Measured(Protocol):
+    """What stats need of a record: a UsageRecord, or the store's Row of one."""
+
+    @property
+    def date(self) -> str: ...
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def project(self) -> str | None: ...
+    @property
+    def process_id(self) -> str | None: ...
+    @property
+    def subprocess_id(self) -> str | None: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def input_tokens(self) -> int | None: ...
+    @property
+    def output_tokens(self) -> int | None: ...
+    @property
+    def total_seconds(self) -> float: ...
+    @property
+    def ttft_seconds(self) -> float | None: ...
+    @property
+    def eval_seconds(self) -> float | None: ...
+    @property
+    def upstream_seconds(self) -> float | None: ...
+    @property
+    def tokens_estimated(self) -> bool: ...
 
 
 def hist_bucket(value: float) -> int:
@@ -79,7 +111,7 @@ class Cell(msgspec.Struct, array_like=True, kw_only=True):
     seconds_hist: dict[int, int] = msgspec.field(default_factory=dict)
     ttft_hist: dict[int, int] = msgspec.field(default_factory=dict)
 
-    def add(self, record: UsageRecord) -> None:
+    def add(self, record: Measured) -> None:
         self.calls += 1
         self.input_tokens += record.input_tokens or 0
         self.output_tokens += record.output_tokens or 0
@@ -96,12 +128,12 @@ class Cell(msgspec.Struct, array_like=True, kw_only=True):
             self.eval_tokens += record.output_tokens
 
 
-def record_start(record: UsageRecord, bucket_seconds: int) -> int:
+def record_start(record: Measured, bucket_seconds: int) -> int:
     moment = int(datetime.fromisoformat(record.date).timestamp())
     return moment - moment % bucket_seconds
 
 
-def cells_of(records: Iterable[UsageRecord], bucket_seconds: int) -> list[Cell]:
+def cells_of(records: Iterable[Measured], bucket_seconds: int) -> list[Cell]:
     cells: dict[CellKey, Cell] = {}
     for record in records:
         key: CellKey = (
@@ -238,7 +270,7 @@ class StatsBuilder:
         )
 
 
-def compute_stats(records: Iterable[UsageRecord], bucket_seconds: int) -> Stats:
+def compute_stats(records: Iterable[Measured], bucket_seconds: int) -> Stats:
     """Stats over these records, straight from the records."""
     builder = StatsBuilder(bucket_seconds)
     for cell in cells_of(records, bucket_seconds):

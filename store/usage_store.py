@@ -26,11 +26,12 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 
 from . import files
-from .files import SegmentMeta
+from .files import Row, SegmentMeta
 from .records import Stats, UsageQuery, UsageRecord, iso
 from .stats import Cell, StatsBuilder, cells_of
 
@@ -44,7 +45,8 @@ RETRY_SECONDS = 1.0
 RETENTION_EVERY = 3600.0
 # Records held in memory while the disk refuses them; beyond this the newest are dropped.
 MAX_PENDING = 100_000
-CACHED_SEGMENTS = 3
+# Closed files whose rows queries keep decoded (about 1 MB each).
+CACHED_SEGMENTS = 16
 
 
 class StoreError(Exception):
@@ -90,6 +92,9 @@ class _Open:
         self.size = size
 
 
+_Filterable = TypeVar("_Filterable", UsageRecord, Row)
+
+
 class _Filter:
     """A query's filters, with its dates as the strings stored on disk."""
 
@@ -100,7 +105,7 @@ class _Filter:
         self.before = q.before if paging else None
         self.after = q.after if paging else None
 
-    def record(self, r: UsageRecord) -> bool:
+    def record(self, r: _Filterable) -> bool:
         q = self.q
         return (
             (q.project is None or r.project == q.project)
@@ -159,9 +164,10 @@ class UsageStore:
         self._committing: list[UsageRecord] = []
         self._unfolded: list[tuple[UsageRecord, bytes]] = []
         self._metas: list[SegmentMeta] = []
-        self._cache: OrderedDict[tuple[str, int], list[UsageRecord]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int], list[Row]] = OrderedDict()
         self._flushes: list[Future[None]] = []
         self._closing = False
+        self._stopped = False
         self._dropped = 0
         self._journal_error: str | None = None
         self._fold_error: str | None = None
@@ -207,25 +213,23 @@ class UsageStore:
                 self._fold_failed(exc)
 
     def _closed_meta(self, name: str) -> SegmentMeta | None:
-        """A closed file's meta from its summary; checked against the file's size only,
-        so startup does not read the history. A mismatch means the file changed: read it."""
+        """A closed file's meta from its summary, checked against the file's size only,
+        so startup does not read the history. A mismatch means the file changed: re-index."""
         path = self.path / name
-        summary = files.summary_path(self.path, name)
-        meta = files.read_meta(summary)
+        meta = files.read_meta(files.summary_path(self.path, name))
         if meta is not None and meta.size == path.stat().st_size:
             return meta
+        indexed = self._reindex(name)
+        return indexed[0] if indexed else None
+
+    def _reindex(self, name: str) -> tuple[SegmentMeta, list[Row]] | None:
         try:
-            records = files.read_segment(path)
+            return files.reindex(self.path, name)
         except ValueError as exc:
-            files.set_aside(path, str(exc))
-            summary.unlink(missing_ok=True)
+            files.set_aside(self.path / name, str(exc))
+            files.summary_path(self.path, name).unlink(missing_ok=True)
+            files.rows_path(self.path, name).unlink(missing_ok=True)
             return None
-        if not records:
-            return None
-        lines = [files.encode(r) for r in records]
-        if meta is not None:
-            log.warning("usage file %s changed since it was closed; re-indexing it", name)
-        return files.write_segment(self.path, name, records, lines).meta
 
     def _open_newest(self, name: str | None) -> _Open:
         if name is not None:
@@ -279,8 +283,7 @@ class UsageStore:
         seen = {r.id for r in self._open.records}
         for meta in self._metas:
             if meta.max_id >= oldest:
-                with contextlib.suppress(ValueError):
-                    seen.update(r.id for r in files.read_segment(self.path / meta.name))
+                seen.update(r.id for r in self._rows(meta))
         fresh = [(r, line) for r, line in found if r.id not in seen]
         if bad:  # the journal was replaced: put the records back before anything else
             os.write(self._journal_fd, b"".join(line + b"\n" for _, line in fresh))
@@ -308,6 +311,17 @@ class UsageStore:
                 self._wake.notify()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            # Normally at close; if a bug ended the thread, nobody may wait on it forever.
+            with self._lock:
+                self._stopped = True
+                flushes, self._flushes = self._flushes, []
+            for flushed in flushes:
+                flushed.set_result(None)
+
+    def _loop(self) -> None:
         while True:
             with self._wake:
                 while True:
@@ -375,7 +389,15 @@ class UsageStore:
         return due
 
     def _commit(self, batch: list[UsageRecord]) -> None:
-        lines = [files.encode(r) for r in batch]
+        lines: list[bytes] = []
+        for record in batch:
+            try:
+                lines.append(files.encode(record))
+            except (UnicodeEncodeError, msgspec.EncodeError) as exc:
+                # msgspec refuses lone surrogates on the way in; this is a last guard.
+                log.error("USAGE RECORD DROPPED: call %s cannot be encoded: %s", record.id, exc)
+        if len(lines) < len(batch):
+            batch = [r for r in batch if _encodable(r)]
         data = b"".join(line + b"\n" for line in lines)
         try:
             written = 0
@@ -422,7 +444,7 @@ class UsageStore:
             records.append(record)
             lines.append(line)
             size += len(line)
-        metas = [files.write_segment(self.path, *closed_one).meta for closed_one in closed]
+        indexed = [files.write_segment(self.path, *closed_one) for closed_one in closed]
         files.atomic_write(self.path / name, files.tinydb_bytes(lines))
         files.fsync_dir(self.path)
         files.fsync_dir(self.path / files.INDEX)
@@ -431,11 +453,11 @@ class UsageStore:
         self._journal_size = 0
         self._folded_at = time.monotonic()
         with self._lock:
-            self._metas = self._metas + metas
+            self._metas = self._metas + [meta for meta, _ in indexed]
             self._open = _Open(name, records, lines, size)
             self._unfolded = []
-            for meta, (_, closed_records, _) in zip(metas, closed, strict=True):
-                self._cache_put(meta, closed_records)
+            for meta, rows in indexed:
+                self._cache_put(meta, rows)
         if self._fold_error:
             log.warning("the usage files are writable again")
             self._fold_error = None
@@ -461,10 +483,11 @@ class UsageStore:
             removed += meta.count - len(records)
             if records:
                 lines = [files.encode(r) for r in records]
-                kept.append(files.write_segment(self.path, meta.name, records, lines).meta)
+                kept.append(files.write_segment(self.path, meta.name, records, lines)[0])
             else:
                 path.unlink()
                 files.summary_path(self.path, meta.name).unlink(missing_ok=True)
+                files.rows_path(self.path, meta.name).unlink(missing_ok=True)
         current = self._open
         fresh = [r for r in current.records if r.date >= cutoff]
         if len(fresh) < len(current.records):
@@ -487,6 +510,8 @@ class UsageStore:
         """Wait until everything appended so far is in the TinyDB files (or has failed to be)."""
         done: Future[None] = Future()
         with self._wake:
+            if self._stopped:
+                return
             self._flushes.append(done)
             self._wake.notify()
         await asyncio.wrap_future(done)
@@ -502,28 +527,38 @@ class UsageStore:
             recent += self._pending
         return metas, recent
 
-    def _cache_put(self, meta: SegmentMeta, records: list[UsageRecord]) -> None:
-        self._cache[(meta.name, meta.size)] = records
+    def _cache_put(self, meta: SegmentMeta, rows: list[Row]) -> None:
+        self._cache[(meta.name, meta.size)] = rows
         while len(self._cache) > CACHED_SEGMENTS:
             self._cache.popitem(last=False)
 
-    def _segment(self, meta: SegmentMeta) -> list[UsageRecord]:
+    def _rows(self, meta: SegmentMeta) -> list[Row]:
+        """A closed file's rows: from the cache, its rows file, or (if that is lost) the file."""
         key = (meta.name, meta.size)
         with self._lock:
-            records = self._cache.get(key)
-            if records is not None:
+            rows = self._cache.get(key)
+            if rows is not None:
                 self._cache.move_to_end(key)
-                return records
+                return rows
         try:
-            records = files.read_segment(self.path / meta.name)
+            rows = files.read_rows(files.rows_path(self.path, meta.name))
         except FileNotFoundError:
-            return []  # retention removed it while this query ran
-        except ValueError as exc:
-            log.error("USAGE FILE UNREADABLE, skipped by this query: %s", exc)
-            return []
+            if not (self.path / meta.name).exists():
+                return []  # retention removed it while this query ran
+            rows = None
+        except (OSError, ValueError) as exc:
+            log.warning("rebuilding the rows of %s (%s)", meta.name, exc)
+            rows = None
+        if rows is None:
+            try:
+                indexed = files.reindex(self.path, meta.name)
+            except (OSError, ValueError) as exc:
+                log.error("USAGE FILE UNREADABLE, skipped by this query: %s", exc)
+                return []
+            rows = indexed[1] if indexed else []
         with self._lock:
-            self._cache_put(meta, records)
-        return records
+            self._cache_put(meta, rows)
+        return rows
 
     async def query(self, q: UsageQuery) -> list[UsageRecord]:
         return await asyncio.get_running_loop().run_in_executor(self._reader, self._query, q)
@@ -532,14 +567,35 @@ class UsageStore:
         match = _Filter(q, paging=True)
         metas, recent = self._in_memory()
         need = q.offset + q.limit
-        found = heapq.nlargest(need, filter(match.record, recent), key=_id)
+        found: list[_Hit] = heapq.nlargest(need, (r for r in recent if match.record(r)), key=_id)
         # Newest files first; stop once no file left can hold anything newer than the page.
         for meta in sorted(filter(match.segment, metas), key=_max_id, reverse=True):
-            if len(found) >= need and meta.max_id < found[-1].id:
+            if len(found) >= need and meta.max_id < _id(found[-1]):
                 break
-            more = filter(match.record, self._segment(meta))
+            more = ((meta, row) for row in self._rows(meta) if match.record(row))
             found = heapq.nlargest(need, [*found, *more], key=_id)
-        return found[q.offset : need]
+        return self._documents(found[q.offset : need])
+
+    def _documents(self, hits: list[_Hit]) -> list[UsageRecord]:
+        """The page's records: those in memory as they are, the rest read by their rows."""
+        wanted: dict[str, list[Row]] = {}
+        for hit in hits:
+            if isinstance(hit, tuple):
+                wanted.setdefault(hit[0].name, []).append(hit[1])
+        read: dict[str, UsageRecord | None] = {}
+        for name, rows in wanted.items():
+            try:
+                records = files.read_documents(self.path / name, rows)
+            except OSError as exc:
+                log.error("cannot read usage file %s: %s", name, exc)
+                continue
+            read.update((row.id, record) for row, record in zip(rows, records, strict=True))
+        page: list[UsageRecord] = []
+        for hit in hits:
+            record = read.get(hit[1].id) if isinstance(hit, tuple) else hit
+            if record is not None:
+                page.append(record)
+        return page
 
     async def stats(self, q: UsageQuery, *, bucket_seconds: int) -> Stats:
         """Aggregates over all records matching q's filters (q's paging is ignored)."""
@@ -564,10 +620,10 @@ class UsageStore:
                         if _cell_matches(cell, q):
                             builder.add(cell)
                     continue
-            records = filter(match.record, self._segment(meta))
-            for cell in cells_of(records, bucket_seconds):
+            rows = [row for row in self._rows(meta) if match.record(row)]
+            for cell in cells_of(rows, bucket_seconds):
                 builder.add(cell)
-        for cell in cells_of(filter(match.record, recent), bucket_seconds):
+        for cell in cells_of([r for r in recent if match.record(r)], bucket_seconds):
             builder.add(cell)
         return builder.build()
 
@@ -577,7 +633,10 @@ class UsageStore:
         with self._lock:
             pending = len(self._pending) + len(self._committing)
             dropped = self._dropped
+            stopped = self._stopped and not self._closing
         error = self._journal_error or self._fold_error
+        if stopped:
+            error = "the usage writer stopped unexpectedly (see the log); restart the gateway"
         if dropped:
             error = f"{error or 'the disk refused records'}; {dropped} records dropped"
         return StoreHealth(
@@ -600,8 +659,19 @@ class UsageStore:
         await asyncio.get_running_loop().run_in_executor(None, self.close)
 
 
-def _id(record: UsageRecord) -> str:
-    return record.id
+def _encodable(record: UsageRecord) -> bool:
+    try:
+        files.encode(record)
+    except (UnicodeEncodeError, msgspec.EncodeError):
+        return False
+    return True
+
+
+_Hit = UsageRecord | tuple[SegmentMeta, Row]
+
+
+def _id(hit: _Hit) -> str:
+    return hit[1].id if isinstance(hit, tuple) else hit.id
 
 
 def _max_id(meta: SegmentMeta) -> str:
