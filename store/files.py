@@ -26,7 +26,7 @@ from pathlib import Path
 import msgspec
 
 from .records import UsageRecord
-from .stats import Cell, cells_of
+from .stats import Cell, Dist, aggregate
 
 log = logging.getLogger("ollama_host.store")
 
@@ -86,11 +86,13 @@ class Row(msgspec.Struct, array_like=True, kw_only=True):
 class Summary(msgspec.Struct, array_like=True):
     meta: SegmentMeta
     cells: list[Cell]
+    dists: list[Dist]
 
 
 class _SummaryHead(msgspec.Struct, array_like=True):
     meta: SegmentMeta
     cells: msgspec.Raw
+    dists: msgspec.Raw
 
 
 _encode_summary = msgspec.msgpack.Encoder().encode
@@ -162,7 +164,7 @@ def summarize(name: str, size: int, records: list[UsageRecord]) -> Summary:
         subprocess_ids=_values({r.subprocess_id for r in records}),
         statuses=_values({r.status for r in records}),
     )
-    return Summary(meta, cells_of(records, SUMMARY_SECONDS))
+    return Summary(meta, *aggregate(records, SUMMARY_SECONDS))
 
 
 def summary_path(usage: Path, name: str) -> Path:

@@ -1,8 +1,9 @@
 """Aggregates over usage records, built from mergeable cells.
 
 A cell sums the records that share a time bucket and the five dimensions the
-dashboard filters and groups by (model, project, process, subprocess, status).
-Cells merge, so the store keeps hourly cells beside each closed file and answers
+dashboard filters and groups by (model, project, process, subprocess, status); a
+dist holds the duration histograms of one combination of dimensions. Both merge,
+so the store keeps hourly cells and dists beside each closed file and answers
 stats() from those instead of re-reading every record.
 
 Percentiles come from a histogram of fixed logarithmic buckets (each 10% wider
@@ -27,6 +28,7 @@ _LOG_RATIO = math.log(RATIO)
 ZERO = -(10**6)
 _ZERO_BELOW = 1e-6
 
+DimsKey = tuple[str | None, str | None, str | None, str | None, str]
 CellKey = tuple[int, str | None, str | None, str | None, str | None, str]
 
 
@@ -108,24 +110,39 @@ class Cell(msgspec.Struct, array_like=True, kw_only=True):
     total_seconds: float = 0.0
     eval_seconds: float = 0.0
     eval_tokens: int = 0
-    seconds_hist: dict[int, int] = msgspec.field(default_factory=dict)
-    ttft_hist: dict[int, int] = msgspec.field(default_factory=dict)
 
     def add(self, record: Measured) -> None:
         self.calls += 1
         self.input_tokens += record.input_tokens or 0
         self.output_tokens += record.output_tokens or 0
         self.upstream_seconds += record.upstream_seconds or 0.0
-        seconds = record.total_seconds or 0.0
-        self.total_seconds += seconds
-        bucket = hist_bucket(seconds)
+        self.total_seconds += record.total_seconds or 0.0
+        if record.eval_seconds and record.output_tokens and not record.tokens_estimated:
+            self.eval_seconds += record.eval_seconds
+            self.eval_tokens += record.output_tokens
+
+
+class Dist(msgspec.Struct, array_like=True, kw_only=True):
+    """Histograms of durations for one combination of dimensions, whatever the time.
+
+    Kept apart from the cells because only the breakdowns need percentiles, never
+    the time series: merging histograms per hour would cost far more than the sums.
+    """
+
+    model: str | None
+    project: str | None
+    process_id: str | None
+    subprocess_id: str | None
+    status: str
+    seconds_hist: dict[int, int] = msgspec.field(default_factory=dict)
+    ttft_hist: dict[int, int] = msgspec.field(default_factory=dict)
+
+    def add(self, record: Measured) -> None:
+        bucket = hist_bucket(record.total_seconds or 0.0)
         self.seconds_hist[bucket] = self.seconds_hist.get(bucket, 0) + 1
         if record.ttft_seconds is not None:
             bucket = hist_bucket(record.ttft_seconds)
             self.ttft_hist[bucket] = self.ttft_hist.get(bucket, 0) + 1
-        if record.eval_seconds and record.output_tokens and not record.tokens_estimated:
-            self.eval_seconds += record.eval_seconds
-            self.eval_tokens += record.output_tokens
 
 
 def record_start(record: Measured, bucket_seconds: int) -> int:
@@ -133,29 +150,41 @@ def record_start(record: Measured, bucket_seconds: int) -> int:
     return moment - moment % bucket_seconds
 
 
-def cells_of(records: Iterable[Measured], bucket_seconds: int) -> list[Cell]:
+def aggregate(records: Iterable[Measured], bucket_seconds: int) -> tuple[list[Cell], list[Dist]]:
+    """The cells (per bucket_seconds) and the histograms of these records."""
     cells: dict[CellKey, Cell] = {}
+    dists: dict[DimsKey, Dist] = {}
     for record in records:
-        key: CellKey = (
-            record_start(record, bucket_seconds),
+        dims: DimsKey = (
             record.model_name,
             record.project,
             record.process_id,
             record.subprocess_id,
             record.status,
         )
+        key: CellKey = (record_start(record, bucket_seconds), *dims)
         cell = cells.get(key)
         if cell is None:
             cell = cells[key] = Cell(
                 start=key[0],
-                model=key[1],
-                project=key[2],
-                process_id=key[3],
-                subprocess_id=key[4],
-                status=key[5],
+                model=dims[0],
+                project=dims[1],
+                process_id=dims[2],
+                subprocess_id=dims[3],
+                status=dims[4],
             )
         cell.add(record)
-    return list(cells.values())
+        dist = dists.get(dims)
+        if dist is None:
+            dist = dists[dims] = Dist(
+                model=dims[0],
+                project=dims[1],
+                process_id=dims[2],
+                subprocess_id=dims[3],
+                status=dims[4],
+            )
+        dist.add(record)
+    return list(cells.values()), list(dists.values())
 
 
 class _Group:
@@ -187,8 +216,6 @@ class _Group:
         self.seconds += cell.total_seconds
         self.eval_seconds += cell.eval_seconds
         self.eval_tokens += cell.eval_tokens
-        _merge_hist(self.seconds_hist, cell.seconds_hist)
-        _merge_hist(self.ttft_hist, cell.ttft_hist)
 
     def row(self, key: str) -> GroupStats:
         return GroupStats(
@@ -208,14 +235,33 @@ class _Group:
         )
 
 
+def _group_keys(
+    model: str | None, project: str | None, process: str | None, sub: str | None
+) -> tuple[tuple[str, str], ...]:
+    return (
+        ("model", model or "-"),
+        ("project", project or "-"),
+        ("process", f"{process or '-'}/{sub or '-'}"),
+    )
+
+
 class StatsBuilder:
-    """Folds cells into a Stats; each cell's start must fall inside one series bucket."""
+    """Folds cells and histograms into a Stats; each cell's start must fall inside
+    one series bucket."""
 
     def __init__(self, bucket_seconds: int) -> None:
         self.bucket_seconds = bucket_seconds
         self.totals = Totals()
         self.buckets: dict[int, list[int]] = {}
         self.groups: dict[str, dict[str, _Group]] = {"model": {}, "project": {}, "process": {}}
+        # Histograms merge per combination first (few), then into the groups once.
+        self.dists: dict[DimsKey, tuple[dict[int, int], dict[int, int]]] = {}
+
+    def _group(self, kind: str, key: str) -> _Group:
+        group = self.groups[kind].get(key)
+        if group is None:
+            group = self.groups[kind][key] = _Group()
+        return group
 
     def add(self, cell: Cell) -> None:
         totals = self.totals
@@ -234,19 +280,38 @@ class StatsBuilder:
         bucket[0] += cell.calls
         bucket[1] += cell.input_tokens
         bucket[2] += cell.output_tokens
-        process = f"{cell.process_id or '-'}/{cell.subprocess_id or '-'}"
-        for kind, key in (
-            ("model", cell.model or "-"),
-            ("project", cell.project or "-"),
-            ("process", process),
-        ):
-            group = self.groups[kind].get(key)
-            if group is None:
-                group = self.groups[kind][key] = _Group()
-            group.add(cell)
+        for kind, key in _group_keys(cell.model, cell.project, cell.process_id, cell.subprocess_id):
+            self._group(kind, key).add(cell)
+
+    def add_dist(self, dist: Dist) -> None:
+        dims: DimsKey = (
+            dist.model,
+            dist.project,
+            dist.process_id,
+            dist.subprocess_id,
+            dist.status,
+        )
+        found = self.dists.get(dims)
+        if found is None:
+            self.dists[dims] = (dict(dist.seconds_hist), dict(dist.ttft_hist))
+        else:
+            _merge_hist(found[0], dist.seconds_hist)
+            _merge_hist(found[1], dist.ttft_hist)
+
+    def add_records(self, records: Iterable[Measured]) -> None:
+        cells, dists = aggregate(records, self.bucket_seconds)
+        for cell in cells:
+            self.add(cell)
+        for dist in dists:
+            self.add_dist(dist)
 
     def build(self) -> Stats:
         self.totals.model_seconds = round(self.totals.model_seconds, 6)
+        for (model, project, process, sub, _), (seconds, ttft) in self.dists.items():
+            for kind, key in _group_keys(model, project, process, sub):
+                group = self._group(kind, key)
+                _merge_hist(group.seconds_hist, seconds)
+                _merge_hist(group.ttft_hist, ttft)
 
         def rows(kind: str) -> list[GroupStats]:
             found = [group.row(key) for key, group in self.groups[kind].items()]
@@ -273,6 +338,5 @@ class StatsBuilder:
 def compute_stats(records: Iterable[Measured], bucket_seconds: int) -> Stats:
     """Stats over these records, straight from the records."""
     builder = StatsBuilder(bucket_seconds)
-    for cell in cells_of(records, bucket_seconds):
-        builder.add(cell)
+    builder.add_records(records)
     return builder.build()

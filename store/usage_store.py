@@ -33,7 +33,7 @@ import msgspec
 from . import files
 from .files import Row, SegmentMeta
 from .records import Stats, UsageQuery, UsageRecord, iso
-from .stats import Cell, StatsBuilder, cells_of
+from .stats import Cell, Dist, StatsBuilder
 
 log = logging.getLogger("ollama_host.store")
 
@@ -619,12 +619,12 @@ class UsageStore:
                     for cell in summary.cells:
                         if _cell_matches(cell, q):
                             builder.add(cell)
+                    for dist in summary.dists:
+                        if _cell_matches(dist, q):
+                            builder.add_dist(dist)
                     continue
-            rows = [row for row in self._rows(meta) if match.record(row)]
-            for cell in cells_of(rows, bucket_seconds):
-                builder.add(cell)
-        for cell in cells_of([r for r in recent if match.record(r)], bucket_seconds):
-            builder.add(cell)
+            builder.add_records([row for row in self._rows(meta) if match.record(row)])
+        builder.add_records([r for r in recent if match.record(r)])
         return builder.build()
 
     # -- state -----------------------------------------------------------------
@@ -678,7 +678,7 @@ def _max_id(meta: SegmentMeta) -> str:
     return meta.max_id
 
 
-def _cell_matches(cell: Cell, q: UsageQuery) -> bool:
+def _cell_matches(cell: Cell | Dist, q: UsageQuery) -> bool:
     return (
         (q.project is None or cell.project == q.project)
         and (q.process_id is None or cell.process_id == q.process_id)
