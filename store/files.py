@@ -238,7 +238,9 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Replace path with data: a reader or a crash sees the old file or the new, whole."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as handle:
+        # Owner-only, like the journal: records hold prompts and answers.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -14,6 +14,7 @@ import msgspec
 import pytest
 from tinydb import TinyDB
 
+from settings import parse_settings
 from store import (
     InputMessage,
     Stats,
@@ -426,3 +427,17 @@ def test_a_write_error_degrades_health_and_writing_resumes(
     assert "No space left on device" in broken.error
     assert store.health().status == "ok"
     assert [r.id for r in query(store)] == [record(2).id, record(1).id]
+
+
+def test_retention_setting_is_read_from_flag_and_environment() -> None:
+    assert parse_settings([], env={}).retention_days is None
+    assert parse_settings(["--retention-days", "30"], env={}).retention_days == 30
+    env = {"OLLAMA_GATEWAY_RETENTION_DAYS": "7.5"}
+    assert parse_settings([], env=env).retention_days == 7.5
+
+
+def test_a_record_that_cannot_be_encoded_is_dropped_not_the_batch(store: UsageStore) -> None:
+    fill(store, [record(1), record(2, output="\ud800"), record(3)])
+
+    assert [r.id for r in query(store)] == [record(3).id, record(1).id]
+    assert store.health().status == "ok"
