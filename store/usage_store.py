@@ -473,19 +473,22 @@ class UsageStore:
         assert self.retention_days is not None
         cutoff = iso(datetime.now(UTC) - timedelta(days=self.retention_days))
         kept: list[SegmentMeta] = []
+        records: list[UsageRecord]
         removed = 0
         for meta in self._metas:
             if meta.min_date >= cutoff:
                 kept.append(meta)
                 continue
             path = self.path / meta.name
-            records = [r for r in files.read_segment(path) if r.date >= cutoff]
+            records = []
+            if meta.max_date >= cutoff and path.exists():  # straddles the limit: keep the newer
+                records = [r for r in files.read_segment(path) if r.date >= cutoff]
             removed += meta.count - len(records)
             if records:
                 lines = [files.encode(r) for r in records]
                 kept.append(files.write_segment(self.path, meta.name, records, lines)[0])
-            else:
-                path.unlink()
+            else:  # missing_ok: a run the disk interrupted may have deleted it already
+                path.unlink(missing_ok=True)
                 files.summary_path(self.path, meta.name).unlink(missing_ok=True)
                 files.rows_path(self.path, meta.name).unlink(missing_ok=True)
         current = self._open

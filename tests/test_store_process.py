@@ -108,14 +108,14 @@ def test_kill_9_under_load_keeps_every_call_answered_a_second_before(
         # Straight after the kill, before any recovery: every file parses, nothing is missing.
         kept = on_disk(data_dir)
         promised = {i for i, ended in load.finished.items() if ended < killed_at - PROMISE_SECONDS}
-        assert promised <= kept, f"seed {seed}: lost {sorted(promised - kept)}"
+        assert promised <= kept, f"seed {seed}: lost {len(promised - kept)} of {len(promised)}"
         required |= promised
         answered += len(load.finished)
 
     with start_gateway(data_dir, "--ollama", standin.url) as gateway:
         recovered = dashboard_ids(gateway, project)
     assert required, f"seed {seed}: no call finished a second before a kill"
-    assert required <= recovered, f"seed {seed}: lost {sorted(required - recovered)}"
+    assert required <= recovered, f"seed {seed}: lost {len(required - recovered)} records"
     assert len(recovered) <= answered + 8 * 4  # a call in flight at a kill may count, no more
     assert "Traceback" not in gateway.logs()
 
