@@ -2,15 +2,16 @@
 
 append() only queues a record. One writer thread takes whatever has queued up,
 appends it to the journal as JSON lines and fsyncs once for the batch (a group
-commit): that is when a record is safe. About once a second the same thread
-folds the journaled records into the newest TinyDB file (data/usage/DAY-NNNN.json,
+commit): that is when a record is safe. From time to time the same thread folds
+the journaled records into the newest TinyDB file (data/usage/DAY-NNNN.json,
 rewritten whole by atomic replace, at most SEGMENT_RECORDS records), then empties
-the journal. Full files are closed for good, with a small summary beside them
-(store/files.py), so no write ever touches more than one file's worth of history.
+the journal. Full files are closed for good, with a summary and a row index
+beside them (store/files.py), so no write ever touches more than one file's worth
+of history.
 
 Queries and stats run on a second thread. They see every appended record: the
-queue, the journal's records and the newest file are in memory, closed files
-are read from disk only when their summary says they may hold what is asked.
+queue, the journal's records and the newest file are in memory; closed files
+are read only where their summary says they may hold what is asked.
 """
 
 from __future__ import annotations
@@ -39,8 +40,12 @@ log = logging.getLogger("ollama_host.store")
 
 SEGMENT_RECORDS = 4096
 SEGMENT_BYTES = 8 << 20
-FOLD_SECONDS = 1.0
+# When to fold the journal into the newest TinyDB file. Each fold rewrites that file
+# whole, so it waits until the journal holds a quarter of the file's size (writes stay
+# within about 5x the data, whatever the traffic), 4096 records, or records 5 minutes old.
+FOLD_SHARE = 4
 FOLD_RECORDS = 4096
+FOLD_MAX_SECONDS = 300.0
 RETRY_SECONDS = 1.0
 RETENTION_EVERY = 3600.0
 # Records held in memory while the disk refuses them; beyond this the newest are dropped.
@@ -173,7 +178,8 @@ class UsageStore:
         self._fold_error: str | None = None
         self._retry_at = 0.0
         self._fold_retry_at = 0.0
-        self._folded_at = time.monotonic()
+        self._unfolded_bytes = 0
+        self._unfolded_since = 0.0  # when the oldest record not yet folded was journaled
         self._retention_at = 0.0
         try:
             self._open_files()
@@ -205,6 +211,7 @@ class UsageStore:
             usage / files.JOURNAL, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600
         )
         self._unfolded = self._replay_journal()
+        self._unfolded_bytes = sum(len(line) + 1 for _, line in self._unfolded)
         self._journal_size = os.fstat(self._journal_fd).st_size
         if self._unfolded:
             try:
@@ -344,16 +351,7 @@ class UsageStore:
             if batch:
                 self._commit(batch)
             now = time.monotonic()
-            if self._unfolded and (
-                closing
-                or flushes
-                or (
-                    now >= self._fold_retry_at
-                    and (
-                        len(self._unfolded) >= FOLD_RECORDS or now - self._folded_at >= FOLD_SECONDS
-                    )
-                )
-            ):
+            if self._unfolded and (closing or flushes or self._fold_due(now)):
                 try:
                     self._fold()
                 except OSError as exc:
@@ -378,12 +376,19 @@ class UsageStore:
                         )
                         return
 
+    def _fold_due(self, now: float) -> bool:
+        return now >= self._fold_retry_at and (
+            len(self._unfolded) >= FOLD_RECORDS
+            or self._unfolded_bytes * FOLD_SHARE >= self._open.size
+            or now - self._unfolded_since >= FOLD_MAX_SECONDS
+        )
+
     def _next_due(self, now: float) -> float:
         due = now + 3600.0
         if self._pending:
             due = min(due, self._retry_at)
         if self._unfolded:
-            due = min(due, max(self._folded_at + FOLD_SECONDS, self._fold_retry_at))
+            due = min(due, max(self._unfolded_since + FOLD_MAX_SECONDS, self._fold_retry_at))
         if self.retention_days is not None:
             due = min(due, self._retention_at)
         return due
@@ -418,6 +423,9 @@ class UsageStore:
             self._journal_error = error
             return
         self._journal_size += len(data)
+        if not self._unfolded:
+            self._unfolded_since = time.monotonic()
+        self._unfolded_bytes += len(data)
         with self._lock:
             self._unfolded = self._unfolded + list(zip(batch, lines, strict=True))
             self._committing = []
@@ -451,7 +459,7 @@ class UsageStore:
         os.ftruncate(self._journal_fd, 0)
         os.fsync(self._journal_fd)
         self._journal_size = 0
-        self._folded_at = time.monotonic()
+        self._unfolded_bytes = 0
         with self._lock:
             self._metas = self._metas + [meta for meta, _ in indexed]
             self._open = _Open(name, records, lines, size)

@@ -6,7 +6,8 @@ import asyncio
 import logging
 import os
 import random
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -76,6 +77,14 @@ def tinydb_docs(usage: Path) -> list[dict[str, object]]:
         with TinyDB(path, access_mode="r") as db:
             docs.extend(db.table("usage").all())
     return docs
+
+
+def wait_until(done: Callable[[], bool]) -> None:
+    """Poll until done() (the writer works on its own thread); fail after 5 s."""
+    deadline = time.monotonic() + 5
+    while not done():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -441,3 +450,34 @@ def test_a_record_that_cannot_be_encoded_is_dropped_not_the_batch(store: UsageSt
 
     assert [r.id for r in query(store)] == [record(3).id, record(1).id]
     assert store.health().status == "ok"
+
+
+def test_small_batches_wait_in_the_journal_not_in_a_file_rewrite(
+    store: UsageStore, data_dir: Path
+) -> None:
+    fill(store, [record(n) for n in range(400)])  # flush() folds: the file holds 400
+    [newest] = (data_dir / "usage").glob("*.json")
+    written = newest.stat().st_mtime_ns
+
+    for n in range(400, 420):  # 5% of the file: not worth rewriting it yet
+        store.append(record(n))
+    wait_until(lambda: store.health().pending == 0)
+
+    journal = (data_dir / "usage" / files.JOURNAL).read_bytes().splitlines()
+    in_journal = [files.decode_line(line).id for line in journal]
+    assert in_journal == [record(n).id for n in range(400, 420)]
+    assert newest.stat().st_mtime_ns == written
+    assert len(query(store, limit=1000)) == 420
+
+
+def test_journal_is_folded_once_its_oldest_record_is_old_enough(
+    store: UsageStore, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(store, [record(n) for n in range(400)])
+    monkeypatch.setattr(usage_store, "FOLD_MAX_SECONDS", 0.05)
+
+    store.append(record(400))
+    wait_until(lambda: len(tinydb_docs(data_dir / "usage")) == 401)
+
+    assert len(tinydb_docs(data_dir / "usage")) == 401
+    assert (data_dir / "usage" / files.JOURNAL).read_bytes() == b""
