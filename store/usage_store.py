@@ -415,6 +415,10 @@ class UsageStore:
                 os.ftruncate(self._journal_fd, self._journal_size)
             with self._lock:
                 self._pending[:0] = batch
+                over = len(self._pending) - MAX_PENDING
+                if over > 0:  # appends arrived meanwhile: keep the oldest, as append() does
+                    del self._pending[MAX_PENDING:]
+                    self._dropped += over
                 self._committing = []
             self._retry_at = time.monotonic() + RETRY_SECONDS
             error = f"cannot write the usage journal: {exc}"

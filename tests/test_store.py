@@ -481,3 +481,20 @@ def test_journal_is_folded_once_its_oldest_record_is_old_enough(
 
     assert len(tinydb_docs(data_dir / "usage")) == 401
     assert (data_dir / "usage" / files.JOURNAL).read_bytes() == b""
+
+
+def test_records_held_while_the_disk_refuses_are_bounded(
+    store: UsageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(usage_store, "MAX_PENDING", 5)
+    monkeypatch.setattr(os, "fsync", full)
+
+    fill(store, [record(n) for n in range(8)])
+
+    health = store.health()
+    assert (health.status, health.pending) == ("degraded", 5)
+    assert health.error is not None
+    assert "3 records dropped" in health.error
