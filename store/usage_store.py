@@ -42,8 +42,10 @@ SEGMENT_RECORDS = 4096
 SEGMENT_BYTES = 8 << 20
 # When to fold the journal into the newest TinyDB file. Each fold rewrites that file
 # whole, so it waits until the journal holds a quarter of the file's size (writes stay
-# within about 5x the data, whatever the traffic), 4096 records, or records 5 minutes old.
+# within about 5x the data), at most once a second (under heavy traffic, folds of a
+# whole file's worth: about 1x), or until a record is 5 minutes old (light traffic).
 FOLD_SHARE = 4
+FOLD_MIN_SECONDS = 1.0
 FOLD_RECORDS = 4096
 FOLD_MAX_SECONDS = 300.0
 RETRY_SECONDS = 1.0
@@ -180,6 +182,7 @@ class UsageStore:
         self._fold_retry_at = 0.0
         self._unfolded_bytes = 0
         self._unfolded_since = 0.0  # when the oldest record not yet folded was journaled
+        self._folded_at = 0.0
         self._retention_at = 0.0
         try:
             self._open_files()
@@ -210,6 +213,7 @@ class UsageStore:
         self._journal_fd = os.open(
             usage / files.JOURNAL, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600
         )
+        self._import_single_file()
         self._unfolded = self._replay_journal()
         self._unfolded_bytes = sum(len(line) + 1 for _, line in self._unfolded)
         self._journal_size = os.fstat(self._journal_fd).st_size
@@ -258,6 +262,33 @@ class UsageStore:
         # Names must sort in the order written, even if the clock steps back.
         return files.segment_name(day, seq + 1) if day >= today else files.segment_name(today, 1)
 
+    def _import_single_file(self) -> None:
+        """Bring in data/usage.json, the one-file log of earlier versions, through the
+        journal: a crash half-way leaves records the journal replay counts once."""
+        legacy = self.folder / "usage.json"
+        if not legacy.exists():
+            return
+        try:
+            records = files.read_segment(legacy)
+        except ValueError as exc:
+            files.set_aside(legacy, str(exc))
+            return
+        journal = os.pread(self._journal_fd, os.fstat(self._journal_fd).st_size, 0)
+        whole = journal.rfind(b"\n") + 1
+        if whole < len(journal):  # a line a crash cut short: drop it before appending
+            os.ftruncate(self._journal_fd, whole)
+        _write_all(self._journal_fd, b"".join(files.encode(r) + b"\n" for r in records))
+        os.fsync(self._journal_fd)
+        kept = legacy.with_name("usage.json.imported")
+        os.replace(legacy, kept)
+        log.warning(
+            "imported %d usage records from %s (the single-file log of earlier versions); "
+            "the file is kept as %s and can be deleted",
+            len(records),
+            legacy,
+            kept,
+        )
+
     def _replay_journal(self) -> list[tuple[UsageRecord, bytes]]:
         """Records a crash left in the journal and not yet in a TinyDB file."""
         raw = os.pread(self._journal_fd, os.fstat(self._journal_fd).st_size, 0)
@@ -291,9 +322,13 @@ class UsageStore:
         for meta in self._metas:
             if meta.max_id >= oldest:
                 seen.update(r.id for r in self._rows(meta))
-        fresh = [(r, line) for r, line in found if r.id not in seen]
+        fresh: list[tuple[UsageRecord, bytes]] = []
+        for r, line in found:
+            if r.id not in seen:
+                seen.add(r.id)
+                fresh.append((r, line))
         if bad:  # the journal was replaced: put the records back before anything else
-            os.write(self._journal_fd, b"".join(line + b"\n" for _, line in fresh))
+            _write_all(self._journal_fd, b"".join(line + b"\n" for _, line in fresh))
             os.fsync(self._journal_fd)
         log.info("recovered %d records from the journal", len(fresh))
         return fresh
@@ -379,16 +414,22 @@ class UsageStore:
     def _fold_due(self, now: float) -> bool:
         return now >= self._fold_retry_at and (
             len(self._unfolded) >= FOLD_RECORDS
-            or self._unfolded_bytes * FOLD_SHARE >= self._open.size
+            or now >= self._fold_by_size_at()
             or now - self._unfolded_since >= FOLD_MAX_SECONDS
         )
+
+    def _fold_by_size_at(self) -> float:
+        if self._unfolded_bytes * FOLD_SHARE >= self._open.size:
+            return self._folded_at + FOLD_MIN_SECONDS
+        return float("inf")
 
     def _next_due(self, now: float) -> float:
         due = now + 3600.0
         if self._pending:
             due = min(due, self._retry_at)
         if self._unfolded:
-            due = min(due, max(self._unfolded_since + FOLD_MAX_SECONDS, self._fold_retry_at))
+            fold_at = min(self._unfolded_since + FOLD_MAX_SECONDS, self._fold_by_size_at())
+            due = min(due, max(fold_at, self._fold_retry_at))
         if self.retention_days is not None:
             due = min(due, self._retention_at)
         return due
@@ -405,9 +446,7 @@ class UsageStore:
             batch = [r for r in batch if _encodable(r)]
         data = b"".join(line + b"\n" for line in lines)
         try:
-            written = 0
-            while written < len(data):
-                written += os.write(self._journal_fd, data[written:])
+            _write_all(self._journal_fd, data)
             os.fsync(self._journal_fd)
         except OSError as exc:
             # Cut off what a partial write left, so the journal holds whole lines only.
@@ -464,6 +503,7 @@ class UsageStore:
         os.fsync(self._journal_fd)
         self._journal_size = 0
         self._unfolded_bytes = 0
+        self._folded_at = time.monotonic()
         with self._lock:
             self._metas = self._metas + [meta for meta, _ in indexed]
             self._open = _Open(name, records, lines, size)
@@ -672,6 +712,12 @@ class UsageStore:
 
     async def aclose(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.close)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    written = 0
+    while written < len(data):
+        written += os.write(fd, data[written:])
 
 
 def _encodable(record: UsageRecord) -> bool:

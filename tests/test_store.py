@@ -498,3 +498,25 @@ def test_records_held_while_the_disk_refuses_are_bounded(
     assert (health.status, health.pending) == ("degraded", 5)
     assert health.error is not None
     assert "3 records dropped" in health.error
+
+
+def test_the_single_file_log_of_earlier_versions_is_imported(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = [record(n) for n in range(30)]
+    data_dir.mkdir()
+    with TinyDB(data_dir / "usage.json") as db:  # TinyDB's own writer, spaces and all
+        db.table("usage").insert_multiple(msgspec.to_builtins(records))
+
+    with caplog.at_level(logging.WARNING):
+        store = UsageStore(data_dir)
+    try:
+        found = query(store, limit=1000)
+    finally:
+        store.close()
+
+    assert found == sorted(records, key=lambda r: r.id, reverse=True)
+    assert [d["id"] for d in tinydb_docs(data_dir / "usage")] == [r.id for r in records]
+    assert not (data_dir / "usage.json").exists()
+    assert (data_dir / "usage.json.imported").exists()
+    assert "imported 30 usage records" in caplog.text
