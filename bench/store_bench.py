@@ -305,7 +305,7 @@ def main() -> int:
         opened = msgspec.json.decode(probe.stdout.strip().splitlines()[-1])
         rows.append(
             Row(
-                f"startup; peak RSS @{_scale(big)}",
+                f"startup; peak RSS @{_scale(big + 6 * args.appends)}",
                 f"{opened['seconds'] * 1000:.0f} ms; {opened['rss_mb']:.0f} MB",
                 "n/a (reads the file on first use)",
             )

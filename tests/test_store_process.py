@@ -61,17 +61,21 @@ class Load:
 
 
 def on_disk(data: Path) -> set[str]:
-    """Ids in the TinyDB files (each opened by plain TinyDB) and the journal's whole lines."""
+    """Ids in the journal's whole lines and in the TinyDB files (each opened by plain TinyDB).
+
+    The journal is read first: a gateway still running may fold records from it into a
+    file meanwhile, and a record that left the journal is in a file by then.
+    """
     ids: set[str] = set()
     usage = data / "usage"
-    for path in usage.glob("*.json"):
-        with TinyDB(path, access_mode="r") as db:
-            ids.update(str(doc["id"]) for doc in db.table("usage").all())
     journal = usage / files.JOURNAL
     if journal.exists():
         lines = journal.read_bytes().split(b"\n")
         lines.pop()  # empty, or a line the kill cut short: never acknowledged as written
         ids.update(files.decode_line(line).id for line in lines)
+    for path in usage.glob("*.json"):
+        with TinyDB(path, access_mode="r") as db:
+            ids.update(str(doc["id"]) for doc in db.table("usage").all())
     return ids
 
 
@@ -221,6 +225,10 @@ def test_full_disk_degrades_health_keeps_old_records_and_recovers(
             client.post("/api/v1/ai/ask_sync", json=body, headers=headers).json()["id"]
             for _ in range(30)
         }
+        deadline = time.monotonic() + 10  # written within milliseconds; poll, do not assume
+        while not before <= on_disk(small_disk):
+            assert time.monotonic() < deadline, "the records never reached the disk"
+            time.sleep(0.01)
         filler = _fill(small_disk)
 
         _until(gateway, client, "degraded")
