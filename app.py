@@ -81,7 +81,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         folder = settings.data_path
-        usage = store or UsageStore(folder)
+        usage = store or UsageStore(folder, retention_days=settings.retention_days)
         timeout = httpx.Timeout(settings.timeout, connect=settings.connect_timeout)
         # No pool cap: Ollama queues requests itself, and a stream holds its connection
         # for minutes. trust_env=False keeps proxy variables from rerouting a local upstream.
@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Opened here, not in the lifespan, so that a locked or unusable data folder
         # ends the program with one clear line instead of a startup traceback.
-        store = UsageStore(settings.data_path)
+        store = UsageStore(settings.data_path, retention_days=settings.retention_days)
     except StoreError as exc:
         log.error("%s", exc)
         return 1
@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--admin-token explicitly to accept an open asking endpoint",
             settings.host,
         )
-        store.close_now()
+        store.close()
         return 1
     app = create_app(settings, store, access)
     if new_token:

@@ -67,6 +67,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_json: bool = False
     # Prompts and answers in the log: off unless asked for, since they may be private.
     log_content: bool = False
+    # Usage records older than this many days are deleted; None keeps them forever.
+    retention_days: Annotated[float, Meta(gt=0)] | None = None
 
     @property
     def data_path(self) -> Path:
@@ -146,6 +148,12 @@ FLAGS: tuple[tuple[str, str, str, str], ...] = (
         "OLLAMA_GATEWAY_OPEN_WAIT",
         "open_wait",
         "seconds a stream waits for Ollama to accept before opening anyway (default 1)",
+    ),
+    (
+        "--retention-days",
+        "OLLAMA_GATEWAY_RETENTION_DAYS",
+        "retention_days",
+        "delete usage records older than this many days (default: keep them forever)",
     ),
     (
         "--log-level",

@@ -14,7 +14,7 @@ from .records import (
     iso,
     new_id,
 )
-from .tinydb_store import StoreError, StoreHealth, UsageStore
+from .usage_store import StoreError, StoreHealth, UsageStore
 
 __all__ = [
     "Bucket",

@@ -1,20 +1,190 @@
-"""Aggregates over usage records, computed in one pass over the matching records."""
+"""Aggregates over usage records, built from mergeable cells.
+
+A cell sums the records that share a time bucket and the five dimensions the
+dashboard filters and groups by (model, project, process, subprocess, status); a
+dist holds the duration histograms of one combination of dimensions. Both merge,
+so the store keeps hourly cells and dists beside each closed file and answers
+stats() from those instead of re-reading every record.
+
+Percentiles come from a histogram of fixed logarithmic buckets (each 10% wider
+than the last, from 1 µs up), not from the exact values: a reported p50/p95 is
+the middle of the bucket holding that rank, within 5% of the exact figure.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Protocol
+
+import msgspec
 
 from .records import Bucket, GroupStats, Stats, Totals, iso
 
+RATIO = 1.1
+_LOG_RATIO = math.log(RATIO)
+# Values at or below a microsecond (a zero duration) share one bucket, reported as 0.
+ZERO = -(10**6)
+_ZERO_BELOW = 1e-6
 
-def _percentile(values: list[float], fraction: float) -> float | None:
-    if not values:
+DimsKey = tuple[str | None, str | None, str | None, str | None, str]
+CellKey = tuple[int, str | None, str | None, str | None, str | None, str]
+
+
+class Measured(Protocol):
+    """What stats need of a record: a UsageRecord, or the store's Row of one."""
+
+    @property
+    def date(self) -> str: ...
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def project(self) -> str | None: ...
+    @property
+    def process_id(self) -> str | None: ...
+    @property
+    def subprocess_id(self) -> str | None: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def input_tokens(self) -> int | None: ...
+    @property
+    def output_tokens(self) -> int | None: ...
+    @property
+    def total_seconds(self) -> float: ...
+    @property
+    def ttft_seconds(self) -> float | None: ...
+    @property
+    def eval_seconds(self) -> float | None: ...
+    @property
+    def upstream_seconds(self) -> float | None: ...
+    @property
+    def tokens_estimated(self) -> bool: ...
+
+
+def hist_bucket(value: float) -> int:
+    if value <= _ZERO_BELOW:
+        return ZERO
+    return math.floor(math.log(value) / _LOG_RATIO)
+
+
+def hist_value(bucket: int) -> float:
+    if bucket == ZERO:
+        return 0.0
+    return round(float(RATIO ** (bucket + 0.5)), 6)
+
+
+def hist_percentile(hist: dict[int, int], fraction: float) -> float | None:
+    """The value at rank int(fraction * n), the rank the exact computation would pick."""
+    count = sum(hist.values())
+    if not count:
         return None
-    values.sort()
-    return values[min(len(values) - 1, int(fraction * len(values)))]
+    rank = min(count - 1, int(fraction * count))
+    seen = 0
+    for bucket in sorted(hist):
+        seen += hist[bucket]
+        if seen > rank:
+            return hist_value(bucket)
+    raise AssertionError("unreachable: the ranks add up to the count")
+
+
+def _merge_hist(into: dict[int, int], other: dict[int, int]) -> None:
+    for bucket, count in other.items():
+        into[bucket] = into.get(bucket, 0) + count
+
+
+class Cell(msgspec.Struct, array_like=True, kw_only=True):
+    """Sums over the records of one time bucket and one combination of dimensions."""
+
+    start: int  # the bucket's first second, Unix time
+    model: str | None
+    project: str | None
+    process_id: str | None
+    subprocess_id: str | None
+    status: str
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    upstream_seconds: float = 0.0
+    total_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    eval_tokens: int = 0
+
+    def add(self, record: Measured) -> None:
+        self.calls += 1
+        self.input_tokens += record.input_tokens or 0
+        self.output_tokens += record.output_tokens or 0
+        self.upstream_seconds += record.upstream_seconds or 0.0
+        self.total_seconds += record.total_seconds or 0.0
+        if record.eval_seconds and record.output_tokens and not record.tokens_estimated:
+            self.eval_seconds += record.eval_seconds
+            self.eval_tokens += record.output_tokens
+
+
+class Dist(msgspec.Struct, array_like=True, kw_only=True):
+    """Histograms of durations for one combination of dimensions, whatever the time.
+
+    Kept apart from the cells because only the breakdowns need percentiles, never
+    the time series: merging histograms per hour would cost far more than the sums.
+    """
+
+    model: str | None
+    project: str | None
+    process_id: str | None
+    subprocess_id: str | None
+    status: str
+    seconds_hist: dict[int, int] = msgspec.field(default_factory=dict)
+    ttft_hist: dict[int, int] = msgspec.field(default_factory=dict)
+
+    def add(self, record: Measured) -> None:
+        bucket = hist_bucket(record.total_seconds or 0.0)
+        self.seconds_hist[bucket] = self.seconds_hist.get(bucket, 0) + 1
+        if record.ttft_seconds is not None:
+            bucket = hist_bucket(record.ttft_seconds)
+            self.ttft_hist[bucket] = self.ttft_hist.get(bucket, 0) + 1
+
+
+def record_start(record: Measured, bucket_seconds: int) -> int:
+    moment = int(datetime.fromisoformat(record.date).timestamp())
+    return moment - moment % bucket_seconds
+
+
+def aggregate(records: Iterable[Measured], bucket_seconds: int) -> tuple[list[Cell], list[Dist]]:
+    """The cells (per bucket_seconds) and the histograms of these records."""
+    cells: dict[CellKey, Cell] = {}
+    dists: dict[DimsKey, Dist] = {}
+    for record in records:
+        dims: DimsKey = (
+            record.model_name,
+            record.project,
+            record.process_id,
+            record.subprocess_id,
+            record.status,
+        )
+        key: CellKey = (record_start(record, bucket_seconds), *dims)
+        cell = cells.get(key)
+        if cell is None:
+            cell = cells[key] = Cell(
+                start=key[0],
+                model=dims[0],
+                project=dims[1],
+                process_id=dims[2],
+                subprocess_id=dims[3],
+                status=dims[4],
+            )
+        cell.add(record)
+        dist = dists.get(dims)
+        if dist is None:
+            dist = dists[dims] = Dist(
+                model=dims[0],
+                project=dims[1],
+                process_id=dims[2],
+                subprocess_id=dims[3],
+                status=dims[4],
+            )
+        dist.add(record)
+    return list(cells.values()), list(dists.values())
 
 
 class _Group:
@@ -27,27 +197,25 @@ class _Group:
         "model",
         "output",
         "seconds",
-        "ttft",
+        "seconds_hist",
+        "ttft_hist",
     )
 
     def __init__(self) -> None:
         self.calls = self.errors = self.input = self.output = self.eval_tokens = 0
-        self.model = self.eval_seconds = 0.0
-        self.seconds: list[float] = []
-        self.ttft: list[float] = []
+        self.model = self.eval_seconds = self.seconds = 0.0
+        self.seconds_hist: dict[int, int] = {}
+        self.ttft_hist: dict[int, int] = {}
 
-    def add(self, doc: dict[str, Any]) -> None:
-        self.calls += 1
-        self.errors += doc.get("status") == "error"
-        self.input += doc.get("input_tokens") or 0
-        self.output += doc.get("output_tokens") or 0
-        self.model += doc.get("upstream_seconds") or 0.0
-        self.seconds.append(doc.get("total_seconds") or 0.0)
-        if doc.get("ttft_seconds") is not None:
-            self.ttft.append(doc["ttft_seconds"])
-        if doc.get("eval_seconds") and doc.get("output_tokens") and not doc.get("tokens_estimated"):
-            self.eval_seconds += doc["eval_seconds"]
-            self.eval_tokens += doc["output_tokens"]
+    def add(self, cell: Cell) -> None:
+        self.calls += cell.calls
+        self.errors += cell.calls if cell.status == "error" else 0
+        self.input += cell.input_tokens
+        self.output += cell.output_tokens
+        self.model += cell.upstream_seconds
+        self.seconds += cell.total_seconds
+        self.eval_seconds += cell.eval_seconds
+        self.eval_tokens += cell.eval_tokens
 
     def row(self, key: str) -> GroupStats:
         return GroupStats(
@@ -55,63 +223,120 @@ class _Group:
             calls=self.calls,
             input_tokens=self.input,
             output_tokens=self.output,
-            total_seconds=round(sum(self.seconds), 6),
+            total_seconds=round(self.seconds, 6),
             model_seconds=round(self.model, 6),
             errors=self.errors,
-            p50_seconds=_percentile(self.seconds, 0.50),
-            p95_seconds=_percentile(self.seconds, 0.95),
-            p50_ttft_seconds=_percentile(self.ttft, 0.50),
+            p50_seconds=hist_percentile(self.seconds_hist, 0.50),
+            p95_seconds=hist_percentile(self.seconds_hist, 0.95),
+            p50_ttft_seconds=hist_percentile(self.ttft_hist, 0.50),
             tokens_per_second=(
                 round(self.eval_tokens / self.eval_seconds, 3) if self.eval_seconds else None
             ),
         )
 
 
-def compute_stats(docs: Iterable[dict[str, Any]], bucket_seconds: int) -> Stats:
-    totals = Totals()
-    buckets: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])
-    groups: dict[str, dict[str, _Group]] = {"model": {}, "project": {}, "process": {}}
-    for doc in docs:
-        totals.calls += 1
-        totals.input_tokens += doc.get("input_tokens") or 0
-        totals.output_tokens += doc.get("output_tokens") or 0
-        totals.model_seconds += doc.get("upstream_seconds") or 0.0
-        totals.errors += doc.get("status") == "error"
-        totals.cancelled += doc.get("status") == "cancelled"
-        moment = int(datetime.fromisoformat(doc["date"]).timestamp())
-        bucket = buckets[moment - moment % bucket_seconds]
-        bucket[0] += 1
-        bucket[1] += doc.get("input_tokens") or 0
-        bucket[2] += doc.get("output_tokens") or 0
-        process = f"{doc.get('process_id') or '-'}/{doc.get('subprocess_id') or '-'}"
-        for kind, key in (
-            ("model", doc.get("model_name") or "-"),
-            ("project", doc.get("project") or "-"),
-            ("process", process),
-        ):
-            group = groups[kind].get(key)
-            if group is None:
-                group = groups[kind][key] = _Group()
-            group.add(doc)
-    totals.model_seconds = round(totals.model_seconds, 6)
-
-    def rows(kind: str) -> list[GroupStats]:
-        found = [group.row(key) for key, group in groups[kind].items()]
-        return sorted(found, key=lambda row: row.calls, reverse=True)
-
-    return Stats(
-        totals=totals,
-        bucket_seconds=bucket_seconds,
-        series=[
-            Bucket(
-                start=iso(datetime.fromtimestamp(start, UTC)),
-                calls=c,
-                input_tokens=i,
-                output_tokens=o,
-            )
-            for start, (c, i, o) in sorted(buckets.items())
-        ],
-        by_model=rows("model"),
-        by_project=rows("project"),
-        by_process=rows("process"),
+def _group_keys(
+    model: str | None, project: str | None, process: str | None, sub: str | None
+) -> tuple[tuple[str, str], ...]:
+    return (
+        ("model", model or "-"),
+        ("project", project or "-"),
+        ("process", f"{process or '-'}/{sub or '-'}"),
     )
+
+
+class StatsBuilder:
+    """Folds cells and histograms into a Stats; each cell's start must fall inside
+    one series bucket."""
+
+    def __init__(self, bucket_seconds: int) -> None:
+        self.bucket_seconds = bucket_seconds
+        self.totals = Totals()
+        self.buckets: dict[int, list[int]] = {}
+        self.groups: dict[str, dict[str, _Group]] = {"model": {}, "project": {}, "process": {}}
+        # Histograms merge per combination first (few), then into the groups once.
+        self.dists: dict[DimsKey, tuple[dict[int, int], dict[int, int]]] = {}
+
+    def _group(self, kind: str, key: str) -> _Group:
+        group = self.groups[kind].get(key)
+        if group is None:
+            group = self.groups[kind][key] = _Group()
+        return group
+
+    def add(self, cell: Cell) -> None:
+        totals = self.totals
+        totals.calls += cell.calls
+        totals.input_tokens += cell.input_tokens
+        totals.output_tokens += cell.output_tokens
+        totals.model_seconds += cell.upstream_seconds
+        if cell.status == "error":
+            totals.errors += cell.calls
+        elif cell.status == "cancelled":
+            totals.cancelled += cell.calls
+        start = cell.start - cell.start % self.bucket_seconds
+        bucket = self.buckets.get(start)
+        if bucket is None:
+            bucket = self.buckets[start] = [0, 0, 0]
+        bucket[0] += cell.calls
+        bucket[1] += cell.input_tokens
+        bucket[2] += cell.output_tokens
+        for kind, key in _group_keys(cell.model, cell.project, cell.process_id, cell.subprocess_id):
+            self._group(kind, key).add(cell)
+
+    def add_dist(self, dist: Dist) -> None:
+        dims: DimsKey = (
+            dist.model,
+            dist.project,
+            dist.process_id,
+            dist.subprocess_id,
+            dist.status,
+        )
+        found = self.dists.get(dims)
+        if found is None:
+            self.dists[dims] = (dict(dist.seconds_hist), dict(dist.ttft_hist))
+        else:
+            _merge_hist(found[0], dist.seconds_hist)
+            _merge_hist(found[1], dist.ttft_hist)
+
+    def add_records(self, records: Iterable[Measured]) -> None:
+        cells, dists = aggregate(records, self.bucket_seconds)
+        for cell in cells:
+            self.add(cell)
+        for dist in dists:
+            self.add_dist(dist)
+
+    def build(self) -> Stats:
+        self.totals.model_seconds = round(self.totals.model_seconds, 6)
+        for (model, project, process, sub, _), (seconds, ttft) in self.dists.items():
+            for kind, key in _group_keys(model, project, process, sub):
+                group = self._group(kind, key)
+                _merge_hist(group.seconds_hist, seconds)
+                _merge_hist(group.ttft_hist, ttft)
+
+        def rows(kind: str) -> list[GroupStats]:
+            found = [group.row(key) for key, group in self.groups[kind].items()]
+            return sorted(found, key=lambda row: (-row.calls, row.key))
+
+        return Stats(
+            totals=self.totals,
+            bucket_seconds=self.bucket_seconds,
+            series=[
+                Bucket(
+                    start=iso(datetime.fromtimestamp(start, UTC)),
+                    calls=c,
+                    input_tokens=i,
+                    output_tokens=o,
+                )
+                for start, (c, i, o) in sorted(self.buckets.items())
+            ],
+            by_model=rows("model"),
+            by_project=rows("project"),
+            by_process=rows("process"),
+        )
+
+
+def compute_stats(records: Iterable[Measured], bucket_seconds: int) -> Stats:
+    """Stats over these records, straight from the records."""
+    builder = StatsBuilder(bucket_seconds)
+    builder.add_records(records)
+    return builder.build()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -29,3 +30,9 @@ def client(gateway: Gateway) -> Iterator[httpx.Client]:
     """A client of the shared gateway, holding the admin token."""
     with gateway.client() as client:
         yield client
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A data folder that does not exist yet."""
+    return tmp_path / "data"

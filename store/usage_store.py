@@ -1,0 +1,620 @@
+"""The usage store: a journal for durability, TinyDB files for keeping, one writer.
+
+append() only queues a record. One writer thread takes whatever has queued up,
+appends it to the journal as JSON lines and fsyncs once for the batch (a group
+commit): that is when a record is safe. From time to time the same thread folds
+the journaled records into the newest TinyDB file (data/usage/DAY-NNNN.json,
+rewritten whole by atomic replace, at most SEGMENT_RECORDS records), then empties
+the journal. Full files are closed for good, with a summary and a row index
+beside them (store/files.py), so no write ever touches more than one file's worth
+of history.
+
+Queries and stats run on a second thread. They see every appended record: the
+queue, the journal's records and the newest file are in memory; closed files
+are read only where their summary says they may hold what is asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+
+from . import files, reading
+from .files import Row, SegmentMeta
+from .records import Stats, UsageQuery, UsageRecord, iso
+
+log = logging.getLogger("ollama_host.store")
+
+SEGMENT_RECORDS = 4096
+SEGMENT_BYTES = 8 << 20
+# When to fold the journal into the newest TinyDB file. Each fold rewrites that file
+# whole, so it waits until the journal holds a quarter of the file's size (writes stay
+# within about 5x the data), at most once a second (under heavy traffic, folds of a
+# whole file's worth: about 1x), or until a record is 5 minutes old (light traffic).
+FOLD_SHARE = 4
+FOLD_MIN_SECONDS = 1.0
+FOLD_RECORDS = 4096
+FOLD_MAX_SECONDS = 300.0
+RETRY_SECONDS = 1.0
+RETENTION_EVERY = 3600.0
+# Records held in memory while the disk refuses them; beyond this the newest are dropped.
+MAX_PENDING = 100_000
+# Closed files whose rows queries keep decoded (about 1 MB each).
+CACHED_SEGMENTS = 16
+
+
+class StoreError(Exception):
+    """The usage store cannot open; the message says why and what to do."""
+
+
+class StoreHealth(msgspec.Struct):
+    status: str  # "ok" or "degraded"
+    path: str
+    pending: int
+    error: str | None = None
+
+
+def _lock_folder(folder: Path) -> int:
+    """Hold an exclusive lock on the data folder for the life of the process."""
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here; one gateway per folder is on the user.
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(
+            f"another gateway is already using the data folder {folder}; "
+            "stop it, or give this one its own folder with --data"
+        ) from None
+    return fd
+
+
+class _Open:
+    """The newest TinyDB file, whole, in memory: the one the writer still adds to."""
+
+    __slots__ = ("lines", "name", "records", "size")
+
+    def __init__(
+        self, name: str, records: list[UsageRecord], lines: list[bytes], size: int
+    ) -> None:
+        self.name = name
+        self.records = records
+        self.lines = lines
+        self.size = size
+
+
+class UsageStore:
+    """Append usage records and read them back, newest first."""
+
+    def __init__(self, folder: Path, *, retention_days: float | None = None) -> None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = _lock_folder(folder)
+        except OSError as exc:
+            raise StoreError(f"cannot use the data folder {folder}: {exc}") from None
+        self.folder = folder
+        self.path = folder / "usage"
+        self.retention_days = retention_days
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        # Appended, not yet in the journal / being written to it / in the journal, not yet folded.
+        self._pending: list[UsageRecord] = []
+        self._committing: list[UsageRecord] = []
+        self._unfolded: list[tuple[UsageRecord, bytes]] = []
+        self._metas: list[SegmentMeta] = []
+        self._cache: OrderedDict[tuple[str, int], list[Row]] = OrderedDict()
+        self._flushes: list[Future[None]] = []
+        self._closing = False
+        self._stopped = False
+        self._dropped = 0
+        self._journal_error: str | None = None
+        self._fold_error: str | None = None
+        self._retry_at = 0.0
+        self._fold_retry_at = 0.0
+        self._unfolded_bytes = 0
+        self._unfolded_since = 0.0  # when the oldest record not yet folded was journaled
+        self._folded_at = 0.0
+        self._retention_at = 0.0
+        try:
+            self._open_files()
+        except OSError as exc:
+            os.close(self._lock_fd)
+            raise StoreError(f"cannot open the usage files in {self.path}: {exc}") from None
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-reader")
+        self._writer = threading.Thread(target=self._run, name="usage-writer", daemon=True)
+        self._writer.start()
+
+    # -- startup ---------------------------------------------------------------
+
+    def _open_files(self) -> None:
+        usage = self.path
+        (usage / files.INDEX).mkdir(parents=True, exist_ok=True)
+        for stale in [*usage.glob("*.tmp"), *(usage / files.INDEX).glob("*.tmp")]:
+            stale.unlink()  # a write that a crash interrupted; its old file is intact
+        names = sorted(
+            (p.name for p in usage.iterdir() if files.SEGMENT_NAME.fullmatch(p.name)),
+            key=files.segment_key,
+        )
+        newest = names.pop() if names else None
+        for name in names:
+            meta = self._closed_meta(name)
+            if meta is not None:
+                self._metas.append(meta)
+        self._open = self._open_newest(newest)
+        self._journal_fd = os.open(
+            usage / files.JOURNAL, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600
+        )
+        self._import_single_file()
+        self._unfolded = self._replay_journal()
+        self._unfolded_bytes = sum(len(line) + 1 for _, line in self._unfolded)
+        self._journal_size = os.fstat(self._journal_fd).st_size
+        if self._unfolded:
+            try:
+                self._fold()
+            except OSError as exc:
+                self._fold_failed(exc)
+
+    def _closed_meta(self, name: str) -> SegmentMeta | None:
+        """A closed file's meta from its summary, checked against the file's size only,
+        so startup does not read the history. A mismatch means the file changed: re-index."""
+        path = self.path / name
+        meta = files.read_meta(files.summary_path(self.path, name))
+        if meta is not None and meta.size == path.stat().st_size:
+            return meta
+        indexed = self._reindex(name)
+        return indexed[0] if indexed else None
+
+    def _reindex(self, name: str) -> tuple[SegmentMeta, list[Row]] | None:
+        try:
+            return files.reindex(self.path, name)
+        except ValueError as exc:
+            files.set_aside(self.path / name, str(exc))
+            files.summary_path(self.path, name).unlink(missing_ok=True)
+            files.rows_path(self.path, name).unlink(missing_ok=True)
+            return None
+
+    def _open_newest(self, name: str | None) -> _Open:
+        if name is not None:
+            try:
+                records = files.read_segment(self.path / name)
+            except ValueError as exc:
+                files.set_aside(self.path / name, str(exc))
+                files.summary_path(self.path, name).unlink(missing_ok=True)
+            else:
+                lines = [files.encode(r) for r in records]
+                return _Open(name, records, lines, sum(map(len, lines)))
+        return _Open(self._next_name(name), [], [], 0)
+
+    def _next_name(self, after: str | None) -> str:
+        today = datetime.now(UTC).strftime("%Y-%m-%d")
+        if after is None:
+            return files.segment_name(today, 1)
+        day, seq = files.segment_key(after)
+        # Names must sort in the order written, even if the clock steps back.
+        return files.segment_name(day, seq + 1) if day >= today else files.segment_name(today, 1)
+
+    def _import_single_file(self) -> None:
+        """Bring in data/usage.json, the one-file log of earlier versions, through the
+        journal: a crash half-way leaves records the journal replay counts once."""
+        legacy = self.folder / "usage.json"
+        if not legacy.exists():
+            return
+        try:
+            records = files.read_segment(legacy)
+        except ValueError as exc:
+            files.set_aside(legacy, str(exc))
+            return
+        journal = os.pread(self._journal_fd, os.fstat(self._journal_fd).st_size, 0)
+        whole = journal.rfind(b"\n") + 1
+        if whole < len(journal):  # a line a crash cut short: drop it before appending
+            os.ftruncate(self._journal_fd, whole)
+        _write_all(self._journal_fd, b"".join(files.encode(r) + b"\n" for r in records))
+        os.fsync(self._journal_fd)
+        kept = legacy.with_name("usage.json.imported")
+        os.replace(legacy, kept)
+        log.warning(
+            "imported %d usage records from %s (the single-file log of earlier versions); "
+            "the file is kept as %s and can be deleted",
+            len(records),
+            legacy,
+            kept,
+        )
+
+    def _replay_journal(self) -> list[tuple[UsageRecord, bytes]]:
+        """Records a crash left in the journal and not yet in a TinyDB file."""
+        raw = os.pread(self._journal_fd, os.fstat(self._journal_fd).st_size, 0)
+        if not raw:
+            return []
+        lines = raw.split(b"\n")
+        torn = lines.pop()  # after the last newline: empty, or a write a crash cut short
+        found: list[tuple[UsageRecord, bytes]] = []
+        bad = 0
+        for line in lines:
+            try:
+                found.append((files.decode_line(line), line))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                bad += 1
+        if bad:
+            aside = files.set_aside(self.path / files.JOURNAL, f"{bad} unreadable journal lines")
+            os.close(self._journal_fd)
+            self._journal_fd = os.open(
+                self.path / files.JOURNAL, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600
+            )
+            log.error("the readable lines of %s are kept and folded in", aside)
+        elif torn:
+            log.warning("dropped the last journal line, cut short by a crash (%d bytes)", len(torn))
+            os.ftruncate(self._journal_fd, len(raw) - len(torn))
+        if not found:
+            return []
+        # A crash between writing a TinyDB file and emptying the journal leaves records in
+        # both. Only files holding an id at least as new as the journal's oldest can.
+        oldest = min(r.id for r, _ in found)
+        seen = {r.id for r in self._open.records}
+        for meta in self._metas:
+            if meta.max_id >= oldest:
+                seen.update(r.id for r in self._rows(meta))
+        fresh: list[tuple[UsageRecord, bytes]] = []
+        for r, line in found:
+            if r.id not in seen:
+                seen.add(r.id)
+                fresh.append((r, line))
+        if bad:  # the journal was replaced: put the records back before anything else
+            _write_all(self._journal_fd, b"".join(line + b"\n" for _, line in fresh))
+            os.fsync(self._journal_fd)
+        log.info("recovered %d records from the journal", len(fresh))
+        return fresh
+
+    # -- writing ---------------------------------------------------------------
+
+    def append(self, record: UsageRecord) -> None:
+        """Queue a record. Never blocks on the disk; safe to call from the event loop."""
+        with self._lock:
+            if len(self._pending) >= MAX_PENDING:
+                self._dropped += 1
+                if self._dropped == 1 or self._dropped % 1000 == 0:
+                    log.error(
+                        "USAGE RECORDS DROPPED: %d records wait for the disk already; "
+                        "%d dropped so far",
+                        MAX_PENDING,
+                        self._dropped,
+                    )
+                return
+            self._pending.append(record)
+            if len(self._pending) == 1:
+                self._wake.notify()
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            # Normally at close; if a bug ended the thread, nobody may wait on it forever.
+            with self._lock:
+                self._stopped = True
+                flushes, self._flushes = self._flushes, []
+            for flushed in flushes:
+                flushed.set_result(None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while True:
+                    now = time.monotonic()
+                    if self._closing or self._flushes:
+                        break
+                    if self._pending and now >= self._retry_at:
+                        break
+                    due = self._next_due(now)
+                    if due <= now:
+                        break
+                    self._wake.wait(due - now)
+                ready = now >= self._retry_at or self._closing or self._flushes
+                batch = self._pending if ready else []
+                if batch:
+                    self._pending = []
+                    self._committing = batch
+                flushes, self._flushes = self._flushes, []
+                closing = self._closing
+            if batch:
+                self._commit(batch)
+            now = time.monotonic()
+            if self._unfolded and (closing or flushes or self._fold_due(now)):
+                try:
+                    self._fold()
+                except OSError as exc:
+                    self._fold_failed(exc)
+            if self.retention_days is not None and now >= self._retention_at:
+                self._retention_at = now + RETENTION_EVERY
+                try:
+                    self._apply_retention()
+                except (OSError, ValueError) as exc:
+                    log.error("retention could not delete old usage records: %s", exc)
+            for flushed in flushes:
+                flushed.set_result(None)
+            if closing:
+                with self._lock:
+                    if not self._pending:
+                        return
+                    if self._journal_error:
+                        log.error(
+                            "USAGE RECORDS LOST: %d records could not be written before exit (%s)",
+                            len(self._pending),
+                            self._journal_error,
+                        )
+                        return
+
+    def _fold_due(self, now: float) -> bool:
+        return now >= self._fold_retry_at and (
+            len(self._unfolded) >= FOLD_RECORDS
+            or now >= self._fold_by_size_at()
+            or now - self._unfolded_since >= FOLD_MAX_SECONDS
+        )
+
+    def _fold_by_size_at(self) -> float:
+        if self._unfolded_bytes * FOLD_SHARE >= self._open.size:
+            return self._folded_at + FOLD_MIN_SECONDS
+        return float("inf")
+
+    def _next_due(self, now: float) -> float:
+        due = now + 3600.0
+        if self._pending:
+            due = min(due, self._retry_at)
+        if self._unfolded:
+            fold_at = min(self._unfolded_since + FOLD_MAX_SECONDS, self._fold_by_size_at())
+            due = min(due, max(fold_at, self._fold_retry_at))
+        if self.retention_days is not None:
+            due = min(due, self._retention_at)
+        return due
+
+    def _commit(self, batch: list[UsageRecord]) -> None:
+        lines: list[bytes] = []
+        for record in batch:
+            try:
+                lines.append(files.encode(record))
+            except (UnicodeEncodeError, msgspec.EncodeError) as exc:
+                # msgspec refuses lone surrogates on the way in; this is a last guard.
+                log.error("USAGE RECORD DROPPED: call %s cannot be encoded: %s", record.id, exc)
+        if len(lines) < len(batch):
+            batch = [r for r in batch if _encodable(r)]
+        data = b"".join(line + b"\n" for line in lines)
+        try:
+            _write_all(self._journal_fd, data)
+            os.fsync(self._journal_fd)
+        except OSError as exc:
+            # Cut off what a partial write left, so the journal holds whole lines only.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._journal_fd, self._journal_size)
+            with self._lock:
+                self._pending[:0] = batch
+                over = len(self._pending) - MAX_PENDING
+                if over > 0:  # appends arrived meanwhile: keep the oldest, as append() does
+                    del self._pending[MAX_PENDING:]
+                    self._dropped += over
+                self._committing = []
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+            error = f"cannot write the usage journal: {exc}"
+            if error != self._journal_error:
+                log.error("%s; %d records wait in memory and will be retried", error, len(batch))
+            self._journal_error = error
+            return
+        self._journal_size += len(data)
+        if not self._unfolded:
+            self._unfolded_since = time.monotonic()
+        self._unfolded_bytes += len(data)
+        with self._lock:
+            self._unfolded = self._unfolded + list(zip(batch, lines, strict=True))
+            self._committing = []
+        if self._journal_error:
+            log.warning("the usage journal is writable again")
+            self._journal_error = None
+
+    def _fold(self) -> None:
+        """Move the journaled records into TinyDB files, then empty the journal."""
+        entries = self._unfolded
+        current = self._open
+        name, size = current.name, current.size
+        records, lines = list(current.records), list(current.lines)
+        closed: list[tuple[str, list[UsageRecord], list[bytes]]] = []
+        today = datetime.now(UTC).strftime("%Y-%m-%d")
+        for record, line in entries:
+            if records and (
+                len(records) >= SEGMENT_RECORDS
+                or size + len(line) > SEGMENT_BYTES
+                or files.segment_key(name)[0] < today
+            ):
+                closed.append((name, records, lines))
+                name, records, lines, size = self._next_name(name), [], [], 0
+            records.append(record)
+            lines.append(line)
+            size += len(line)
+        indexed = [files.write_segment(self.path, *closed_one) for closed_one in closed]
+        files.atomic_write(self.path / name, files.tinydb_bytes(lines))
+        files.fsync_dir(self.path)
+        files.fsync_dir(self.path / files.INDEX)
+        os.ftruncate(self._journal_fd, 0)
+        os.fsync(self._journal_fd)
+        self._journal_size = 0
+        self._unfolded_bytes = 0
+        self._folded_at = time.monotonic()
+        with self._lock:
+            self._metas = self._metas + [meta for meta, _ in indexed]
+            self._open = _Open(name, records, lines, size)
+            self._unfolded = []
+            for meta, rows in indexed:
+                self._cache_put(meta, rows)
+        if self._fold_error:
+            log.warning("the usage files are writable again")
+            self._fold_error = None
+
+    def _fold_failed(self, exc: OSError) -> None:
+        self._fold_retry_at = time.monotonic() + RETRY_SECONDS
+        error = f"cannot write the usage files (records are safe in the journal): {exc}"
+        if error != self._fold_error:
+            log.error("%s", error)
+        self._fold_error = error
+
+    def _apply_retention(self) -> None:
+        assert self.retention_days is not None
+        cutoff = iso(datetime.now(UTC) - timedelta(days=self.retention_days))
+        kept: list[SegmentMeta] = []
+        records: list[UsageRecord]
+        removed = 0
+        for meta in self._metas:
+            if meta.min_date >= cutoff:
+                kept.append(meta)
+                continue
+            path = self.path / meta.name
+            records = []
+            if meta.max_date >= cutoff and path.exists():  # straddles the limit: keep the newer
+                records = [r for r in files.read_segment(path) if r.date >= cutoff]
+            removed += meta.count - len(records)
+            if records:
+                lines = [files.encode(r) for r in records]
+                kept.append(files.write_segment(self.path, meta.name, records, lines)[0])
+            else:  # missing_ok: a run the disk interrupted may have deleted it already
+                path.unlink(missing_ok=True)
+                files.summary_path(self.path, meta.name).unlink(missing_ok=True)
+                files.rows_path(self.path, meta.name).unlink(missing_ok=True)
+        current = self._open
+        fresh = [r for r in current.records if r.date >= cutoff]
+        if len(fresh) < len(current.records):
+            removed += len(current.records) - len(fresh)
+            lines = [files.encode(r) for r in fresh]
+            files.atomic_write(self.path / current.name, files.tinydb_bytes(lines))
+            current = _Open(current.name, fresh, lines, sum(map(len, lines)))
+        files.fsync_dir(self.path)
+        with self._lock:
+            self._metas = kept
+            self._open = current
+        if removed:
+            log.info(
+                "retention: deleted %d usage records older than %g days",
+                removed,
+                self.retention_days,
+            )
+
+    async def flush(self) -> None:
+        """Wait until everything appended so far is in the TinyDB files (or has failed to be)."""
+        done: Future[None] = Future()
+        with self._wake:
+            if self._stopped:
+                return
+            self._flushes.append(done)
+            self._wake.notify()
+        await asyncio.wrap_future(done)
+
+    # -- reading ---------------------------------------------------------------
+
+    def _in_memory(self) -> tuple[list[SegmentMeta], list[UsageRecord]]:
+        """The closed files' metas, and every record not in a closed file, at one instant."""
+        with self._lock:
+            metas = self._metas
+            recent = [*self._open.records, *(r for r, _ in self._unfolded)]
+            recent += self._committing
+            recent += self._pending
+        return metas, recent
+
+    def _cache_put(self, meta: SegmentMeta, rows: list[Row]) -> None:
+        self._cache[(meta.name, meta.size)] = rows
+        while len(self._cache) > CACHED_SEGMENTS:
+            self._cache.popitem(last=False)
+
+    def _rows(self, meta: SegmentMeta) -> list[Row]:
+        """A closed file's rows: from the cache, its rows file, or (if that is lost) the file."""
+        key = (meta.name, meta.size)
+        with self._lock:
+            rows = self._cache.get(key)
+            if rows is not None:
+                self._cache.move_to_end(key)
+                return rows
+        try:
+            rows = files.read_rows(files.rows_path(self.path, meta.name))
+        except FileNotFoundError:
+            if not (self.path / meta.name).exists():
+                return []  # retention removed it while this query ran
+            rows = None
+        except (OSError, ValueError) as exc:
+            log.warning("rebuilding the rows of %s (%s)", meta.name, exc)
+            rows = None
+        if rows is None:
+            try:
+                indexed = files.reindex(self.path, meta.name)
+            except (OSError, ValueError) as exc:
+                log.error("USAGE FILE UNREADABLE, skipped by this query: %s", exc)
+                return []
+            rows = indexed[1] if indexed else []
+        with self._lock:
+            self._cache_put(meta, rows)
+        return rows
+
+    async def query(self, q: UsageQuery) -> list[UsageRecord]:
+        return await asyncio.get_running_loop().run_in_executor(self._reader, self._query, q)
+
+    def _query(self, q: UsageQuery) -> list[UsageRecord]:
+        return reading.newest_page(q, *self._in_memory(), self._rows, self.path)
+
+    async def stats(self, q: UsageQuery, *, bucket_seconds: int) -> Stats:
+        """Aggregates over all records matching q's filters (q's paging is ignored)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._reader, self._stats, q, bucket_seconds
+        )
+
+    def _stats(self, q: UsageQuery, bucket_seconds: int) -> Stats:
+        return reading.stats_over(q, bucket_seconds, *self._in_memory(), self._rows, self.path)
+
+    # -- state -----------------------------------------------------------------
+
+    def health(self) -> StoreHealth:
+        with self._lock:
+            pending = len(self._pending) + len(self._committing)
+            dropped = self._dropped
+            stopped = self._stopped and not self._closing
+        error = self._journal_error or self._fold_error
+        if stopped:
+            error = "the usage writer stopped unexpectedly (see the log); restart the gateway"
+        if dropped:
+            error = f"{error or 'the disk refused records'}; {dropped} records dropped"
+        return StoreHealth(
+            status="degraded" if error else "ok", path=str(self.path), pending=pending, error=error
+        )
+
+    def close(self) -> None:
+        """Write everything out and release the folder (blocks until done)."""
+        with self._wake:
+            if self._closing:
+                return
+            self._closing = True
+            self._wake.notify()
+        self._writer.join()
+        self._reader.shutdown(wait=True)
+        os.close(self._journal_fd)
+        os.close(self._lock_fd)
+
+    async def aclose(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    written = 0
+    while written < len(data):
+        written += os.write(fd, data[written:])
+
+
+def _encodable(record: UsageRecord) -> bool:
+    try:
+        files.encode(record)
+    except (UnicodeEncodeError, msgspec.EncodeError):
+        return False
+    return True

@@ -1,0 +1,522 @@
+"""The usage store on its own: format, queries, stats, recovery, retention, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+from tinydb import TinyDB
+
+from settings import parse_settings
+from store import (
+    InputMessage,
+    Stats,
+    StoreError,
+    UsageQuery,
+    UsageRecord,
+    UsageStore,
+    files,
+    iso,
+    usage_store,
+)
+from store.stats import RATIO
+
+BASE = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+
+
+def record(n: int, *, at: datetime | None = None, **fields: object) -> UsageRecord:
+    moment = at or BASE + timedelta(seconds=37 * n)
+    values: dict[str, object] = {
+        "id": f"{int(moment.timestamp() * 1e6):014x}{n:06x}",
+        "date": iso(moment),
+        "total_seconds": round(0.05 + (n * 7919 % 1000) / 200, 6),
+        "total_tokens": 10 + n % 7,
+        "input_tokens": 4 + n % 3,
+        "output_tokens": 6 + n % 5,
+        "model_name": ["llama3", "qwen", "mistral"][n % 3],
+        "input": [InputMessage("user", f"question {n}")],
+        "output": f"answer {n}",
+        "project": f"p{n % 4}",
+        "process_id": f"proc{n % 2}",
+        "subprocess_id": None if n % 5 else "sub",
+        "status": "ok" if n % 9 else ("error" if n % 2 else "cancelled"),
+        "ttft_seconds": None if n % 6 == 0 else 0.01 * (1 + n % 13),
+        "eval_seconds": 0.5 + n % 3,
+        "upstream_seconds": 1.0 + n % 4,
+    }
+    values.update(fields)
+    return msgspec.convert(values, UsageRecord)
+
+
+def fill(store: UsageStore, records: list[UsageRecord]) -> None:
+    for r in records:
+        store.append(r)
+    asyncio.run(store.flush())
+
+
+def query(store: UsageStore, **fields: object) -> list[UsageRecord]:
+    return asyncio.run(store.query(msgspec.convert(fields, UsageQuery)))
+
+
+def stats(store: UsageStore, bucket: int, **fields: object) -> Stats:
+    return asyncio.run(store.stats(msgspec.convert(fields, UsageQuery), bucket_seconds=bucket))
+
+
+def tinydb_docs(usage: Path) -> list[dict[str, object]]:
+    """Every record as plain TinyDB reads it, file by file in name order."""
+    docs: list[dict[str, object]] = []
+    for path in sorted(usage.glob("*.json"), key=lambda p: files.segment_key(p.name)):
+        with TinyDB(path, access_mode="r") as db:
+            docs.extend(db.table("usage").all())
+    return docs
+
+
+def wait_until(done: Callable[[], bool]) -> None:
+    """Poll until done() (the writer works on its own thread); fail after 5 s."""
+    deadline = time.monotonic() + 5
+    while not done():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def small_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files of 50 records, so a few hundred records span many files."""
+    monkeypatch.setattr(usage_store, "SEGMENT_RECORDS", 50)
+
+
+@pytest.fixture
+def store(data_dir: Path) -> Iterator[UsageStore]:
+    opened = UsageStore(data_dir)
+    yield opened
+    opened.close()
+
+
+def test_records_land_in_files_plain_tinydb_reads(store: UsageStore, data_dir: Path) -> None:
+    records = [record(n) for n in range(120)]
+
+    fill(store, records)
+
+    docs = tinydb_docs(data_dir / "usage")
+    assert docs == [msgspec.to_builtins(r) for r in records]
+
+
+@pytest.mark.usefixtures("small_files")
+def test_files_are_split_and_each_is_a_whole_tinydb_file(store: UsageStore, data_dir: Path) -> None:
+    fill(store, [record(n) for n in range(230)])
+
+    names = sorted(p.name for p in (data_dir / "usage").glob("*.json"))
+    assert len(names) == 5
+    for name in names:
+        with TinyDB(data_dir / "usage" / name, access_mode="r") as db:
+            assert 0 < len(db.table("usage")) <= 50
+
+
+@pytest.mark.usefixtures("small_files")
+def test_query_pages_newest_first_across_files(store: UsageStore) -> None:
+    records = [record(n) for n in range(300)]
+    random.Random(3).shuffle(records)  # calls finish out of order
+    fill(store, records)
+    newest_first = sorted(records, key=lambda r: r.id, reverse=True)
+
+    first = query(store, limit=40)
+    second = query(store, limit=40, before=first[-1].id)
+    by_offset = query(store, limit=40, offset=40)
+    newer = query(store, limit=1000, after=newest_first[10].id)
+
+    assert first == newest_first[:40]
+    assert second == newest_first[40:80]
+    assert by_offset == newest_first[40:80]
+    assert newer == newest_first[:10]
+
+
+@pytest.mark.usefixtures("small_files")
+def test_query_filters_match_a_plain_scan(store: UsageStore) -> None:
+    records = [record(n) for n in range(400)]
+    fill(store, records)
+    since, until = BASE + timedelta(hours=1), BASE + timedelta(hours=3)
+
+    found = query(
+        store, project="p1", model="qwen", status="ok", since=since, until=until, limit=1000
+    )
+
+    expected = [
+        r
+        for r in records
+        if r.project == "p1"
+        and r.model_name == "qwen"
+        and r.status == "ok"
+        and iso(since) <= r.date < iso(until)
+    ]
+    assert found == sorted(expected, key=lambda r: r.id, reverse=True)
+    assert found
+
+
+@pytest.mark.usefixtures("small_files")
+def test_query_skips_files_that_cannot_match(
+    store: UsageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(store, [record(n, project="common") for n in range(200)])
+    fill(store, [record(n, project="rare") for n in range(200, 210)])
+    fill(store, [record(n, project="common") for n in range(210, 400)])
+    read: list[str] = []
+    real = files.read_rows
+
+    def spy(path: Path) -> list[files.Row]:
+        read.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(files, "read_rows", spy)
+    store._cache.clear()
+
+    found = query(store, project="rare")
+
+    assert [r.id for r in found] == sorted((record(n).id for n in range(200, 210)), reverse=True)
+    assert len(read) == 1  # the one closed file holding "rare"; the rest was skipped
+
+
+def _exact(records: list[UsageRecord], bucket: int) -> dict[str, object]:
+    """The figures stats() must get exactly right, computed the plain way."""
+    series: dict[int, list[int]] = {}
+    models: dict[str, list[float]] = {}
+    for r in records:
+        moment = int(datetime.fromisoformat(r.date).timestamp())
+        row = series.setdefault(moment - moment % bucket, [0, 0, 0])
+        row[0] += 1
+        row[1] += r.input_tokens or 0
+        row[2] += r.output_tokens or 0
+        models.setdefault(r.model_name, []).append(r.total_seconds)
+    return {
+        "calls": len(records),
+        "input": sum(r.input_tokens or 0 for r in records),
+        "errors": sum(r.status == "error" for r in records),
+        "cancelled": sum(r.status == "cancelled" for r in records),
+        "series": [(iso(datetime.fromtimestamp(k, UTC)), *v) for k, v in sorted(series.items())],
+        "models": {k: (len(v), round(sum(v), 6), sorted(v)) for k, v in models.items()},
+    }
+
+
+def _check(found: Stats, records: list[UsageRecord], bucket: int) -> None:
+    exact = _exact(records, bucket)
+    assert found.totals.calls == exact["calls"]
+    assert found.totals.input_tokens == exact["input"]
+    assert found.totals.errors == exact["errors"]
+    assert found.totals.cancelled == exact["cancelled"]
+    assert [(b.start, b.calls, b.input_tokens, b.output_tokens) for b in found.series] == exact[
+        "series"
+    ]
+    models = exact["models"]
+    assert isinstance(models, dict)
+    assert {row.key for row in found.by_model} == set(models)
+    for row in found.by_model:
+        calls, total, values = models[row.key]
+        assert row.calls == calls
+        assert row.total_seconds == pytest.approx(total, abs=1e-5)
+        exact_p50 = values[int(0.5 * len(values))]
+        assert row.p50_seconds == pytest.approx(exact_p50, rel=RATIO - 1)
+
+
+@pytest.mark.usefixtures("small_files")
+@pytest.mark.parametrize("bucket", [3600, 86400, 300])
+def test_stats_from_summaries_match_the_records(store: UsageStore, bucket: int) -> None:
+    records = [record(n) for n in range(700)]  # 7 hours, most in closed files
+    fill(store, records)
+
+    _check(stats(store, bucket), records, bucket)
+
+
+@pytest.mark.usefixtures("small_files")
+def test_stats_with_filters_and_unaligned_range(store: UsageStore) -> None:
+    records = [record(n) for n in range(700)]
+    fill(store, records)
+    since, until = BASE + timedelta(minutes=95), BASE + timedelta(hours=5, minutes=10)
+
+    found = stats(store, 3600, project="p2", since=since, until=until)
+
+    wanted = [r for r in records if r.project == "p2" and iso(since) <= r.date < iso(until)]
+    _check(found, wanted, 3600)
+
+
+@pytest.mark.usefixtures("small_files")
+def test_reopening_reads_summaries_not_history(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = [record(n) for n in range(260)]
+    with_store = UsageStore(data_dir)
+    fill(with_store, records)
+    with_store.close()
+    read: list[str] = []
+    real = files.read_segment
+
+    def spy(path: Path) -> list[UsageRecord]:
+        read.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(files, "read_segment", spy)
+
+    reopened = UsageStore(data_dir)
+    try:
+        assert len(read) == 1  # only the newest file, the one still being filled
+        found = query(reopened, limit=1000)
+    finally:
+        reopened.close()
+    assert found == sorted(records, key=lambda r: r.id, reverse=True)
+
+
+def _journal(data_dir: Path, records: list[UsageRecord], tail: bytes = b"") -> None:
+    lines = b"".join(files.encode(r) + b"\n" for r in records)
+    (data_dir / "usage" / files.JOURNAL).write_bytes(lines + tail)
+
+
+def test_journal_left_by_a_crash_is_folded_in_at_startup(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    kept = [record(n) for n in range(30)]
+    first = UsageStore(data_dir)
+    fill(first, kept[:10])
+    first.close()
+    # A crash after the file was written but before the journal was emptied, plus a
+    # record the crash cut in half.
+    _journal(data_dir, kept[5:], tail=files.encode(record(99))[:40])
+
+    with caplog.at_level(logging.WARNING):
+        store = UsageStore(data_dir)
+    try:
+        found = query(store, limit=1000)
+    finally:
+        store.close()
+
+    assert found == sorted(kept, key=lambda r: r.id, reverse=True)
+    assert [d["id"] for d in tinydb_docs(data_dir / "usage")] == [r.id for r in kept]
+    assert (data_dir / "usage" / files.JOURNAL).read_bytes() == b""
+    assert "cut short by a crash" in caplog.text
+
+
+def test_garbled_journal_is_set_aside_and_its_good_lines_kept(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    UsageStore(data_dir).close()
+    good = [record(n) for n in range(3)]
+    garbled = files.encode(good[0]) + b"\n" + b"{not json\n" + files.encode(good[1]) + b"\n"
+    garbled += files.encode(good[2]) + b"\n"
+    (data_dir / "usage" / files.JOURNAL).write_bytes(garbled)
+
+    with caplog.at_level(logging.ERROR):
+        store = UsageStore(data_dir)
+    try:
+        found = query(store)
+    finally:
+        store.close()
+
+    assert found == sorted(good, key=lambda r: r.id, reverse=True)
+    [aside] = (data_dir / "usage").glob("journal.jsonl.corrupt-*")
+    assert aside.read_bytes() == garbled
+    assert "USAGE FILE UNREADABLE" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_unreadable_newest_file_is_moved_aside_loudly(
+    data_dir: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    first = UsageStore(data_dir)
+    fill(first, [record(n) for n in range(20)])
+    first.close()
+    [path] = (data_dir / "usage").glob("*.json")
+    whole = path.read_bytes()
+    broken = {"garbage": b"\x00\xffnot json", "truncated": whole[: len(whole) // 2], "empty": b""}
+    path.write_bytes(broken[damage])
+
+    with caplog.at_level(logging.ERROR):
+        store = UsageStore(data_dir)
+    try:
+        fill(store, [record(100)])
+        found = query(store)
+    finally:
+        store.close()
+
+    [aside] = (data_dir / "usage").glob(f"{path.name}.corrupt-*")
+    assert aside.read_bytes() == broken[damage]  # kept as it was, never emptied
+    assert "USAGE FILE UNREADABLE" in caplog.text
+    assert str(aside) in caplog.text
+    assert [r.id for r in found] == [record(100).id]
+
+
+@pytest.mark.usefixtures("small_files")
+def test_truncated_closed_file_is_moved_aside_the_rest_kept(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = [record(n) for n in range(120)]
+    first = UsageStore(data_dir)
+    fill(first, records)
+    first.close()
+    oldest = sorted((data_dir / "usage").glob("*.json"))[0]
+    oldest.write_bytes(oldest.read_bytes()[:-100])
+
+    with caplog.at_level(logging.ERROR):
+        store = UsageStore(data_dir)
+    try:
+        found = query(store, limit=1000)
+    finally:
+        store.close()
+
+    assert found == sorted(records[50:], key=lambda r: r.id, reverse=True)
+    assert list((data_dir / "usage").glob(f"{oldest.name}.corrupt-*"))
+    assert "USAGE FILE UNREADABLE" in caplog.text
+
+
+@pytest.mark.usefixtures("small_files")
+def test_unreadable_summary_is_rebuilt(data_dir: Path) -> None:
+    records = [record(n) for n in range(120)]
+    first = UsageStore(data_dir)
+    fill(first, records)
+    first.close()
+    for summary in (data_dir / "usage" / files.INDEX).iterdir():
+        summary.write_bytes(b"junk")
+
+    store = UsageStore(data_dir)
+    try:
+        found = stats(store, 3600)
+    finally:
+        store.close()
+
+    _check(found, records, 3600)
+
+
+@pytest.mark.usefixtures("small_files")
+def test_retention_deletes_only_records_older_than_the_setting(data_dir: Path) -> None:
+    now = datetime.now(UTC)
+    old = [record(n, at=now - timedelta(days=40, minutes=n)) for n in range(120)]
+    new = [record(n, at=now - timedelta(days=5, minutes=n)) for n in range(120, 200)]
+    first = UsageStore(data_dir)
+    fill(first, [*old, *new])
+    first.close()
+
+    store = UsageStore(data_dir, retention_days=30)
+    try:
+        fill(store, [])
+        found = query(store, limit=1000)
+    finally:
+        store.close()
+
+    assert found == sorted(new, key=lambda r: r.id, reverse=True)
+    assert sorted(str(d["id"]) for d in tinydb_docs(data_dir / "usage")) == sorted(
+        r.id for r in new
+    )
+
+
+def test_a_second_store_on_the_same_folder_is_refused(store: UsageStore, data_dir: Path) -> None:
+    with pytest.raises(StoreError, match="another gateway is already using the data folder"):
+        UsageStore(data_dir)
+
+
+def test_a_write_error_degrades_health_and_writing_resumes(
+    store: UsageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fsync = os.fsync
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    fill(store, [record(1)])
+    broken = store.health()
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    fill(store, [record(2)])
+
+    assert (broken.status, broken.pending) == ("degraded", 1)
+    assert broken.error is not None
+    assert "No space left on device" in broken.error
+    assert store.health().status == "ok"
+    assert [r.id for r in query(store)] == [record(2).id, record(1).id]
+
+
+def test_retention_setting_is_read_from_flag_and_environment() -> None:
+    assert parse_settings([], env={}).retention_days is None
+    assert parse_settings(["--retention-days", "30"], env={}).retention_days == 30
+    env = {"OLLAMA_GATEWAY_RETENTION_DAYS": "7.5"}
+    assert parse_settings([], env=env).retention_days == 7.5
+
+
+def test_a_record_that_cannot_be_encoded_is_dropped_not_the_batch(store: UsageStore) -> None:
+    fill(store, [record(1), record(2, output="\ud800"), record(3)])
+
+    assert [r.id for r in query(store)] == [record(3).id, record(1).id]
+    assert store.health().status == "ok"
+
+
+def test_small_batches_wait_in_the_journal_not_in_a_file_rewrite(
+    store: UsageStore, data_dir: Path
+) -> None:
+    fill(store, [record(n) for n in range(400)])  # flush() folds: the file holds 400
+    [newest] = (data_dir / "usage").glob("*.json")
+    written = newest.stat().st_mtime_ns
+
+    for n in range(400, 420):  # 5% of the file: not worth rewriting it yet
+        store.append(record(n))
+    wait_until(lambda: store.health().pending == 0)
+
+    journal = (data_dir / "usage" / files.JOURNAL).read_bytes().splitlines()
+    in_journal = [files.decode_line(line).id for line in journal]
+    assert in_journal == [record(n).id for n in range(400, 420)]
+    assert newest.stat().st_mtime_ns == written
+    assert len(query(store, limit=1000)) == 420
+
+
+def test_journal_is_folded_once_its_oldest_record_is_old_enough(
+    store: UsageStore, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(store, [record(n) for n in range(400)])
+    monkeypatch.setattr(usage_store, "FOLD_MAX_SECONDS", 0.05)
+
+    store.append(record(400))
+    wait_until(lambda: len(tinydb_docs(data_dir / "usage")) == 401)
+
+    assert len(tinydb_docs(data_dir / "usage")) == 401
+    assert (data_dir / "usage" / files.JOURNAL).read_bytes() == b""
+
+
+def test_records_held_while_the_disk_refuses_are_bounded(
+    store: UsageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(usage_store, "MAX_PENDING", 5)
+    monkeypatch.setattr(os, "fsync", full)
+
+    fill(store, [record(n) for n in range(8)])
+
+    health = store.health()
+    assert (health.status, health.pending) == ("degraded", 5)
+    assert health.error is not None
+    assert "3 records dropped" in health.error
+
+
+def test_the_single_file_log_of_earlier_versions_is_imported(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    records = [record(n) for n in range(30)]
+    data_dir.mkdir()
+    with TinyDB(data_dir / "usage.json") as db:  # TinyDB's own writer, spaces and all
+        db.table("usage").insert_multiple(msgspec.to_builtins(records))
+
+    with caplog.at_level(logging.WARNING):
+        store = UsageStore(data_dir)
+    try:
+        found = query(store, limit=1000)
+    finally:
+        store.close()
+
+    assert found == sorted(records, key=lambda r: r.id, reverse=True)
+    assert [d["id"] for d in tinydb_docs(data_dir / "usage")] == [r.id for r in records]
+    assert not (data_dir / "usage.json").exists()
+    assert (data_dir / "usage.json.imported").exists()
+    assert "imported 30 usage records" in caplog.text

@@ -1,0 +1,249 @@
+"""The store's promises, kept by the real gateway process: kill -9, clean stops,
+a full disk, unreadable files at startup, and a second gateway on the same folder."""
+
+from __future__ import annotations
+
+import errno
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from tinydb import TinyDB
+
+from store import files
+from tests.gateway_proc import Gateway, start_gateway
+from tests.helpers import ask, unique
+from tests.ollama_standin import StandIn
+
+pytestmark = pytest.mark.server
+
+PROMISE_SECONDS = 1.0
+
+
+class Load:
+    """Clients asking through the gateway until stopped; remembers when each answer ended."""
+
+    def __init__(self, gateway: Gateway, project: str, clients: int = 4) -> None:
+        self.project = project
+        self.finished: dict[str, float] = {}  # call id -> monotonic time its response ended
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, args=(gateway.url, n)) for n in range(clients)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, url: str, n: int) -> None:
+        body = ask(content="go [[tokens=3]]", project=self.project, process_id=f"client{n}")
+        headers = {"Accept": "application/json"}
+        with httpx.Client(base_url=url, timeout=10.0, trust_env=False) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.post("/api/v1/ai/ask_sync", json=body, headers=headers)
+                except httpx.TransportError:
+                    return  # the gateway is gone
+                ended = time.monotonic()
+                if response.status_code == 200:
+                    with self._lock:
+                        self.finished[response.json()["id"]] = ended
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def on_disk(data: Path) -> set[str]:
+    """Ids in the journal's whole lines and in the TinyDB files (each opened by plain TinyDB).
+
+    The journal is read first: a gateway still running may fold records from it into a
+    file meanwhile, and a record that left the journal is in a file by then.
+    """
+    ids: set[str] = set()
+    usage = data / "usage"
+    journal = usage / files.JOURNAL
+    if journal.exists():
+        lines = journal.read_bytes().split(b"\n")
+        lines.pop()  # empty, or a line the kill cut short: never acknowledged as written
+        ids.update(files.decode_line(line).id for line in lines)
+    for path in usage.glob("*.json"):
+        with TinyDB(path, access_mode="r") as db:
+            ids.update(str(doc["id"]) for doc in db.table("usage").all())
+    return ids
+
+
+def dashboard_ids(gateway: Gateway, project: str) -> set[str]:
+    found: set[str] = set()
+    params: dict[str, str | int] = {"project": project, "limit": 1000}
+    with gateway.client() as client:
+        while True:
+            page = client.get("/api/v1/admin/dashboard", params=params)
+            assert page.status_code == 200, page.text
+            found.update(r["id"] for r in page.json())
+            if "x-next-cursor" not in page.headers:
+                return found
+            params["cursor"] = page.headers["x-next-cursor"]
+
+
+def test_kill_9_under_load_keeps_every_call_answered_a_second_before(
+    standin: StandIn, data_dir: Path
+) -> None:
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    project = unique("crash")
+    required: set[str] = set()
+    answered = 0
+    for _ in range(8):
+        gateway = start_gateway(data_dir, "--ollama", standin.url)
+        load = Load(gateway, project)
+        time.sleep(rng.uniform(0.2, 2.5))  # a random moment under load, not a timing assertion
+        killed_at = time.monotonic()
+        gateway.signal(signal.SIGKILL)
+        gateway.wait()
+        load.stop()
+        gateway.stop()
+        # Straight after the kill, before any recovery: every file parses, nothing is missing.
+        kept = on_disk(data_dir)
+        promised = {i for i, ended in load.finished.items() if ended < killed_at - PROMISE_SECONDS}
+        assert promised <= kept, f"seed {seed}: lost {len(promised - kept)} of {len(promised)}"
+        required |= promised
+        answered += len(load.finished)
+
+    with start_gateway(data_dir, "--ollama", standin.url) as gateway:
+        recovered = dashboard_ids(gateway, project)
+    assert required, f"seed {seed}: no call finished a second before a kill"
+    assert required <= recovered, f"seed {seed}: lost {len(required - recovered)} records"
+    assert len(recovered) <= answered + 8 * 4  # a call in flight at a kill may count, no more
+    assert "Traceback" not in gateway.logs()
+
+
+def test_clean_stop_under_load_loses_nothing(standin: StandIn, data_dir: Path) -> None:
+    project = unique("stop")
+    gateway = start_gateway(data_dir, "--ollama", standin.url)
+    load = Load(gateway, project)
+    while len(load.finished) < 200:
+        time.sleep(0.01)
+    gateway.signal(signal.SIGTERM)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught.
+    assert gateway.wait() in (0, -signal.SIGTERM)
+    load.stop()
+    gateway.stop()
+
+    kept = on_disk(data_dir)
+    assert set(load.finished) <= kept
+    assert not (data_dir / "usage" / files.JOURNAL).read_bytes()  # all folded into the files
+
+
+def test_a_second_gateway_on_the_same_folder_refuses_to_start(
+    gateway: Gateway, standin: StandIn
+) -> None:
+    second = start_gateway(gateway.data, "--ollama", standin.url, wait=False)
+
+    code = second.wait()
+    second.stop()
+
+    assert code == 1
+    assert "another gateway is already using the data folder" in second.logs()
+    assert "Traceback" not in second.logs()
+
+
+def test_unreadable_file_at_startup_is_moved_aside_and_the_gateway_starts(
+    standin: StandIn, data_dir: Path
+) -> None:
+    usage = data_dir / "usage"
+    usage.mkdir(parents=True)
+    (usage / "2026-01-05-0001.json").write_bytes(b'{"usage": {"1": {"id": "cut sho')
+
+    with start_gateway(data_dir, "--ollama", standin.url) as gateway:
+        health = httpx.get(gateway.url + "/health").json()
+
+    assert health["store"]["status"] == "ok"
+    [aside] = usage.glob("2026-01-05-0001.json.corrupt-*")
+    assert aside.read_bytes() == b'{"usage": {"1": {"id": "cut sho'
+    assert "USAGE FILE UNREADABLE" in gateway.logs()
+    assert str(aside) in gateway.logs()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MB tmpfs, mounted where the gateway keeps its data (root only)."""
+    mount = tmp_path / "data"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def _fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    refused: OSError | None = None
+    with open(filler, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError as exc:
+            refused = exc
+    assert refused is not None
+    assert refused.errno == errno.ENOSPC
+    return filler
+
+
+def _until(gateway: Gateway, client: httpx.Client, status: str) -> None:
+    """Keep calling until /health reports the store as `status` (or give up after 20 s)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        client.post("/api/v1/ai/ask_sync", json=ask(project="disk-poll"))
+        if client.get("/health").json()["store"]["status"] == status:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the store never became {status}:\n{gateway.logs()}")
+
+
+def test_full_disk_degrades_health_keeps_old_records_and_recovers(
+    standin: StandIn, small_disk: Path
+) -> None:
+    project = unique("disk")
+    body = ask(content="x [[tokens=3]]", project=project)
+    headers = {"Accept": "application/json"}
+    with start_gateway(small_disk, "--ollama", standin.url) as gateway, gateway.client() as client:
+        before = {client.post("/api/v1/ai/ask_sync", json=body, headers=headers).json()["id"]}
+        before |= {
+            client.post("/api/v1/ai/ask_sync", json=body, headers=headers).json()["id"]
+            for _ in range(30)
+        }
+        deadline = time.monotonic() + 10  # written within milliseconds; poll, do not assume
+        while not before <= on_disk(small_disk):
+            assert time.monotonic() < deadline, "the records never reached the disk"
+            time.sleep(0.01)
+        filler = _fill(small_disk)
+
+        _until(gateway, client, "degraded")
+        during = [client.post("/api/v1/ai/ask_sync", json=body, headers=headers) for _ in range(20)]
+        degraded = client.get("/health").json()
+        kept_while_full = on_disk(small_disk)
+        filler.unlink()
+        _until(gateway, client, "ok")
+        after = {client.post("/api/v1/ai/ask_sync", json=body, headers=headers).json()["id"]}
+
+    assert all(r.status_code == 200 for r in during)  # accounting never fails a call
+    assert degraded["status"] == "degraded"
+    assert degraded["store"]["status"] == "degraded"
+    assert "No space left on device" in degraded["store"]["error"]
+    assert before <= kept_while_full
+    everything = before | {r.json()["id"] for r in during} | after
+    assert everything <= on_disk(small_disk)
+    assert "Traceback" not in gateway.logs()
