@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 import keys
 from errors import ApiError, api_error
-from ollama_client import OllamaClient, OllamaError
+from ollama_client import KeepAliveTransport, OllamaClient, OllamaError
 from routes import admin, ai, health
 from routes.common import error_response
 from service import Gateway
@@ -64,10 +64,11 @@ def create_app(settings: Settings, store: UsageStore | None = None) -> Starlette
         usage = store or UsageStore(folder)
         timeout = httpx.Timeout(settings.timeout, connect=settings.connect_timeout)
         # No pool cap: Ollama queues requests itself, and a stream holds its connection
-        # for minutes. trust_env=False keeps proxy variables from rerouting a local upstream.
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=100)
+        # for minutes. The lean transport replaces httpcore's pool, whose cost grows with
+        # concurrency (docs/performance.md); it uses no proxies, like trust_env=False.
+        transport = KeepAliveTransport(max_idle=100)
         try:
-            async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as http:
+            async with httpx.AsyncClient(timeout=timeout, transport=transport) as http:
                 ollama = OllamaClient(http, settings.ollama_url)
                 secret = keys.load_or_create_secret(folder)
                 yield {"gateway": Gateway(settings, ollama, usage, secret)}
