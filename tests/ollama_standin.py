@@ -384,6 +384,9 @@ class _Exchange:
 
     async def finish(self, data: bytes = b"") -> None:
         self.complete = True
+        # Before the last send: once the client has the whole answer it may ask /_standin/calls
+        # at once, before this task gets to run its `finally`.
+        self.record.ended = time.time()
         await self.send({"type": "http.response.body", "body": data, "more_body": False})
 
     async def reply(self, status: int, body: bytes, content_type: bytes = _JSON) -> None:
@@ -444,7 +447,8 @@ class _ChatEndpoint:
         try:
             await self._handle(record, scope, receive, send)
         finally:
-            record.ended = time.time()
+            if record.ended is None:
+                record.ended = time.time()
             state.open_streams -= 1
 
     async def _handle(self, record: CallRecord, scope: Scope, receive: Receive, send: Send) -> None:
@@ -561,8 +565,10 @@ class _Turn:
 
     async def _load(self) -> None:
         start = time.perf_counter_ns()
-        if self.plan.load > 0:
-            await anyio.sleep(self.plan.load)
+        # uvloop's timers have millisecond resolution and may fire a little early.
+        deadline = start + int(self.plan.load * 1e9)
+        while (remaining := deadline - time.perf_counter_ns()) > 0:  # noqa: ASYNC110
+            await anyio.sleep(remaining / 1e9)
         self.load_ns = max(1, time.perf_counter_ns() - start)
 
     def _final(self, message: dict[str, Any], eval_ns: int) -> dict[str, Any]:
