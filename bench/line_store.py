@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,26 +36,35 @@ class LineStore:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / "usage.jsonl"
         self._file = open(self.path, "ab")  # noqa: SIM115 (closed in aclose)
-        self._worker = ThreadPoolExecutor(max_workers=1)
         self._guard = threading.Lock()
+        self._write_lock = threading.Lock()
         self._pending: list[bytes] = []
+        self._closing = threading.Event()
+        # Group commit: the writer wakes every few milliseconds and appends whatever queued,
+        # so an append is a list append and never wakes a thread.
+        self._writer = threading.Thread(target=self._write_loop, daemon=True)
+        self._writer.start()
 
     def append(self, record: UsageRecord) -> None:
         line = _encode(record) + b"\n"
         with self._guard:
             self._pending.append(line)
-            if len(self._pending) > 1:
-                return
-        self._worker.submit(self._drain)
+
+    def _write_loop(self) -> None:
+        while not self._closing.wait(0.005):
+            self._drain()
+        self._drain()
 
     def _drain(self) -> None:
-        with self._guard:
-            batch, self._pending = self._pending, []
-        self._file.write(b"".join(batch))
-        self._file.flush()
+        with self._write_lock:
+            with self._guard:
+                batch, self._pending = self._pending, []
+            if batch:
+                self._file.write(b"".join(batch))
+                self._file.flush()
 
     async def flush(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._worker, self._drain)
+        await asyncio.to_thread(self._drain)
 
     async def query(self, q: UsageQuery) -> list[UsageRecord]:
         await self.flush()
@@ -74,8 +82,8 @@ class LineStore:
         return StoreHealth(status="ok", path=str(self.path), pending=len(self._pending))
 
     async def aclose(self) -> None:
-        await self.flush()
-        self._worker.shutdown(wait=True)
+        self._closing.set()
+        await asyncio.to_thread(self._writer.join)
         self._file.close()
 
 

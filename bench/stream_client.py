@@ -66,11 +66,15 @@ class Stream(asyncio.Protocol):
             if i != self.next_index:
                 self.disorder += 1
             self.next_index = i + 1
-            client.latencies.append(now - int(sent))
+            latency = now - int(sent)
+            client.latencies.append(latency)
+            if client.steady:
+                client.steady_latencies.append(latency)
             if self.last_ns:
                 client.gaps.append(now - self.last_ns)
             else:
                 self.first_token_ns = now
+                client.started_streaming()
             self.last_ns = now
             self.tokens += 1
         if _ERROR in head:
@@ -105,11 +109,20 @@ class Client:
         )
         self.leave_after: int = args.leave_after
         self.latencies: list[int] = []
+        # Steady state: every stream has had its first token, so none is still being opened.
+        self.steady = False
+        self.streaming = 0
+        self.steady_latencies: list[int] = []
         self.gaps: list[int] = []
         self.waiting: set[Stream] = set()
         self.all_ready = asyncio.get_running_loop().create_future()
         self.expected = args.streams
         self.leaving = False
+
+    def started_streaming(self) -> None:
+        self.streaming += 1
+        if self.streaming == self.expected:
+            self.steady = True
 
     def ready(self, stream: Stream) -> None:
         self.waiting.add(stream)
@@ -165,6 +178,9 @@ async def run(args: Any) -> dict[str, Any]:
         "latency_p50_ms": _percentile(client.latencies, 0.50),
         "latency_p99_ms": _percentile(client.latencies, 0.99),
         "latency_max_ms": _percentile(client.latencies, 1.0),
+        "steady_tokens": len(client.steady_latencies),
+        "steady_p50_ms": _percentile(client.steady_latencies, 0.50),
+        "steady_p99_ms": _percentile(client.steady_latencies, 0.99),
         "gap_p99_ms": _percentile(client.gaps, 0.99),
         "ttft_p50_ms": _percentile(ttfts, 0.50),
         "left_at": left_at,
