@@ -13,6 +13,8 @@ upstream directly: that is the baseline, and "added" means gateway minus baselin
 Sections: non-streamed asks at several concurrencies; streamed asks (time to first token,
 then N concurrent streams at 20 tokens/s); cancellation under load. Each section checks its
 counts: nothing dropped, nothing out of order, every call recorded with the right status.
+A failed count makes the exit status 1; speed targets are reported, never enforced, since
+the figures depend on what else the machine is doing.
 """
 
 from __future__ import annotations
@@ -414,14 +416,13 @@ def cancellation(setup: Setup) -> list[str]:
     slowest = max(closed) - left_at if closed else float("nan")
     if len(calls) != n or len(closed) != n:
         setup.fail(f"cancellation: upstream saw {len(calls)} calls, {len(closed)} closed")
-    if not slowest <= 1.0:
-        setup.fail(f"cancellation: the last upstream connection closed after {slowest:.3f} s")
     if cancelled != n or total != n:
         setup.fail(f"cancellation: {cancelled} cancelled of {total} records, want {n}")
     line = (
         f"## Cancellation under load\n\n{n} streams, each client hangs up after 3 tokens: "
         f"{len(closed)}/{n} upstream connections closed, the last {slowest * 1000:.0f} ms after "
-        f"the clients left; {cancelled}/{total} records say `cancelled`."
+        f"the clients left (target 1 s: {'met' if slowest <= 1.0 else 'MISSED'}); "
+        f"{cancelled}/{total} records say `cancelled`."
     )
     print(line, flush=True)
     return [line]
