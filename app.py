@@ -5,6 +5,7 @@ python app.py --help
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -104,6 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return 1
     app = create_app(settings, store)
+    # A thousand open streams are a few hundred thousand live objects; with the default
+    # thresholds a full collection walks them all every few seconds and stalls every stream
+    # at once (pauses up to ~1 s measured, docs/performance.md). Freeze what startup made,
+    # and collect less often: the same bench then saw no pause over 72 ms.
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
     log.info(
         "Ollama Host on http://%s:%d, asking Ollama at %s, usage in %s",
         settings.host,
