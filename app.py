@@ -66,10 +66,13 @@ def create_app(settings: Settings, store: UsageStore | None = None) -> Starlette
         timeout = httpx.Timeout(settings.timeout, connect=settings.connect_timeout)
         # No pool cap: Ollama queues requests itself, and a stream holds its connection
         # for minutes. The lean transport replaces httpcore's pool, whose cost grows with
-        # concurrency (docs/performance.md); it uses no proxies, like trust_env=False.
+        # concurrency (docs/performance.md). trust_env=False: proxy variables must never
+        # reroute a local upstream (httpx also ignores them once given a transport).
         transport = KeepAliveTransport(max_idle=100)
         try:
-            async with httpx.AsyncClient(timeout=timeout, transport=transport) as http:
+            async with httpx.AsyncClient(
+                timeout=timeout, transport=transport, trust_env=False
+            ) as http:
                 ollama = OllamaClient(http, settings.ollama_url)
                 secret = keys.load_or_create_secret(folder)
                 yield {"gateway": Gateway(settings, ollama, usage, secret)}
