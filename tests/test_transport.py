@@ -313,6 +313,25 @@ def test_a_stream_that_stalls_mid_body_is_a_read_timeout() -> None:
     assert run(scenario) == (b"abc", httpx.ReadTimeout)
 
 
+def test_a_slow_steady_stream_longer_than_the_read_timeout_does_not_time_out() -> None:
+    # The read timeout bounds each wait for the next byte, not the whole body.
+    async def steady(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(30):
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async def scenario() -> bytes:
+        async with serving(steady) as server, client(read=0.6) as http:
+            return (await http.get(server.url)).content
+
+    assert run(scenario) == b"x" * 30
+
+
 def test_closing_a_stream_early_closes_its_connection() -> None:
     async def endless(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
         await server.read_request(reader)
