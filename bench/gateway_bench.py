@@ -336,13 +336,14 @@ def streamed(setup: Setup) -> list[str]:
         f"streams for {args.stream_seconds:g} s more. Token latency is the time from the "
         "upstream writing a token's line to the client reading its event; *steady* counts only "
         "tokens read once every stream had its first token (no stream still being opened), "
-        "*all* counts every token, the ramp included. CPU is the gateway's over the whole run, "
-        "stream setup included.",
+        "*all* counts every token, the ramp included; *steady tokens* is the share of tokens "
+        "in the steady window (small when the gateway fell behind opening streams). CPU is the "
+        "gateway's over the whole run, stream setup included; *run* is the client's wall time.",
         "",
         "| streams | ramp | direct p50 / p99 (steady) | gateway p50 / p99 (steady) "
         "| added p99 (steady) | gateway p99 (all) | gateway gap p99 "
-        "| gateway CPU s / 1,000 tokens | gateway peak RSS | checks |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| gateway CPU s / 1,000 tokens | gateway peak RSS | steady tokens | run | checks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in args.streams:
         project = f"streams-{n}"
@@ -379,7 +380,9 @@ def streamed(setup: Setup) -> list[str]:
             f"| {via['steady_p50_ms']:.2f} / {via['steady_p99_ms']:.2f} ms "
             f"| **{via['steady_p99_ms'] - direct['steady_p99_ms']:.2f} ms** "
             f"| {via['latency_p99_ms']:.2f} ms | {via['gap_p99_ms']:.1f} ms | {per_k:.3f} "
-            f"| {sampler.peak_rss / 2**20:.0f} MB | {'ok' if not problems else 'FAILED'} |"
+            f"| {sampler.peak_rss / 2**20:.0f} MB "
+            f"| {via['steady_tokens'] / max(1, via['tokens']):.0%} | {via['seconds']:.1f} s "
+            f"| {'ok' if not problems else 'FAILED'} |"
         )
         print(lines[-1], flush=True)
     return lines
