@@ -296,8 +296,21 @@ class _Body(httpx.AsyncByteStream):
             raise httpx.StreamClosed()
         try:
             if self._chunked:
-                async for data in self._chunks(conn.reader):
-                    yield data
+                # One read per arrival, every whole chunk in it parsed at once: a streamed
+                # answer is a chunk per token, and each await or generator hop per token counts.
+                buffer = b""
+                while True:
+                    data, buffer, done = self._parse_chunks(buffer)
+                    if data:
+                        yield data
+                    if done:
+                        break
+                    more = await self._read(conn.reader.read(65536))
+                    if not more:
+                        raise httpx.RemoteProtocolError(
+                            "the server closed the connection mid-body", request=self._request
+                        )
+                    buffer += more
             elif self._length is not None:
                 if self._length:
                     yield await self._read(conn.reader.readexactly(self._length))
@@ -316,47 +329,29 @@ class _Body(httpx.AsyncByteStream):
         else:
             self._drop()
 
-    async def _chunks(self, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
-        """The chunked body's data: one read per arrival, every whole chunk in it at once.
-
-        A streamed answer is a chunk per token; parsing them out of one buffer, rather than
-        two awaited reads per chunk, is most of what a relayed token costs here.
-        """
-        buffer = b""
-        while True:
-            pieces: list[bytes] = []
-            pos = 0
-            while (eol := buffer.find(b"\r\n", pos)) >= 0:
-                size = self._chunk_size(buffer[pos:eol])
-                if size == 0:
-                    # Trailers, if any, then the blank line that ends the body.
-                    end = buffer.find(b"\r\n\r\n", eol)
-                    if end < 0:
-                        break
-                    if pieces:
-                        yield b"".join(pieces)
-                    return
-                start = eol + 2
-                if len(buffer) < start + size + 2:
-                    break
-                if buffer[start + size : start + size + 2] != b"\r\n":
-                    raise httpx.RemoteProtocolError("malformed chunk", request=self._request)
-                pieces.append(buffer[start : start + size])
-                pos = start + size + 2
-            if pos:
-                buffer = buffer[pos:]
-            if pieces:
-                yield b"".join(pieces)
-            if len(buffer) > _LIMIT and buffer.find(b"\r\n") < 0:
-                raise httpx.RemoteProtocolError(
-                    "a chunk size line is too long", request=self._request
-                )
-            data = await self._read(reader.read(65536))
-            if not data:
-                raise httpx.RemoteProtocolError(
-                    "the server closed the connection mid-body", request=self._request
-                )
-            buffer += data
+    def _parse_chunks(self, buffer: bytes) -> tuple[bytes, bytes, bool]:
+        """The data of the whole chunks at the start of `buffer`, the rest, and whether the
+        last chunk (and its trailers) has been read."""
+        pieces: list[bytes] = []
+        pos = 0
+        done = False
+        while (eol := buffer.find(b"\r\n", pos)) >= 0:
+            size = self._chunk_size(buffer[pos:eol])
+            if size == 0:
+                # Trailers, if any, then the blank line that ends the body.
+                done = buffer.find(b"\r\n\r\n", eol) >= 0
+                break
+            start = eol + 2
+            if len(buffer) < start + size + 2:
+                break
+            if buffer[start + size : start + size + 2] != b"\r\n":
+                raise httpx.RemoteProtocolError("malformed chunk", request=self._request)
+            pieces.append(buffer[start : start + size])
+            pos = start + size + 2
+        rest = buffer[pos:] if pos else buffer
+        if len(rest) > _LIMIT and rest.find(b"\r\n") < 0:
+            raise httpx.RemoteProtocolError("a chunk size line is too long", request=self._request)
+        return b"".join(pieces), rest, done
 
     def _chunk_size(self, line: bytes) -> int:
         text = line.split(b";", 1)[0].strip()
