@@ -13,11 +13,13 @@ from .errors import (
     OllamaTimeout,
     OllamaUnavailable,
 )
+from .transport import KeepAliveTransport
 from .wire import Message
 
 __all__ = [
     "Answer",
     "ChatStream",
+    "KeepAliveTransport",
     "Message",
     "Metrics",
     "ModelNotFound",

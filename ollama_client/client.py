@@ -153,6 +153,8 @@ class OllamaClient:
     def __init__(self, http: httpx.AsyncClient, base_url: str) -> None:
         self._http = http
         self.address = base_url.rstrip("/")
+        # Parsed once: httpx parses a URL string again on every request.
+        self._chat_url = httpx.URL(self.address + "/api/chat")
 
     @asynccontextmanager
     async def _errors(self) -> AsyncIterator[None]:
@@ -195,9 +197,7 @@ class OllamaClient:
 
     def _chat_request(self, model: str, messages: list[Message], stream: bool) -> httpx.Request:
         body = _encode(ChatRequest(model=model, messages=messages, stream=stream))
-        return self._http.build_request(
-            "POST", self.address + "/api/chat", content=body, headers=_JSON
-        )
+        return self._http.build_request("POST", self._chat_url, content=body, headers=_JSON)
 
     async def chat(self, model: str, messages: list[Message]) -> Answer:
         """Ask for a whole answer at once (`stream: false`)."""

@@ -1,0 +1,523 @@
+"""What the gateway adds between a client and Ollama, measured in one run.
+
+    .venv/bin/python bench/gateway_bench.py            # the full run, a few minutes
+    .venv/bin/python bench/gateway_bench.py --quick    # a smoke run, well under a minute
+
+Needs the `speed` extra (uvloop, httptools: scripts/setup installs it) and `wrk`
+(`apt-get install wrk`). Three kinds of process, each pinned to a core when the machine has
+two or more: the upstream (bench/upstream.py, a lean Ollama stand-in) and the load generators
+(wrk, bench/stream_client.py) share one core, the gateway (`python app.py`, real uvicorn,
+accounting on) gets the other. Every figure is also taken with the client talking to the
+upstream directly: that is the baseline, and "added" means gateway minus baseline.
+
+Sections: non-streamed asks at several concurrencies; streamed asks (time to first token,
+then N concurrent streams at 20 tokens/s); cancellation under load. Each section checks its
+counts: nothing dropped, nothing out of order, every call recorded with the right status.
+A failed count makes the exit status 1; speed targets are reported, never enforced, since
+the figures depend on what else the machine is doing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PYTHON = sys.executable
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def cores() -> tuple[set[int], set[int]]:
+    """(load side, gateway side): one core each when there are two, all for both otherwise."""
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        return set(available), set(available)
+    return {available[0]}, {available[1]}
+
+
+# The gateway's admin surface is closed; the benchmark reads the records with this token.
+ADMIN_TOKEN = "bench-" + secrets.token_hex(8)
+
+
+def spawn(argv: list[str], core: set[int], log: Path | None = None) -> subprocess.Popen[bytes]:
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env={**os.environ, "OLLAMA_GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN},
+        stdout=out,
+        stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+        preexec_fn=lambda: os.sched_setaffinity(0, core),
+    )
+
+
+def get(url: str, timeout: float = 10.0) -> Any:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=timeout) as reply:
+        return json.loads(reply.read())
+
+
+def post(url: str) -> None:
+    request = urllib.request.Request(url, data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, what: str) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Sampler:
+    """CPU seconds and peak RSS of one process, read from /proc."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_rss = 0
+        self._running = False
+        self._thread: threading.Thread | None = None
+
+    def cpu(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def rss(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        self.peak_rss = self.rss()
+        self._running = True
+
+        def loop() -> None:
+            while self._running:
+                self.peak_rss = max(self.peak_rss, self.rss())
+                time.sleep(0.1)
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        try:
+            yield
+        finally:
+            self._running = False
+            self._thread.join()
+
+
+@dataclass
+class Setup:
+    args: argparse.Namespace
+    workdir: Path
+    load_core: set[int]
+    gateway_core: set[int]
+    upstream_url: str = ""
+    upstream: subprocess.Popen[bytes] | None = None
+    checks: list[str] = field(default_factory=list)
+
+    def fail(self, message: str) -> None:
+        self.checks.append(message)
+        print(f"  CHECK FAILED: {message}", flush=True)
+
+
+@contextlib.contextmanager
+def gateway(setup: Setup, name: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A fresh gateway (new data folder) for one measurement, stopped afterwards."""
+    port = free_port()
+    data = setup.workdir / f"data-{name}"
+    entry = ["app.py"] if setup.args.store == "tinydb" else ["bench/line_store.py"]
+    argv = [PYTHON, *entry, "--ollama", setup.upstream_url, "--port", str(port)]
+    argv += ["--data", str(data), "--log-level", setup.args.log_level]
+    proc = spawn(argv, setup.gateway_core, setup.workdir / f"gateway-{name}.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url + "/health", "the gateway")
+        yield url, proc
+    finally:
+        stop(proc)
+        log = (setup.workdir / f"gateway-{name}.log").read_text(errors="replace")
+        if "Traceback" in log:
+            setup.fail(f"the gateway logged a traceback in {name}; see {setup.workdir}")
+
+
+def count_records(url: str, project: str, status: str | None = None) -> int:
+    """How many usage records the gateway holds for this project, by offset probing."""
+    suffix = f"&status={status}" if status else ""
+
+    def at(offset: int) -> bool:
+        page = get(
+            f"{url}/api/v1/admin/dashboard?project={project}{suffix}&offset={offset}&limit=1"
+        )
+        return bool(page)
+
+    if not at(0):
+        return 0
+    low, high = 0, 1
+    while at(high):
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        if at(middle):
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+def wait_records(url: str, project: str, status: str | None, want: int, seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    while True:
+        found = count_records(url, project, status)
+        if found >= want or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+# -- non-streamed asks -------------------------------------------------------------------------
+
+_WRK_LUA = """wrk.method = "POST"
+wrk.body = '%s'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def wrk(setup: Setup, url: str, body: str, connections: int) -> dict[str, Any]:
+    script = setup.workdir / f"body-{abs(hash(body))}.lua"
+    script.write_text(_WRK_LUA % body)
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{setup.args.seconds}s", "--latency"]
+    argv += ["--timeout", "10s", "-s", str(script), url]
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, setup.load_core),
+    )
+    out = proc.stdout
+    found = re.search(r"(\d+) requests in", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50": _ms(re.search(r"50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        "p99": _ms(re.search(r"99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        "requests": int(found.group(1)) if found else 0,
+        "non2xx": int(errors.group(1)) if errors else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else "",
+    }
+
+
+def non_streamed(setup: Setup) -> list[str]:
+    lines = ["## Non-streamed asks (POST /api/v1/ai/ask_sync), accounting on", ""]
+    lines += ["| concurrency | direct req/s | direct p50 | direct p99 "]
+    lines[-1] += "| gateway req/s | gateway p50 | gateway p99 | records |"
+    lines += ["|---|---|---|---|---|---|---|---|"]
+    direct_body = '{"model":"llama3","messages":[{"role":"user","content":"hello"}],"stream":false}'
+    added_c1 = None
+    for c in setup.args.concurrency:
+        project = f"sync-c{c}"
+        direct = wrk(setup, setup.upstream_url + "/api/chat", direct_body, c)
+        body = _ask("hello", project)
+        with gateway(setup, project) as (url, _proc):
+            via = wrk(setup, url + "/api/v1/ai/ask_sync", body, c)
+            # wrk stops mid-flight: up to c requests may end as cancelled, never fewer records.
+            recorded = wait_records(url, project, None, via["requests"], 30)
+            ok = count_records(url, project, "ok")
+        if via["non2xx"] or via["socket_errors"]:
+            setup.fail(f"c={c}: {via['non2xx']} non-2xx, socket errors {via['socket_errors']}")
+        if not via["requests"] <= recorded <= via["requests"] + c or ok < via["requests"]:
+            setup.fail(f"c={c}: {via['requests']} answers but {recorded} records ({ok} ok)")
+        if c == 1:
+            added_c1 = via["p50"] - direct["p50"]
+        lines.append(
+            f"| {c} | {direct['rps']:,.0f} | {direct['p50']:.2f} ms | {direct['p99']:.2f} ms "
+            f"| {via['rps']:,.0f} | {via['p50']:.2f} ms | {via['p99']:.2f} ms "
+            f"| {recorded:,} ({ok:,} ok) |"
+        )
+        print(lines[-1], flush=True)
+    if added_c1 is not None:
+        lines += ["", f"Added p50 at c=1: **{added_c1:.3f} ms**"]
+    return lines
+
+
+# -- streamed asks ----------------------------------------------------------------------------
+
+
+def stream_client(setup: Setup, url: str, path: str, body: str, *extra: str) -> dict[str, Any]:
+    port = url.rsplit(":", 1)[1]
+    argv = [PYTHON, str(BENCH / "stream_client.py"), "--port", port, "--path", path]
+    argv += ["--body", body, *extra]
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        preexec_fn=lambda: os.sched_setaffinity(0, setup.load_core),
+    )
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def _chat(content: str) -> str:
+    return json.dumps({"model": "llama3", "messages": [{"role": "user", "content": content}]})
+
+
+def _ask(content: str, project: str) -> str:
+    return json.dumps({"agent": "llama3", "content": content, "project": project})
+
+
+def streamed(setup: Setup) -> list[str]:
+    args = setup.args
+    lines = ["## Streamed asks (POST /api/v1/ai/ask_async, SSE), accounting on", ""]
+    one = "hello [[tokens=1]]"
+    direct = stream_client(
+        setup, setup.upstream_url, "/api/chat", _chat(one), "--sequential", str(args.ttft)
+    )
+    with gateway(setup, "ttft") as (url, _proc):
+        via = stream_client(
+            setup, url, "/api/v1/ai/ask_async", _ask(one, "ttft"), "--sequential", str(args.ttft)
+        )
+    added = via["ttft_p50_ms"] - direct["ttft_p50_ms"]
+    lines.append(
+        f"Time to first token, p50 of {args.ttft} one at a time: direct "
+        f"{direct['ttft_p50_ms']:.2f} ms, through the gateway {via['ttft_p50_ms']:.2f} ms, "
+        f"added **{added:.2f} ms**"
+    )
+    print(lines[-1], flush=True)
+    lines += [
+        "",
+        "Concurrent streams at 20 tokens/s each. The streams open over the ramp time, then each "
+        f"streams for {args.stream_seconds:g} s more. Token latency is the time from the "
+        "upstream writing a token's line to the client reading its event; *steady* counts only "
+        "tokens read once every stream had its first token (no stream still being opened), "
+        "*all* counts every token, the ramp included; *steady tokens* is the share of tokens "
+        "in the steady window (small when the gateway fell behind opening streams). CPU is the "
+        "gateway's over the whole run, stream setup included; *run* is the client's wall time.",
+        "",
+        "| streams | ramp | direct p50 / p99 (steady) | gateway p50 / p99 (steady) "
+        "| added p99 (steady) | gateway p99 (all) | gateway gap p99 "
+        "| gateway CPU s / 1,000 tokens | gateway peak RSS | steady tokens | run | checks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in args.streams:
+        project = f"streams-{n}"
+        ramp_seconds = args.ramp if args.ramp is not None else max(1.0, n / 500)
+        tokens = round(20 * (ramp_seconds + args.stream_seconds))
+        content = f"hello [[tokens={tokens}]] [[delay=0.05]]"
+        ramp = ["--streams", str(n), "--ramp", str(ramp_seconds)]
+        direct = stream_client(setup, setup.upstream_url, "/api/chat", _chat(content), *ramp)
+        with gateway(setup, project) as (url, proc):
+            sampler = Sampler(proc.pid)
+            cpu0 = sampler.cpu()
+            with sampler.watching():
+                via = stream_client(
+                    setup, url, "/api/v1/ai/ask_async", _ask(content, project), *ramp
+                )
+            cpu = sampler.cpu() - cpu0
+            recorded = wait_records(url, project, "ok", n, 30)
+        problems = []
+        for name, result in (("direct", direct), ("gateway", via)):
+            if result["completed"] != n or result["failed"]:
+                problems.append(f"{name}: {result['completed']}/{n} completed")
+            if result["tokens"] != n * tokens:
+                problems.append(f"{name}: {result['tokens']}/{n * tokens} tokens")
+            if result["disorder"]:
+                problems.append(f"{name}: {result['disorder']} out of order")
+        if recorded != n:
+            problems.append(f"{recorded}/{n} records ok")
+        for problem in problems:
+            setup.fail(f"{n} streams: {problem}")
+        per_k = cpu / max(1, via["tokens"]) * 1000
+        lines.append(
+            f"| {n:,} | {ramp_seconds:g} s "
+            f"| {direct['steady_p50_ms']:.2f} / {direct['steady_p99_ms']:.2f} ms "
+            f"| {via['steady_p50_ms']:.2f} / {via['steady_p99_ms']:.2f} ms "
+            f"| **{via['steady_p99_ms'] - direct['steady_p99_ms']:.2f} ms** "
+            f"| {via['latency_p99_ms']:.2f} ms | {via['gap_p99_ms']:.1f} ms | {per_k:.3f} "
+            f"| {sampler.peak_rss / 2**20:.0f} MB "
+            f"| {via['steady_tokens'] / max(1, via['tokens']):.0%} | {via['seconds']:.1f} s "
+            f"| {'ok' if not problems else 'FAILED'} |"
+        )
+        print(lines[-1], flush=True)
+    return lines
+
+
+def cancellation(setup: Setup) -> list[str]:
+    n = setup.args.cancel
+    project = "cancel"
+    content = "hello [[tokens=100000]] [[delay=0.05]]"
+    post(setup.upstream_url + "/_standin/reset")
+    with gateway(setup, project) as (url, _proc):
+        result = stream_client(
+            setup,
+            url,
+            "/api/v1/ai/ask_async",
+            _ask(content, project),
+            "--streams",
+            str(n),
+            "--ramp",
+            str(setup.args.ramp if setup.args.ramp is not None else 1.0),
+            "--leave-after",
+            "3",
+        )
+        left_at = result["left_at"]
+        deadline = time.monotonic() + 10
+        while True:
+            calls = get(setup.upstream_url + "/_standin/calls")
+            closed = [c["disconnected_at"] for c in calls if c["disconnected_at"]]
+            if len(closed) >= n or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        cancelled = wait_records(url, project, "cancelled", n, 30)
+        total = count_records(url, project)
+    slowest = max(closed) - left_at if closed else float("nan")
+    if len(calls) != n or len(closed) != n:
+        setup.fail(f"cancellation: upstream saw {len(calls)} calls, {len(closed)} closed")
+    if cancelled != n or total != n:
+        setup.fail(f"cancellation: {cancelled} cancelled of {total} records, want {n}")
+    line = (
+        f"## Cancellation under load\n\n{n} streams, each client hangs up after 3 tokens: "
+        f"{len(closed)}/{n} upstream connections closed, the last {slowest * 1000:.0f} ms after "
+        f"the clients left (target 1 s: {'met' if slowest <= 1.0 else 'MISSED'}); "
+        f"{cancelled}/{total} records say `cancelled`."
+    )
+    print(line, flush=True)
+    return [line]
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small numbers: a smoke run")
+    parser.add_argument(
+        "--store",
+        choices=["tinydb", "lines"],
+        default="tinydb",
+        help="tinydb: the shipped store (python app.py); lines: bench/line_store.py, "
+        "an append-only stand-in for the journal store, to see the request path alone",
+    )
+    parser.add_argument("--log-level", default="info", help="the gateway's (default info)")
+    parser.add_argument("--only", choices=["sync", "streams", "cancel"], action="append")
+    parser.add_argument("--seconds", type=int, help="wrk seconds per point (default 5)")
+    parser.add_argument("--concurrency", type=int, nargs="+")
+    parser.add_argument("--streams", type=int, nargs="+")
+    parser.add_argument("--stream-seconds", type=float, help="streaming time after the ramp")
+    parser.add_argument("--cancel", type=int)
+    parser.add_argument("--ttft", type=int, help="sequential streams for TTFT")
+    parser.add_argument(
+        "--ramp", type=float, help="seconds to open the streams over (default N/500, at least 1)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, data)")
+    args = parser.parse_args(argv)
+    defaults = (
+        {"seconds": 1, "concurrency": [1, 16], "streams": [20], "stream_seconds": 0.5}
+        | {"cancel": 20, "ttft": 20, "ramp": 0.2}
+        if args.quick
+        else {"seconds": 5, "concurrency": [1, 16, 64, 256], "streams": [100, 500, 1000, 2000]}
+        | {"stream_seconds": 5.0, "cancel": 500, "ttft": 200}
+    )
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if shutil.which("wrk") is None and (not args.only or "sync" in args.only):
+        print("wrk is not installed: apt-get install wrk (or pass --only streams)", file=sys.stderr)
+        return 2
+    # Thousands of streams hold two sockets each in the gateway.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    load_core, gateway_core = cores()
+    workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    setup = Setup(args, workdir, load_core, gateway_core)
+    port = free_port()
+    setup.upstream_url = f"http://127.0.0.1:{port}"
+    upstream = spawn([PYTHON, str(BENCH / "upstream.py"), "--port", str(port)], load_core)
+    sections: list[str] = []
+    try:
+        wait_ready(upstream, setup.upstream_url + "/api/version", "the bench upstream")
+        load = os.getloadavg()
+        header = (
+            f"# Gateway benchmark ({'quick' if args.quick else 'full'}, store: {args.store})\n\n"
+            f"{os.cpu_count()} CPUs; upstream and load generators on core(s) "
+            f"{sorted(load_core)}, gateway on {sorted(gateway_core)}; load average before "
+            f"the run {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+        )
+        print(header, flush=True)
+        sections.append(header)
+        only = args.only or ["sync", "streams", "cancel"]
+        if "sync" in only:
+            sections.append("\n".join(non_streamed(setup)))
+        if "streams" in only:
+            sections.append("\n".join(streamed(setup)))
+        if "cancel" in only:
+            sections.append("\n".join(cancellation(setup)))
+        load = os.getloadavg()
+        sections.append(f"Load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    finally:
+        stop(upstream)
+        if not args.keep and not setup.checks:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print("\n\n".join(sections))
+    if setup.checks:
+        print(f"\n{len(setup.checks)} checks failed; logs kept in {workdir}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

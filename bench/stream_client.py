@@ -1,0 +1,221 @@
+"""Load generator for streamed answers: many concurrent streams, one asyncio process.
+
+Each stream is one raw HTTP/1.1 connection that POSTs a body and reads the answer, which
+is either the gateway's SSE (`data: {"content":"i:ns "}`) or the upstream's NDJSON
+(`"content":"i:ns "`); the same pattern finds the tokens in both. The upstream
+(bench/upstream.py) writes `i:ns` with ns its monotonic clock when it sent the line, so
+the client measures each token's trip through whatever sits in between.
+
+It prints one JSON object: streams completed, tokens, order violations, and latencies.
+
+python bench/stream_client.py --port P --path /api/v1/ai/ask_async --body '{...}' --streams N
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+from typing import Any
+
+import uvloop
+
+_TOKEN = re.compile(rb'"content":"(\d+):(\d+) "')
+_DONE = (b"event: done", b'"done":true')
+_ERROR = b"event: error"
+
+
+class Stream(asyncio.Protocol):
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.status_ok: bool | None = None
+        self.next_index = 0
+        self.tokens = 0
+        self.last_ns = 0
+        self.first_token_ns = 0
+        self.sent_ns = 0
+        self.done = False
+        self.failed = False
+        self.disorder = 0
+        self.finished = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.sent_ns = time.monotonic_ns()
+        self.transport.write(self.client.request)  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic_ns()
+        buffer = self.buffer + data
+        if self.status_ok is None:
+            self.status_ok = buffer.startswith(b"HTTP/1.1 200")
+            if not self.status_ok:
+                self.failed = True
+                self._end()
+                return
+        cut = buffer.rfind(b"\n") + 1
+        head, self.buffer = buffer[:cut], buffer[cut:]
+        client = self.client
+        for index, sent in _TOKEN.findall(head):
+            i = int(index)
+            if i != self.next_index:
+                self.disorder += 1
+            self.next_index = i + 1
+            latency = now - int(sent)
+            client.latencies.append(latency)
+            if client.steady:
+                client.steady_latencies.append(latency)
+            if self.last_ns:
+                client.gaps.append(now - self.last_ns)
+            else:
+                self.first_token_ns = now
+                client.started_streaming()
+            self.last_ns = now
+            self.tokens += 1
+        if _ERROR in head:
+            self.failed = True
+            self._end()
+        elif _DONE[0] in head or _DONE[1] in head:
+            self.done = True
+            self._end()
+        elif client.leave_after and self.tokens >= client.leave_after:
+            client.ready(self)
+
+    def _end(self) -> None:
+        if not self.finished.done():
+            self.finished.set_result(None)
+        assert self.transport is not None
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.finished.done():
+            if not self.done:
+                self.failed = not self.client.leaving
+            self.finished.set_result(None)
+
+
+class Client:
+    def __init__(self, args: Any) -> None:
+        body = args.body.encode()
+        self.request = (
+            b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Accept: text/event-stream\r\nContent-Length: %d\r\n\r\n%s"
+            % (args.path.encode(), len(body), body)
+        )
+        self.leave_after: int = args.leave_after
+        self.latencies: list[int] = []
+        # Steady state: every stream has had its first token, so none is still being opened.
+        self.steady = False
+        self.streaming = 0
+        self.steady_latencies: list[int] = []
+        self.gaps: list[int] = []
+        self.waiting: set[Stream] = set()
+        self.all_ready = asyncio.get_running_loop().create_future()
+        self.expected = args.streams
+        self.leaving = False
+
+    def started_streaming(self) -> None:
+        self.streaming += 1
+        if self.streaming == self.expected:
+            self.steady = True
+
+    def ready(self, stream: Stream) -> None:
+        self.waiting.add(stream)
+        if len(self.waiting) == self.expected and not self.all_ready.done():
+            self.all_ready.set_result(None)
+
+
+def _percentile(values: list[int], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] / 1e6  # ms
+
+
+async def run(args: Any) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    client = Client(args)
+    streams: list[Stream] = []
+
+    async def open_one() -> None:
+        stream = Stream(client)
+        streams.append(stream)
+        try:
+            await loop.create_connection(lambda: stream, args.host, args.port)
+        except OSError:
+            stream.failed = True
+            stream.finished.set_result(None)
+
+    started = time.monotonic()
+    spacing = args.ramp / max(1, args.streams)
+    openers = []
+    for i in range(args.streams):
+        openers.append(asyncio.ensure_future(open_one()))
+        if spacing:
+            await asyncio.sleep(max(0.0, started + (i + 1) * spacing - time.monotonic()))
+    await asyncio.gather(*openers)
+    left_at = None
+    if args.leave_after:
+        await asyncio.wait_for(client.all_ready, args.timeout)
+        client.leaving = True
+        left_at = time.time()
+        for stream in streams:
+            assert stream.transport is not None
+            stream.transport.abort()
+    await asyncio.wait_for(asyncio.gather(*(s.finished for s in streams)), args.timeout)
+    ttfts = [s.first_token_ns - s.sent_ns for s in streams if s.first_token_ns]
+    return {
+        "streams": len(streams),
+        "completed": sum(s.done for s in streams),
+        "failed": sum(s.failed for s in streams),
+        "tokens": sum(s.tokens for s in streams),
+        "disorder": sum(s.disorder for s in streams),
+        "latency_p50_ms": _percentile(client.latencies, 0.50),
+        "latency_p99_ms": _percentile(client.latencies, 0.99),
+        "latency_max_ms": _percentile(client.latencies, 1.0),
+        "steady_tokens": len(client.steady_latencies),
+        "steady_p50_ms": _percentile(client.steady_latencies, 0.50),
+        "steady_p99_ms": _percentile(client.steady_latencies, 0.99),
+        "gap_p99_ms": _percentile(client.gaps, 0.99),
+        "ttft_p50_ms": _percentile(ttfts, 0.50),
+        "left_at": left_at,
+        "seconds": time.monotonic() - started,
+    }
+
+
+async def ttft(args: Any) -> dict[str, Any]:
+    """Sequential streams of one token: the time to the first token, one at a time."""
+    times = []
+    for _ in range(args.sequential):
+        args.streams = 1
+        args.ramp = 0.0
+        result = await run(args)
+        if result["completed"] != 1 or result["ttft_p50_ms"] is None:
+            return {"error": "a stream did not complete", **result}
+        times.append(int(result["ttft_p50_ms"] * 1e6))
+    return {"requests": len(times), "ttft_p50_ms": _percentile(times, 0.5)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--path", required=True)
+    parser.add_argument("--body", required=True)
+    parser.add_argument("--streams", type=int, default=1)
+    parser.add_argument("--ramp", type=float, default=1.0, help="seconds to open them all over")
+    parser.add_argument("--leave-after", type=int, default=0, help="hang up after K tokens")
+    parser.add_argument("--sequential", type=int, default=0, help="measure TTFT one at a time")
+    parser.add_argument("--timeout", type=float, default=120.0)
+    args = parser.parse_args()
+    result = uvloop.run(ttft(args) if args.sequential else run(args))
+    json.dump(result, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,432 @@
+"""A lean HTTP/1.1 keep-alive transport for httpx, on asyncio streams.
+
+httpx stays the client API; this replaces only the connection handling under it.
+httpcore's pool re-examines every connection for every queued request under one
+lock, and polls each idle socket with a syscall before reusing it, so its cost grows
+with concurrency (shared/PERFORMANCE.md, docs/performance.md). Here an idle connection
+is taken from a stack and put back when its response body has been read to the end:
+no lock, no scan, no syscall beyond the reads and writes themselves.
+
+What it does not do, because the gateway talks to one Ollama server and needs none of
+it: proxies, HTTP/2, `Expect: 100-continue`, connection caps (Ollama queues requests
+itself). Failures leave as httpx exceptions (ConnectError, ConnectTimeout, ReadTimeout,
+WriteTimeout, ReadError, WriteError, RemoteProtocolError), so callers map them as
+they would httpx's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+# Longer lines or header blocks than this are not an Ollama server talking.
+_LIMIT = 1 << 20
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+def _timeout(request: httpx.Request, kind: str) -> float | None:
+    timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+    return timeouts.get(kind)
+
+
+class _Connection:
+    """One socket to the server; serves one request at a time."""
+
+    __slots__ = ("idle_since", "reader", "used", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.used = False  # has served a request: a failure may be a stale keep-alive
+        self.idle_since = 0.0
+
+    def usable(self, now: float, expiry: float) -> bool:
+        # at_eof: the server closed it while idle (its FIN has been read by the loop).
+        return (
+            not self.reader.at_eof()
+            and not self.writer.is_closing()
+            and now - self.idle_since < expiry
+        )
+
+    def close(self) -> None:
+        # Abort, not a graceful close: for a stream cut short this is what tells the
+        # server at once that nobody reads the answer any more.
+        self.writer.transport.abort()
+
+
+class _StaleConnection(Exception):
+    """A reused connection failed before any response byte: the server had closed it."""
+
+
+class KeepAliveTransport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 with keep-alive, for `httpx.AsyncClient(transport=...)`.
+
+    Timeouts come from the request (the client's `httpx.Timeout`): `connect` for opening a
+    connection, `write` for sending the request, `read` for each wait on the server.
+    """
+
+    def __init__(self, *, max_idle: int = 100, keepalive_expiry: float = 60.0) -> None:
+        self._idle: dict[tuple[bytes, bytes, int], list[_Connection]] = {}
+        self._max_idle = max_idle
+        self._expiry = keepalive_expiry
+        self._ssl: ssl.SSLContext | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme not in (b"http", b"https"):
+            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme.decode()!r}")
+        port = url.port or (443 if scheme == b"https" else 80)
+        key = (scheme, url.raw_host, port)
+        head = self._head(request)
+        body = await request.aread()
+        while True:
+            conn = self._take(key)
+            fresh = conn is None
+            if conn is None:
+                conn = await self._connect(request, key)
+            try:
+                return await self._exchange(request, key, conn, head + body)
+            except _StaleConnection:
+                conn.close()
+                if fresh:
+                    raise httpx.RemoteProtocolError(
+                        "the server closed the connection without answering", request=request
+                    ) from None
+                # A reused connection the server had already closed: try the next one.
+            except BaseException:
+                conn.close()
+                raise
+
+    @staticmethod
+    def _head(request: httpx.Request) -> bytes:
+        lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), request.url.raw_path)]
+        lines.extend(b"%s: %s\r\n" % (name, value) for name, value in request.headers.raw)
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def _take(self, key: tuple[bytes, bytes, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()  # the most recently used: the least likely to be stale
+            if conn.usable(now, self._expiry):
+                return conn
+            conn.close()
+        return None
+
+    def _release(self, key: tuple[bytes, bytes, int], conn: _Connection) -> None:
+        idle = self._idle.setdefault(key, [])
+        if len(idle) >= self._max_idle:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        idle.append(conn)
+
+    async def _connect(self, request: httpx.Request, key: tuple[bytes, bytes, int]) -> _Connection:
+        scheme, host, port = key
+        context = None
+        if scheme == b"https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            context = self._ssl
+        try:
+            async with asyncio.timeout(_timeout(request, "connect")):
+                reader, writer = await asyncio.open_connection(
+                    host.decode("ascii"), port, ssl=context, limit=_LIMIT
+                )
+        except TimeoutError as exc:
+            raise httpx.ConnectTimeout(
+                f"no connection to {request.url.host}:{port} within the connect timeout",
+                request=request,
+            ) from exc
+        except OSError as exc:
+            raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
+        return _Connection(reader, writer)
+
+    async def _exchange(
+        self,
+        request: httpx.Request,
+        key: tuple[bytes, bytes, int],
+        conn: _Connection,
+        message: bytes,
+    ) -> httpx.Response:
+        try:
+            conn.writer.write(message)
+            if conn.writer.transport.get_write_buffer_size():
+                async with asyncio.timeout(_timeout(request, "write")):
+                    await conn.writer.drain()
+        except TimeoutError as exc:
+            raise httpx.WriteTimeout("sending the request timed out", request=request) from exc
+        except OSError as exc:
+            if conn.used:
+                raise _StaleConnection from exc
+            raise httpx.WriteError(str(exc) or type(exc).__name__, request=request) from exc
+
+        read_timeout = _timeout(request, "read")
+        try:
+            async with asyncio.timeout(read_timeout):
+                raw = await conn.reader.readuntil(b"\r\n\r\n")
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout("the server sent no response in time", request=request) from exc
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial and conn.used:
+                raise _StaleConnection from exc
+            raise httpx.RemoteProtocolError(
+                "the server closed the connection before a complete response head",
+                request=request,
+            ) from exc
+        except asyncio.LimitOverrunError as exc:
+            raise httpx.RemoteProtocolError(
+                "the response head is too large", request=request
+            ) from exc
+        except OSError as exc:
+            if conn.used:
+                raise _StaleConnection from exc
+            raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
+        conn.used = True
+
+        status, reason, headers, length, chunked, keep_alive = _parse_head(raw, request)
+        if request.method == "HEAD" or status in _NO_BODY_STATUS:
+            length, chunked = 0, False
+        body = _Body(self, key, conn, request, read_timeout, length, chunked, keep_alive)
+        return httpx.Response(
+            status,
+            headers=headers,
+            stream=body,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
+        )
+
+    async def aclose(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+
+
+def _parse_head(
+    raw: bytes, request: httpx.Request
+) -> tuple[int, bytes, list[tuple[bytes, bytes]], int | None, bool, bool]:
+    """Status, reason, headers, content length, chunked?, keep-alive? of a response head."""
+    lines = raw[:-4].split(b"\r\n")
+    version, _, rest = lines[0].partition(b" ")
+    code, _, reason = rest.partition(b" ")
+    if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
+        raise httpx.RemoteProtocolError(
+            f"not an HTTP/1.x status line: {lines[0][:80]!r}", request=request
+        )
+    status = int(code)
+    if status < 200:
+        raise httpx.RemoteProtocolError(
+            f"unexpected informational response {status}", request=request
+        )
+    keep_alive = version == b"HTTP/1.1"
+    length: int | None = None
+    chunked = False
+    headers: list[tuple[bytes, bytes]] = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            raise httpx.RemoteProtocolError(f"malformed header line {line[:80]!r}", request=request)
+        value = value.strip()
+        headers.append((name, value))
+        lower = name.lower()
+        if lower == b"content-length":
+            if not value.isdigit():
+                raise httpx.RemoteProtocolError(
+                    f"bad Content-Length {value[:40]!r}", request=request
+                )
+            length = int(value)
+        elif lower == b"transfer-encoding":
+            chunked = value.lower().endswith(b"chunked")
+        elif lower == b"connection":
+            tokens = value.lower()
+            if b"close" in tokens:
+                keep_alive = False
+            elif b"keep-alive" in tokens:
+                keep_alive = True
+    if chunked:
+        length = None
+    elif length is None:
+        keep_alive = False  # the body runs to the end of the connection
+    return status, reason, headers, length, chunked, keep_alive
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body read off the connection as it arrives.
+
+    Read to the end, it hands the connection back for reuse; closed before the end (an
+    abandoned stream), it closes the connection, so the server stops sending.
+    """
+
+    def __init__(
+        self,
+        transport: KeepAliveTransport,
+        key: tuple[bytes, bytes, int],
+        conn: _Connection,
+        request: httpx.Request,
+        read_timeout: float | None,
+        length: int | None,
+        chunked: bool,
+        keep_alive: bool,
+    ) -> None:
+        self._transport = transport
+        self._key = key
+        self._conn: _Connection | None = conn
+        self._request = request
+        self._timeout = read_timeout
+        self._length = length
+        self._chunked = chunked
+        self._keep_alive = keep_alive
+        self._timer: asyncio.TimerHandle | None = None
+        self._reader: asyncio.Task[Any] | None = None
+        self._read_started = 0.0
+        self._timed_out = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        if conn is None:
+            raise httpx.StreamClosed()
+        try:
+            if self._chunked:
+                # One read per arrival, every whole chunk in it parsed at once: a streamed
+                # answer is a chunk per token, and each await or generator hop per token counts.
+                buffer = b""
+                while True:
+                    data, buffer, done = self._parse_chunks(buffer)
+                    if data:
+                        yield data
+                    if done:
+                        break
+                    more = await self._read(conn.reader.read(65536))
+                    if not more:
+                        raise httpx.RemoteProtocolError(
+                            "the server closed the connection mid-body", request=self._request
+                        )
+                    buffer += more
+            elif self._length is not None:
+                if self._length:
+                    yield await self._read(conn.reader.readexactly(self._length))
+            else:
+                while data := await self._read(conn.reader.read(65536)):
+                    yield data
+        except BaseException:
+            self._drop()
+            raise
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._keep_alive:
+            self._conn = None
+            self._transport._release(self._key, conn)
+        else:
+            self._drop()
+
+    def _parse_chunks(self, buffer: bytes) -> tuple[bytes, bytes, bool]:
+        """The data of the whole chunks at the start of `buffer`, the rest, and whether the
+        last chunk (and its trailers) has been read."""
+        pieces: list[bytes] = []
+        pos = 0
+        done = False
+        while (eol := buffer.find(b"\r\n", pos)) >= 0:
+            size = self._chunk_size(buffer[pos:eol])
+            if size == 0:
+                # Trailers, if any, then the blank line that ends the body.
+                done = buffer.find(b"\r\n\r\n", eol) >= 0
+                break
+            start = eol + 2
+            if len(buffer) < start + size + 2:
+                break
+            if buffer[start + size : start + size + 2] != b"\r\n":
+                raise httpx.RemoteProtocolError("malformed chunk", request=self._request)
+            pieces.append(buffer[start : start + size])
+            pos = start + size + 2
+        rest = buffer[pos:] if pos else buffer
+        if len(rest) > _LIMIT and rest.find(b"\r\n") < 0:
+            raise httpx.RemoteProtocolError("a chunk size line is too long", request=self._request)
+        return b"".join(pieces), rest, done
+
+    def _chunk_size(self, line: bytes) -> int:
+        text = line.split(b";", 1)[0].strip()
+        try:
+            size = int(text, 16)
+            if size < 0:
+                raise ValueError(text)
+            return size
+        except ValueError:
+            raise httpx.RemoteProtocolError(
+                f"bad chunk size {text[:40]!r}", request=self._request
+            ) from None
+
+    async def _read(self, reading: Any) -> bytes:
+        try:
+            if self._timeout is None:
+                data: bytes = await reading
+                return data
+            self._watch()
+            try:
+                data = await reading
+            finally:
+                self._reader = None
+            return data
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if self._timed_out and task is not None and task.uncancel() == 0:
+                raise httpx.ReadTimeout(
+                    "the server sent nothing within the read timeout", request=self._request
+                ) from exc
+            raise
+        except asyncio.IncompleteReadError as exc:
+            raise httpx.RemoteProtocolError(
+                "the server closed the connection mid-body", request=self._request
+            ) from exc
+        except asyncio.LimitOverrunError as exc:
+            raise httpx.RemoteProtocolError(
+                "a chunk header line is too long", request=self._request
+            ) from exc
+        except OSError as exc:
+            raise httpx.ReadError(str(exc) or type(exc).__name__, request=self._request) from exc
+
+    # A streamed answer is one read per token. asyncio.timeout() per read (a Timeout object,
+    # a timer handle scheduled and cancelled) was a seventh of the CPU a relayed token cost,
+    # so reads share one timer: each read only notes when it started, and the timer, when it
+    # fires, either finds the current read overdue or re-arms itself for when it would be.
+
+    def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._reader = asyncio.current_task()
+        self._read_started = loop.time()
+        if self._timer is None:
+            assert self._timeout is not None
+            self._timer = loop.call_at(self._read_started + self._timeout, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._reader is None:
+            return  # between reads: the next read arms a new timer
+        assert self._timeout is not None
+        due = self._read_started + self._timeout
+        loop = asyncio.get_running_loop()
+        if loop.time() >= due:
+            self._timed_out = True
+            self._reader.cancel()
+        else:
+            self._timer = loop.call_at(due, self._on_timer)
+
+    def _drop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    async def aclose(self) -> None:
+        self._drop()

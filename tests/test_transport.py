@@ -1,0 +1,417 @@
+"""The keep-alive transport against a raw socket server that misbehaves on purpose.
+
+Each test scripts the server side byte by byte (asyncio.start_server in the test's own loop),
+so keep-alive, closes, stalls and framing are exact rather than whatever a real server does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from ollama_client import KeepAliveTransport, Message, OllamaClient, OllamaTimeout
+from ollama_client import OllamaUnavailable as Unavailable
+
+Handler = Callable[["Server", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+CHAT_REPLY = b'{"message":{"role":"assistant","content":"hi"},"done":true,"eval_count":1}'
+
+
+class Server:
+    """A one-port TCP server; `handler` runs once per accepted connection."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.client_closed = asyncio.Event()
+        self.got_request = asyncio.Event()
+        self.url = ""
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes | None:
+        """One request's head and body, or None once the client has closed the connection."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return None
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        body = await reader.readexactly(length)
+        self.requests.append(head + body)
+        self.got_request.set()
+        return head + body
+
+    async def wait_client_close(self, reader: asyncio.StreamReader) -> None:
+        while await reader.read(1024):
+            pass
+        self.client_closed.set()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.handler(self, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+@asynccontextmanager
+async def serving(handler: Handler) -> AsyncIterator[Server]:
+    server = Server(handler)
+    listener = await asyncio.start_server(server._serve, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    server.url = f"http://127.0.0.1:{port}"
+    async with listener:
+        yield server
+
+
+def client(**timeouts: float) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=KeepAliveTransport(), timeout=httpx.Timeout(5.0, **timeouts))
+
+
+def run(scenario: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def fixed(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+async def answer_forever(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+    """Keep-alive: answer every request on the connection until the client closes it."""
+    while await server.read_request(reader) is not None:
+        writer.write(fixed(b"hello %d" % len(server.requests)))
+
+
+def test_keep_alive_reuses_one_connection() -> None:
+    async def scenario() -> tuple[list[bytes], int]:
+        async with serving(answer_forever) as server, client() as http:
+            bodies = [(await http.get(server.url + "/x")).content for _ in range(3)]
+            return bodies, server.connections
+
+    bodies, connections = run(scenario)
+    assert bodies == [b"hello 1", b"hello 2", b"hello 3"]
+    assert connections == 1
+
+
+def test_request_line_headers_and_body_reach_the_server() -> None:
+    async def scenario() -> bytes:
+        async with serving(answer_forever) as server, client() as http:
+            await http.post(server.url + "/api/chat?a=1", content=b'{"x":1}')
+            return server.requests[0]
+
+    request = run(scenario)
+    head, _, body = request.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /api/chat?a=1 HTTP/1.1"
+    assert b"content-length: 7" in [line.lower() for line in lines]
+    assert body == b'{"x":1}'
+
+
+def test_chunked_body_with_trailer_is_read_whole_and_the_connection_reused() -> None:
+    async def chunked(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        while await server.read_request(reader) is not None:
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5\r\nhello\r\n1;ext=1\r\n \r\n6\r\nworld\n\r\n0\r\nX-Trailer: 1\r\n\r\n"
+            )
+
+    async def scenario() -> tuple[list[bytes], int]:
+        async with serving(chunked) as server, client() as http:
+            bodies = [(await http.get(server.url)).content for _ in range(2)]
+            return bodies, server.connections
+
+    bodies, connections = run(scenario)
+    assert bodies == [b"hello world\n", b"hello world\n"]
+    assert connections == 1
+
+
+def test_chunks_split_across_reads_are_reassembled() -> None:
+    async def trickle(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for part in (b"9", b"\r\nline one\n\r", b"\n", b"9\r\nline two\n", b"\r\n0\r", b"\n\r\n"):
+            await writer.drain()
+            await asyncio.sleep(0.01)
+            writer.write(part)
+        await writer.drain()
+
+    async def scenario() -> list[bytes]:
+        async with (
+            serving(trickle) as server,
+            client() as http,
+            http.stream("GET", server.url) as response,
+        ):
+            return [chunk async for chunk in response.aiter_raw()]
+
+    assert b"".join(run(scenario)) == b"line one\nline two\n"
+
+
+def test_a_body_that_runs_to_the_close_is_read_and_the_connection_not_reused() -> None:
+    async def until_close(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.0 200 OK\r\n\r\nall of it")
+        await writer.drain()
+
+    async def scenario() -> tuple[list[bytes], int]:
+        async with serving(until_close) as server, client() as http:
+            bodies = [(await http.get(server.url)).content for _ in range(2)]
+            return bodies, server.connections
+
+    bodies, connections = run(scenario)
+    assert bodies == [b"all of it", b"all of it"]
+    assert connections == 2
+
+
+def test_connection_close_header_means_a_new_connection_next_time() -> None:
+    async def closing(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        await server.read_request(reader)
+        writer.write(fixed(b"once", b"Connection: close\r\n"))
+        await writer.drain()
+
+    async def scenario() -> tuple[list[bytes], int]:
+        async with serving(closing) as server, client() as http:
+            bodies = [(await http.get(server.url)).content for _ in range(2)]
+            return bodies, server.connections
+
+    bodies, connections = run(scenario)
+    assert bodies == [b"once", b"once"]
+    assert connections == 2
+
+
+def test_an_idle_connection_the_server_closed_is_replaced_not_failed() -> None:
+    async def one_then_close(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        # No Connection: close header: the server just drops the idle connection later.
+        await server.read_request(reader)
+        writer.write(fixed(b"ok"))
+        await writer.drain()
+
+    async def scenario() -> tuple[list[int], int]:
+        async with serving(one_then_close) as server, client() as http:
+            statuses = []
+            for _ in range(3):
+                statuses.append((await http.get(server.url)).status_code)
+                await asyncio.sleep(0.05)  # let the server's close arrive
+            return statuses, server.connections
+
+    statuses, connections = run(scenario)
+    assert statuses == [200, 200, 200]
+    assert connections == 3
+
+
+def test_a_reused_connection_dropped_before_answering_is_retried_on_a_new_one() -> None:
+    async def drops_second(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        # The race keep-alive clients lose: the server closes just as a request is sent.
+        await server.read_request(reader)
+        writer.write(fixed(b"ok"))
+        await server.read_request(reader)
+
+    async def scenario() -> tuple[list[bytes], int, int]:
+        async with serving(drops_second) as server, client() as http:
+            bodies = [(await http.get(server.url)).content for _ in range(2)]
+            return bodies, server.connections, len(server.requests)
+
+    bodies, connections, requests = run(scenario)
+    assert bodies == [b"ok", b"ok"]
+    assert connections == 2
+    assert requests == 3
+
+
+def test_a_server_that_closes_without_answering_is_a_protocol_error() -> None:
+    async def rude(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        await server.read_request(reader)
+
+    async def scenario() -> None:
+        async with serving(rude) as server, client() as http:
+            await http.get(server.url)
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        run(scenario)
+
+
+def test_a_body_cut_short_is_a_protocol_error() -> None:
+    async def short(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
+        await writer.drain()
+
+    async def scenario() -> None:
+        async with serving(short) as server, client() as http:
+            await http.get(server.url)
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        run(scenario)
+
+
+def test_nothing_listening_is_a_connect_error() -> None:
+    async def scenario() -> None:
+        async with serving(answer_forever) as server:
+            url = server.url
+        async with client() as http:
+            await http.get(url)
+
+    with pytest.raises(httpx.ConnectError):
+        run(scenario)
+
+
+def test_a_connect_that_hangs_is_a_connect_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def never(*args: object, **kwargs: object) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(asyncio, "open_connection", never)
+
+    async def scenario() -> None:
+        async with client(connect=0.05) as http:
+            await http.get("http://127.0.0.1:9/")
+
+    with pytest.raises(httpx.ConnectTimeout):
+        run(scenario)
+
+
+def test_no_response_head_in_time_is_a_read_timeout() -> None:
+    async def silent(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        await server.read_request(reader)
+        await server.wait_client_close(reader)
+
+    async def scenario() -> None:
+        async with serving(silent) as server, client(read=0.05) as http:
+            await http.get(server.url)
+
+    with pytest.raises(httpx.ReadTimeout):
+        run(scenario)
+
+
+def test_a_stream_that_stalls_mid_body_is_a_read_timeout() -> None:
+    async def stall(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        await server.wait_client_close(reader)
+
+    async def scenario() -> tuple[bytes, type[BaseException] | None]:
+        async with (
+            serving(stall) as server,
+            client(read=0.05) as http,
+            http.stream("GET", server.url) as response,
+        ):
+            chunks = response.aiter_raw()
+            first = await anext(chunks)
+            try:
+                await anext(chunks)
+            except httpx.TransportError as exc:
+                return first, type(exc)
+            return first, None
+
+    assert run(scenario) == (b"abc", httpx.ReadTimeout)
+
+
+def test_a_slow_steady_stream_longer_than_the_read_timeout_does_not_time_out() -> None:
+    # The read timeout bounds each wait for the next byte, not the whole body.
+    async def steady(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(30):
+            writer.write(b"1\r\nx\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async def scenario() -> bytes:
+        async with serving(steady) as server, client(read=0.6) as http:
+            return (await http.get(server.url)).content
+
+    assert run(scenario) == b"x" * 30
+
+
+def test_closing_a_stream_early_closes_its_connection() -> None:
+    async def endless(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        await server.wait_client_close(reader)
+
+    async def scenario() -> tuple[bytes, bool, int]:
+        async with serving(endless) as server, client() as http:
+            async with http.stream("GET", server.url) as response:
+                first = await anext(response.aiter_raw())
+            # Ollama learns that nobody reads the answer from this close.
+            await asyncio.wait_for(server.client_closed.wait(), 5)
+            closed = server.client_closed.is_set()
+            # The abandoned connection went nowhere near the idle pool.
+            server.handler = answer_forever
+            await http.get(server.url)
+            return first, closed, server.connections
+
+    first, closed, connections = run(scenario)
+    assert first == b"abc"
+    assert closed
+    assert connections == 2
+
+
+def test_cancelling_a_waiting_request_closes_its_connection() -> None:
+    async def silent(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        await server.read_request(reader)
+        await server.wait_client_close(reader)
+
+    async def scenario() -> bool:
+        async with serving(silent) as server, client() as http:
+            task = asyncio.ensure_future(http.get(server.url))
+            await server.got_request.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.wait_for(server.client_closed.wait(), 5)
+            return server.client_closed.is_set()
+
+    assert run(scenario)
+
+
+def test_ollama_client_maps_transport_failures_to_its_own_errors() -> None:
+    async def stall(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        await server.read_request(reader)
+        await server.wait_client_close(reader)
+
+    async def scenario() -> tuple[OllamaTimeout | None, Unavailable | None]:
+        timeout: OllamaTimeout | None = None
+        unavailable: Unavailable | None = None
+        async with serving(stall) as server, client(read=0.05) as http:
+            url = server.url
+            try:
+                await OllamaClient(http, url).chat("llama3", [Message("user", "hi")])
+            except OllamaTimeout as exc:
+                timeout = exc
+        async with client() as http:
+            try:
+                await OllamaClient(http, url).chat("llama3", [Message("user", "hi")])
+            except Unavailable as exc:
+                unavailable = exc
+        return timeout, unavailable
+
+    timeout, unavailable = run(scenario)
+    assert timeout is not None
+    assert unavailable is not None
+    assert "cannot reach Ollama" in unavailable.message
+
+
+def test_ollama_chat_round_trip_over_the_transport() -> None:
+    async def ollama(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        while await server.read_request(reader) is not None:
+            writer.write(fixed(CHAT_REPLY, b"Content-Type: application/json\r\n"))
+
+    async def scenario() -> tuple[str, int | None, int]:
+        async with serving(ollama) as server, client() as http:
+            ollama_client = OllamaClient(http, server.url)
+            answers = [
+                await ollama_client.chat("llama3", [Message("user", "hi")]) for _ in range(2)
+            ]
+            return answers[1].content, answers[1].metrics.output_tokens, server.connections
+
+    assert run(scenario) == ("hi", 1, 1)
