@@ -123,7 +123,7 @@ FLAGS: tuple[tuple[str, str, str, str], ...] = (
         "--data",
         "OLLAMA_GATEWAY_DATA",
         "data_dir",
-        "folder holding the usage file (default $XDG_DATA_HOME/ollama-host)",
+        "folder for the usage log, keys and tokens (default $XDG_DATA_HOME/ollama-host)",
     ),
     (
         "--timeout",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -12,20 +11,10 @@ import msgspec
 import pytest
 
 from tests.gateway_proc import Gateway
-from tests.helpers import ask, records, unique
+from tests.helpers import ask, calls_with, records, unique
 from tests.ollama_standin import StandIn
 
 pytestmark = pytest.mark.server
-
-
-@pytest.fixture
-def client(gateway: Gateway) -> Iterator[httpx.Client]:
-    with gateway.client() as client:
-        yield client
-
-
-def calls_with(standin: StandIn, marker: str) -> list[dict[str, Any]]:
-    return [c for c in standin.calls() if marker in str(c["messages"])]
 
 
 def eventually_cancelled(client: httpx.Client, project: str) -> list[dict[str, Any]]:
@@ -59,10 +48,10 @@ def test_sync_ask_left_by_its_client_closes_upstream_and_is_cancelled(
     post_and_leave(
         gateway, "/api/v1/ai/ask_sync", ask(content=f"{project} [[stall=0]]", project=project), b""
     )
-    standin.wait_for(lambda _calls: bool(calls_with(standin, project)))
+    standin.wait_for(lambda calls: bool(calls_with(calls, project)))
 
     calls = standin.wait_for(
-        lambda _calls: all(c["disconnected"] for c in calls_with(standin, project))
+        lambda calls: all(c["disconnected"] for c in calls_with(calls, project))
     )
     found = eventually_cancelled(client, project)
 
@@ -78,7 +67,7 @@ def test_stream_left_mid_answer_closes_upstream_and_is_cancelled(
     post_and_leave(gateway, "/api/v1/ai/ask_async", body, b"event: token")
 
     calls = standin.wait_for(
-        lambda _calls: all(c["disconnected"] for c in calls_with(standin, project))
+        lambda calls: all(c["disconnected"] for c in calls_with(calls, project))
     )
     found = eventually_cancelled(client, project)
 
