@@ -32,6 +32,9 @@ _decode = msgspec.json.Decoder(UsageRecord).decode
 
 
 class LineStore:
+    # Never deletes; the dashboard's ETag reads it.
+    deleted = 0
+
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / "usage.jsonl"

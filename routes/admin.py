@@ -88,7 +88,9 @@ def _query(params: Filters) -> UsageQuery:
 
 
 def _etag(request: Request) -> str:
-    return f'W/"{_BOOT}.{gateway_of(request).changes}"'
+    # Changes when a call is recorded, and when retention deletes old ones.
+    gateway = gateway_of(request)
+    return f'W/"{_BOOT}.{gateway.changes}.{gateway.store.deleted}"'
 
 
 def _unchanged(request: Request, etag: str) -> Response | None:

@@ -108,6 +108,9 @@ class UsageStore:
         self.folder = folder
         self.path = folder / "usage"
         self.retention_days = retention_days
+        # Records retention has deleted since startup: part of the dashboard's ETag, so a
+        # page polling an idle gateway still sees old calls leave its totals.
+        self.deleted = 0
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         # Appended, not yet in the journal / being written to it / in the journal, not yet folded.
@@ -498,6 +501,7 @@ class UsageStore:
         with self._lock:
             self._metas = kept
             self._open = current
+            self.deleted += removed
         if removed:
             log.info(
                 "retention: deleted %d usage records older than %g days",

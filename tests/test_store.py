@@ -407,6 +407,7 @@ def test_retention_deletes_only_records_older_than_the_setting(data_dir: Path) -
         store.close()
 
     assert found == sorted(new, key=lambda r: r.id, reverse=True)
+    assert store.deleted == len(old)
     assert sorted(str(d["id"]) for d in tinydb_docs(data_dir / "usage")) == sorted(
         r.id for r in new
     )
