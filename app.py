@@ -25,7 +25,7 @@ from starlette.responses import Response
 
 from errors import ApiError, api_error
 from guard import Guard
-from keys import Access
+from keys import Access, KeyRing
 from ollama_client import KeepAliveTransport, OllamaClient, OllamaError
 from requestlog import RequestLog, configure_logging
 from routes import admin, ai, docs, health, openapi, page
@@ -198,10 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         log.error("%s", exc)
         return 1
-    access, new_token = Access.open(
-        settings.data_path, settings.admin_token, reset=settings.reset_admin_token
-    )
-    if not is_loopback(settings.host) and not access.keys.active and not settings.admin_token:
+    # Checked before any admin token is made: a refused start must not leave behind a token
+    # that nobody was shown.
+    keys_exist = KeyRing(settings.data_path).active
+    if not is_loopback(settings.host) and not keys_exist and not settings.admin_token:
         log.error(
             "refusing to listen on %s: anyone who can reach it could use Ollama and read every "
             "prompt. Create an API key first (on 127.0.0.1: POST /api/v1/admin/keys), or set "
@@ -210,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         store.close()
         return 1
+    access, new_token = Access.open(
+        settings.data_path, settings.admin_token, reset=settings.reset_admin_token
+    )
     app = create_app(settings, store, access)
     if new_token:
         show_new_token(settings, new_token)

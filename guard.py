@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import requestlog
 from errors import ApiError, error_body
 from keys import AdminToken
 from routes.common import encoder
@@ -67,6 +68,8 @@ def session_of(cookie_header: str) -> str | None:
 
 
 async def _respond(send: Send, error: ApiError, extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    if error.request_id is None and (info := requestlog.current.get()) is not None:
+        error.request_id = info.id
     body = encoder.encode(error_body(error))
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
@@ -111,6 +114,26 @@ class Guard:
 
         cors: list[tuple[bytes, bytes]] = []
         origin = headers.get(b"origin")
+        if origin is None and headers.get(b"sec-fetch-site") in (b"cross-site", b"same-site"):
+            # Browsers send no Origin on a no-cors GET (<img src>, <script src>), but do say
+            # where it comes from. Only a plain navigation to a page may come from elsewhere;
+            # nothing that asks, or reads the admin surface, may.
+            navigating = (
+                scope["method"] in ("GET", "HEAD")
+                and headers.get(b"sec-fetch-mode") == b"navigate"
+                and not scope["path"].startswith("/api/")
+            )
+            if not navigating:
+                await _respond(
+                    send,
+                    ApiError(
+                        403,
+                        "origin_not_allowed",
+                        "a request from another site must come with an allowed Origin; "
+                        "add the origin with --cors-origins",
+                    ),
+                )
+                return
         if origin is not None:
             own = f"{scope.get('scheme', 'http')}://{headers.get(b'host', b'').decode('latin-1')}"
             origin_text = origin.decode("latin-1").rstrip("/")

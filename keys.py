@@ -161,8 +161,11 @@ class KeyRing:
 
     @property
     def active(self) -> bool:
-        """True once any unrevoked key exists: from then on, asking needs a key."""
-        return any(key.revoked is None for key in self._keys.values())
+        """True once any key was ever made: from then on, asking needs a key.
+
+        Revoked keys count: revoking the last key must not reopen the gateway to everyone.
+        """
+        return bool(self._keys)
 
     def all(self) -> list[ApiKey]:
         return sorted(self._keys.values(), key=lambda key: key.created)

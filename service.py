@@ -72,6 +72,12 @@ def shutdown_error(call_id: str) -> ApiError:
     )
 
 
+def _internal(call_id: str) -> ApiError:
+    return ApiError(
+        500, "internal_error", "the gateway failed unexpectedly; see its log", request_id=call_id
+    )
+
+
 class ShuttingDown(Exception):
     """The gateway is stopping and this call's grace period is over."""
 
@@ -96,6 +102,7 @@ class Call:
         self.pieces: list[str] = []
         self.thinking: list[str] = []
         self.record: UsageRecord | None = None
+        self.answered = False
 
     def add(self, piece: Piece) -> None:
         if self.first_token is None:
@@ -308,6 +315,7 @@ class Gateway:
         call = Call(self, req, caller, streamed=False)
         try:
             answer = await self.until_shutdown(self.ollama.chat(req.agent, call.messages))
+            call.answered = True
         except ShuttingDown:
             error = shutdown_error(call.id)
             call.finish("cancelled", error=error)
@@ -321,6 +329,11 @@ class Gateway:
             # The client hung up; the cancellation has already closed the upstream request.
             call.finish("cancelled")
             raise
+        finally:
+            if call.record is None and not call.answered:
+                # Neither an answer nor a failure we know: a bug. Record the call before the
+                # exception reaches the 500 handler, so no call goes unaccounted for.
+                call.finish("error", error=_internal(call.id))
         # Not `add`: a whole answer has no first token to time.
         call.pieces.append(answer.content)
         if answer.thinking:

@@ -124,6 +124,8 @@ class ChatStream:
             raise OllamaUnavailable(
                 f"the connection to Ollama at {self._address} broke mid-answer: {exc}"
             ) from exc
+        except httpx.DecodingError as exc:
+            raise OllamaBadResponse(f"Ollama's answer could not be decoded: {exc}") from exc
         if self.metrics is None:
             raise OllamaBadResponse("Ollama's stream ended without its final `done` line")
 
@@ -171,6 +173,9 @@ class OllamaClient:
             raise OllamaUnavailable(
                 f"the connection to Ollama at {self.address} failed: {exc}"
             ) from exc
+        except httpx.DecodingError as exc:
+            # A body its Content-Encoding does not describe (say, gzip that is not gzip).
+            raise OllamaBadResponse(f"Ollama's answer could not be decoded: {exc}") from exc
 
     async def _get(self, path: str) -> bytes:
         async with self._errors():

@@ -22,7 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from errors import ApiError
-from store import Stats, Status, UsageQuery, UsageRecord, UsageStore
+from store import Stats, Status, UsageQuery, UsageRecord, UsageStore, iso
 
 from .common import JSON, decode_query, encoder, gateway_of
 from .openapi import ADMIN, UNAUTHORIZED, Operation, Paths, Reply, error
@@ -72,7 +72,12 @@ def _moment(name: str, value: str | None) -> datetime | None:
         raise ApiError(
             422, "invalid_request", f"`{name}` must be an ISO 8601 date or date-time, not {value!r}"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        iso(moment)  # the form the store compares; a zone offset can push it out of range
+    except OverflowError:
+        raise ApiError(422, "invalid_request", f"`{name}` is out of range: {value!r}") from None
+    return moment
 
 
 def _query(params: Filters) -> UsageQuery:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 import requestlog
@@ -46,7 +46,11 @@ def gateway_of(request: Request) -> Gateway:
 
 async def decode_body(request: Request, kind: type[T]) -> T:
     """Decode a JSON body into a struct: 400 if it isn't JSON, 422 if it's the wrong JSON."""
-    body = await request.body()
+    try:
+        body = await request.body()
+    except ClientDisconnect:
+        # The client left before sending its body: nobody will read this answer.
+        raise ApiError(499, "client_gone", "the client closed the connection mid-request") from None
     if not body.strip():
         raise ApiError(400, "invalid_json", "the body is empty; send a JSON object")
     decoder = _decoders.get(kind)

@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .openapi import Operation, Paths, Reply
+from .page import PAGE_HEADERS
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
@@ -42,11 +43,21 @@ async def redoc(request: Request) -> Response:
     return FileResponse(STATIC / "docs" / "redoc.html", headers=_PAGE_HEADERS)
 
 
+class Static(StaticFiles):
+    """The static files, with the pages' security headers: dashboard.html is one of them."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        for name, value in PAGE_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+
 routes: list[BaseRoute] = [
     Route("/openapi.json", openapi_json, methods=["GET"]),
     Route("/docs", swagger_ui, methods=["GET"]),
     Route("/redoc", redoc, methods=["GET"]),
-    Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    Mount("/static", Static(directory=STATIC), name="static"),
 ]
 
 _PAGE = Reply(description="An HTML page; it loads its scripts from /static.", text="text/html")

@@ -84,8 +84,10 @@ async def create_key(request: Request) -> Response:
 
 
 async def update_key(request: Request) -> Response:
-    key = _find(request)
     body = await decode_body(request, KeyUpdate)
+    # Read after the body: no await may sit between reading the key and writing it back,
+    # or a revocation made meanwhile would be undone.
+    key = _find(request)
     changed = msgspec.structs.replace(
         key,
         label=body.label if body.label is not None else key.label,

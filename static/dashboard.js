@@ -405,36 +405,47 @@ function clearTable() {
   $("older").hidden = true;
 }
 
+function byIdNewestFirst(a, b) {
+  return a.id < b.id ? 1 : a.id > b.id ? -1 : 0;
+}
+
 async function refreshTable(generation) {
   const params = apiParams();
   params.set("limit", String(PAGE_SIZE));
-  const newest = state.rows.length ? state.rows[0].id : null;
-  if (newest) params.set("after", newest);
   const result = await getJSON("/api/v1/admin/dashboard", params, generation);
   if (result.stale || result.unchanged) return;
   const records = result.body;
   const body = $("calls").tBodies[0];
-  if (newest && records.length >= PAGE_SIZE) {
-    // More arrived than one page holds: start over rather than leave a hole in the table.
-    clearTable();
-    return refreshTable(generation);
-  }
-  if (!newest) {
+  if (!state.rows.length) {
     state.nextCursor = result.response.headers.get("X-Next-Cursor");
     body.replaceChildren(...records.map(callRow));
     state.rows = records;
-  } else if (records.length) {
-    const rows = records.map((record) => {
-      const tr = callRow(record);
-      tr.classList.add("new");
-      return tr;
-    });
-    body.prepend(...rows);
-    state.rows = records.concat(state.rows);
-    while (state.rows.length > MAX_ROWS) {
-      state.rows.pop();
-      body.lastElementChild.remove();
-      state.nextCursor = state.rows[state.rows.length - 1].id;
+  } else {
+    // A call's id is taken when it starts and its record lands when it ends, so a long
+    // call can arrive after newer ones: merge the newest page in by id, not by arrival.
+    const known = new Set(state.rows.map((record) => record.id));
+    // Older than the last row shown while older pages remain: "Load older" brings it.
+    const floor = state.nextCursor ? state.rows[state.rows.length - 1].id : "";
+    const fresh = records.filter((record) => !known.has(record.id) && record.id > floor);
+    if (fresh.length >= PAGE_SIZE) {
+      // More arrived than one page holds: start over rather than leave a hole in the table.
+      clearTable();
+      return refreshTable(generation);
+    }
+    if (fresh.length) {
+      const added = new Set(fresh.map((record) => record.id));
+      state.rows = state.rows.concat(fresh).sort(byIdNewestFirst);
+      if (state.rows.length > MAX_ROWS) {
+        state.rows.length = MAX_ROWS;
+        state.nextCursor = state.rows[state.rows.length - 1].id;
+      }
+      body.replaceChildren(
+        ...state.rows.map((record) => {
+          const tr = callRow(record);
+          if (added.has(record.id)) tr.classList.add("new");
+          return tr;
+        }),
+      );
     }
   }
   $("calls-empty").hidden = state.rows.length > 0;

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import socket
+import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -252,3 +254,28 @@ def test_health_says_all_good(client: httpx.Client, standin: StandIn) -> None:
 def test_unknown_route_and_method_are_json_errors(client: httpx.Client) -> None:
     assert_error(client.get("/api/v1/nothing"), 404, "not_found")
     assert_error(client.get("/api/v1/ai/ask_sync"), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+@pytest.mark.parametrize(
+    "path", ["/api/v1/admin/dashboard", "/api/v1/admin/stats", "/api/v1/admin/export"]
+)
+def test_dates_out_of_range_are_422(client: httpx.Client, path: str, moment: str) -> None:
+    response = client.get(path, params={"since": moment})
+
+    assert_error(response, 422, "invalid_request")
+
+
+def test_a_client_gone_mid_body_leaves_no_traceback(gateway: Gateway) -> None:
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /api/v1/ai/ask_sync HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"agent": '
+        )
+    # The request log's line for it comes once the gateway has noticed the hang-up.
+    deadline = time.monotonic() + 10
+    while "status=499" not in gateway.logs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    assert "status=499" in gateway.logs()
+    assert "Traceback" not in gateway.logs()

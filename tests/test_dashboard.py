@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import httpx
@@ -13,7 +14,7 @@ from playwright.sync_api import Browser, Page, ViewportSize, expect
 from guard import SESSION_COOKIE
 from tests.browser import ARTIFACTS, chromium
 from tests.gateway_proc import Gateway, start_gateway
-from tests.helpers import ask, records, unique
+from tests.helpers import ask, calls_with, records, unique
 from tests.ollama_standin import StandIn
 
 pytestmark = pytest.mark.browser
@@ -174,6 +175,29 @@ def test_new_calls_appear_without_a_reload(page: Page, site: Gateway, client: ht
 
     expect(page.locator("#calls tbody tr").first).to_contain_text(project)
     assert page.evaluate("window.__sameDocument") is True
+
+
+def test_a_long_call_that_ends_after_newer_ones_still_appears(
+    page: Page, site: Gateway, client: httpx.Client, standin: StandIn
+) -> None:
+    # A call's id is taken when it starts, its record lands when it ends: the slow call
+    # below has the older id but arrives second, and must not be skipped by the poller.
+    open_dashboard(page, site)
+    slow, fast = unique("slow"), unique("fast")
+    with site.client() as other, ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(
+            other.post,
+            "/api/v1/ai/ask_sync",
+            json=ask(content=f"{slow} [[tokens=4]] [[delay=2]]", project=slow),
+        )
+        standin.wait_for(lambda calls: bool(calls_with(calls, slow)))
+        client.post("/api/v1/ai/ask_sync", json=ask(content="[[tokens=1]]", project=fast))
+        expect(page.locator("#calls tbody tr", has_text=fast)).to_have_count(1)
+        assert pending.result().status_code == 200
+
+    expect(page.locator("#calls tbody tr", has_text=slow)).to_have_count(1)
+    ids = page.locator("#calls tbody tr").evaluate_all("rows => rows.map(r => r.dataset.id)")
+    assert ids == sorted(ids, reverse=True)
 
 
 def test_stored_html_stays_inert(page: Page, site: Gateway) -> None:

@@ -11,6 +11,7 @@ import os
 import pty
 import re
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -516,3 +517,107 @@ def test_the_upstream_address_never_comes_from_a_request(
 
     assert response.status_code == 200
     assert calls_with(standin.calls(), marker)
+
+
+# -- found in review -----------------------------------------------------------------
+
+
+def test_revoking_the_last_key_does_not_reopen_asking(standin: StandIn, tmp_path: Path) -> None:
+    with (
+        start_gateway(tmp_path / "data", "--ollama", standin.url) as server,
+        server.client() as admin,
+    ):
+        made = admin.post(KEYS, json={"label": "only"}).json()
+        SEEN_SECRETS.append(made["key"])
+        admin.delete(f"{KEYS}/{made['info']['id']}")
+        with server.client(admin=False) as anyone:
+            response = anyone.post(SYNC, json=ask())
+
+    assert_error(response, 401, "unauthorized")
+
+
+def test_a_patch_in_flight_cannot_undo_a_revocation(keyed: Keyed) -> None:
+    key_id = keyed.keys["team"]["info"]["id"]
+    body = json.dumps({"label": "renamed"}).encode()
+    gateway = keyed.gateway
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as patch:
+        # The PATCH's head goes first; its body only after the key is revoked.
+        patch.sendall(
+            b"PATCH %s/%s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+            % (KEYS.encode(), key_id.encode(), gateway.admin_token.encode(), len(body))
+        )
+        with gateway.client() as admin:
+            assert admin.delete(f"{KEYS}/{key_id}").json()["revoked"]
+        patch.sendall(body)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += patch.recv(65536)
+    with gateway.client() as admin:
+        key = next(k for k in admin.get(KEYS).json() if k["id"] == key_id)
+    with keyed.client("team") as client:
+        asked = client.post(SYNC, json=ask())
+
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert key["label"] == "renamed"
+    assert key["revoked"]
+    assert_error(asked, 401, "unauthorized")
+
+
+@pytest.mark.parametrize("mode", ["no-cors", "cors"])
+@pytest.mark.parametrize("site", ["cross-site", "same-site"])
+def test_a_cross_site_request_without_origin_is_refused(
+    guarded: Gateway, site: str, mode: str
+) -> None:
+    headers = {"Sec-Fetch-Site": site, "Sec-Fetch-Mode": mode}
+    with guarded.client() as client:
+        response = client.get(
+            STREAM, params={"agent": "llama3", "content": "spend"}, headers=headers
+        )
+
+    assert_error(response, 403, "origin_not_allowed")
+
+
+def test_a_link_from_another_site_may_still_open_the_page(guarded: Gateway) -> None:
+    headers = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+    with guarded.client(admin=False) as browser:
+        page = browser.get("/", headers=headers)
+        asking = browser.get(STREAM, params={"agent": "llama3", "content": "x"}, headers=headers)
+
+    # The guard lets the navigation through; the admin gate still wants the token.
+    assert_error(page, 401, "unauthorized")
+    assert_error(asking, 403, "origin_not_allowed")
+
+
+def test_the_guards_errors_carry_the_request_id(guarded: Gateway) -> None:
+    with guarded.client() as client:
+        response = client.get("/api/v1/ai/models", headers={"Host": "evil.example"})
+
+    error = assert_error(response, 403, "host_not_allowed")
+    assert error["request_id"] == response.headers["x-request-id"]
+
+
+def test_a_refused_start_makes_no_admin_token(standin: StandIn, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = start_gateway(
+        data,
+        "--host",
+        "0.0.0.0",
+        "--ollama",
+        standin.url,
+        env={"OLLAMA_GATEWAY_ADMIN_TOKEN": ""},
+        wait=False,
+    )
+
+    assert server.wait() == 1
+    server.stop()
+    assert not (data / "admin-token.json").exists()
+
+
+def test_the_static_copy_of_the_page_has_the_same_policy(guarded: Gateway) -> None:
+    with guarded.client(admin=False) as browser:
+        response = browser.get("/static/dashboard.html")
+
+    assert response.status_code == 200
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff"

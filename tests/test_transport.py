@@ -14,7 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from ollama_client import KeepAliveTransport, Message, OllamaClient, OllamaTimeout
+from ollama_client import (
+    KeepAliveTransport,
+    Message,
+    OllamaBadResponse,
+    OllamaClient,
+    OllamaTimeout,
+)
 from ollama_client import OllamaUnavailable as Unavailable
 
 Handler = Callable[["Server", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -415,3 +421,21 @@ def test_ollama_chat_round_trip_over_the_transport() -> None:
             return answers[1].content, answers[1].metrics.output_tokens, server.connections
 
     assert run(scenario) == ("hi", 1, 1)
+
+
+def test_a_body_its_encoding_does_not_describe_is_a_bad_response() -> None:
+    async def lying(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        while await server.read_request(reader) is not None:
+            writer.write(fixed(b"this is not gzip", b"Content-Encoding: gzip\r\n"))
+
+    async def scenario() -> OllamaBadResponse | None:
+        async with serving(lying) as server, client() as http:
+            try:
+                await OllamaClient(http, server.url).chat("llama3", [Message("user", "hi")])
+            except OllamaBadResponse as exc:
+                return exc
+        return None
+
+    bad = run(scenario)
+    assert bad is not None
+    assert "could not be decoded" in bad.message
