@@ -84,16 +84,15 @@ def create_app(
         folder = settings.data_path
         usage = store or UsageStore(folder, retention_days=settings.retention_days)
         timeout = httpx.Timeout(settings.timeout, connect=settings.connect_timeout)
-        # No pool cap: Ollama queues requests itself, and a stream holds its connection
-        # for minutes. The lean transport replaces httpcore's pool, whose cost grows with
-        # concurrency (docs/performance.md). trust_env=False: proxy variables must never
-        # reroute a local upstream (httpx also ignores them once given a transport).
-        transport = KeepAliveTransport(max_idle=100)
+        # The lean transport replaces httpcore's pool, whose cost grows with concurrency,
+        # and OllamaClient hands it httpx requests without AsyncClient's layers
+        # (docs/performance.md). No connection cap: Ollama queues requests itself, and a
+        # stream holds its connection for minutes. No proxy variables are read: they must
+        # never reroute a local upstream.
         try:
-            async with httpx.AsyncClient(
-                timeout=timeout, transport=transport, trust_env=False
-            ) as http:
-                ollama = OllamaClient(http, settings.ollama_url)
+            async with OllamaClient(
+                KeepAliveTransport(max_idle=100), settings.ollama_url, timeout
+            ) as ollama:
                 gateway = Gateway(settings, ollama, usage, access)
                 # For GatewayServer.shutdown, which must reach it before connections close.
                 app.state.gateway = gateway

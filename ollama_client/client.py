@@ -29,7 +29,8 @@ _decode_chunk = msgspec.json.Decoder(ChatChunk).decode
 _decode_error = msgspec.json.Decoder(ErrorReply).decode
 _decode_tags = msgspec.json.Decoder(Tags).decode
 _decode_version = msgspec.json.Decoder(Version).decode
-_JSON = {"content-type": "application/json"}
+_ACCEPT = [(b"Accept", b"application/json"), (b"User-Agent", b"ollama-host")]
+_JSON = [*_ACCEPT, (b"Content-Type", b"application/json")]
 
 
 class Metrics(msgspec.Struct, kw_only=True):
@@ -88,6 +89,16 @@ def _status_error(status: int, body: bytes, model: str) -> OllamaError:
     return OllamaFailed(f"Ollama answered {status}: {message}")
 
 
+def _body(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The response body as it arrives, its Content-Encoding undone."""
+    stream = response.stream
+    if "content-encoding" in response.headers or not isinstance(stream, httpx.AsyncByteStream):
+        return response.aiter_bytes()
+    # Nothing to undo: the transport's bytes as they are, without httpx's decoder and
+    # chunker generators in between (two generator hops per streamed token).
+    return aiter(stream)
+
+
 class ChatStream:
     """An open streamed /api/chat answer. Iterate it for pieces; `metrics` is set at the end.
 
@@ -101,21 +112,36 @@ class ChatStream:
         self.metrics: Metrics | None = None
 
     async def __aiter__(self) -> AsyncIterator[Piece]:
+        async for batch in self.batches():
+            for piece in batch:
+                yield piece
+
+    async def batches(self) -> AsyncIterator[list[Piece]]:
+        """The pieces as they arrive, as a list per read: never empty, and one piece long
+        unless several lines came in together."""
         buffer = b""
         try:
-            async for data in self._response.aiter_bytes():
+            async for data in _body(self._response):
                 buffer += data
                 if b"\n" not in buffer:
                     continue
                 *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    piece = self._line(line)
-                    if piece is not None:
-                        yield piece
+                pieces: list[Piece] = []
+                try:
+                    for line in lines:
+                        piece = self._line(line)
+                        if piece is not None:
+                            pieces.append(piece)
+                except OllamaError:
+                    if pieces:  # what came before the failure still counts
+                        yield pieces
+                    raise
+                if pieces:
+                    yield pieces
             if buffer.strip():
                 piece = self._line(buffer)
                 if piece is not None:
-                    yield piece
+                    yield [piece]
         except httpx.TimeoutException as exc:
             raise OllamaTimeout(
                 f"Ollama at {self._address} sent nothing for too long mid-answer"
@@ -150,13 +176,49 @@ class ChatStream:
 
 
 class OllamaClient:
-    """Talks to one Ollama server through an `httpx.AsyncClient` owned by the caller."""
+    """Talks to one Ollama server over an httpx transport it owns (close it with `aclose`).
 
-    def __init__(self, http: httpx.AsyncClient, base_url: str) -> None:
-        self._http = http
+    Requests are `httpx.Request`s handed straight to the transport, with the timeouts in
+    their extensions as `httpx.AsyncClient` would put them. The client's own layers (auth,
+    redirects, cookie extraction, event hooks) were a third of a whole ask's CPU in the
+    gateway (docs/performance.md), and talking to Ollama needs none of them.
+    """
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        base_url: str,
+        timeout: httpx.Timeout | None = None,
+    ) -> None:
+        self._transport = transport
         self.address = base_url.rstrip("/")
-        # Parsed once: httpx parses a URL string again on every request.
+        self._timeout = (timeout or httpx.Timeout(300.0)).as_dict()
+        # Parsed once: a URL string would be parsed again on every request.
         self._chat_url = httpx.URL(self.address + "/api/chat")
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+    async def __aenter__(self) -> OllamaClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _request(self, method: str, url: httpx.URL, body: bytes | None = None) -> httpx.Request:
+        # `stream=` rather than `content=`: the headers are complete as given, so httpx
+        # skips its header merging (a tenth of an ask's CPU, measured).
+        if body is None:
+            headers = [(b"Host", url.netloc), *_ACCEPT]
+        else:
+            headers = [(b"Host", url.netloc), (b"Content-Length", b"%d" % len(body)), *_JSON]
+        return httpx.Request(
+            method,
+            url,
+            headers=headers,
+            stream=httpx.ByteStream(body or b""),
+            extensions={"timeout": self._timeout},
+        )
 
     @asynccontextmanager
     async def _errors(self) -> AsyncIterator[None]:
@@ -177,12 +239,25 @@ class OllamaClient:
             # A body its Content-Encoding does not describe (say, gzip that is not gzip).
             raise OllamaBadResponse(f"Ollama's answer could not be decoded: {exc}") from exc
 
-    async def _get(self, path: str) -> bytes:
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """The response, its body still unread (close it, or read it to the end)."""
         async with self._errors():
-            response = await self._http.get(self.address + path)
+            return await self._transport.handle_async_request(request)
+
+    async def _read(self, response: httpx.Response) -> bytes:
+        """The whole body; the response is closed afterwards."""
+        try:
+            async with self._errors():
+                return b"".join([part async for part in _body(response)])
+        finally:
+            await response.aclose()
+
+    async def _get(self, path: str) -> bytes:
+        response = await self._send(self._request("GET", httpx.URL(self.address + path)))
+        body = await self._read(response)
         if response.status_code != 200:
-            raise _status_error(response.status_code, response.content, "")
-        return response.content
+            raise _status_error(response.status_code, body, "")
+        return body
 
     async def models(self) -> list[str]:
         body = await self._get("/api/tags")
@@ -202,16 +277,16 @@ class OllamaClient:
 
     def _chat_request(self, model: str, messages: list[Message], stream: bool) -> httpx.Request:
         body = _encode(ChatRequest(model=model, messages=messages, stream=stream))
-        return self._http.build_request("POST", self._chat_url, content=body, headers=_JSON)
+        return self._request("POST", self._chat_url, body)
 
     async def chat(self, model: str, messages: list[Message]) -> Answer:
         """Ask for a whole answer at once (`stream: false`)."""
-        async with self._errors():
-            response = await self._http.send(self._chat_request(model, messages, stream=False))
+        response = await self._send(self._chat_request(model, messages, stream=False))
+        body = await self._read(response)
         if response.status_code != 200:
-            raise _status_error(response.status_code, response.content, model)
+            raise _status_error(response.status_code, body, model)
         try:
-            chunk = _decode_chunk(response.content)
+            chunk = _decode_chunk(body)
         except msgspec.DecodeError as exc:
             raise OllamaBadResponse(
                 f"Ollama's chat answer is not JSON of the chat shape: {exc}"
@@ -228,15 +303,8 @@ class OllamaClient:
 
         The caller must `aclose()` the returned stream.
         """
-        async with self._errors():
-            response = await self._http.send(
-                self._chat_request(model, messages, stream=True), stream=True
-            )
+        response = await self._send(self._chat_request(model, messages, stream=True))
         if response.status_code != 200:
-            try:
-                async with self._errors():
-                    body = await response.aread()
-            finally:
-                await response.aclose()
+            body = await self._read(response)
             raise _status_error(response.status_code, body, model)
         return ChatStream(response, self.address)

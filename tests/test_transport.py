@@ -84,6 +84,10 @@ def client(**timeouts: float) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=KeepAliveTransport(), timeout=httpx.Timeout(5.0, **timeouts))
 
 
+def ollama_at(url: str, **timeouts: float) -> OllamaClient:
+    return OllamaClient(KeepAliveTransport(), url, httpx.Timeout(5.0, **timeouts))
+
+
 def run(scenario: Callable[[], Awaitable[Any]]) -> Any:
     return asyncio.run(asyncio.wait_for(scenario(), 10))
 
@@ -388,15 +392,15 @@ def test_ollama_client_maps_transport_failures_to_its_own_errors() -> None:
     async def scenario() -> tuple[OllamaTimeout | None, Unavailable | None]:
         timeout: OllamaTimeout | None = None
         unavailable: Unavailable | None = None
-        async with serving(stall) as server, client(read=0.05) as http:
+        async with serving(stall) as server, ollama_at(server.url, read=0.05) as ollama:
             url = server.url
             try:
-                await OllamaClient(http, url).chat("llama3", [Message("user", "hi")])
+                await ollama.chat("llama3", [Message("user", "hi")])
             except OllamaTimeout as exc:
                 timeout = exc
-        async with client() as http:
+        async with ollama_at(url) as ollama:
             try:
-                await OllamaClient(http, url).chat("llama3", [Message("user", "hi")])
+                await ollama.chat("llama3", [Message("user", "hi")])
             except Unavailable as exc:
                 unavailable = exc
         return timeout, unavailable
@@ -413,8 +417,7 @@ def test_ollama_chat_round_trip_over_the_transport() -> None:
             writer.write(fixed(CHAT_REPLY, b"Content-Type: application/json\r\n"))
 
     async def scenario() -> tuple[str, int | None, int]:
-        async with serving(ollama) as server, client() as http:
-            ollama_client = OllamaClient(http, server.url)
+        async with serving(ollama) as server, ollama_at(server.url) as ollama_client:
             answers = [
                 await ollama_client.chat("llama3", [Message("user", "hi")]) for _ in range(2)
             ]
@@ -429,9 +432,9 @@ def test_a_body_its_encoding_does_not_describe_is_a_bad_response() -> None:
             writer.write(fixed(b"this is not gzip", b"Content-Encoding: gzip\r\n"))
 
     async def scenario() -> OllamaBadResponse | None:
-        async with serving(lying) as server, client() as http:
+        async with serving(lying) as server, ollama_at(server.url) as ollama:
             try:
-                await OllamaClient(http, server.url).chat("llama3", [Message("user", "hi")])
+                await ollama.chat("llama3", [Message("user", "hi")])
             except OllamaBadResponse as exc:
                 return exc
         return None
