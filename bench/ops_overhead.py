@@ -5,8 +5,9 @@
 1. RequestLog (request id header + one log line) around a trivial Starlette route,
    against the same app without it; the log goes to a StreamHandler on /dev/null, so
    formatting and writing the line are counted.
-2. Gateway.until_shutdown, which every await on Ollama goes through (once per streamed
-   token), against a bare await.
+2. The shutdown watch every await on Ollama goes through: Gateway.until_shutdown (once per
+   ask) and its inlined form in StreamedCall.events (once per upstream read of a stream),
+   against a bare await.
 
 Numbers are µs per call, best of 5 rounds; the machine is shared, so read ratios.
 """
@@ -71,10 +72,13 @@ async def _per_request(app: Starlette) -> float:
     return best * 1e6
 
 
-async def _per_await(bounded: bool) -> float:
+async def _per_await(how: str) -> float:
     gateway = Gateway.__new__(Gateway)
-    gateway.deadline = None
-    gateway._bounds = set()
+    gateway.cut = False
+    gateway._waiting = set()
+    gateway._cut_tasks = set()
+    task = asyncio.current_task()
+    assert task is not None
 
     async def piece() -> int:
         return 1
@@ -82,9 +86,21 @@ async def _per_await(bounded: bool) -> float:
     best = float("inf")
     for _ in range(5):
         start = time.perf_counter()
-        if bounded:
+        if how == "until_shutdown":
             for _ in range(N):
                 await gateway.until_shutdown(piece())
+        elif how == "inline":
+            # What StreamedCall.events does around each upstream read.
+            for _ in range(N):
+                gateway.waiting_on_ollama(task)
+                try:
+                    await piece()
+                except asyncio.CancelledError:
+                    if gateway.cut_short(task):
+                        raise RuntimeError("cut short") from None
+                    raise
+                finally:
+                    gateway.done_waiting(task)
         else:
             for _ in range(N):
                 await piece()
@@ -116,10 +132,12 @@ async def main() -> None:
         ("+ RequestLog, log level warning", ids_only),
     ]:
         print(f"{label:34}{value:7.1f} µs/request (+{value - bare:.1f})")
-    plain = await _per_await(bounded=False)
-    bounded = await _per_await(bounded=True)
+    plain = await _per_await("bare")
+    bounded = await _per_await("until_shutdown")
+    inline = await _per_await("inline")
     print(f"bare await                        {plain:7.2f} µs")
-    print(f"await via until_shutdown          {bounded:7.2f} µs (+{bounded - plain:.2f} per token)")
+    print(f"await via until_shutdown          {bounded:7.2f} µs (+{bounded - plain:.2f} per ask)")
+    print(f"shutdown watch, inline            {inline:7.2f} µs (+{inline - plain:.2f} per token)")
 
 
 if __name__ == "__main__":
