@@ -486,7 +486,11 @@ def main(argv: list[str] | None = None) -> int:
     setup = Setup(args, workdir, load_core, gateway_core)
     port = free_port()
     setup.upstream_url = f"http://127.0.0.1:{port}"
-    upstream = spawn([PYTHON, str(BENCH / "upstream.py"), "--port", str(port)], load_core)
+    upstream = spawn(
+        [PYTHON, str(BENCH / "upstream.py"), "--port", str(port)],
+        load_core,
+        workdir / "upstream.log",
+    )
     sections: list[str] = []
     try:
         wait_ready(upstream, setup.upstream_url + "/api/version", "the bench upstream")

@@ -122,6 +122,12 @@ class ChatStream:
         buffer = b""
         try:
             async for data in _body(self._response):
+                if not buffer and data.endswith(b"\n") and data.find(b"\n") == len(data) - 1:
+                    # The common case: one read, one whole line (a token).
+                    piece = self._line(data)
+                    if piece is not None:
+                        yield [piece]
+                    continue
                 buffer += data
                 if b"\n" not in buffer:
                     continue

@@ -332,6 +332,16 @@ class _Body(httpx.AsyncByteStream):
     def _parse_chunks(self, buffer: bytes) -> tuple[bytes, bytes, bool]:
         """The data of the whole chunks at the start of `buffer`, the rest, and whether the
         last chunk (and its trailers) has been read."""
+        # The common case when streaming: exactly one whole chunk, nothing more.
+        eol = buffer.find(b"\r\n")
+        if eol > 0:
+            start = eol + 2
+            try:
+                size = int(buffer[:eol], 16)
+            except ValueError:
+                size = -1  # a chunk extension, or garbage: the careful path decides
+            if size > 0 and len(buffer) == start + size + 2 and buffer.endswith(b"\r\n"):
+                return buffer[start : start + size], b"", False
         pieces: list[bytes] = []
         pos = 0
         done = False

@@ -21,6 +21,9 @@ from service import Call, Caller, Credentials, StreamedCall
 from .common import JSON, decode_body, decode_query, gateway_of
 from .openapi import CALLER, UNAUTHORIZED, Operation, Paths, Reply, error
 
+# The scope key under which GatewayApp puts the server's own `send`, for stream bodies.
+SERVER_SEND = "ollama_host.server_send"
+
 # Seconds after the grace period before sse-starlette cuts a stream of a stopping server
 # without a last word; the call's own `server_shutdown` event comes first.
 SHUTDOWN_MARGIN = 2.0
@@ -142,8 +145,10 @@ class CallEvents(EventSourceResponse):
             shutdown_grace_period=grace + SHUTDOWN_MARGIN,
         )
         self.call = call
+        self._body_send: Send | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._body_send = scope.get(SERVER_SEND)
         try:
             await super().__call__(scope, receive, send)
         finally:
@@ -153,7 +158,12 @@ class CallEvents(EventSourceResponse):
         # sse-starlette opens an anyio cancel scope around every event, even with no send
         # timeout set (ours); per relayed token that was a tenth of the gateway's CPU.
         if self.send_timeout is None:
-            await send(message)
+            body_send = self._body_send
+            if body_send is not None and message["type"] == "http.response.body":
+                # Past the middleware, whose wrappers only look at the response start.
+                await body_send(message)
+            else:
+                await send(message)
         else:
             await super()._send_with_timeout(send, message)
 
