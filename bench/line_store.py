@@ -93,9 +93,9 @@ class LineStore:
 def main() -> int:
     settings = parse_settings(sys.argv[1:])
     store = LineStore(settings.data_path)
-    # app.main opens the store by calling app.UsageStore(folder); hand it this one instead.
+    # app.main opens the store by calling app.UsageStore(folder, ...); hand it this one instead.
     module: Any = app
-    module.UsageStore = lambda folder: store
+    module.UsageStore = lambda folder, **options: store
     code: int = module.main(sys.argv[1:])
     return code
 

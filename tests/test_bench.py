@@ -28,3 +28,13 @@ def test_quick_bench_streams_and_cancellation_add_up() -> None:
     assert row.endswith("| ok |"), row
     assert "5/5 upstream connections closed" in done.stdout
     assert "5/5 records say `cancelled`" in done.stdout
+
+
+def test_quick_bench_runs_with_the_line_store_too() -> None:
+    argv = [sys.executable, str(ROOT / "bench" / "gateway_bench.py"), "--quick", "--store", "lines"]
+    argv += ["--only", "streams", "--streams", "5", "--ttft", "3", "--stream-seconds", "0.3"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    [row] = [line for line in done.stdout.splitlines() if line.startswith("| 5 |")][-1:]
+    assert row.endswith("| ok |"), row
