@@ -83,6 +83,8 @@ class RequestLog:
             self._log(scope, info, status or 500, time.perf_counter() - started)
 
     def _log(self, scope: Scope, info: RequestInfo, status: int, seconds: float) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
         # The path only: a GET stream's query string holds the prompt.
         fields: dict[str, Any] = {
             "id": info.id,
@@ -105,8 +107,20 @@ class RequestLog:
             if self.content:
                 fields["input"] = [[m.role, m.content] for m in record.input]
                 fields["output"] = record.output
-        text = " ".join(f"{key}={_text(value)}" for key, value in fields.items())
-        log.info("request %s", text, extra={"fields": fields})
+        # The line's text is made when the log thread formats it, not here on the event loop.
+        log.info("request %s", _Line(fields), extra={"fields": fields})
+
+
+class _Line:
+    """`key=value ...` of a request's fields, built only when the line is formatted."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return " ".join(f"{key}={_text(value)}" for key, value in self.fields.items())
 
 
 def _text(value: object) -> str:
