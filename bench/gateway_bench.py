@@ -29,6 +29,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -352,47 +353,66 @@ def streamed(setup: Setup) -> list[str]:
         "| gateway CPU s / 1,000 tokens | gateway peak RSS | steady tokens | run | checks |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    runs: dict[int, list[float]] = {}
     for n in args.streams:
-        project = f"streams-{n}"
-        ramp_seconds = args.ramp if args.ramp is not None else max(1.0, n / 500)
-        tokens = round(20 * (ramp_seconds + args.stream_seconds))
-        content = f"hello [[tokens={tokens}]] [[delay=0.05]]"
-        ramp = ["--streams", str(n), "--ramp", str(ramp_seconds)]
-        direct = stream_client(setup, setup.upstream_url, "/api/chat", _chat(content), *ramp)
-        with gateway(setup, project) as (url, proc):
-            sampler = Sampler(proc.pid)
-            cpu0 = sampler.cpu()
-            with sampler.watching():
-                via = stream_client(
-                    setup, url, "/api/v1/ai/ask_async", _ask(content, project), *ramp
-                )
-            cpu = sampler.cpu() - cpu0
-            recorded = wait_records(url, project, "ok", n, 30)
-        problems = []
-        for name, result in (("direct", direct), ("gateway", via)):
-            if result["completed"] != n or result["failed"]:
-                problems.append(f"{name}: {result['completed']}/{n} completed")
-            if result["tokens"] != n * tokens:
-                problems.append(f"{name}: {result['tokens']}/{n * tokens} tokens")
-            if result["disorder"]:
-                problems.append(f"{name}: {result['disorder']} out of order")
-        if recorded != n:
-            problems.append(f"{recorded}/{n} records ok")
-        for problem in problems:
-            setup.fail(f"{n} streams: {problem}")
-        per_k = cpu / max(1, via["tokens"]) * 1000
-        lines.append(
-            f"| {n:,} | {ramp_seconds:g} s "
-            f"| {direct['steady_p50_ms']:.2f} / {direct['steady_p99_ms']:.2f} ms "
-            f"| {via['steady_p50_ms']:.2f} / {via['steady_p99_ms']:.2f} ms "
-            f"| **{via['steady_p99_ms'] - direct['steady_p99_ms']:.2f} ms** "
-            f"| {via['latency_p99_ms']:.2f} ms | {via['gap_p99_ms']:.1f} ms | {per_k:.3f} "
-            f"| {sampler.peak_rss / 2**20:.0f} MB "
-            f"| {via['steady_tokens'] / max(1, via['tokens']):.0%} | {via['seconds']:.1f} s "
-            f"| {'ok' if not problems else 'FAILED'} |"
-        )
-        print(lines[-1], flush=True)
+        for run in range(args.repeat):
+            row, added_p99 = _streams_once(setup, n, run)
+            runs.setdefault(n, []).append(added_p99)
+            lines.append(row)
+            print(row, flush=True)
+    if args.repeat > 1:
+        lines.append("")
+        for n, values in runs.items():
+            values.sort()
+            lines.append(
+                f"- {n:,} streams, added p99 (steady) over {len(values)} runs: median "
+                f"**{statistics.median(values):.2f} ms**, from {values[0]:.2f} to {values[-1]:.2f} ms"
+            )
+            print(lines[-1], flush=True)
     return lines
+
+
+def _streams_once(setup: Setup, n: int, run: int) -> tuple[str, float]:
+    """One measurement of n concurrent streams: its table row, and the added p99."""
+    args = setup.args
+    project = f"streams-{n}" if run == 0 else f"streams-{n}-{run}"
+    ramp_seconds = args.ramp if args.ramp is not None else max(1.0, n / 500)
+    tokens = round(20 * (ramp_seconds + args.stream_seconds))
+    content = f"hello [[tokens={tokens}]] [[delay=0.05]]"
+    ramp = ["--streams", str(n), "--ramp", str(ramp_seconds)]
+    direct = stream_client(setup, setup.upstream_url, "/api/chat", _chat(content), *ramp)
+    with gateway(setup, project) as (url, proc):
+        sampler = Sampler(proc.pid)
+        cpu0 = sampler.cpu()
+        with sampler.watching():
+            via = stream_client(setup, url, "/api/v1/ai/ask_async", _ask(content, project), *ramp)
+        cpu = sampler.cpu() - cpu0
+        recorded = wait_records(url, project, "ok", n, 30)
+    problems = []
+    for name, result in (("direct", direct), ("gateway", via)):
+        if result["completed"] != n or result["failed"]:
+            problems.append(f"{name}: {result['completed']}/{n} completed")
+        if result["tokens"] != n * tokens:
+            problems.append(f"{name}: {result['tokens']}/{n * tokens} tokens")
+        if result["disorder"]:
+            problems.append(f"{name}: {result['disorder']} out of order")
+    if recorded != n:
+        problems.append(f"{recorded}/{n} records ok")
+    for problem in problems:
+        setup.fail(f"{n} streams: {problem}")
+    per_k = cpu / max(1, via["tokens"]) * 1000
+    added_p99: float = via["steady_p99_ms"] - direct["steady_p99_ms"]
+    row = (
+        f"| {n:,} | {ramp_seconds:g} s "
+        f"| {direct['steady_p50_ms']:.2f} / {direct['steady_p99_ms']:.2f} ms "
+        f"| {via['steady_p50_ms']:.2f} / {via['steady_p99_ms']:.2f} ms "
+        f"| **{added_p99:.2f} ms** "
+        f"| {via['latency_p99_ms']:.2f} ms | {via['gap_p99_ms']:.1f} ms | {per_k:.3f} "
+        f"| {sampler.peak_rss / 2**20:.0f} MB "
+        f"| {via['steady_tokens'] / max(1, via['tokens']):.0%} | {via['seconds']:.1f} s "
+        f"| {'ok' if not problems else 'FAILED'} |"
+    )
+    return row, added_p99
 
 
 def cancellation(setup: Setup) -> list[str]:
@@ -457,6 +477,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+")
     parser.add_argument("--streams", type=int, nargs="+")
     parser.add_argument("--stream-seconds", type=float, help="streaming time after the ramp")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure each stream count this many times (a row each, then the median)",
+    )
     parser.add_argument("--cancel", type=int)
     parser.add_argument("--ttft", type=int, help="sequential streams for TTFT")
     parser.add_argument(
