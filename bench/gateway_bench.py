@@ -366,7 +366,8 @@ def streamed(setup: Setup) -> list[str]:
             values.sort()
             lines.append(
                 f"- {n:,} streams, added p99 (steady) over {len(values)} runs: median "
-                f"**{statistics.median(values):.2f} ms**, from {values[0]:.2f} to {values[-1]:.2f} ms"
+                f"**{statistics.median(values):.2f} ms**, "
+                f"from {values[0]:.2f} to {values[-1]:.2f} ms"
             )
             print(lines[-1], flush=True)
     return lines

@@ -97,7 +97,9 @@ def test_tokens_are_flushed_as_they_arrive(client: httpx.Client, standin: StandI
 
 
 def test_keepalive_comments_while_the_model_loads(client: httpx.Client) -> None:
-    body = ask(content="[[load=1.2]] [[tokens=1]]", project=unique())
+    # The stream opens after --open-wait (1 s); pings come every 0.2 s (conftest). A load of
+    # 1.2 s left one ping's worth of margin, and the test failed now and then.
+    body = ask(content="[[load=2]] [[tokens=1]]", project=unique())
 
     with client.stream("POST", STREAM, json=body) as response:
         events, comments = read_events(response)

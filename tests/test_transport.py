@@ -277,7 +277,7 @@ def test_a_connect_that_hangs_is_a_connect_timeout(monkeypatch: pytest.MonkeyPat
     async def never(*args: object, **kwargs: object) -> None:
         await asyncio.Event().wait()
 
-    monkeypatch.setattr(asyncio, "open_connection", never)
+    monkeypatch.setattr(asyncio.BaseEventLoop, "create_connection", never)
 
     async def scenario() -> None:
         async with client(connect=0.05) as http:
