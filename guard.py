@@ -18,6 +18,7 @@ never buffers a body or a stream.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from http.cookies import SimpleCookie
@@ -41,7 +42,9 @@ def is_admin_path(path: str) -> bool:
     return path in ADMIN_PAGES or path.startswith(ADMIN_PREFIXES)
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_ip(host: str) -> bool:
+    # Cached: clients keep sending the same Host, and parsing it showed per request.
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:

@@ -7,7 +7,6 @@ leave it as `ollama_client.errors`, never as httpx exceptions.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
 import msgspec
@@ -226,35 +225,41 @@ class OllamaClient:
             extensions={"timeout": self._timeout},
         )
 
-    @asynccontextmanager
-    async def _errors(self) -> AsyncIterator[None]:
-        try:
-            yield
-        except (httpx.ConnectTimeout, httpx.ConnectError) as exc:
-            raise OllamaUnavailable(
+    def _failure(self, exc: httpx.HTTPError) -> OllamaError | None:
+        """The OllamaError an httpx failure stands for; None for one that is not a failure
+        of talking to Ollama (a bug here, which must surface as it is)."""
+        if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
+            return OllamaUnavailable(
                 f"cannot reach Ollama at {self.address} ({exc or type(exc).__name__}); "
                 "is it running? Set --ollama or OLLAMA_HOST to its address"
-            ) from exc
-        except httpx.TimeoutException as exc:
-            raise OllamaTimeout(f"Ollama at {self.address} did not answer in time") from exc
-        except httpx.TransportError as exc:
-            raise OllamaUnavailable(
-                f"the connection to Ollama at {self.address} failed: {exc}"
-            ) from exc
-        except httpx.DecodingError as exc:
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return OllamaTimeout(f"Ollama at {self.address} did not answer in time")
+        if isinstance(exc, httpx.TransportError):
+            return OllamaUnavailable(f"the connection to Ollama at {self.address} failed: {exc}")
+        if isinstance(exc, httpx.DecodingError):
             # A body its Content-Encoding does not describe (say, gzip that is not gzip).
-            raise OllamaBadResponse(f"Ollama's answer could not be decoded: {exc}") from exc
+            return OllamaBadResponse(f"Ollama's answer could not be decoded: {exc}")
+        return None
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         """The response, its body still unread (close it, or read it to the end)."""
-        async with self._errors():
+        # try/except, not a context manager: this runs on every ask.
+        try:
             return await self._transport.handle_async_request(request)
+        except httpx.HTTPError as exc:
+            if (failure := self._failure(exc)) is None:
+                raise
+            raise failure from exc
 
     async def _read(self, response: httpx.Response) -> bytes:
         """The whole body; the response is closed afterwards."""
         try:
-            async with self._errors():
-                return b"".join([part async for part in _body(response)])
+            return b"".join([part async for part in _body(response)])
+        except httpx.HTTPError as exc:
+            if (failure := self._failure(exc)) is None:
+                raise
+            raise failure from exc
         finally:
             await response.aclose()
 
