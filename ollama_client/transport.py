@@ -168,13 +168,18 @@ class _Connection(asyncio.Protocol):
             await self._more()
         return self._take(self._size)
 
+    def _ended_early(self, expected: int | None) -> BaseException:
+        """What a read that wanted more than the connection gave raises: its error if it
+        broke, else IncompleteReadError with what there was (as StreamReader does)."""
+        partial = self._take(self._size)
+        if self._error is not None:
+            return self._error
+        return asyncio.IncompleteReadError(partial, expected)
+
     async def readexactly(self, n: int) -> bytes:
         while self._size < n:
             if self._eof:
-                partial = self._take(self._size)
-                if self._error is not None:
-                    raise self._error
-                raise asyncio.IncompleteReadError(partial, n)
+                raise self._ended_early(n)
             await self._more()
         return self._take(n)
 
@@ -191,10 +196,7 @@ class _Connection(asyncio.Protocol):
                     raise asyncio.LimitOverrunError("separator not found in time", self._size)
                 start = max(0, self._size - len(separator) + 1)
             if self._eof:
-                partial = self._take(self._size)
-                if self._error is not None:
-                    raise self._error
-                raise asyncio.IncompleteReadError(partial, None)
+                raise self._ended_early(None)
             await self._more()
 
     def close(self) -> None:
