@@ -135,7 +135,9 @@ class _Connection(asyncio.Protocol):
             if self._error is not None:
                 raise self._error
             return
-        if self._reading_paused and self._size < _LIMIT and self.transport is not None:
+        if self._reading_paused and self.transport is not None:
+            # Someone waits for more, so read on, however much is buffered (a body larger
+            # than the pause threshold is read whole by readexactly).
             self._reading_paused = False
             self.transport.resume_reading()
         self._waiter = asyncio.get_running_loop().create_future()

@@ -113,6 +113,30 @@ def test_keep_alive_reuses_one_connection() -> None:
     assert connections == 1
 
 
+def test_bodies_larger_than_the_read_buffer_arrive_whole() -> None:
+    # Past 2 MiB unread the connection stops reading until someone waits for more; a body
+    # of 5 MiB, whole (Content-Length) or chunked, must still come through, twice in a row.
+    big = bytes(range(256)) * (5 * 4096)
+
+    async def large(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        while await server.read_request(reader) is not None:
+            if len(server.requests) == 1:
+                writer.write(fixed(big))
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                for at in range(0, len(big), 1 << 20):
+                    part = big[at : at + (1 << 20)]
+                    writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+                writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    async def scenario() -> list[bool]:
+        async with serving(large) as server, client() as http:
+            return [(await http.get(server.url)).content == big for _ in range(2)]
+
+    assert run(scenario) == [True, True]
+
+
 def test_request_line_headers_and_body_reach_the_server() -> None:
     async def scenario() -> bytes:
         async with serving(answer_forever) as server, client() as http:
