@@ -46,6 +46,8 @@ FOLD_MIN_SECONDS = 1.0
 FOLD_RECORDS = 4096
 FOLD_MAX_SECONDS = 300.0
 RETRY_SECONDS = 1.0
+# How long the first record of a batch waits for more before the journal write and fsync.
+GROUP_COMMIT = 0.01
 RETENTION_EVERY = 3600.0
 # Records held in memory while the disk refuses them; beyond this the newest are dropped.
 MAX_PENDING = 100_000
@@ -115,6 +117,7 @@ class UsageStore:
         self._wake = threading.Condition(self._lock)
         # Appended, not yet in the journal / being written to it / in the journal, not yet folded.
         self._pending: list[UsageRecord] = []
+        self._pending_since = 0.0  # when the first of them was appended
         self._committing: list[UsageRecord] = []
         self._unfolded: list[tuple[UsageRecord, bytes]] = []
         self._metas: list[SegmentMeta] = []
@@ -297,6 +300,7 @@ class UsageStore:
                 return
             self._pending.append(record)
             if len(self._pending) == 1:
+                self._pending_since = time.monotonic()
                 self._wake.notify()
 
     def _run(self) -> None:
@@ -317,7 +321,7 @@ class UsageStore:
                     now = time.monotonic()
                     if self._closing or self._flushes:
                         break
-                    if self._pending and now >= self._retry_at:
+                    if self._pending and now >= self._commit_at():
                         break
                     due = self._next_due(now)
                     if due <= now:
@@ -370,10 +374,16 @@ class UsageStore:
             return self._folded_at + FOLD_MIN_SECONDS
         return float("inf")
 
+    def _commit_at(self) -> float:
+        # Group commit: the first record of a batch waits GROUP_COMMIT seconds for others,
+        # so a steady trickle of calls costs one journal write and fsync per window, not
+        # per call (at one client, per-call fsyncs took a seventh of the gateway's core).
+        return max(self._retry_at, self._pending_since + GROUP_COMMIT)
+
     def _next_due(self, now: float) -> float:
         due = now + 3600.0
         if self._pending:
-            due = min(due, self._retry_at)
+            due = min(due, self._commit_at())
         if self._unfolded:
             fold_at = min(self._unfolded_since + FOLD_MAX_SECONDS, self._fold_by_size_at())
             due = min(due, max(fold_at, self._fold_retry_at))
