@@ -345,13 +345,16 @@ def streamed(setup: Setup) -> list[str]:
         "upstream writing a token's line to the client reading its event; *steady* counts only "
         "tokens read once every stream had its first token (no stream still being opened), "
         "*all* counts every token, the ramp included; *steady tokens* is the share of tokens "
-        "in the steady window (small when the gateway fell behind opening streams). CPU is the "
+        "in the steady window (small when the gateway fell behind opening streams). *Upstream "
+        "late* is how far behind its 50 ms schedule the upstream itself sent the lines (steady "
+        "window): a late upstream sends the overdue lines together, in a burst. CPU is the "
         "gateway's over the whole run, stream setup included; *run* is the client's wall time.",
         "",
         "| streams | ramp | direct p50 / p99 (steady) | gateway p50 / p99 (steady) "
         "| added p99 (steady) | gateway p99 (all) | gateway gap p99 "
+        "| upstream late p99 (direct / gateway run) "
         "| gateway CPU s / 1,000 tokens | gateway peak RSS | steady tokens | run | checks |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     runs: dict[int, list[float]] = {}
     for n in args.streams:
@@ -373,6 +376,11 @@ def streamed(setup: Setup) -> list[str]:
     return lines
 
 
+def _late(result: dict[str, Any]) -> str:
+    late = result.get("upstream_late_p99_ms")
+    return "n/a" if late is None else f"{late:.1f}"
+
+
 def _streams_once(setup: Setup, n: int, run: int) -> tuple[str, float]:
     """One measurement of n concurrent streams: its table row, and the added p99."""
     args = setup.args
@@ -380,7 +388,7 @@ def _streams_once(setup: Setup, n: int, run: int) -> tuple[str, float]:
     ramp_seconds = args.ramp if args.ramp is not None else max(1.0, n / 500)
     tokens = round(20 * (ramp_seconds + args.stream_seconds))
     content = f"hello [[tokens={tokens}]] [[delay=0.05]]"
-    ramp = ["--streams", str(n), "--ramp", str(ramp_seconds)]
+    ramp = ["--streams", str(n), "--ramp", str(ramp_seconds), "--interval", "0.05"]
     direct = stream_client(setup, setup.upstream_url, "/api/chat", _chat(content), *ramp)
     with gateway(setup, project) as (url, proc):
         sampler = Sampler(proc.pid)
@@ -408,7 +416,9 @@ def _streams_once(setup: Setup, n: int, run: int) -> tuple[str, float]:
         f"| {direct['steady_p50_ms']:.2f} / {direct['steady_p99_ms']:.2f} ms "
         f"| {via['steady_p50_ms']:.2f} / {via['steady_p99_ms']:.2f} ms "
         f"| **{added_p99:.2f} ms** "
-        f"| {via['latency_p99_ms']:.2f} ms | {via['gap_p99_ms']:.1f} ms | {per_k:.3f} "
+        f"| {via['latency_p99_ms']:.2f} ms | {via['gap_p99_ms']:.1f} ms "
+        f"| {_late(direct)} / {_late(via)} ms "
+        f"| {per_k:.3f} "
         f"| {sampler.peak_rss / 2**20:.0f} MB "
         f"| {via['steady_tokens'] / max(1, via['tokens']):.0%} | {via['seconds']:.1f} s "
         f"| {'ok' if not problems else 'FAILED'} |"

@@ -38,6 +38,7 @@ class Stream(asyncio.Protocol):
         self.tokens = 0
         self.last_ns = 0
         self.first_token_ns = 0
+        self.first_sent_ns = 0
         self.sent_ns = 0
         self.done = False
         self.failed = False
@@ -66,10 +67,17 @@ class Stream(asyncio.Protocol):
             if i != self.next_index:
                 self.disorder += 1
             self.next_index = i + 1
-            latency = now - int(sent)
+            sent_ns = int(sent)
+            latency = now - sent_ns
             client.latencies.append(latency)
+            if i == 0:
+                self.first_sent_ns = sent_ns
             if client.steady:
                 client.steady_latencies.append(latency)
+                if client.interval_ns:
+                    # How late the upstream itself sent this line against its schedule.
+                    due = self.first_sent_ns + i * client.interval_ns
+                    client.lateness.append(max(0, sent_ns - due))
             if self.last_ns:
                 client.gaps.append(now - self.last_ns)
             else:
@@ -114,6 +122,8 @@ class Client:
         self.streaming = 0
         self.steady_latencies: list[int] = []
         self.gaps: list[int] = []
+        self.lateness: list[int] = []
+        self.interval_ns = int(args.interval * 1e9)
         self.waiting: set[Stream] = set()
         self.all_ready = asyncio.get_running_loop().create_future()
         self.expected = args.streams
@@ -182,6 +192,7 @@ async def run(args: Any) -> dict[str, Any]:
         "steady_p50_ms": _percentile(client.steady_latencies, 0.50),
         "steady_p99_ms": _percentile(client.steady_latencies, 0.99),
         "gap_p99_ms": _percentile(client.gaps, 0.99),
+        "upstream_late_p99_ms": _percentile(client.lateness, 0.99),
         "ttft_p50_ms": _percentile(ttfts, 0.50),
         "left_at": left_at,
         "seconds": time.monotonic() - started,
@@ -212,6 +223,12 @@ def main() -> None:
     parser.add_argument("--leave-after", type=int, default=0, help="hang up after K tokens")
     parser.add_argument("--sequential", type=int, default=0, help="measure TTFT one at a time")
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=0.0,
+        help="the upstream's seconds between lines: report how late it sent them (steady)",
+    )
     args = parser.parse_args()
     result = uvloop.run(ttft(args) if args.sequential else run(args))
     json.dump(result, sys.stdout)
