@@ -168,7 +168,10 @@ class _Lines(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
     def flush_batch(self) -> None:
-        super().flush()
+        # emit() reports its own failures; a stream that cannot even flush (stderr gone)
+        # has nowhere to report to, and must not end the log thread.
+        with contextlib.suppress(Exception):
+            super().flush()
 
 
 class _LogThread:
