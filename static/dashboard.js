@@ -57,7 +57,9 @@ function fmtSeconds(value) {
 }
 
 function fmtRate(value) {
-  return value === null || value === undefined ? "–" : value.toFixed(1);
+  if (value === null || value === undefined) return "–";
+  // 9.9 tok/s keeps its decimal; 2,962,963 (a model that reports microseconds) gets commas.
+  return value < 100 ? value.toFixed(1) : numberFormat.format(Math.round(value));
 }
 
 function fmtTime(iso) {
