@@ -6,6 +6,8 @@ import io
 import logging
 import time
 
+import pytest
+
 import requestlog
 
 
@@ -49,3 +51,29 @@ def test_stop_writes_out_everything_queued() -> None:
     thread.stop()
 
     assert stream.getvalue().splitlines() == [f"line {n}" for n in range(1000)]
+
+
+class Recursing:
+    def __str__(self) -> str:
+        return str(self)
+
+
+def test_a_record_that_cannot_be_formatted_is_reported_and_the_rest_written(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stream = io.StringIO()
+    handler = requestlog._Lines(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    thread = requestlog._LogThread(handler)
+    logger = _logger(thread, "test.recursing")
+    logger.info("before")
+    logger.info("bad %s", Recursing())  # RecursionError, which StreamHandler.emit re-raises
+    logger.info("after")
+    time.sleep(3 * thread.BATCH_SECONDS)
+
+    alive = thread._thread.is_alive()
+    thread.stop()
+
+    assert alive
+    assert stream.getvalue().splitlines() == ["before", "after"]
+    assert "RecursionError" in capsys.readouterr().err  # logging's handleError reported it
