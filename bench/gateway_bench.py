@@ -246,14 +246,30 @@ def wrk(setup: Setup, url: str, body: str, connections: int) -> dict[str, Any]:
         check=True,
         preexec_fn=lambda: os.sched_setaffinity(0, setup.load_core),
     )
-    out = proc.stdout
+    return parse_wrk(proc.stdout, url)
+
+
+def parse_wrk(out: str, url: str = "") -> dict[str, Any]:
+    """req/s, p50 and p99 (ms), counts and errors from wrk --latency's report."""
+
+    def percentile(p: int) -> float:
+        # Anchored to the distribution's own lines: the "+/- Stdev" columns end in "%"
+        # too, and one ending in 50% or 99% (say 84.50%) was once read as the percentile.
+        found = re.search(rf"^\s+{p}%\s+([\d.]+(?:us|ms|s|m))$", out, re.M)
+        if found is None:
+            raise RuntimeError(f"wrk printed no {p}th percentile for {url}:\n{out}")
+        return _ms(found.group(1))
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if rps is None:
+        raise RuntimeError(f"wrk printed no Requests/sec for {url}:\n{out}")
     found = re.search(r"(\d+) requests in", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
     return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50": _ms(re.search(r"50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
-        "p99": _ms(re.search(r"99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        "rps": float(rps.group(1)),
+        "p50": percentile(50),
+        "p99": percentile(99),
         "requests": int(found.group(1)) if found else 0,
         "non2xx": int(errors.group(1)) if errors else 0,
         "socket_errors": socket_errors.group(1) if socket_errors else "",

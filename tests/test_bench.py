@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from bench.gateway_bench import parse_wrk
 from tests.gateway_proc import ROOT
 
 pytestmark = pytest.mark.server
@@ -38,3 +39,29 @@ def test_quick_bench_runs_with_the_line_store_too() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     [row] = [line for line in done.stdout.splitlines() if line.startswith("| 5 |")][-1:]
     assert row.endswith("| ok |"), row
+
+
+WRK_REPORT = """Running 5s test @ http://127.0.0.1:5000/api/v1/ai/ask_sync
+  1 threads and 256 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    94.07ms   41.86ms    1.02s    84.50%
+    Req/Sec     2.74k   817.67     3.73k    71.99%
+  Latency Distribution
+     50%   82.68ms
+     75%  118.16ms
+     90%  149.98ms
+     99%    1.02s
+  13605 requests in 5.01s, 2.30MB read
+  Non-2xx or 3xx responses: 3
+Requests/sec:   2715.92
+Transfer/sec:    469.45KB
+"""
+
+
+def test_wrk_percentiles_are_read_from_the_distribution_not_the_stdev_column() -> None:
+    parsed = parse_wrk(WRK_REPORT)
+
+    assert parsed["p50"] == 82.68
+    assert parsed["p99"] == 1020.0
+    assert parsed["rps"] == 2715.92
+    assert (parsed["requests"], parsed["non2xx"]) == (13605, 3)
