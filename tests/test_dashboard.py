@@ -303,6 +303,25 @@ def test_theme_toggle_is_remembered(page: Page, site: Gateway) -> None:
     assert page.evaluate("getComputedStyle(document.body).backgroundColor") != light
 
 
+def test_the_toggle_overrides_a_dark_system(browser: Browser, site: Gateway) -> None:
+    context = browser.new_context(color_scheme="dark")
+    page = context.new_page()
+    try:
+        open_dashboard(page, site)
+        background = "getComputedStyle(document.body).backgroundColor"
+        system_dark = page.evaluate(background)
+        page.click("#theme")  # auto -> light
+        expect(page.locator("#theme")).to_have_text("Theme: light")
+        chosen_light = page.evaluate(background)
+        page.click("#theme")  # light -> dark
+        chosen_dark = page.evaluate(background)
+    finally:
+        context.close()
+
+    assert system_dark == chosen_dark == "rgb(17, 20, 24)"
+    assert chosen_light == "rgb(246, 247, 249)"
+
+
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize(("name", "viewport"), [("laptop", LAPTOP), ("phone", PHONE)])
 def test_screenshots_fit_the_screen(
