@@ -407,12 +407,6 @@ def _event(name: str, seq: int, data: msgspec.Struct) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, name.encode(), _encode(data))
 
 
-def _token(seq: int, piece: Piece) -> bytes:
-    # _event("token", ...) without the struct: the same bytes, once per relayed token.
-    data = _encode(TokenEvent(piece.content, piece.thinking))
-    return b"id: %d\nevent: token\ndata: %s\n\n" % (seq, data)
-
-
 class StreamedCall:
     """A streamed ask: opens upstream, yields SSE events, and is always closed."""
 
@@ -455,13 +449,9 @@ class StreamedCall:
             batches = stream.batches()
             task = asyncio.current_task()
             assert task is not None
-            waiting = gateway._waiting
             while True:
-                # gateway.until_shutdown, inlined (waiting_on_ollama, done_waiting, cut_short):
-                # this runs once per upstream read, and each call here costs per token.
-                if gateway.cut:
-                    raise ShuttingDown
-                waiting.add(task)
+                # until_shutdown's steps, without its coroutine: this runs per upstream read.
+                gateway.waiting_on_ollama(task)
                 try:
                     batch = await anext(batches)
                 except StopAsyncIteration:
@@ -471,21 +461,15 @@ class StreamedCall:
                         raise ShuttingDown from None
                     raise
                 finally:
-                    waiting.discard(task)
+                    gateway.done_waiting(task)
                 # Every token that one read brought goes out in one write: when the
                 # gateway falls behind, it catches up in fewer, larger sends.
-                if len(batch) == 1:
-                    piece = batch[0]
-                    call.add(piece)
-                    seq += 1
-                    yield _token(seq, piece)
-                    continue
                 events = []
                 for piece in batch:
                     call.add(piece)
                     seq += 1
-                    events.append(_token(seq, piece))
-                yield b"".join(events)
+                    events.append(_event("token", seq, TokenEvent(piece.content, piece.thinking)))
+                yield b"".join(events)  # one event: the same bytes object, not a copy
             record = call.finish("ok", stream.metrics)
             yield _event("done", seq + 1, Usage.of(record))
         except ShuttingDown:
