@@ -190,26 +190,20 @@ def test_chunks_split_across_reads_are_reassembled() -> None:
     assert b"".join(run(scenario)) == b"line one\nline two\n"
 
 
-def test_a_body_that_runs_to_the_close_is_read_and_the_connection_not_reused() -> None:
-    async def until_close(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.0 200 OK\r\n\r\nall of it")
-        await writer.drain()
-
-    async def scenario() -> tuple[list[bytes], int]:
-        async with serving(until_close) as server, client() as http:
-            bodies = [(await http.get(server.url)).content for _ in range(2)]
-            return bodies, server.connections
-
-    bodies, connections = run(scenario)
-    assert bodies == [b"all of it", b"all of it"]
-    assert connections == 2
-
-
-def test_connection_close_header_means_a_new_connection_next_time() -> None:
+@pytest.mark.parametrize(
+    ("answer", "body"),
+    [
+        # A body that runs to the close (HTTP/1.0, no length): read whole, never reused.
+        (b"HTTP/1.0 200 OK\r\n\r\nall of it", b"all of it"),
+        # Connection: close: a new connection next time.
+        (fixed(b"once", b"Connection: close\r\n"), b"once"),
+    ],
+    ids=["body-to-the-close", "connection-close"],
+)
+def test_a_connection_the_server_will_close_is_not_reused(answer: bytes, body: bytes) -> None:
     async def closing(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
         await server.read_request(reader)
-        writer.write(fixed(b"once", b"Connection: close\r\n"))
+        writer.write(answer)
         await writer.drain()
 
     async def scenario() -> tuple[list[bytes], int]:
@@ -218,7 +212,7 @@ def test_connection_close_header_means_a_new_connection_next_time() -> None:
             return bodies, server.connections
 
     bodies, connections = run(scenario)
-    assert bodies == [b"once", b"once"]
+    assert bodies == [body, body]
     assert connections == 2
 
 
