@@ -62,6 +62,15 @@ def fill(store: UsageStore, records: list[UsageRecord]) -> None:
     asyncio.run(store.flush())
 
 
+def read_all(data_dir: Path) -> list[UsageRecord]:
+    """Open the store on data_dir (as at startup), read every record newest first, close it."""
+    store = UsageStore(data_dir)
+    try:
+        return query(store, limit=1000)
+    finally:
+        store.close()
+
+
 def query(store: UsageStore, **fields: object) -> list[UsageRecord]:
     return asyncio.run(store.query(msgspec.convert(fields, UsageQuery)))
 
@@ -288,11 +297,7 @@ def test_journal_left_by_a_crash_is_folded_in_at_startup(
     _journal(data_dir, kept[5:], tail=files.encode(record(99))[:40])
 
     with caplog.at_level(logging.WARNING):
-        store = UsageStore(data_dir)
-    try:
-        found = query(store, limit=1000)
-    finally:
-        store.close()
+        found = read_all(data_dir)
 
     assert found == sorted(kept, key=lambda r: r.id, reverse=True)
     assert [d["id"] for d in tinydb_docs(data_dir / "usage")] == [r.id for r in kept]
@@ -361,11 +366,7 @@ def test_truncated_closed_file_is_moved_aside_the_rest_kept(
     oldest.write_bytes(oldest.read_bytes()[:-100])
 
     with caplog.at_level(logging.ERROR):
-        store = UsageStore(data_dir)
-    try:
-        found = query(store, limit=1000)
-    finally:
-        store.close()
+        found = read_all(data_dir)
 
     assert found == sorted(records[50:], key=lambda r: r.id, reverse=True)
     assert list((data_dir / "usage").glob(f"{oldest.name}.corrupt-*"))
@@ -510,11 +511,7 @@ def test_the_single_file_log_of_earlier_versions_is_imported(
         db.table("usage").insert_multiple(msgspec.to_builtins(records))
 
     with caplog.at_level(logging.WARNING):
-        store = UsageStore(data_dir)
-    try:
-        found = query(store, limit=1000)
-    finally:
-        store.close()
+        found = read_all(data_dir)
 
     assert found == sorted(records, key=lambda r: r.id, reverse=True)
     assert [d["id"] for d in tinydb_docs(data_dir / "usage")] == [r.id for r in records]
