@@ -5,8 +5,8 @@
 1. RequestLog (request id header + one log line) around a trivial Starlette route,
    against the same app without it; the log goes to a StreamHandler on /dev/null, so
    formatting and writing the line are counted.
-2. The shutdown watch every await on Ollama goes through: Gateway.until_shutdown (once per
-   ask) and its inlined form in StreamedCall.events (once per upstream read of a stream),
+2. The shutdown watch every await on an upstream goes through: Drain.guard (once per
+   ask) and its inlined form in CallStream.events (once per upstream read of a stream),
    against a bare await.
 
 Numbers are µs per call, best of 5 rounds; the machine is shared, so read ratios.
@@ -26,8 +26,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from requestlog import JSONFormatter, RequestLog
-from service import Gateway
+from calls.shutdown import Drain
+from ollama_host.requestlog import JSONFormatter, RequestLog
 
 N = 20_000
 
@@ -73,10 +73,7 @@ async def _per_request(app: Starlette) -> float:
 
 
 async def _per_await(how: str) -> float:
-    gateway = Gateway.__new__(Gateway)
-    gateway.cut = False
-    gateway._waiting = set()
-    gateway._cut_tasks = set()
+    drain = Drain()
     task = asyncio.current_task()
     assert task is not None
 
@@ -86,21 +83,21 @@ async def _per_await(how: str) -> float:
     best = float("inf")
     for _ in range(5):
         start = time.perf_counter()
-        if how == "until_shutdown":
+        if how == "guard":
             for _ in range(N):
-                await gateway.until_shutdown(piece())
+                await drain.guard(piece())
         elif how == "inline":
-            # What StreamedCall.events does around each upstream read.
+            # What CallStream.events does around each upstream read.
             for _ in range(N):
-                gateway.waiting_on_ollama(task)
+                drain.waiting(task)
                 try:
                     await piece()
                 except asyncio.CancelledError:
-                    if gateway.cut_short(task):
+                    if drain.cut_short(task):
                         raise RuntimeError("cut short") from None
                     raise
                 finally:
-                    gateway.done_waiting(task)
+                    drain.done_waiting(task)
         else:
             for _ in range(N):
                 await piece()
@@ -133,10 +130,10 @@ async def main() -> None:
     ]:
         print(f"{label:34}{value:7.1f} µs/request (+{value - bare:.1f})")
     plain = await _per_await("bare")
-    bounded = await _per_await("until_shutdown")
+    bounded = await _per_await("guard")
     inline = await _per_await("inline")
     print(f"bare await                        {plain:7.2f} µs")
-    print(f"await via until_shutdown          {bounded:7.2f} µs (+{bounded - plain:.2f} per ask)")
+    print(f"await via guard          {bounded:7.2f} µs (+{bounded - plain:.2f} per ask)")
     print(f"shutdown watch, inline            {inline:7.2f} µs (+{inline - plain:.2f} per token)")
 
 

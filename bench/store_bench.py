@@ -31,8 +31,8 @@ from pathlib import Path
 import msgspec
 from tinydb import TinyDB
 
-from store import InputMessage, UsageQuery, UsageRecord, UsageStore, files, iso
-from store.usage_store import SEGMENT_RECORDS
+from store import InputMessage, TinyDBStore, UsageQuery, UsageRecord, files, iso
+from store.tinydb import SEGMENT_RECORDS
 
 PROJECTS = [f"project-{n}" for n in range(8)]
 RARE = "project-rare"  # one record in a thousand
@@ -140,7 +140,7 @@ class Row(msgspec.Struct):
 
 def bench_appends(data: Path, maker: Maker, count: int) -> tuple[float, float, float]:
     """Appends/s (appended and durable in the TinyDB files), p50 and p99 append() in µs."""
-    store = UsageStore(data)
+    store = TinyDBStore(data)
     records = [maker.live(n) for n in range(count)]
     latencies: list[float] = []
     clock = time.perf_counter_ns
@@ -189,7 +189,7 @@ def tinydb_file(path: Path, maker: Maker, count: int) -> None:
 def startup_probe(data: Path) -> None:
     """Run in a fresh process: open the store, print seconds taken and peak RSS in MB."""
     began = time.perf_counter()
-    store = UsageStore(data)
+    store = TinyDBStore(data)
     opened = time.perf_counter() - began
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent.
     status = Path("/proc/self/status").read_text().splitlines()
@@ -210,7 +210,7 @@ def timed(run: Callable[[], int], times: int) -> tuple[float, float, int]:
 
 
 def bench_reads(data: Path, scale: str) -> Iterator[tuple[str, str]]:
-    store = UsageStore(data)
+    store = TinyDBStore(data)
 
     def query(q: UsageQuery) -> Callable[[], int]:
         return lambda: len(asyncio.run(store.query(q)))

@@ -1,35 +1,8 @@
-"""Everything the gateway knows about Ollama's wire format and failures."""
+"""An Ollama server as an upstream: the only code that knows Ollama's wire format."""
 
 from __future__ import annotations
 
-from .client import Answer, ChatStream, Metrics, OllamaClient, Piece
-from .errors import (
-    ModelNotFound,
-    OllamaBadResponse,
-    OllamaBusy,
-    OllamaError,
-    OllamaFailed,
-    OllamaRejected,
-    OllamaTimeout,
-    OllamaUnavailable,
-)
+from .client import OllamaStream, OllamaUpstream
 from .transport import KeepAliveTransport
-from .wire import Message
 
-__all__ = [
-    "Answer",
-    "ChatStream",
-    "KeepAliveTransport",
-    "Message",
-    "Metrics",
-    "ModelNotFound",
-    "OllamaBadResponse",
-    "OllamaBusy",
-    "OllamaClient",
-    "OllamaError",
-    "OllamaFailed",
-    "OllamaRejected",
-    "OllamaTimeout",
-    "OllamaUnavailable",
-    "Piece",
-]
+__all__ = ["KeepAliveTransport", "OllamaStream", "OllamaUpstream"]

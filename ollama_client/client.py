@@ -1,67 +1,65 @@
-"""The Ollama client: the gateway's only caller of httpx.
+"""An Ollama server as an upstream: `calls.upstream.Upstream` over Ollama's native API.
 
-Durations leave this module in seconds (Ollama sends nanoseconds), and failures
-leave it as `ollama_client.errors`, never as httpx exceptions.
+Durations leave this module in seconds (Ollama sends nanoseconds), and failures leave it as
+the gateway's neutral `calls.errors.UpstreamError`s, never as httpx exceptions. Every read is
+bounded: a line by `max_line`, a whole body by `max_body`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import msgspec
 
-from .errors import (
+from calls.errors import (
     ModelNotFound,
-    OllamaBadResponse,
-    OllamaBusy,
-    OllamaError,
-    OllamaFailed,
-    OllamaRejected,
-    OllamaTimeout,
-    OllamaUnavailable,
+    UpstreamBadResponse,
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamFailed,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
 )
-from .wire import ChatChunk, ChatRequest, ErrorReply, Message, Tags, Version
+from calls.types import (
+    Answer,
+    CallRequest,
+    Embeddings,
+    EmbedRequest,
+    Metrics,
+    ModelInfo,
+    Piece,
+)
+from calls.upstream import UpstreamHealth
+
+from . import wire
+from .lines import LineTooLong, split_lines
 
 _encode = msgspec.json.Encoder().encode
-_decode_chunk = msgspec.json.Decoder(ChatChunk).decode
-_decode_error = msgspec.json.Decoder(ErrorReply).decode
-_decode_tags = msgspec.json.Decoder(Tags).decode
-_decode_version = msgspec.json.Decoder(Version).decode
+_decode_chat = msgspec.json.Decoder(wire.ChatChunk).decode
+_decode_generate = msgspec.json.Decoder(wire.GenerateChunk).decode
+_decode_error = msgspec.json.Decoder(wire.ErrorReply).decode
+_decode_tags = msgspec.json.Decoder(wire.RawTags).decode
+_decode_version = msgspec.json.Decoder(wire.Version).decode
+_decode_embed = msgspec.json.Decoder(wire.EmbedReply).decode
+_decode_object = msgspec.json.Decoder(dict[str, Any]).decode
 _ACCEPT = [(b"Accept", b"application/json"), (b"User-Agent", b"ollama-host")]
 _JSON = [*_ACCEPT, (b"Content-Type", b"application/json")]
 
-
-class Metrics(msgspec.Struct, kw_only=True):
-    """Ollama's own account of one answer, durations in seconds; None when it sent none."""
-
-    done_reason: str | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    upstream_seconds: float | None = None
-    load_seconds: float | None = None
-    prompt_eval_seconds: float | None = None
-    eval_seconds: float | None = None
-
-
-class Piece(msgspec.Struct):
-    """One streamed chunk of the answer."""
-
-    content: str
-    thinking: str | None = None
-
-
-class Answer(msgspec.Struct):
-    content: str
-    metrics: Metrics
-    thinking: str | None = None
+# /health must answer quickly even when Ollama hangs.
+PROBE_SECONDS = 3.0
+MAX_LINE = 4 << 20
+MAX_BODY = 64 << 20
 
 
 def _seconds(ns: int | None) -> float | None:
     return None if ns is None else ns / 1e9
 
 
-def _metrics(chunk: ChatChunk) -> Metrics:
+def _metrics(chunk: wire.ChatChunk | wire.GenerateChunk) -> Metrics:
     return Metrics(
         done_reason=chunk.done_reason,
         input_tokens=chunk.prompt_eval_count,
@@ -70,10 +68,11 @@ def _metrics(chunk: ChatChunk) -> Metrics:
         load_seconds=_seconds(chunk.load_duration),
         prompt_eval_seconds=_seconds(chunk.prompt_eval_duration),
         eval_seconds=_seconds(chunk.eval_duration),
+        context=chunk.context if isinstance(chunk, wire.GenerateChunk) else None,
     )
 
 
-def _status_error(status: int, body: bytes, model: str) -> OllamaError:
+def _status_error(status: int, body: bytes, model: str) -> UpstreamError:
     try:
         message = _decode_error(body).error
     except msgspec.DecodeError:
@@ -82,10 +81,10 @@ def _status_error(status: int, body: bytes, model: str) -> OllamaError:
     if status == 404:
         return ModelNotFound(message or f'model "{model}" not found')
     if status == 503:
-        return OllamaBusy(message)
+        return UpstreamBusy(message)
     if status == 400:
-        return OllamaRejected(message)
-    return OllamaFailed(f"Ollama answered {status}: {message}")
+        return UpstreamRejected(message)
+    return UpstreamFailed(f"Ollama answered {status}: {message}")
 
 
 def _body(response: httpx.Response) -> AsyncIterator[bytes]:
@@ -98,90 +97,95 @@ def _body(response: httpx.Response) -> AsyncIterator[bytes]:
     return aiter(stream)
 
 
-class ChatStream:
-    """An open streamed /api/chat answer. Iterate it for pieces; `metrics` is set at the end.
+def _piece(
+    line: bytes, completion: bool
+) -> tuple[Piece | None, wire.ChatChunk | wire.GenerateChunk]:
+    """One NDJSON line: its piece of the answer (None if it carries none), and the chunk."""
+    chunk: wire.ChatChunk | wire.GenerateChunk
+    if completion:
+        chunk = _decode_generate(line)
+        if chunk.response or chunk.thinking:
+            return Piece(chunk.response, chunk.thinking), chunk
+        return None, chunk
+    chunk = _decode_chat(line)
+    message = chunk.message
+    if message is None or not (message.content or message.thinking or message.tool_calls):
+        return None, chunk
+    return message, chunk
+
+
+class OllamaStream:
+    """An open streamed answer (`calls.upstream.AnswerStream`); `metrics` is set at the end.
 
     Closing it closes the upstream connection, which is how Ollama learns to stop
     generating an answer nobody will read.
     """
 
-    def __init__(self, response: httpx.Response, address: str) -> None:
+    def __init__(
+        self, response: httpx.Response, address: str, name: str, completion: bool, max_line: int
+    ) -> None:
         self._response = response
         self._address = address
+        self._completion = completion
+        self._max_line = max_line
+        self.upstream: str | None = name
+        self.attempts = 1
         self.metrics: Metrics | None = None
 
-    async def __aiter__(self) -> AsyncIterator[Piece]:
-        async for batch in self.batches():
-            for piece in batch:
-                yield piece
-
     async def batches(self) -> AsyncIterator[list[Piece]]:
-        """The pieces as they arrive, as a list per read: never empty, and one piece long
-        unless several lines came in together."""
-        buffer = b""
         try:
-            async for data in _body(self._response):
-                if not buffer and data.endswith(b"\n") and data.find(b"\n") == len(data) - 1:
-                    # The common case: one read, one whole line (a token).
-                    piece = self._line(data)
-                    if piece is not None:
-                        yield [piece]
-                    continue
-                buffer += data
-                if b"\n" not in buffer:
-                    continue
-                *lines, buffer = buffer.split(b"\n")
+            async for lines in split_lines(_body(self._response), self._max_line):
                 pieces: list[Piece] = []
                 try:
                     for line in lines:
                         piece = self._line(line)
                         if piece is not None:
                             pieces.append(piece)
-                except OllamaError:
+                except UpstreamError:
                     if pieces:  # what came before the failure still counts
                         yield pieces
                     raise
                 if pieces:
                     yield pieces
-            if buffer.strip():
-                piece = self._line(buffer)
-                if piece is not None:
-                    yield [piece]
+        except LineTooLong as exc:
+            raise UpstreamBadResponse(
+                f"Ollama at {self._address} sent a line longer than {exc.limit} bytes "
+                "(--max-upstream-line); the answer was cut off there"
+            ) from None
         except httpx.TimeoutException as exc:
-            raise OllamaTimeout(
+            raise UpstreamTimeout(
                 f"Ollama at {self._address} sent nothing for too long mid-answer"
             ) from exc
         except httpx.TransportError as exc:
-            raise OllamaUnavailable(
+            raise UpstreamUnavailable(
                 f"the connection to Ollama at {self._address} broke mid-answer: {exc}"
             ) from exc
         except httpx.DecodingError as exc:
-            raise OllamaBadResponse(f"Ollama's answer could not be decoded: {exc}") from exc
+            raise UpstreamBadResponse(f"Ollama's answer could not be decoded: {exc}") from exc
         if self.metrics is None:
-            raise OllamaBadResponse("Ollama's stream ended without its final `done` line")
+            raise UpstreamBadResponse("Ollama's stream ended without its final `done` line")
 
     def _line(self, line: bytes) -> Piece | None:
         if not line.strip():
             return None
         try:
-            chunk = _decode_chunk(line)
+            piece, chunk = _piece(line, self._completion)
         except msgspec.DecodeError as exc:
-            raise OllamaBadResponse(f"Ollama sent a line that is not a chat chunk: {exc}") from exc
+            raise UpstreamBadResponse(
+                f"Ollama sent a line that is not an answer chunk: {exc}"
+            ) from exc
         if chunk.error is not None:
-            raise OllamaFailed(chunk.error)
+            raise UpstreamFailed(chunk.error)
         if chunk.done:
             self.metrics = _metrics(chunk)
-        message = chunk.message
-        if message is None or (not message.content and not message.thinking):
-            return None
-        return Piece(message.content, message.thinking)
+        return piece
 
     async def aclose(self) -> None:
         await self._response.aclose()
 
 
-class OllamaClient:
-    """Talks to one Ollama server over an httpx transport it owns (close it with `aclose`).
+class OllamaUpstream:
+    """One Ollama server (`calls.upstream.Upstream`), over an httpx transport it owns.
 
     Requests are `httpx.Request`s handed straight to the transport, with the timeouts in
     their extensions as `httpx.AsyncClient` would put them. The client's own layers (auth,
@@ -189,26 +193,38 @@ class OllamaClient:
     gateway (docs/performance.md), and talking to Ollama needs none of them.
     """
 
+    kind = "ollama"
+
     def __init__(
         self,
         transport: httpx.AsyncBaseTransport,
         base_url: str,
         timeout: httpx.Timeout | None = None,
+        *,
+        name: str = "ollama",
+        max_line: int = MAX_LINE,
+        max_body: int = MAX_BODY,
     ) -> None:
         self._transport = transport
+        self.name = name
         self.address = base_url.rstrip("/")
         self._timeout = (timeout or httpx.Timeout(300.0)).as_dict()
+        self.max_line = max_line
+        self.max_body = max_body
         # Parsed once: a URL string would be parsed again on every request.
         self._chat_url = httpx.URL(self.address + "/api/chat")
+        self._generate_url = httpx.URL(self.address + "/api/generate")
 
     async def aclose(self) -> None:
         await self._transport.aclose()
 
-    async def __aenter__(self) -> OllamaClient:
+    async def __aenter__(self) -> OllamaUpstream:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    # -- HTTP --------------------------------------------------------------------------------
 
     def _request(self, method: str, url: httpx.URL, body: bytes | None = None) -> httpx.Request:
         # `stream=` rather than `content=`: the headers are complete as given, so httpx
@@ -225,21 +241,21 @@ class OllamaClient:
             extensions={"timeout": self._timeout},
         )
 
-    def _failure(self, exc: httpx.HTTPError) -> OllamaError | None:
-        """The OllamaError an httpx failure stands for; None for one that is not a failure
+    def _failure(self, exc: httpx.HTTPError) -> UpstreamError | None:
+        """The UpstreamError an httpx failure stands for; None for one that is not a failure
         of talking to Ollama (a bug here, which must surface as it is)."""
         if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
-            return OllamaUnavailable(
+            return UpstreamUnavailable(
                 f"cannot reach Ollama at {self.address} ({exc or type(exc).__name__}); "
                 "is it running? Set --ollama or OLLAMA_HOST to its address"
             )
         if isinstance(exc, httpx.TimeoutException):
-            return OllamaTimeout(f"Ollama at {self.address} did not answer in time")
+            return UpstreamTimeout(f"Ollama at {self.address} did not answer in time")
         if isinstance(exc, httpx.TransportError):
-            return OllamaUnavailable(f"the connection to Ollama at {self.address} failed: {exc}")
+            return UpstreamUnavailable(f"the connection to Ollama at {self.address} failed: {exc}")
         if isinstance(exc, httpx.DecodingError):
             # A body its Content-Encoding does not describe (say, gzip that is not gzip).
-            return OllamaBadResponse(f"Ollama's answer could not be decoded: {exc}")
+            return UpstreamBadResponse(f"Ollama's answer could not be decoded: {exc}")
         return None
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
@@ -253,69 +269,175 @@ class OllamaClient:
             raise failure from exc
 
     async def _read(self, response: httpx.Response) -> bytes:
-        """The whole body; the response is closed afterwards."""
+        """The whole body, at most max_body bytes; the response is closed afterwards."""
+        parts: list[bytes] = []
+        size = 0
         try:
-            return b"".join([part async for part in _body(response)])
+            async for part in _body(response):
+                size += len(part)
+                if size > self.max_body:
+                    raise UpstreamBadResponse(
+                        f"Ollama at {self.address} sent an answer larger than {self.max_body} "
+                        "bytes (--max-upstream-body)"
+                    )
+                parts.append(part)
         except httpx.HTTPError as exc:
             if (failure := self._failure(exc)) is None:
                 raise
             raise failure from exc
         finally:
             await response.aclose()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def _get(self, path: str) -> bytes:
-        response = await self._send(self._request("GET", httpx.URL(self.address + path)))
-        body = await self._read(response)
+    async def _call(
+        self, method: str, path: str, body: bytes | None = None, model: str = ""
+    ) -> bytes:
+        request = self._request(method, httpx.URL(self.address + path), body)
+        return await self._call_request(request, model)
+
+    async def _call_request(self, request: httpx.Request, model: str) -> bytes:
+        """The whole body of a 200 answer; any other status as its UpstreamError."""
+        response = await self._send(request)
+        data = await self._read(response)
         if response.status_code != 200:
-            raise _status_error(response.status_code, body, "")
-        return body
+            raise _status_error(response.status_code, data, model)
+        return data
 
-    async def models(self) -> list[str]:
-        body = await self._get("/api/tags")
+    # -- the Upstream interface --------------------------------------------------------------
+
+    async def models(self) -> list[ModelInfo]:
+        body = await self._call("GET", "/api/tags")
         try:
-            return [m.name for m in _decode_tags(body).models]
-        except msgspec.DecodeError as exc:
-            raise OllamaBadResponse(
+            entries = _decode_tags(body).models
+            return [ModelInfo(name=entry["name"], details=entry) for entry in entries]
+        except (msgspec.DecodeError, KeyError, TypeError) as exc:
+            raise UpstreamBadResponse(
                 f"Ollama's /api/tags answer is not a model list: {exc}"
             ) from exc
 
+    async def loaded(self) -> list[dict[str, Any]]:
+        body = await self._call("GET", "/api/ps")
+        try:
+            return _decode_tags(body).models
+        except msgspec.DecodeError as exc:
+            raise UpstreamBadResponse(f"Ollama's /api/ps answer is unreadable: {exc}") from exc
+
+    async def show(self, model: str) -> dict[str, Any]:
+        body = await self._call("POST", "/api/show", _encode(wire.ShowRequest(model)), model)
+        try:
+            return _decode_object(body)
+        except msgspec.DecodeError as exc:
+            raise UpstreamBadResponse(f"Ollama's /api/show answer is unreadable: {exc}") from exc
+
     async def version(self) -> str:
-        body = await self._get("/api/version")
+        body = await self._call("GET", "/api/version")
         try:
             return _decode_version(body).version
         except msgspec.DecodeError as exc:
-            raise OllamaBadResponse(f"Ollama's /api/version answer is unreadable: {exc}") from exc
+            raise UpstreamBadResponse(f"Ollama's /api/version answer is unreadable: {exc}") from exc
 
-    def _chat_request(self, model: str, messages: list[Message], stream: bool) -> httpx.Request:
-        body = _encode(ChatRequest(model=model, messages=messages, stream=stream))
-        return self._request("POST", self._chat_url, body)
-
-    async def chat(self, model: str, messages: list[Message]) -> Answer:
-        """Ask for a whole answer at once (`stream: false`)."""
-        response = await self._send(self._chat_request(model, messages, stream=False))
-        body = await self._read(response)
-        if response.status_code != 200:
-            raise _status_error(response.status_code, body, model)
+    async def health(self) -> list[UpstreamHealth]:
+        state = UpstreamHealth(name=self.name, kind=self.kind, address=self.address, status="down")
         try:
-            chunk = _decode_chunk(body)
+            async with asyncio.timeout(PROBE_SECONDS):
+                state.version = await self.version()
+            state.status = "up"
+        except UpstreamError as exc:
+            state.error = exc.message
+        except TimeoutError:
+            state.error = f"Ollama at {self.address} did not answer within {PROBE_SECONDS:g} s"
+        return [state]
+
+    def _ask(self, request: CallRequest, stream: bool) -> httpx.Request:
+        g = request.generation
+        body: wire.ChatRequest | wire.GenerateRequest
+        completion = request.completion
+        if completion is None:
+            body = wire.ChatRequest(
+                model=request.model,
+                messages=request.messages,
+                stream=stream,
+                format=g.format,
+                options=g.options,
+                keep_alive=g.keep_alive,
+                think=g.think,
+                tools=g.tools,
+            )
+            url = self._chat_url
+        else:
+            body = wire.GenerateRequest(
+                model=request.model,
+                prompt=completion.prompt,
+                suffix=completion.suffix,
+                system=completion.system,
+                template=completion.template,
+                context=completion.context,
+                raw=completion.raw,
+                images=completion.images,
+                stream=stream,
+                format=g.format,
+                options=g.options,
+                keep_alive=g.keep_alive,
+                think=g.think,
+            )
+            url = self._generate_url
+        # Fields Ollama takes that the gateway has no name for go along; its own fields win.
+        data = _encode({**g.extra, **msgspec.to_builtins(body)}) if g.extra else _encode(body)
+        return self._request("POST", url, data)
+
+    async def answer(self, request: CallRequest) -> Answer:
+        """A whole answer at once (`stream: false`)."""
+        model = request.model
+        body = await self._call_request(self._ask(request, stream=False), model)
+        completion = request.completion is not None
+        try:
+            piece, chunk = _piece(body, completion)
         except msgspec.DecodeError as exc:
-            raise OllamaBadResponse(
-                f"Ollama's chat answer is not JSON of the chat shape: {exc}"
+            raise UpstreamBadResponse(
+                f"Ollama's answer is not JSON of the answer's shape: {exc}"
             ) from exc
         if chunk.error is not None:
-            raise OllamaFailed(chunk.error)
-        message = chunk.message
-        if message is None:
-            return Answer("", _metrics(chunk))
-        return Answer(message.content, _metrics(chunk), message.thinking)
+            raise UpstreamFailed(chunk.error)
+        piece = piece or Piece()
+        return Answer(
+            content=piece.content,
+            metrics=_metrics(chunk),
+            thinking=piece.thinking,
+            tool_calls=piece.tool_calls,
+            upstream=self.name,
+        )
 
-    async def open_chat(self, model: str, messages: list[Message]) -> ChatStream:
+    async def open_stream(self, request: CallRequest) -> OllamaStream:
         """Start a streamed answer; returns once Ollama has accepted it (status 200).
 
         The caller must `aclose()` the returned stream.
         """
-        response = await self._send(self._chat_request(model, messages, stream=True))
+        response = await self._send(self._ask(request, stream=True))
         if response.status_code != 200:
             body = await self._read(response)
-            raise _status_error(response.status_code, body, model)
-        return ChatStream(response, self.address)
+            raise _status_error(response.status_code, body, request.model)
+        return OllamaStream(
+            response, self.address, self.name, request.completion is not None, self.max_line
+        )
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        body = wire.EmbedRequest(
+            model=request.model,
+            input=request.input,
+            truncate=request.truncate,
+            dimensions=request.dimensions,
+            options=request.options,
+            keep_alive=request.keep_alive,
+        )
+        data = await self._call("POST", "/api/embed", _encode(body), request.model)
+        try:
+            reply = _decode_embed(data)
+        except msgspec.DecodeError as exc:
+            raise UpstreamBadResponse(f"Ollama's /api/embed answer is unreadable: {exc}") from exc
+        return Embeddings(
+            vectors=reply.embeddings,
+            input_tokens=reply.prompt_eval_count,
+            upstream_seconds=_seconds(reply.total_duration),
+            load_seconds=_seconds(reply.load_duration),
+            upstream=self.name,
+        )

@@ -26,6 +26,9 @@ import httpx
 
 # Longer lines or header blocks than this are not an Ollama server talking.
 _LIMIT = 1 << 20
+# How much a connection holds unread before it stops reading the socket (and TCP pushes back
+# on the server): what a stream keeps for a client that reads slowly, or not at all.
+READ_BUFFER = 256 << 10
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -44,8 +47,9 @@ class _Connection(asyncio.Protocol):
     one it finds without copying.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pause_at: int = READ_BUFFER) -> None:
         self.transport: asyncio.Transport | None = None
+        self.pause_at = pause_at
         self.used = False  # has served a request: a failure may be a stale keep-alive
         self.idle_since = 0.0
         self._chunks: list[bytes] = []
@@ -66,7 +70,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._chunks.append(data)
         self._size += len(data)
-        if self._size > 2 * _LIMIT and not self._reading_paused and self.transport is not None:
+        if self._size > self.pause_at and not self._reading_paused and self.transport is not None:
             # Nobody reads fast enough: let TCP push back on the server.
             self._reading_paused = True
             self.transport.pause_reading()
@@ -136,8 +140,8 @@ class _Connection(asyncio.Protocol):
                 raise self._error
             return
         if self._reading_paused and self.transport is not None:
-            # Someone waits for more, so read on, however much is buffered (a body larger
-            # than the pause threshold is read whole by readexactly).
+            # Someone waits for more, so read on, however much is buffered (a response head
+            # larger than the pause threshold is read whole by readuntil).
             self._reading_paused = False
             self.transport.resume_reading()
         self._waiter = asyncio.get_running_loop().create_future()
@@ -160,15 +164,16 @@ class _Connection(asyncio.Protocol):
         self._size -= n
         return data
 
-    async def read(self) -> bytes:
-        """What has arrived (waiting for something if nothing has); b"" at EOF."""
+    async def read(self, at_most: int | None = None) -> bytes:
+        """What has arrived, at most `at_most` bytes (waiting for something if nothing has);
+        b"" at EOF."""
         while not self._size:
             if self._eof:
                 if self._error is not None:
                     raise self._error
                 return b""
             await self._more()
-        return self._take(self._size)
+        return self._take(self._size if at_most is None else min(at_most, self._size))
 
     def _ended_early(self, expected: int | None) -> BaseException:
         """What a read that wanted more than the connection gave raises: its error if it
@@ -219,8 +224,11 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
     connection, `write` for sending the request, `read` for each wait on the server.
     """
 
-    def __init__(self, *, max_idle: int = 100, keepalive_expiry: float = 60.0) -> None:
+    def __init__(
+        self, *, max_idle: int = 100, keepalive_expiry: float = 60.0, read_buffer: int = READ_BUFFER
+    ) -> None:
         self._idle: dict[tuple[bytes, bytes, int], list[_Connection]] = {}
+        self._read_buffer = read_buffer
         self._max_idle = max_idle
         self._expiry = keepalive_expiry
         self._ssl: ssl.SSLContext | None = None
@@ -287,7 +295,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
                 self._ssl = ssl.create_default_context()
             context = self._ssl
         try:
-            conn = _Connection()
+            conn = _Connection(self._read_buffer)
             async with asyncio.timeout(_timeout(request, "connect")):
                 await asyncio.get_running_loop().create_connection(
                     lambda: conn, host.decode("ascii"), port, ssl=context
@@ -446,24 +454,31 @@ class _Body(httpx.AsyncByteStream):
             raise httpx.StreamClosed()
         try:
             if self._chunked:
-                # One read per arrival, every whole chunk in it parsed at once: a streamed
-                # answer is a chunk per token, and each await or generator hop per token counts.
-                buffer = b""
+                # One read per arrival, everything in it decoded at once: a streamed answer
+                # is a chunk per token, and each await or generator hop per token counts.
+                chunks = _Dechunker(self._request)
                 while True:
-                    data, buffer, done = self._parse_chunks(buffer)
-                    if data:
-                        yield data
-                    if done:
-                        break
                     more = await self._read(conn.read())
                     if not more:
                         raise httpx.RemoteProtocolError(
                             "the server closed the connection mid-body", request=self._request
                         )
-                    buffer += more
+                    data = chunks.feed(more)
+                    if data:
+                        yield data
+                    if chunks.done:
+                        break
             elif self._length is not None:
-                if self._length:
-                    yield await self._read(conn.readexactly(self._length))
+                # As it arrives, not whole: a large body never sits in memory at once.
+                left = self._length
+                while left:
+                    data = await self._read(conn.read(left))
+                    if not data:
+                        raise httpx.RemoteProtocolError(
+                            "the server closed the connection mid-body", request=self._request
+                        )
+                    left -= len(data)
+                    yield data
             else:
                 while data := await self._read(conn.read()):
                     yield data
@@ -478,52 +493,6 @@ class _Body(httpx.AsyncByteStream):
             self._transport._release(self._key, conn)
         else:
             self._drop()
-
-    def _parse_chunks(self, buffer: bytes) -> tuple[bytes, bytes, bool]:
-        """The data of the whole chunks at the start of `buffer`, the rest, and whether the
-        last chunk (and its trailers) has been read."""
-        # The common case when streaming: exactly one whole chunk, nothing more.
-        eol = buffer.find(b"\r\n")
-        if eol > 0:
-            start = eol + 2
-            try:
-                size = int(buffer[:eol], 16)
-            except ValueError:
-                size = -1  # a chunk extension, or garbage: the careful path decides
-            if size > 0 and len(buffer) == start + size + 2 and buffer.endswith(b"\r\n"):
-                return buffer[start : start + size], b"", False
-        pieces: list[bytes] = []
-        pos = 0
-        done = False
-        while (eol := buffer.find(b"\r\n", pos)) >= 0:
-            size = self._chunk_size(buffer[pos:eol])
-            if size == 0:
-                # Trailers, if any, then the blank line that ends the body.
-                done = buffer.find(b"\r\n\r\n", eol) >= 0
-                break
-            start = eol + 2
-            if len(buffer) < start + size + 2:
-                break
-            if buffer[start + size : start + size + 2] != b"\r\n":
-                raise httpx.RemoteProtocolError("malformed chunk", request=self._request)
-            pieces.append(buffer[start : start + size])
-            pos = start + size + 2
-        rest = buffer[pos:] if pos else buffer
-        if len(rest) > _LIMIT and rest.find(b"\r\n") < 0:
-            raise httpx.RemoteProtocolError("a chunk size line is too long", request=self._request)
-        return b"".join(pieces), rest, done
-
-    def _chunk_size(self, line: bytes) -> int:
-        text = line.split(b";", 1)[0].strip()
-        try:
-            size = int(text, 16)
-            if size < 0:
-                raise ValueError(text)
-            return size
-        except ValueError:
-            raise httpx.RemoteProtocolError(
-                f"bad chunk size {text[:40]!r}", request=self._request
-            ) from None
 
     async def _read(self, reading: Any) -> bytes:
         try:
@@ -590,3 +559,94 @@ class _Body(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         self._drop()
+
+
+class _Dechunker:
+    """Decodes a chunked body as it arrives, in linear time: a chunk's data goes out as soon
+    as it is in, whole chunk or not, so a huge chunk is never held (or copied) whole."""
+
+    __slots__ = ("_crlf", "_head", "_left", "_request", "_tail", "done", "ending")
+
+    def __init__(self, request: httpx.Request) -> None:
+        self._request = request
+        self._left = 0  # data bytes still to come in the current chunk
+        self._crlf = 0  # bytes of the CRLF after a chunk's data still to come
+        self._head = b""  # a chunk-size line not complete yet
+        self._tail = b""  # trailers, after the last chunk
+        self.ending = False  # the last (empty) chunk has come; trailers follow
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        """The body data in `data`; sets `done` once the body is complete."""
+        if not (self._left or self._crlf or self._head or self.ending):
+            # The common case when streaming: exactly one whole chunk, nothing more.
+            eol = data.find(b"\r\n")
+            if eol > 0:
+                start = eol + 2
+                try:
+                    size = int(data[:eol], 16)
+                except ValueError:
+                    size = -1  # a chunk extension, or garbage: the careful path decides
+                if size > 0 and len(data) == start + size + 2 and data.endswith(b"\r\n"):
+                    return data[start : start + size]
+        out: list[bytes] = []
+        pos = 0
+        while pos < len(data) and not self.done:
+            if self.ending:
+                self._trailers(data[pos:])
+                break
+            if self._crlf:
+                expected = b"\r\n"[2 - self._crlf :]
+                got = data[pos : pos + self._crlf]
+                if not expected.startswith(got):
+                    raise httpx.RemoteProtocolError("malformed chunk", request=self._request)
+                pos += len(got)
+                self._crlf -= len(got)
+                continue
+            if self._left:
+                piece = data[pos : pos + self._left]
+                out.append(piece)
+                pos += len(piece)
+                self._left -= len(piece)
+                if not self._left:
+                    self._crlf = 2
+                continue
+            if self._head:
+                # A size line split across reads: rare, and short, so joining is cheap.
+                data, pos = self._head + data[pos:], 0
+                self._head = b""
+            eol = data.find(b"\r\n", pos)
+            if eol < 0:
+                self._head = data[pos:]
+                if len(self._head) > _LIMIT:
+                    raise httpx.RemoteProtocolError(
+                        "a chunk size line is too long", request=self._request
+                    )
+                break
+            size = self._size(data[pos:eol])
+            pos = eol + 2
+            if size:
+                self._left = size
+            else:
+                self.ending = True
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _trailers(self, data: bytes) -> None:
+        # After the last chunk: trailer lines, if any, then the empty line that ends the body.
+        self._tail += data
+        if self._tail.startswith(b"\r\n") or b"\r\n\r\n" in self._tail:
+            self.done = True
+        elif len(self._tail) > _LIMIT:
+            raise httpx.RemoteProtocolError("the trailers are too long", request=self._request)
+
+    def _size(self, line: bytes) -> int:
+        text = line.split(b";", 1)[0].strip()
+        try:
+            size = int(text, 16)
+            if size < 0:
+                raise ValueError(text)
+            return size
+        except ValueError:
+            raise httpx.RemoteProtocolError(
+                f"bad chunk size {text[:40]!r}", request=self._request
+            ) from None

@@ -1,34 +1,60 @@
 """Ollama's wire format, as msgspec structs: the only place that knows it.
 
-Every metric field may be absent (Go `omitempty`), so each is optional here and a
-missing count stays unknown (None) instead of becoming zero.
+Every metric field may be absent (Go `omitempty`), so each is optional here and a missing
+count stays unknown (None) instead of becoming zero. The gateway's own `Message` and `Piece`
+have Ollama's field names, so they are encoded and decoded here as they are.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
-
-class Message(msgspec.Struct, omit_defaults=True):
-    role: str
-    content: str
+from calls.types import Message, Piece
 
 
 class ChatRequest(msgspec.Struct, omit_defaults=True):
     model: str
     messages: list[Message]
     stream: bool = True
+    format: str | dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: str | float | None = None
+    think: bool | str | None = None
+    tools: list[dict[str, Any]] | None = None
 
 
-class ChunkMessage(msgspec.Struct):
-    content: str = ""
-    thinking: str | None = None
+class GenerateRequest(msgspec.Struct, omit_defaults=True):
+    model: str
+    prompt: str = ""
+    suffix: str | None = None
+    system: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+    raw: bool | None = None
+    images: list[str] | None = None
+    stream: bool = True
+    format: str | dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: str | float | None = None
+    think: bool | str | None = None
 
 
-class ChatChunk(msgspec.Struct):
-    """One line of a streamed /api/chat answer, or the whole non-streamed answer."""
+class EmbedRequest(msgspec.Struct, omit_defaults=True):
+    model: str
+    input: list[str]
+    truncate: bool | None = None
+    dimensions: int | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: str | float | None = None
 
-    message: ChunkMessage | None = None
+
+class ShowRequest(msgspec.Struct):
+    model: str
+
+
+class _Metrics(msgspec.Struct):
     done: bool = False
     done_reason: str | None = None
     error: str | None = None
@@ -38,6 +64,28 @@ class ChatChunk(msgspec.Struct):
     prompt_eval_duration: int | None = None
     eval_count: int | None = None
     eval_duration: int | None = None
+
+
+class ChatChunk(_Metrics):
+    """One line of a streamed /api/chat answer, or the whole non-streamed answer."""
+
+    # Ollama's message has our Piece's fields (content, thinking, tool_calls), and a role.
+    message: Piece | None = None
+
+
+class GenerateChunk(_Metrics):
+    """One line of a streamed /api/generate answer, or the whole non-streamed answer."""
+
+    response: str = ""
+    thinking: str | None = None
+    context: list[int] | None = None
+
+
+class EmbedReply(msgspec.Struct):
+    embeddings: list[list[float]] = msgspec.field(default_factory=list)
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
 
 
 class ErrorReply(msgspec.Struct):
@@ -50,6 +98,12 @@ class TagModel(msgspec.Struct):
 
 class Tags(msgspec.Struct):
     models: list[TagModel] = msgspec.field(default_factory=list)
+
+
+class RawTags(msgspec.Struct):
+    """/api/tags and /api/ps with each model as the server described it."""
+
+    models: list[dict[str, Any]] = msgspec.field(default_factory=list)
 
 
 class Version(msgspec.Struct):

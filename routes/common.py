@@ -1,18 +1,27 @@
-"""What every route shares: the JSON response, error responses, decoding."""
+"""What every route shares: the JSON response, the gateway's error shape, decoding, and the
+steps every front takes around a call (credentials, the call's id, a client that hangs up)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive
 
-import requestlog
-from errors import ApiError, api_error, error_body
+from access.guard import SESSION_COOKIE
+from access.identity import Credentials
+from calls.errors import CallError, call_error
+from calls.pipeline import CallInfo
+from ollama_host import requestlog
+
+from .schemas import ErrorBody, ErrorDetail
 
 if TYPE_CHECKING:
-    from service import Gateway
+    from calls.pipeline import Gateway
 
 T = TypeVar("T")
 
@@ -29,9 +38,24 @@ class JSON(Response):
         return encoder.encode(content)
 
 
-def error_response(error: ApiError) -> JSON:
+def error_body(error: CallError) -> ErrorBody:
+    return ErrorBody(
+        ErrorDetail(
+            status=error.status, code=error.code, message=error.message, request_id=error.request_id
+        )
+    )
+
+
+def with_request_id(error: CallError) -> CallError:
+    """The error, naming the request it ended (the id of its record, for an ask)."""
     if error.request_id is None and (info := requestlog.current.get()) is not None:
         error.request_id = info.id
+    return error
+
+
+def error_response(error: CallError) -> JSON:
+    """The gateway's own error shape: the seed's API and the admin API."""
+    with_request_id(error)
     headers = dict(error.headers)
     if error.request_id:
         headers["X-Request-Id"] = error.request_id
@@ -39,27 +63,61 @@ def error_response(error: ApiError) -> JSON:
 
 
 def gateway_of(request: Request) -> Gateway:
-    """The app's Gateway, put in the request state by the lifespan."""
-    gateway: Gateway = request.state.gateway
+    """The app's Gateway, put in the app's state by the lifespan."""
+    gateway: Gateway = request.app.state.gateway
     return gateway
+
+
+def call_info(request: Request, front: str) -> CallInfo:
+    """A call's identity: the request's id (so header, log line and record agree), the front,
+    and the path it came in by."""
+    info = requestlog.current.get()
+    call_id = info.id if info is not None else requestlog.new_id()
+    return CallInfo(id=call_id, front=front, endpoint=request.url.path)
+
+
+def credentials(
+    request: Request, *, ticket: str | None = None, user_key: str | None = None
+) -> Credentials:
+    """What the request brought to prove who it is: a Bearer token, the admin cookie, a
+    stream ticket, or the seed's user_key."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    bearer = value.strip() if scheme.lower() == "bearer" and value.strip() else None
+    return Credentials(
+        bearer=bearer,
+        session=request.cookies.get(SESSION_COOKIE),
+        ticket=ticket,
+        user_key=user_key,
+    )
+
+
+async def read_body(request: Request) -> bytes:
+    """The whole body (the guard has bounded it); 499 if the client left mid-body."""
+    try:
+        return await request.body()
+    except ClientDisconnect:
+        # The client left before sending its body: nobody will read this answer.
+        raise CallError(
+            499, "client_gone", "the client closed the connection mid-request"
+        ) from None
+
+
+def decoder_for(kind: type[T]) -> msgspec.json.Decoder[T]:
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+    return decoder
 
 
 async def decode_body(request: Request, kind: type[T]) -> T:
     """Decode a JSON body into a struct: 400 if it isn't JSON, 422 if it's the wrong JSON."""
-    try:
-        body = await request.body()
-    except ClientDisconnect:
-        # The client left before sending its body: nobody will read this answer.
-        raise ApiError(499, "client_gone", "the client closed the connection mid-request") from None
+    body = await read_body(request)
     if not body.strip():
-        raise ApiError(400, "invalid_json", "the body is empty; send a JSON object")
-    decoder = _decoders.get(kind)
-    if decoder is None:
-        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+        raise CallError(400, "invalid_json", "the body is empty; send a JSON object")
     try:
-        return decoder.decode(body)  # type: ignore[no-any-return]
+        return decoder_for(kind).decode(body)
     except msgspec.DecodeError as exc:
-        raise api_error(exc) from exc
+        raise call_error(exc) from exc
 
 
 def decode_query(request: Request, kind: type[T]) -> T:
@@ -67,18 +125,56 @@ def decode_query(request: Request, kind: type[T]) -> T:
     params: dict[str, Any] = {}
     for key, value in request.query_params.multi_items():
         if key in params:
-            raise ApiError(
+            raise CallError(
                 422, "invalid_request", f"query parameter `{key}` is given more than once"
             )
         params[key] = value
     try:
         decoded = msgspec.convert(params, kind, strict=False)
     except msgspec.ValidationError as exc:
-        raise api_error(exc) from exc
+        raise call_error(exc) from exc
     for key in params:
         # Lax conversion reads "null" as None; a parameter that is given is never None.
         if getattr(decoded, key, "") is None:
-            raise ApiError(
+            raise CallError(
                 422, "invalid_request", f"query parameter `{key}` cannot be {params[key]!r}"
             )
     return decoded
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+    """Run `work`, but cancel it if the client hangs up first (so the upstream stops too);
+    None if it did.
+
+    The work runs in this task and only the watcher gets one of its own: a task and an
+    asyncio.wait less per call than running both side by side.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    running = True
+    left = False
+
+    def on_watcher_done(watcher: asyncio.Future[None]) -> None:
+        nonlocal left
+        if watcher.cancelled() or watcher.exception() is not None or not running:
+            return
+        left = True
+        task.cancel()
+
+    watcher = asyncio.ensure_future(_disconnected(request.receive))
+    watcher.add_done_callback(on_watcher_done)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        # Only our own cancel becomes "the client left"; a shutdown's cancel propagates.
+        if left and task.uncancel() == 0:
+            return None
+        raise
+    finally:
+        running = False
+        watcher.cancel()

@@ -2,37 +2,27 @@
 
 from __future__ import annotations
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ollama_client import OllamaError
-from schemas import Health, OllamaHealth, StoreHealthReply
-from settings import __version__
+from ollama_host import __version__
 
 from .common import JSON, gateway_of
 from .openapi import Operation, Paths, Reply
-
-# /health must answer quickly even when Ollama hangs.
-OLLAMA_PROBE_SECONDS = 3.0
+from .schemas import Health, OllamaHealth, StoreHealthReply
 
 
 async def health(request: Request) -> Response:
     gateway = gateway_of(request)
-    address = gateway.ollama.address
-    ollama = OllamaHealth(status="down", address=address)
-    try:
-        with anyio.fail_after(OLLAMA_PROBE_SECONDS):
-            ollama = OllamaHealth(
-                status="up", address=address, version=await gateway.ollama.version()
-            )
-    except OllamaError as exc:
-        ollama.error = exc.message
-    except TimeoutError:
-        ollama.error = f"Ollama at {address} did not answer within {OLLAMA_PROBE_SECONDS:g} s"
+    # Each upstream bounds its own probe, so /health answers quickly even when one hangs.
+    upstreams = await gateway.upstream.health()
+    first = upstreams[0]
+    ollama = OllamaHealth(
+        status=first.status, address=first.address, version=first.version, error=first.error
+    )
     store = gateway.store.health()
-    ok = ollama.status == "up" and store.status == "ok"
+    ok = all(u.status == "up" for u in upstreams) and store.status == "ok"
     return JSON(
         Health(
             status="ok" if ok else "degraded",
@@ -40,6 +30,7 @@ async def health(request: Request) -> Response:
             version=__version__,
             ollama=ollama,
             store=StoreHealthReply(status=store.status, pending=store.pending, error=store.error),
+            upstreams=upstreams,
         )
     )
 

@@ -14,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from errors import ApiError
-from keys import ApiKey, KeyLimits
-from schemas import ModelName
+from access.keys import ApiKey, KeyLimits
+from calls.errors import CallError as ApiError
+from calls.types import ModelName
 
 from .common import JSON, decode_body, gateway_of
 from .openapi import ADMIN, UNAUTHORIZED, Operation, Paths, Reply, error

@@ -1,7 +1,14 @@
-"""The usage store: the only code that touches the usage file."""
+"""Usage stores: the only code that touches stored records.
+
+`UsageStore` (store.base) is the interface; `open_store` picks an implementation by the
+location it is given. TinyDB files in a folder are the default.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from .base import StoreError, StoreHealth, UsageStore
 from .records import (
     Bucket,
     GroupStats,
@@ -12,9 +19,8 @@ from .records import (
     UsageQuery,
     UsageRecord,
     iso,
-    new_id,
 )
-from .usage_store import StoreError, StoreHealth, UsageStore
+from .tinydb import TinyDBStore
 
 __all__ = [
     "Bucket",
@@ -24,10 +30,16 @@ __all__ = [
     "Status",
     "StoreError",
     "StoreHealth",
+    "TinyDBStore",
     "Totals",
     "UsageQuery",
     "UsageRecord",
     "UsageStore",
     "iso",
-    "new_id",
+    "open_store",
 ]
+
+
+def open_store(location: Path, *, retention_days: float | None = None) -> UsageStore:
+    """The store kept at `location`: TinyDB files in that folder."""
+    return TinyDBStore(location, retention_days=retention_days)

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import random
-import threading
-import time
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
 Status = Literal["ok", "error", "cancelled"]
 
 
-class InputMessage(msgspec.Struct):
+class InputMessage(msgspec.Struct, omit_defaults=True):
     role: str
     content: str
+    # How many images the message carried (never the images themselves).
+    images: int | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class UsageRecord(msgspec.Struct, kw_only=True):
@@ -53,6 +52,21 @@ class UsageRecord(msgspec.Struct, kw_only=True):
     # The API key used, by its public id and label ("admin" for the page's playground).
     key_id: str | None = None
     key_label: str | None = None
+    # How the call came in: the front (`seed`, `ollama`, `openai`) and the path it used.
+    front: str | None = None
+    endpoint: str | None = None
+    # Which upstream answered, and how many upstreams were tried to get an answer.
+    upstream: str | None = None
+    attempts: int | None = None
+    # The model's reasoning, when it sent any, and the tools it asked to call.
+    thinking: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    # The stored output (and thinking) keep at most --max-record-output characters; when cut,
+    # output_truncated is true and output_chars is the whole answer's length.
+    output_truncated: bool = False
+    output_chars: int | None = None
+    # Embeddings: how many inputs were embedded (their vectors are never stored).
+    input_count: int | None = None
 
 
 class UsageQuery(msgspec.Struct, kw_only=True, frozen=True):
@@ -73,26 +87,6 @@ class UsageQuery(msgspec.Struct, kw_only=True, frozen=True):
 def iso(moment: datetime) -> str:
     """The one date format on disk: fixed width, UTC, so strings sort as times do."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-_id_lock = threading.Lock()
-_random = random.Random(os.urandom(16))  # noqa: S311 (ids are not secrets)
-_last_id_us = 0
-
-
-def new_id() -> str:
-    """A record id that sorts by creation time: 14 hex digits of µs, 6 random.
-
-    Monotonic within the process even if the clock steps back, so newest-first
-    paging by id never skips a record.
-    """
-    global _last_id_us
-    with _id_lock:
-        now = max(time.time_ns() // 1000, _last_id_us + 1)
-        _last_id_us = now
-        # Not os.urandom: an id need not be secret, and a syscall per request showed.
-        tail = _random.getrandbits(24)
-    return f"{now:014x}{tail:06x}"
 
 
 class Totals(msgspec.Struct, kw_only=True):

@@ -13,8 +13,10 @@ import httpx
 import msgspec
 import pytest
 
+from ollama_host.requestlog import new_id
 from routes import admin
-from store import InputMessage, UsageQuery, UsageRecord, UsageStore, iso, new_id
+from store import InputMessage, TinyDBStore, UsageQuery, UsageRecord, iso
+from store import base as store_base
 from tests.gateway_proc import Gateway
 from tests.helpers import ask, assert_error, records, unique
 
@@ -190,11 +192,11 @@ def test_export_csv_keeps_spreadsheets_from_running_a_tag(client: httpx.Client) 
 def test_export_reads_the_store_a_page_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(admin, "EXPORT_PAGE", 2)
+    monkeypatch.setattr(store_base, "EXPORT_PAGE", 2)
     reads: list[UsageQuery] = []
 
     async def export_all() -> list[str]:
-        store = UsageStore(tmp_path)
+        store = TinyDBStore(tmp_path)
         try:
             for n in range(5):
                 store.append(record(project="a" if n != 2 else "b", content=f"n{n}"))

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, ViewportSize, expect
 
-from guard import SESSION_COOKIE
+from access.guard import SESSION_COOKIE
 from tests.browser import ARTIFACTS, chromium
 from tests.gateway_proc import Gateway, start_gateway
 from tests.helpers import ask, calls_with, records, unique

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-import launcher
+from ollama_host import launcher
 from tests.gateway_proc import ROOT, free_port
 from tests.ollama_standin import StandIn
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-import requestlog
+from ollama_host import requestlog
 
 
 class BrokenFlush(io.StringIO):

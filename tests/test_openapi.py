@@ -12,10 +12,10 @@ import pytest
 from starlette.routing import Route
 
 from app import create_app
+from ollama_host.settings import parse_settings
 from routes.docs import STATIC
 from routes.openapi import Operation, Reply, document, error
-from schemas import AskRequest, ErrorBody
-from settings import parse_settings
+from routes.schemas import AskRequest, ErrorBody
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from settings import __version__
+from ollama_host import __version__
 from tests.gateway_proc import ROOT, Gateway, free_port, start_gateway
 from tests.helpers import ask, only_record, read_events, unique
 from tests.ollama_standin import StandIn

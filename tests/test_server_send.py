@@ -11,8 +11,8 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import Route
 
 from app import GatewayApp, create_app
-from routes.ai import SERVER_SEND
-from settings import parse_settings
+from ollama_host.settings import parse_settings
+from routes.streaming import SERVER_SEND
 
 
 def _scope_seen_by_a_route(app: GatewayApp) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from settings import FLAGS, ollama_url, parse_settings
+from ollama_host.settings import declared, ollama_url, parse_settings, settings_table
 from tests.gateway_proc import ROOT
 
 
@@ -77,21 +77,41 @@ def test_bad_values_exit_with_a_message(
     assert "error:" in capsys.readouterr().err
 
 
-def test_help_names_every_flag_and_variable() -> None:
+def test_help_names_every_flag_and_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_settings(["--help"], {})
+    shown = capsys.readouterr().out
+
+    assert exited.value.code == 0
+    for item in declared():
+        assert item.flag in shown
+        if item.env is not None:
+            assert item.env in shown
+    for required in ("--host", "--port", "--ollama", "--data"):
+        assert required in shown
+
+
+def test_app_py_help_is_the_same_parser() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "app.py"), "--help"], capture_output=True, text=True, check=True
     )
 
-    for flag, var, _field, _text in FLAGS:
-        assert flag in result.stdout
-        assert var in result.stdout
-    for required in ("--host", "--port", "--ollama", "--data"):
-        assert required in result.stdout
+    assert "--max-upstream-line" in result.stdout
+    assert "OLLAMA_GATEWAY_HOST" in result.stdout
 
 
-def test_readme_settings_table_lists_every_flag() -> None:
+def test_readme_settings_table_is_the_declared_one() -> None:
+    """The README's table is made from the declarations (python -m ollama_host settings-table);
+    this fails when either drifts."""
     readme = (ROOT / "README.md").read_text()
 
-    for flag, var, _field, _text in FLAGS:
-        assert f"`{flag}" in readme, flag
-        assert f"`{var}`" in readme, var
+    assert settings_table() in readme
+
+
+def test_every_setting_has_a_flag_a_help_and_a_distinct_variable() -> None:
+    items = list(declared())
+    envs = [item.env for item in items if item.env is not None]
+
+    assert len({item.flag for item in items}) == len(items)
+    assert len(set(envs)) == len(envs)
+    assert all(item.help and item.flag.startswith("--") for item in items)

@@ -15,17 +15,19 @@ import msgspec
 import pytest
 from tinydb import TinyDB
 
-from settings import parse_settings
+from ollama_host.settings import parse_settings
 from store import (
     InputMessage,
     Stats,
     StoreError,
+    TinyDBStore,
     UsageQuery,
     UsageRecord,
-    UsageStore,
     files,
     iso,
-    usage_store,
+)
+from store import (
+    tinydb as usage_store,
 )
 from store.stats import RATIO
 
@@ -56,7 +58,7 @@ def record(n: int, *, at: datetime | None = None, **fields: object) -> UsageReco
     return msgspec.convert(values, UsageRecord)
 
 
-def fill(store: UsageStore, records: list[UsageRecord]) -> None:
+def fill(store: TinyDBStore, records: list[UsageRecord]) -> None:
     for r in records:
         store.append(r)
     asyncio.run(store.flush())
@@ -64,18 +66,18 @@ def fill(store: UsageStore, records: list[UsageRecord]) -> None:
 
 def read_all(data_dir: Path) -> list[UsageRecord]:
     """Open the store on data_dir (as at startup), read every record newest first, close it."""
-    store = UsageStore(data_dir)
+    store = TinyDBStore(data_dir)
     try:
         return query(store, limit=1000)
     finally:
         store.close()
 
 
-def query(store: UsageStore, **fields: object) -> list[UsageRecord]:
+def query(store: TinyDBStore, **fields: object) -> list[UsageRecord]:
     return asyncio.run(store.query(msgspec.convert(fields, UsageQuery)))
 
 
-def stats(store: UsageStore, bucket: int, **fields: object) -> Stats:
+def stats(store: TinyDBStore, bucket: int, **fields: object) -> Stats:
     return asyncio.run(store.stats(msgspec.convert(fields, UsageQuery), bucket_seconds=bucket))
 
 
@@ -103,13 +105,13 @@ def small_files(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def store(data_dir: Path) -> Iterator[UsageStore]:
-    opened = UsageStore(data_dir)
+def store(data_dir: Path) -> Iterator[TinyDBStore]:
+    opened = TinyDBStore(data_dir)
     yield opened
     opened.close()
 
 
-def test_records_land_in_files_plain_tinydb_reads(store: UsageStore, data_dir: Path) -> None:
+def test_records_land_in_files_plain_tinydb_reads(store: TinyDBStore, data_dir: Path) -> None:
     records = [record(n) for n in range(120)]
 
     fill(store, records)
@@ -119,7 +121,9 @@ def test_records_land_in_files_plain_tinydb_reads(store: UsageStore, data_dir: P
 
 
 @pytest.mark.usefixtures("small_files")
-def test_files_are_split_and_each_is_a_whole_tinydb_file(store: UsageStore, data_dir: Path) -> None:
+def test_files_are_split_and_each_is_a_whole_tinydb_file(
+    store: TinyDBStore, data_dir: Path
+) -> None:
     fill(store, [record(n) for n in range(230)])
 
     names = sorted(p.name for p in (data_dir / "usage").glob("*.json"))
@@ -130,7 +134,7 @@ def test_files_are_split_and_each_is_a_whole_tinydb_file(store: UsageStore, data
 
 
 @pytest.mark.usefixtures("small_files")
-def test_query_pages_newest_first_across_files(store: UsageStore) -> None:
+def test_query_pages_newest_first_across_files(store: TinyDBStore) -> None:
     records = [record(n) for n in range(300)]
     random.Random(3).shuffle(records)  # calls finish out of order
     fill(store, records)
@@ -148,7 +152,7 @@ def test_query_pages_newest_first_across_files(store: UsageStore) -> None:
 
 
 @pytest.mark.usefixtures("small_files")
-def test_query_filters_match_a_plain_scan(store: UsageStore) -> None:
+def test_query_filters_match_a_plain_scan(store: TinyDBStore) -> None:
     records = [record(n) for n in range(400)]
     fill(store, records)
     since, until = BASE + timedelta(hours=1), BASE + timedelta(hours=3)
@@ -171,7 +175,7 @@ def test_query_filters_match_a_plain_scan(store: UsageStore) -> None:
 
 @pytest.mark.usefixtures("small_files")
 def test_query_skips_files_that_cannot_match(
-    store: UsageStore, monkeypatch: pytest.MonkeyPatch
+    store: TinyDBStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fill(store, [record(n, project="common") for n in range(200)])
     fill(store, [record(n, project="rare") for n in range(200, 210)])
@@ -235,7 +239,7 @@ def _check(found: Stats, records: list[UsageRecord], bucket: int) -> None:
 
 @pytest.mark.usefixtures("small_files")
 @pytest.mark.parametrize("bucket", [3600, 86400, 300])
-def test_stats_from_summaries_match_the_records(store: UsageStore, bucket: int) -> None:
+def test_stats_from_summaries_match_the_records(store: TinyDBStore, bucket: int) -> None:
     records = [record(n) for n in range(700)]  # 7 hours, most in closed files
     fill(store, records)
 
@@ -243,7 +247,7 @@ def test_stats_from_summaries_match_the_records(store: UsageStore, bucket: int) 
 
 
 @pytest.mark.usefixtures("small_files")
-def test_stats_with_filters_and_unaligned_range(store: UsageStore) -> None:
+def test_stats_with_filters_and_unaligned_range(store: TinyDBStore) -> None:
     records = [record(n) for n in range(700)]
     fill(store, records)
     since, until = BASE + timedelta(minutes=95), BASE + timedelta(hours=5, minutes=10)
@@ -259,7 +263,7 @@ def test_reopening_reads_summaries_not_history(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     records = [record(n) for n in range(260)]
-    with_store = UsageStore(data_dir)
+    with_store = TinyDBStore(data_dir)
     fill(with_store, records)
     with_store.close()
     read: list[str] = []
@@ -271,7 +275,7 @@ def test_reopening_reads_summaries_not_history(
 
     monkeypatch.setattr(files, "read_segment", spy)
 
-    reopened = UsageStore(data_dir)
+    reopened = TinyDBStore(data_dir)
     try:
         assert len(read) == 1  # only the newest file, the one still being filled
         found = query(reopened, limit=1000)
@@ -289,7 +293,7 @@ def test_journal_left_by_a_crash_is_folded_in_at_startup(
     data_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     kept = [record(n) for n in range(30)]
-    first = UsageStore(data_dir)
+    first = TinyDBStore(data_dir)
     fill(first, kept[:10])
     first.close()
     # A crash after the file was written but before the journal was emptied, plus a
@@ -308,14 +312,14 @@ def test_journal_left_by_a_crash_is_folded_in_at_startup(
 def test_garbled_journal_is_set_aside_and_its_good_lines_kept(
     data_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    UsageStore(data_dir).close()
+    TinyDBStore(data_dir).close()
     good = [record(n) for n in range(3)]
     garbled = files.encode(good[0]) + b"\n" + b"{not json\n" + files.encode(good[1]) + b"\n"
     garbled += files.encode(good[2]) + b"\n"
     (data_dir / "usage" / files.JOURNAL).write_bytes(garbled)
 
     with caplog.at_level(logging.ERROR):
-        store = UsageStore(data_dir)
+        store = TinyDBStore(data_dir)
     try:
         found = query(store)
     finally:
@@ -331,7 +335,7 @@ def test_garbled_journal_is_set_aside_and_its_good_lines_kept(
 def test_unreadable_newest_file_is_moved_aside_loudly(
     data_dir: Path, caplog: pytest.LogCaptureFixture, damage: str
 ) -> None:
-    first = UsageStore(data_dir)
+    first = TinyDBStore(data_dir)
     fill(first, [record(n) for n in range(20)])
     first.close()
     [path] = (data_dir / "usage").glob("*.json")
@@ -340,7 +344,7 @@ def test_unreadable_newest_file_is_moved_aside_loudly(
     path.write_bytes(broken[damage])
 
     with caplog.at_level(logging.ERROR):
-        store = UsageStore(data_dir)
+        store = TinyDBStore(data_dir)
     try:
         fill(store, [record(100)])
         found = query(store)
@@ -359,7 +363,7 @@ def test_truncated_closed_file_is_moved_aside_the_rest_kept(
     data_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     records = [record(n) for n in range(120)]
-    first = UsageStore(data_dir)
+    first = TinyDBStore(data_dir)
     fill(first, records)
     first.close()
     oldest = sorted((data_dir / "usage").glob("*.json"))[0]
@@ -376,13 +380,13 @@ def test_truncated_closed_file_is_moved_aside_the_rest_kept(
 @pytest.mark.usefixtures("small_files")
 def test_unreadable_summary_is_rebuilt(data_dir: Path) -> None:
     records = [record(n) for n in range(120)]
-    first = UsageStore(data_dir)
+    first = TinyDBStore(data_dir)
     fill(first, records)
     first.close()
     for summary in (data_dir / "usage" / files.INDEX).iterdir():
         summary.write_bytes(b"junk")
 
-    store = UsageStore(data_dir)
+    store = TinyDBStore(data_dir)
     try:
         found = stats(store, 3600)
     finally:
@@ -396,11 +400,11 @@ def test_retention_deletes_only_records_older_than_the_setting(data_dir: Path) -
     now = datetime.now(UTC)
     old = [record(n, at=now - timedelta(days=40, minutes=n)) for n in range(120)]
     new = [record(n, at=now - timedelta(days=5, minutes=n)) for n in range(120, 200)]
-    first = UsageStore(data_dir)
+    first = TinyDBStore(data_dir)
     fill(first, [*old, *new])
     first.close()
 
-    store = UsageStore(data_dir, retention_days=30)
+    store = TinyDBStore(data_dir, retention_days=30)
     try:
         fill(store, [])
         found = query(store, limit=1000)
@@ -414,13 +418,13 @@ def test_retention_deletes_only_records_older_than_the_setting(data_dir: Path) -
     )
 
 
-def test_a_second_store_on_the_same_folder_is_refused(store: UsageStore, data_dir: Path) -> None:
+def test_a_second_store_on_the_same_folder_is_refused(store: TinyDBStore, data_dir: Path) -> None:
     with pytest.raises(StoreError, match="another gateway is already using the data folder"):
-        UsageStore(data_dir)
+        TinyDBStore(data_dir)
 
 
 def test_a_write_error_degrades_health_and_writing_resumes(
-    store: UsageStore, monkeypatch: pytest.MonkeyPatch
+    store: TinyDBStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_fsync = os.fsync
 
@@ -447,7 +451,7 @@ def test_retention_setting_is_read_from_flag_and_environment() -> None:
     assert parse_settings([], env=env).retention_days == 7.5
 
 
-def test_a_record_that_cannot_be_encoded_is_dropped_not_the_batch(store: UsageStore) -> None:
+def test_a_record_that_cannot_be_encoded_is_dropped_not_the_batch(store: TinyDBStore) -> None:
     fill(store, [record(1), record(2, output="\ud800"), record(3)])
 
     assert [r.id for r in query(store)] == [record(3).id, record(1).id]
@@ -455,7 +459,7 @@ def test_a_record_that_cannot_be_encoded_is_dropped_not_the_batch(store: UsageSt
 
 
 def test_small_batches_wait_in_the_journal_not_in_a_file_rewrite(
-    store: UsageStore, data_dir: Path
+    store: TinyDBStore, data_dir: Path
 ) -> None:
     fill(store, [record(n) for n in range(400)])  # flush() folds: the file holds 400
     [newest] = (data_dir / "usage").glob("*.json")
@@ -473,7 +477,7 @@ def test_small_batches_wait_in_the_journal_not_in_a_file_rewrite(
 
 
 def test_journal_is_folded_once_its_oldest_record_is_old_enough(
-    store: UsageStore, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    store: TinyDBStore, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fill(store, [record(n) for n in range(400)])
     monkeypatch.setattr(usage_store, "FOLD_MAX_SECONDS", 0.05)
@@ -486,7 +490,7 @@ def test_journal_is_folded_once_its_oldest_record_is_old_enough(
 
 
 def test_records_held_while_the_disk_refuses_are_bounded(
-    store: UsageStore, monkeypatch: pytest.MonkeyPatch
+    store: TinyDBStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def full(fd: int) -> None:
         raise OSError(28, "No space left on device")

@@ -14,14 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from ollama_client import (
-    KeepAliveTransport,
-    Message,
-    OllamaBadResponse,
-    OllamaClient,
-    OllamaTimeout,
-)
-from ollama_client import OllamaUnavailable as Unavailable
+from calls.errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
+from calls.types import CallRequest, Message
+from ollama_client import KeepAliveTransport, OllamaUpstream
 
 Handler = Callable[["Server", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -84,8 +79,12 @@ def client(**timeouts: float) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=KeepAliveTransport(), timeout=httpx.Timeout(5.0, **timeouts))
 
 
-def ollama_at(url: str, **timeouts: float) -> OllamaClient:
-    return OllamaClient(KeepAliveTransport(), url, httpx.Timeout(5.0, **timeouts))
+def ollama_at(url: str, **timeouts: float) -> OllamaUpstream:
+    return OllamaUpstream(KeepAliveTransport(), url, httpx.Timeout(5.0, **timeouts))
+
+
+def hi() -> CallRequest:
+    return CallRequest(model="llama3", messages=[Message("user", "hi")])
 
 
 def run(scenario: Callable[[], Awaitable[Any]]) -> Any:
@@ -407,19 +406,19 @@ def test_ollama_client_maps_transport_failures_to_its_own_errors() -> None:
         await server.read_request(reader)
         await server.wait_client_close(reader)
 
-    async def scenario() -> tuple[OllamaTimeout | None, Unavailable | None]:
-        timeout: OllamaTimeout | None = None
-        unavailable: Unavailable | None = None
+    async def scenario() -> tuple[UpstreamTimeout | None, UpstreamUnavailable | None]:
+        timeout: UpstreamTimeout | None = None
+        unavailable: UpstreamUnavailable | None = None
         async with serving(stall) as server, ollama_at(server.url, read=0.05) as ollama:
             url = server.url
             try:
-                await ollama.chat("llama3", [Message("user", "hi")])
-            except OllamaTimeout as exc:
+                await ollama.answer(hi())
+            except UpstreamTimeout as exc:
                 timeout = exc
         async with ollama_at(url) as ollama:
             try:
-                await ollama.chat("llama3", [Message("user", "hi")])
-            except Unavailable as exc:
+                await ollama.answer(hi())
+            except UpstreamUnavailable as exc:
                 unavailable = exc
         return timeout, unavailable
 
@@ -436,9 +435,7 @@ def test_ollama_chat_round_trip_over_the_transport() -> None:
 
     async def scenario() -> tuple[str, int | None, int]:
         async with serving(ollama) as server, ollama_at(server.url) as ollama_client:
-            answers = [
-                await ollama_client.chat("llama3", [Message("user", "hi")]) for _ in range(2)
-            ]
+            answers = [await ollama_client.answer(hi()) for _ in range(2)]
             return answers[1].content, answers[1].metrics.output_tokens, server.connections
 
     assert run(scenario) == ("hi", 1, 1)
@@ -449,11 +446,11 @@ def test_a_body_its_encoding_does_not_describe_is_a_bad_response() -> None:
         while await server.read_request(reader) is not None:
             writer.write(fixed(b"this is not gzip", b"Content-Encoding: gzip\r\n"))
 
-    async def scenario() -> OllamaBadResponse | None:
+    async def scenario() -> UpstreamBadResponse | None:
         async with serving(lying) as server, ollama_at(server.url) as ollama:
             try:
-                await ollama.chat("llama3", [Message("user", "hi")])
-            except OllamaBadResponse as exc:
+                await ollama.answer(hi())
+            except UpstreamBadResponse as exc:
                 return exc
         return None
 

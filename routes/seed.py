@@ -1,50 +1,52 @@
-"""/api/v1/ai: the models list and the two ways to ask."""
+"""The seed's API, /api/v1/ai: the models list, the two ways to ask, and stream tickets.
+
+The seed's `agent`/`content`/`template` body is translated here into a neutral call, and the
+call's events are framed here as the seed's Server-Sent Events; the pipeline knows neither.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import Coroutine
-from typing import Any
 
-from sse_starlette import EventSourceResponse, ServerSentEvent
+import msgspec
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
 
-from guard import SESSION_COOKIE
-from keys import TICKET_SECONDS
-from schemas import AskReply, AskRequest, ErrorBody, StartEvent, Ticket, TokenEvent, Usage
-from service import Call, Caller, Credentials, StreamedCall
+from access import identity
+from access.keys import TICKET_SECONDS
+from calls.pipeline import Done, Event, Failed, Pieces, Started
+from calls.types import CallRequest, Labels, Message
 
-from .common import JSON, decode_body, decode_query, gateway_of
+from .common import (
+    JSON,
+    call_info,
+    credentials,
+    decode_body,
+    decode_query,
+    error_body,
+    gateway_of,
+    until_client_leaves,
+)
 from .openapi import CALLER, UNAUTHORIZED, Operation, Paths, Reply, error
+from .schemas import AskReply, AskRequest, ErrorBody, StartEvent, Ticket, TokenEvent, Usage
+from .streaming import CallStreamResponse
 
-# The scope key under which GatewayApp puts the server's own `send`, for stream bodies.
-SERVER_SEND = "ollama_host.server_send"
-
-# Seconds after the grace period before sse-starlette cuts a stream of a stopping server
-# without a last word; the call's own `server_shutdown` event comes first.
-SHUTDOWN_MARGIN = 2.0
+FRONT = "seed"
+_encode = msgspec.json.Encoder().encode
 
 
-def credentials(request: Request, *, ticket: str | None = None) -> Credentials:
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    bearer = value.strip() if scheme.lower() == "bearer" and value.strip() else None
-    return Credentials(bearer=bearer, session=request.cookies.get(SESSION_COOKIE), ticket=ticket)
-
-
-def admitted(request: Request, req: AskRequest, *, ticket: str | None = None) -> Caller:
-    """Who asks, whether they may, and whether limits allow it now (401, 403, 413, 429)."""
-    gateway = gateway_of(request)
-    caller = gateway.authorize(req, credentials(request, ticket=ticket))
-    gateway.admit(req, caller)
-    return caller
+def call_of(req: AskRequest) -> tuple[CallRequest, Labels]:
+    """The seed's body as a neutral call: the template as the system prompt, the content as
+    the user's message."""
+    messages = [Message("system", req.template)] if req.template else []
+    messages.append(Message("user", req.content))
+    labels = Labels(project=req.project, process_id=req.process_id, subprocess_id=req.subprocess_id)
+    return CallRequest(model=req.agent, messages=messages), labels
 
 
 async def models(request: Request) -> Response:
-    return JSON(await gateway_of(request).ollama.models())
+    return JSON([model.name for model in await gateway_of(request).models()])
 
 
 def wants_json(accept: str | None) -> bool:
@@ -69,103 +71,68 @@ def wants_json(accept: str | None) -> bool:
     return best["application/json"] > max(best["text/plain"], 0.0)
 
 
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _unless_client_leaves(request: Request, work: Coroutine[Any, Any, Call]) -> Call | None:
-    """Run `work`, but cancel it if the client hangs up first (so Ollama stops too).
-
-    The work runs in this task and only the watcher gets one of its own: a task and an
-    asyncio.wait less per ask than running both side by side.
-    """
-    task = asyncio.current_task()
-    assert task is not None
-    running = True
-    left = False
-
-    def on_watcher_done(watcher: asyncio.Future[None]) -> None:
-        nonlocal left
-        if watcher.cancelled() or watcher.exception() is not None or not running:
-            return
-        left = True
-        task.cancel()
-
-    watcher = asyncio.ensure_future(_disconnected(request.receive))
-    watcher.add_done_callback(on_watcher_done)
-    try:
-        return await work
-    except asyncio.CancelledError:
-        # Only our own cancel becomes "the client left"; a shutdown's cancel propagates.
-        if left and task.uncancel() == 0:
-            return None
-        raise
-    finally:
-        running = False
-        watcher.cancel()
-
-
 async def ask_sync(request: Request) -> Response:
     req = await decode_body(request, AskRequest)
-    caller = admitted(request, req)
-    call = await _unless_client_leaves(request, gateway_of(request).ask(req, caller))
-    if call is None:
+    call, labels = call_of(req)
+    gateway = gateway_of(request)
+    caller = await gateway.admit(
+        credentials(request, user_key=req.user_key), req.agent, labels, call.prompt_size()
+    )
+    info = call_info(request, FRONT)
+    finished = await until_client_leaves(request, gateway.answer(info, call, caller, labels))
+    if finished is None:
         # Nobody is listening; the call is recorded as cancelled.
         return Response(status_code=499)
-    assert call.record is not None
-    headers = {"X-Request-Id": call.id}
+    record = finished.record
+    headers = {"X-Request-Id": record.id}
     if wants_json(request.headers.get("accept")):
         reply = AskReply(
-            id=call.id,
+            id=record.id,
             model=req.agent,
-            output=call.output,
-            thinking="".join(call.thinking) or None,
-            usage=Usage.of(call.record),
+            output=record.output,
+            thinking=finished.answer.thinking or None,
+            usage=Usage.of(record),
         )
         return JSON(reply, headers=headers)
-    return PlainTextResponse(call.output, headers=headers)
+    return PlainTextResponse(finished.answer.content, headers=headers)
 
 
-class CallEvents(EventSourceResponse):
-    """The SSE response of one streamed call; closing it always closes the call."""
+# -- the seed's event stream -----------------------------------------------------------------
 
-    def __init__(self, call: StreamedCall, *, keepalive: float, grace: float) -> None:
-        super().__init__(
-            call.events(),
-            ping=keepalive,
-            sep="\n",
-            ping_message_factory=lambda: ServerSentEvent(comment="keep-alive"),
-            headers={
-                "Cache-Control": "no-cache, no-transform",
-                "X-Request-Id": call.id,
-            },
-            # On shutdown the call itself ends the stream after `grace` seconds, with a
-            # final `error` event; sse-starlette's own cut-off must come later than that.
-            shutdown_grace_period=grace + SHUTDOWN_MARGIN,
-        )
-        self.call = call
-        self._body_send: Send | None = None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._body_send = scope.get(SERVER_SEND)
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.call.aclose()
+def _event(name: bytes, seq: int, data: msgspec.Struct) -> bytes:
+    # msgspec escapes every newline inside JSON strings, so one `data:` line always suffices.
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, name, _encode(data))
 
-    async def _send_with_timeout(self, send: Send, message: Message) -> None:
-        # sse-starlette opens an anyio cancel scope around every event, even with no send
-        # timeout set (ours); per relayed token that was a tenth of the gateway's CPU.
-        if self.send_timeout is None:
-            body_send = self._body_send
-            if body_send is not None and message["type"] == "http.response.body":
-                # Past the middleware, whose wrappers only look at the response start.
-                await body_send(message)
-            else:
-                await send(message)
-        else:
-            await super()._send_with_timeout(send, message)
+
+class SeedEvents:
+    """Frames one call's events as the seed's SSE: `start`, a `token` per chunk, then
+    `done` or `error`; every event numbered from 0."""
+
+    __slots__ = ("seq",)
+
+    def __init__(self) -> None:
+        self.seq = 0
+
+    def __call__(self, event: Event) -> bytes:
+        if isinstance(event, Pieces):
+            # Every token that one read brought goes out in one write: when the gateway
+            # falls behind, it catches up in fewer, larger sends.
+            seq = self.seq
+            out = []
+            for piece in event.pieces:
+                if piece.content or piece.thinking:
+                    seq += 1
+                    out.append(_event(b"token", seq, TokenEvent(piece.content, piece.thinking)))
+            self.seq = seq
+            return out[0] if len(out) == 1 else b"".join(out)
+        if isinstance(event, Started):
+            return _event(b"start", 0, StartEvent(event.id, event.model))
+        self.seq += 1
+        if isinstance(event, Done):
+            return _event(b"done", self.seq, Usage.of(event.record))
+        assert isinstance(event, Failed)
+        return _event(b"error", self.seq, error_body(event.error))
 
 
 class StreamQuery(AskRequest, kw_only=True):
@@ -174,35 +141,50 @@ class StreamQuery(AskRequest, kw_only=True):
     ticket: str | None = None
 
 
-async def ask_async(request: Request) -> Response:
+async def ask_async(request: Request) -> Response | CallStreamResponse:
     req: AskRequest
+    ticket = None
     if request.method == "GET":
         query = decode_query(request, StreamQuery)
         if "last-event-id" in request.headers:
             # An EventSource reconnecting after its stream ended. An answer cannot be
             # resumed, and 204 is what tells a browser to stop reconnecting.
             return Response(status_code=204)
-        req = query
-        caller = admitted(request, req, ticket=query.ticket)
+        req, ticket = query, query.ticket
     else:
         req = await decode_body(request, AskRequest)
-        caller = admitted(request, req)
+    call, labels = call_of(req)
     gateway = gateway_of(request)
-    call = gateway.stream(req, caller)
+    caller = await gateway.admit(
+        credentials(request, ticket=ticket, user_key=req.user_key),
+        req.agent,
+        labels,
+        call.prompt_size(),
+    )
+    stream = await gateway.stream(call_info(request, FRONT), call, caller, labels)
+    settings = request.app.state.settings
     try:
-        await call.wait_open(gateway.settings.open_wait)
+        await stream.wait_open(settings.open_wait)
     except BaseException:
-        await call.aclose()
+        await stream.aclose()
         raise
-    settings = gateway.settings
-    return CallEvents(call, keepalive=settings.keepalive, grace=settings.grace)
+    return CallStreamResponse(
+        stream,
+        SeedEvents(),
+        media_type="text/event-stream; charset=utf-8",
+        headers=[("Cache-Control", "no-cache, no-transform"), ("X-Accel-Buffering", "no")],
+        ping=b": keep-alive\n\n",
+        keepalive=settings.keepalive,
+        send_timeout=settings.send_timeout,
+    )
 
 
 async def tickets(request: Request) -> Response:
     """A single-use ticket for a browser EventSource, which cannot send Authorization."""
     gateway = gateway_of(request)
     caller = gateway.identify(credentials(request))
-    return JSON(Ticket(ticket=gateway.ticket(caller), expires_in=TICKET_SECONDS), status_code=201)
+    ticket = identity.ticket(gateway.access, caller)
+    return JSON(Ticket(ticket=ticket, expires_in=TICKET_SECONDS), status_code=201)
 
 
 routes = [

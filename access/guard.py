@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-import requestlog
-from errors import ApiError, error_body
-from keys import AdminToken
-from routes.common import encoder
+from calls.errors import CallError
+
+from .keys import AdminToken
+
+# How a refusal looks on the wire for a path: (content type, body). Each front answers in its
+# own error shape, and the app knows which front owns a path; the guard does not.
+Render = Callable[[str, CallError], tuple[bytes, bytes]]
 
 SESSION_COOKIE = "ohost_admin"
 ADMIN_PREFIXES = ("/api/v1/admin",)
@@ -70,11 +73,15 @@ def session_of(cookie_header: str) -> str | None:
     return morsel.value if morsel else None
 
 
-async def _respond(send: Send, error: ApiError, extra: Iterable[tuple[bytes, bytes]] = ()) -> None:
-    if error.request_id is None and (info := requestlog.current.get()) is not None:
-        error.request_id = info.id
-    body = encoder.encode(error_body(error))
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+async def _respond(
+    send: Send,
+    render: Render,
+    path: str,
+    error: CallError,
+    extra: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    content_type, body = render(path, error)
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
     headers += list(extra)
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
@@ -86,12 +93,14 @@ class Guard:
         self,
         app: ASGIApp,
         *,
+        render: Render,
         admin: AdminToken,
         allowed_hosts: Iterable[str] = (),
         cors_origins: Iterable[str] = (),
         max_body: int = 1_048_576,
     ) -> None:
         self.app = app
+        self.render = render
         self.admin = admin
         self.hosts = frozenset(h.lower() for h in allowed_hosts) | _LOOPBACK_NAMES
         self.origins = frozenset(cors_origins)
@@ -106,7 +115,9 @@ class Guard:
         if host not in self.hosts and not _is_ip(host) and "*" not in self.hosts:
             await _respond(
                 send,
-                ApiError(
+                self.render,
+                scope["path"],
+                CallError(
                     403,
                     "host_not_allowed",
                     f"the Host {host!r} is not allowed; "
@@ -129,7 +140,9 @@ class Guard:
             if not navigating:
                 await _respond(
                     send,
-                    ApiError(
+                    self.render,
+                    scope["path"],
+                    CallError(
                         403,
                         "origin_not_allowed",
                         "a request from another site must come with an allowed Origin; "
@@ -144,7 +157,9 @@ class Guard:
                 if origin_text not in self.origins:
                     await _respond(
                         send,
-                        ApiError(
+                        self.render,
+                        scope["path"],
+                        CallError(
                             403,
                             "origin_not_allowed",
                             f"requests from {origin_text} are not allowed; "
@@ -164,7 +179,7 @@ class Guard:
 
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
-            await _respond(send, self._too_large(), cors)
+            await _respond(send, self.render, scope["path"], self._too_large(), cors)
             return
 
         if is_admin_path(scope["path"]):
@@ -176,8 +191,8 @@ class Guard:
             send = self._with_headers(send, cors)
         await self.app(scope, self._limited(receive), send)
 
-    def _too_large(self) -> ApiError:
-        return ApiError(
+    def _too_large(self) -> CallError:
+        return CallError(
             413, "body_too_large", f"the request body is larger than {self.max_body} bytes"
         )
 
@@ -256,7 +271,9 @@ class Guard:
             return True
         await _respond(
             send,
-            ApiError(
+            self.render,
+            scope["path"],
+            CallError(
                 401,
                 "unauthorized",
                 "this is the admin surface: send `Authorization: Bearer <admin token>`, "

@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +31,7 @@ from pathlib import Path
 import msgspec
 
 from . import files, reading
+from .base import StoreError, StoreHealth, export_pages
 from .files import Row, SegmentMeta
 from .records import Stats, UsageQuery, UsageRecord, iso
 
@@ -53,17 +55,6 @@ RETENTION_EVERY = 3600.0
 MAX_PENDING = 100_000
 # Closed files whose rows queries keep decoded (about 1 MB each).
 CACHED_SEGMENTS = 16
-
-
-class StoreError(Exception):
-    """The usage store cannot open; the message says why and what to do."""
-
-
-class StoreHealth(msgspec.Struct):
-    status: str  # "ok" or "degraded"
-    path: str
-    pending: int
-    error: str | None = None
 
 
 def _lock_folder(folder: Path) -> int:
@@ -98,8 +89,8 @@ class _Open:
         self.size = size
 
 
-class UsageStore:
-    """Append usage records and read them back, newest first."""
+class TinyDBStore:
+    """Append usage records and read them back, newest first (a `store.base.UsageStore`)."""
 
     def __init__(self, folder: Path, *, retention_days: float | None = None) -> None:
         try:
@@ -110,8 +101,11 @@ class UsageStore:
         self.folder = folder
         self.path = folder / "usage"
         self.retention_days = retention_days
-        # Records retention has deleted since startup: part of the dashboard's ETag, so a
-        # page polling an idle gateway still sees old calls leave its totals.
+        # Records appended (by the event loop) and deleted by retention (by the writer)
+        # since startup: `changes`, the dashboard's ETag, is their sum, so a page polling
+        # an idle gateway still sees old calls leave its totals. Two counters, each written
+        # by one thread only, so neither update can be lost.
+        self.appended = 0
         self.deleted = 0
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -285,8 +279,13 @@ class UsageStore:
 
     # -- writing ---------------------------------------------------------------
 
+    @property
+    def changes(self) -> int:
+        return self.appended + self.deleted
+
     def append(self, record: UsageRecord) -> None:
         """Queue a record. Never blocks on the disk; safe to call from the event loop."""
+        self.appended += 1
         with self._lock:
             if len(self._pending) >= MAX_PENDING:
                 self._dropped += 1
@@ -587,6 +586,9 @@ class UsageStore:
 
     def _stats(self, q: UsageQuery, bucket_seconds: int) -> Stats:
         return reading.stats_over(q, bucket_seconds, *self._in_memory(), self._rows, self.path)
+
+    def export(self, q: UsageQuery) -> AsyncIterator[list[UsageRecord]]:
+        return export_pages(self, q)
 
     # -- state -----------------------------------------------------------------
 

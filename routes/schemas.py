@@ -1,4 +1,5 @@
-"""The API's shapes, as msgspec structs: requests, replies, SSE event data, errors.
+"""The gateway's own API shapes, as msgspec structs: the seed's ask, its replies and SSE
+event data, the error shape, and /health.
 
 These structs are the schema: requests are decoded straight into them, and the
 OpenAPI document is generated from them.
@@ -11,22 +12,10 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from calls.types import ModelName
+from calls.upstream import UpstreamHealth
 from store import Status, UsageRecord
 
-# Ollama model names: `name`, `name:tag`, `namespace/name:tag` or
-# `host/namespace/name:tag`. Each part starts with a letter or digit, so `../x`,
-# `/x` and `host:port/x` never reach Ollama.
-_PART = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
-ModelName = Annotated[
-    str,
-    Meta(
-        min_length=1,
-        max_length=200,
-        pattern=rf"^{_PART}(/{_PART}){{0,2}}(:[A-Za-z0-9_][A-Za-z0-9_.\-]*)?$",
-        description="The Ollama model to ask, as `ollama list` names it.",
-        examples=["llama3", "llama3.2:latest"],
-    ),
-]
 Tag = Annotated[str, Meta(max_length=200, description="A free label for accounting.")]
 
 
@@ -141,8 +130,11 @@ class StoreHealthReply(msgspec.Struct, kw_only=True):
 
 
 class Health(msgspec.Struct, kw_only=True):
-    status: str  # "ok" when Ollama answers and the store writes, else "degraded"
+    status: str  # "ok" when every upstream answers and the store writes, else "degraded"
     gateway: str
     version: str
+    # The (first) upstream, in the shape /health has always had.
     ollama: OllamaHealth
     store: StoreHealthReply
+    # Every upstream: its state, calls in flight and models.
+    upstreams: list[UpstreamHealth] = msgspec.field(default_factory=list)

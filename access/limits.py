@@ -1,0 +1,177 @@
+"""Limits on asking: requests per minute, tokens per day, concurrent streams.
+
+`Limits` applies the gateway's settings and each key's own limits to a call; the counting
+itself is done by a `Counters` implementation. `MemoryCounters`, the default, counts in the
+event loop's thread and restarts with the gateway; a shared implementation (a Redis, say) is
+another class with the same four methods. Every refusal is a `RateLimited` that says how long
+to wait.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from calls.errors import RateLimited
+
+from .keys import ApiKey
+
+
+class Counters(Protocol):
+    """Named counters. Each method is one atomic step, even when several gateways share them."""
+
+    async def take(self, name: str, rate: int) -> float:
+        """Take one request from `name`'s per-minute bucket of `rate`: 0 if admitted, else
+        the seconds until one would be."""
+        ...
+
+    async def spent_today(self, name: str) -> int:
+        """Tokens `name` has spent in the current UTC day."""
+        ...
+
+    async def spend(self, name: str, tokens: int) -> None: ...
+
+    async def enter(self, name: str, limit: int) -> bool:
+        """Count one more open stream for `name`, unless `limit` are open already."""
+        ...
+
+    async def leave(self, name: str) -> None: ...
+
+
+def utc_day() -> int:
+    # time.time() counts no leap seconds, so UTC days are 86,400 s long. (A datetime and an
+    # isoformat() per call showed in the profile of an ask.)
+    return int(time.time() // 86400)
+
+
+def seconds_to_midnight() -> float:
+    now = datetime.now(UTC)
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+    return (midnight - now).total_seconds()
+
+
+class MemoryCounters:
+    """Counters in this process's memory: a token bucket per name, tokens per UTC day, and
+    streams open now."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._day = -1
+        self._spent: dict[str, int] = defaultdict(int)
+        self._open: dict[str, int] = defaultdict(int)
+
+    async def take(self, name: str, rate: int) -> float:
+        now = time.monotonic()
+        level, last = self._buckets.get(name, (float(rate), now))
+        level = min(float(rate), level + (now - last) * rate / 60.0)
+        if level < 1.0:
+            self._buckets[name] = (level, now)
+            return (1.0 - level) * 60.0 / rate
+        self._buckets[name] = (level - 1.0, now)
+        return 0.0
+
+    def _today(self) -> dict[str, int]:
+        day = utc_day()
+        if day != self._day:
+            self._day, self._spent = day, defaultdict(int)
+        return self._spent
+
+    async def spent_today(self, name: str) -> int:
+        return self._today()[name]
+
+    async def spend(self, name: str, tokens: int) -> None:
+        self._today()[name] += tokens
+
+    async def enter(self, name: str, limit: int) -> bool:
+        if limit > 0 and self._open[name] >= limit:
+            return False
+        self._open[name] += 1
+        return True
+
+    async def leave(self, name: str) -> None:
+        self._open[name] -= 1
+        if self._open[name] <= 0:
+            del self._open[name]
+
+
+class LimitSettings(Protocol):
+    """The settings Limits reads (ollama_host.settings.Settings has them)."""
+
+    @property
+    def key_rpm(self) -> int: ...
+    @property
+    def key_tokens_per_day(self) -> int: ...
+    @property
+    def key_streams(self) -> int: ...
+    @property
+    def project_rpm(self) -> int: ...
+    @property
+    def project_tokens_per_day(self) -> int: ...
+    @property
+    def max_streams(self) -> int: ...
+
+
+class Limits:
+    """The gateway's limits, applied to one caller and project at a time."""
+
+    def __init__(self, settings: LimitSettings, counters: Counters | None = None) -> None:
+        self.settings = settings
+        self.counters: Counters = counters or MemoryCounters()
+        # Checked once: with no limit set anywhere, admitting a call costs one test.
+        self._project_limits = bool(settings.project_rpm or settings.project_tokens_per_day)
+
+    async def admit(self, key: ApiKey | None, project: str | None) -> None:
+        """Take one request from the caller's and the project's budgets (RateLimited if spent)."""
+        if key is not None:
+            limits = key.limits
+            s = self.settings
+            rpm = s.key_rpm if limits.rpm is None else limits.rpm
+            per_day = (
+                s.key_tokens_per_day if limits.tokens_per_day is None else limits.tokens_per_day
+            )
+            what = f"the key {key.label!r}"
+            await self._day(f"key:{key.id}", per_day, what)
+            await self._minute(f"key:{key.id}", rpm, what)
+        if project is not None and self._project_limits:
+            name, what = f"project:{project}", f"the project {project!r}"
+            await self._day(name, self.settings.project_tokens_per_day, what)
+            await self._minute(name, self.settings.project_rpm, what)
+
+    async def _minute(self, name: str, rate: int, what: str) -> None:
+        if rate > 0 and (wait := await self.counters.take(name, rate)) > 0:
+            raise RateLimited(f"{what} may make {rate} requests a minute", wait)
+
+    async def _day(self, name: str, limit: int, what: str) -> None:
+        if limit > 0 and await self.counters.spent_today(name) >= limit:
+            raise RateLimited(
+                f"{what} has used its {limit} tokens for today (UTC)", seconds_to_midnight()
+            )
+
+    async def spend(self, key: ApiKey | None, project: str | None, tokens: int) -> None:
+        """Count a finished call's tokens against its key's and project's daily budgets."""
+        if key is not None:
+            await self.counters.spend(f"key:{key.id}", tokens)
+        if project is not None:
+            await self.counters.spend(f"project:{project}", tokens)
+
+    async def open_stream(self, key: ApiKey | None) -> tuple[str, ...]:
+        """Hold a place for one more open stream (RateLimited past the limits); returns the
+        places held, to be given back once with `close_stream`."""
+        counters = self.counters
+        limit = self.settings.max_streams
+        if not await counters.enter("all", limit):
+            raise RateLimited(f"the gateway may have {limit} streams open at once", 1)
+        if key is None:
+            return ("all",)
+        s = self.settings
+        limit = s.key_streams if key.limits.streams is None else key.limits.streams
+        if not await counters.enter(f"key:{key.id}", limit):
+            await counters.leave("all")
+            raise RateLimited(f"the key {key.label!r} may have {limit} streams open at once", 1)
+        return ("all", f"key:{key.id}")
+
+    async def close_stream(self, held: tuple[str, ...]) -> None:
+        for name in held:
+            await self.counters.leave(name)

@@ -1,0 +1,147 @@
+"""The gateway's error vocabulary, shared by every front, upstream kind and check.
+
+Two families:
+
+- `UpstreamError`: what went wrong with a model server. Each upstream kind catches its own
+  transport's exceptions where they are born and raises one of these, so the pipeline never
+  sees a socket, an httpx exception or a server's error format.
+- `CallError`: a call refused or failed, as a client is told: a stable `code`, a message that
+  says what to do, and the HTTP status it is answered with. Each front renders it in its own
+  shape (the seed's `{"error": {...}}`, Ollama's `{"error": "..."}`, OpenAI's).
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+
+class CallError(Exception):
+    """A failure as the client sees it: status, a stable code, a message saying what to do."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+        # The id of the call (and its usage record) this error ended, if any.
+        self.request_id = request_id
+
+
+class RateLimited(CallError):
+    """A rate, token or stream limit is reached; `Retry-After` says when to try again."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(
+            429, "rate_limited", message, headers={"Retry-After": str(self.retry_after)}
+        )
+
+
+def unauthorized(message: str) -> CallError:
+    return CallError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def shutting_down(call_id: str | None = None) -> CallError:
+    return CallError(
+        503,
+        "server_shutdown",
+        "the gateway is shutting down and could not finish this answer in time; "
+        "ask again in a moment",
+        headers={"Retry-After": "5"},
+        request_id=call_id,
+    )
+
+
+def internal(call_id: str | None = None) -> CallError:
+    return CallError(
+        500, "internal_error", "the gateway failed unexpectedly; see its log", request_id=call_id
+    )
+
+
+# -- upstream failures ----------------------------------------------------------------------
+
+
+class UpstreamError(Exception):
+    """Base class: every failure talking to a model server."""
+
+    status = 502
+    code = "upstream_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The server could not be reached, or dropped the connection."""
+
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The server accepted the connection but did not answer in time."""
+
+    status = 504
+    code = "upstream_timeout"
+
+
+class ModelNotFound(UpstreamError):
+    """The server does not have this model."""
+
+    status = 404
+    code = "model_not_found"
+
+
+class UpstreamBusy(UpstreamError):
+    """The server's queue is full."""
+
+    status = 503
+    code = "upstream_busy"
+
+
+class UpstreamRejected(UpstreamError):
+    """The server found the request itself wrong."""
+
+    status = 400
+    code = "upstream_rejected"
+
+
+class UpstreamFailed(UpstreamError):
+    """The server reported a failure of its own: a 5xx, or an error mid-stream."""
+
+
+class UpstreamBadResponse(UpstreamError):
+    """The server answered with something that is not its documented wire format, or more
+    than the gateway's bounds allow."""
+
+    code = "upstream_bad_response"
+
+
+def call_error(exc: Exception, call_id: str | None = None) -> CallError:
+    """Any failure the fronts expect, as a CallError."""
+    if isinstance(exc, CallError):
+        error = exc
+    elif isinstance(exc, UpstreamError):
+        headers = {"Retry-After": "5"} if exc.status == 503 else None
+        error = CallError(exc.status, exc.code, exc.message, headers=headers)
+    elif isinstance(exc, msgspec.ValidationError):
+        # ValidationError is a DecodeError: test it first.
+        error = CallError(422, "invalid_request", str(exc))
+    elif isinstance(exc, msgspec.DecodeError):
+        error = CallError(400, "invalid_json", f"the body is not valid JSON: {exc}")
+    else:
+        raise TypeError(f"no call error for {type(exc).__name__}") from exc
+    if call_id is not None and error.request_id is None:
+        error.request_id = call_id
+    return error

@@ -1,0 +1,177 @@
+"""One call's account: what was asked, what came back so far, the clock, and its one record.
+
+A `Call` is made for every call on every front and finished exactly once, as `ok`, `error` or
+`cancelled`; finishing it builds its usage record. Everything that can end a call (an answer,
+an upstream failure, a client that hangs up, a shutdown) goes through `finish`, and the first
+finish wins.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import msgspec
+
+from access.identity import Caller
+from store.records import InputMessage, Status, UsageRecord, iso
+
+from .errors import CallError
+from .types import CallRequest, Labels, Message, Metrics, Piece, ToolCall
+
+_to_builtins = msgspec.to_builtins
+
+
+def _input_message(message: Message) -> InputMessage:
+    return InputMessage(
+        message.role,
+        message.content,
+        images=len(message.images) if message.images else None,
+        tool_calls=_to_builtins(message.tool_calls) if message.tool_calls else None,
+    )
+
+
+def input_of(request: CallRequest) -> list[InputMessage]:
+    """What the record keeps of the prompt: each message's text (images only counted)."""
+    completion = request.completion
+    if completion is None:
+        return [_input_message(m) for m in request.messages]
+    messages = [InputMessage("system", completion.system)] if completion.system else []
+    images = len(completion.images) if completion.images else None
+    messages.append(InputMessage("user", completion.prompt, images=images))
+    return messages
+
+
+class Text:
+    """Text that arrives in pieces, of which the record keeps the first `limit` characters."""
+
+    __slots__ = ("chars", "kept", "limit", "parts")
+
+    def __init__(self, limit: int) -> None:
+        self.parts: list[str] = []
+        self.chars = 0
+        self.kept = 0
+        self.limit = limit
+
+    def add(self, text: str) -> None:
+        self.chars += len(text)
+        if self.kept < self.limit:
+            room = self.limit - self.kept
+            if len(text) > room:
+                text = text[:room]
+            self.parts.append(text)
+            self.kept += len(text)
+
+    @property
+    def truncated(self) -> bool:
+        return self.chars > self.kept
+
+    def __str__(self) -> str:
+        return "".join(self.parts)
+
+
+class Call:
+    """One call in flight: its request, its caller, the answer so far, and the clock."""
+
+    def __init__(
+        self,
+        call_id: str,
+        request: CallRequest,
+        caller: Caller,
+        labels: Labels,
+        *,
+        front: str,
+        endpoint: str,
+        streamed: bool,
+        max_output: int,
+    ) -> None:
+        self.id = call_id
+        self.request = request
+        self.caller = caller
+        self.labels = labels
+        self.front = front
+        self.endpoint = endpoint
+        self.streamed = streamed
+        self.date = iso(datetime.now(UTC))
+        self.started = time.perf_counter()
+        self.first_token: float | None = None
+        self.output = Text(max_output)
+        self.thinking = Text(max_output)
+        self.tool_calls: list[ToolCall] = []
+        # Chunks that carried anything (text, thinking or tool calls): the output token count
+        # when the upstream never sent its own (a cancelled or failed stream).
+        self.chunks = 0
+        self.upstream: str | None = None
+        self.attempts: int | None = None
+        self.input_count: int | None = None
+        self.record: UsageRecord | None = None
+
+    def add(self, pieces: list[Piece]) -> None:
+        if self.first_token is None:
+            self.first_token = time.perf_counter()
+        for piece in pieces:
+            self.chunks += 1
+            if piece.content:
+                self.output.add(piece.content)
+            if piece.thinking:
+                self.thinking.add(piece.thinking)
+            if piece.tool_calls:
+                self.tool_calls.extend(piece.tool_calls)
+
+    def finish(
+        self, status: Status, metrics: Metrics | None = None, error: CallError | None = None
+    ) -> UsageRecord | None:
+        """Build the call's one usage record; None if it was finished already."""
+        if self.record is not None:
+            return None
+        metrics = metrics or Metrics()
+        estimated = metrics.output_tokens is None and self.chunks > 0
+        output_tokens = self.chunks if estimated else metrics.output_tokens
+        total = (
+            metrics.input_tokens + output_tokens
+            if metrics.input_tokens is not None and output_tokens is not None
+            else None
+        )
+        labels = self.labels
+        output, thinking = self.output, self.thinking
+        truncated = output.truncated or thinking.truncated
+        self.record = UsageRecord(
+            id=self.id,
+            date=self.date,
+            total_seconds=round(time.perf_counter() - self.started, 6),
+            total_tokens=total,
+            input_tokens=metrics.input_tokens,
+            output_tokens=output_tokens,
+            model_name=self.request.model,
+            input=input_of(self.request),
+            output=str(output),
+            project=labels.project,
+            process_id=labels.process_id,
+            subprocess_id=labels.subprocess_id,
+            status=status,
+            error=error.message if error else None,
+            error_code=error.code if error else None,
+            streamed=self.streamed,
+            done_reason=metrics.done_reason,
+            ttft_seconds=(
+                None if self.first_token is None else round(self.first_token - self.started, 6)
+            ),
+            load_seconds=metrics.load_seconds,
+            prompt_eval_seconds=metrics.prompt_eval_seconds,
+            eval_seconds=metrics.eval_seconds,
+            upstream_seconds=metrics.upstream_seconds,
+            tokens_estimated=estimated,
+            user=self.caller.fingerprint,
+            key_id=self.caller.key.id if self.caller.key else None,
+            key_label=self.caller.label,
+            front=self.front,
+            endpoint=self.endpoint,
+            upstream=self.upstream,
+            attempts=self.attempts,
+            thinking=str(thinking) if thinking.chars else None,
+            tool_calls=_to_builtins(self.tool_calls) if self.tool_calls else None,
+            output_truncated=truncated,
+            output_chars=output.chars if truncated else None,
+            input_count=self.input_count,
+        )
+        return self.record

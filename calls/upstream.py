@@ -1,0 +1,86 @@
+"""The upstream seam: what the pipeline needs from a model server, as a small interface.
+
+`ollama_client.OllamaUpstream` is one implementation. Another kind of server (an
+OpenAI-compatible one, say) is another module implementing this `Protocol`, and several
+servers behind one address are one more implementation that routes among others; the
+pipeline does not know which it has. Every method fails only with `calls.errors.UpstreamError`
+and its subclasses, never with a transport's own exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+from .types import Answer, CallRequest, Embeddings, EmbedRequest, Metrics, ModelInfo, Piece
+
+
+class UpstreamHealth(msgspec.Struct, kw_only=True):
+    """One model server as the gateway sees it right now."""
+
+    name: str
+    kind: str
+    address: str
+    status: Literal["up", "down"]
+    version: str | None = None
+    error: str | None = None
+    # Calls it is serving now, and how many it may serve at once (None: no cap).
+    in_flight: int = 0
+    capacity: int | None = None
+    models: list[str] | None = None
+
+
+class AnswerStream(Protocol):
+    """An answer being streamed. Iterate `batches()`; close it with `aclose()`, always.
+
+    Closing it before the end closes the upstream request, which is how a server learns to
+    stop generating an answer nobody will read.
+    """
+
+    # Which upstream is answering, and how many were tried to get here.
+    upstream: str | None
+    attempts: int
+    # The upstream's final account, set when the stream has ended normally.
+    metrics: Metrics | None
+
+    def batches(self) -> AsyncIterator[list[Piece]]:
+        """The pieces as they arrive, a list per read: never empty."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class Upstream(Protocol):
+    """One model server, or several behind one face."""
+
+    async def models(self) -> list[ModelInfo]:
+        """The models it has, each once."""
+        ...
+
+    async def loaded(self) -> list[dict[str, Any]]:
+        """The models loaded in memory now, as the server describes them (Ollama's /api/ps)."""
+        ...
+
+    async def show(self, model: str) -> dict[str, Any]:
+        """What the server says of one model (Ollama's /api/show)."""
+        ...
+
+    async def version(self) -> str: ...
+
+    async def health(self) -> list[UpstreamHealth]:
+        """The state of each server behind this upstream, without waiting long on any."""
+        ...
+
+    async def answer(self, request: CallRequest) -> Answer:
+        """A whole answer."""
+        ...
+
+    async def open_stream(self, request: CallRequest) -> AnswerStream:
+        """Start a streamed answer; returns once the server has accepted it."""
+        ...
+
+    async def embed(self, request: EmbedRequest) -> Embeddings: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,40 @@
+"""The command line: `python -m ollama_host [COMMAND] ...`.
+
+python -m ollama_host [app.py flags]    run the gateway (the same as `python app.py`)
+python -m ollama_host settings-table    print the README's settings table
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+
+def _serve(argv: Sequence[str]) -> int:
+    from app import main
+
+    return main(argv)
+
+
+def _settings_table(argv: Sequence[str]) -> int:
+    from .settings import settings_table
+
+    sys.stdout.write(settings_table())
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "serve": _serve,
+    "settings-table": _settings_table,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        return COMMANDS[args[0]](args[1:])
+    return _serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,481 @@
+"""Settings: read once, from flags and the environment, into one typed object.
+
+Each setting is declared once, below, as a field of `Settings` with its flag, environment
+variable, shown default and help text beside it. The flag parser (`parse_settings`), `--help`
+and the README's settings table (`settings_table`, checked by a test) all come from that one
+declaration. A flag given on the command line wins over its variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, get_args, get_origin, get_type_hints
+
+import msgspec
+from msgspec import Meta
+
+from ollama_host import __version__
+
+
+def setting(
+    flag: str,
+    env: str | None,
+    help: str,
+    *,
+    shown: str | None = None,
+    metavar: str | None = None,
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+) -> Meta:
+    """One setting's declaration: its flag, its variable, how the README shows its default
+    (None: the field's default as it is), and the help text both --help and the README show."""
+    bounds: dict[str, Any] = {
+        name: value for name, value in (("gt", gt), ("ge", ge), ("le", le)) if value is not None
+    }
+    extra = {"flag": flag, "env": env, "shown": shown, "metavar": metavar}
+    meta: Meta = Meta(description=help, extra=extra, **bounds)
+    return meta
+
+
+NONE = "`0` (none)"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    host: Annotated[str, setting("--host", "OLLAMA_GATEWAY_HOST", "address to listen on")] = (
+        "127.0.0.1"
+    )
+    port: Annotated[
+        int, setting("--port", "OLLAMA_GATEWAY_PORT", "port to listen on", ge=0, le=65535)
+    ] = 5000
+    ollama_url: Annotated[
+        str,
+        setting(
+            "--ollama",
+            "OLLAMA_HOST",
+            "the Ollama server: `host:port` or a URL, read as Ollama reads it (no scheme: http "
+            "and port 11434; `http://host` alone: port 80)",
+            metavar="URL",
+        ),
+    ] = "http://127.0.0.1:11434"
+    data_dir: Annotated[
+        str,
+        setting(
+            "--data",
+            "OLLAMA_GATEWAY_DATA",
+            "folder for the usage log, API keys and token hashes",
+            shown="`$XDG_DATA_HOME/ollama-host` (`~/.local/share/ollama-host`)",
+            metavar="DIR",
+        ),
+    ] = "data"
+    # Loading a large model can take minutes, and Ollama sends nothing while it loads: a
+    # shorter read timeout would abort the load the gateway asked for.
+    timeout: Annotated[
+        float,
+        setting(
+            "--timeout",
+            "OLLAMA_GATEWAY_TIMEOUT",
+            "seconds to wait for Ollama's next byte; long, because loading a big model takes "
+            "minutes and Ollama sends nothing meanwhile",
+            metavar="S",
+            gt=0,
+        ),
+    ] = 600.0
+    connect_timeout: Annotated[
+        float,
+        setting(
+            "--connect-timeout",
+            "OLLAMA_GATEWAY_CONNECT_TIMEOUT",
+            "seconds to wait for a connection to Ollama",
+            metavar="S",
+            gt=0,
+        ),
+    ] = 5.0
+    # Seconds between SSE keep-alive comments, so proxies keep an idle stream open.
+    keepalive: Annotated[
+        float,
+        setting(
+            "--keepalive",
+            "OLLAMA_GATEWAY_KEEPALIVE",
+            "seconds between SSE keep-alive comments on an idle stream",
+            metavar="S",
+            gt=0,
+        ),
+    ] = 15.0
+    # Fast failures keep their HTTP status; slow model loads get keep-alive comments.
+    open_wait: Annotated[
+        float,
+        setting(
+            "--open-wait",
+            "OLLAMA_GATEWAY_OPEN_WAIT",
+            "how long a stream waits for Ollama to accept the request before the SSE response "
+            "opens anyway (see below)",
+            metavar="S",
+            ge=0,
+        ),
+    ] = 1.0
+    log_level: Annotated[
+        str,
+        setting("--log-level", "OLLAMA_GATEWAY_LOG_LEVEL", "`debug`, `info`, `warning` or `error`"),
+    ] = "info"
+    admin_token: Annotated[
+        str | None,
+        setting(
+            "--admin-token",
+            "OLLAMA_GATEWAY_ADMIN_TOKEN",
+            "the admin token (prefer the variable: a flag shows in `ps`); never written down",
+            shown="made on first start",
+        ),
+    ] = None
+    allowed_hosts: Annotated[
+        str,
+        setting(
+            "--allowed-hosts",
+            "OLLAMA_GATEWAY_ALLOWED_HOSTS",
+            "host names clients may use, besides `localhost` and IP addresses "
+            "(comma-separated; `*` turns the check off)",
+            shown="none",
+        ),
+    ] = ""
+    cors_origins: Annotated[
+        str,
+        setting(
+            "--cors-origins",
+            "OLLAMA_GATEWAY_CORS_ORIGINS",
+            "browser origins allowed to call the gateway, e.g. `https://app.example` "
+            "(comma-separated)",
+            shown="none",
+        ),
+    ] = ""
+    max_body: Annotated[
+        int,
+        setting(
+            "--max-body",
+            "OLLAMA_GATEWAY_MAX_BODY",
+            "largest request body in bytes (413 past it)",
+            ge=1,
+        ),
+    ] = 1_048_576
+    max_prompt: Annotated[
+        int,
+        setting(
+            "--max-prompt",
+            "OLLAMA_GATEWAY_MAX_PROMPT",
+            "longest prompt, content plus template, in characters (413 past it)",
+            ge=1,
+        ),
+    ] = 262_144
+    # Bounds on what one call may make the gateway hold (issue 11): past each, a clear error,
+    # a record that says why, and memory that stays flat.
+    max_upstream_line: Annotated[
+        int,
+        setting(
+            "--max-upstream-line",
+            "OLLAMA_GATEWAY_MAX_UPSTREAM_LINE",
+            "longest line of a streamed answer the gateway reads from an upstream, in bytes "
+            "(past it: an `upstream_bad_response` error)",
+            ge=1024,
+        ),
+    ] = 4 << 20
+    max_upstream_body: Annotated[
+        int,
+        setting(
+            "--max-upstream-body",
+            "OLLAMA_GATEWAY_MAX_UPSTREAM_BODY",
+            "largest whole (non-streamed) answer the gateway reads from an upstream, in bytes "
+            "(past it: an `upstream_bad_response` error)",
+            ge=1024,
+        ),
+    ] = 64 << 20
+    max_record_output: Annotated[
+        int,
+        setting(
+            "--max-record-output",
+            "OLLAMA_GATEWAY_MAX_RECORD_OUTPUT",
+            "characters of an answer (and of its thinking) a usage record keeps; a longer one "
+            "keeps its head and says `output_truncated` with the full `output_chars`",
+            ge=1,
+        ),
+    ] = 1 << 20
+    stream_buffer: Annotated[
+        int,
+        setting(
+            "--stream-buffer",
+            "OLLAMA_GATEWAY_STREAM_BUFFER",
+            "bytes of an upstream's answer the gateway holds unread for a slow client; past "
+            "it, it stops reading the upstream until the client catches up",
+            ge=4096,
+        ),
+    ] = 256 << 10
+    send_timeout: Annotated[
+        float,
+        setting(
+            "--send-timeout",
+            "OLLAMA_GATEWAY_SEND_TIMEOUT",
+            "seconds a stream waits for a client that reads nothing before it ends the stream "
+            "(recorded `cancelled`, `client_stalled`)",
+            metavar="S",
+            gt=0,
+        ),
+    ] = 60.0
+    # Limits; 0 means no limit. A key's own limits override the per-key defaults.
+    key_rpm: Annotated[
+        int,
+        setting(
+            "--key-rpm",
+            "OLLAMA_GATEWAY_KEY_RPM",
+            "requests per minute per API key",
+            shown=NONE,
+            ge=0,
+        ),
+    ] = 0
+    key_tokens_per_day: Annotated[
+        int,
+        setting(
+            "--key-tokens-per-day",
+            "OLLAMA_GATEWAY_KEY_TOKENS_PER_DAY",
+            "tokens per UTC day per API key",
+            shown=NONE,
+            ge=0,
+        ),
+    ] = 0
+    key_streams: Annotated[
+        int,
+        setting(
+            "--key-streams",
+            "OLLAMA_GATEWAY_KEY_STREAMS",
+            "streams open at once per API key",
+            shown=NONE,
+            ge=0,
+        ),
+    ] = 0
+    project_rpm: Annotated[
+        int,
+        setting(
+            "--project-rpm",
+            "OLLAMA_GATEWAY_PROJECT_RPM",
+            "requests per minute per `project`",
+            shown=NONE,
+            ge=0,
+        ),
+    ] = 0
+    project_tokens_per_day: Annotated[
+        int,
+        setting(
+            "--project-tokens-per-day",
+            "OLLAMA_GATEWAY_PROJECT_TOKENS_PER_DAY",
+            "tokens per UTC day per `project`",
+            shown=NONE,
+            ge=0,
+        ),
+    ] = 0
+    max_streams: Annotated[
+        int,
+        setting(
+            "--max-streams",
+            "OLLAMA_GATEWAY_MAX_STREAMS",
+            "streams open at once, in total",
+            shown=NONE,
+            ge=0,
+        ),
+    ] = 0
+    # Usage records older than this many days are deleted; None keeps them forever.
+    retention_days: Annotated[
+        Annotated[float, Meta(gt=0)] | None,
+        setting(
+            "--retention-days",
+            "OLLAMA_GATEWAY_RETENTION_DAYS",
+            "delete usage records older than N days",
+            shown="keep forever",
+            metavar="N",
+        ),
+    ] = None
+    # Seconds a call in flight may still run once the gateway is told to stop; after that it
+    # ends with a `server_shutdown` error. systemd's stop timeout must be longer.
+    grace: Annotated[
+        float,
+        setting(
+            "--grace",
+            "OLLAMA_GATEWAY_GRACE",
+            "seconds calls in flight may still run after SIGTERM or Ctrl-C",
+            metavar="S",
+            ge=0,
+            le=3600,
+        ),
+    ] = 10.0
+    log_json: Annotated[
+        bool, setting("--log-json", "OLLAMA_GATEWAY_LOG_JSON", "write the log as JSON lines")
+    ] = False
+    # Prompts and answers in the log: off unless asked for, since they may be private.
+    log_content: Annotated[
+        bool,
+        setting(
+            "--log-content",
+            "OLLAMA_GATEWAY_LOG_CONTENT",
+            "also log each ask's prompt and answer (never a key)",
+        ),
+    ] = False
+    reset_admin_token: Annotated[
+        bool,
+        setting(
+            "--reset-admin-token",
+            None,
+            "make a new admin token and show it once; the old one stops working",
+            shown="",
+        ),
+    ] = False
+
+    @property
+    def host_list(self) -> list[str]:
+        return [h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()]
+
+    @property
+    def origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+
+class Declared(msgspec.Struct, frozen=True):
+    """A setting as declared: its field, flag, variable, default, and texts."""
+
+    field: str
+    flag: str
+    env: str | None
+    help: str
+    shown: str | None
+    metavar: str | None
+    default: Any
+    switch: bool
+
+
+def declared() -> Iterator[Declared]:
+    """Every setting, in declaration order."""
+    hints = get_type_hints(Settings, include_extras=True)
+    for field in msgspec.structs.fields(Settings):
+        hint = hints[field.name]
+        assert get_origin(hint) is Annotated, field.name
+        meta = next(m for m in get_args(hint)[1:] if isinstance(m, Meta))
+        extra = meta.extra or {}
+        yield Declared(
+            field=field.name,
+            flag=extra["flag"],
+            env=extra["env"],
+            help=meta.description or "",
+            shown=extra["shown"],
+            metavar=extra["metavar"],
+            default=field.default,
+            switch=get_args(hint)[0] is bool,
+        )
+
+
+def _shown_default(item: Declared) -> str:
+    if item.shown is not None:
+        return item.shown
+    if isinstance(item.default, float) and item.default.is_integer():
+        return f"`{int(item.default)}`"
+    return f"`{item.default}`"
+
+
+def settings_table() -> str:
+    """The README's settings table, made from the declarations."""
+    lines = ["| flag | variable | default | meaning |", "| --- | --- | --- | --- |"]
+    for item in declared():
+        flag = f"`{item.flag} {item.metavar}`" if item.metavar else f"`{item.flag}`"
+        env = f"`{item.env}`" if item.env else ""
+        # A switch is off unless given; one without a variable has no default to show.
+        switch_default = "off" if item.env is not None else ""
+        default = switch_default if item.switch else _shown_default(item)
+        cells = (flag, env, default, item.help)
+        lines.append("|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|")
+    lines.append("| `--version` | | | print the version and exit |")
+    return "\n".join(lines) + "\n"
+
+
+def default_data_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "ollama-host"
+
+
+def ollama_url(value: str) -> str:
+    """Read an address the way Ollama reads OLLAMA_HOST: `host:port` or a full URL.
+
+    Ollama's own rule (envconfig.Host): no scheme means http and port 11434; an
+    explicit http:// or https:// without a port means 80 or 443.
+    """
+    from urllib.parse import urlsplit
+
+    value = value.strip().rstrip("/")
+    if not value:
+        return "http://127.0.0.1:11434"
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        scheme, rest, default_port = "http", value, 11434
+    elif scheme in ("http", "https"):
+        default_port = 80 if scheme == "http" else 443
+    else:
+        raise ValueError(f"unsupported scheme {scheme!r} in Ollama address {value!r}")
+    parts = urlsplit(f"{scheme}://{rest}")
+    try:
+        port = parts.port or default_port
+    except ValueError as exc:
+        raise ValueError(f"bad port in Ollama address {value!r}") from exc
+    host = parts.hostname or "127.0.0.1"
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    path = parts.path.rstrip("/")
+    return f"{scheme}://{host}:{port}{path}"
+
+
+def _help(item: Declared) -> str:
+    default = "" if item.switch else f" (default {_shown_default(item).replace('`', '')})"
+    text = item.help.replace("`", "")
+    return f"{text}{default} [{item.env}]" if item.env else f"{text}{default}"
+
+
+def parse_settings(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(
+        prog="python app.py",
+        description="Ollama Host: a gateway in front of Ollama that streams answers as "
+        "Server-Sent Events and records the usage of every call.",
+        epilog="Every flag can also be set by the environment variable named in brackets; "
+        "a flag wins over its variable.",
+    )
+    parser.add_argument("--version", action="version", version=f"ollama-host {__version__}")
+    items = list(declared())
+    for item in items:
+        if item.switch:
+            parser.add_argument(
+                item.flag, dest=item.field, action="store_true", default=None, help=_help(item)
+            )
+        else:
+            metavar = item.metavar or (item.env or item.field).removeprefix("OLLAMA_GATEWAY_")
+            parser.add_argument(item.flag, dest=item.field, metavar=metavar, help=_help(item))
+    args = vars(parser.parse_args(argv))
+
+    raw: dict[str, object] = {}
+    for item in items:
+        value = args.get(item.field)
+        if value is None and item.env is not None:
+            value = env.get(item.env) or None
+        if value is not None:
+            raw[item.field] = value
+    try:
+        raw["ollama_url"] = ollama_url(str(raw.get("ollama_url", "")))
+        raw.setdefault("data_dir", str(default_data_dir(env)))
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except (ValueError, msgspec.ValidationError) as exc:
+        parser.error(str(exc))
+    if settings.log_level not in ("debug", "info", "warning", "error"):
+        parser.error(
+            f"--log-level must be debug, info, warning or error, not {settings.log_level!r}"
+        )
+    return settings
