@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.asgi import Local, in_process
 from tests.gateway_proc import Gateway, start_gateway
 from tests.ollama_standin import StandIn, start_standin
 
@@ -36,3 +37,16 @@ def client(gateway: Gateway) -> Iterator[httpx.Client]:
 def data_dir(tmp_path: Path) -> Path:
     """A data folder that does not exist yet."""
     return tmp_path / "data"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (marked anyio) run on asyncio, as the gateway does."""
+    return "asyncio"
+
+
+@pytest.fixture
+async def local(tmp_path: Path) -> AsyncIterator[Local]:
+    """The gateway in this process with default settings, asking the stand-in."""
+    async with in_process(tmp_path / "data") as app:
+        yield app
