@@ -239,3 +239,27 @@ def test_a_huge_valid_token_is_relayed_and_its_record_keeps_the_head(
     assert record["output_chars"] == 900 * 1024
     assert len(record["output"]) == 65536
     assert record["output"] == "".join(tokens)[:65536]
+
+
+def test_a_client_that_reads_nothing_is_given_up_after_the_send_timeout(
+    upstream: FaultUpstream, tmp_path: Path
+) -> None:
+    """A client that keeps its connection but takes nothing: after --send-timeout the stream
+    ends, the upstream is closed, and the record says why."""
+    project = unique("stalled")
+    before = len(upstream.stats())
+    with start_gateway(
+        tmp_path / "data", "--ollama", upstream.url, "--send-timeout", "1"
+    ) as gateway:
+        sock = open_stream(gateway, "flood-1024", project)
+        try:
+            call = closed_upstream(upstream, "flood-1024", before)
+            with gateway.client() as client:
+                record = record_of(client, project)
+        finally:
+            sock.close()
+
+    assert call["closed_at"] is not None
+    assert record["status"] == "cancelled"
+    assert record["error_code"] == "client_stalled"
+    assert "--send-timeout" in record["error"]
