@@ -22,7 +22,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from calls.errors import CallError as ApiError
-from store import Stats, Status, UsageQuery, UsageRecord, UsageStore, iso
+from store.base import UsageStore
+from store.records import Stats, Status, UsageQuery, UsageRecord, iso
 
 from .common import JSON, decode_query, encoder, gateway_of
 from .openapi import ADMIN, UNAUTHORIZED, Operation, Paths, Reply, error

@@ -14,7 +14,7 @@ from msgspec import Meta
 
 from calls.types import ModelName
 from calls.upstream import UpstreamHealth
-from store import Status, UsageRecord
+from store.records import Status, UsageRecord
 
 Tag = Annotated[str, Meta(max_length=200, description="A free label for accounting.")]
 
