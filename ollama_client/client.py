@@ -36,7 +36,7 @@ from calls.types import (
 from calls.upstream import UpstreamHealth
 
 from . import wire
-from .lines import LineTooLong, split_lines
+from .lines import Lines, LineTooLong
 
 _encode = msgspec.json.Encoder().encode
 _decode_chat = msgspec.json.Decoder(wire.ChatChunk).decode
@@ -133,19 +133,21 @@ class OllamaStream:
         self.metrics: Metrics | None = None
 
     async def batches(self) -> AsyncIterator[list[Piece]]:
+        lines = Lines(self._max_line)
+        line_of = self._line
         try:
-            async for lines in split_lines(_body(self._response), self._max_line):
-                pieces: list[Piece] = []
-                try:
-                    for line in lines:
-                        piece = self._line(line)
-                        if piece is not None:
-                            pieces.append(piece)
-                except UpstreamError:
-                    if pieces:  # what came before the failure still counts
+            async for data in _body(self._response):
+                found = lines.feed(data)
+                if len(found) == 1:
+                    # The common case: one read, one line, one token.
+                    piece = line_of(found[0])
+                    if piece is not None:
+                        yield [piece]
+                elif found:
+                    async for pieces in self._pieces(found):
                         yield pieces
-                    raise
-                if pieces:
+            if rest := lines.end():
+                async for pieces in self._pieces(rest):
                     yield pieces
         except LineTooLong as exc:
             raise UpstreamBadResponse(
@@ -164,6 +166,21 @@ class OllamaStream:
             raise UpstreamBadResponse(f"Ollama's answer could not be decoded: {exc}") from exc
         if self.metrics is None:
             raise UpstreamBadResponse("Ollama's stream ended without its final `done` line")
+
+    async def _pieces(self, lines: list[bytes]) -> AsyncIterator[list[Piece]]:
+        """The pieces of several lines that came in one read, as one batch."""
+        pieces: list[Piece] = []
+        try:
+            for line in lines:
+                piece = self._line(line)
+                if piece is not None:
+                    pieces.append(piece)
+        except UpstreamError:
+            if pieces:  # what came before the failure still counts
+                yield pieces
+            raise
+        if pieces:
+            yield pieces
 
     def _line(self, line: bytes) -> Piece | None:
         if not line.strip():
