@@ -331,11 +331,15 @@ def test_garbled_journal_is_set_aside_and_its_good_lines_kept(
 def test_unreadable_newest_file_is_moved_aside_loudly(
     data_dir: Path, caplog: pytest.LogCaptureFixture, damage: str
 ) -> None:
+    records = [record(n) for n in range(20)]
     first = UsageStore(data_dir)
-    fill(first, [record(n) for n in range(20)])
+    fill(first, records)
     first.close()
     [path] = (data_dir / "usage").glob("*.json")
     whole = path.read_bytes()
+    whole_before_cut = [
+        r.id for r, at, length in _documents(path) if at + length <= len(whole) // 2
+    ]
     broken = {"garbage": b"\x00\xffnot json", "truncated": whole[: len(whole) // 2], "empty": b""}
     path.write_bytes(broken[damage])
 
@@ -344,18 +348,25 @@ def test_unreadable_newest_file_is_moved_aside_loudly(
     try:
         fill(store, [record(100)])
         found = query(store)
+        health = store.health()
     finally:
         store.close()
 
     [aside] = (data_dir / "usage").glob(f"{path.name}.corrupt-*")
     assert aside.read_bytes() == broken[damage]  # kept as it was, never emptied
-    assert "USAGE FILE UNREADABLE" in caplog.text
     assert str(aside) in caplog.text
-    assert [r.id for r in found] == [record(100).id]
+    assert (health.status, health.damaged) == ("degraded", [path.name])
+    if damage == "truncated":  # the records before the cut still read, and are kept
+        assert "USAGE FILE DAMAGED" in caplog.text
+        assert [r.id for r in found] == [record(100).id, *reversed(whole_before_cut)]
+        assert 0 < len(whole_before_cut) < len(records)
+    else:
+        assert "USAGE FILE UNREADABLE" in caplog.text
+        assert [r.id for r in found] == [record(100).id]
 
 
 @pytest.mark.usefixtures("small_files")
-def test_truncated_closed_file_is_moved_aside_the_rest_kept(
+def test_truncated_closed_file_keeps_what_reads_and_its_original(
     data_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     records = [record(n) for n in range(120)]
@@ -363,14 +374,18 @@ def test_truncated_closed_file_is_moved_aside_the_rest_kept(
     fill(first, records)
     first.close()
     oldest = sorted((data_dir / "usage").glob("*.json"))[0]
-    oldest.write_bytes(oldest.read_bytes()[:-100])
+    cut = oldest.read_bytes()[:-100]
+    oldest.write_bytes(cut)
 
     with caplog.at_level(logging.ERROR):
         found = read_all(data_dir)
 
-    assert found == sorted(records[50:], key=lambda r: r.id, reverse=True)
-    assert list((data_dir / "usage").glob(f"{oldest.name}.corrupt-*"))
-    assert "USAGE FILE UNREADABLE" in caplog.text
+    # The cut took the last record of the file; the other 49 are kept in it.
+    assert found == sorted(records[:49] + records[50:], key=lambda r: r.id, reverse=True)
+    [aside] = (data_dir / "usage").glob(f"{oldest.name}.corrupt-*")
+    assert aside.read_bytes() == cut
+    assert "USAGE FILE DAMAGED" in caplog.text
+    assert "1 records could not be read" in caplog.text
 
 
 @pytest.mark.usefixtures("small_files")
@@ -518,3 +533,106 @@ def test_the_single_file_log_of_earlier_versions_is_imported(
     assert not (data_dir / "usage.json").exists()
     assert (data_dir / "usage.json.imported").exists()
     assert "imported 30 usage records" in caplog.text
+
+
+def _overwrite(path: Path, at: int, length: int = 100) -> bytes:
+    """Zero `length` bytes at `at`, keeping the file's size (a bad sector, bit rot); the result."""
+    with open(path, "r+b") as handle:
+        handle.seek(at)
+        handle.write(b"\0" * length)
+    return path.read_bytes()
+
+
+def _documents(path: Path) -> list[tuple[UsageRecord, int, int]]:
+    """A closed file's records in file order, each with where its document lies in it."""
+    with TinyDB(path, access_mode="r") as db:
+        records = [msgspec.convert(doc, UsageRecord) for doc in db.table("usage").all()]
+    content, spans = files.layout([files.encode(r) for r in records])
+    assert content == path.read_bytes()
+    return [(r, at, length) for r, (at, length) in zip(records, spans, strict=True)]
+
+
+def _page_through(store: UsageStore, limit: int) -> list[UsageRecord]:
+    """Every record, a page at a time with the `before` cursor, as the dashboard pages."""
+    found: list[UsageRecord] = []
+    while True:
+        page = query(store, limit=limit, **({"before": found[-1].id} if found else {}))
+        found += page
+        if len(page) < limit:
+            return found
+
+
+@pytest.mark.usefixtures("small_files")
+@pytest.mark.parametrize("where", ["inside a record", "across two", "the last", "the first"])
+def test_a_damaged_record_is_skipped_and_the_rest_of_its_file_stays_readable(
+    data_dir: Path, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    records = [record(n) for n in range(300)]
+    first = UsageStore(data_dir)
+    fill(first, records)
+    first.close()
+    path = sorted((data_dir / "usage").glob("*.json"), key=lambda p: files.segment_key(p.name))[2]
+    docs = _documents(path)
+    _, middle, length = docs[20]
+    at, lost = {
+        "inside a record": (middle + length // 2 - 50, [20]),
+        "across two": (middle - 50, [19, 20]),  # the end of one and the start of the next
+        "the last": (path.stat().st_size - 100, [49]),
+        "the first": (0, [0]),
+    }[where]
+    damaged = _overwrite(path, at)
+    gone = {docs[i][0].id for i in lost}
+    expected = sorted((r for r in records if r.id not in gone), key=lambda r: r.id, reverse=True)
+
+    store = UsageStore(data_dir)
+    try:
+        with caplog.at_level(logging.ERROR):
+            paged = _page_through(store, limit=7)
+            again = _page_through(store, limit=50)
+            totals = stats(store, 86400).totals
+        health = store.health()
+    finally:
+        store.close()
+
+    assert [r.id for r in paged] == [r.id for r in expected]
+    assert again == expected
+    assert totals.calls == len(expected)
+    assert health.status == "degraded"
+    assert health.damaged == [path.name]
+    assert health.error is not None
+    assert f"{path.name} is damaged: {len(lost)} record" in health.error
+    assert caplog.text.count("USAGE FILE DAMAGED") == 1  # once for the file, not per query
+    [aside] = path.parent.glob(f"{path.name}.corrupt-*")
+    assert aside.read_bytes() == damaged
+    assert str(aside) in caplog.text
+    # Repaired in place: plain TinyDB reads it again, and a restart finds nothing to repeat.
+    assert [d["id"] for d in tinydb_docs(path.parent)] == [
+        r.id for r in sorted(records, key=lambda r: r.id) if r.id not in gone
+    ]
+    caplog.clear()
+    assert read_all(data_dir) == expected[:1000]
+    assert "USAGE FILE" not in caplog.text
+
+
+@pytest.mark.usefixtures("small_files")
+def test_stats_before_any_page_count_what_the_summary_holds(data_dir: Path) -> None:
+    """Stats read summaries and rows, never documents: damage they cannot see they do not
+    count as missing. The first page that meets it corrects them."""
+    records = [record(n) for n in range(120)]
+    first = UsageStore(data_dir)
+    fill(first, records)
+    first.close()
+    path = sorted((data_dir / "usage").glob("*.json"), key=lambda p: files.segment_key(p.name))[0]
+    _, at, length = _documents(path)[10]
+    _overwrite(path, at + length // 2 - 50)
+
+    store = UsageStore(data_dir)
+    try:
+        before = stats(store, 86400).totals.calls
+        paged = _page_through(store, limit=1000)
+        after = stats(store, 86400).totals.calls
+    finally:
+        store.close()
+
+    assert before == 120
+    assert len(paged) == after == 119

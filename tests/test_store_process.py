@@ -3,6 +3,7 @@ a full disk, unreadable files at startup, and a second gateway on the same folde
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import random
 import signal
@@ -10,13 +11,14 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 from tinydb import TinyDB
 
-from store import files
+from store import InputMessage, UsageRecord, UsageStore, files, iso, new_id, usage_store
 from tests.gateway_proc import Gateway, start_gateway
 from tests.helpers import ask, unique
 from tests.ollama_standin import StandIn
@@ -79,9 +81,9 @@ def on_disk(data: Path) -> set[str]:
     return ids
 
 
-def dashboard_ids(gateway: Gateway, project: str) -> set[str]:
+def dashboard_ids(gateway: Gateway, project: str, limit: int = 1000) -> set[str]:
     found: set[str] = set()
-    params: dict[str, str | int] = {"project": project, "limit": 1000}
+    params: dict[str, str | int] = {"project": project, "limit": limit}
     with gateway.client() as client:
         while True:
             page = client.get("/api/v1/admin/dashboard", params=params)
@@ -164,7 +166,8 @@ def test_unreadable_file_at_startup_is_moved_aside_and_the_gateway_starts(
     with start_gateway(data_dir, "--ollama", standin.url) as gateway:
         health = httpx.get(gateway.url + "/health").json()
 
-    assert health["store"]["status"] == "ok"
+    assert health["store"]["status"] == "degraded"  # starts, but says a file was unreadable
+    assert health["store"]["damaged"] == ["2026-01-05-0001.json"]
     [aside] = usage.glob("2026-01-05-0001.json.corrupt-*")
     assert aside.read_bytes() == b'{"usage": {"1": {"id": "cut sho'
     assert "USAGE FILE UNREADABLE" in gateway.logs()
@@ -247,3 +250,55 @@ def test_full_disk_degrades_health_keeps_old_records_and_recovers(
     everything = before | {r.json()["id"] for r in during} | after
     assert everything <= on_disk(small_disk)
     assert "Traceback" not in gateway.logs()
+
+
+def test_a_damaged_record_hides_no_history_from_the_dashboard_or_the_export(
+    standin: StandIn, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Written in-process, in files of 50, so a few hundred records make closed files.
+    monkeypatch.setattr(usage_store, "SEGMENT_RECORDS", 50)
+    records = [_record(n) for n in range(400)]
+    first = UsageStore(data_dir)
+    for r in records:
+        first.append(r)
+    asyncio.run(first.flush())
+    first.close()
+    path = sorted((data_dir / "usage").glob("*.json"), key=lambda p: files.segment_key(p.name))[5]
+    size = path.stat().st_size
+    with open(path, "r+b") as handle:  # 100 bytes in the middle, the size kept
+        handle.seek(size // 2)
+        handle.write(b"\0" * 100)
+
+    with start_gateway(data_dir, "--ollama", standin.url) as gateway, gateway.client() as client:
+        paged = dashboard_ids(gateway, "p", limit=30)
+        exported = {
+            r["id"] for r in client.get("/api/v1/admin/export", params={"project": "p"}).json()
+        }
+        calls = client.get("/api/v1/admin/stats", params={"project": "p"}).json()["totals"]["calls"]
+        health = client.get("/health").json()
+
+    assert len(paged) in (399, 398)  # the one or two records the 100 bytes fell on
+    assert exported == paged
+    assert paged < {r.id for r in records}
+    assert calls == len(paged)
+    assert health["status"] == "degraded"
+    assert health["store"]["damaged"] == [path.name]
+    assert path.name in health["store"]["error"]
+    assert gateway.logs().count("USAGE FILE DAMAGED") == 1
+    assert "Traceback" not in gateway.logs()
+
+
+def _record(n: int) -> UsageRecord:
+    return UsageRecord(
+        id=new_id(),
+        date=iso(datetime.now(UTC)),
+        total_seconds=0.1,
+        total_tokens=2,
+        input_tokens=1,
+        output_tokens=1,
+        model_name="llama3",
+        input=[InputMessage("user", f"question {n} " + "x" * 200)],
+        output="w0 ",
+        project="p",
+        status="ok",
+    )
