@@ -14,10 +14,11 @@ from .records import (
     iso,
     new_id,
 )
-from .usage_store import StoreError, StoreHealth, UsageStore
+from .usage_store import FolderInUse, StoreError, StoreHealth, UsageStore
 
 __all__ = [
     "Bucket",
+    "FolderInUse",
     "GroupStats",
     "InputMessage",
     "Stats",

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import msgspec
 
-from . import files, reading
+from . import files, reading, spill
 from .files import Row, SegmentMeta
 from .records import Stats, UsageQuery, UsageRecord, iso
 
@@ -64,6 +64,10 @@ MAX_ASKS = 20
 
 class StoreError(Exception):
     """The usage store cannot open; the message says why and what to do."""
+
+
+class FolderInUse(StoreError):
+    """Another gateway (or import) holds the data folder."""
 
 
 class StoreHealth(msgspec.Struct):
@@ -103,7 +107,7 @@ def _lock_folder(folder: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise StoreError(
+        raise FolderInUse(
             f"another gateway is already using the data folder {folder}; "
             "stop it, or give this one its own folder with --data"
         ) from None
@@ -127,7 +131,9 @@ class _Open:
 class UsageStore:
     """Append usage records and read them back, newest first."""
 
-    def __init__(self, folder: Path, *, retention_days: float | None = None) -> None:
+    def __init__(
+        self, folder: Path, *, retention_days: float | None = None, spill: bool = True
+    ) -> None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._lock_fd = _lock_folder(folder)
@@ -136,6 +142,8 @@ class UsageStore:
         self.folder = folder
         self.path = folder / "usage"
         self.retention_days = retention_days
+        # Whether records the disk refuses at close are spilled (store/spill.py).
+        self.spill = spill
         # Records retention has deleted since startup: part of the dashboard's ETag, so a
         # page polling an idle gateway still sees old calls leave its totals.
         self.deleted = 0
@@ -422,13 +430,51 @@ class UsageStore:
                 with self._lock:
                     if not self._pending:
                         return
-                    if self._journal_error:
-                        log.error(
-                            "USAGE RECORDS LOST: %d records could not be written before exit (%s)",
-                            len(self._pending),
-                            self._journal_error,
-                        )
-                        return
+                    refused, self._pending = self._pending, []
+                    error = self._journal_error
+                if error:
+                    self._spill(refused, error)
+                    return
+                with self._lock:  # appended while this batch was written: one more round
+                    self._pending[:0] = refused
+
+    def _spill(self, records: list[UsageRecord], error: str) -> None:
+        """The disk refuses the records left at close: write them somewhere else, and say
+        where and how to import them, rather than lose them."""
+        count = len(records)
+        if not self.spill:
+            log.error("%d usage records were not written (%s)", count, error)
+            return
+        lines = [files.encode(r) for r in records if _encodable(r)]
+        try:
+            where, refused = spill.spill(lines)
+        except OSError as exc:
+            log.error(
+                "USAGE RECORDS LOST: %d records could not be written before exit (%s), "
+                "nor spilled anywhere else (standard error: %s)",
+                count,
+                error,
+                exc,
+            )
+            return
+        if where == spill.STDERR:
+            place = (
+                f"standard error, one record per line after {spill.SPILL_PREFIX!r}: save those "
+                "lines to a file (the systemd journal keeps them: journalctl -u UNIT -o cat "
+                "| grep 'USAGE RECORD SPILL' > FILE)"
+            )
+        else:
+            place = where
+        if refused:
+            place += f" (refused: {'; '.join(refused)})"
+        log.error(
+            "USAGE RECORDS SPILLED: the disk refused %d records at exit (%s); they are in %s. "
+            "Once there is space, with the gateway stopped, import them with: %s",
+            count,
+            error,
+            place,
+            spill.import_command(where, self.folder),
+        )
 
     def _fold_due(self, now: float) -> bool:
         return now >= self._fold_retry_at and (
@@ -625,13 +671,21 @@ class UsageStore:
 
     async def flush(self) -> None:
         """Wait until everything appended so far is in the TinyDB files (or has failed to be)."""
+        await asyncio.wrap_future(self._flush())
+
+    def sync(self) -> None:
+        """flush(), for code without an event loop (blocks)."""
+        self._flush().result()
+
+    def _flush(self) -> Future[None]:
         done: Future[None] = Future()
         with self._wake:
             if self._stopped:
-                return
-            self._flushes.append(done)
-            self._wake.notify()
-        await asyncio.wrap_future(done)
+                done.set_result(None)
+            else:
+                self._flushes.append(done)
+                self._wake.notify()
+        return done
 
     # -- reading ---------------------------------------------------------------
 
@@ -730,6 +784,18 @@ class UsageStore:
                 self._found_damage(page.moved)
         log.error("a usage query met changing files %d times; its page may be short", MAX_ASKS)
         return page.records
+
+    def known(self, ids: set[str]) -> set[str]:
+        """Which of these record ids the store holds (blocks; reads the files that may)."""
+        if not ids:
+            return set()
+        metas, recent = self._in_memory()
+        found = {r.id for r in recent if r.id in ids}
+        low, high = min(ids), max(ids)
+        for meta in metas:
+            if meta.max_id >= low and meta.min_id <= high:
+                found.update(row.id for row in self._rows(meta) if row.id in ids)
+        return found
 
     def _wait_change(self, metas: list[SegmentMeta]) -> bool:
         """Wait (a second at most) for the closed files to change from `metas`."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import random
@@ -17,6 +18,7 @@ from tinydb import TinyDB
 
 from settings import parse_settings
 from store import (
+    FolderInUse,
     InputMessage,
     Stats,
     StoreError,
@@ -25,6 +27,7 @@ from store import (
     UsageStore,
     files,
     iso,
+    spill,
     usage_store,
 )
 from store.stats import RATIO
@@ -636,3 +639,70 @@ def test_stats_before_any_page_count_what_the_summary_holds(data_dir: Path) -> N
 
     assert before == 120
     assert len(paged) == after == 119
+
+
+@pytest.mark.parametrize("refusing", [0, 1, 2])
+def test_records_the_disk_refuses_at_close_are_spilled_where_they_fit(
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    refusing: int,
+) -> None:
+    """The state folder first, then the temp folder, then standard error; `refusing` is how
+    many of the folders cannot take them (nothing can be made under a plain file)."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    state = (blocked if refusing >= 1 else tmp_path) / "state"
+    temp = (blocked if refusing >= 2 else tmp_path) / "tmp"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    monkeypatch.setenv("TMPDIR", str(temp))
+    records = [record(n) for n in range(5)]
+    store = UsageStore(data_dir)
+
+    def full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(usage_store, "_write_all", full)
+    for r in records:
+        store.append(r)
+    with caplog.at_level(logging.ERROR):
+        store.close()
+    monkeypatch.undo()
+
+    stderr = capfd.readouterr().err
+    assert "USAGE RECORDS SPILLED: the disk refused 5 records" in caplog.text
+    assert "USAGE RECORDS LOST" not in caplog.text
+    assert "No space left on device" in caplog.text
+    if refusing < 2:
+        folder = [state / "ollama-host" / "spill", temp / "ollama-host-spill"][refusing]
+        [spilled] = folder.glob("usage-*.jsonl")
+        assert spilled.stat().st_mode & 0o777 == 0o600
+        assert [files.decode_line(line) for line in spilled.read_bytes().splitlines()] == records
+        assert f"-m store import-spill {spilled} --data {data_dir}" in caplog.text
+        assert spill.SPILL_PREFIX not in stderr
+    else:
+        lines = [line for line in stderr.splitlines() if line.startswith(spill.SPILL_PREFIX)]
+        assert len(lines) == 5
+        assert "standard error" in caplog.text
+        assert "import-spill FILE" in caplog.text
+        spilled = tmp_path / "saved-log.txt"  # what an operator saves from the journal
+        spilled.write_text("Nov 30 gateway[1]: some other line\n" + stderr)
+
+    first = spill.import_spill([spilled], data_dir)
+    again = spill.import_spill([spilled], data_dir)
+
+    assert first == spill.Imported(added=5, present=0, unreadable=0)
+    assert again == spill.Imported(added=0, present=5, unreadable=0)
+    assert read_all(data_dir) == sorted(records, key=lambda r: r.id, reverse=True)
+
+
+def test_an_import_refuses_while_a_gateway_holds_the_folder(
+    store: UsageStore, data_dir: Path, tmp_path: Path
+) -> None:
+    spilled = tmp_path / "spill.jsonl"
+    spilled.write_bytes(files.encode(record(1)) + b"\n")
+
+    with pytest.raises(FolderInUse):
+        spill.import_spill([spilled], data_dir)

@@ -4,10 +4,10 @@ a full disk, unreadable files at startup, and a second gateway on the same folde
 from __future__ import annotations
 
 import asyncio
-import errno
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,8 +18,9 @@ import httpx
 import pytest
 from tinydb import TinyDB
 
-from store import InputMessage, UsageRecord, UsageStore, files, iso, new_id, usage_store
-from tests.gateway_proc import Gateway, start_gateway
+from store import InputMessage, UsageRecord, UsageStore, files, iso, new_id, spill, usage_store
+from tests import disks
+from tests.gateway_proc import ROOT, Gateway, start_gateway
 from tests.helpers import ask, unique
 from tests.ollama_standin import StandIn
 
@@ -177,32 +178,8 @@ def test_unreadable_file_at_startup_is_moved_aside_and_the_gateway_starts(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MB tmpfs, mounted where the gateway keeps its data (root only)."""
-    mount = tmp_path / "data"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with disks.small_disk(tmp_path / "data") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
-def _fill(disk: Path) -> Path:
-    filler = disk / "filler"
-    refused: OSError | None = None
-    with open(filler, "wb") as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        except OSError as exc:
-            refused = exc
-    assert refused is not None
-    assert refused.errno == errno.ENOSPC
-    return filler
 
 
 def _until(gateway: Gateway, client: httpx.Client, status: str) -> None:
@@ -232,7 +209,7 @@ def test_full_disk_degrades_health_keeps_old_records_and_recovers(
         while not before <= on_disk(small_disk):
             assert time.monotonic() < deadline, "the records never reached the disk"
             time.sleep(0.01)
-        filler = _fill(small_disk)
+        filler = disks.fill(small_disk)
 
         _until(gateway, client, "degraded")
         during = [client.post("/api/v1/ai/ask_sync", json=body, headers=headers) for _ in range(20)]
@@ -302,3 +279,71 @@ def _record(n: int) -> UsageRecord:
         project="p",
         status="ok",
     )
+
+
+def _store_command(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "store", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def _ids_in_files(data: Path) -> list[str]:
+    """Every id in the TinyDB files, as many times as it is there."""
+    ids: list[str] = []
+    for path in (data / "usage").glob("*.json"):
+        with TinyDB(path, access_mode="r") as db:
+            ids += [str(doc["id"]) for doc in db.table("usage").all()]
+    return ids
+
+
+@pytest.mark.parametrize("to", ["a file", "standard error"])
+def test_records_a_full_disk_refuses_at_sigterm_are_spilled_then_imported_once(
+    standin: StandIn, small_disk: Path, tmp_path: Path, to: str
+) -> None:
+    # The spill goes to the state folder; for "standard error", that and the temp folder
+    # are on the full disk too.
+    elsewhere = small_disk if to == "standard error" else tmp_path
+    env = {"XDG_STATE_HOME": str(elsewhere / "state"), "TMPDIR": str(elsewhere / "tmp")}
+    project = unique("spill")
+    body = ask(content="x [[tokens=3]]", project=project)
+    headers = {"Accept": "application/json"}
+    gateway = start_gateway(small_disk, "--ollama", standin.url, env=env)
+    with gateway, gateway.client() as client:
+        filler = disks.fill(small_disk)
+        _until(gateway, client, "degraded")
+        asked = {
+            client.post("/api/v1/ai/ask_sync", json=body, headers=headers).json()["id"]
+            for _ in range(20)
+        }
+        gateway.signal(signal.SIGTERM)
+        code = gateway.wait()
+    logs = gateway.logs()
+
+    assert code == 0, logs
+    assert "USAGE RECORDS SPILLED: the disk refused" in logs
+    assert "USAGE RECORDS LOST" not in logs
+    assert "Traceback" not in logs
+    if to == "a file":
+        [spilled] = (tmp_path / "state" / "ollama-host" / "spill").glob("usage-*.jsonl")
+        assert f"they are in {spilled}." in logs
+        assert f"-m store import-spill {spilled} --data {small_disk}" in logs
+    else:
+        assert not list(small_disk.rglob("usage-*.jsonl"))
+        spilled = tmp_path / "journal.txt"  # the log, as journalctl would give it back
+        spilled.write_text(logs)
+    lines = spill.read_spill([spilled])
+    assert lines.unreadable == 0
+    assert asked <= {r.id for r in lines.records}
+
+    filler.unlink()
+    first = _store_command("import-spill", str(spilled), "--data", str(small_disk))
+    again = _store_command("import-spill", str(spilled), "--data", str(small_disk))
+
+    count = len(lines.records)
+    assert first.returncode == 0, first.stderr
+    assert f"imported {count} usage records" in first.stdout
+    assert again.returncode == 0, again.stderr
+    assert f"imported 0 usage records into {small_disk} ({count} were there already" in again.stdout
+    in_files = _ids_in_files(small_disk)
+    assert asked <= set(in_files)
+    assert len(in_files) == len(set(in_files))  # each once
