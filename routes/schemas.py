@@ -127,6 +127,8 @@ class StoreHealthReply(msgspec.Struct, kw_only=True):
     status: str
     pending: int
     error: str | None = None
+    # Usage files found damaged since the gateway started; `error` says what became of them.
+    damaged: list[str] = msgspec.field(default_factory=list)
 
 
 class Health(msgspec.Struct, kw_only=True):

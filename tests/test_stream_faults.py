@@ -103,10 +103,11 @@ def closed_upstream(upstream: FaultUpstream, model: str, before: int) -> dict[st
     """The upstream call, once its connection is closed (the gateway let go of it)."""
     deadline = time.monotonic() + DEADLINE
     while True:
-        call = upstream_call(upstream, model, before)
-        if not call["open"]:
-            return call
-        assert time.monotonic() < deadline, f"the gateway never closed the upstream: {call}"
+        calls = [c for c in upstream.stats()[before:] if c["model"] == model]
+        assert len(calls) <= 1, calls
+        if calls and not calls[0]["open"]:
+            return calls[0]
+        assert time.monotonic() < deadline, f"the gateway never closed the upstream: {calls}"
         time.sleep(0.05)
 
 
