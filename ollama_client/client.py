@@ -37,6 +37,7 @@ from calls.upstream import UpstreamHealth
 
 from . import wire
 from .lines import Lines, LineTooLong
+from .transport import MalformedResponse
 
 _encode = msgspec.json.Encoder().encode
 _decode_chat = msgspec.json.Decoder(wire.ChatChunk).decode
@@ -154,6 +155,10 @@ class OllamaStream:
                 f"Ollama at {self._address} sent a line longer than {exc.limit} bytes "
                 "(--max-upstream-line); the answer was cut off there"
             ) from None
+        except MalformedResponse as exc:
+            raise UpstreamBadResponse(
+                f"Ollama at {self._address} answered malformed HTTP mid-answer: {exc}"
+            ) from exc
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(
                 f"Ollama at {self._address} sent nothing for too long mid-answer"
@@ -261,6 +266,8 @@ class OllamaUpstream:
     def _failure(self, exc: httpx.HTTPError) -> UpstreamError | None:
         """The UpstreamError an httpx failure stands for; None for one that is not a failure
         of talking to Ollama (a bug here, which must surface as it is)."""
+        if isinstance(exc, MalformedResponse):
+            return UpstreamBadResponse(f"Ollama at {self.address} answered malformed HTTP: {exc}")
         if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
             return UpstreamUnavailable(
                 f"cannot reach Ollama at {self.address} ({exc or type(exc).__name__}); "
