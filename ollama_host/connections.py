@@ -12,8 +12,10 @@ picks; h11 otherwise), passed as `uvicorn.Config(http=...)`:
 - `header_timeout`: from a request's first byte to the end of its headers;
 - `body_timeout`: from the end of the headers to the end of the body, the whole body;
 - `idle_timeout`: a connection waiting for a request, before its first one or between two;
-- `max_connections`: past it, a new connection is answered 503 and closed as soon as it is
-  accepted, before anything is read from it.
+- `max_connections`: at it, the oldest connection waiting for a request is closed to make
+  room for a new one (its client loses nothing but a connection to reopen); if none is
+  waiting, the new connection is answered 503 and closed as soon as it is accepted, before
+  anything is read from it.
 
 A request that misses its deadline is answered 408 in the gateway's error shape, and the
 connection closes. The deadlines cover receiving a request and idling between requests,
@@ -124,6 +126,7 @@ if TYPE_CHECKING:
         timeout_keep_alive_task: asyncio.TimerHandle | None
 
         def connection_made(self, transport: asyncio.Transport) -> None: ...  # type: ignore[override]
+        def on_response_complete(self) -> None: ...
         def timeout_keep_alive_handler(self) -> None: ...
 
 else:
@@ -135,8 +138,13 @@ class _Bounded(_Uvicorn):
 
     limits: ClassVar[ConnectionLimits]
     refused: ClassVar[_Tally]
+    evicted: ClassVar[_Tally]
     timed_out: ClassVar[_Tally]
     answers: ClassVar[dict[str, bytes]]  # "full", "headers", "body"
+    # The server's connections waiting for a request, oldest first (a dict as an ordered
+    # set); and those closed to make room, counted until their close completes.
+    waiting: ClassVar[dict[_Bounded, None]]
+    leaving: ClassVar[set[_Bounded]]
 
     _refused = False
     _lingering = False  # answered 408; reading only to drop what still comes
@@ -145,31 +153,50 @@ class _Bounded(_Uvicorn):
     _phase = ""  # "headers" or "body" while a request arrives
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        if len(self.connections) >= self.limits.max_connections:
-            # Before uvicorn makes its parser and counts the connection: a refusal costs
-            # a write and a close, and the client learns why if it reads before it writes.
-            self._refused = True
-            transport.write(self.answers["full"])
-            transport.close()
-            self.refused.count()
-            return
+        if len(self.connections) - len(self.leaving) >= self.limits.max_connections:
+            if self.waiting:
+                # A connection waiting for a request costs its client nothing to reopen:
+                # the oldest makes room, so that a flood of silent connections cannot
+                # lock everyone else out for the idle timeout.
+                next(iter(self.waiting))._make_room()
+            else:
+                # Before uvicorn makes its parser and counts the connection: a refusal
+                # costs a write and a close, and the client learns why if it reads first.
+                self._refused = True
+                transport.write(self.answers["full"])
+                transport.close()
+                self.refused.count()
+                return
         super().connection_made(transport)
         # Typed int after uvicorn's Config option; it only ever goes to loop.call_later.
         self.timeout_keep_alive = self.limits.idle_timeout  # type: ignore[assignment]
-        self._wait_for_request()
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.limits.idle_timeout, self.timeout_keep_alive_handler
+        )
+        self.waiting[self] = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refused:
             return
+        self.waiting.pop(self, None)
+        self.leaving.discard(self)
         self._leave()
         super().connection_lost(exc)
 
-    def _wait_for_request(self) -> None:
-        # uvicorn's keep-alive timer, which its data_received stops; uvicorn arms it only
-        # after an answer (with timeout_keep_alive, set to idle_timeout above).
-        self.timeout_keep_alive_task = self.loop.call_later(
-            self.limits.idle_timeout, self.timeout_keep_alive_handler
-        )
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.timeout_keep_alive_task is not None:  # uvicorn now waits for a request
+            self.waiting[self] = None
+
+    def _request_begins(self) -> None:
+        """Bytes came in: the connection is no longer waiting (see data_received)."""
+        self.waiting.pop(self, None)
+
+    def _make_room(self) -> None:
+        del self.waiting[self]
+        self.leaving.add(self)
+        self.evicted.count()
+        self.timeout_keep_alive_handler()  # how uvicorn closes an idle connection
 
     def _hand_over(self) -> None:
         self._handed_over = True
@@ -244,6 +271,7 @@ class BoundedH11(_Bounded, H11Protocol):
         super().handle_websocket_upgrade(event)
 
     def data_received(self, data: bytes) -> None:
+        self._request_begins()
         if self._lingering:
             return
         super().data_received(data)
@@ -273,6 +301,7 @@ def _httptools_class() -> type[_Bounded]:
 
     class BoundedHttpTools(_Bounded, HttpToolsProtocol):
         def data_received(self, data: bytes) -> None:
+            self._request_begins()
             if self._lingering:
                 return
             super().data_received(data)
@@ -341,10 +370,17 @@ def protocol_class(limits: ConnectionLimits, *, http: str = "auto") -> type[asyn
     attributes = {
         "limits": limits,
         "answers": {"full": full, "headers": headers, "body": body},
+        "waiting": {},
+        "leaving": set(),
         "refused": _Tally(
-            f"refusing new connections: {limits.max_connections} are open, as many as "
-            "--max-connections allows (%d refused since the previous such line; "
+            f"refusing new connections: {limits.max_connections} are open and busy, as many "
+            "as --max-connections allows (%d refused since the previous such line; "
             "one a minute at most)"
+        ),
+        "evicted": _Tally(
+            f"{limits.max_connections} connections open, as many as --max-connections allows: "
+            "closing those waiting for a request to make room (%d since the previous such "
+            "line; one a minute at most)"
         ),
         "timed_out": _Tally(
             "closed connections whose request did not arrive in time (--header-timeout "

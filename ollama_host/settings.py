@@ -260,8 +260,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         setting(
             "--max-connections",
             "OLLAMA_GATEWAY_MAX_CONNECTIONS",
-            "client connections open at once; past it a new connection is answered 503 "
-            "`too_many_connections` and closed before anything is read",
+            "client connections open at once; past it the oldest connection waiting for a "
+            "request is closed to make room, and if none is waiting a new connection is "
+            "answered 503 `too_many_connections` and closed before anything is read",
             shown="min(1024, (open-files limit − 64) / 2)",
             metavar="N",
         ),

@@ -193,59 +193,104 @@ def test_an_answer_slow_to_start_is_not_cut(strict: Gateway, path: str) -> None:
 @pytest.fixture(scope="module")
 def capped(standin: StandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     data_dir = tmp_path_factory.mktemp("capped") / "data"
-    flags = ["--max-connections", "4", "--idle-timeout", "120"]
+    flags = ["--max-connections", "4", "--idle-timeout", "120", "--header-timeout", "120"]
     with start_gateway(data_dir, "--ollama", standin.url, *flags) as server:
         yield server
 
 
 def held_connection(port: int) -> socket.socket:
-    """A connection the gateway has accepted and answered, kept open.
-
-    Retried: the start-up probe's connection may still count for a moment after it closed.
-    """
-    end = time.monotonic() + DEADLINE
-    while True:
-        sock = connect(port)
-        with contextlib.suppress(OSError, AssertionError):
-            sock.sendall(HEALTH)
-            if read_response(sock).startswith(b"HTTP/1.1 200"):
-                return sock
+    """A connection the gateway has accepted and answered, kept open (waiting)."""
+    sock = connect(port)
+    try:
+        sock.sendall(HEALTH)
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
+    except BaseException:
         sock.close()
-        assert time.monotonic() < end, "the gateway refused a connection under its cap"
+        raise
+    return sock
+
+
+def read_until(sock: socket.socket, marker: bytes) -> bytes:
+    received = b""
+    while marker not in received:
+        chunk = sock.recv(65536)
+        assert chunk, received
+        received += chunk
+    return received
+
+
+def streaming_connection(port: int, request: bytes, first: bytes) -> socket.socket:
+    """A connection whose answer has begun (`first` read) and is still going out."""
+    sock = connect(port)
+    try:
+        sock.sendall(request)
+        read_until(sock, first)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def sse_request(content: str) -> bytes:
+    body = msgspec.json.encode(ask(content=content, project=unique()))
+    return (
+        b"POST /api/v1/ai/ask_async HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+
+def logged(gateway: Gateway, text: str) -> int:
+    """How often the log says `text`, once it says it at all: a thread writes the log."""
+    end = time.monotonic() + DEADLINE
+    while text not in gateway.logs() and time.monotonic() < end:
         time.sleep(0.05)
+    return gateway.logs().count(text)
 
 
 @pytest.mark.server
 def test_connections_past_the_cap_are_refused_at_once_and_the_rest_keep_working(
     capped: Gateway,
 ) -> None:
-    held = [held_connection(capped.port) for _ in range(4)]
-    try:
+    # Four streams of 4.5 s each: busy connections, which never make room.
+    request = sse_request("count [[tokens=30]] [[delay=0.15]]")
+    with contextlib.ExitStack() as opened:
+        held = [
+            opened.enter_context(streaming_connection(capped.port, request, b"event: start"))
+            for _ in range(4)
+        ]
         refused = []
         for _ in range(3):
             # Nothing is sent: the refusal comes before the gateway reads anything.
             with connect(capped.port) as extra:
                 refused.append(read_to_end(extra))
         for sock in held:
-            sock.sendall(HEALTH)
-            assert read_response(sock).startswith(b"HTTP/1.1 200")
-        held.pop().close()
-        freed = held_connection(capped.port)
-        held.append(freed)
-    finally:
-        for sock in held:
-            sock.close()
+            assert b"event: done" in read_until(sock, b"event: done")
 
     for response, closed in refused:
         assert closed
         # The 503 is a courtesy: a client may see the connection closed or reset first.
         if response:
             assert error_of(response, 503)["code"] == "too_many_connections"
-    # Once for the three: the log is written by a thread of its own, so wait for it.
-    end = time.monotonic() + DEADLINE
-    while "refusing new connections" not in capped.logs() and time.monotonic() < end:
-        time.sleep(0.05)
-    assert capped.logs().count("refusing new connections") == 1, capped.logs()
+    assert logged(capped, "refusing new connections") == 1, capped.logs()
+
+
+@pytest.mark.server
+def test_at_the_cap_a_connection_waiting_for_a_request_makes_room(capped: Gateway) -> None:
+    # Silent connections at the cap would otherwise lock every new client out for as long
+    # as the idle timeout. (The start-up probe's connection may still count: two new
+    # clients make room twice, so the oldest held one goes in any case.)
+    with contextlib.ExitStack() as opened:
+        held = [opened.enter_context(held_connection(capped.port)) for _ in range(4)]
+        answers = []
+        for _ in range(2):
+            with connect(capped.port) as new:
+                new.sendall(HEALTH)
+                answers.append(read_response(new))
+        oldest = read_to_end(held[0])
+
+    assert all(answer.startswith(b"HTTP/1.1 200") for answer in answers)
+    assert oldest == (b"", True)
+    assert logged(capped, "closing those waiting for a request") == 1, capped.logs()
 
 
 def test_the_limits_come_from_the_settings() -> None:
@@ -284,8 +329,8 @@ def test_the_default_cap_is_well_under_the_open_files_limit() -> None:
 
 
 async def tiny_app(scope: Scope, receive: Receive, send: Send) -> None:
-    """Reads the whole body, then answers: /stream in 10 chunks 0.2 s apart, /late after
-    1.5 s of silence, anything else at once."""
+    """Reads the whole body, then answers: /stream in 10 chunks 0.2 s apart (/long in 30),
+    /late after 1.5 s of silence, anything else at once."""
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
@@ -297,9 +342,9 @@ async def tiny_app(scope: Scope, receive: Receive, send: Send) -> None:
         if message["type"] == "http.disconnect":
             return
         more = message.get("more_body", False)
-    if scope["path"] == "/stream":
+    if scope["path"] in ("/stream", "/long"):
         await send({"type": "http.response.start", "status": 200, "headers": []})
-        for i in range(10):
+        for i in range(10 if scope["path"] == "/stream" else 30):
             await asyncio.sleep(0.2)
             await send({"type": "http.response.body", "body": b"part%d;" % i, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -409,20 +454,24 @@ def test_protocol_a_request_trickling_in_behind_a_stream_cuts_nothing(
 @pytest.mark.parametrize("http", PROTOCOLS)
 def test_protocol_cap(http: str) -> None:
     limits = ConnectionLimits(
-        header_timeout=SHORT, body_timeout=SHORT, idle_timeout=120, max_connections=3
+        header_timeout=120, body_timeout=SHORT, idle_timeout=120, max_connections=3
     )
-    with serve_tiny(http, limits) as port:
-        held = [held_connection(port) for _ in range(3)]
-        try:
-            with connect(port) as extra:
-                response, closed = read_to_end(extra)
-            for sock in held:
-                sock.sendall(HEALTH)
-                assert read_response(sock).startswith(b"HTTP/1.1 200")
-        finally:
-            for sock in held:
-                sock.close()
+    with serve_tiny(http, limits) as port, contextlib.ExitStack() as opened:
+        waiting = [opened.enter_context(held_connection(port)) for _ in range(3)]
+        # The cap is reached, but a connection that waits for a request makes room...
+        made_room = opened.enter_context(held_connection(port))
+        evicted = read_to_end(waiting[0])
+        # ... and one that is being answered does not.
+        busy = [*waiting[1:], made_room]
+        for sock in busy:
+            sock.sendall(b"GET /long HTTP/1.1\r\nHost: x\r\n\r\n")
+            read_until(sock, b"part0;")
+        with connect(port) as extra:
+            response, closed = read_to_end(extra)
+        for sock in busy:
+            read_until(sock, b"part29;")
 
+    assert evicted == (b"", True)
     assert closed
     if response:
         assert error_of(response, 503)["code"] == "too_many_connections"
