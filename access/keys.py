@@ -172,7 +172,7 @@ class AdminToken:
 Limit = Annotated[int, Meta(ge=0)]
 
 
-class KeyLimits(msgspec.Struct, kw_only=True, omit_defaults=True):
+class KeyLimits(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """A key's own limits; None falls back to the gateway's per-key defaults, 0 means none."""
 
     rpm: Limit | None = None

@@ -117,3 +117,20 @@ async def test_an_unknown_key_is_404(admin: httpx.AsyncClient, method: str) -> N
     response = await admin.request(method.upper(), f"{KEYS}/nope", json={"label": "x"})
 
     assert_error(response, 404, "key_not_found")
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+async def test_a_limit_the_gateway_does_not_know_is_422_not_ignored(
+    admin: httpx.AsyncClient, method: str
+) -> None:
+    """A misspelt limit (`requests_per_minute` for `rpm`) must not make a key without it."""
+    body = {"label": "team", "limits": {"requests_per_minute": 10}}
+    if method == "POST":
+        response = await admin.post(KEYS, json=body)
+    else:
+        key = await make_key(admin)
+        response = await admin.patch(f"{KEYS}/{key['id']}", json=body)
+
+    error = assert_error(response, 422, "invalid_request")
+    assert "requests_per_minute" in error["message"]
+    assert len((await admin.get(KEYS)).json()) == (0 if method == "POST" else 1)
