@@ -31,7 +31,8 @@ class Reply:
 
     description: str
     json: Any = None  # a type msgspec knows; its schema is the JSON body's
-    text: str | None = None  # media type of a text body, e.g. "text/plain" or "text/html"
+    # Media type(s) of a text body, e.g. "text/plain" or ("text/html", "text/plain").
+    text: str | tuple[str, ...] | None = None
     events: Mapping[str, Any] | None = None  # SSE: event name -> type of its JSON data
     headers: Mapping[str, str] = field(default_factory=dict)  # name -> description
 
@@ -120,8 +121,9 @@ def document(
 
     def media(reply: Reply) -> dict[str, Any]:
         content: dict[str, Any] = {}
-        if reply.text is not None:
-            content[reply.text] = {"schema": {"type": "string"}}
+        texts = (reply.text,) if isinstance(reply.text, str) else reply.text or ()
+        for text in texts:
+            content[text] = {"schema": {"type": "string"}}
         if reply.json is not None:
             content["application/json"] = {"schema": schema_of[reply.json]}
         if reply.events is not None:
