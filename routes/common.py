@@ -125,9 +125,9 @@ def labels_of(request: Request) -> Labels:
     ):
         return _NO_LABELS
     return Labels(
-        project=_label(request, "x-project"),
-        process_id=_label(request, "x-process-id"),
-        subprocess_id=_label(request, "x-subprocess-id"),
+        project=_label(request, "X-Project"),
+        process_id=_label(request, "X-Process-Id"),
+        subprocess_id=_label(request, "X-Subprocess-Id"),
     )
 
 
