@@ -11,7 +11,6 @@ must not let one client change the models every other client uses.
 
 from __future__ import annotations
 
-import binascii
 import time
 from base64 import b64decode
 from typing import Annotated, Any, Literal
@@ -259,7 +258,7 @@ def _check_images(images: list[str] | None, where: str) -> None:
     for n, image in enumerate(images or ()):
         try:
             b64decode(image, validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or text that is not ASCII
             raise _bad(
                 f"{where}.images[{n}] is not base64: send each image as base64 text, "
                 "without a data: prefix"

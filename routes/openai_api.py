@@ -13,7 +13,6 @@ is accepted, and those Ollama cannot honour (`logit_bias`, `logprobs`, `user`, .
 
 from __future__ import annotations
 
-import binascii
 import secrets
 import struct
 import time
@@ -451,7 +450,7 @@ def _image(url: str, where: str) -> str:
         )
     try:
         b64decode(data, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or text that is not ASCII
         raise _bad(f"{where}: the image is not valid base64", param=where) from None
     return data
 

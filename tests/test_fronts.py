@@ -23,6 +23,7 @@ def chat(**extra: Any) -> dict[str, Any]:
 
 
 async def upstream_calls(local: Local) -> list[dict[str, Any]]:
+    assert local.standin is not None
     transport = httpx.ASGITransport(app=local.standin)
     async with httpx.AsyncClient(transport=transport, base_url="http://ollama.test") as client:
         found: list[dict[str, Any]] = (await client.get("/_standin/calls")).json()
@@ -64,6 +65,8 @@ BAD_OLLAMA: list[tuple[str, Any, str]] = [
     ("/api/chat", chat(messages=[]), "messages is empty"),
     ("/api/chat", chat(messages=[{"content": "hi"}]), "role"),
     ("/api/chat", chat(messages=[{"role": "user", "content": "x", "images": ["%%%"]}]), "base64"),
+    # Not ASCII: base64 decoding fails otherwise than on bad base64 (schemathesis found it).
+    ("/api/chat", chat(messages=[{"role": "user", "images": ["w\u00b4"]}]), "base64"),
     ("/api/chat", chat(format=5), "$.format"),
     ("/api/chat", chat(format="yaml"), "$.format"),
     ("/api/chat", chat(model="../etc/passwd"), "$.model"),
@@ -119,6 +122,12 @@ BAD_OPENAI: list[tuple[str, Any, str | None, str]] = [
                 {"type": "image_url", "image_url": {"url": "data:image/png;base64,%%%"}}
             )
         ),
+        "messages[0].content[0].image_url",
+        "base64",
+    ),
+    (
+        "/v1/chat/completions",
+        chat(messages=_messages({"type": "image_url", "image_url": "data:;base64,\u00e9t\u00e9"})),
         "messages[0].content[0].image_url",
         "base64",
     ),
@@ -217,7 +226,9 @@ async def test_unknown_paths_answer_in_each_fronts_shape(local: Local) -> None:
 
 
 async def test_a_label_header_too_long_is_400(local: Local) -> None:
-    async with local.client(**{"X-Project": "p" * 201}) as client:
+    headers = {"X-Project": "p" * 201}
+    async with local.client() as client:
+        client.headers.update(headers)
         response = await client.post("/api/chat", json=chat())
 
     ollama_error(response, 400, "X-Project", "200")
