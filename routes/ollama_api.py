@@ -64,6 +64,39 @@ Think = bool | Literal["low", "medium", "high", "max"]
 # A duration: "5m", "1h30m", "-1" (forever), or a number of seconds.
 KeepAlive = str | float
 TopLogprobs = Annotated[int, Meta(ge=0, le=20)]
+# Base64 as Ollama decodes it (standard alphabet, padded). Documented, and checked by decoding
+# it, which gives the clearer error.
+BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+Image = Annotated[
+    str,
+    Meta(
+        description="An image, in base64 without a `data:` prefix.",
+        extra_json_schema={"pattern": BASE64, "contentEncoding": "base64"},
+    ),
+]
+
+
+class ChatMessage(msgspec.Struct, kw_only=True):
+    """One message of a chat, as Ollama takes it."""
+
+    role: str
+    content: str = ""
+    thinking: str | None = None
+    images: list[Image] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+
+    def neutral(self) -> Message:
+        return Message(
+            self.role,
+            self.content,
+            thinking=self.thinking,
+            images=self.images,
+            tool_calls=self.tool_calls,
+            tool_name=self.tool_name,
+            tool_call_id=self.tool_call_id,
+        )
 
 
 class _Ask(msgspec.Struct, kw_only=True):
@@ -105,27 +138,31 @@ class _Ask(msgspec.Struct, kw_only=True):
 class ChatRequest(_Ask, kw_only=True):
     """POST /api/chat, as Ollama takes it."""
 
-    messages: list[Message]
+    # Not empty: an empty chat is Ollama's request to load or unload a model, which the
+    # gateway does not pass on.
+    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
     tools: list[dict[str, Any]] | None = None
 
 
 class GenerateRequest(_Ask, kw_only=True):
     """POST /api/generate, as Ollama takes it."""
 
-    prompt: str = ""
+    # Empty only with images: an empty prompt is Ollama's request to load or unload a model,
+    # which the gateway does not pass on.
+    prompt: Annotated[str, Meta(extra_json_schema={"minLength": 1})]
     suffix: str | None = None
     system: str | None = None
     template: str | None = None
     context: list[int] | None = None
     raw: bool | None = None
-    images: list[str] | None = None
+    images: list[Image] | None = None
 
 
 class EmbedBody(msgspec.Struct, kw_only=True):
     """POST /api/embed: one text or several."""
 
     model: ModelName
-    input: str | list[str]
+    input: str | Annotated[list[str], Meta(extra_json_schema={"minItems": 1})]
     truncate: bool | None = None
     dimensions: Annotated[int, Meta(ge=1)] | None = None
     options: dict[str, Any] | None = None
@@ -382,17 +419,11 @@ class GenerateLines:
 
 
 def chat_call(body: ChatRequest) -> CallRequest:
-    if not body.messages:
-        raise _bad(
-            "messages is empty: the gateway passes on chats, not Ollama's requests to load "
-            "or unload a model"
-        )
     for n, message in enumerate(body.messages):
         if message.images:
             _check_images(message.images, f"messages[{n}]")
-    return CallRequest(
-        model=body.model, messages=body.messages, generation=body.generation(body.tools)
-    )
+    messages = [m.neutral() for m in body.messages]
+    return CallRequest(model=body.model, messages=messages, generation=body.generation(body.tools))
 
 
 def generate_call(body: GenerateRequest) -> CallRequest:

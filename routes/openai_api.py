@@ -65,19 +65,47 @@ _decode_arguments = msgspec.json.Decoder(dict[str, Any]).decode
 
 # -- what clients send -------------------------------------------------------------------------
 
+# OpenAI's reasoning efforts as Ollama's think levels (Ollama's own mapping).
+_THINK: dict[str, bool | str] = {
+    "none": False,
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "max": "max",
+    "xhigh": "max",
+    "ultra": "max",
+}
+Effort = Annotated[str, Meta(extra_json_schema={"enum": list(_THINK)})]
+
 
 class TextPart(msgspec.Struct, tag_field="type", tag="text"):
     text: str
 
 
+# A data: URL of a jpeg, png or webp image in base64: documented, and checked by decoding
+# it, which gives the clearer error.
+DATA_URL = (
+    r"^data:(image/(jpeg|jpg|png|webp))?;base64,"
+    r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+)
+Url = Annotated[
+    str,
+    Meta(
+        description="A data: URL (image URLs on the web are not fetched).",
+        extra_json_schema={"pattern": DATA_URL},
+    ),
+]
+
+
 class ImageUrl(msgspec.Struct, kw_only=True):
-    url: str
+    url: Url
     detail: str | None = None
 
 
 class ImagePart(msgspec.Struct, tag_field="type", tag="image_url"):
     # Ollama also takes the URL as a plain string.
-    image_url: ImageUrl | str
+    image_url: ImageUrl | Url
 
 
 class RefusalPart(msgspec.Struct, tag_field="type", tag="refusal"):
@@ -89,8 +117,16 @@ ContentPart = TextPart | ImagePart | RefusalPart
 
 class FunctionCall(msgspec.Struct, kw_only=True):
     name: str
-    # A JSON object, as text.
-    arguments: str = "{}"
+    arguments: Annotated[
+        str,
+        Meta(
+            description="A JSON object, as text.",
+            extra_json_schema={
+                "contentMediaType": "application/json",
+                "contentSchema": {"type": "object"},
+            },
+        ),
+    ] = "{}"
 
 
 class ToolCallIn(msgspec.Struct, kw_only=True):
@@ -141,7 +177,7 @@ class StreamOptions(msgspec.Struct, kw_only=True):
 
 
 class Reasoning(msgspec.Struct, kw_only=True):
-    effort: str | None = None
+    effort: Effort | None = None
 
 
 Temperature = Annotated[float, Meta(ge=0, le=2)]
@@ -164,7 +200,10 @@ class _Sampling(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     seed: int | None = None
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
-    n: int | None = None
+    n: (
+        Annotated[int, Meta(description="Only 1.", extra_json_schema={"minimum": 1, "maximum": 1})]
+        | None
+    ) = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
 
@@ -207,7 +246,7 @@ class ChatCompletionRequest(_Sampling, kw_only=True, forbid_unknown_fields=True)
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
-    reasoning_effort: str | None = None
+    reasoning_effort: Effort | None = None
     reasoning: Reasoning | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
@@ -486,8 +525,6 @@ def _messages(given: list[ChatMessage]) -> list[Message]:
                     images.append(_image(url, f"{where}.content[{k}].image_url"))
                 else:
                     texts.append(part.refusal)
-        elif not m.tool_calls:
-            raise _bad(f"{where} has no content", param=f"{where}.content")
         tool_calls = _tool_calls(m.tool_calls, where) if m.tool_calls else None
         for call in tool_calls or ():
             if call.id:
@@ -507,19 +544,6 @@ def _messages(given: list[ChatMessage]) -> list[Message]:
             )
         )
     return messages
-
-
-# OpenAI's reasoning efforts as Ollama's think levels (Ollama's own mapping).
-_THINK: dict[str, bool | str] = {
-    "none": False,
-    "minimal": "low",
-    "low": "low",
-    "medium": "medium",
-    "high": "high",
-    "max": "max",
-    "xhigh": "max",
-    "ultra": "max",
-}
 
 
 def chat_call(body: ChatCompletionRequest) -> CallRequest:
@@ -884,7 +908,8 @@ openapi: Paths = {
                 200: Reply(
                     description="The completion, or its chunks as Server-Sent Events.",
                     json=ChatCompletion,
-                    events={"message": ChatCompletionChunk},
+                    events={"": (ChatCompletionChunk, OpenAIError)},
+                    last_data="[DONE]",
                 ),
                 **_ASK_ERRORS,
             },
@@ -902,7 +927,8 @@ openapi: Paths = {
                 200: Reply(
                     description="The completion, or its chunks as Server-Sent Events.",
                     json=TextCompletion,
-                    events={"message": TextCompletion},
+                    events={"": (TextCompletion, OpenAIError)},
+                    last_data="[DONE]",
                 ),
                 **_ASK_ERRORS,
             },

@@ -34,7 +34,8 @@ instance of the schema, made from its ``type``/``properties``/``items``/``enum``
 
 /api/generate takes the same directives in its ``prompt``; its lines carry ``response``, and its
 last line ``context``. /api/embed answers each input with a deterministic unit vector (8 numbers,
-or ``dimensions``) and counts its words as prompt tokens; /api/embeddings answers one prompt with
+fewer with a smaller ``dimensions``, as Ollama cuts a model's vectors) and counts its words as
+prompt tokens; /api/embeddings answers one prompt with
 an unnormalized one. Images must be base64, as Ollama decodes them.
 
 A misspelt directive or value is answered with 400 ``{"error": "stand-in: ..."}`` so test typos
@@ -83,6 +84,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MODELS: Final = ["llama3:latest", "qwen:latest", "mistral:latest", "custom-model:latest"]
 VERSION: Final = "0.12.0"
+EMBEDDING_LENGTH: Final = 8
 
 # The answer for [[tricky=1]]: every token is something a naive SSE/JSON relay gets wrong.
 TRICKY_TOKENS: Final = [
@@ -928,9 +930,11 @@ class _EmbedEndpoint:
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             return fail(400, f"invalid {key} type")
         record.messages = [{"role": "user", "content": t} for t in texts]
-        dimensions = req.get("dimensions") or 8
-        if not isinstance(dimensions, int) or dimensions < 1:
+        dimensions = req.get("dimensions") or 0
+        if not isinstance(dimensions, int) or dimensions < 0:
             return fail(400, "invalid dimensions")
+        # The model's own length; Ollama cuts its vectors only to a smaller `dimensions`.
+        dimensions = dimensions if 0 < dimensions < EMBEDDING_LENGTH else EMBEDDING_LENGTH
         self.state.loaded[model.name] = time.time() + 300
         record.tokens_sent = 0
         record.finished = True

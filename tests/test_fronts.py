@@ -62,7 +62,7 @@ BAD_OLLAMA: list[tuple[str, Any, str]] = [
     ("/api/chat", b"", "empty"),
     ("/api/chat", chat(stream="yes"), "$.stream"),
     ("/api/chat", chat(messages="hi"), "$.messages"),
-    ("/api/chat", chat(messages=[]), "messages is empty"),
+    ("/api/chat", chat(messages=[]), "$.messages"),
     ("/api/chat", chat(messages=[{"content": "hi"}]), "role"),
     ("/api/chat", chat(messages=[{"role": "user", "content": "x", "images": ["%%%"]}]), "base64"),
     # Not ASCII: base64 decoding fails otherwise than on bad base64 (schemathesis found it).
@@ -72,7 +72,8 @@ BAD_OLLAMA: list[tuple[str, Any, str]] = [
     ("/api/chat", chat(model="../etc/passwd"), "$.model"),
     ("/api/chat", chat(model="evil.example:8080/x"), "$.model"),
     ("/api/chat", chat(top_logprobs=99), "$.top_logprobs"),
-    ("/api/generate", {"model": "llama3"}, "prompt is empty"),
+    ("/api/generate", {"model": "llama3"}, "`prompt`"),
+    ("/api/generate", {"model": "llama3", "prompt": ""}, "prompt is empty"),
     ("/api/generate", {"model": "llama3", "prompt": "x", "images": ["no base64!"]}, "base64"),
     ("/api/generate", {"model": "llama3", "prompt": 5}, "$.prompt"),
     ("/api/embed", {"model": "llama3", "input": []}, "input is empty"),
