@@ -46,7 +46,9 @@ from store import StoreError, UsageStore, open_store
 log = logging.getLogger("ollama_host")
 
 # Each module exports `routes` and an `openapi` description of them.
-MODULES: tuple[ModuleType, ...] = (seed, ollama_api, openai_api, admin, keys, health, docs, page)
+# The router tries routes in this order, a regex each: the fronts first, the one with the
+# fewest routes before the one with the most.
+MODULES: tuple[ModuleType, ...] = (seed, openai_api, ollama_api, admin, keys, health, docs, page)
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 

@@ -341,12 +341,17 @@ FRONTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 def fronts(setup: Setup) -> list[str]:
     """Each front against the seed's in the same run: what a call costs the gateway on each.
 
-    Cost per call is the p50 added over the upstream direct at c=1, and the gateway's time per
-    call (1 / req/s: its core is the bottleneck) at c=64. A streamed ask is 8 tokens, read to
-    the end by wrk like any response.
+    One gateway per kind of ask and concurrency serves every front, in rounds that take the
+    fronts in turn, so that the machine's other load falls on all of them alike; each figure
+    is the median over the rounds. Cost per call is the p50 added over the upstream direct at
+    c=1, and the gateway's time per call (1 / req/s: its core is the bottleneck) at c=64. A
+    streamed ask is 8 tokens, read to the end by wrk like any response.
     """
+    rounds = setup.args.rounds
     lines = [
         "## The fronts: the seed's, Ollama's and OpenAI's (8-token answers), accounting on",
+        "",
+        f"Median of {rounds} rounds; one gateway per row group serves the three fronts in turn.",
         "",
         "| ask | c | direct req/s | direct p50 | front | req/s | p50 | p99 | cost per call "
         "| vs seed | records |",
@@ -357,29 +362,50 @@ def fronts(setup: Setup) -> list[str]:
         kind = "streamed" if streamed else "whole"
         direct_body = {"model": "llama3", "messages": _HELLO, "stream": streamed}
         for c in setup.args.front_concurrency:
-            direct = wrk(setup, setup.upstream_url + "/api/chat", json.dumps(direct_body), c)
-            costs: dict[str, float] = {}
-            for front, (path, whole, stream) in FRONTS.items():
-                project = f"{front}-{kind}-c{c}"
-                body = dict(stream if streamed else whole)
-                headers = {}
-                if front == "seed":
-                    body["project"] = project
-                    path = "/api/v1/ai/ask_async" if streamed else path
-                else:
-                    headers["X-Project"] = project
-                with gateway(setup, project) as (url, _proc):
-                    via = wrk(setup, url + path, json.dumps(body), c, headers)
-                    recorded = wait_records(url, project, None, via["requests"], 30)
+            results: dict[str, list[dict[str, Any]]] = {front: [] for front in FRONTS}
+            directs: list[dict[str, Any]] = []
+            counted: dict[str, tuple[int, int]] = {}
+            with gateway(setup, f"fronts-{kind}-c{c}") as (url, _proc):
+                for n in range(rounds):
+                    directs.append(
+                        wrk(setup, setup.upstream_url + "/api/chat", json.dumps(direct_body), c)
+                    )
+                    order = list(FRONTS)
+                    for front in order[n % 3 :] + order[: n % 3]:
+                        path, whole, stream = FRONTS[front]
+                        project = f"{front}-{kind}-c{c}"
+                        body = dict(stream if streamed else whole)
+                        headers = {}
+                        if front == "seed":
+                            body["project"] = project
+                            path = "/api/v1/ai/ask_async" if streamed else path
+                        else:
+                            headers["X-Project"] = project
+                        results[front].append(wrk(setup, url + path, json.dumps(body), c, headers))
+                for front in FRONTS:
+                    project = f"{front}-{kind}-c{c}"
+                    answered = sum(r["requests"] for r in results[front])
+                    recorded = wait_records(url, project, None, answered, 30)
                     ok = count_records(url, project, "ok")
-                if via["non2xx"] or via["socket_errors"]:
-                    setup.fail(f"{project}: {via['non2xx']} non-2xx, {via['socket_errors']}")
-                if not via["requests"] <= recorded <= via["requests"] + c or ok < via["requests"]:
-                    setup.fail(f"{project}: {via['requests']} answers, {recorded} records")
+                    counted[front] = (recorded, ok)
+                    bad = [r for r in results[front] if r["non2xx"] or r["socket_errors"]]
+                    if bad:
+                        setup.fail(f"{project}: non-2xx or socket errors in {len(bad)} rounds")
+                    # wrk stops mid-flight: up to c calls a round may end as cancelled.
+                    if not answered <= recorded <= answered + c * rounds or ok < answered:
+                        setup.fail(f"{project}: {answered} answers, {recorded} records")
+            direct = {k: statistics.median(d[k] for d in directs) for k in ("rps", "p50")}
+            costs: dict[str, float] = {}
+            for front in FRONTS:
+                via = {
+                    k: statistics.median(r[k] for r in results[front])
+                    for k in ("rps", "p50", "p99")
+                }
                 # c=1: what the gateway adds to one call; c=64: its time per call, saturated.
                 cost = via["p50"] - direct["p50"] if c == 1 else 1000 / via["rps"]
                 costs[front] = cost
                 ratio = cost / costs["seed"] if costs["seed"] > 0 else float("nan")
+                recorded, ok = counted[front]
                 lines.append(
                     f"| {kind} | {c} | {direct['rps']:,.0f} | {direct['p50']:.2f} ms | {front} "
                     f"| {via['rps']:,.0f} | {via['p50']:.2f} ms | {via['p99']:.2f} ms "
@@ -594,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--front-concurrency", type=int, nargs="+", help="for the fronts (default 1 64)"
     )
+    parser.add_argument("--rounds", type=int, help="rounds of the fronts (default 5)")
     parser.add_argument("--streams", type=int, nargs="+")
     parser.add_argument("--stream-seconds", type=float, help="streaming time after the ramp")
     parser.add_argument(
@@ -611,11 +638,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     defaults = (
         {"seconds": 1, "concurrency": [1, 16], "streams": [20], "stream_seconds": 0.5}
-        | {"front_concurrency": [1, 64]}
+        | {"front_concurrency": [1, 64], "rounds": 1}
         | {"cancel": 20, "ttft": 20, "ramp": 0.2}
         if args.quick
         else {"seconds": 5, "concurrency": [1, 16, 64, 256], "streams": [100, 500, 1000, 2000]}
-        | {"front_concurrency": [1, 64]}
+        | {"front_concurrency": [1, 64], "rounds": 5}
         | {"stream_seconds": 5.0, "cancel": 500, "ttft": 200}
     )
     for key, value in defaults.items():

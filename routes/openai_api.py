@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from access.identity import check_model
 from calls.errors import CallError
-from calls.pipeline import Done, Event, Failed, Pieces
+from calls.pipeline import CallInfo, Done, Event, Failed, Pieces
 from calls.types import (
     CallRequest,
     Completion,
@@ -712,12 +712,15 @@ def _stream_error(error: CallError) -> OpenAIError:
 
 
 async def _ask(
-    request: Request, call: CallRequest, stream: bool, chunks: ChatChunks | TextChunks
+    request: Request,
+    info: CallInfo,
+    call: CallRequest,
+    stream: bool,
+    chunks: ChatChunks | TextChunks,
 ) -> Any:
     gateway = gateway_of(request)
     labels = labels_of(request)
     caller = await gateway.admit(credentials(request), call.model, labels, call.prompt_size())
-    info = call_info(request, FRONT)
     if stream:
         opening = await gateway.stream(info, call, caller, labels)
         settings = request.app.state.settings
@@ -737,9 +740,10 @@ async def _ask(
 async def chat_completions(request: Request) -> Response | CallStreamResponse:
     body = await decode_body(request, ChatCompletionRequest)
     call = chat_call(body)
-    chunk_id = "chatcmpl-" + call_info(request, FRONT).id
+    info = call_info(request, FRONT)
+    chunk_id = "chatcmpl-" + info.id
     chunks = ChatChunks(chunk_id, body.model, body.include_usage)
-    result = await _ask(request, call, bool(body.stream), chunks)
+    result = await _ask(request, info, call, bool(body.stream), chunks)
     if isinstance(result, CallStreamResponse):
         return result
     if result is None:
@@ -763,9 +767,10 @@ async def chat_completions(request: Request) -> Response | CallStreamResponse:
 async def completions(request: Request) -> Response | CallStreamResponse:
     body = await decode_body(request, CompletionRequest)
     call = completion_call(body)
-    chunk_id = "cmpl-" + call_info(request, FRONT).id
+    info = call_info(request, FRONT)
+    chunk_id = "cmpl-" + info.id
     chunks = TextChunks(chunk_id, body.model, body.include_usage)
-    result = await _ask(request, call, bool(body.stream), chunks)
+    result = await _ask(request, info, call, bool(body.stream), chunks)
     if isinstance(result, CallStreamResponse):
         return result
     if result is None:
