@@ -98,7 +98,13 @@ def _render(url: str) -> str:
 def test_swagger_ui_renders_offline(gateway: Gateway) -> None:
     dom = _render(gateway.url + "/docs")
 
-    for path in ("/api/v1/ai/ask_sync", "/api/v1/ai/ask_async", "/api/v1/admin/dashboard"):
+    for path in (
+        "/api/v1/ai/ask_sync",
+        "/api/v1/ai/ask_async",
+        "/api/v1/admin/dashboard",
+        "/api/chat",
+        "/v1/chat/completions",
+    ):
         assert f'data-path="{path}"' in dom
 
 
