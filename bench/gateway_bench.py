@@ -260,7 +260,7 @@ def parse_wrk(out: str, url: str = "") -> dict[str, Any]:
     def percentile(p: int) -> float:
         # Anchored to the distribution's own lines: the "+/- Stdev" columns end in "%"
         # too, and one ending in 50% or 99% (say 84.50%) was once read as the percentile.
-        found = re.search(rf"^\s+{p}%\s+([\d.]+(?:us|ms|s|m))$", out, re.M)
+        found = re.search(rf"^\s+{p}%\s+([\d.]+(?:us|ms|s|m))\s*$", out, re.M)
         if found is None:
             raise RuntimeError(f"wrk printed no {p}th percentile for {url}:\n{out}")
         return _ms(found.group(1))
