@@ -75,7 +75,8 @@ const stream = await ollama.chat({
 });
 out.aborted = await failure(async () => {
   for await (const part of stream) {
-    out.first = part.message.content;
+    // Parts already read may still come after abort(): keep the first.
+    out.first ??= part.message.content;
     stream.abort();
   }
 });
