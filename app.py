@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from access.guard import Guard
-from access.keys import Access, KeyRing
+from access.keys import Access, SecretsError, check_secrets
 from access.limits import Limits
 from calls.errors import CallError, UpstreamError, call_error, internal
 from calls.pipeline import Gateway
@@ -214,15 +214,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(argv)
     configure_logging(settings)
     try:
+        # The secrets are read first, writing nothing, so that a damaged one stops the start
+        # before the journal is replayed or anything is made (one line, no traceback).
+        keys_exist = check_secrets(
+            settings.data_path, settings.admin_token, reset=settings.reset_admin_token
+        )
         # Opened here, not in the lifespan, so that a locked or unusable data folder
         # ends the program with one clear line instead of a startup traceback.
         store = open_store(settings.data_path, retention_days=settings.retention_days)
-    except StoreError as exc:
+    except (SecretsError, StoreError) as exc:
         log.error("%s", exc)
         return 1
     # Checked before any admin token is made: a refused start must not leave behind a token
     # that nobody was shown.
-    keys_exist = KeyRing(settings.data_path).active
     if not is_loopback(settings.host) and not keys_exist and not settings.admin_token:
         log.error(
             "refusing to listen on %s: anyone who can reach it could use Ollama and read every "
@@ -232,9 +236,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         asyncio.run(store.aclose())
         return 1
-    access, new_token = Access.open(
-        settings.data_path, settings.admin_token, reset=settings.reset_admin_token
-    )
+    try:
+        access, new_token = Access.open(
+            settings.data_path, settings.admin_token, reset=settings.reset_admin_token
+        )
+    except SecretsError as exc:  # damaged since check_secrets read it
+        log.error("%s", exc)
+        asyncio.run(store.aclose())
+        return 1
     app = create_app(settings, store=store, access=access)
     if new_token:
         show_new_token(settings, new_token)

@@ -31,14 +31,58 @@ ADMIN = "admin"  # a ticket holder that is the admin, not a key
 ANYONE = ""  # a ticket holder while no key exists
 
 
-def load_or_create_secret(folder: Path) -> bytes:
-    path = folder / SECRET_FILE
+# Shorter than this, a fingerprint secret could be guessed, and with it every user_key
+# behind a fingerprint; the gateway makes 32 bytes.
+MIN_SECRET_BYTES = 16
+
+
+class SecretsError(Exception):
+    """A secrets file in the data folder cannot be used; the message says which and what to do.
+
+    The gateway must not start then, nor replace the file: a reset API key file would
+    reopen a closed gateway, a new fingerprint secret would orphan every fingerprint.
+    """
+
+
+def _read(path: Path) -> bytes | None:
+    """The file's bytes, or None if it does not exist."""
     try:
-        return bytes.fromhex(path.read_text().strip())
+        return path.read_bytes()
     except FileNotFoundError:
-        pass
-    secret = secrets.token_bytes(32)
-    _write_private(path, secret.hex().encode())
+        return None
+    except OSError as exc:
+        raise SecretsError(
+            f"cannot read {path}: {exc.strerror}; fix its permissions or the data folder's, "
+            "then start again"
+        ) from None
+
+
+def read_secret(folder: Path) -> bytes | None:
+    """The fingerprint secret, or None if none was made yet. Never writes."""
+    path = folder / SECRET_FILE
+    raw = _read(path)
+    if raw is None:
+        return None
+    try:
+        secret = bytes.fromhex(raw.decode("ascii").strip())
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+        problem = f"is not hex ({exc})"
+    else:
+        if len(secret) >= MIN_SECRET_BYTES:
+            return secret
+        problem = f"holds {len(secret)} bytes, fewer than the {MIN_SECRET_BYTES} a secret needs"
+    raise SecretsError(
+        f"{path} {problem}: it is the secret behind every user fingerprint. Restore it from a "
+        "backup; or delete it and a new one is made, after which new fingerprints no longer "
+        "match those already recorded. Not starting"
+    )
+
+
+def load_or_create_secret(folder: Path) -> bytes:
+    secret = read_secret(folder)
+    if secret is None:
+        secret = secrets.token_bytes(32)
+        _write_private(folder / SECRET_FILE, secret.hex().encode())
     return secret
 
 
@@ -64,9 +108,28 @@ def _write_private(path: Path, data: bytes) -> None:
 # -- the admin token -------------------------------------------------------------
 
 
+Sha256 = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+
+
 class AdminTokenFile(msgspec.Struct):
-    sha256: str
+    sha256: Sha256
     created: str
+
+    @classmethod
+    def read(cls, folder: Path) -> AdminTokenFile | None:
+        """The stored token hash, or None if no token was made yet. Never writes."""
+        path = folder / ADMIN_FILE
+        raw = _read(path)
+        if raw is None:
+            return None
+        try:
+            return msgspec.json.decode(raw, type=cls)
+        except msgspec.DecodeError as exc:
+            raise SecretsError(
+                f"{path} is damaged ({exc}), so the admin token cannot be checked. Start once "
+                "from a terminal with --reset-admin-token to make a new token (shown once), "
+                "set OLLAMA_GATEWAY_ADMIN_TOKEN, or restore the file from a backup. Not starting"
+            ) from None
 
 
 class AdminToken:
@@ -90,16 +153,11 @@ class AdminToken:
         """
         if configured:
             return cls(sha256(configured), session_secret), None
-        path = folder / ADMIN_FILE
-        if not reset:
-            try:
-                stored = msgspec.json.decode(path.read_bytes(), type=AdminTokenFile)
-                return cls(stored.sha256, session_secret), None
-            except FileNotFoundError:
-                pass
+        if not reset and (stored := AdminTokenFile.read(folder)) is not None:
+            return cls(stored.sha256, session_secret), None
         token = secrets.token_urlsafe(32)
         record = AdminTokenFile(sha256=sha256(token), created=datetime.now(UTC).isoformat())
-        _write_private(path, msgspec.json.encode(record))
+        _write_private(folder / ADMIN_FILE, msgspec.json.encode(record))
         return cls(record.sha256, session_secret), token
 
     def check_token(self, presented: str) -> bool:
@@ -154,10 +212,15 @@ class KeyRing:
     def __init__(self, folder: Path) -> None:
         self._path = folder / KEYS_FILE
         self._lock = threading.Lock()
+        raw = _read(self._path)
         try:
-            keys = msgspec.json.decode(self._path.read_bytes(), type=list[ApiKey])
-        except FileNotFoundError:
-            keys = []
+            keys = [] if raw is None else msgspec.json.decode(raw, type=list[ApiKey])
+        except msgspec.DecodeError as exc:
+            raise SecretsError(
+                f"{self._path} is damaged ({exc}), so the API keys cannot be read. Restore it "
+                "from a backup. Moving it aside drops every key, and with no key on record "
+                "anyone who can reach the gateway may ask. Not starting"
+            ) from None
         self._keys = {key.id: key for key in keys}
         self._tickets: dict[str, tuple[float, str]] = {}
 
@@ -257,3 +320,16 @@ class Access:
         secret = load_or_create_secret(folder)
         admin, new_token = AdminToken.setup(folder, admin_token, secret, reset=reset)
         return cls(secret, admin, KeyRing(folder)), new_token
+
+
+def check_secrets(folder: Path, admin_token: str | None, *, reset: bool = False) -> bool:
+    """Read every secrets file Access.open would use, writing nothing; SecretsError if one
+    is damaged. True if any API key was ever made.
+
+    For the start, before anything that cannot be undone: replaying the journal, making
+    a token, writing a secret.
+    """
+    read_secret(folder)
+    if not admin_token and not reset:
+        AdminTokenFile.read(folder)
+    return KeyRing(folder).active

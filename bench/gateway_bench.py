@@ -178,6 +178,10 @@ def gateway(setup: Setup, name: str) -> Iterator[tuple[str, subprocess.Popen[byt
     entry = ["app.py"] if setup.args.store == "tinydb" else ["bench/line_store.py"]
     argv = [PYTHON, *entry, "--ollama", setup.upstream_url, "--port", str(port)]
     argv += ["--data", str(data), "--log-level", setup.args.log_level]
+    # The default connection cap (1024 at most) is below the largest stream counts here.
+    args = setup.args
+    most = max([*args.streams, *args.concurrency, args.cancel, args.ttft])
+    argv += ["--max-connections", str(most + 64)]
     proc = spawn(argv, setup.gateway_core, setup.workdir / f"gateway-{name}.log")
     url = f"http://127.0.0.1:{port}"
     try:

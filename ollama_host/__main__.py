@@ -23,9 +23,16 @@ def _settings_table(argv: Sequence[str]) -> int:
     return 0
 
 
+def _import_spill(argv: Sequence[str]) -> int:
+    from store.import_spill import main
+
+    return main(argv)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "serve": _serve,
     "settings-table": _settings_table,
+    "import-spill": _import_spill,
 }
 
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from .connections import ConnectionLimits, protocol_class
+
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
@@ -98,6 +100,8 @@ def serve(app: Starlette, settings: Settings) -> int:
         log_level=settings.log_level,
         access_log=False,
         server_header=False,
+        # Deadlines for requests to arrive and idle connections, and a connection cap.
+        http=protocol_class(ConnectionLimits.of(settings)),
         # After the grace period and a margin, uvicorn cancels what is left.
         timeout_graceful_shutdown=math.ceil(settings.grace + 2 * SHUTDOWN_MARGIN),
     )

@@ -221,6 +221,52 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             gt=0,
         ),
     ] = 60.0
+    # Client connections (ollama_host/connections.py): they cover receiving a request and
+    # waiting between requests, never an answer going out.
+    header_timeout: Annotated[
+        float,
+        setting(
+            "--header-timeout",
+            "OLLAMA_GATEWAY_HEADER_TIMEOUT",
+            "seconds a request's headers may take to arrive, from its first byte (408 past it)",
+            metavar="S",
+            gt=0,
+        ),
+    ] = 10.0
+    body_timeout: Annotated[
+        float,
+        setting(
+            "--body-timeout",
+            "OLLAMA_GATEWAY_BODY_TIMEOUT",
+            "seconds a request's whole body may take to arrive once its headers are in "
+            "(408 past it)",
+            metavar="S",
+            gt=0,
+        ),
+    ] = 30.0
+    idle_timeout: Annotated[
+        float,
+        setting(
+            "--idle-timeout",
+            "OLLAMA_GATEWAY_IDLE_TIMEOUT",
+            "seconds a connection may wait for a request, its first or its next, before it "
+            "is closed",
+            metavar="S",
+            gt=0,
+        ),
+    ] = 10.0
+    max_connections: Annotated[
+        Annotated[int, Meta(ge=1)] | None,
+        setting(
+            "--max-connections",
+            "OLLAMA_GATEWAY_MAX_CONNECTIONS",
+            "client connections open at once; past it the oldest connection waiting for a "
+            "request is closed to make room, and if none is waiting a new connection is "
+            "answered 503 `too_many_connections` and closed before anything is read",
+            shown="min(1024, (open-files limit − 64) / 2)",
+            metavar="N",
+        ),
+    ] = None
     # Limits; 0 means no limit. A key's own limits override the per-key defaults.
     key_rpm: Annotated[
         int,

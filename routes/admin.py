@@ -22,7 +22,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from calls.errors import CallError as ApiError
-from store import Stats, Status, UsageQuery, UsageRecord, UsageStore, iso
+from store.base import UsageStore
+from store.records import Stats, Status, UsageQuery, UsageRecord, iso
 
 from .common import JSON, decode_query, encoder, gateway_of
 from .openapi import ADMIN, UNAUTHORIZED, Operation, Paths, Reply, error
@@ -47,11 +48,22 @@ class Filters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     upstream: str | None = None
 
 
+# A record id, as store.new_id makes them: anything else as a cursor is a mistake, and
+# an unchecked one would page from somewhere arbitrary (a garbage cursor gave the first page).
+RecordId = Annotated[
+    str,
+    Meta(
+        pattern="^[0-9a-f]{20}$",
+        description="A record id (20 lowercase hex digits), as `X-Next-Cursor` gives it.",
+    ),
+]
+
+
 class DashboardParams(Filters, kw_only=True):
     limit: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] = 100
     offset: Annotated[int, Meta(ge=0)] = 0
-    cursor: str | None = None
-    after: str | None = None
+    cursor: RecordId | None = None
+    after: RecordId | None = None
 
 
 class StatsParams(Filters, kw_only=True):

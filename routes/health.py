@@ -29,7 +29,9 @@ async def health(request: Request) -> Response:
             gateway="up",
             version=__version__,
             ollama=ollama,
-            store=StoreHealthReply(status=store.status, pending=store.pending, error=store.error),
+            store=StoreHealthReply(
+                status=store.status, pending=store.pending, error=store.error, damaged=store.damaged
+            ),
             upstreams=upstreams,
         )
     )

@@ -14,7 +14,7 @@ from msgspec import Meta
 
 from calls.types import ModelName
 from calls.upstream import UpstreamHealth
-from store import Status, UsageRecord
+from store.records import Status, UsageRecord
 
 Tag = Annotated[str, Meta(max_length=200, description="A free label for accounting.")]
 
@@ -127,6 +127,8 @@ class StoreHealthReply(msgspec.Struct, kw_only=True):
     status: str
     pending: int
     error: str | None = None
+    # Usage files found damaged since the gateway started; `error` says what became of them.
+    damaged: list[str] = msgspec.field(default_factory=list)
 
 
 class Health(msgspec.Struct, kw_only=True):

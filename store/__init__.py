@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import StoreError, StoreHealth, UsageStore
+from .base import FolderInUse, StoreError, StoreHealth, UsageStore
 from .records import (
     Bucket,
     GroupStats,
@@ -24,6 +24,7 @@ from .tinydb import TinyDBStore
 
 __all__ = [
     "Bucket",
+    "FolderInUse",
     "GroupStats",
     "InputMessage",
     "Stats",

@@ -5,6 +5,10 @@ metas, the records not yet in a closed file (in memory), and a way to get a
 closed file's rows. A file is skipped when its meta says it cannot match; a
 whole file inside the asked range is summed from its summary; otherwise its
 rows are read, and a page's documents are read from the TinyDB file by position.
+
+A page is never cut short by what it cannot read: it says which files held damaged
+documents (the store then reads those files' rows from what still reads, and asks
+again), and whether a file was rewritten meanwhile (the store asks again).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import heapq
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import msgspec
 
@@ -25,6 +29,7 @@ from .stats import Cell, Dist, StatsBuilder
 log = logging.getLogger("ollama_host.store")
 
 RowsOf = Callable[[SegmentMeta], list[Row]]
+Trusted = Callable[[SegmentMeta], bool]
 
 _Filterable = TypeVar("_Filterable", UsageRecord, Row)
 
@@ -109,9 +114,15 @@ def _cell_matches(cell: Cell | Dist, q: UsageQuery) -> bool:
     )
 
 
+class Page(NamedTuple):
+    records: list[UsageRecord]
+    damaged: list[SegmentMeta]  # files where a document of the page did not read
+    moved: list[SegmentMeta]  # files rewritten since their rows were read: the page may be short
+
+
 def newest_page(
     q: UsageQuery, metas: list[SegmentMeta], recent: list[UsageRecord], rows_of: RowsOf, usage: Path
-) -> list[UsageRecord]:
+) -> Page:
     """The records matching q, newest first, from q.offset, at most q.limit of them."""
     match = Filter(q, paging=True)
     need = q.offset + q.limit
@@ -125,26 +136,35 @@ def newest_page(
     return _documents(found[q.offset : need], usage)
 
 
-def _documents(hits: list[_Hit], usage: Path) -> list[UsageRecord]:
+def _documents(hits: list[_Hit], usage: Path) -> Page:
     """The page's records: those in memory as they are, the rest read by their rows."""
-    wanted: dict[str, list[Row]] = {}
+    wanted: dict[str, tuple[SegmentMeta, list[Row]]] = {}
     for hit in hits:
         if isinstance(hit, tuple):
-            wanted.setdefault(hit[0].name, []).append(hit[1])
+            wanted.setdefault(hit[0].name, (hit[0], []))[1].append(hit[1])
     read: dict[str, UsageRecord | None] = {}
-    for name, rows in wanted.items():
+    damaged: list[SegmentMeta] = []
+    moved: list[SegmentMeta] = []
+    for name, (meta, rows) in wanted.items():
         try:
-            records = files.read_documents(usage / name, rows)
+            documents = files.read_documents(usage / name, rows, meta.size)
+        except FileNotFoundError:
+            moved.append(meta)  # retention removed it meanwhile
+            continue
         except OSError as exc:
             log.error("cannot read usage file %s: %s", name, exc)
             continue
-        read.update((row.id, record) for row, record in zip(rows, records, strict=True))
+        read.update((row.id, record) for row, record in zip(rows, documents.records, strict=True))
+        if documents.damaged:
+            damaged.append(meta)
+        elif None in documents.records:
+            moved.append(meta)
     page: list[UsageRecord] = []
     for hit in hits:
         record = read.get(hit[1].id) if isinstance(hit, tuple) else hit
         if record is not None:
             page.append(record)
-    return page
+    return Page(page, damaged, moved)
 
 
 def stats_over(
@@ -154,13 +174,18 @@ def stats_over(
     recent: list[UsageRecord],
     rows_of: RowsOf,
     usage: Path,
+    trusted: Trusted,
 ) -> Stats:
-    """Aggregates over all records matching q's filters (q's paging is ignored)."""
+    """Aggregates over all records matching q's filters (q's paging is ignored).
+
+    A file's summary stands for it only if `trusted(meta)`: not for a file found damaged,
+    whose summary still counts the records that no longer read.
+    """
     match = Filter(q, paging=False)
     builder = StatsBuilder(bucket_seconds)
     hourly = bucket_seconds % files.SUMMARY_SECONDS == 0
     for meta in filter(match.segment, metas):
-        if hourly and match.inside(meta):
+        if hourly and match.inside(meta) and trusted(meta):
             # The whole file is in range: its hourly sums answer for it.
             try:
                 summary = files.read_summary(files.summary_path(usage, meta.name))

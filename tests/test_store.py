@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import random
@@ -17,6 +18,7 @@ from tinydb import TinyDB
 
 from ollama_host.settings import parse_settings
 from store import (
+    FolderInUse,
     InputMessage,
     Stats,
     StoreError,
@@ -25,6 +27,7 @@ from store import (
     UsageRecord,
     files,
     iso,
+    spill,
 )
 from store import (
     tinydb as usage_store,
@@ -335,11 +338,15 @@ def test_garbled_journal_is_set_aside_and_its_good_lines_kept(
 def test_unreadable_newest_file_is_moved_aside_loudly(
     data_dir: Path, caplog: pytest.LogCaptureFixture, damage: str
 ) -> None:
+    records = [record(n) for n in range(20)]
     first = TinyDBStore(data_dir)
-    fill(first, [record(n) for n in range(20)])
+    fill(first, records)
     first.close()
     [path] = (data_dir / "usage").glob("*.json")
     whole = path.read_bytes()
+    whole_before_cut = [
+        r.id for r, at, length in _documents(path) if at + length <= len(whole) // 2
+    ]
     broken = {"garbage": b"\x00\xffnot json", "truncated": whole[: len(whole) // 2], "empty": b""}
     path.write_bytes(broken[damage])
 
@@ -348,18 +355,25 @@ def test_unreadable_newest_file_is_moved_aside_loudly(
     try:
         fill(store, [record(100)])
         found = query(store)
+        health = store.health()
     finally:
         store.close()
 
     [aside] = (data_dir / "usage").glob(f"{path.name}.corrupt-*")
     assert aside.read_bytes() == broken[damage]  # kept as it was, never emptied
-    assert "USAGE FILE UNREADABLE" in caplog.text
     assert str(aside) in caplog.text
-    assert [r.id for r in found] == [record(100).id]
+    assert (health.status, health.damaged) == ("degraded", [path.name])
+    if damage == "truncated":  # the records before the cut still read, and are kept
+        assert "USAGE FILE DAMAGED" in caplog.text
+        assert [r.id for r in found] == [record(100).id, *reversed(whole_before_cut)]
+        assert 0 < len(whole_before_cut) < len(records)
+    else:
+        assert "USAGE FILE UNREADABLE" in caplog.text
+        assert [r.id for r in found] == [record(100).id]
 
 
 @pytest.mark.usefixtures("small_files")
-def test_truncated_closed_file_is_moved_aside_the_rest_kept(
+def test_truncated_closed_file_keeps_what_reads_and_its_original(
     data_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     records = [record(n) for n in range(120)]
@@ -367,14 +381,18 @@ def test_truncated_closed_file_is_moved_aside_the_rest_kept(
     fill(first, records)
     first.close()
     oldest = sorted((data_dir / "usage").glob("*.json"))[0]
-    oldest.write_bytes(oldest.read_bytes()[:-100])
+    cut = oldest.read_bytes()[:-100]
+    oldest.write_bytes(cut)
 
     with caplog.at_level(logging.ERROR):
         found = read_all(data_dir)
 
-    assert found == sorted(records[50:], key=lambda r: r.id, reverse=True)
-    assert list((data_dir / "usage").glob(f"{oldest.name}.corrupt-*"))
-    assert "USAGE FILE UNREADABLE" in caplog.text
+    # The cut took the last record of the file; the other 49 are kept in it.
+    assert found == sorted(records[:49] + records[50:], key=lambda r: r.id, reverse=True)
+    [aside] = (data_dir / "usage").glob(f"{oldest.name}.corrupt-*")
+    assert aside.read_bytes() == cut
+    assert "USAGE FILE DAMAGED" in caplog.text
+    assert "1 records could not be read" in caplog.text
 
 
 @pytest.mark.usefixtures("small_files")
@@ -483,10 +501,12 @@ def test_journal_is_folded_once_its_oldest_record_is_old_enough(
     monkeypatch.setattr(usage_store, "FOLD_MAX_SECONDS", 0.05)
 
     store.append(record(400))
-    wait_until(lambda: len(tinydb_docs(data_dir / "usage")) == 401)
+    journal = data_dir / "usage" / files.JOURNAL
+    # The fold writes the TinyDB file first and empties the journal after: wait for both.
+    wait_until(lambda: len(tinydb_docs(data_dir / "usage")) == 401 and not journal.read_bytes())
 
     assert len(tinydb_docs(data_dir / "usage")) == 401
-    assert (data_dir / "usage" / files.JOURNAL).read_bytes() == b""
+    assert journal.read_bytes() == b""
 
 
 def test_records_held_while_the_disk_refuses_are_bounded(
@@ -522,6 +542,176 @@ def test_the_single_file_log_of_earlier_versions_is_imported(
     assert not (data_dir / "usage.json").exists()
     assert (data_dir / "usage.json.imported").exists()
     assert "imported 30 usage records" in caplog.text
+
+
+def _overwrite(path: Path, at: int, length: int = 100) -> bytes:
+    """Zero `length` bytes at `at`, keeping the file's size (a bad sector, bit rot); the result."""
+    with open(path, "r+b") as handle:
+        handle.seek(at)
+        handle.write(b"\0" * length)
+    return path.read_bytes()
+
+
+def _documents(path: Path) -> list[tuple[UsageRecord, int, int]]:
+    """A closed file's records in file order, each with where its document lies in it."""
+    with TinyDB(path, access_mode="r") as db:
+        records = [msgspec.convert(doc, UsageRecord) for doc in db.table("usage").all()]
+    content, spans = files.layout([files.encode(r) for r in records])
+    assert content == path.read_bytes()
+    return [(r, at, length) for r, (at, length) in zip(records, spans, strict=True)]
+
+
+def _page_through(store: TinyDBStore, limit: int) -> list[UsageRecord]:
+    """Every record, a page at a time with the `before` cursor, as the dashboard pages."""
+    found: list[UsageRecord] = []
+    while True:
+        page = query(store, limit=limit, **({"before": found[-1].id} if found else {}))
+        found += page
+        if len(page) < limit:
+            return found
+
+
+@pytest.mark.usefixtures("small_files")
+@pytest.mark.parametrize("where", ["inside a record", "across two", "the last", "the first"])
+def test_a_damaged_record_is_skipped_and_the_rest_of_its_file_stays_readable(
+    data_dir: Path, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    records = [record(n) for n in range(300)]
+    first = TinyDBStore(data_dir)
+    fill(first, records)
+    first.close()
+    path = sorted((data_dir / "usage").glob("*.json"), key=lambda p: files.segment_key(p.name))[2]
+    docs = _documents(path)
+    _, middle, length = docs[20]
+    at, lost = {
+        "inside a record": (middle + length // 2 - 50, [20]),
+        "across two": (middle - 50, [19, 20]),  # the end of one and the start of the next
+        "the last": (path.stat().st_size - 100, [49]),
+        "the first": (0, [0]),
+    }[where]
+    damaged = _overwrite(path, at)
+    gone = {docs[i][0].id for i in lost}
+    expected = sorted((r for r in records if r.id not in gone), key=lambda r: r.id, reverse=True)
+
+    store = TinyDBStore(data_dir)
+    try:
+        with caplog.at_level(logging.ERROR):
+            paged = _page_through(store, limit=7)
+            again = _page_through(store, limit=50)
+            totals = stats(store, 86400).totals
+        health = store.health()
+    finally:
+        store.close()
+
+    assert [r.id for r in paged] == [r.id for r in expected]
+    assert again == expected
+    assert totals.calls == len(expected)
+    assert health.status == "degraded"
+    assert health.damaged == [path.name]
+    assert health.error is not None
+    assert f"{path.name} is damaged: {len(lost)} record" in health.error
+    assert caplog.text.count("USAGE FILE DAMAGED") == 1  # once for the file, not per query
+    [aside] = path.parent.glob(f"{path.name}.corrupt-*")
+    assert aside.read_bytes() == damaged
+    assert str(aside) in caplog.text
+    # Repaired in place: plain TinyDB reads it again, and a restart finds nothing to repeat.
+    assert [d["id"] for d in tinydb_docs(path.parent)] == [
+        r.id for r in sorted(records, key=lambda r: r.id) if r.id not in gone
+    ]
+    caplog.clear()
+    assert read_all(data_dir) == expected[:1000]
+    assert "USAGE FILE" not in caplog.text
+
+
+@pytest.mark.usefixtures("small_files")
+def test_stats_before_any_page_count_what_the_summary_holds(data_dir: Path) -> None:
+    """Stats read summaries and rows, never documents: damage they cannot see they do not
+    count as missing. The first page that meets it corrects them."""
+    records = [record(n) for n in range(120)]
+    first = TinyDBStore(data_dir)
+    fill(first, records)
+    first.close()
+    path = sorted((data_dir / "usage").glob("*.json"), key=lambda p: files.segment_key(p.name))[0]
+    _, at, length = _documents(path)[10]
+    _overwrite(path, at + length // 2 - 50)
+
+    store = TinyDBStore(data_dir)
+    try:
+        before = stats(store, 86400).totals.calls
+        paged = _page_through(store, limit=1000)
+        after = stats(store, 86400).totals.calls
+    finally:
+        store.close()
+
+    assert before == 120
+    assert len(paged) == after == 119
+
+
+@pytest.mark.parametrize("refusing", [0, 1, 2])
+def test_records_the_disk_refuses_at_close_are_spilled_where_they_fit(
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    refusing: int,
+) -> None:
+    """The state folder first, then the temp folder, then standard error; `refusing` is how
+    many of the folders cannot take them (nothing can be made under a plain file)."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    state = (blocked if refusing >= 1 else tmp_path) / "state"
+    temp = (blocked if refusing >= 2 else tmp_path) / "tmp"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    monkeypatch.setenv("TMPDIR", str(temp))
+    records = [record(n) for n in range(5)]
+    store = TinyDBStore(data_dir)
+
+    def full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(usage_store, "_write_all", full)
+    for r in records:
+        store.append(r)
+    with caplog.at_level(logging.ERROR):
+        store.close()
+    monkeypatch.undo()
+
+    stderr = capfd.readouterr().err
+    assert "USAGE RECORDS SPILLED: the disk refused 5 records" in caplog.text
+    assert "USAGE RECORDS LOST" not in caplog.text
+    assert "No space left on device" in caplog.text
+    if refusing < 2:
+        folder = [state / "ollama-host" / "spill", temp / "ollama-host-spill"][refusing]
+        [spilled] = folder.glob("usage-*.jsonl")
+        assert spilled.stat().st_mode & 0o777 == 0o600
+        assert [files.decode_line(line) for line in spilled.read_bytes().splitlines()] == records
+        assert f"-m ollama_host import-spill {spilled} --data {data_dir}" in caplog.text
+        assert spill.SPILL_PREFIX not in stderr
+    else:
+        lines = [line for line in stderr.splitlines() if line.startswith(spill.SPILL_PREFIX)]
+        assert len(lines) == 5
+        assert "standard error" in caplog.text
+        assert "import-spill FILE" in caplog.text
+        spilled = tmp_path / "saved-log.txt"  # what an operator saves from the journal
+        spilled.write_text("Nov 30 gateway[1]: some other line\n" + stderr)
+
+    first = spill.import_spill([spilled], data_dir)
+    again = spill.import_spill([spilled], data_dir)
+
+    assert first == spill.Imported(added=5, present=0, unreadable=0)
+    assert again == spill.Imported(added=0, present=5, unreadable=0)
+    assert read_all(data_dir) == sorted(records, key=lambda r: r.id, reverse=True)
+
+
+def test_an_import_refuses_while_a_gateway_holds_the_folder(
+    store: TinyDBStore, data_dir: Path, tmp_path: Path
+) -> None:
+    spilled = tmp_path / "spill.jsonl"
+    spilled.write_bytes(files.encode(record(1)) + b"\n")
+
+    with pytest.raises(FolderInUse):
+        spill.import_spill([spilled], data_dir)
 
 
 FRONTS = [("seed", "/api/v1/ai/ask_sync"), ("ollama", "/api/chat"), ("openai", "/v1/embeddings")]
