@@ -38,7 +38,7 @@ from ollama_host import __version__, requestlog
 from ollama_host.requestlog import RequestLog, configure_logging
 from ollama_host.server import is_loopback, serve, show_new_token
 from ollama_host.settings import Settings, parse_settings
-from routes import admin, docs, health, keys, openapi, page, seed
+from routes import admin, docs, health, keys, ollama_api, openai_api, openapi, page, seed
 from routes.common import encoder, error_response, with_request_id
 from routes.streaming import SERVER_SEND
 from store import StoreError, UsageStore, open_store
@@ -46,7 +46,9 @@ from store import StoreError, UsageStore, open_store
 log = logging.getLogger("ollama_host")
 
 # Each module exports `routes` and an `openapi` description of them.
-MODULES: tuple[ModuleType, ...] = (seed, admin, keys, health, docs, page)
+# The router tries routes in this order, a regex each: the fronts first, the one with the
+# fewest routes before the one with the most.
+MODULES: tuple[ModuleType, ...] = (seed, openai_api, ollama_api, admin, keys, health, docs, page)
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 

@@ -191,6 +191,8 @@ class ApiKey(msgspec.Struct, kw_only=True):
     # None: every model; otherwise only these `agent` names (a bare name also allows its tags).
     models: list[str] | None = None
     limits: KeyLimits = msgspec.field(default_factory=KeyLimits)
+    # The accounting project of this key's calls when a call names none.
+    project: str | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -239,7 +241,14 @@ class KeyRing:
     def _save(self) -> None:
         _write_private(self._path, msgspec.json.encode(self.all()))
 
-    def create(self, label: str, models: list[str] | None, limits: KeyLimits) -> tuple[ApiKey, str]:
+    def create(
+        self,
+        label: str,
+        models: list[str] | None,
+        limits: KeyLimits,
+        *,
+        project: str | None = None,
+    ) -> tuple[ApiKey, str]:
         """A new key: returns its stored form and the key itself, which is shown once."""
         key_id = secrets.token_hex(4)
         plain = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
@@ -250,6 +259,7 @@ class KeyRing:
             created=datetime.now(UTC).isoformat(),
             models=models,
             limits=limits,
+            project=project,
         )
         with self._lock:
             self._keys[key_id] = key

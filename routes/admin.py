@@ -42,6 +42,10 @@ class Filters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     status: Status | None = None
     since: str | None = None
     until: str | None = None
+    # How a call came in (`seed`, `ollama`, `openai`), by which path, which upstream answered.
+    front: str | None = None
+    endpoint: str | None = None
+    upstream: str | None = None
 
 
 # A record id, as store.new_id makes them: anything else as a cursor is a mistake, and
@@ -97,6 +101,9 @@ def _query(params: Filters) -> UsageQuery:
         status=params.status,
         since=_moment("since", params.since),
         until=_moment("until", params.until),
+        front=params.front,
+        endpoint=params.endpoint,
+        upstream=params.upstream,
     )
 
 
@@ -259,8 +266,9 @@ openapi: Paths = {
         "GET": Operation(
             summary="Aggregates of the usage log",
             tag="admin",
-            description="Totals, calls and tokens over time, and breakdowns by model, project "
-            "and process, over every record matching the filters, computed by the gateway. "
+            description="Totals, calls and tokens over time, and breakdowns by model, project, "
+            "process, front, endpoint and upstream, over every record matching the filters, "
+            "computed by the gateway. "
             "`bucket` sets the time series' step; without it the gateway picks minutes, hours "
             "or days from the period. Answers carry an ETag; a matching `If-None-Match` gets 304.",
             query=StatsParams,

@@ -27,12 +27,22 @@ Label = Annotated[str, Meta(min_length=1, max_length=100, pattern="^[^\\x00-\\x1
 # A key names the models it may use, one by one; no sane key needs more.
 MAX_MODELS = 256
 Models = Annotated[list[ModelName], Meta(max_length=MAX_MODELS)]
+Project = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=200,
+        pattern="^[^\\x00-\\x1f\\x7f-\\x9f]*$",
+        description="The project this key's calls are accounted to when a call names none.",
+    ),
+]
 
 
 class KeyCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     label: Label
     models: Models | None = None
     limits: KeyLimits = msgspec.field(default_factory=KeyLimits)
+    project: Project | None = None
 
 
 class KeyUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -40,6 +50,8 @@ class KeyUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Absent: unchanged; null: every model.
     models: Models | msgspec.UnsetType | None = msgspec.UNSET
     limits: KeyLimits | None = None
+    # Absent: unchanged; null: no default project.
+    project: Project | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class KeyView(msgspec.Struct, kw_only=True):
@@ -52,6 +64,7 @@ class KeyView(msgspec.Struct, kw_only=True):
     revoked: str | None
     models: list[str] | None
     limits: KeyLimits
+    project: str | None = None
 
     @classmethod
     def of(cls, key: ApiKey) -> KeyView:
@@ -63,6 +76,7 @@ class KeyView(msgspec.Struct, kw_only=True):
             revoked=key.revoked,
             models=key.models,
             limits=key.limits,
+            project=key.project,
         )
 
 
@@ -97,7 +111,9 @@ async def list_keys(request: Request) -> Response:
 
 async def create_key(request: Request) -> Response:
     body = await decode_body(request, KeyCreate)
-    key, plain = gateway_of(request).access.keys.create(body.label, body.models, body.limits)
+    key, plain = gateway_of(request).access.keys.create(
+        body.label, body.models, body.limits, project=body.project
+    )
     return JSON(NewKey(key=plain, info=KeyView.of(key)), status_code=201)
 
 
@@ -111,6 +127,7 @@ async def update_key(request: Request) -> Response:
         label=body.label if body.label is not None else key.label,
         models=key.models if body.models is msgspec.UNSET else body.models,
         limits=body.limits if body.limits is not None else key.limits,
+        project=key.project if body.project is msgspec.UNSET else body.project,
     )
     gateway_of(request).access.keys.update(changed)
     return JSON(KeyView.of(changed))
@@ -166,7 +183,7 @@ openapi: Paths = {
     },
     "/api/v1/admin/keys/{key_id}": {
         "PATCH": Operation(
-            summary="Change a key's label, models or limits",
+            summary="Change a key's label, models, limits or project",
             tag="keys",
             path=_KEY_ID,
             body=KeyUpdate,

@@ -28,11 +28,15 @@ from .common import (
     gateway_of,
     until_client_leaves,
 )
+from .common import error_response as error_response
 from .openapi import CALLER, UNAUTHORIZED, Operation, Paths, Reply, error
 from .schemas import AskReply, AskRequest, ErrorBody, StartEvent, Ticket, TokenEvent, Usage
 from .streaming import CallStreamResponse
 
 FRONT = "seed"
+# Everything under /api/v1/ (this API and the admin API) answers errors in the gateway's own
+# shape, though Ollama's front claims the rest of /api/.
+PREFIX = "/api/v1/"
 _encode = msgspec.json.Encoder().encode
 
 

@@ -40,6 +40,9 @@ SEGMENT_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})-(\d{4,})\.json")
 # (None: "could hold anything"), and queries filtering on that field read the file.
 MAX_VALUES = 64
 SUMMARY_SECONDS = 3600
+# The form of the rows and summaries. A summary of another form is rebuilt from its file at
+# startup, with its rows (2: the front, endpoint and upstream joined the filters).
+INDEX_VERSION = 2
 
 encode = msgspec.json.Encoder().encode
 _decode_tables = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
@@ -62,6 +65,12 @@ class SegmentMeta(msgspec.Struct, array_like=True, kw_only=True):
     process_ids: list[str | None] | None
     subprocess_ids: list[str | None] | None
     statuses: list[str | None] | None
+    # Added later, at the end and with defaults, so an older summary still reads (and is
+    # then rebuilt, its version being older).
+    fronts: list[str | None] | None = None
+    endpoints: list[str | None] | None = None
+    upstreams: list[str | None] | None = None
+    version: int = 1
 
 
 class Row(msgspec.Struct, array_like=True, kw_only=True):
@@ -83,6 +92,9 @@ class Row(msgspec.Struct, array_like=True, kw_only=True):
     tokens_estimated: bool
     offset: int
     length: int
+    front: str | None = None
+    endpoint: str | None = None
+    upstream: str | None = None
 
 
 class Summary(msgspec.Struct, array_like=True):
@@ -165,6 +177,10 @@ def summarize(name: str, size: int, records: list[UsageRecord]) -> Summary:
         process_ids=_values({r.process_id for r in records}),
         subprocess_ids=_values({r.subprocess_id for r in records}),
         statuses=_values({r.status for r in records}),
+        fronts=_values({r.front for r in records}),
+        endpoints=_values({r.endpoint for r in records}),
+        upstreams=_values({r.upstream for r in records}),
+        version=INDEX_VERSION,
     )
     return Summary(meta, *aggregate(records, SUMMARY_SECONDS))
 
@@ -289,6 +305,9 @@ def _row(r: UsageRecord, span: tuple[int, int]) -> Row:
         tokens_estimated=r.tokens_estimated,
         offset=span[0],
         length=span[1],
+        front=r.front,
+        endpoint=r.endpoint,
+        upstream=r.upstream,
     )
 
 
@@ -299,12 +318,16 @@ def read_summary(path: Path) -> Summary:
 def read_meta(path: Path) -> SegmentMeta | None:
     """A file's meta from its summary, or None if the summary is missing or unreadable."""
     try:
-        return _decode_summary_head(path.read_bytes()).meta
+        meta = _decode_summary_head(path.read_bytes()).meta
     except FileNotFoundError:
         return None
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         log.warning("rebuilding the unreadable summary %s (%s)", path, exc)
         return None
+    if meta.version != INDEX_VERSION:
+        log.info("rebuilding %s, written by an older version of the gateway", path.name)
+        return None
+    return meta
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -65,3 +65,11 @@ def test_wrk_percentiles_are_read_from_the_distribution_not_the_stdev_column() -
     assert parsed["p99"] == 1020.0
     assert parsed["rps"] == 2715.92
     assert (parsed["requests"], parsed["non2xx"]) == (13605, 3)
+
+
+def test_wrk_percentiles_in_seconds_carry_a_trailing_space() -> None:
+    # wrk pads "1.89s" to the width of "1.89ms": the line ends in a space.
+    report = WRK_REPORT.replace("     99%    1.02s\n", "     99%    2.61s \n")
+    assert report != WRK_REPORT
+
+    assert parse_wrk(report)["p99"] == 2610.0

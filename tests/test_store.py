@@ -712,3 +712,72 @@ def test_an_import_refuses_while_a_gateway_holds_the_folder(
 
     with pytest.raises(FolderInUse):
         spill.import_spill([spilled], data_dir)
+
+
+FRONTS = [("seed", "/api/v1/ai/ask_sync"), ("ollama", "/api/chat"), ("openai", "/v1/embeddings")]
+
+
+def _fronted(n: int) -> UsageRecord:
+    front, endpoint = FRONTS[n % 3]
+    return record(n, front=front, endpoint=endpoint, upstream=f"gpu-{n % 2}")
+
+
+@pytest.mark.usefixtures("small_files")
+def test_front_endpoint_and_upstream_filter_and_break_down(store: TinyDBStore) -> None:
+    records = [_fronted(n) for n in range(700)]  # most in closed files, summed from summaries
+    fill(store, records)
+
+    found = query(store, front="ollama", upstream="gpu-1", limit=1000)
+    summed = stats(store, 3600)
+    only_openai = stats(store, 3600, endpoint="/v1/embeddings")
+
+    expected = [r for r in records if r.front == "ollama" and r.upstream == "gpu-1"]
+    assert found == sorted(expected, key=lambda r: r.id, reverse=True)
+    assert {row.key: row.calls for row in summed.by_front} == {
+        "seed": 234,
+        "ollama": 233,
+        "openai": 233,
+    }
+    assert {row.key: row.calls for row in summed.by_endpoint} == {
+        "/api/v1/ai/ask_sync": 234,
+        "/api/chat": 233,
+        "/v1/embeddings": 233,
+    }
+    assert {row.key: row.calls for row in summed.by_upstream} == {"gpu-0": 350, "gpu-1": 350}
+    _check(only_openai, [r for r in records if r.front == "openai"], 3600)
+    assert [row.key for row in only_openai.by_front] == ["openai"]
+
+
+@pytest.mark.usefixtures("small_files")
+def test_an_index_of_an_older_version_is_rebuilt_at_startup(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = [_fronted(n) for n in range(120)]
+    # Files indexed as before the front, endpoint and upstream were indexed: rows without them.
+    real_row = files._row
+    monkeypatch.setattr(
+        files,
+        "_row",
+        lambda r, span: msgspec.structs.replace(
+            real_row(r, span), front=None, endpoint=None, upstream=None
+        ),
+    )
+    monkeypatch.setattr(files, "INDEX_VERSION", 1)
+    first = TinyDBStore(data_dir)
+    fill(first, records)
+    first.close()
+    monkeypatch.undo()
+
+    store = TinyDBStore(data_dir)
+    try:
+        found = query(store, front="openai", limit=1000)
+        summed = stats(store, 3600)
+    finally:
+        store.close()
+
+    assert found == sorted((r for r in records if r.front == "openai"), key=lambda r: r.id)[::-1]
+    assert {row.key: row.calls for row in summed.by_front} == {
+        "seed": 40,
+        "ollama": 40,
+        "openai": 40,
+    }
