@@ -27,8 +27,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from access.backends import SetupError, keys_exist, open_access, open_shared
 from access.guard import Guard
-from access.keys import Access, KeyRing
+from access.keys import Access
 from access.limits import Limits
 from calls.errors import CallError, UpstreamError, call_error, internal
 from calls.pipeline import Gateway
@@ -38,6 +39,7 @@ from ollama_host import __version__, requestlog
 from ollama_host.requestlog import RequestLog, configure_logging
 from ollama_host.server import is_loopback, serve, show_new_token
 from ollama_host.settings import Settings, parse_settings
+from ollama_host.workers import refuse_workers, run_workers
 from routes import admin, docs, health, keys, openapi, page, seed
 from routes.common import encoder, error_response, with_request_id
 from routes.streaming import SERVER_SEND
@@ -119,7 +121,7 @@ def create_app(
     The store opens (and the upstream is made) at startup unless given already.
     """
     if access is None:
-        access, _ = Access.open(settings.data_path, settings.admin_token)
+        access, _ = open_access(settings.store, settings.data_path, settings.admin_token)
     render_for = renderer(modules)
 
     def respond(request: Request, error: CallError) -> Response:
@@ -151,7 +153,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        usage = store or open_store(settings.data_path, retention_days=settings.retention_days)
+        usage = store or open_store(
+            settings.store or settings.data_path, retention_days=settings.retention_days
+        )
+        shared = open_shared(settings.redis, access.scope) if settings.redis else None
+        if shared is not None:
+            await shared.check()
+            access.tickets = shared
         try:
             up = upstream or make_upstream(settings)
             try:
@@ -159,7 +167,7 @@ def create_app(
                     up,
                     usage,
                     access,
-                    Limits(settings),
+                    Limits(settings, shared),
                     max_prompt=settings.max_prompt,
                     max_output=settings.max_record_output,
                 )
@@ -171,7 +179,10 @@ def create_app(
             finally:
                 await up.aclose()
         finally:
+            if shared is not None:
+                await shared.aclose()
             await usage.aclose()
+            access.close()
 
     app = GatewayApp(
         routes=[route for module in modules for route in module.routes],
@@ -208,20 +219,33 @@ def create_app(
     return app
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, worker_fd: int | None = None) -> int:
+    """Run the gateway; with worker_fd, as one of --workers N on that listening socket."""
     settings = parse_settings(argv)
     configure_logging(settings)
+    if worker_fd is None and (why := refuse_workers(settings)):
+        log.error("%s", why)
+        return 1
     try:
-        # Opened here, not in the lifespan, so that a locked or unusable data folder
-        # ends the program with one clear line instead of a startup traceback.
-        store = open_store(settings.data_path, retention_days=settings.retention_days)
-    except StoreError as exc:
+        if settings.redis:
+            open_shared(settings.redis, "check")  # a bad address stops the start here
+        # Opened here, not in the lifespan, so that a locked or unusable data folder or
+        # database ends the program with one clear line instead of a startup traceback.
+        store = open_store(
+            settings.store or settings.data_path, retention_days=settings.retention_days
+        )
+    except (StoreError, SetupError) as exc:
         log.error("%s", exc)
         return 1
     # Checked before any admin token is made: a refused start must not leave behind a token
     # that nobody was shown.
-    keys_exist = KeyRing(settings.data_path).active
-    if not is_loopback(settings.host) and not keys_exist and not settings.admin_token:
+    try:
+        any_keys = keys_exist(settings.store, settings.data_path)
+    except StoreError as exc:
+        log.error("%s", exc)
+        asyncio.run(store.aclose())
+        return 1
+    if not is_loopback(settings.host) and not any_keys and not settings.admin_token:
         log.error(
             "refusing to listen on %s: anyone who can reach it could use Ollama and read every "
             "prompt. Create an API key first (on 127.0.0.1: POST /api/v1/admin/keys), or set "
@@ -230,20 +254,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         asyncio.run(store.aclose())
         return 1
-    access, new_token = Access.open(
-        settings.data_path, settings.admin_token, reset=settings.reset_admin_token
-    )
-    app = create_app(settings, store=store, access=access)
+    try:
+        # A worker never resets the token: the process that started it has.
+        reset = settings.reset_admin_token and worker_fd is None
+        access, new_token = open_access(
+            settings.store, settings.data_path, settings.admin_token, reset=reset
+        )
+    except StoreError as exc:
+        log.error("%s", exc)
+        asyncio.run(store.aclose())
+        return 1
     if new_token:
         show_new_token(settings, new_token)
-    log.info(
-        "Ollama Host on http://%s:%d, asking Ollama at %s, usage in %s",
-        settings.host,
-        settings.port,
-        settings.ollama_url,
-        settings.data_path,
-    )
-    return serve(app, settings)
+    where = store.health().path
+    if settings.workers > 1 and worker_fd is None:
+        # Each worker opens the store and the keys itself; this process only watches them.
+        asyncio.run(store.aclose())
+        access.close()
+        return run_workers(settings, argv)
+    app = create_app(settings, store=store, access=access)
+    if worker_fd is None:
+        log.info(
+            "Ollama Host on http://%s:%d, asking Ollama at %s, usage in %s",
+            settings.host,
+            settings.port,
+            settings.ollama_url,
+            where,
+        )
+    return serve(app, settings, fd=worker_fd)
 
 
 if __name__ == "__main__":

@@ -128,16 +128,16 @@ class Gateway:
 
     # -- admission ---------------------------------------------------------------------------
 
-    def identify(self, credentials: Credentials) -> Caller:
+    async def identify(self, credentials: Credentials) -> Caller:
         """Who is asking (CallError 401)."""
-        return identify(self.access, credentials)
+        return await identify(self.access, credentials)
 
     async def admit(
         self, credentials: Credentials, model: str, labels: Labels, prompt_size: int = 0
     ) -> Caller:
         """Who asks, whether they may use the model, whether the prompt fits, and whether the
         limits allow it now (401, 403, 413, 429); nothing has reached an upstream yet."""
-        caller = identify(self.access, credentials)
+        caller = await identify(self.access, credentials)
         check_model(caller, model)
         if prompt_size > self.max_prompt:
             raise CallError(

@@ -240,7 +240,8 @@ def migrate(params: Params) -> int:
 
 
 class Watch:
-    """A thread that reads one row every `every` seconds and calls `changed` when it differs.
+    """A thread that reads one row every `every` seconds and calls `changed` when it differs
+    (again at the next read, if `changed` returns False: it could not act on it).
 
     The cheap way for every gateway to notice what the others did: one indexed single-row
     read per interval (LISTEN/NOTIFY would push sooner, but a NOTIFY in every write takes a
@@ -251,7 +252,7 @@ class Watch:
         self,
         params: Params,
         query: sql.Composed,
-        changed: Callable[[tuple[Any, ...]], None],
+        changed: Callable[[tuple[Any, ...]], bool],
         *,
         every: float,
         name: str,
@@ -285,9 +286,8 @@ class Watch:
         if self.error is not None:
             log.info("PostgreSQL at %s answers again", where(self.params))
             self.error = None
-        if row is not None and row != self._last:
+        if row is not None and tuple(row) != self._last and self.changed(tuple(row)):
             self._last = tuple(row)
-            self.changed(self._last)
 
     def _drop(self) -> None:
         if self._conn is not None:

@@ -173,9 +173,10 @@ class PostgresStore:
 
     # -- the change counter ----------------------------------------------------------------------
 
-    def _seen(self, row: tuple[Any, ...]) -> None:
+    def _seen(self, row: tuple[Any, ...]) -> bool:
         self._moved(int(row[0]))
         self.instance = str(row[1])
+        return True
 
     def _moved(self, value: int) -> None:
         with self._lock:
