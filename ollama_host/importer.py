@@ -24,10 +24,17 @@ log = logging.getLogger("ollama_host")
 
 
 def _count(dsn: str) -> int:
+    import psycopg
+
     from store import pg
 
-    with pg.connect(pg.parse(dsn), purpose="import") as conn:
-        row = conn.execute("SELECT count(*) FROM ollama_host.usage").fetchone()
+    params = pg.parse(dsn)
+    pg.migrate(params)
+    try:
+        with pg.connect(params, purpose="import") as conn:
+            row = conn.execute("SELECT count(*) FROM ollama_host.usage").fetchone()
+    except psycopg.Error as exc:
+        raise pg.DatabaseUnavailable(pg.unreachable(params, exc)) from None
     return int(row[0]) if row else 0
 
 

@@ -93,3 +93,77 @@ def column(dsn: str, query: str, *params: object) -> list[object]:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(query.encode(), params).fetchall()
     return [row[0] for row in rows]
+
+
+class FakeServer:
+    """A server that speaks just enough of PostgreSQL's protocol to refuse a password, as a
+    real one does with password authentication (the machine's server trusts everyone)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(8)
+        self.port: int = self._sock.getsockname()[1]
+        self.passwords: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import struct
+
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    while True:
+                        size, code = struct.unpack("!ii", _read(conn, 8))
+                        _read(conn, size - 8)
+                        if code in (80877103, 80877104):  # SSL or GSS encryption: no
+                            conn.sendall(b"N")
+                            continue
+                        break
+                    conn.sendall(b"R" + struct.pack("!ii", 8, 3))  # cleartext password, please
+                    _, size = struct.unpack("!ci", _read(conn, 5))  # the password message
+                    self.passwords.append(_read(conn, size - 4).rstrip(b"\0"))
+                    fields = b"".join(
+                        key + value.encode() + b"\0"
+                        for key, value in (
+                            (b"S", "FATAL"),
+                            (b"V", "FATAL"),
+                            (b"C", "28P01"),
+                            (b"M", 'password authentication failed for user "postgres"'),
+                        )
+                    )
+                    body = fields + b"\0"
+                    conn.sendall(b"E" + struct.pack("!i", len(body) + 4) + body)
+                except (OSError, struct.error):
+                    continue
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _read(conn: object, size: int) -> bytes:
+    import socket
+
+    assert isinstance(conn, socket.socket)
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise OSError("closed")
+        data += chunk
+    return data
+
+
+def execute(dsn: str, statements: str) -> None:
+    """Run SQL straight on the database, past the gateway (as someone else would)."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        conn.execute(statements.encode())
