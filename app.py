@@ -142,6 +142,11 @@ def create_app(
         headers = dict(exc.headers or {})
         return respond(request, CallError(exc.status_code, code, message, headers=headers))
 
+    async def on_store_error(request: Request, exc: Exception) -> Response:
+        # A database store that cannot be reached for a read; asking goes on meanwhile.
+        error = CallError(503, "store_unavailable", str(exc), headers={"Retry-After": "1"})
+        return respond(request, error)
+
     async def on_crash(request: Request, exc: Exception) -> Response:
         # Starlette logs the traceback after this; the client gets no trace of it, only the
         # request id to find it by. This runs outside RequestLog, hence the scope's state.
@@ -203,6 +208,7 @@ def create_app(
             CallError: on_call_error,
             UpstreamError: on_call_error,
             HTTPException: on_http_error,
+            StoreError: on_store_error,
             500: on_crash,
         },
     )

@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 
 import redis.asyncio
 import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from .limits import CountersHealth, MemoryCounters, utc_day
 from .tickets import TICKET_SECONDS, MemoryTickets
@@ -117,8 +119,13 @@ class RedisShared:
 
     def __init__(self, url: str, scope: str) -> None:
         self.address = redacted(url)
+        # No retries inside the client: while Redis is away, a call must not wait on
+        # backoffs; the fallback to local counters is the retry.
         self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-            url, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT
+            url,
+            socket_connect_timeout=TIMEOUT,
+            socket_timeout=TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
         )
         self._prefix = f"ollama-host:{scope}:"
         self._me = secrets.token_hex(8)  # this gateway process, in the stream hashes
@@ -145,6 +152,9 @@ class RedisShared:
             result = await remote()
         except (redis.exceptions.RedisError, OSError) as exc:
             self._went_down(exc)
+            # Close what the outage broke now, while the loop that opened it runs.
+            with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                await self._client.connection_pool.disconnect()
             return await local()
         if self.error is not None:
             log.warning("Redis at %s answers again: limits are shared again", self.address)
