@@ -413,6 +413,9 @@ class PostgresStore:
         return await asyncio.get_running_loop().run_in_executor(self._reader, self._on_pool, work)
 
     def _on_pool(self, work: Callable[[psycopg.Cursor[Any]], T]) -> T:
+        if self._watch.error is not None:
+            # Known to be away: say so now, rather than after the pool's wait for a connection.
+            raise StoreUnavailable(self._watch.error)
         try:
             with self._pool.connection() as conn, conn.cursor() as cur:
                 return work(cur)

@@ -275,6 +275,7 @@ def test_a_read_while_the_database_is_away_fails_clearly(dsn: str, proxy: TcpPro
     try:
         fill(store, [record(1)])
         proxy.cut()
+        eventually(lambda: store.health().status == "degraded", "the store notices")
         with pytest.raises(pg_store.StoreUnavailable) as failed:
             query(store)
         proxy.restore()
