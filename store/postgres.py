@@ -91,22 +91,32 @@ _COLUMN_LIST = sql.SQL(", ").join(sql.Identifier(name) for name, _, _ in [*COLUM
 # The record goes as its JSON text: in binary COPY a json value is sent as its text.
 _COPY_TYPES = [kind for _, kind, _ in COLUMNS] + [_TEXT]
 
-# The equality filters: UsageQuery field -> column. A filter added to UsageQuery is one line.
+# The equality filters: UsageQuery field -> column. A filter added to UsageQuery is one line
+# here; one listed here that UsageQuery does not have (yet) is skipped.
 FILTERS: list[tuple[str, str]] = [
     ("project", "project"),
     ("process_id", "process_id"),
     ("subprocess_id", "subprocess_id"),
     ("model", "model_name"),
     ("status", "status"),
+    ("front", "front"),
+    ("endpoint", "endpoint"),
+    ("upstream", "upstream"),
 ]
+FILTERS = [f for f in FILTERS if f[0] in {f.name for f in msgspec.structs.fields(UsageQuery)}]
 
 # The stats breakdowns: Stats field -> the columns it groups by. The key a row shows is
-# made as store.stats makes it (None as "-", several columns joined by "/").
+# made as store.stats makes it (None as "-", several columns joined by "/"). A breakdown
+# added to Stats is one line here; one listed here that Stats does not have (yet) is skipped.
 BREAKDOWNS: list[tuple[str, tuple[str, ...]]] = [
     ("by_model", ("model_name",)),
     ("by_project", ("project",)),
     ("by_process", ("process_id", "subprocess_id")),
+    ("by_front", ("front",)),
+    ("by_endpoint", ("endpoint",)),
+    ("by_upstream", ("upstream",)),
 ]
+BREAKDOWNS = [b for b in BREAKDOWNS if b[0] in {f.name for f in msgspec.structs.fields(Stats)}]
 
 
 def _moment(date: str) -> datetime:
@@ -662,12 +672,5 @@ def _stats(
             for key, g in groups[name].items()
         ]
         breakdowns[name] = sorted(rows, key=lambda row: (-row.calls, row.key))
-    # A breakdown added to Stats (and to BREAKDOWNS) is one more line here.
-    return Stats(
-        totals=totals,
-        bucket_seconds=bucket,
-        series=series,
-        by_model=breakdowns["by_model"],
-        by_project=breakdowns["by_project"],
-        by_process=breakdowns["by_process"],
-    )
+    fields: dict[str, Any] = {"totals": totals, "bucket_seconds": bucket, "series": series}
+    return Stats(**fields, **dict[str, Any](breakdowns))
