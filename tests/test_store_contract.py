@@ -131,9 +131,22 @@ def test_query_filters_match_a_plain_scan(store: UsageStore) -> None:
     assert by_process
 
 
+FRONTS = [
+    ("seed", "/api/v1/ai/ask_sync"),
+    ("ollama", "/api/chat"),
+    ("openai", "/v1/chat/completions"),
+]
+
+
+def routed(n: int) -> UsageRecord:
+    """A record that came in by one of the fronts and was answered by one of two upstreams."""
+    front, endpoint = FRONTS[n % 3]
+    return record(n, front=front, endpoint=endpoint, upstream=f"gpu{n % 2}")
+
+
 @pytest.mark.parametrize("bucket", [3600, 86400, 300])
 def test_stats_match_the_records(store: UsageStore, bucket: int) -> None:
-    records = [record(n) for n in range(700)]  # 7 hours, most in closed TinyDB files
+    records = [routed(n) for n in range(700)]  # 7 hours, most in closed TinyDB files
     fill(store, records)
 
     found = stats(store, bucket)
@@ -152,6 +165,24 @@ def test_stats_with_filters_and_unaligned_range(store: UsageStore) -> None:
     wanted = [r for r in records if r.project == "p2" and iso(since) <= r.date < iso(until)]
     check_stats(found, wanted, 3600)
     assert_same_stats(found, compute_stats(wanted, 3600))
+
+
+@pytest.mark.skipif(
+    "front" not in {f.name for f in msgspec.structs.fields(UsageQuery)},
+    reason="UsageQuery has no front, endpoint or upstream filter yet",
+)
+def test_filters_by_front_endpoint_and_upstream(store: UsageStore) -> None:
+    records = [routed(n) for n in range(90)]
+    fill(store, records)
+
+    found = query(store, front="ollama", upstream="gpu1", limit=1000)
+    by_endpoint = query(store, endpoint="/v1/chat/completions", limit=1000)
+    counted = stats(store, 3600, front="openai")
+
+    want = [r for r in records if r.front == "ollama" and r.upstream == "gpu1"]
+    assert found == newest_first(want)
+    assert by_endpoint == newest_first([r for r in records if r.front == "openai"])
+    assert_same_stats(counted, compute_stats([r for r in records if r.front == "openai"], 3600))
 
 
 def test_stats_group_missing_and_dash_values_as_one_row(store: UsageStore) -> None:
