@@ -27,7 +27,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from access.backends import SetupError, keys_exist, open_access, open_shared
 from access.guard import Guard
 from access.keys import Access
 from access.limits import Limits
@@ -36,6 +35,7 @@ from calls.pipeline import Gateway
 from calls.upstream import Upstream
 from ollama_client import KeepAliveTransport, OllamaUpstream
 from ollama_host import __version__, requestlog
+from ollama_host.backends import SetupError, keys_exist, open_access, open_shared
 from ollama_host.requestlog import RequestLog, configure_logging
 from ollama_host.server import is_loopback, serve, show_new_token
 from ollama_host.settings import Settings, parse_settings

@@ -7,6 +7,9 @@ WATCH_SECONDS; when it moved, the keys are read again. A key revoked through one
 stops working on all of them within WATCH_SECONDS plus one read. While the database cannot
 be reached, the keys last read stay in force, and changing a key fails with 503.
 
+The database itself (connections, the schema, watches) is handed in as a `Database`
+(store.pg makes one): this module only knows the tables of the keys and secrets.
+
 Requires the `postgres` extra (psycopg 3).
 """
 
@@ -19,15 +22,14 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 import psycopg
 from psycopg import sql
 
 from calls.errors import CallError
-from store import pg
-from store.pg import SCHEMA, DatabaseUnavailable
+from store.base import StoreError
 
 from .keys import (
     ADMIN_FILE,
@@ -47,12 +49,47 @@ log = logging.getLogger("ollama_host.access")
 T = TypeVar("T")
 
 WATCH_SECONDS = 0.25
+SCHEMA = "ollama_host"  # made by store.pg's migrations
 FINGERPRINT = "fingerprint"
 ADMIN_TOKEN = "admin_token"  # noqa: S105 (the name of the row holding the token's hash)
 
 KEYS = sql.Identifier(SCHEMA, "keys")
 SECRETS = sql.Identifier(SCHEMA, "secrets")
 STATE = sql.Identifier(SCHEMA, "state")
+
+
+class Watcher(Protocol):
+    error: str | None
+
+    def poll(self) -> None: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Database(Protocol):
+    """What the keys need of their database (store.pg.Database is one)."""
+
+    where: str
+
+    def connect(self, purpose: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+        """A connection, or StoreError naming the host."""
+        ...
+
+    def unreachable(self, exc: psycopg.Error) -> str: ...
+
+    def migrate(self) -> int: ...
+
+    def watch(
+        self,
+        query: sql.Composed,
+        changed: Callable[[tuple[Any, ...]], bool],
+        *,
+        every: float,
+        name: str,
+    ) -> Watcher: ...
+
 
 _decode_key = msgspec.json.Decoder(ApiKey).decode
 _encode = msgspec.json.Encoder().encode
@@ -71,9 +108,9 @@ def _bump(cur: psycopg.Cursor[Any]) -> None:
 class DatabaseKeyRing:
     """The API keys in the `keys` table (an `access.keys.Keys`)."""
 
-    def __init__(self, params: pg.Params, admin: AdminToken | None = None) -> None:
-        self.params = params
-        self.address = pg.where(params)
+    def __init__(self, db: Database, admin: AdminToken | None = None) -> None:
+        self.db = db
+        self.address = db.where
         # The admin token whose hash follows the database's (None: one set by --admin-token,
         # which is never written down and wins on this gateway).
         self._admin = admin
@@ -83,8 +120,7 @@ class DatabaseKeyRing:
         # overtook is dropped (the next poll reads them again), so it cannot undo the write.
         self._writes = 0
         self._conn: psycopg.Connection[Any] | None = None
-        self._watch = pg.Watch(
-            params,
+        self._watch = db.watch(
             sql.SQL("SELECT keys_version, (SELECT value FROM {} WHERE name = {}) FROM {}").format(
                 SECRETS, sql.Literal(ADMIN_TOKEN), STATE
             ),
@@ -94,7 +130,7 @@ class DatabaseKeyRing:
         )
         self._watch.poll()
         if self._watch.error:
-            raise DatabaseUnavailable(self._watch.error)
+            raise StoreError(self._watch.error)
         self._watch.start()
 
     # -- reading (from memory) ---------------------------------------------------------------
@@ -103,9 +139,9 @@ class DatabaseKeyRing:
         """The keys (or the admin token) changed somewhere: read them again."""
         writes = self._writes
         try:
-            with pg.connect(self.params, purpose="keys", autocommit=True) as conn:
+            with self.db.connect("keys", autocommit=True) as conn:
                 rows = conn.execute(sql.SQL("SELECT doc::text FROM {}").format(KEYS)).fetchall()
-        except (psycopg.Error, DatabaseUnavailable) as exc:
+        except (psycopg.Error, StoreError) as exc:
             log.warning("could not read the API keys again (%s); the ones read last hold", exc)
             return False
         keys = {key.id: key for key in (_decode_key(doc) for (doc,) in rows)}
@@ -143,19 +179,18 @@ class DatabaseKeyRing:
         with self._lock:
             try:
                 if self._conn is None or self._conn.closed:
-                    self._conn = pg.connect(self.params, purpose="keys")
+                    self._conn = self.db.connect("keys")
                 with self._conn.transaction(), self._conn.cursor() as cur:
                     return work(cur)
-            except (psycopg.OperationalError, DatabaseUnavailable) as exc:
+            except (psycopg.OperationalError, StoreError) as exc:
                 if self._conn is not None:
                     self._conn.close()
                     self._conn = None
-                reason = str(exc) if isinstance(exc, DatabaseUnavailable) else exc
+                reason = self.db.unreachable(exc) if isinstance(exc, psycopg.Error) else exc
                 raise CallError(
                     503,
                     "store_unavailable",
-                    f"the keys cannot be changed now: cannot reach PostgreSQL at "
-                    f"{self.address} ({reason}); try again",
+                    f"the keys cannot be changed now ({reason}); try again",
                 ) from None
 
     async def create(
@@ -212,10 +247,9 @@ class DatabaseKeyRing:
                 self._conn = None
 
 
-def keys_exist(dsn: str) -> bool:
+def keys_exist(db: Database) -> bool:
     """True if any API key was ever made in this database; reads, never writes."""
-    params = pg.parse(dsn)
-    with pg.connect(params, purpose="keys", autocommit=True) as conn:
+    with db.connect("keys", autocommit=True) as conn:
         row = conn.execute(
             sql.SQL("SELECT to_regclass({}) IS NOT NULL").format(sql.Literal(f"{SCHEMA}.keys"))
         ).fetchone()
@@ -226,15 +260,14 @@ def keys_exist(dsn: str) -> bool:
 
 
 def open_access(
-    dsn: str, admin_token: str | None, *, reset: bool = False
+    db: Database, admin_token: str | None, *, reset: bool = False
 ) -> tuple[Access, str | None]:
-    """The access state in the database at `dsn` (its schema made or migrated first), and a
-    newly made admin token to show once (or None). Raises StoreError if it cannot."""
-    params = pg.parse(dsn)
-    pg.migrate(params)
+    """The access state in the database (its schema made or migrated first), and a newly
+    made admin token to show once (or None). Raises StoreError if it cannot."""
+    db.migrate()
     made: str | None = None
     try:
-        with pg.connect(params, purpose="keys") as conn:
+        with db.connect("keys") as conn:
             with conn.transaction(), conn.cursor() as cur:
                 # Two gateways starting at once must agree on one secret: the first wins.
                 cur.execute(
@@ -266,25 +299,24 @@ def open_access(
             cur = conn.execute(sql.SQL("SELECT instance FROM {}").format(STATE))
             instance = cur.fetchone()
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(pg.unreachable(params, exc)) from None
+        raise StoreError(db.unreachable(exc)) from None
     admin = AdminToken(token_hash, secret)
-    keys = DatabaseKeyRing(params, None if admin_token else admin)
+    keys = DatabaseKeyRing(db, None if admin_token else admin)
     scope = f"db-{instance[0]}" if instance else None
     return Access(secret, admin, keys, scope=scope), made
 
 
-def import_access(folder: Path, dsn: str) -> list[str]:
+def import_access(folder: Path, db: Database) -> list[str]:
     """Copy a data folder's API keys, fingerprint secret and admin token hash into the
     database, each only where the database has none yet; what was done, to report."""
-    params = pg.parse(dsn)
-    pg.migrate(params)
+    db.migrate()
     done: list[str] = []
     keys: list[ApiKey] = []
     if (folder / KEYS_FILE).exists():
         keys = msgspec.json.decode((folder / KEYS_FILE).read_bytes(), type=list[ApiKey])
     secret = folder / SECRET_FILE
     admin = folder / ADMIN_FILE
-    with pg.connect(params, purpose="import") as conn, conn.transaction(), conn.cursor() as cur:
+    with db.connect("import") as conn, conn.transaction(), conn.cursor() as cur:
         added = 0
         for key in keys:
             cur.execute(

@@ -86,8 +86,9 @@ def import_usage(argv: Sequence[str]) -> int:
         finally:
             source.close()
         from access.pg_keys import import_access
+        from store.pg import Database
 
-        done = import_access(folder, args.store)
+        done = import_access(folder, Database(args.store))
     except StoreError as exc:
         log.error("%s", exc)
         return 1

@@ -305,3 +305,34 @@ class Watch:
             self._thread.join()
         else:
             self._drop()
+
+
+class Database:
+    """One PostgreSQL database as the gateway uses it: its address (shown without a password),
+    connections that fail with a clear StoreError, its schema, and watches on it.
+
+    Handed to what keeps access state there (access.pg_keys), which knows only this shape.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self.params = parse(dsn)
+        self.where = where(self.params)
+
+    def connect(self, purpose: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+        return connect(self.params, purpose=purpose, autocommit=autocommit)
+
+    def unreachable(self, exc: psycopg.Error) -> str:
+        return unreachable(self.params, exc)
+
+    def migrate(self) -> int:
+        return migrate(self.params)
+
+    def watch(
+        self,
+        query: sql.Composed,
+        changed: Callable[[tuple[Any, ...]], bool],
+        *,
+        every: float,
+        name: str,
+    ) -> Watch:
+        return Watch(self.params, query, changed, every=every, name=name)

@@ -17,10 +17,10 @@ from typing import Any
 
 import httpx
 
-from access.backends import open_access
 from app import GatewayApp, create_app
 from calls.upstream import Upstream
 from ollama_client import OllamaUpstream
+from ollama_host.backends import open_access
 from ollama_host.settings import Settings, parse_settings
 from tests import ollama_standin
 from tests.gateway_proc import ADMIN_TOKEN

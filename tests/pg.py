@@ -13,8 +13,12 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from access.keys import Access
 
 ADMIN_DSN = os.environ.get(
     "OLLAMA_HOST_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -167,3 +171,13 @@ def execute(dsn: str, statements: str) -> None:
 
     with psycopg.connect(dsn) as conn:
         conn.execute(statements.encode())
+
+
+def access_of(
+    dsn: str, admin_token: str | None, *, reset: bool = False
+) -> tuple[Access, str | None]:
+    """Access kept in this database, opened as a gateway opens it at start."""
+    from access.pg_keys import open_access
+    from store.pg import Database
+
+    return open_access(Database(dsn), admin_token, reset=reset)

@@ -313,7 +313,6 @@ def test_another_gateways_records_move_this_ones_changes(dsn: str) -> None:
 
 def test_import_copies_a_data_folder_once(dsn: str, data_dir: Path) -> None:
     from access.keys import Access, KeyLimits
-    from access.pg_keys import open_access
 
     records = [record(n) for n in range(300)]
     folder = TinyDBStore(data_dir)
@@ -339,7 +338,7 @@ def test_import_copies_a_data_folder_once(dsn: str, data_dir: Path) -> None:
         assert query(store, limit=1000) == newest_first(records)
     finally:
         close(store)
-    moved, _ = open_access(dsn, "token")
+    moved, _ = testpg.access_of(dsn, "token")
     try:
         key = moved.keys.verify(plain)
         assert key is not None

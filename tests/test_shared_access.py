@@ -19,7 +19,7 @@ import pytest
 
 from access import redis_shared
 from access.keys import KeyLimits
-from access.pg_keys import DatabaseKeyRing, open_access
+from access.pg_keys import DatabaseKeyRing
 from access.redis_shared import RedisShared
 from tests import pg, redis_server
 from tests.asgi import Local, in_process
@@ -113,8 +113,8 @@ async def test_a_key_revoked_through_one_gateway_stops_on_the_other(
 def test_a_revocation_made_elsewhere_survives_an_update_from_a_gateway_that_missed_it(
     dsn: str,
 ) -> None:
-    first, _ = open_access(dsn, "token")
-    second, _ = open_access(dsn, "token")
+    first, _ = pg.access_of(dsn, "token")
+    second, _ = pg.access_of(dsn, "token")
     try:
         key, _ = asyncio.run(first.keys.create("k", None, KeyLimits()))
         assert isinstance(second.keys, DatabaseKeyRing)
@@ -126,7 +126,7 @@ def test_a_revocation_made_elsewhere_survives_an_update_from_a_gateway_that_miss
         asyncio.run(second.keys.update(msgspec.structs.replace(stale, label="renamed")))
         found = second.keys.get(key.id)
         first.keys.close()
-        reread, _ = open_access(dsn, "token")
+        reread, _ = pg.access_of(dsn, "token")
         stored = reread.keys.get(key.id)
         reread.close()
     finally:
@@ -140,14 +140,14 @@ def test_a_revocation_made_elsewhere_survives_an_update_from_a_gateway_that_miss
 
 
 def test_every_gateway_agrees_on_the_secret_and_follows_a_new_admin_token(dsn: str) -> None:
-    first, token = open_access(dsn, None)
-    second, again = open_access(dsn, None)
+    first, token = pg.access_of(dsn, None)
+    second, again = pg.access_of(dsn, None)
     try:
         assert token is not None
         assert again is None  # made once, by the first to start
         assert first.secret == second.secret
         assert second.admin.check_token(token)
-        third, reset = open_access(dsn, None, reset=True)
+        third, reset = pg.access_of(dsn, None, reset=True)
         third.close()
         assert reset is not None
         assert isinstance(second.keys, DatabaseKeyRing)

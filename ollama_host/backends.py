@@ -1,16 +1,17 @@
-"""Where access state lives: the data folder (one gateway), or the database named by --store
-(every gateway on it); and where limits are counted: in memory, or in a Redis (--redis)."""
+"""The program picks implementations: where access state lives (the data folder, for one
+gateway, or the database named by --store, for every gateway on it) and where limits are
+counted (in memory, or in the Redis named by --redis). Below this, access and the store
+know only the interfaces."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Protocol
 
+from access.keys import Access, KeyRing
+from access.limits import Counters
+from access.tickets import Tickets
 from store import shared
-
-from .keys import Access, KeyRing
-from .limits import Counters
-from .tickets import Tickets
 
 
 class SetupError(Exception):
@@ -25,18 +26,20 @@ def open_access(
     Raises store.StoreError when the database cannot be used.
     """
     if store is not None and shared(store):
-        from .pg_keys import open_access as open_in_database
+        from access.pg_keys import open_access as open_in_database
+        from store.pg import Database
 
-        return open_in_database(store, admin_token, reset=reset)
+        return open_in_database(Database(store), admin_token, reset=reset)
     return Access.open(folder, admin_token, reset=reset)
 
 
 def keys_exist(store: str | None, folder: Path) -> bool:
     """True if any API key was ever made; reads, never writes."""
     if store is not None and shared(store):
-        from .pg_keys import keys_exist as in_database
+        from access.pg_keys import keys_exist as in_database
+        from store.pg import Database
 
-        return in_database(store)
+        return in_database(Database(store))
     return KeyRing(folder).active
 
 
@@ -51,7 +54,7 @@ class Shared(Counters, Tickets, Protocol):
 def open_shared(url: str, scope: str) -> Shared:
     """Counters and tickets in the Redis at `url`, under `scope`. SetupError if unusable."""
     try:
-        from .redis_shared import RedisShared, check_url
+        from access.redis_shared import RedisShared, check_url
     except ImportError as exc:
         raise SetupError(
             f"--redis needs the Redis client ({exc.name}): pip install 'ollama-host[redis]'"
