@@ -30,7 +30,7 @@ log = logging.getLogger("ollama_host.store")
 
 SCHEMA = "ollama_host"
 # What migration 1 writes on the schema; a schema without it is not ours.
-MARKER = "ollama-host: usage records, API keys and secrets (managed by Ollama Host)"
+MARKER = "Ollama Host: usage records, API keys and secrets"
 # Any constant works, as long as every gateway uses the same one: "ollamaho" in ASCII.
 MIGRATION_LOCK = 0x6F6C6C616D61686F
 CONNECT_TIMEOUT = "5"
@@ -106,27 +106,27 @@ def unreachable(params: Params, exc: psycopg.Error) -> str:
 
 # Each entry is one version: never edit one that was released, add the next instead.
 MIGRATIONS: list[str] = [
-    # 1: the schema, its bookkeeping, the usage log, keys and secrets.
-    f"""
-    CREATE SCHEMA {SCHEMA};
-    COMMENT ON SCHEMA {SCHEMA} IS '{MARKER}';
-    CREATE TABLE {SCHEMA}.migrations (
+    # 1: the schema, its bookkeeping, the usage log and its sums, keys and secrets.
+    """
+    CREATE SCHEMA ollama_host;
+    COMMENT ON SCHEMA ollama_host IS 'Ollama Host: usage records, API keys and secrets';
+    CREATE TABLE ollama_host.migrations (
         version integer PRIMARY KEY,
         applied timestamptz NOT NULL DEFAULT now()
     );
     -- One row: counters every gateway polls, each moved in the transaction that changes
     -- what it counts, so a reader never sees the count before the rows.
-    CREATE TABLE {SCHEMA}.state (
+    CREATE TABLE ollama_host.state (
         one boolean PRIMARY KEY DEFAULT true CHECK (one),
         instance text NOT NULL DEFAULT md5(random()::text || clock_timestamp()::text),
         usage_changes bigint NOT NULL DEFAULT 0,
         keys_version bigint NOT NULL DEFAULT 0
     );
-    INSERT INTO {SCHEMA}.state DEFAULT VALUES;
+    INSERT INTO ollama_host.state DEFAULT VALUES;
     -- A usage record: the columns the dashboard filters, sorts and sums by, and the whole
     -- record as the gateway wrote it (json keeps its text as it is, and accepts the
     -- \\u0000 escape that jsonb refuses).
-    CREATE TABLE {SCHEMA}.usage (
+    CREATE TABLE ollama_host.usage (
         id text PRIMARY KEY,
         date timestamptz NOT NULL,
         model_name text NOT NULL,
@@ -148,18 +148,65 @@ MIGRATIONS: list[str] = [
         upstream text,
         doc json NOT NULL
     );
-    CREATE INDEX usage_project ON {SCHEMA}.usage (project, id);
-    CREATE INDEX usage_model ON {SCHEMA}.usage (model_name, id);
-    CREATE INDEX usage_process ON {SCHEMA}.usage (process_id, id);
-    CREATE INDEX usage_status ON {SCHEMA}.usage (status, id);
-    CREATE INDEX usage_date ON {SCHEMA}.usage (date);
+    CREATE INDEX usage_project ON ollama_host.usage (project, id);
+    CREATE INDEX usage_model ON ollama_host.usage (model_name, id);
+    CREATE INDEX usage_process ON ollama_host.usage (process_id, id);
+    CREATE INDEX usage_status ON ollama_host.usage (status, id);
+    CREATE INDEX usage_date ON ollama_host.usage (date);
+    -- Sums kept as records arrive, so that stats need not read every record
+    -- (store/pg_stats.py): per UTC hour, and histograms per UTC day, for each combination
+    -- of the dimensions the dashboard filters and groups by.
+    CREATE TABLE ollama_host.usage_hourly (
+        hour timestamptz NOT NULL,
+        model_name text NOT NULL,
+        project text,
+        process_id text,
+        subprocess_id text,
+        status text NOT NULL,
+        front text,
+        endpoint text,
+        upstream text,
+        calls bigint NOT NULL,
+        input_tokens bigint NOT NULL,
+        output_tokens bigint NOT NULL,
+        total_seconds double precision NOT NULL,
+        upstream_seconds double precision NOT NULL,
+        eval_seconds double precision NOT NULL,
+        eval_tokens bigint NOT NULL,
+        UNIQUE NULLS NOT DISTINCT (hour, model_name, project, process_id, subprocess_id,
+            status, front, endpoint, upstream)
+    );
+    CREATE TABLE ollama_host.usage_daily_hist (
+        day timestamptz NOT NULL,
+        model_name text NOT NULL,
+        project text,
+        process_id text,
+        subprocess_id text,
+        status text NOT NULL,
+        front text,
+        endpoint text,
+        upstream text,
+        -- {"bucket": count}: store.stats' logarithmic buckets of total and first-token time
+        seconds_hist jsonb NOT NULL,
+        ttft_hist jsonb NOT NULL,
+        UNIQUE NULLS NOT DISTINCT (day, model_name, project, process_id, subprocess_id,
+            status, front, endpoint, upstream)
+    );
+    CREATE FUNCTION ollama_host.hist_add(a jsonb, b jsonb) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE AS $$
+        SELECT coalesce(jsonb_object_agg(k, n), '{}'::jsonb)
+        FROM (SELECT k, sum(v::bigint) AS n
+              FROM (SELECT * FROM jsonb_each_text(a) UNION ALL
+                    SELECT * FROM jsonb_each_text(b)) AS e (k, v)
+              GROUP BY k HAVING sum(v::bigint) <> 0) AS s
+    $$;
     -- API keys, as the gateway's ApiKey documents: a field added to ApiKey needs no migration.
-    CREATE TABLE {SCHEMA}.keys (
+    CREATE TABLE ollama_host.keys (
         id text PRIMARY KEY,
         doc json NOT NULL
     );
     -- The fingerprint secret and the admin token's hash.
-    CREATE TABLE {SCHEMA}.secrets (
+    CREATE TABLE ollama_host.secrets (
         name text PRIMARY KEY,
         value text NOT NULL,
         created timestamptz NOT NULL DEFAULT now()
@@ -168,6 +215,8 @@ MIGRATIONS: list[str] = [
 ]
 
 LATEST = len(MIGRATIONS)
+assert SCHEMA in MIGRATIONS[0]
+assert MARKER in MIGRATIONS[0]
 
 
 def _version(cur: psycopg.Cursor[Any], place: str) -> int:

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -33,11 +33,11 @@ import psycopg
 import psycopg_pool
 from psycopg import sql
 
-from . import pg
+from . import pg, pg_stats
 from .base import StoreError, StoreHealth, export_pages
 from .pg import SCHEMA, DatabaseUnavailable
-from .records import Bucket, GroupStats, Stats, Totals, UsageQuery, UsageRecord, iso
-from .stats import ZERO, hist_percentile
+from .pg_stats import text
+from .records import Stats, UsageQuery, UsageRecord
 
 log = logging.getLogger("ollama_host.store")
 T = TypeVar("T")
@@ -62,6 +62,8 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(UsageRecord).decode
 
 USAGE = sql.Identifier(SCHEMA, "usage")
+# A record and the values COPY sends for it.
+Row = tuple[UsageRecord, tuple[Any, ...]]
 STATE = sql.Identifier(SCHEMA, "state")
 
 # Column, SQL type for COPY, and how a record fills it (the record itself is `doc`).
@@ -69,10 +71,10 @@ _TEXT = "text"
 COLUMNS: list[tuple[str, str, Callable[[UsageRecord], Any]]] = [
     ("id", _TEXT, lambda r: r.id),
     ("date", "timestamptz", lambda r: _moment(r.date)),
-    ("model_name", _TEXT, lambda r: _text(r.model_name)),
-    ("project", _TEXT, lambda r: _text(r.project)),
-    ("process_id", _TEXT, lambda r: _text(r.process_id)),
-    ("subprocess_id", _TEXT, lambda r: _text(r.subprocess_id)),
+    ("model_name", _TEXT, lambda r: text(r.model_name)),
+    ("project", _TEXT, lambda r: text(r.project)),
+    ("process_id", _TEXT, lambda r: text(r.process_id)),
+    ("subprocess_id", _TEXT, lambda r: text(r.subprocess_id)),
     ("status", _TEXT, lambda r: r.status),
     ("input_tokens", "int8", lambda r: r.input_tokens),
     ("output_tokens", "int8", lambda r: r.output_tokens),
@@ -81,54 +83,20 @@ COLUMNS: list[tuple[str, str, Callable[[UsageRecord], Any]]] = [
     ("eval_seconds", "float8", lambda r: r.eval_seconds),
     ("upstream_seconds", "float8", lambda r: r.upstream_seconds),
     ("tokens_estimated", "bool", lambda r: r.tokens_estimated),
-    ("key_id", _TEXT, lambda r: _text(r.key_id)),
-    ("user", _TEXT, lambda r: _text(r.user)),
-    ("front", _TEXT, lambda r: _text(r.front)),
-    ("endpoint", _TEXT, lambda r: _text(r.endpoint)),
-    ("upstream", _TEXT, lambda r: _text(r.upstream)),
+    ("key_id", _TEXT, lambda r: text(r.key_id)),
+    ("user", _TEXT, lambda r: text(r.user)),
+    ("front", _TEXT, lambda r: text(r.front)),
+    ("endpoint", _TEXT, lambda r: text(r.endpoint)),
+    ("upstream", _TEXT, lambda r: text(r.upstream)),
 ]
 _COLUMN_LIST = sql.SQL(", ").join(sql.Identifier(name) for name, _, _ in [*COLUMNS, ("doc", "", 0)])
 # The record goes as its JSON text: in binary COPY a json value is sent as its text.
 _COPY_TYPES = [kind for _, kind, _ in COLUMNS] + [_TEXT]
 
-# The equality filters: UsageQuery field -> column. A filter added to UsageQuery is one line
-# here; one listed here that UsageQuery does not have (yet) is skipped.
-FILTERS: list[tuple[str, str]] = [
-    ("project", "project"),
-    ("process_id", "process_id"),
-    ("subprocess_id", "subprocess_id"),
-    ("model", "model_name"),
-    ("status", "status"),
-    ("front", "front"),
-    ("endpoint", "endpoint"),
-    ("upstream", "upstream"),
-]
-FILTERS = [f for f in FILTERS if f[0] in {f.name for f in msgspec.structs.fields(UsageQuery)}]
-
-# The stats breakdowns: Stats field -> the columns it groups by. The key a row shows is
-# made as store.stats makes it (None as "-", several columns joined by "/"). A breakdown
-# added to Stats is one line here; one listed here that Stats does not have (yet) is skipped.
-BREAKDOWNS: list[tuple[str, tuple[str, ...]]] = [
-    ("by_model", ("model_name",)),
-    ("by_project", ("project",)),
-    ("by_process", ("process_id", "subprocess_id")),
-    ("by_front", ("front",)),
-    ("by_endpoint", ("endpoint",)),
-    ("by_upstream", ("upstream",)),
-]
-BREAKDOWNS = [b for b in BREAKDOWNS if b[0] in {f.name for f in msgspec.structs.fields(Stats)}]
-
 
 def _moment(date: str) -> datetime:
     moment = datetime.fromisoformat(date)
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _text(value: str | None) -> str | None:
-    # PostgreSQL text cannot hold NUL; the record in `doc` keeps the value exactly.
-    if value is not None and "\x00" in value:
-        return value.replace("\x00", "\ufffd")
-    return value
 
 
 class StoreUnavailable(StoreError):
@@ -279,12 +247,12 @@ class PostgresStore:
                 if not written:
                     time.sleep(min(RETRY_SECONDS, CLOSE_WAIT))
 
-    def _rows(self, batch: list[UsageRecord]) -> list[tuple[Any, ...]]:
-        rows: list[tuple[Any, ...]] = []
+    def _rows(self, batch: list[UsageRecord]) -> list[Row]:
+        rows: list[Row] = []
         for record in batch:
             try:
                 doc = _encode(record).decode()
-                rows.append((*(fill(record) for _, _, fill in COLUMNS), doc))
+                rows.append((record, (*(fill(record) for _, _, fill in COLUMNS), doc)))
             except (UnicodeEncodeError, msgspec.EncodeError, ValueError) as exc:
                 # msgspec refuses lone surrogates on the way in; this is a last guard.
                 log.error("USAGE RECORD DROPPED: call %s cannot be stored: %s", record.id, exc)
@@ -314,7 +282,7 @@ class PostgresStore:
                     self._failed(batch, again)
                     return False
                 except psycopg.Error as bad:
-                    log.error("USAGE RECORD DROPPED: call %s was refused: %s", row[0], bad)
+                    log.error("USAGE RECORD DROPPED: call %s was refused: %s", row[0].id, bad)
         self._moved(moved)
         with self._lock:
             self._committing = 0
@@ -323,9 +291,11 @@ class PostgresStore:
             self._write_error = None
         return True
 
-    def _send(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> int:
-        """One transaction: the rows, then the change counter; returns the counter."""
+    def _send(self, conn: psycopg.Connection[Any], rows: list[Row]) -> int:
+        """One transaction: the rows, their sums, then the change counter; returns the
+        counter. Only the records not stored before are summed."""
         with conn.transaction(), conn.cursor() as cur:
+            added = [record for record, _ in rows]
             try:
                 with conn.transaction():
                     self._copy(cur, USAGE, rows)
@@ -340,10 +310,13 @@ class PostgresStore:
                 staging = sql.Identifier("usage_incoming")
                 self._copy(cur, staging, rows)
                 cur.execute(
-                    sql.SQL("INSERT INTO {} SELECT * FROM {} ON CONFLICT (id) DO NOTHING").format(
-                        USAGE, staging
-                    )
+                    sql.SQL(
+                        "INSERT INTO {} SELECT * FROM {} ON CONFLICT (id) DO NOTHING RETURNING id"
+                    ).format(USAGE, staging)
                 )
+                new = {found for (found,) in cur.fetchall()}
+                added = [record for record in added if record.id in new]
+            pg_stats.add(cur, added)
             cur.execute(
                 sql.SQL(
                     "UPDATE {} SET usage_changes = usage_changes + %s RETURNING usage_changes"
@@ -354,11 +327,11 @@ class PostgresStore:
         return int(found[0]) if found else 0
 
     @staticmethod
-    def _copy(cur: psycopg.Cursor[Any], table: sql.Identifier, rows: list[tuple[Any, ...]]) -> None:
+    def _copy(cur: psycopg.Cursor[Any], table: sql.Identifier, rows: list[Row]) -> None:
         statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(table, _COLUMN_LIST)
         with cur.copy(statement) as copy:
             copy.set_types(_COPY_TYPES)
-            for row in rows:
+            for _, row in rows:
                 copy.write_row(row)
 
     def _failed(self, batch: list[UsageRecord], exc: psycopg.Error | DatabaseUnavailable) -> None:
@@ -385,8 +358,7 @@ class PostgresStore:
             if self._conn is None or self._conn.closed:
                 self._conn = pg.connect(self.params, purpose="writer")
             with self._conn.transaction(), self._conn.cursor() as cur:
-                cur.execute(sql.SQL("DELETE FROM {} WHERE date < %s").format(USAGE), (cutoff,))
-                removed = cur.rowcount
+                removed = pg_stats.retain(cur, cutoff)
                 if removed:
                     cur.execute(
                         sql.SQL(
@@ -439,7 +411,7 @@ class PostgresStore:
             raise StoreUnavailable(reason) from None
 
     async def query(self, q: UsageQuery) -> list[UsageRecord]:
-        where, params = _where(q, paging=True)
+        where, params = pg_stats.where(q, paging=True)
         statement = sql.SQL(
             "SELECT doc::text FROM {} {} ORDER BY id DESC LIMIT %s OFFSET %s"
         ).format(USAGE, where)
@@ -452,8 +424,7 @@ class PostgresStore:
         return await self._read(run)
 
     async def stats(self, q: UsageQuery, *, bucket_seconds: int) -> Stats:
-        where, params = _where(q, paging=False)
-        return await self._read(lambda cur: _stats(cur, where, params, bucket_seconds))
+        return await self._read(lambda cur: pg_stats.stats(cur, q, bucket_seconds))
 
     def export(self, q: UsageQuery) -> AsyncIterator[list[UsageRecord]]:
         return export_pages(self, q)
@@ -490,187 +461,3 @@ class PostgresStore:
 
     async def aclose(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.close)
-
-
-def _where(q: UsageQuery, *, paging: bool) -> tuple[sql.Composable, list[Any]]:
-    """The WHERE clause of q's filters, and its parameters: values never enter the SQL."""
-    clauses: list[sql.Composable] = []
-    params: list[Any] = []
-    for field, column in FILTERS:
-        value = getattr(q, field)
-        if value is not None:
-            clauses.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
-            params.append(_text(value))
-    if q.since is not None:
-        clauses.append(sql.SQL("date >= %s"))
-        params.append(q.since)
-    if q.until is not None:
-        clauses.append(sql.SQL("date < %s"))
-        params.append(q.until)
-    if paging and q.before is not None:
-        clauses.append(sql.SQL("id < %s"))
-        params.append(_text(q.before))
-    if paging and q.after is not None:
-        clauses.append(sql.SQL("id > %s"))
-        params.append(_text(q.after))
-    if not clauses:
-        return sql.SQL(""), params
-    return sql.SQL("WHERE ") + sql.SQL(" AND ").join(clauses), params
-
-
-# -- stats -------------------------------------------------------------------------------------
-
-# Percentiles come from the same logarithmic histogram as store.stats (buckets 10% wide),
-# computed by the database with the same formula, so both stores report the same figures.
-_HIST = """CASE WHEN coalesce({0}, 0) <= 1e-6 THEN {1}
-    ELSE floor(ln({0}) / ln(1.1::float8))::int END"""
-_EVAL = "eval_seconds <> 0 AND output_tokens <> 0 AND NOT tokens_estimated"
-
-
-def _series(
-    cur: psycopg.Cursor[Any], where: sql.Composable, params: list[Any], bucket: int
-) -> tuple[Totals, list[Bucket]]:
-    cur.execute(
-        sql.SQL(
-            """SELECT extract(epoch FROM start)::bigint, calls, input, output, model, errors,
-                cancelled
-            FROM (SELECT date_bin(make_interval(secs => %s), date,
-                        timestamptz '1970-01-01 00:00:00+00') AS start,
-                    count(*) AS calls, sum(coalesce(input_tokens, 0)) AS input,
-                    sum(coalesce(output_tokens, 0)) AS output,
-                    sum(coalesce(upstream_seconds, 0)) AS model,
-                    count(*) FILTER (WHERE status = 'error') AS errors,
-                    count(*) FILTER (WHERE status = 'cancelled') AS cancelled
-                FROM {} {} GROUP BY 1) AS buckets
-            ORDER BY 1"""
-        ).format(USAGE, where),
-        [bucket, *params],
-    )
-    totals = Totals()
-    series: list[Bucket] = []
-    model_seconds = 0.0
-    for start, calls, input_, output, model, errors, cancelled in cur.fetchall():
-        totals.calls += calls
-        totals.input_tokens += int(input_)
-        totals.output_tokens += int(output)
-        model_seconds += model
-        totals.errors += errors
-        totals.cancelled += cancelled
-        series.append(
-            Bucket(
-                start=iso(datetime.fromtimestamp(start, UTC)),
-                calls=calls,
-                input_tokens=int(input_),
-                output_tokens=int(output),
-            )
-        )
-    totals.model_seconds = round(model_seconds, 6)
-    return totals, series
-
-
-class _Group:
-    __slots__ = ("calls", "errors", "eval_s", "eval_t", "input", "model", "output", "seconds")
-
-    def __init__(self) -> None:
-        self.calls = self.errors = self.input = self.output = self.eval_t = 0
-        self.seconds = self.model = self.eval_s = 0.0
-
-
-def _key(values: Iterable[str | None]) -> str:
-    return "/".join(v or "-" for v in values)
-
-
-def _stats(
-    cur: psycopg.Cursor[Any], where: sql.Composable, params: list[Any], bucket: int
-) -> Stats:
-    totals, series = _series(cur, where, params, bucket)
-    # One scan, every breakdown: for each, its sums, and its two histograms.
-    columns = sorted({c for _, cols in BREAKDOWNS for c in cols})
-    sets: list[sql.Composable] = []
-    for _, cols in BREAKDOWNS:
-        ids = [sql.Identifier(c) for c in cols]
-        for extra in ([], [sql.Identifier("sb")], [sql.Identifier("tb")]):
-            sets.append(sql.SQL("({})").format(sql.SQL(", ").join([*ids, *extra])))
-    grouped = [sql.Identifier(c) for c in columns]
-    cur.execute(
-        sql.SQL(
-            """SELECT GROUPING({cols}, sb, tb), {cols}, sb, tb, count(*),
-                count(*) FILTER (WHERE status = 'error'),
-                sum(coalesce(input_tokens, 0)), sum(coalesce(output_tokens, 0)),
-                sum(coalesce(total_seconds, 0)), sum(coalesce(upstream_seconds, 0)),
-                coalesce(sum(eval_seconds) FILTER (WHERE {ev}), 0),
-                coalesce(sum(output_tokens) FILTER (WHERE {ev}), 0)
-            FROM (SELECT *, {sb} AS sb, {tb} AS tb FROM {usage} {where}) AS measured
-            GROUP BY GROUPING SETS ({sets})"""
-        ).format(
-            cols=sql.SQL(", ").join(grouped),
-            ev=sql.SQL(_EVAL),
-            sb=sql.SQL(_HIST.format("total_seconds", ZERO)),
-            tb=sql.SQL(
-                "CASE WHEN ttft_seconds IS NULL THEN NULL ELSE "
-                + _HIST.format("ttft_seconds", ZERO)
-                + " END"
-            ),
-            usage=USAGE,
-            where=where,
-            sets=sql.SQL(", ").join(sets),
-        ),
-        params,
-    )
-    width = len(columns) + 2
-    groups: dict[str, dict[str, _Group]] = {name: {} for name, _ in BREAKDOWNS}
-    seconds: dict[str, dict[str, dict[int, int]]] = {name: {} for name, _ in BREAKDOWNS}
-    ttft: dict[str, dict[str, dict[int, int]]] = {name: {} for name, _ in BREAKDOWNS}
-    for row in cur.fetchall():
-        mask = row[0]
-        values = dict(zip(columns, row[1 : 1 + len(columns)], strict=True))
-        sb, tb = row[1 + len(columns)], row[2 + len(columns)]
-        calls, errors, input_, output, total, model, eval_s, eval_t = row[1 + width :]
-        # GROUPING() sets a bit for each column NOT grouped, the last argument lowest.
-        grouped_by = {
-            c for i, c in enumerate([*columns, "sb", "tb"]) if not mask & (1 << (width - 1 - i))
-        }
-        for name, cols in BREAKDOWNS:
-            rest = grouped_by - set(cols)
-            if not set(cols) <= grouped_by or rest - {"sb", "tb"}:
-                continue
-            key = _key(values[c] for c in cols)
-            if rest == {"sb"}:
-                hist = seconds[name].setdefault(key, {})
-                hist[sb] = hist.get(sb, 0) + calls
-            elif rest == {"tb"}:
-                if tb is not None:
-                    hist = ttft[name].setdefault(key, {})
-                    hist[tb] = hist.get(tb, 0) + calls
-            elif not rest:
-                group = groups[name].setdefault(key, _Group())
-                group.calls += calls
-                group.errors += errors
-                group.input += int(input_)
-                group.output += int(output)
-                group.seconds += total
-                group.model += model
-                group.eval_s += eval_s
-                group.eval_t += int(eval_t)
-            break
-    breakdowns: dict[str, list[GroupStats]] = {}
-    for name, _ in BREAKDOWNS:
-        rows = [
-            GroupStats(
-                key=key,
-                calls=g.calls,
-                input_tokens=g.input,
-                output_tokens=g.output,
-                total_seconds=round(g.seconds, 6),
-                model_seconds=round(g.model, 6),
-                errors=g.errors,
-                p50_seconds=hist_percentile(seconds[name].get(key, {}), 0.50),
-                p95_seconds=hist_percentile(seconds[name].get(key, {}), 0.95),
-                p50_ttft_seconds=hist_percentile(ttft[name].get(key, {}), 0.50),
-                tokens_per_second=round(g.eval_t / g.eval_s, 3) if g.eval_s else None,
-            )
-            for key, g in groups[name].items()
-        ]
-        breakdowns[name] = sorted(rows, key=lambda row: (-row.calls, row.key))
-    fields: dict[str, Any] = {"totals": totals, "bucket_seconds": bucket, "series": series}
-    return Stats(**fields, **dict[str, Any](breakdowns))

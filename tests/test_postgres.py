@@ -22,7 +22,7 @@ from store import StoreError, TinyDBStore, UsageStore, open_store, pg
 from store import postgres as pg_store
 from tests import pg as testpg
 from tests.gateway_proc import ROOT, free_port
-from tests.store_helpers import fill, newest_first, query, record
+from tests.store_helpers import fill, newest_first, query, record, stats
 from tests.tcp_proxy import TcpProxy
 
 PASSWORD = "s3cret-pw-never-shown"
@@ -214,12 +214,15 @@ def test_a_record_sent_again_is_stored_once(dsn: str) -> None:
         # As after a commit whose answer was lost: the batch comes again, with new ones.
         fill(store, [record(2), record(1), record(3)])
         found = query(store, limit=1000)
+        counted = stats(store, 3600)
         health = store.health()
     finally:
         close(store)
 
     assert found == newest_first([record(1), record(2), record(3)])
     assert count(dsn) == 3
+    assert counted.totals.calls == 3  # and summed once
+    assert sum(row.calls for row in counted.by_model) == 3
     assert health.status == "ok"
 
 

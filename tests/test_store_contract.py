@@ -185,6 +185,22 @@ def test_filters_by_front_endpoint_and_upstream(store: UsageStore) -> None:
     assert_same_stats(counted, compute_stats([r for r in records if r.front == "openai"], 3600))
 
 
+@pytest.mark.parametrize("bucket", [3600, 86400, 300])
+def test_stats_over_days_with_edges_inside_hours_and_days(store: UsageStore, bucket: int) -> None:
+    records = [record(n, at=BASE + timedelta(minutes=10 * n)) for n in range(3 * 144)]
+    fill(store, records)
+    since = BASE.replace(hour=0) + timedelta(hours=7, minutes=13)
+    until = since + timedelta(days=2, hours=10, minutes=34)
+
+    found = stats(store, bucket, since=since, until=until)
+    per_model = stats(store, bucket, model="qwen", since=since)
+
+    inside = [r for r in records if iso(since) <= r.date < iso(until)]
+    assert_same_stats(found, compute_stats(inside, bucket))
+    qwen = [r for r in records if r.model_name == "qwen" and iso(since) <= r.date]
+    assert_same_stats(per_model, compute_stats(qwen, bucket))
+
+
 def test_stats_group_missing_and_dash_values_as_one_row(store: UsageStore) -> None:
     records = [
         record(1, project=None, process_id=None, subprocess_id=None),
@@ -215,8 +231,12 @@ def test_changes_move_when_records_are_stored(store: UsageStore) -> None:
 
 def test_retention_deletes_only_records_older_than_the_setting(backend: Backend) -> None:
     now = datetime.now(UTC)
-    old = [record(n, at=now - timedelta(days=40, minutes=n)) for n in range(120)]
-    new = [record(n, at=now - timedelta(days=5, minutes=n)) for n in range(120, 200)]
+    # Old and new on both sides of the limit, within the same hour and day.
+    limit = now - timedelta(days=30)
+    old = [record(n, at=limit - timedelta(minutes=5 + n)) for n in range(120)]
+    old += [record(n, at=now - timedelta(days=40, minutes=n)) for n in range(120, 160)]
+    new = [record(n, at=limit + timedelta(minutes=5 + n)) for n in range(160, 280)]
+    new += [record(n, at=now - timedelta(days=5, minutes=n)) for n in range(280, 320)]
     first = backend.open()
     fill(first, [*old, *new])
     asyncio.run(first.aclose())
@@ -225,10 +245,13 @@ def test_retention_deletes_only_records_older_than_the_setting(backend: Backend)
     try:
         fill(store, [])
         found = query(store, limit=1000)
+        hourly, daily = stats(store, 3600), stats(store, 86400)
     finally:
         asyncio.run(store.aclose())
 
     assert found == newest_first(new)
+    assert_same_stats(hourly, compute_stats(new, 3600))
+    assert_same_stats(daily, compute_stats(new, 86400))
     assert backend.kept_ids() == {r.id for r in new}
 
 
