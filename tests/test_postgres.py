@@ -186,20 +186,29 @@ def test_an_unusable_address_is_refused_without_the_password(address: str) -> No
 
 
 @pytest.mark.server
-def test_a_gateway_that_cannot_reach_its_database_exits_with_one_line(tmp_path: Path) -> None:
-    port = free_port()
+@pytest.mark.parametrize("why", ["nothing listens", "a wrong password"])
+def test_a_gateway_that_cannot_use_its_database_exits_with_one_line(
+    tmp_path: Path, why: str
+) -> None:
+    server = testpg.FakeServer() if why == "a wrong password" else None
+    port = server.port if server else free_port()
     address = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/anything"
-
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "app.py"), "--data", str(tmp_path), "--store", address],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "app.py"), "--data", str(tmp_path), "--store", address],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+    finally:
+        if server:
+            server.close()
 
     assert done.returncode == 1
     assert f"cannot connect to PostgreSQL at postgres@127.0.0.1:{port}/anything" in done.stderr
+    if server:
+        assert "password authentication failed" in done.stderr
     assert "Traceback" not in done.stderr
     assert PASSWORD not in done.stdout + done.stderr
 
@@ -349,3 +358,42 @@ def test_import_copies_a_data_folder_once(dsn: str, data_dir: Path) -> None:
         assert moved.secret == access.secret  # fingerprints keep matching
     finally:
         moved.close()
+
+
+@pytest.mark.anyio
+async def test_odd_query_strings_change_nothing_and_leak_nothing(dsn: str, tmp_path: Path) -> None:
+    from tests.asgi import in_process
+
+    async with in_process(tmp_path / "data", "--store", dsn) as local, local.client() as client:
+        asked = await client.post(
+            "/api/v1/ai/ask_sync",
+            json={"agent": "llama3", "content": "hi", "project": "p'; --"},
+            headers={"Accept": "application/json"},
+        )
+        assert asked.status_code == 200
+        await local.app.state.gateway.store.flush()
+        odd = [
+            {"project": "' OR '1'='1"},
+            {"project": "p'; --"},
+            {"model": "llama3'); DELETE FROM ollama_host.usage; --"},
+            {"status": "ok' OR 1=1 --"},
+            {"since": "2026-01-01'; DROP TABLE x; --"},
+            {"since": "0001-01-01", "until": "9999-12-31"},
+            {"cursor": "ffffffffffffffffffff' OR 'a'='a"},
+            {"offset": "99999999999999999999999"},
+            {"limit": "-1"},
+            {"project": "\u0000"},
+        ]
+        answers = []
+        for params in odd:
+            for path in ("dashboard", "stats", "export"):
+                answers.append(await client.get(f"/api/v1/admin/{path}", params=params))
+    for answer in answers:
+        assert answer.status_code in (200, 422), answer.text
+        assert "Traceback" not in answer.text
+        assert "psycopg" not in answer.text
+        assert "SELECT" not in answer.text
+    found = [a.json() for a in answers[3:6]]  # project = "p'; --": its own record
+    assert [r["project"] for r in found[0]] == ["p'; --"]
+    assert found[1]["totals"]["calls"] == 1
+    assert count(dsn) == 1  # nothing deleted, nothing added
