@@ -49,7 +49,7 @@ from bench.gateway_bench import (
     stop,
     wait_ready,
 )
-from bench.store_bench import PROJECTS, RARE, Maker, generate
+from bench.store_bench import MODELS, PROJECTS, RARE, Maker, generate
 from store import TinyDBStore, UsageQuery, UsageStore
 from store.postgres import PostgresStore
 
@@ -118,6 +118,8 @@ def reads(store: UsageStore) -> dict[str, str]:
         ("newest 100, unfiltered", query(UsageQuery(limit=100)), 20),
         ("newest 100, project filter", query(UsageQuery(project=PROJECTS[3], limit=100)), 20),
         ("newest 100, rare project (0.1%)", query(UsageQuery(project=RARE, limit=100)), 5),
+        ("newest 100, one model", query(UsageQuery(model=MODELS[1], limit=100)), 20),
+        ("newest 100, status error (1%)", query(UsageQuery(status="error", limit=100)), 5),
         ("next page by cursor", query(UsageQuery(before=page[-1].id, limit=100)), 20),
         ("stats, all, hourly buckets", stats(UsageQuery(), 3600), 3),
         ("stats, one project, daily buckets", stats(UsageQuery(project=PROJECTS[1]), 86400), 3),

@@ -148,14 +148,14 @@ MIGRATIONS: list[str] = [
         upstream text,
         doc json NOT NULL
     );
+    -- Newest first for a rare project or process; a common value (a model, a status) is
+    -- found soon enough walking the primary key backwards, and each index costs every write.
     CREATE INDEX usage_project ON ollama_host.usage (project, id);
-    CREATE INDEX usage_model ON ollama_host.usage (model_name, id);
     CREATE INDEX usage_process ON ollama_host.usage (process_id, id);
-    CREATE INDEX usage_status ON ollama_host.usage (status, id);
     CREATE INDEX usage_date ON ollama_host.usage (date);
-    -- Sums kept as records arrive, so that stats need not read every record
-    -- (store/pg_stats.py): per UTC hour, and histograms per UTC day, for each combination
-    -- of the dimensions the dashboard filters and groups by.
+    -- Sums and histograms kept as records arrive, so that stats need not read every record
+    -- (store/pg_stats.py): per UTC hour, and histograms per UTC day too, for each
+    -- combination of the dimensions the dashboard filters and groups by.
     CREATE TABLE ollama_host.usage_hourly (
         hour timestamptz NOT NULL,
         model_name text NOT NULL,
@@ -173,6 +173,9 @@ MIGRATIONS: list[str] = [
         upstream_seconds double precision NOT NULL,
         eval_seconds double precision NOT NULL,
         eval_tokens bigint NOT NULL,
+        -- {"bucket": count}: store.stats' logarithmic buckets of total and first-token time
+        seconds_hist jsonb NOT NULL,
+        ttft_hist jsonb NOT NULL,
         UNIQUE NULLS NOT DISTINCT (hour, model_name, project, process_id, subprocess_id,
             status, front, endpoint, upstream)
     );

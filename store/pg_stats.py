@@ -4,13 +4,15 @@ Summing a million records on every dashboard poll would read the whole log (over
 Instead, the transaction that stores a batch also adds it to two rollups, as the TinyDB
 store keeps summaries beside each closed file:
 
-    usage_hourly      per UTC hour and combination of dimensions: calls, tokens, seconds
-    usage_daily_hist  per UTC day and combination: histograms of total and first-token time
+    usage_hourly      per UTC hour and combination of dimensions: calls, tokens, seconds,
+                      and histograms of total and first-token time
+    usage_daily_hist  per UTC day and combination: the same histograms
 
-stats() reads the rollups for the whole hours (days, for histograms) inside the asked range
-and the records themselves only at its edges, or for a series finer than an hour. Only the
-records a batch actually added are summed (a batch sent again adds nothing twice), and
-retention takes what it deletes out of the rollups in the same transaction.
+stats() reads the daily histograms for the whole days in the asked range, the hourly rows
+for the whole hours (for its edges, for the histograms), and the records themselves only for
+the partial hours at the edges, or for a series finer than an hour. Only the records a batch
+actually added are summed (a batch sent again adds nothing twice), and retention takes what
+it deletes out of the rollups in the same transaction.
 
 Percentiles come from the same logarithmic histogram as store.stats, with the same bucket
 formula, so both stores report the same figures. Every value is a query parameter.
@@ -93,7 +95,7 @@ SUMS = (
     "eval_seconds",
     "eval_tokens",
 )
-HOURLY_COLUMNS = ("hour", *DIMS, *SUMS)
+HOURLY_COLUMNS = ("hour", *DIMS, *SUMS, "seconds_hist", "ttft_hist")
 DAILY_COLUMNS = ("day", *DIMS, "seconds_hist", "ttft_hist")
 
 
@@ -159,9 +161,11 @@ def add(cur: psycopg.Cursor[Any], records: Iterable[UsageRecord], *, sign: int =
     """Add these records to the rollups (sign=-1: take them out)."""
     cells: dict[tuple[Any, ...], list[float]] = {}
     hists: dict[tuple[Any, ...], tuple[dict[int, int], dict[int, int]]] = {}
+    hourly: dict[tuple[Any, ...], tuple[dict[int, int], dict[int, int]]] = {}
     for r in records:
         dims = dims_of(r)
-        cell = cells.setdefault((_start(r.date, HOUR), *dims), [0, 0, 0, 0.0, 0.0, 0.0, 0])
+        cell_hour = _start(r.date, HOUR)
+        cell = cells.setdefault((cell_hour, *dims), [0, 0, 0, 0.0, 0.0, 0.0, 0])
         cell[0] += 1
         cell[1] += r.input_tokens or 0
         cell[2] += r.output_tokens or 0
@@ -170,12 +174,13 @@ def add(cur: psycopg.Cursor[Any], records: Iterable[UsageRecord], *, sign: int =
         if r.eval_seconds and r.output_tokens and not r.tokens_estimated:
             cell[5] += r.eval_seconds
             cell[6] += r.output_tokens
-        seconds, ttft = hists.setdefault((_start(r.date, DAY), *dims), ({}, {}))
-        bucket = hist_bucket(r.total_seconds or 0.0)
-        seconds[bucket] = seconds.get(bucket, 0) + 1
-        if r.ttft_seconds is not None:
-            bucket = hist_bucket(r.ttft_seconds)
-            ttft[bucket] = ttft.get(bucket, 0) + 1
+        seconds_bucket = hist_bucket(r.total_seconds or 0.0)
+        ttft_bucket = None if r.ttft_seconds is None else hist_bucket(r.ttft_seconds)
+        for into, key in ((hourly, (cell_hour, *dims)), (hists, (_start(r.date, DAY), *dims))):
+            seconds, ttft = into.setdefault(key, ({}, {}))
+            seconds[seconds_bucket] = seconds.get(seconds_bucket, 0) + 1
+            if ttft_bucket is not None:
+                ttft[ttft_bucket] = ttft.get(ttft_bucket, 0) + 1
     if not cells:
         return
     # Through temporary tables: one COPY and one INSERT each, however many hours and days a
@@ -186,14 +191,22 @@ def add(cur: psycopg.Cursor[Any], records: Iterable[UsageRecord], *, sign: int =
                 sql.Identifier(incoming), table
             )
         )
+    encode = msgspec.json.encode
     with cur.copy(
         sql.SQL("COPY {} ({}) FROM STDIN").format(
             sql.Identifier("hourly_incoming"), _columns(HOURLY_COLUMNS)
         )
     ) as copy:
         for k, cell in cells.items():
-            copy.write_row((*k, *(v * sign for v in cell)))
-    encode = msgspec.json.encode
+            seconds, ttft = hourly[k]
+            copy.write_row(
+                (
+                    *k,
+                    *(v * sign for v in cell),
+                    encode({b: n * sign for b, n in seconds.items()}).decode(),
+                    encode({b: n * sign for b, n in ttft.items()}).decode(),
+                )
+            )
     with cur.copy(
         sql.SQL("COPY {} ({}) FROM STDIN").format(
             sql.Identifier("daily_incoming"), _columns(DAILY_COLUMNS)
@@ -211,7 +224,9 @@ def add(cur: psycopg.Cursor[Any], records: Iterable[UsageRecord], *, sign: int =
     cur.execute(
         sql.SQL(
             "INSERT INTO {table} AS c ({columns}) SELECT {columns} FROM hourly_incoming "
-            "ORDER BY {key} ON CONFLICT ({key}) DO UPDATE SET {adds}"
+            "ORDER BY {key} ON CONFLICT ({key}) DO UPDATE SET {adds}, "
+            "seconds_hist = {add}(c.seconds_hist, EXCLUDED.seconds_hist), "
+            "ttft_hist = {add}(c.ttft_hist, EXCLUDED.ttft_hist)"
         ).format(
             table=HOURLY,
             columns=_columns(HOURLY_COLUMNS),
@@ -219,6 +234,7 @@ def add(cur: psycopg.Cursor[Any], records: Iterable[UsageRecord], *, sign: int =
             adds=sql.SQL(", ").join(
                 sql.SQL("{0} = c.{0} + EXCLUDED.{0}").format(sql.Identifier(s)) for s in SUMS
             ),
+            add=sql.Identifier(SCHEMA, "hist_add"),
         )
     )
     cur.execute(
@@ -310,31 +326,37 @@ def _floor(moment: datetime | None, seconds: int) -> datetime | None:
     return None if moment is None else _start(iso(moment), seconds)
 
 
-class _Span:
-    """Which part of q's time range a rollup of `seconds` answers (whole periods), and the
-    SQL for the rest, read from the records."""
+Segment = tuple[int | None, datetime | None, datetime | None]
 
-    def __init__(self, q: UsageQuery, seconds: int) -> None:
-        self.first = _ceil(q.since, seconds)
-        self.last = _floor(q.until, seconds)
-        self.rolled = self.first is None or self.last is None or self.first < self.last
-        edges: list[sql.Composable] = []
-        params: list[Any] = []
-        if not self.rolled:
-            edges.append(_join(_range(q.since, q.until, params)))
-        else:
-            if q.since is not None and self.first != q.since:
-                edges.append(_join(_range(q.since, self.first, params)))
-            if q.until is not None and self.last != q.until:
-                edges.append(_join(_range(self.last, q.until, params)))
-        self.raw = sql.SQL("(") + sql.SQL(" OR ").join(edges or [sql.SQL("false")]) + sql.SQL(")")
-        self.raw_params = params
 
-    def rollup(self, column: str) -> tuple[sql.Composable, list[Any]]:
-        if not self.rolled:
-            return sql.SQL("false"), []
-        params: list[Any] = []
-        return _join(_range(self.first, self.last, params, column=column)), params
+def _segments(
+    since: datetime | None, until: datetime | None, sizes: Sequence[int]
+) -> list[Segment]:
+    """since..until cut into whole periods of the first size, the rest into whole periods of
+    the next, and so on; what is left (size None) is read from the records."""
+    if since is not None and until is not None and since >= until:
+        return []
+    if not sizes:
+        return [(None, since, until)]
+    size = sizes[0]
+    first, last = _ceil(since, size), _floor(until, size)
+    if first is not None and last is not None and first >= last:
+        return _segments(since, until, sizes[1:])
+    found: list[Segment] = [(size, first, last)]
+    if since is not None and first != since:
+        found += _segments(since, first, sizes[1:])
+    if until is not None and last != until:
+        found += _segments(last, until, sizes[1:])
+    return found
+
+
+def _ranges(
+    segments: list[Segment], size: int | None, column: str
+) -> tuple[sql.Composable, list[Any]]:
+    """The segments of one size, as one SQL condition on `column`."""
+    params: list[Any] = []
+    ors = [_join(_range(a, b, params, column=column)) for n, a, b in segments if n == size]
+    return sql.SQL("(") + sql.SQL(" OR ").join(ors or [sql.SQL("false")]) + sql.SQL(")"), params
 
 
 def _range(
@@ -351,11 +373,12 @@ def _range(
 
 
 def _sums_source(
-    q: UsageQuery, dims: sql.Composable, dim_params: list[Any], span: _Span
+    dims: sql.Composable, dim_params: list[Any], segments: list[Segment]
 ) -> tuple[sql.Composable, list[Any]]:
     """Rows of (at, dims..., sums...): the hourly rollup's whole hours, and the records of
-    the edges, each counted as one call."""
-    rolled, rolled_params = span.rollup("hour")
+    the rest, each counted as one call."""
+    rolled, rolled_params = _ranges(segments, HOUR, "hour")
+    raw, raw_params = _ranges(segments, None, "date")
     source = sql.SQL(
         """SELECT hour AS at, {dims}, calls, input_tokens, output_tokens, total_seconds,
             upstream_seconds, eval_seconds, eval_tokens
@@ -372,20 +395,20 @@ def _sums_source(
         usage=USAGE,
         filters=dims,
         rolled=rolled,
-        raw=span.raw,
+        raw=raw,
         ev=_EVAL,
     )
-    return source, [*dim_params, *rolled_params, *dim_params, *span.raw_params]
+    return source, [*dim_params, *rolled_params, *dim_params, *raw_params]
 
 
 def stats(cur: psycopg.Cursor[Any], q: UsageQuery, bucket: int) -> Stats:
     clauses, dim_params = _dim_clauses(q)
     dims = _join(clauses)
-    hours = _Span(q, HOUR)
+    hours = _segments(q.since, q.until, [HOUR])
 
     # The series: from the hourly sums when its buckets are whole hours, else the records.
     if bucket % HOUR == 0:
-        source, params = _sums_source(q, dims, dim_params, hours)
+        source, params = _sums_source(dims, dim_params, hours)
     else:
         params = [*dim_params]
         source = sql.SQL(
@@ -423,7 +446,7 @@ def stats(cur: psycopg.Cursor[Any], q: UsageQuery, bucket: int) -> Stats:
     totals.model_seconds = round(model_seconds, 6)
 
     # The breakdowns' sums: every combination of dimensions, whatever the time.
-    source, params = _sums_source(q, dims, dim_params, hours)
+    source, params = _sums_source(dims, dim_params, hours)
     cur.execute(
         sql.SQL(
             """SELECT {dims}, sum(calls)::bigint, sum(input_tokens)::bigint,
@@ -446,34 +469,41 @@ def stats(cur: psycopg.Cursor[Any], q: UsageQuery, bucket: int) -> Stats:
             ):
                 g[i] += value
 
-    # The breakdowns' histograms: the daily rollup's whole days, and the records of the edges.
-    days = _Span(q, DAY)
-    rolled, rolled_params = days.rollup("day")
-    seconds: dict[str, dict[str, dict[int, int]]] = {name: {} for name, _ in BREAKDOWNS}
-    ttft: dict[str, dict[str, dict[int, int]]] = {name: {} for name, _ in BREAKDOWNS}
+    # The breakdowns' histograms: the daily rollup's whole days, the hourly rollup's whole
+    # hours at the edges, and the records of what is left.
+    parts = _segments(q.since, q.until, [DAY, HOUR])
+    by_day, day_params = _ranges(parts, DAY, "day")
+    by_hour, hour_params = _ranges(parts, HOUR, "hour")
+    raw, raw_params = _ranges(parts, None, "date")
+    # Merged per combination of dimensions first (a few per day), then into each breakdown.
+    by_dims: dict[tuple[Any, ...], tuple[dict[int, int], dict[int, int]]] = {}
 
-    def count(
-        values: dict[str, Any], into: dict[str, dict[str, dict[int, int]]], hist: dict[int, int]
-    ) -> None:
-        for name, cols in BREAKDOWNS:
-            key = "/".join(values[c] or "-" for c in cols)
-            merged = into[name].setdefault(key, {})
-            for b, n in hist.items():
-                merged[b] = merged.get(b, 0) + n
+    def count(dims_values: tuple[Any, ...], hist: dict[int, int], *, is_ttft: bool) -> None:
+        merged = by_dims.setdefault(dims_values, ({}, {}))[is_ttft]
+        for b, n in hist.items():
+            merged[b] = merged.get(b, 0) + n
 
-    if days.rolled:
-        cur.execute(
-            sql.SQL(
-                "SELECT {dims}, seconds_hist::text, ttft_hist::text FROM {daily} "
-                "WHERE {filters} AND {rolled}"
-            ).format(dims=_DIMS_SQL, daily=DAILY, filters=dims, rolled=rolled),
-            [*dim_params, *rolled_params],
-        )
-        decode = msgspec.json.Decoder(dict[int, int]).decode
-        for row in cur.fetchall():
-            values = dict(zip(DIMS, row[: len(DIMS)], strict=True))
-            count(values, seconds, decode(row[len(DIMS)]))
-            count(values, ttft, decode(row[len(DIMS) + 1]))
+    cur.execute(
+        sql.SQL(
+            """SELECT {dims}, seconds_hist::text, ttft_hist::text FROM {daily}
+                WHERE {filters} AND {by_day}
+            UNION ALL
+            SELECT {dims}, seconds_hist::text, ttft_hist::text FROM {hourly}
+                WHERE {filters} AND {by_hour}"""
+        ).format(
+            dims=_DIMS_SQL,
+            daily=DAILY,
+            hourly=HOURLY,
+            filters=dims,
+            by_day=by_day,
+            by_hour=by_hour,
+        ),
+        [*dim_params, *day_params, *dim_params, *hour_params],
+    )
+    decode = msgspec.json.Decoder(dict[int, int]).decode
+    for row in cur.fetchall():
+        count(row[: len(DIMS)], decode(row[len(DIMS)]), is_ttft=False)
+        count(row[: len(DIMS)], decode(row[len(DIMS) + 1]), is_ttft=True)
     # Grouped by position: the dimensions, then the bucket (after the true/false column).
     by = sql.SQL(", ".join(str(n) for n in [*range(1, len(DIMS) + 1), len(DIMS) + 2]))
     cur.execute(
@@ -484,13 +514,22 @@ def stats(cur: psycopg.Cursor[Any], q: UsageQuery, bucket: int) -> Stats:
             SELECT {dims}, true, {tb}, count(*) FROM {usage}
                 WHERE {filters} AND {raw} AND ttft_seconds IS NOT NULL
                 GROUP BY {by}"""
-        ).format(dims=_DIMS_SQL, sb=_SB, tb=_TB, usage=USAGE, filters=dims, raw=days.raw, by=by),
-        [*dim_params, *days.raw_params, *dim_params, *days.raw_params],
+        ).format(dims=_DIMS_SQL, sb=_SB, tb=_TB, usage=USAGE, filters=dims, raw=raw, by=by),
+        [*dim_params, *raw_params, *dim_params, *raw_params],
     )
     for row in cur.fetchall():
-        values = dict(zip(DIMS, row[: len(DIMS)], strict=True))
         is_ttft, b, n = row[len(DIMS) :]
-        count(values, ttft if is_ttft else seconds, {b: n})
+        count(row[: len(DIMS)], {b: n}, is_ttft=is_ttft)
+    seconds: dict[str, dict[str, dict[int, int]]] = {name: {} for name, _ in BREAKDOWNS}
+    ttft: dict[str, dict[str, dict[int, int]]] = {name: {} for name, _ in BREAKDOWNS}
+    for dims_values, hists in by_dims.items():
+        values = dict(zip(DIMS, dims_values, strict=True))
+        for name, cols in BREAKDOWNS:
+            key = "/".join(values[c] or "-" for c in cols)
+            for into, hist in ((seconds, hists[0]), (ttft, hists[1])):
+                merged = into[name].setdefault(key, {})
+                for b, n in hist.items():
+                    merged[b] = merged.get(b, 0) + n
 
     breakdowns: dict[str, Any] = {}
     for name, _ in BREAKDOWNS:
