@@ -135,7 +135,7 @@ def poll_cost(dsn: str) -> str:
         cpu0 = time.process_time()
         for _ in range(500):
             t0 = time.perf_counter()
-            conn.execute("SELECT usage_changes, instance FROM ollama_host.state").fetchone()
+            conn.execute("SELECT usage_changes FROM ollama_host.state").fetchone()
             took.append((time.perf_counter() - t0) * 1e6)
         cpu = (time.process_time() - cpu0) / 500 * 1e6
     p50 = statistics.median(took)

@@ -1,11 +1,12 @@
 """The usage store in PostgreSQL: one log that several gateways write and read.
 
 append() only queues a record. A writer thread takes whatever has queued up (waiting
-GROUP_COMMIT for more after the first) and sends it as one binary COPY, then moves the
-shared change counter, in one transaction: that is when a record is safe. A batch the
-database saw already (its commit was lost with the connection) would break the primary key:
-that batch is sent again through a staging table with ON CONFLICT DO NOTHING, so a record is
-stored once however often it is sent.
+GROUP_COMMIT for more after the first) and sends it as one binary COPY, adds it to the
+hourly and daily sums stats() reads (store/pg_stats.py), then moves the shared change
+counter, in one transaction: that is when a record is safe. A batch the database saw already
+(its commit was lost with the connection) would break the primary key: that batch is sent
+again through a staging table with ON CONFLICT DO NOTHING, and only the records it added are
+summed, so a record is stored and counted once however often it is sent.
 
 While the database cannot be reached, records wait in memory (at most MAX_PENDING), health
 says `degraded`, and the writer tries again every RETRY_SECONDS; calls are answered
@@ -49,7 +50,7 @@ MAX_BATCH = 5000
 MAX_PENDING = 100_000
 RETRY_SECONDS = 1.0
 # How often each gateway reads the shared change counter: a dashboard sees another
-# gateway's calls at most this much later (its own at once).
+# gateway's calls at most this much later than its own (its own once they are written).
 WATCH_SECONDS = 0.25
 RETENTION_EVERY = 3600.0
 # At a clean stop with the database away: how long to keep trying before giving up loudly.
@@ -62,9 +63,9 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(UsageRecord).decode
 
 USAGE = sql.Identifier(SCHEMA, "usage")
+STATE = sql.Identifier(SCHEMA, "state")
 # A record and the values COPY sends for it.
 Row = tuple[UsageRecord, tuple[Any, ...]]
-STATE = sql.Identifier(SCHEMA, "state")
 
 # Column, SQL type for COPY, and how a record fills it (the record itself is `doc`).
 _TEXT = "text"
@@ -125,10 +126,9 @@ class PostgresStore:
         self._retry_at = 0.0
         self._retention_at = 0.0
         self._changes = 0
-        self.instance = ""
         self._watch = pg.Watch(
             self.params,
-            sql.SQL("SELECT usage_changes, instance FROM {}").format(STATE),
+            sql.SQL("SELECT usage_changes FROM {}").format(STATE),
             self._seen,
             every=WATCH_SECONDS,
             name="usage-watch",
@@ -153,7 +153,6 @@ class PostgresStore:
 
     def _seen(self, row: tuple[Any, ...]) -> bool:
         self._moved(int(row[0]))
-        self.instance = str(row[1])
         return True
 
     def _moved(self, value: int) -> None:
