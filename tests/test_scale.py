@@ -124,9 +124,23 @@ def test_two_gateways_behind_nginx_share_keys_limits_and_the_log(
         assert codes["a"][1], codes
         assert codes["b"][1], codes
 
-        # Either dashboard shows both gateways' calls.
+        # Either dashboard shows both gateways' calls: a's ETag moves with a call made
+        # through b, and the page it then gives holds that call.
         project = unique("both")
-        ids = {asking(g.url, project=project).json()["id"] for g in (c.a, c.b)}
+        dashboard = f"{c.a.url}/api/v1/admin/dashboard"
+        etag = httpx.get(dashboard, params={"project": project}, headers=ADMIN).headers["etag"]
+        through_b = asking(c.b.url, project=project).json()["id"]
+
+        def moved_with_b() -> bool:
+            again = httpx.get(
+                dashboard, params={"project": project}, headers={**ADMIN, "If-None-Match": etag}
+            )
+            if again.status_code == 304:
+                return False
+            return [r["id"] for r in again.json()] == [through_b]
+
+        eventually(moved_with_b, "a's dashboard moves and shows b's call")
+        ids = {through_b, asking(c.a.url, project=project).json()["id"]}
 
         def shows_both(gateway: Gateway) -> bool:
             page = httpx.get(
