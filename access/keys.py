@@ -1,10 +1,14 @@
-"""Secrets: the admin token, callers' API keys, stream tickets, and fingerprints.
+"""Secrets: the admin token, callers' API keys, and fingerprints.
 
 No secret is ever stored or logged as itself. The admin token and API keys are
 kept as SHA-256 hashes (they are long random strings, so a plain hash cannot be
 reversed by guessing), and compared in constant time. A caller's free-form
 `user_key`, which may be short, is kept only as an HMAC under a secret that
 lives in the data folder.
+
+`Keys` is the seam for where API keys are kept: `KeyRing` keeps them in `keys.json` in the
+data folder, for one gateway; access.pg_keys keeps them in PostgreSQL, for several. Stream
+tickets have their own seam, access.tickets.
 """
 
 from __future__ import annotations
@@ -14,19 +18,20 @@ import hmac
 import os
 import secrets
 import threading
-import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import msgspec
 from msgspec import Meta
+
+from .tickets import MemoryTickets, Tickets
 
 SECRET_FILE = "fingerprint.key"  # noqa: S105 (a file name, not a secret)
 KEYS_FILE = "keys.json"
 ADMIN_FILE = "admin-token.json"
 KEY_PREFIX = "ohk_"
-TICKET_SECONDS = 60.0
 ADMIN = "admin"  # a ticket holder that is the admin, not a key
 ANYONE = ""  # a ticket holder while no key exists
 
@@ -137,10 +142,20 @@ class AdminToken:
 
     def __init__(self, token_hash: str, session_secret: bytes) -> None:
         self._hash = token_hash
+        self._session_secret = session_secret
         # The browser's cookie holds a value derived from the token, not the token.
-        self.session = hmac.new(
-            session_secret, b"admin-session:" + token_hash.encode(), hashlib.sha256
+        self.session = self._session_of(token_hash)
+
+    def _session_of(self, token_hash: str) -> str:
+        return hmac.new(
+            self._session_secret, b"admin-session:" + token_hash.encode(), hashlib.sha256
         ).hexdigest()
+
+    def rehash(self, token_hash: str) -> None:
+        """Follow a token made elsewhere (reset through another gateway on the same database)."""
+        if token_hash != self._hash:
+            self._hash = token_hash
+            self.session = self._session_of(token_hash)
 
     @classmethod
     def setup(
@@ -206,6 +221,73 @@ class ApiKey(msgspec.Struct, kw_only=True):
         return model in self.models or base in self.models
 
 
+class Keys(Protocol):
+    """Where the API keys are kept. Reads come from memory: they run on every call."""
+
+    @property
+    def active(self) -> bool:
+        """True once any key was ever made: from then on, asking needs a key."""
+        ...
+
+    def all(self) -> list[ApiKey]: ...
+
+    def get(self, key_id: str) -> ApiKey | None: ...
+
+    def verify(self, presented: str) -> ApiKey | None:
+        """The live key `presented` is, or None."""
+        ...
+
+    async def create(
+        self,
+        label: str,
+        models: list[str] | None,
+        limits: KeyLimits,
+        *,
+        project: str | None = None,
+    ) -> tuple[ApiKey, str]:
+        """A new key: its stored form and the key itself, which is shown once."""
+        ...
+
+    async def update(self, key: ApiKey) -> None:
+        """Store a changed key. A revoked key stays revoked."""
+        ...
+
+    def close(self) -> None:
+        """Let go of what the keys hold (a connection, a thread)."""
+        ...
+
+
+def new_key(
+    label: str, models: list[str] | None, limits: KeyLimits, *, project: str | None = None
+) -> tuple[ApiKey, str]:
+    """A new key's stored form and the key itself."""
+    key_id = secrets.token_hex(4)
+    plain = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    key = ApiKey(
+        id=key_id,
+        label=label,
+        sha256=sha256(plain),
+        created=datetime.now(UTC).isoformat(),
+        models=models,
+        limits=limits,
+        project=project,
+    )
+    return key, plain
+
+
+def verify_key(keys: Mapping[str, ApiKey], presented: str) -> ApiKey | None:
+    """The live key among `keys` that `presented` is, or None. Constant time in the secret."""
+    if not presented.startswith(KEY_PREFIX):
+        return None
+    key_id = presented[len(KEY_PREFIX) :].split("_", 1)[0]
+    key = keys.get(key_id)
+    # Compare even when the id is unknown, so timing says nothing about which ids exist.
+    expected = key.sha256 if key else "0" * 64
+    if hmac.compare_digest(sha256(presented), expected) and key and key.revoked is None:
+        return key
+    return None
+
+
 class KeyRing:
     """The API keys, in `keys.json` in the data folder. Thread-safe; writes are atomic."""
 
@@ -222,7 +304,6 @@ class KeyRing:
                 "anyone who can reach the gateway may ask. Not starting"
             ) from None
         self._keys = {key.id: key for key in keys}
-        self._tickets: dict[str, tuple[float, str]] = {}
 
     @property
     def active(self) -> bool:
@@ -241,7 +322,7 @@ class KeyRing:
     def _save(self) -> None:
         _write_private(self._path, msgspec.json.encode(self.all()))
 
-    def create(
+    async def create(
         self,
         label: str,
         models: list[str] | None,
@@ -249,67 +330,47 @@ class KeyRing:
         *,
         project: str | None = None,
     ) -> tuple[ApiKey, str]:
-        """A new key: returns its stored form and the key itself, which is shown once."""
-        key_id = secrets.token_hex(4)
-        plain = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
-        key = ApiKey(
-            id=key_id,
-            label=label,
-            sha256=sha256(plain),
-            created=datetime.now(UTC).isoformat(),
-            models=models,
-            limits=limits,
-            project=project,
-        )
+        key, plain = new_key(label, models, limits, project=project)
         with self._lock:
-            self._keys[key_id] = key
+            self._keys[key.id] = key
             self._save()
         return key, plain
 
-    def update(self, key: ApiKey) -> None:
+    async def update(self, key: ApiKey) -> None:
         with self._lock:
             self._keys[key.id] = key
             self._save()
 
     def verify(self, presented: str) -> ApiKey | None:
-        """The live key `presented` is, or None. Constant time in the secret part."""
-        if not presented.startswith(KEY_PREFIX):
-            return None
-        key_id = presented[len(KEY_PREFIX) :].split("_", 1)[0]
-        key = self._keys.get(key_id)
-        # Compare even when the id is unknown, so timing says nothing about which ids exist.
-        expected = key.sha256 if key else "0" * 64
-        if hmac.compare_digest(sha256(presented), expected) and key and key.revoked is None:
-            return key
-        return None
+        return verify_key(self._keys, presented)
 
-    # -- tickets: short-lived, single-use, for EventSource, which cannot send headers
-
-    def issue_ticket(self, holder: str) -> str:
-        """A ticket for `holder`: a key id, or ADMIN."""
-        ticket = secrets.token_urlsafe(24)
-        now = time.monotonic()
-        with self._lock:
-            self._tickets = {t: v for t, v in self._tickets.items() if v[0] > now}
-            self._tickets[ticket] = (now + TICKET_SECONDS, holder)
-        return ticket
-
-    def redeem_ticket(self, ticket: str) -> str | None:
-        """The holder of a live ticket, or None. A ticket works once."""
-        with self._lock:
-            found = self._tickets.pop(ticket, None)
-        if found is None or found[0] < time.monotonic():
-            return None
-        return found[1]
+    def close(self) -> None:
+        pass  # nothing held between writes
 
 
 class Access:
-    """Everything access control needs from the data folder, opened once at startup."""
+    """Everything access control needs, opened once at startup: from the data folder
+    (`open`), or from a database (access.pg_keys)."""
 
-    def __init__(self, secret: bytes, admin: AdminToken, keys: KeyRing) -> None:
+    def __init__(
+        self,
+        secret: bytes,
+        admin: AdminToken,
+        keys: Keys,
+        tickets: Tickets | None = None,
+        *,
+        scope: str | None = None,
+    ) -> None:
         self.secret = secret
         self.admin = admin
         self.keys = keys
+        self.tickets: Tickets = tickets or MemoryTickets()
+        # What names this gateway's shared state (limits and tickets in a Redis): gateways
+        # with the same keys share it. Derived from the secret, never the secret itself.
+        self.scope = scope or hmac.new(secret, b"scope", hashlib.sha256).hexdigest()[:16]
+
+    def close(self) -> None:
+        self.keys.close()
 
     @classmethod
     def open(

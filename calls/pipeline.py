@@ -139,9 +139,9 @@ class Gateway:
 
     # -- admission ---------------------------------------------------------------------------
 
-    def identify(self, credentials: Credentials) -> Caller:
+    async def identify(self, credentials: Credentials) -> Caller:
         """Who is asking (CallError 401)."""
-        return identify(self.access, credentials)
+        return await identify(self.access, credentials)
 
     async def admit(
         self,
@@ -155,7 +155,7 @@ class Gateway:
         """Who asks, whether they may use the model, whether the prompt (and, for embeddings,
         the number of `inputs`) fits, and whether the limits allow it now (401, 403, 413, 429);
         nothing has reached an upstream yet."""
-        caller = identify(self.access, credentials)
+        caller = await identify(self.access, credentials)
         check_model(caller, model)
         if prompt_size > self.max_prompt:
             raise CallError(

@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import math
 import signal
+import socket
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -82,8 +83,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(app: Starlette, settings: Settings) -> int:
-    """Run the app under uvicorn until SIGTERM or Ctrl-C; the exit status."""
+def serve(app: Starlette, settings: Settings, *, fd: int | None = None) -> int:
+    """Run the app under uvicorn until SIGTERM or Ctrl-C; the exit status.
+
+    With `fd`, serve on that listening socket (one of --workers N) instead of binding one.
+    """
     # A thousand open streams are a few hundred thousand live objects; with the default
     # thresholds a full collection walks them all every few seconds and stalls every stream
     # at once (pauses up to ~1 s measured, docs/performance.md). Freeze what startup made,
@@ -111,6 +115,6 @@ def serve(app: Starlette, settings: Settings) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _stopping)
     server = GatewayServer(config, app, settings.grace)
-    server.run()
+    server.run(sockets=None if fd is None else [socket.socket(fileno=fd)])
     # Not started: the port was taken or the startup failed; uvicorn logged why.
     return 0 if server.started else 1

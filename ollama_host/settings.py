@@ -71,6 +71,41 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             metavar="DIR",
         ),
     ] = "data"
+    store: Annotated[
+        str | None,
+        setting(
+            "--store",
+            "OLLAMA_GATEWAY_STORE",
+            "keep usage records, API keys and the admin token's hash in PostgreSQL, shared by "
+            "every gateway given the same address: `postgresql://USER:PASSWORD@HOST:PORT/DB` "
+            "(the `postgres` extra; prefer the variable: a flag shows in `ps`)",
+            shown="TinyDB files in `--data`",
+            metavar="URL",
+        ),
+    ] = None
+    redis: Annotated[
+        str | None,
+        setting(
+            "--redis",
+            "OLLAMA_GATEWAY_REDIS",
+            "count requests per minute, tokens per day and open streams, and keep stream "
+            "tickets, in Redis, shared by every gateway given the same address: "
+            "`redis://HOST:PORT/DB` (the `redis` extra)",
+            shown="in each gateway's memory",
+            metavar="URL",
+        ),
+    ] = None
+    workers: Annotated[
+        int,
+        setting(
+            "--workers",
+            "OLLAMA_GATEWAY_WORKERS",
+            "gateway processes serving the one port; more than 1 needs `--store`",
+            metavar="N",
+            ge=1,
+            le=64,
+        ),
+    ] = 1
     # Loading a large model can take minutes, and Ollama sends nothing while it loads: a
     # shorter read timeout would abort the load the gateway asked for.
     timeout: Annotated[

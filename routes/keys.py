@@ -111,7 +111,7 @@ async def list_keys(request: Request) -> Response:
 
 async def create_key(request: Request) -> Response:
     body = await decode_body(request, KeyCreate)
-    key, plain = gateway_of(request).access.keys.create(
+    key, plain = await gateway_of(request).access.keys.create(
         body.label, body.models, body.limits, project=body.project
     )
     return JSON(NewKey(key=plain, info=KeyView.of(key)), status_code=201)
@@ -119,8 +119,8 @@ async def create_key(request: Request) -> Response:
 
 async def update_key(request: Request) -> Response:
     body = await decode_body(request, KeyUpdate)
-    # Read after the body: no await may sit between reading the key and writing it back,
-    # or a revocation made meanwhile would be undone.
+    # Read after the body, so that a revocation made meanwhile is seen; and a revoked key
+    # stays revoked whatever an update says (Keys.update), against one made elsewhere.
     key = _live(request, "change it")
     changed = msgspec.structs.replace(
         key,
@@ -129,14 +129,14 @@ async def update_key(request: Request) -> Response:
         limits=body.limits if body.limits is not None else key.limits,
         project=key.project if body.project is msgspec.UNSET else body.project,
     )
-    gateway_of(request).access.keys.update(changed)
+    await gateway_of(request).access.keys.update(changed)
     return JSON(KeyView.of(changed))
 
 
 async def revoke_key(request: Request) -> Response:
     key = _live(request, "revoke it again")
     key = msgspec.structs.replace(key, revoked=datetime.now(UTC).isoformat())
-    gateway_of(request).access.keys.update(key)
+    await gateway_of(request).access.keys.update(key)
     return JSON(KeyView.of(key))
 
 

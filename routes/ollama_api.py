@@ -558,7 +558,7 @@ async def embeddings(request: Request) -> Response:
 
 async def tags(request: Request) -> Response:
     gateway = gateway_of(request)
-    caller = gateway.identify(credentials(request))
+    caller = await gateway.identify(credentials(request))
     entries = [
         model.details or {"name": model.name, "model": model.name}
         for model in await gateway.models()
@@ -569,7 +569,7 @@ async def tags(request: Request) -> Response:
 
 async def ps(request: Request) -> Response:
     gateway = gateway_of(request)
-    caller = gateway.identify(credentials(request))
+    caller = await gateway.identify(credentials(request))
     loaded = [m for m in await gateway.loaded() if allowed(caller, str(m.get("name", "")))]
     return JSON(Models(loaded))
 
@@ -580,7 +580,7 @@ async def show(request: Request) -> Response:
     if model is None:
         raise _bad("model is required")
     gateway = gateway_of(request)
-    check_model(gateway.identify(credentials(request)), model)
+    check_model(await gateway.identify(credentials(request)), model)
     return JSON(await gateway.show(model))
 
 

@@ -835,7 +835,7 @@ def _owner(name: str) -> str:
 
 async def models(request: Request) -> Response:
     gateway = gateway_of(request)
-    caller = gateway.identify(credentials(request))
+    caller = await gateway.identify(credentials(request))
     data = [
         Model(id=m.name, created=_created(m.details), owned_by=_owner(m.name))
         for m in await gateway.models()
@@ -851,7 +851,7 @@ async def model(request: Request) -> Response:
     except msgspec.ValidationError:
         raise _bad(f"{name!r} is not a model name", param="model") from None
     gateway = gateway_of(request)
-    check_model(gateway.identify(credentials(request)), name)
+    check_model(await gateway.identify(credentials(request)), name)
     shown = await gateway.show(name)
     return JSON(Model(id=name, created=_created(shown), owned_by=_owner(name)))
 

@@ -12,6 +12,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from access.limits import CountersHealth
 from calls.types import ModelName
 from calls.upstream import UpstreamHealth
 from store.records import Status, UsageRecord
@@ -140,3 +141,5 @@ class Health(msgspec.Struct, kw_only=True):
     store: StoreHealthReply
     # Every upstream: its state, calls in flight and models.
     upstreams: list[UpstreamHealth] = msgspec.field(default_factory=list)
+    # Where limits and stream tickets are counted (--redis), and whether that works.
+    limits: CountersHealth = msgspec.field(default_factory=CountersHealth)

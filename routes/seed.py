@@ -14,7 +14,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from access import identity
-from access.keys import TICKET_SECONDS
+from access.tickets import TICKET_SECONDS
 from calls.pipeline import Done, Event, Failed, Pieces, Started
 from calls.types import CallRequest, Labels, Message
 
@@ -186,8 +186,8 @@ async def ask_async(request: Request) -> Response | CallStreamResponse:
 async def tickets(request: Request) -> Response:
     """A single-use ticket for a browser EventSource, which cannot send Authorization."""
     gateway = gateway_of(request)
-    caller = gateway.identify(credentials(request))
-    ticket = identity.ticket(gateway.access, caller)
+    caller = await gateway.identify(credentials(request))
+    ticket = await identity.ticket(gateway.access, caller)
     return JSON(Ticket(ticket=ticket, expires_in=TICKET_SECONDS), status_code=201)
 
 

@@ -7,6 +7,7 @@ instead of repairing.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -122,7 +123,7 @@ def test_a_damaged_keys_file_is_refused(tmp_path: Path, content: bytes) -> None:
 
 
 def test_keys_survive_a_reopen(tmp_path: Path) -> None:
-    made, _ = KeyRing(tmp_path).create("team", ["llama3"], KeyLimits(rpm=5))
+    made, _ = asyncio.run(KeyRing(tmp_path).create("team", ["llama3"], KeyLimits(rpm=5)))
 
     assert KeyRing(tmp_path).get(made.id) == made
 
@@ -153,7 +154,7 @@ def test_checking_the_secrets_of_a_new_folder_writes_nothing(tmp_path: Path) -> 
 def test_checking_the_secrets_says_whether_keys_exist(tmp_path: Path) -> None:
     access, _ = Access.open(tmp_path, "token")
     assert check_secrets(tmp_path, None) is False
-    access.keys.create("team", None, KeyLimits())
+    asyncio.run(access.keys.create("team", None, KeyLimits()))
 
     assert check_secrets(tmp_path, "token") is True
 

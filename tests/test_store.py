@@ -1,15 +1,14 @@
-"""The usage store on its own: format, queries, stats, recovery, retention, faults."""
+"""The TinyDB store's own promises: its files, recovery, faults.
+
+What every store must do (queries, stats, retention, export) is in test_store_contract.py."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
-import random
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
@@ -17,54 +16,9 @@ import pytest
 from tinydb import TinyDB
 
 from ollama_host.settings import parse_settings
-from store import (
-    FolderInUse,
-    InputMessage,
-    Stats,
-    StoreError,
-    TinyDBStore,
-    UsageQuery,
-    UsageRecord,
-    files,
-    iso,
-    spill,
-)
-from store import (
-    tinydb as usage_store,
-)
-from store.stats import RATIO
-
-BASE = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
-
-
-def record(n: int, *, at: datetime | None = None, **fields: object) -> UsageRecord:
-    moment = at or BASE + timedelta(seconds=37 * n)
-    values: dict[str, object] = {
-        "id": f"{int(moment.timestamp() * 1e6):014x}{n:06x}",
-        "date": iso(moment),
-        "total_seconds": round(0.05 + (n * 7919 % 1000) / 200, 6),
-        "total_tokens": 10 + n % 7,
-        "input_tokens": 4 + n % 3,
-        "output_tokens": 6 + n % 5,
-        "model_name": ["llama3", "qwen", "mistral"][n % 3],
-        "input": [InputMessage("user", f"question {n}")],
-        "output": f"answer {n}",
-        "project": f"p{n % 4}",
-        "process_id": f"proc{n % 2}",
-        "subprocess_id": None if n % 5 else "sub",
-        "status": "ok" if n % 9 else ("error" if n % 2 else "cancelled"),
-        "ttft_seconds": None if n % 6 == 0 else 0.01 * (1 + n % 13),
-        "eval_seconds": 0.5 + n % 3,
-        "upstream_seconds": 1.0 + n % 4,
-    }
-    values.update(fields)
-    return msgspec.convert(values, UsageRecord)
-
-
-def fill(store: TinyDBStore, records: list[UsageRecord]) -> None:
-    for r in records:
-        store.append(r)
-    asyncio.run(store.flush())
+from store import FolderInUse, StoreError, TinyDBStore, UsageRecord, files, spill
+from store import tinydb as usage_store
+from tests.store_helpers import check_stats, fill, query, record, stats
 
 
 def read_all(data_dir: Path) -> list[UsageRecord]:
@@ -74,14 +28,6 @@ def read_all(data_dir: Path) -> list[UsageRecord]:
         return query(store, limit=1000)
     finally:
         store.close()
-
-
-def query(store: TinyDBStore, **fields: object) -> list[UsageRecord]:
-    return asyncio.run(store.query(msgspec.convert(fields, UsageQuery)))
-
-
-def stats(store: TinyDBStore, bucket: int, **fields: object) -> Stats:
-    return asyncio.run(store.stats(msgspec.convert(fields, UsageQuery), bucket_seconds=bucket))
 
 
 def tinydb_docs(usage: Path) -> list[dict[str, object]]:
@@ -137,46 +83,6 @@ def test_files_are_split_and_each_is_a_whole_tinydb_file(
 
 
 @pytest.mark.usefixtures("small_files")
-def test_query_pages_newest_first_across_files(store: TinyDBStore) -> None:
-    records = [record(n) for n in range(300)]
-    random.Random(3).shuffle(records)  # calls finish out of order
-    fill(store, records)
-    newest_first = sorted(records, key=lambda r: r.id, reverse=True)
-
-    first = query(store, limit=40)
-    second = query(store, limit=40, before=first[-1].id)
-    by_offset = query(store, limit=40, offset=40)
-    newer = query(store, limit=1000, after=newest_first[10].id)
-
-    assert first == newest_first[:40]
-    assert second == newest_first[40:80]
-    assert by_offset == newest_first[40:80]
-    assert newer == newest_first[:10]
-
-
-@pytest.mark.usefixtures("small_files")
-def test_query_filters_match_a_plain_scan(store: TinyDBStore) -> None:
-    records = [record(n) for n in range(400)]
-    fill(store, records)
-    since, until = BASE + timedelta(hours=1), BASE + timedelta(hours=3)
-
-    found = query(
-        store, project="p1", model="qwen", status="ok", since=since, until=until, limit=1000
-    )
-
-    expected = [
-        r
-        for r in records
-        if r.project == "p1"
-        and r.model_name == "qwen"
-        and r.status == "ok"
-        and iso(since) <= r.date < iso(until)
-    ]
-    assert found == sorted(expected, key=lambda r: r.id, reverse=True)
-    assert found
-
-
-@pytest.mark.usefixtures("small_files")
 def test_query_skips_files_that_cannot_match(
     store: TinyDBStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -197,68 +103,6 @@ def test_query_skips_files_that_cannot_match(
 
     assert [r.id for r in found] == sorted((record(n).id for n in range(200, 210)), reverse=True)
     assert len(read) == 1  # the one closed file holding "rare"; the rest was skipped
-
-
-def _exact(records: list[UsageRecord], bucket: int) -> dict[str, object]:
-    """The figures stats() must get exactly right, computed the plain way."""
-    series: dict[int, list[int]] = {}
-    models: dict[str, list[float]] = {}
-    for r in records:
-        moment = int(datetime.fromisoformat(r.date).timestamp())
-        row = series.setdefault(moment - moment % bucket, [0, 0, 0])
-        row[0] += 1
-        row[1] += r.input_tokens or 0
-        row[2] += r.output_tokens or 0
-        models.setdefault(r.model_name, []).append(r.total_seconds)
-    return {
-        "calls": len(records),
-        "input": sum(r.input_tokens or 0 for r in records),
-        "errors": sum(r.status == "error" for r in records),
-        "cancelled": sum(r.status == "cancelled" for r in records),
-        "series": [(iso(datetime.fromtimestamp(k, UTC)), *v) for k, v in sorted(series.items())],
-        "models": {k: (len(v), round(sum(v), 6), sorted(v)) for k, v in models.items()},
-    }
-
-
-def _check(found: Stats, records: list[UsageRecord], bucket: int) -> None:
-    exact = _exact(records, bucket)
-    assert found.totals.calls == exact["calls"]
-    assert found.totals.input_tokens == exact["input"]
-    assert found.totals.errors == exact["errors"]
-    assert found.totals.cancelled == exact["cancelled"]
-    assert [(b.start, b.calls, b.input_tokens, b.output_tokens) for b in found.series] == exact[
-        "series"
-    ]
-    models = exact["models"]
-    assert isinstance(models, dict)
-    assert {row.key for row in found.by_model} == set(models)
-    for row in found.by_model:
-        calls, total, values = models[row.key]
-        assert row.calls == calls
-        assert row.total_seconds == pytest.approx(total, abs=1e-5)
-        exact_p50 = values[int(0.5 * len(values))]
-        assert row.p50_seconds == pytest.approx(exact_p50, rel=RATIO - 1)
-
-
-@pytest.mark.usefixtures("small_files")
-@pytest.mark.parametrize("bucket", [3600, 86400, 300])
-def test_stats_from_summaries_match_the_records(store: TinyDBStore, bucket: int) -> None:
-    records = [record(n) for n in range(700)]  # 7 hours, most in closed files
-    fill(store, records)
-
-    _check(stats(store, bucket), records, bucket)
-
-
-@pytest.mark.usefixtures("small_files")
-def test_stats_with_filters_and_unaligned_range(store: TinyDBStore) -> None:
-    records = [record(n) for n in range(700)]
-    fill(store, records)
-    since, until = BASE + timedelta(minutes=95), BASE + timedelta(hours=5, minutes=10)
-
-    found = stats(store, 3600, project="p2", since=since, until=until)
-
-    wanted = [r for r in records if r.project == "p2" and iso(since) <= r.date < iso(until)]
-    _check(found, wanted, 3600)
 
 
 @pytest.mark.usefixtures("small_files")
@@ -410,30 +254,7 @@ def test_unreadable_summary_is_rebuilt(data_dir: Path) -> None:
     finally:
         store.close()
 
-    _check(found, records, 3600)
-
-
-@pytest.mark.usefixtures("small_files")
-def test_retention_deletes_only_records_older_than_the_setting(data_dir: Path) -> None:
-    now = datetime.now(UTC)
-    old = [record(n, at=now - timedelta(days=40, minutes=n)) for n in range(120)]
-    new = [record(n, at=now - timedelta(days=5, minutes=n)) for n in range(120, 200)]
-    first = TinyDBStore(data_dir)
-    fill(first, [*old, *new])
-    first.close()
-
-    store = TinyDBStore(data_dir, retention_days=30)
-    try:
-        fill(store, [])
-        found = query(store, limit=1000)
-    finally:
-        store.close()
-
-    assert found == sorted(new, key=lambda r: r.id, reverse=True)
-    assert store.deleted == len(old)
-    assert sorted(str(d["id"]) for d in tinydb_docs(data_dir / "usage")) == sorted(
-        r.id for r in new
-    )
+    check_stats(found, records, 3600)
 
 
 def test_a_second_store_on_the_same_folder_is_refused(store: TinyDBStore, data_dir: Path) -> None:
@@ -467,13 +288,6 @@ def test_retention_setting_is_read_from_flag_and_environment() -> None:
     assert parse_settings(["--retention-days", "30"], env={}).retention_days == 30
     env = {"OLLAMA_GATEWAY_RETENTION_DAYS": "7.5"}
     assert parse_settings([], env=env).retention_days == 7.5
-
-
-def test_a_record_that_cannot_be_encoded_is_dropped_not_the_batch(store: TinyDBStore) -> None:
-    fill(store, [record(1), record(2, output="\ud800"), record(3)])
-
-    assert [r.id for r in query(store)] == [record(3).id, record(1).id]
-    assert store.health().status == "ok"
 
 
 def test_small_batches_wait_in_the_journal_not_in_a_file_rewrite(
@@ -744,7 +558,7 @@ def test_front_endpoint_and_upstream_filter_and_break_down(store: TinyDBStore) -
         "/v1/embeddings": 233,
     }
     assert {row.key: row.calls for row in summed.by_upstream} == {"gpu-0": 350, "gpu-1": 350}
-    _check(only_openai, [r for r in records if r.front == "openai"], 3600)
+    check_stats(only_openai, [r for r in records if r.front == "openai"], 3600)
     assert [row.key for row in only_openai.by_front] == ["openai"]
 
 
