@@ -10,7 +10,6 @@ exports `PREFIX` and `error_response`.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import sys
@@ -28,18 +27,18 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from access.guard import Guard
-from access.keys import Access, SecretsError
+from access.keys import Access
 from access.limits import Limits
 from calls.errors import CallError, UpstreamError, call_error, internal
 from calls.pipeline import Gateway
 from calls.upstream import Upstream
 from ollama_client import KeepAliveTransport, OllamaUpstream
-from ollama_host import __version__, requestlog
-from ollama_host.backends import SetupError, keys_exist, open_access, open_shared
+from ollama_host import __version__, requestlog, startup
+from ollama_host.backends import open_access, open_shared
 from ollama_host.requestlog import RequestLog, configure_logging
-from ollama_host.server import is_loopback, serve, show_new_token
+from ollama_host.server import serve, show_new_token
 from ollama_host.settings import Settings, parse_settings
-from ollama_host.workers import refuse_workers, run_workers
+from ollama_host.workers import run_workers
 from routes import admin, docs, health, keys, ollama_api, openai_api, openapi, page, seed
 from routes.common import encoder, error_response, with_request_id
 from routes.streaming import SERVER_SEND
@@ -231,57 +230,18 @@ def main(argv: Sequence[str] | None = None, *, worker_fd: int | None = None) -> 
     """Run the gateway; with worker_fd, as one of --workers N on that listening socket."""
     settings = parse_settings(argv)
     configure_logging(settings)
-    if worker_fd is None and (why := refuse_workers(settings)):
-        log.error("%s", why)
-        return 1
     try:
-        if settings.redis:
-            open_shared(settings.redis, "check")  # a bad address stops the start here
-        # The secrets are read first, writing nothing, so that a damaged one stops the start
-        # before the journal is replayed or anything is made (one line, no traceback).
-        any_keys = keys_exist(
-            settings.store,
-            settings.data_path,
-            settings.admin_token,
-            reset=settings.reset_admin_token,
-        )
-        # Opened here, not in the lifespan, so that a locked or unusable data folder or
-        # database ends the program with one clear line instead of a startup traceback.
-        store = open_store(
-            settings.store or settings.data_path, retention_days=settings.retention_days
-        )
-    except (SecretsError, StoreError, SetupError) as exc:
+        store, access, new_token = startup.open_parts(settings, worker=worker_fd is not None)
+    except startup.Refused as exc:
         log.error("%s", exc)
-        return 1
-    # Checked before any admin token is made: a refused start must not leave behind a token
-    # that nobody was shown.
-    if not is_loopback(settings.host) and not any_keys and not settings.admin_token:
-        log.error(
-            "refusing to listen on %s: anyone who can reach it could use Ollama and read every "
-            "prompt. Create an API key first (on 127.0.0.1: POST /api/v1/admin/keys), or set "
-            "--admin-token explicitly to accept an open asking endpoint",
-            settings.host,
-        )
-        asyncio.run(store.aclose())
-        return 1
-    try:
-        # A worker never resets the token: the process that started it has.
-        reset = settings.reset_admin_token and worker_fd is None
-        access, new_token = open_access(
-            settings.store, settings.data_path, settings.admin_token, reset=reset
-        )
-    except (SecretsError, StoreError) as exc:  # damaged since it was read above
-        log.error("%s", exc)
-        asyncio.run(store.aclose())
         return 1
     if new_token:
         show_new_token(settings, new_token)
-    where = store.health().path
     if settings.workers > 1 and worker_fd is None:
         # Each worker opens the store and the keys itself; this process only watches them.
-        asyncio.run(store.aclose())
-        access.close()
+        startup.close_parts(store, access)
         return run_workers(settings, argv)
+    where = store.health().path
     app = create_app(settings, store=store, access=access)
     if worker_fd is None:
         log.info(
