@@ -1,18 +1,27 @@
-"""GatewayApp hands streams the server's own `send` only while no middleware changes bodies."""
+"""app.py: the app as create_app builds it: routing, the error shape each front gets, and the
+server's own `send` handed to streams only while no middleware changes bodies."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import anyio
+import httpx
+import pytest
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from app import GatewayApp, create_app
+from app import GatewayApp, create_app, renderer
+from calls.errors import CallError
 from ollama_host.settings import parse_settings
+from routes.common import error_response
 from routes.streaming import SERVER_SEND
+from tests.asgi import Local
+from tests.helpers import assert_error
 
 
 def _scope_seen_by_a_route(app: GatewayApp) -> dict[str, Any]:
@@ -63,3 +72,48 @@ def test_a_middleware_that_may_change_bodies_turns_it_off(tmp_path: Path) -> Non
     app.user_middleware.insert(0, Middleware(GZipMiddleware))
 
     assert SERVER_SEND not in _scope_seen_by_a_route(app)
+
+
+# -- routing and the error shape ----------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_unknown_route_and_method_are_json_errors(aclient: httpx.AsyncClient) -> None:
+    assert_error(await aclient.get("/api/v1/nothing"), 404, "not_found")
+    assert_error(await aclient.get("/api/v1/ai/ask_sync"), 405, "method_not_allowed")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "path", ["/api/pull", "/api/push", "/api/create", "/api/delete", "/api/copy", "/api/chat"]
+)
+async def test_ollama_management_calls_are_not_passed_through(guarded: Local, path: str) -> None:
+    async with guarded.client() as client:
+        response = await client.post(path, json={"model": "llama3", "name": "x"})
+
+    assert_error(response, 404, "not_found")
+
+
+def _front(prefix: str | None) -> ModuleType:
+    """A routes module; with a prefix, one that renders its errors in a shape of its own."""
+    module = ModuleType(f"front{prefix}")
+    if prefix is not None:
+
+        def render(error: CallError) -> Response:
+            return PlainTextResponse(f"{prefix} {error.code}")
+
+        module.PREFIX = prefix  # type: ignore[attr-defined]
+        module.error_response = render  # type: ignore[attr-defined]
+    return module
+
+
+def test_an_error_is_rendered_by_the_front_with_the_longest_matching_prefix() -> None:
+    render_for = renderer([_front("/api/"), _front("/api/v1/"), _front(None)])
+    error = CallError(404, "not_found", "no")
+
+    assert render_for("/api/v1/x")(error).body == b"/api/v1/ not_found"
+    assert render_for("/api/v1")(error).body == b"/api/v1/ not_found"
+    assert render_for("/api/tags")(error).body == b"/api/ not_found"
+    assert render_for("/api")(error).body == b"/api/ not_found"
+    assert render_for("/apis") is error_response
+    assert render_for("/health") is error_response

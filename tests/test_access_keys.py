@@ -1,0 +1,264 @@
+"""access/keys.py: the admin token, API keys, stream tickets and fingerprints, on their own.
+
+No secret is stored as itself: each test that makes one also looks for it on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from access import keys
+from access.keys import (
+    ADMIN_FILE,
+    KEYS_FILE,
+    SECRET_FILE,
+    Access,
+    AdminToken,
+    ApiKey,
+    KeyLimits,
+    KeyRing,
+    fingerprint,
+    load_or_create_secret,
+)
+
+
+def files_text(folder: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file())
+
+
+def mode(path: Path) -> str:
+    return oct(path.stat().st_mode)[-3:]
+
+
+# -- the admin token -------------------------------------------------------------------
+
+
+def test_a_configured_admin_token_is_never_written_down(tmp_path: Path) -> None:
+    admin, new = AdminToken.setup(tmp_path, "configured-token", b"secret")
+
+    assert new is None
+    assert admin.check_token("configured-token")
+    assert not admin.check_token("configured-token ")
+    assert not (tmp_path / ADMIN_FILE).exists()
+
+
+def test_the_first_start_makes_a_token_once_and_keeps_only_its_hash(tmp_path: Path) -> None:
+    first, token = AdminToken.setup(tmp_path, None, b"secret")
+    again, none = AdminToken.setup(tmp_path, None, b"secret")
+
+    assert token is not None
+    assert none is None
+    assert first.check_token(token)
+    assert again.check_token(token)
+    stored = json.loads((tmp_path / ADMIN_FILE).read_text())
+    assert stored["sha256"] == hashlib.sha256(token.encode()).hexdigest()
+    assert mode(tmp_path / ADMIN_FILE) == "600"
+    assert token not in files_text(tmp_path)
+
+
+def test_a_reset_makes_a_new_token_and_the_old_one_stops_working(tmp_path: Path) -> None:
+    _, old = AdminToken.setup(tmp_path, None, b"secret")
+    admin, new = AdminToken.setup(tmp_path, None, b"secret", reset=True)
+
+    assert old is not None
+    assert new is not None
+    assert new != old
+    assert admin.check_token(new)
+    assert not admin.check_token(old)
+
+
+def test_the_session_is_derived_from_the_token_not_the_token(tmp_path: Path) -> None:
+    admin = AdminToken(keys.sha256("token"), b"secret")
+    other_secret = AdminToken(keys.sha256("token"), b"other")
+    other_token = AdminToken(keys.sha256("other"), b"secret")
+
+    assert admin.check_session(admin.session)
+    assert not admin.check_session(other_secret.session)
+    assert not admin.check_session(other_token.session)
+    assert "token" not in admin.session
+    assert not admin.check_token(admin.session)
+
+
+# -- fingerprints ----------------------------------------------------------------------
+
+
+def test_the_fingerprint_secret_is_made_once_and_kept_private(tmp_path: Path) -> None:
+    secret = load_or_create_secret(tmp_path)
+
+    assert load_or_create_secret(tmp_path) == secret
+    assert len(secret) == 32
+    assert mode(tmp_path / SECRET_FILE) == "600"
+
+
+def test_a_fingerprint_is_stable_per_secret_and_hides_the_key() -> None:
+    one = fingerprint(b"a" * 32, "user-key-1")
+
+    assert one == fingerprint(b"a" * 32, "user-key-1")
+    assert one != fingerprint(b"b" * 32, "user-key-1")
+    assert one != fingerprint(b"a" * 32, "user-key-2")
+    assert one.startswith("fp_")
+    assert len(one) == 23
+    assert "user-key-1" not in one
+
+
+# -- API keys --------------------------------------------------------------------------
+
+
+def test_a_new_key_is_verified_and_only_its_hash_is_stored(tmp_path: Path) -> None:
+    ring = KeyRing(tmp_path)
+
+    key, plain = ring.create("team", None, KeyLimits(rpm=5))
+
+    assert plain.startswith(f"ohk_{key.id}_")
+    assert ring.verify(plain) == key
+    assert key.sha256 == hashlib.sha256(plain.encode()).hexdigest()
+    assert plain not in files_text(tmp_path)
+    assert mode(tmp_path / KEYS_FILE) == "600"
+    assert KeyRing(tmp_path).get(key.id) == key
+
+
+@pytest.mark.parametrize(
+    "presented",
+    [
+        "",
+        "not-a-key",
+        "ohk_",
+        "ohk_unknown_whatever",
+    ],
+)
+def test_anything_but_a_live_key_is_not_verified(tmp_path: Path, presented: str) -> None:
+    ring = KeyRing(tmp_path)
+    ring.create("team", None, KeyLimits())
+
+    assert ring.verify(presented) is None
+
+
+def test_a_key_with_a_changed_secret_part_is_not_verified(tmp_path: Path) -> None:
+    ring = KeyRing(tmp_path)
+    _, plain = ring.create("team", None, KeyLimits())
+
+    assert ring.verify(plain[:-4] + "AAAA") is None
+    assert ring.verify(plain + "x") is None
+
+
+def test_a_revoked_key_is_not_verified_but_keys_stay_required(tmp_path: Path) -> None:
+    ring = KeyRing(tmp_path)
+    key, plain = ring.create("only", None, KeyLimits())
+
+    ring.update(msgspec.structs.replace(key, revoked="2025-01-01T00:00:00+00:00"))
+
+    assert ring.verify(plain) is None
+    assert ring.active
+    assert KeyRing(tmp_path).active
+
+
+def test_no_keys_means_asking_is_open(tmp_path: Path) -> None:
+    assert not KeyRing(tmp_path).active
+
+
+def test_keys_are_listed_oldest_first(tmp_path: Path) -> None:
+    ring = KeyRing(tmp_path)
+    made = [ring.create(f"k{n}", None, KeyLimits())[0] for n in range(3)]
+
+    assert [key.id for key in ring.all()] == [key.id for key in made]
+
+
+@pytest.mark.parametrize(
+    ("models", "model", "allowed"),
+    [
+        (None, "anything:at-all", True),
+        (["qwen"], "qwen", True),
+        (["qwen"], "qwen:7b", True),
+        (["qwen"], "llama3", False),
+        (["qwen:7b"], "qwen:7b", True),
+        (["qwen:7b"], "qwen", False),
+        (["qwen:7b"], "qwen:14b", False),
+        ([], "qwen", False),
+    ],
+)
+def test_a_key_may_be_limited_to_models(
+    models: list[str] | None, model: str, allowed: bool
+) -> None:
+    key = ApiKey(id="k", label="k", sha256="0" * 64, created="now", models=models)
+
+    assert key.allows(model) is allowed
+
+
+def test_a_keys_fingerprint_is_public_and_not_the_key(tmp_path: Path) -> None:
+    key, plain = KeyRing(tmp_path).create("team", None, KeyLimits())
+
+    assert key.fingerprint == f"fp_{key.sha256[:20]}"
+    assert plain not in key.fingerprint
+
+
+# -- stream tickets --------------------------------------------------------------------
+
+
+def test_a_ticket_works_once(tmp_path: Path) -> None:
+    ring = KeyRing(tmp_path)
+    ticket = ring.issue_ticket("holder")
+
+    assert ring.redeem_ticket(ticket) == "holder"
+    assert ring.redeem_ticket(ticket) is None
+    assert ring.redeem_ticket("never-issued") is None
+
+
+class Clock:
+    """The `time` module as access.keys sees it, with a monotonic clock moved by hand."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 1000.0
+        monkeypatch.setattr(keys, "time", self)
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+def test_a_ticket_expires(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ring = KeyRing(tmp_path)
+    clock = Clock(monkeypatch)
+    ticket = ring.issue_ticket("holder")
+    kept = ring.issue_ticket("holder")
+
+    clock.now += keys.TICKET_SECONDS + 1
+
+    assert ring.redeem_ticket(ticket) is None
+    clock.now -= 2
+    assert ring.redeem_ticket(kept) == "holder"
+
+
+def test_expired_tickets_are_dropped_when_new_ones_are_issued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ring = KeyRing(tmp_path)
+    clock = Clock(monkeypatch)
+    for _ in range(100):
+        ring.issue_ticket("holder")
+
+    clock.now += keys.TICKET_SECONDS + 1
+    ring.issue_ticket("holder")
+
+    assert len(ring._tickets) == 1
+
+
+# -- the access state ------------------------------------------------------------------
+
+
+def test_access_opens_a_folder_that_does_not_exist_yet(tmp_path: Path) -> None:
+    folder = tmp_path / "a" / "b"
+
+    access, token = Access.open(folder, None)
+
+    assert token is not None
+    assert access.admin.check_token(token)
+    assert access.secret == load_or_create_secret(folder)
+    assert not access.keys.active
