@@ -231,7 +231,7 @@ async def test_export_rejects_a_bad_date_before_streaming(client: httpx.AsyncCli
     assert_error(response, 422, "invalid_request")
 
 
-# -- the usage log: filters, order, paging (from test_api.py) ----------------------------
+# -- the usage log: filters, order, paging -----------------------------------------------
 
 
 async def test_dashboard_filters(client: httpx.AsyncClient) -> None:
