@@ -7,6 +7,7 @@ test_streaming.py, against a real gateway process.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -17,13 +18,15 @@ import httpx
 import msgspec
 import pytest
 
+from app import make_upstream
 from calls.errors import CallError
 from calls.pipeline import Done, Failed, Pieces, Started
 from calls.types import Message, Metrics, Piece
+from ollama_host.settings import parse_settings
 from routes.schemas import AskRequest
 from routes.seed import SeedEvents, call_of, wants_json
 from store import UsageRecord
-from tests.asgi import Local, gateway_log, unreachable
+from tests.asgi import Local, gateway_log, in_process, unreachable
 from tests.helpers import aonly_record, arecords, ask, assert_error, calls_with, data, unique
 from tests.sse import parse_sse
 
@@ -345,6 +348,63 @@ async def test_unreachable_call_is_still_recorded(down: tuple[Local, str]) -> No
         record = await aonly_record(client, project)
 
     assert (record["status"], record["error_code"]) == ("error", "upstream_unavailable")
+
+
+async def _stall_after_two_tokens(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """An Ollama that answers 200, sends two lines of its answer, then nothing at all."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = re.search(rb"(?i)content-length: *(\d+)", head)
+    await reader.readexactly(int(length.group(1)) if length else 0)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n")
+    writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
+    for token in ("w0 ", "w1 "):
+        line = msgspec.json.encode({"message": {"role": "assistant", "content": token}}) + b"\n"
+        writer.write(b"%x\r\n%s\r\n" % (len(line), line))
+    await writer.drain()
+    await reader.read()  # until the gateway gives up and closes
+    writer.close()
+
+
+@pytest.fixture
+async def stalling(tmp_path: Path) -> AsyncIterator[Local]:
+    """A gateway in this process with --timeout 0.3, whose Ollama (a socket server in this
+    process, reached by the real transport) stops sending mid-answer."""
+    server = await asyncio.start_server(_stall_after_two_tokens, "127.0.0.1", 0)
+    address = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    flags = ("--ollama", address, "--timeout", "0.3")
+    upstream = make_upstream(parse_settings(list(flags), {}))
+    async with server, in_process(tmp_path / "data", *flags, upstream=upstream) as local:
+        yield local
+
+
+async def test_a_silent_ollama_is_504_at_the_timeout_and_recorded(stalling: Local) -> None:
+    project = unique()
+    async with stalling.client() as client:
+        response = await client.post(SYNC, json=ask(project=project))
+
+        record = await aonly_record(client, project)
+    assert_error(response, 504, "upstream_timeout")
+    assert (record["status"], record["error_code"]) == ("error", "upstream_timeout")
+
+
+async def test_a_stream_whose_ollama_falls_silent_ends_with_a_timeout_event(
+    stalling: Local,
+) -> None:
+    project = unique()
+    async with stalling.client() as client:
+        response = await client.post(STREAM, json=ask(project=project))
+
+        record = await aonly_record(client, project)
+    events = parse_sse(response.text)
+    assert [e.event for e in events] == ["start", "token", "token", "error"]
+    assert data(events[-1])["error"]["code"] == "upstream_timeout"
+    assert (record["status"], record["error_code"], record["output"]) == (
+        "error",
+        "upstream_timeout",
+        "w0 w1 ",
+    )
 
 
 # -- the seed's pieces on their own ----------------------------------------------------
