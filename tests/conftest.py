@@ -1,8 +1,9 @@
 """Fixtures every test module may use, and the `slow` marker.
 
-`slow` marks every test that needs a real process: a gateway under uvicorn, the Ollama
-stand-in's server, a fault upstream, a browser, a database. `scripts/test --fast` runs the
-rest (`pytest -m "not slow"`); plain `scripts/test` runs everything.
+`slow` marks every test that needs a real process or server: a gateway under uvicorn, the
+Ollama stand-in's server, a fault upstream, a browser, a database, a server in a thread timed
+on a real socket. `scripts/test --fast` runs the rest (`pytest -m "not slow"`); plain
+`scripts/test` runs everything.
 """
 
 from __future__ import annotations
