@@ -33,7 +33,8 @@ KEYS = "/api/v1/admin/keys"
 @pytest.mark.parametrize("path", [DASHBOARD, KEYS, "/"])
 async def test_admin_surface_is_closed_by_default(guarded: Local, path: str) -> None:
     async with guarded.client(admin=False) as client:
-        response = await client.get(path)
+        # As a browser asks for a page: `/` is the dashboard only for one.
+        response = await client.get(path, headers={"Accept": "text/html,*/*;q=0.8"})
 
     assert_error(response, 401, "unauthorized")
     assert response.headers["www-authenticate"] == "Bearer"
@@ -148,7 +149,7 @@ async def test_a_cross_site_request_without_origin_is_refused(
 
 
 async def test_a_link_from_another_site_may_still_open_the_page(guarded: Local) -> None:
-    headers = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+    headers = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Accept": "text/html"}
     async with guarded.client(admin=False) as browser:
         page = await browser.get("/", headers=headers)
         asking = await browser.get(

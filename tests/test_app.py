@@ -85,13 +85,28 @@ async def test_unknown_route_and_method_are_json_errors(aclient: httpx.AsyncClie
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
-    "path", ["/api/pull", "/api/push", "/api/create", "/api/delete", "/api/copy", "/api/chat"]
+    ("method", "path"),
+    [
+        ("POST", "/api/pull"),
+        ("POST", "/api/push"),
+        ("POST", "/api/create"),
+        ("DELETE", "/api/delete"),
+        ("POST", "/api/copy"),
+        ("POST", "/api/blobs/sha256:0a8c"),
+        ("HEAD", "/api/blobs/sha256:0a8c"),
+    ],
 )
-async def test_ollama_management_calls_are_not_passed_through(guarded: Local, path: str) -> None:
+async def test_ollama_management_calls_are_not_passed_through(
+    guarded: Local, method: str, path: str
+) -> None:
+    before = len(await guarded.standin_calls())
     async with guarded.client() as client:
-        response = await client.post(path, json={"model": "llama3", "name": "x"})
+        response = await client.request(method, path, json={"model": "llama3", "name": "x"})
 
-    assert_error(response, 404, "not_found")
+    assert response.status_code == 403
+    if method != "HEAD":
+        assert "does not pass Ollama's model management" in response.json()["error"]
+    assert len(await guarded.standin_calls()) == before
 
 
 def _front(prefix: str | None) -> ModuleType:
