@@ -31,9 +31,9 @@ def access(tmp_path: Path) -> Access:
     return access
 
 
-def refused(access: Access, credentials: Credentials) -> CallError:
+async def refused(access: Access, credentials: Credentials) -> CallError:
     with pytest.raises(CallError) as raised:
-        identify(access, credentials)
+        await identify(access, credentials)
     assert (raised.value.status, raised.value.code) == (401, "unauthorized")
     assert raised.value.headers == {"WWW-Authenticate": "Bearer"}
     return raised.value
@@ -42,39 +42,39 @@ def refused(access: Access, credentials: Credentials) -> CallError:
 # -- identify, on its own --------------------------------------------------------------
 
 
-def test_before_any_key_exists_anyone_may_ask(access: Access) -> None:
-    assert identify(access, Credentials()) == Caller()
-    assert identify(access, Credentials(bearer="whatever")) == Caller()
+async def test_before_any_key_exists_anyone_may_ask(access: Access) -> None:
+    assert await identify(access, Credentials()) == Caller()
+    assert await identify(access, Credentials(bearer="whatever")) == Caller()
 
 
-def test_a_free_user_key_groups_calls_as_a_fingerprint(access: Access) -> None:
-    caller = identify(access, Credentials(user_key="alice"))
+async def test_a_free_user_key_groups_calls_as_a_fingerprint(access: Access) -> None:
+    caller = await identify(access, Credentials(user_key="alice"))
 
     assert caller.fingerprint is not None
     assert caller.fingerprint.startswith("fp_")
-    assert caller.fingerprint == identify(access, Credentials(user_key="alice")).fingerprint
-    assert caller.fingerprint != identify(access, Credentials(user_key="bob")).fingerprint
+    assert caller.fingerprint == (await identify(access, Credentials(user_key="alice"))).fingerprint
+    assert caller.fingerprint != (await identify(access, Credentials(user_key="bob"))).fingerprint
     assert (caller.key, caller.admin, caller.label) == (None, False, None)
 
 
-def test_the_admin_token_and_session_make_the_admin(access: Access) -> None:
-    by_token = identify(access, Credentials(bearer=TOKEN))
-    by_session = identify(access, Credentials(session=access.admin.session))
+async def test_the_admin_token_and_session_make_the_admin(access: Access) -> None:
+    by_token = await identify(access, Credentials(bearer=TOKEN))
+    by_session = await identify(access, Credentials(session=access.admin.session))
 
     assert by_token.admin
     assert by_session.admin
     assert by_token.label == "admin"
 
 
-def test_once_a_key_exists_asking_needs_one(access: Access) -> None:
-    key, plain = access.keys.create("team", None, KeyLimits())
+async def test_once_a_key_exists_asking_needs_one(access: Access) -> None:
+    key, plain = await access.keys.create("team", None, KeyLimits())
 
-    nothing = refused(access, Credentials())
-    wrong = refused(access, Credentials(bearer=plain[:-4] + "AAAA"))
-    forged_session = refused(access, Credentials(session="forged"))
-    by_bearer = identify(access, Credentials(bearer=plain))
-    by_user_key = identify(access, Credentials(user_key=plain))
-    admin = identify(access, Credentials(bearer=TOKEN))
+    nothing = await refused(access, Credentials())
+    wrong = await refused(access, Credentials(bearer=plain[:-4] + "AAAA"))
+    forged_session = await refused(access, Credentials(session="forged"))
+    by_bearer = await identify(access, Credentials(bearer=plain))
+    by_user_key = await identify(access, Credentials(user_key=plain))
+    admin = await identify(access, Credentials(bearer=TOKEN))
 
     assert "asking needs an API key" in nothing.message
     assert "not valid" in wrong.message
@@ -84,51 +84,51 @@ def test_once_a_key_exists_asking_needs_one(access: Access) -> None:
     assert admin.admin
 
 
-def test_a_ticket_stands_for_whoever_it_was_issued_to(access: Access) -> None:
-    key, _ = access.keys.create("team", None, KeyLimits())
-    as_key = ticket(access, Caller(key=key, fingerprint=key.fingerprint))
-    as_admin = ticket(access, Caller(admin=True))
+async def test_a_ticket_stands_for_whoever_it_was_issued_to(access: Access) -> None:
+    key, _ = await access.keys.create("team", None, KeyLimits())
+    as_key = await ticket(access, Caller(key=key, fingerprint=key.fingerprint))
+    as_admin = await ticket(access, Caller(admin=True))
 
-    assert identify(access, Credentials(ticket=as_key)) == Caller(
+    assert await identify(access, Credentials(ticket=as_key)) == Caller(
         key=key, fingerprint=key.fingerprint
     )
-    assert identify(access, Credentials(ticket=as_admin)) == Caller(admin=True)
-    used = refused(access, Credentials(ticket=as_key))
+    assert await identify(access, Credentials(ticket=as_admin)) == Caller(admin=True)
+    used = await refused(access, Credentials(ticket=as_key))
     assert "unknown, used or expired" in used.message
 
 
-def test_a_ticket_of_anyone_stops_working_once_keys_exist(access: Access) -> None:
-    early = ticket(access, Caller())
-    late = ticket(access, Caller())
-    assert identify(access, Credentials(ticket=early)) == Caller()
+async def test_a_ticket_of_anyone_stops_working_once_keys_exist(access: Access) -> None:
+    early = await ticket(access, Caller())
+    late = await ticket(access, Caller())
+    assert await identify(access, Credentials(ticket=early)) == Caller()
 
-    access.keys.create("team", None, KeyLimits())
+    await access.keys.create("team", None, KeyLimits())
 
-    assert "needs an API key now" in refused(access, Credentials(ticket=late)).message
-
-
-def test_a_ticket_of_a_revoked_key_is_refused(access: Access) -> None:
-    key, _ = access.keys.create("team", None, KeyLimits())
-    issued = ticket(access, Caller(key=key))
-
-    access.keys.update(msgspec.structs.replace(key, revoked="2025-01-01T00:00:00+00:00"))
-
-    assert "revoked" in refused(access, Credentials(ticket=issued)).message
+    assert "needs an API key now" in (await refused(access, Credentials(ticket=late))).message
 
 
-def test_tickets_are_issued_to_the_key_the_admin_or_anyone(access: Access) -> None:
-    key, _ = access.keys.create("team", None, KeyLimits())
+async def test_a_ticket_of_a_revoked_key_is_refused(access: Access) -> None:
+    key, _ = await access.keys.create("team", None, KeyLimits())
+    issued = await ticket(access, Caller(key=key))
+
+    await access.keys.update(msgspec.structs.replace(key, revoked="2025-01-01T00:00:00+00:00"))
+
+    assert "revoked" in (await refused(access, Credentials(ticket=issued))).message
+
+
+async def test_tickets_are_issued_to_the_key_the_admin_or_anyone(access: Access) -> None:
+    key, _ = await access.keys.create("team", None, KeyLimits())
 
     holders = [
-        access.keys.redeem_ticket(ticket(access, caller))
+        await access.tickets.redeem(await ticket(access, caller))
         for caller in (Caller(key=key), Caller(admin=True), Caller())
     ]
 
     assert holders == [key.id, ADMIN, ANYONE]
 
 
-def test_check_model_refuses_a_model_the_key_may_not_use(access: Access) -> None:
-    key, _ = access.keys.create("qwen only", ["qwen"], KeyLimits())
+async def test_check_model_refuses_a_model_the_key_may_not_use(access: Access) -> None:
+    key, _ = await access.keys.create("qwen only", ["qwen"], KeyLimits())
 
     check_model(Caller(key=key), "qwen:7b")
     check_model(Caller(admin=True), "llama3")

@@ -1,4 +1,4 @@
-"""access/keys.py: the admin token, API keys, stream tickets and fingerprints, on their own;
+"""access/keys.py: the admin token, API keys and fingerprints, on their own;
 and damaged secrets files, each of which stops the start with one line, rewriting nothing.
 
 No secret is stored as itself: each test that makes one also looks for it on disk. A reset
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import msgspec
@@ -34,6 +33,8 @@ from access.keys import (
 )
 from tests.gateway_proc import start_gateway
 from tests.ollama_standin import StandIn
+
+pytestmark = pytest.mark.anyio
 
 
 def files_text(folder: Path) -> str:
@@ -118,10 +119,10 @@ def test_a_fingerprint_is_stable_per_secret_and_hides_the_key() -> None:
 # -- API keys --------------------------------------------------------------------------
 
 
-def test_a_new_key_is_verified_and_only_its_hash_is_stored(tmp_path: Path) -> None:
+async def test_a_new_key_is_verified_and_only_its_hash_is_stored(tmp_path: Path) -> None:
     ring = KeyRing(tmp_path)
 
-    key, plain = ring.create("team", None, KeyLimits(rpm=5))
+    key, plain = await ring.create("team", None, KeyLimits(rpm=5))
 
     assert plain.startswith(f"ohk_{key.id}_")
     assert ring.verify(plain) == key
@@ -140,26 +141,26 @@ def test_a_new_key_is_verified_and_only_its_hash_is_stored(tmp_path: Path) -> No
         "ohk_unknown_whatever",
     ],
 )
-def test_anything_but_a_live_key_is_not_verified(tmp_path: Path, presented: str) -> None:
+async def test_anything_but_a_live_key_is_not_verified(tmp_path: Path, presented: str) -> None:
     ring = KeyRing(tmp_path)
-    ring.create("team", None, KeyLimits())
+    await ring.create("team", None, KeyLimits())
 
     assert ring.verify(presented) is None
 
 
-def test_a_key_with_a_changed_secret_part_is_not_verified(tmp_path: Path) -> None:
+async def test_a_key_with_a_changed_secret_part_is_not_verified(tmp_path: Path) -> None:
     ring = KeyRing(tmp_path)
-    _, plain = ring.create("team", None, KeyLimits())
+    _, plain = await ring.create("team", None, KeyLimits())
 
     assert ring.verify(plain[:-4] + "AAAA") is None
     assert ring.verify(plain + "x") is None
 
 
-def test_a_revoked_key_is_not_verified_but_keys_stay_required(tmp_path: Path) -> None:
+async def test_a_revoked_key_is_not_verified_but_keys_stay_required(tmp_path: Path) -> None:
     ring = KeyRing(tmp_path)
-    key, plain = ring.create("only", None, KeyLimits())
+    key, plain = await ring.create("only", None, KeyLimits())
 
-    ring.update(msgspec.structs.replace(key, revoked="2025-01-01T00:00:00+00:00"))
+    await ring.update(msgspec.structs.replace(key, revoked="2025-01-01T00:00:00+00:00"))
 
     assert ring.verify(plain) is None
     assert ring.active
@@ -170,9 +171,9 @@ def test_no_keys_means_asking_is_open(tmp_path: Path) -> None:
     assert not KeyRing(tmp_path).active
 
 
-def test_keys_are_listed_oldest_first(tmp_path: Path) -> None:
+async def test_keys_are_listed_oldest_first(tmp_path: Path) -> None:
     ring = KeyRing(tmp_path)
-    made = [ring.create(f"k{n}", None, KeyLimits())[0] for n in range(3)]
+    made = [(await ring.create(f"k{n}", None, KeyLimits()))[0] for n in range(3)]
 
     assert [key.id for key in ring.all()] == [key.id for key in made]
 
@@ -198,64 +199,11 @@ def test_a_key_may_be_limited_to_models(
     assert key.allows(model) is allowed
 
 
-def test_a_keys_fingerprint_is_public_and_not_the_key(tmp_path: Path) -> None:
-    key, plain = KeyRing(tmp_path).create("team", None, KeyLimits())
+async def test_a_keys_fingerprint_is_public_and_not_the_key(tmp_path: Path) -> None:
+    key, plain = await KeyRing(tmp_path).create("team", None, KeyLimits())
 
     assert key.fingerprint == f"fp_{key.sha256[:20]}"
     assert plain not in key.fingerprint
-
-
-# -- stream tickets --------------------------------------------------------------------
-
-
-def test_a_ticket_works_once(tmp_path: Path) -> None:
-    ring = KeyRing(tmp_path)
-    ticket = ring.issue_ticket("holder")
-
-    assert ring.redeem_ticket(ticket) == "holder"
-    assert ring.redeem_ticket(ticket) is None
-    assert ring.redeem_ticket("never-issued") is None
-
-
-class Clock:
-    """The `time` module as access.keys sees it, with a monotonic clock moved by hand."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.now = 1000.0
-        monkeypatch.setattr(keys, "time", self)
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(time, name)
-
-
-def test_a_ticket_expires(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ring = KeyRing(tmp_path)
-    clock = Clock(monkeypatch)
-    ticket = ring.issue_ticket("holder")
-    kept = ring.issue_ticket("holder")
-
-    clock.now += keys.TICKET_SECONDS + 1
-
-    assert ring.redeem_ticket(ticket) is None
-    clock.now -= 2
-    assert ring.redeem_ticket(kept) == "holder"
-
-
-def test_expired_tickets_are_dropped_when_new_ones_are_issued(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ring = KeyRing(tmp_path)
-    clock = Clock(monkeypatch)
-    for _ in range(100):
-        ring.issue_ticket("holder")
-
-    clock.now += keys.TICKET_SECONDS + 1
-    ring.issue_ticket("holder")
-
-    assert len(ring._tickets) == 1
 
 
 # -- the access state ------------------------------------------------------------------

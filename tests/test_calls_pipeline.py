@@ -459,7 +459,7 @@ async def test_a_failed_embedding_is_recorded_once(tmp_path: Path) -> None:
 
 async def test_admission_checks_who_what_and_how_much_before_any_upstream(tmp_path: Path) -> None:
     async with pipeline(tmp_path, "--max-prompt", "5") as (gateway, upstream):
-        key, plain = gateway.access.keys.create("team", ["qwen"], KeyLimits())
+        key, plain = await gateway.access.keys.create("team", ["qwen"], KeyLimits())
 
         with pytest.raises(CallError) as nobody:
             await gateway.admit(Credentials(), "qwen", LABELS)
@@ -480,7 +480,7 @@ async def test_admission_checks_who_what_and_how_much_before_any_upstream(tmp_pa
 
 async def test_a_call_by_a_key_is_recorded_under_its_label(tmp_path: Path) -> None:
     async with pipeline(tmp_path) as (gateway, _):
-        key, plain = gateway.access.keys.create("team", None, KeyLimits())
+        key, plain = await gateway.access.keys.create("team", None, KeyLimits())
         caller = await gateway.admit(Credentials(bearer=plain), "llama3", LABELS)
         call = info()
 
