@@ -1,14 +1,34 @@
+"""Fixtures every test module may use, and the `slow` marker.
+
+`slow` marks every test that needs a real process or server: a gateway under uvicorn, the
+Ollama stand-in's server, a fault upstream, a browser, a database, a server in a thread timed
+on a real socket. `scripts/test --fast` runs the rest (`pytest -m "not slow"`); plain
+`scripts/test` runs everything.
+"""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.asgi import Local, in_process
+from tests.asgi import Keyed, Local, gateway_log, in_process, logged
 from tests.gateway_proc import Gateway, start_gateway
 from tests.ollama_standin import StandIn, start_standin
+
+# Markers whose tests need a real process, and fixtures that start one: each makes a test slow.
+SLOW_MARKERS = ("server", "browser", "faults", "model", "postgres", "redis")
+PROCESS_FIXTURES = frozenset({"standin", "gateway"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        if any(item.get_closest_marker(name) for name in SLOW_MARKERS) or uses & PROCESS_FIXTURES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +70,61 @@ async def local(tmp_path: Path) -> AsyncIterator[Local]:
     """The gateway in this process with default settings, asking the stand-in."""
     async with in_process(tmp_path / "data") as app:
         yield app
+
+
+@pytest.fixture
+async def aclient(local: Local) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the in-process gateway (`local`), holding the admin token."""
+    async with local.client() as client:
+        yield client
+
+
+# test_security.py's gateway: no keys, but a host name, an allowed origin, small sizes, limits.
+GUARDED = (
+    *("--allowed-hosts", "gateway.lan", "--cors-origins", "http://app.example"),
+    *("--max-body", "4096", "--max-prompt", "500", "--project-rpm", "2"),
+    *("--project-tokens-per-day", "40", "--max-streams", "2"),
+)
+# The keys of test_security.py's keyed gateway, by name: what each was made with.
+KEYS = {
+    "team": {"label": "team"},
+    "qwen-only": {"label": "qwen only", "models": ["qwen"]},
+    "slow": {"label": "slow", "limits": {"rpm": 1}},
+    "one-stream": {"label": "one stream", "limits": {"streams": 1}},
+    "revoked": {"label": "to revoke"},
+}
+
+
+def assert_no_secret_in(local: Local, log: str, secrets: list[str]) -> None:
+    """No secret in any file of the data folder, nor in anything the gateway logged."""
+    texts = [log] + [p.read_text(errors="replace") for p in local.data.rglob("*") if p.is_file()]
+    for secret in secrets:
+        for text in texts:
+            assert secret not in text
+
+
+@pytest.fixture
+async def guarded(tmp_path: Path) -> AsyncIterator[Local]:
+    """The gateway in this process with GUARDED settings; no secret reaches its files or log."""
+    with logged() as log:
+        async with in_process(tmp_path / "data", *GUARDED) as local:
+            yield local
+            await local.gateway.store.flush()
+    assert_no_secret_in(local, gateway_log(log.records), [local.admin_token])
+
+
+@pytest.fixture
+async def keyed(tmp_path: Path) -> AsyncIterator[Keyed]:
+    """The gateway in this process with the KEYS made, so asking needs one; no key nor the
+    admin token reaches its files or log."""
+    with logged() as log:
+        async with in_process(tmp_path / "data") as local, local.client() as admin:
+            made: dict[str, dict[str, Any]] = {}
+            for name, body in KEYS.items():
+                response = await admin.post("/api/v1/admin/keys", json=body)
+                assert response.status_code == 201, response.text
+                made[name] = response.json()
+            yield Keyed(local, made)
+            await local.gateway.store.flush()
+    secrets = [local.admin_token, *(key["key"] for key in made.values())]
+    assert_no_secret_in(local, gateway_log(log.records), secrets)

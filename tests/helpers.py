@@ -35,6 +35,22 @@ def only_record(client: httpx.Client, project: str) -> dict[str, Any]:
     return found[0]
 
 
+async def arecords(client: httpx.AsyncClient, **params: str | int) -> list[dict[str, Any]]:
+    """`records`, from an in-process gateway."""
+    response = await client.get("/api/v1/admin/dashboard", params=params)
+    assert response.status_code == 200, response.text
+    found: list[dict[str, Any]] = response.json()
+    return found
+
+
+async def aonly_record(client: httpx.AsyncClient, project: str) -> dict[str, Any]:
+    """`only_record`, from an in-process gateway: a call's record is written before its
+    response is, so there is nothing to wait for."""
+    found = await arecords(client, project=project)
+    assert len(found) == 1, found
+    return found[0]
+
+
 def read_events(response: httpx.Response) -> tuple[list[SSEEvent], list[str]]:
     """Read a whole SSE response the way a browser does; returns events and comments."""
     parser = SSEParser()

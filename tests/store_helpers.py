@@ -1,4 +1,5 @@
-"""Records and checks the store tests share (tests/test_store.py, tests/test_store_contract.py)."""
+"""Records and checks the store tests share (tests/test_store_tinydb.py and
+tests/test_store_contract.py)."""
 
 from __future__ import annotations
 

@@ -11,6 +11,9 @@ import pytest
 
 from tests.fault_upstream import FaultUpstream, parse_model, start_fault_upstream
 
+# Every test but the first talks to the fault upstream's own server process.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[FaultUpstream]:

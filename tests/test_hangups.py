@@ -107,3 +107,20 @@ def test_whole_answer_on_other_fronts_left_by_its_client_is_cancelled(
     found = eventually_cancelled(client, project)
 
     assert [(r["status"], r["endpoint"]) for r in found] == [("cancelled", path)]
+
+
+def test_a_client_gone_mid_body_leaves_no_traceback(gateway: Gateway) -> None:
+    """A real socket that closes halfway through the body, and the log of a real process:
+    in process, httpx.ASGITransport always delivers the whole body it was given."""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /api/v1/ai/ask_sync HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"agent": '
+        )
+    # The request log's line for it comes once the gateway has noticed the hang-up.
+    deadline = time.monotonic() + 10
+    while "status=499" not in gateway.logs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    assert "status=499" in gateway.logs()
+    assert "Traceback" not in gateway.logs()

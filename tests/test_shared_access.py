@@ -26,7 +26,7 @@ from tests.asgi import Local, in_process
 from tests.helpers import ask
 from tests.tcp_proxy import TcpProxy
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres, pytest.mark.redis]
 
 
 @pytest.fixture

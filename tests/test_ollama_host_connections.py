@@ -395,6 +395,7 @@ def tiny(request: pytest.FixtureRequest) -> Iterator[int]:
         yield port
 
 
+@pytest.mark.slow  # uvicorn in a thread on a real socket, real timeouts
 def test_protocol_header_timeout(tiny: int) -> None:
     with connect(tiny) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
@@ -404,6 +405,7 @@ def test_protocol_header_timeout(tiny: int) -> None:
     assert error_of(response, 408)["code"] == "request_timeout"
 
 
+@pytest.mark.slow  # uvicorn in a thread on a real socket, real timeouts
 def test_protocol_body_timeout(tiny: int) -> None:
     with connect(tiny) as sock:
         sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
@@ -413,11 +415,13 @@ def test_protocol_body_timeout(tiny: int) -> None:
     assert "--body-timeout" in error_of(response, 408)["message"]
 
 
+@pytest.mark.slow  # uvicorn in a thread on a real socket, real timeouts
 def test_protocol_idle_before_the_first_request(tiny: int) -> None:
     with connect(tiny) as sock:
         assert read_to_end(sock) == (b"", True)
 
 
+@pytest.mark.slow  # uvicorn in a thread on a real socket, real timeouts
 def test_protocol_never_cuts_a_stream_or_a_late_answer(tiny: int) -> None:
     # A new connection for each: an idle one may close between two requests.
     fresh = httpx.Limits(max_keepalive_connections=0)
@@ -429,6 +433,7 @@ def test_protocol_never_cuts_a_stream_or_a_late_answer(tiny: int) -> None:
     assert late.text == "ok!"
 
 
+@pytest.mark.slow  # uvicorn in a thread on a real socket, real timeouts
 @pytest.mark.parametrize(
     "second",
     [
@@ -452,6 +457,7 @@ def test_protocol_a_request_trickling_in_behind_a_stream_cuts_nothing(
 
 
 @pytest.mark.parametrize("http", PROTOCOLS)
+@pytest.mark.slow  # uvicorn in a thread on a real socket, real timeouts
 def test_protocol_cap(http: str) -> None:
     limits = ConnectionLimits(
         header_timeout=120, body_timeout=SHORT, idle_timeout=120, max_connections=3

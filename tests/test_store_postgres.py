@@ -25,6 +25,8 @@ from tests.gateway_proc import ROOT, free_port
 from tests.store_helpers import fill, newest_first, query, record, stats
 from tests.tcp_proxy import TcpProxy
 
+pytestmark = pytest.mark.postgres
+
 PASSWORD = "s3cret-pw-never-shown"
 
 
