@@ -33,7 +33,8 @@ from access.limits import Limits
 from calls.errors import CallError, UpstreamError, call_error, internal
 from calls.pipeline import Gateway
 from calls.upstream import Upstream
-from ollama_client import KeepAliveTransport, OllamaUpstream
+from http_transport import KeepAliveTransport
+from ollama_client import OllamaUpstream
 from ollama_host import __version__, requestlog
 from ollama_host.requestlog import RequestLog, configure_logging
 from ollama_host.server import is_loopback, serve, show_new_token

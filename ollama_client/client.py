@@ -34,9 +34,9 @@ from calls.types import (
     Piece,
 )
 from calls.upstream import UpstreamHealth
+from http_transport import LineTooLong, split_lines
 
 from . import wire
-from .lines import LineTooLong, split_lines
 
 _encode = msgspec.json.Encoder().encode
 _decode_chat = msgspec.json.Decoder(wire.ChatChunk).decode

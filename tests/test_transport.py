@@ -16,7 +16,8 @@ import pytest
 
 from calls.errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
 from calls.types import CallRequest, Message
-from ollama_client import KeepAliveTransport, OllamaUpstream
+from http_transport import KeepAliveTransport
+from ollama_client import OllamaUpstream
 
 Handler = Callable[["Server", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -7,9 +7,9 @@ with concurrency (shared/PERFORMANCE.md, docs/performance.md). Here an idle conn
 is taken from a stack and put back when its response body has been read to the end:
 no lock, no scan, no syscall beyond the reads and writes themselves.
 
-What it does not do, because the gateway talks to one Ollama server and needs none of
-it: proxies, HTTP/2, `Expect: 100-continue`, connection caps (Ollama queues requests
-itself). Failures leave as httpx exceptions (ConnectError, ConnectTimeout, ReadTimeout,
+What it does not do, because the gateway talks to model servers it is configured with and
+needs none of it: proxies, HTTP/2, `Expect: 100-continue`, connection caps (the gateway's
+router caps calls per upstream, and Ollama queues requests itself). Failures leave as httpx exceptions (ConnectError, ConnectTimeout, ReadTimeout,
 WriteTimeout, ReadError, WriteError, RemoteProtocolError), so callers map them as
 they would httpx's own.
 """
@@ -24,7 +24,7 @@ from typing import Any, cast
 
 import httpx
 
-# Longer lines or header blocks than this are not an Ollama server talking.
+# Longer lines or header blocks than this are not a model server talking.
 _LIMIT = 1 << 20
 # How much a connection holds unread before it stops reading the socket (and TCP pushes back
 # on the server): what a stream keeps for a client that reads slowly, or not at all.

@@ -1,0 +1,9 @@
+"""HTTP/1.1 to model servers, shared by every upstream kind: a lean keep-alive transport for
+httpx, and bounded line splitting for streamed answers (NDJSON, SSE)."""
+
+from __future__ import annotations
+
+from .lines import LineTooLong, split_lines
+from .transport import KeepAliveTransport
+
+__all__ = ["KeepAliveTransport", "LineTooLong", "split_lines"]
