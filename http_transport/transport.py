@@ -7,11 +7,11 @@ with concurrency (shared/PERFORMANCE.md, docs/performance.md). Here an idle conn
 is taken from a stack and put back when its response body has been read to the end:
 no lock, no scan, no syscall beyond the reads and writes themselves.
 
-What it does not do, because the gateway talks to model servers it is configured with and
-needs none of it: proxies, HTTP/2, `Expect: 100-continue`, connection caps (the gateway's
-router caps calls per upstream, and Ollama queues requests itself). Failures leave as httpx exceptions (ConnectError, ConnectTimeout, ReadTimeout,
-WriteTimeout, ReadError, WriteError, RemoteProtocolError), so callers map them as
-they would httpx's own.
+What it does not do, because the gateway talks only to the model servers it is configured
+with and needs none of it: proxies, HTTP/2, `Expect: 100-continue`, connection caps (the
+gateway's router caps calls per upstream, and Ollama queues requests itself). Failures leave
+as httpx exceptions (ConnectError, ConnectTimeout, ReadTimeout, WriteTimeout, ReadError,
+WriteError, RemoteProtocolError), so callers map them as they would httpx's own.
 """
 
 from __future__ import annotations
@@ -213,8 +213,20 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
+# Methods that may be sent again when a reused connection fails before answering: the server
+# cannot have acted on them in a way a second copy would repeat (Go's isReplayable).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
 class _StaleConnection(Exception):
-    """A reused connection failed before any response byte: the server had closed it."""
+    """A reused connection failed before any response byte: the server had closed it.
+
+    `written`: some of the request may have reached the server before it did.
+    """
+
+    def __init__(self, written: bool) -> None:
+        super().__init__()
+        self.written = written
 
 
 class KeepAliveTransport(httpx.AsyncBaseTransport):
@@ -249,13 +261,21 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
                 conn = await self._connect(request, key)
             try:
                 return await self._exchange(request, key, conn, head + body)
-            except _StaleConnection:
+            except _StaleConnection as stale:
                 conn.close()
                 if fresh:
                     raise httpx.RemoteProtocolError(
                         "the server closed the connection without answering", request=request
                     ) from None
-                # A reused connection the server had already closed: try the next one.
+                if stale.written and request.method not in _IDEMPOTENT:
+                    # As Go's client does: the server may have acted on it (an Ollama that
+                    # died mid-generation), and a POST is never sent twice.
+                    raise httpx.RemoteProtocolError(
+                        "the server closed a reused connection without answering; the "
+                        "request was not sent again, since the server may have acted on it",
+                        request=request,
+                    ) from None
+                # Nothing the server could act on: send it on the next connection.
             except BaseException:
                 conn.close()
                 raise
@@ -317,7 +337,13 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         message: bytes,
     ) -> httpx.Response:
         try:
+            # Raises before writing anything if the connection is known to be closed.
             conn.write(message)
+        except OSError as exc:
+            if conn.used:
+                raise _StaleConnection(written=False) from exc
+            raise httpx.WriteError(str(exc) or type(exc).__name__, request=request) from exc
+        try:
             if conn._writing_paused:
                 async with asyncio.timeout(_timeout(request, "write")):
                     await conn.drain()
@@ -325,7 +351,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             raise httpx.WriteTimeout("sending the request timed out", request=request) from exc
         except OSError as exc:
             if conn.used:
-                raise _StaleConnection from exc
+                raise _StaleConnection(written=True) from exc
             raise httpx.WriteError(str(exc) or type(exc).__name__, request=request) from exc
 
         read_timeout = _timeout(request, "read")
@@ -336,7 +362,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             raise httpx.ReadTimeout("the server sent no response in time", request=request) from exc
         except asyncio.IncompleteReadError as exc:
             if not exc.partial and conn.used:
-                raise _StaleConnection from exc
+                raise _StaleConnection(written=True) from exc
             raise httpx.RemoteProtocolError(
                 "the server closed the connection before a complete response head",
                 request=request,
@@ -347,7 +373,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             ) from exc
         except OSError as exc:
             if conn.used:
-                raise _StaleConnection from exc
+                raise _StaleConnection(written=True) from exc
             raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
         conn.used = True
 

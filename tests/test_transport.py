@@ -254,6 +254,50 @@ def test_a_reused_connection_dropped_before_answering_is_retried_on_a_new_one() 
     assert requests == 3
 
 
+def test_a_post_on_a_reused_connection_dropped_before_answering_is_never_sent_again() -> None:
+    # The server may have acted on the request before it closed (an Ollama that crashed
+    # mid-generation): Go's client does not send a POST again, and neither does this one.
+    async def drops_second(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        await server.read_request(reader)
+        writer.write(fixed(b"ok"))
+        await server.read_request(reader)
+
+    async def scenario() -> tuple[int, str, int, int]:
+        async with serving(drops_second) as server, client() as http:
+            first = (await http.post(server.url, content=b"{}")).status_code
+            try:
+                await http.post(server.url, content=b"{}")
+                failure = ""
+            except httpx.RemoteProtocolError as exc:
+                failure = str(exc)
+            return first, failure, server.connections, len(server.requests)
+
+    first, failure, connections, requests = run(scenario)
+    assert first == 200
+    assert "not sent again" in failure
+    assert (connections, requests) == (1, 2)
+
+
+def test_a_post_on_a_connection_closed_before_sending_goes_out_on_a_new_one() -> None:
+    # Nothing was written on the dead connection, so sending on a new one sends it once.
+    async def scenario() -> tuple[list[int], int, int]:
+        async with serving(answer_forever) as server, client() as http:
+            statuses = [(await http.post(server.url, content=b"{}")).status_code]
+            transport = http._transport
+            assert isinstance(transport, KeepAliveTransport)
+            for idle in transport._idle.values():
+                for conn in idle:
+                    # Closed on our side, as if the loop had seen the server go: usable()
+                    # cannot tell, the write fails before any byte leaves.
+                    conn._error = ConnectionResetError("gone")
+            statuses.append((await http.post(server.url, content=b"{}")).status_code)
+            return statuses, server.connections, len(server.requests)
+
+    statuses, connections, requests = run(scenario)
+    assert statuses == [200, 200]
+    assert (connections, requests) == (2, 2)
+
+
 def test_a_server_that_closes_without_answering_is_a_protocol_error() -> None:
     async def rude(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
         await server.read_request(reader)
