@@ -18,6 +18,7 @@ import msgspec
 from msgspec import Meta
 
 from ollama_host import __version__
+from ollama_host.envhost import ollama_url
 
 
 def setting(
@@ -56,8 +57,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         setting(
             "--ollama",
             "OLLAMA_HOST",
-            "the Ollama server: `host:port` or a URL, read as Ollama reads it (no scheme: http "
-            "and port 11434; `http://host` alone: port 80)",
+            "the Ollama server: `host:port` or a URL, read exactly as Ollama reads it (no "
+            "scheme: http and port 11434; `http://host` alone: port 80; `0.0.0.0`: this machine)",
             metavar="URL",
         ),
     ] = "http://127.0.0.1:11434"
@@ -400,36 +401,6 @@ def settings_table() -> str:
 def default_data_dir(env: Mapping[str, str]) -> Path:
     base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "ollama-host"
-
-
-def ollama_url(value: str) -> str:
-    """Read an address the way Ollama reads OLLAMA_HOST: `host:port` or a full URL.
-
-    Ollama's own rule (envconfig.Host): no scheme means http and port 11434; an
-    explicit http:// or https:// without a port means 80 or 443.
-    """
-    from urllib.parse import urlsplit
-
-    value = value.strip().rstrip("/")
-    if not value:
-        return "http://127.0.0.1:11434"
-    scheme, sep, rest = value.partition("://")
-    if not sep:
-        scheme, rest, default_port = "http", value, 11434
-    elif scheme in ("http", "https"):
-        default_port = 80 if scheme == "http" else 443
-    else:
-        raise ValueError(f"unsupported scheme {scheme!r} in Ollama address {value!r}")
-    parts = urlsplit(f"{scheme}://{rest}")
-    try:
-        port = parts.port or default_port
-    except ValueError as exc:
-        raise ValueError(f"bad port in Ollama address {value!r}") from exc
-    host = parts.hostname or "127.0.0.1"
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    path = parts.path.rstrip("/")
-    return f"{scheme}://{host}:{port}{path}"
 
 
 def _help(item: Declared) -> str:
