@@ -8,12 +8,14 @@ bounded: a line by `max_line`, a whole body by `max_body`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import msgspec
 
+from calls.collect import collect
 from calls.errors import (
     ModelNotFound,
     UpstreamBadResponse,
@@ -22,7 +24,9 @@ from calls.errors import (
     UpstreamFailed,
     UpstreamRejected,
     UpstreamTimeout,
+    UpstreamUnauthorized,
     UpstreamUnavailable,
+    UpstreamWrongAddress,
 )
 from calls.types import (
     Answer,
@@ -47,7 +51,8 @@ _decode_version = msgspec.json.Decoder(wire.Version).decode
 _decode_embed = msgspec.json.Decoder(wire.EmbedReply).decode
 _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
 _ACCEPT = [(b"Accept", b"application/json"), (b"User-Agent", b"ollama-host")]
-_JSON = [*_ACCEPT, (b"Content-Type", b"application/json")]
+_JSON = [(b"Content-Type", b"application/json")]
+log = logging.getLogger("ollama_host.upstream")
 
 # /health must answer quickly even when Ollama hangs.
 PROBE_SECONDS = 3.0
@@ -72,19 +77,52 @@ def _metrics(chunk: wire.ChatChunk | wire.GenerateChunk) -> Metrics:
     )
 
 
-def _status_error(status: int, body: bytes, model: str) -> UpstreamError:
+def _status_error(status: int, body: bytes, model: str, address: str, path: str) -> UpstreamError:
     try:
-        message = _decode_error(body).error
+        reply = _decode_error(body)
     except msgspec.DecodeError:
-        message = ""
-    message = message or body[:200].decode("utf-8", "replace").strip() or f"HTTP {status}"
+        reply = None
+    text = body[:200].decode("utf-8", "replace").strip()
+    message = (reply.error if reply else "") or text or f"HTTP {status}"
     if status == 404:
-        return ModelNotFound(message or f'model "{model}" not found')
+        if reply is not None and reply.error:
+            return ModelNotFound(message)
+        # Not Ollama's JSON error: gin's plain `404 page not found` for a path it has no
+        # route for, so the address is wrong, not the model.
+        return UpstreamWrongAddress(_wrong_address(address, path, text))
+    if status in (401, 403):
+        return UpstreamUnauthorized(_unauthorized(address, status, message, reply))
     if status == 503:
         return UpstreamBusy(message)
     if status == 400:
         return UpstreamRejected(message)
     return UpstreamFailed(f"Ollama answered {status}: {message}")
+
+
+def _wrong_address(address: str, path: str, said: str) -> str:
+    told = f"Ollama at {address} has no {path} (it answered 404 {said[:60]!r})"
+    base = httpx.URL(address)
+    if base.path.strip("/"):
+        return (
+            f"{told}: the address is probably wrong; give Ollama's root, without "
+            f"{base.path!r} (e.g. {base.scheme}://{base.netloc.decode()})"
+        )
+    return (
+        f"{told}: is it an Ollama server? An OpenAI-compatible server is an upstream of kind openai"
+    )
+
+
+def _unauthorized(address: str, status: int, message: str, reply: wire.ErrorReply | None) -> str:
+    told = f"Ollama at {address} answered {status} {message}"
+    if reply is not None and reply.signin_url:
+        # The link would tie that server to whoever opens it, so it goes to the operator's
+        # log, not to every caller.
+        log.warning("Ollama at %s needs signing in to ollama.com: %s", address, reply.signin_url)
+        return (
+            f"{told}: the model runs on ollama.com and that Ollama server is not signed in; "
+            "its administrator must run `ollama signin` there (the link is in the gateway's log)"
+        )
+    return f"{told}: the upstream refused the gateway; check the key configured for it"
 
 
 def _body(response: httpx.Response) -> AsyncIterator[bytes]:
@@ -204,6 +242,7 @@ class OllamaUpstream:
         name: str = "ollama",
         max_line: int = MAX_LINE,
         max_body: int = MAX_BODY,
+        api_key: str | None = None,
     ) -> None:
         self._transport = transport
         self.name = name
@@ -211,6 +250,11 @@ class OllamaUpstream:
         self._timeout = (timeout or httpx.Timeout(300.0)).as_dict()
         self.max_line = max_line
         self.max_body = max_body
+        # Sent to this server only (an Ollama behind a proxy that wants one, or ollama.com),
+        # held nowhere else: never logged, never in an error.
+        self._headers = list(_ACCEPT)
+        if api_key:
+            self._headers.append((b"Authorization", b"Bearer " + api_key.encode("latin-1")))
         # Parsed once: a URL string would be parsed again on every request.
         self._chat_url = httpx.URL(self.address + "/api/chat")
         self._generate_url = httpx.URL(self.address + "/api/generate")
@@ -230,9 +274,14 @@ class OllamaUpstream:
         # `stream=` rather than `content=`: the headers are complete as given, so httpx
         # skips its header merging (a tenth of an ask's CPU, measured).
         if body is None:
-            headers = [(b"Host", url.netloc), *_ACCEPT]
+            headers = [(b"Host", url.netloc), *self._headers]
         else:
-            headers = [(b"Host", url.netloc), (b"Content-Length", b"%d" % len(body)), *_JSON]
+            headers = [
+                (b"Host", url.netloc),
+                (b"Content-Length", b"%d" % len(body)),
+                *self._headers,
+                *_JSON,
+            ]
         return httpx.Request(
             method,
             url,
@@ -300,7 +349,7 @@ class OllamaUpstream:
         response = await self._send(request)
         data = await self._read(response)
         if response.status_code != 200:
-            raise _status_error(response.status_code, data, model)
+            raise _status_error(response.status_code, data, model, self.address, request.url.path)
         return data
 
     # -- the Upstream interface --------------------------------------------------------------
@@ -386,36 +435,23 @@ class OllamaUpstream:
         return self._request("POST", url, data)
 
     async def answer(self, request: CallRequest) -> Answer:
-        """A whole answer at once (`stream: false`)."""
-        model = request.model
-        body = await self._call_request(self._ask(request, stream=False), model)
-        completion = request.completion is not None
-        try:
-            piece, chunk = _piece(body, completion)
-        except msgspec.DecodeError as exc:
-            raise UpstreamBadResponse(
-                f"Ollama's answer is not JSON of the answer's shape: {exc}"
-            ) from exc
-        if chunk.error is not None:
-            raise UpstreamFailed(chunk.error)
-        piece = piece or Piece()
-        return Answer(
-            content=piece.content,
-            metrics=_metrics(chunk),
-            thinking=piece.thinking,
-            tool_calls=piece.tool_calls,
-            upstream=self.name,
-        )
+        """A whole answer, asked for as a stream and collected (calls/collect.py): asked with
+        `stream: false`, Ollama sends nothing until the end, and the read timeout, meant as
+        the wait for the next byte, would cap the whole answer."""
+        return await collect(await self.open_stream(request), self.max_body)
 
     async def open_stream(self, request: CallRequest) -> OllamaStream:
         """Start a streamed answer; returns once Ollama has accepted it (status 200).
 
         The caller must `aclose()` the returned stream.
         """
-        response = await self._send(self._ask(request, stream=True))
+        ask = self._ask(request, stream=True)
+        response = await self._send(ask)
         if response.status_code != 200:
             body = await self._read(response)
-            raise _status_error(response.status_code, body, request.model)
+            raise _status_error(
+                response.status_code, body, request.model, self.address, ask.url.path
+            )
         return OllamaStream(
             response, self.address, self.name, request.completion is not None, self.max_line
         )

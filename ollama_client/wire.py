@@ -90,6 +90,8 @@ class EmbedReply(msgspec.Struct):
 
 class ErrorReply(msgspec.Struct):
     error: str = ""
+    # With a 401 for a cloud model while the server is not signed in to ollama.com.
+    signin_url: str = ""
 
 
 class TagModel(msgspec.Struct):

@@ -22,7 +22,13 @@ garbage=1      stream: one token line, then a line that is not JSON, then end;
                non-stream: 200 with body ``not json``
 nometrics=1    omit every metric field from the done line / reply (Go ``omitempty``)
 think=1        the first two chunks' messages also carry ``"thinking": "hmm "``
+thinking=N     stream: N chunks carrying only ``"thinking": "t{i} "`` (empty content) before the
+               answer; with stall=0 the stream stalls right after them (a model still thinking)
 =============  ===============================================================================
+
+A 401 is answered as Ollama answers a cloud model while it is not signed in to ollama.com:
+``{"error": "unauthorized", "signin_url": "https://ollama.com/connect?..."}``. A path with no
+route gets gin's plain-text ``404 page not found``, as from Ollama itself.
 
 A misspelt directive or value is answered with 400 ``{"error": "stand-in: ..."}`` so test typos
 fail loudly instead of silently using defaults.
@@ -82,12 +88,15 @@ TRICKY_TOKENS: Final = [
 # Ollama's own messages for the statuses a test may ask for with [[status=CODE]].
 STATUS_MESSAGES: Final = {
     400: "bad request",
+    401: "unauthorized",
     404: "model not found, try pulling it first",
     499: "client disconnected",
     500: "llama runner process has terminated",
     503: "server busy, please try again.  maximum pending requests exceeded",
 }
 
+# What Ollama sends with a 401 for a cloud model (server/routes.go signinURLStr).
+SIGNIN_URL: Final = "https://ollama.com/connect?name=standin&key=c3RhbmQtaW4ta2V5"
 _MODIFIED_AT: Final = "2025-01-15T10:20:30.123456789Z"
 _JSON: Final = b"application/json; charset=utf-8"  # what gin sends with c.JSON
 _NDJSON: Final = b"application/x-ndjson"  # what Ollama sends for streams
@@ -217,6 +226,7 @@ _PARSERS: Final[dict[str, Callable[[str], object]]] = {
     "garbage": _flag,
     "nometrics": _flag,
     "think": _flag,
+    "thinking": _non_negative_int,
 }
 
 
@@ -234,6 +244,7 @@ class Plan:
     garbage: bool = False
     nometrics: bool = False
     think: bool = False
+    thinking: int = 0
 
     @classmethod
     def from_messages(cls, messages: list[Any]) -> Plan:
@@ -278,6 +289,10 @@ class CallRecord(msgspec.Struct):
     stream: bool = True
     messages: Any = msgspec.field(default_factory=list)
     options: Any = None
+    # The other generation fields as the request sent them (absent: None).
+    think: Any = None
+    keep_alive: Any = None
+    format: Any = None
     ended: float | None = None
     tokens_sent: int = 0
     finished: bool = False  # a done:true line / reply was sent
@@ -493,6 +508,9 @@ class _ChatEndpoint:
         messages = req.get("messages")
         record.model = model_name
         record.options = req.get("options")
+        record.think = req.get("think")
+        record.keep_alive = req.get("keep_alive")
+        record.format = req.get("format")
         if isinstance(messages, list):
             record.messages = messages
         if stream is None:
@@ -540,7 +558,10 @@ class _ChatEndpoint:
             return
         if plan.status is not None:
             text = STATUS_MESSAGES.get(plan.status, f"stand-in status {plan.status}")
-            await exchange.reply(plan.status, _error_body(text))
+            body = _error_body(text)
+            if plan.status == 401:
+                body = _encode({"error": text, "signin_url": SIGNIN_URL})
+            await exchange.reply(plan.status, body)
             return
 
         self.state.loaded[model.name] = time.time() + 300
@@ -623,6 +644,13 @@ class _Turn:
         await exchange.start(200, _NDJSON)
         gen_start = time.perf_counter_ns()
         head = b'{"model":%s,"created_at":"' % _encode(self.model)
+        for t in range(plan.thinking):
+            if plan.delay > 0 and t > 0:
+                await anyio.sleep(plan.delay)
+            await exchange.chunk(
+                b'%s%s","message":{"role":"assistant","content":"","thinking":"t%d "},'
+                b'"done":false}\n' % (head, _clock.now(), t)
+            )
         n = len(self.tokens)
         # Where the stream breaks off, counted in token lines already sent.
         stall_at = None if plan.stall is None else min(plan.stall, n)
@@ -755,7 +783,12 @@ def create_app(models: list[str] | None = None) -> Starlette:
         Route("/_standin/reset", reset, methods=["POST"]),
         Route("/_standin/open", open_streams, methods=["GET"]),
     ]
-    return Starlette(routes=routes)
+
+    async def no_route(request: Request, exc: Exception) -> Response:
+        # gin's NoRoute answer, which Ollama sends for a path it does not serve.
+        return Response(b"404 page not found", status_code=404, media_type="text/plain")
+
+    return Starlette(routes=routes, exception_handlers={404: no_route})
 
 
 def main(argv: list[str] | None = None) -> None:
