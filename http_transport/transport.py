@@ -604,19 +604,26 @@ class _Dechunker:
 
     def feed(self, data: bytes) -> bytes:
         """The body data in `data`; sets `done` once the body is complete."""
-        if not (self._left or self._crlf or self._head or self.ending):
-            # The common case when streaming: exactly one whole chunk, nothing more.
-            eol = data.find(b"\r\n")
-            if eol > 0:
-                start = eol + 2
-                try:
-                    size = int(data[:eol], 16)
-                except ValueError:
-                    size = -1  # a chunk extension, or garbage: the careful path decides
-                if size > 0 and len(data) == start + size + 2 and data.endswith(b"\r\n"):
-                    return data[start : start + size]
         out: list[bytes] = []
         pos = 0
+        if not (self._left or self._crlf or self._head or self.ending):
+            # The common cases: one whole chunk (a streamed token), or whole chunks back to
+            # back (a short answer that arrived at once). Anything else (a chunk split across
+            # reads, the last chunk, an extension or garbage) is left to the careful path.
+            n = len(data)
+            while (eol := data.find(b"\r\n", pos)) > pos:
+                try:
+                    size = int(data[pos:eol], 16)
+                except ValueError:
+                    break
+                start = eol + 2
+                end = start + size
+                if size <= 0 or end + 2 > n or data[end : end + 2] != b"\r\n":
+                    break
+                out.append(data[start:end])
+                pos = end + 2
+                if pos == n:
+                    return out[0] if len(out) == 1 else b"".join(out)
         while pos < len(data) and not self.done:
             if self.ending:
                 self._trailers(data[pos:])

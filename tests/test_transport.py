@@ -502,3 +502,17 @@ def test_a_body_its_encoding_does_not_describe_is_a_bad_response() -> None:
     bad = run(scenario)
     assert bad is not None
     assert "could not be decoded" in bad.message
+
+
+def test_the_dechunker_gives_the_same_body_however_the_reads_fall() -> None:
+    # Whole chunks back to back take a fast path; every other cut goes the careful way.
+    from http_transport.transport import _Dechunker
+
+    wire = b"3\r\nabc\r\n1;x=1\r\nd\r\n4\r\nefgh\r\n2\r\nij\r\n0\r\nT: 1\r\n\r\n"
+    request = httpx.Request("GET", "http://x")
+    for first in range(len(wire) + 1):
+        for second in range(first, len(wire) + 1):
+            chunks = _Dechunker(request)
+            parts = [wire[:first], wire[first:second], wire[second:]]
+            body = b"".join(chunks.feed(part) for part in parts if part)
+            assert (body, chunks.done) == (b"abcdefghij", True), (first, second)
