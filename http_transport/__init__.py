@@ -3,7 +3,8 @@ httpx, and bounded line splitting for streamed answers (NDJSON, SSE)."""
 
 from __future__ import annotations
 
+from .bodies import body_stream
 from .lines import LineTooLong, split_lines
 from .transport import KeepAliveTransport
 
-__all__ = ["KeepAliveTransport", "LineTooLong", "split_lines"]
+__all__ = ["KeepAliveTransport", "LineTooLong", "body_stream", "split_lines"]
