@@ -19,7 +19,6 @@ from contextlib import asynccontextmanager
 from types import ModuleType
 from typing import Any
 
-import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -27,14 +26,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+import upstreams
 from access.guard import Guard
 from access.keys import Access, KeyRing
 from access.limits import Limits
 from calls.errors import CallError, UpstreamError, call_error, internal
 from calls.pipeline import Gateway
 from calls.upstream import Upstream
-from http_transport import KeepAliveTransport
-from ollama_client import OllamaUpstream
 from ollama_host import __version__, requestlog
 from ollama_host.requestlog import RequestLog, configure_logging
 from ollama_host.server import is_loopback, serve, show_new_token
@@ -50,22 +48,6 @@ log = logging.getLogger("ollama_host")
 MODULES: tuple[ModuleType, ...] = (seed, admin, keys, health, docs, page)
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
-
-
-def make_upstream(settings: Settings) -> Upstream:
-    """The upstream the settings describe: one Ollama server."""
-    # The lean transport replaces httpcore's pool, whose cost grows with concurrency, and
-    # OllamaUpstream hands it httpx requests without AsyncClient's layers
-    # (docs/performance.md). No connection cap: Ollama queues requests itself, and a stream
-    # holds its connection for minutes. No proxy variables are read: they must never
-    # reroute a local upstream.
-    return OllamaUpstream(
-        KeepAliveTransport(max_idle=100, read_buffer=settings.stream_buffer),
-        settings.ollama_url,
-        httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
-        max_line=settings.max_upstream_line,
-        max_body=settings.max_upstream_body,
-    )
 
 
 def renderer(modules: Sequence[ModuleType]) -> Callable[[str], Callable[[CallError], Response]]:
@@ -154,7 +136,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         usage = store or open_store(settings.data_path, retention_days=settings.retention_days)
         try:
-            up = upstream or make_upstream(settings)
+            up = upstream or upstreams.build(settings)
             try:
                 gateway = Gateway(
                     up,
@@ -238,10 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if new_token:
         show_new_token(settings, new_token)
     log.info(
-        "Ollama Host on http://%s:%d, asking Ollama at %s, usage in %s",
+        "Ollama Host on http://%s:%d, asking %s, usage in %s",
         settings.host,
         settings.port,
-        settings.ollama_url,
+        upstreams.describe(settings),
         settings.data_path,
     )
     return serve(app, settings)

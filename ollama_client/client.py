@@ -38,7 +38,7 @@ from calls.types import (
     Piece,
 )
 from calls.upstream import UpstreamHealth
-from http_transport import LineTooLong, split_lines
+from http_transport import LineTooLong, body_stream, split_lines
 
 from . import wire
 
@@ -125,16 +125,6 @@ def _unauthorized(address: str, status: int, message: str, reply: wire.ErrorRepl
     return f"{told}: the upstream refused the gateway; check the key configured for it"
 
 
-def _body(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The response body as it arrives, its Content-Encoding undone."""
-    stream = response.stream
-    if "content-encoding" in response.headers or not isinstance(stream, httpx.AsyncByteStream):
-        return response.aiter_bytes()
-    # Nothing to undo: the transport's bytes as they are, without httpx's decoder and
-    # chunker generators in between (two generator hops per streamed token).
-    return aiter(stream)
-
-
 def _piece(
     line: bytes, completion: bool
 ) -> tuple[Piece | None, wire.ChatChunk | wire.GenerateChunk]:
@@ -172,7 +162,7 @@ class OllamaStream:
 
     async def batches(self) -> AsyncIterator[list[Piece]]:
         try:
-            async for lines in split_lines(_body(self._response), self._max_line):
+            async for lines in split_lines(body_stream(self._response), self._max_line):
                 pieces: list[Piece] = []
                 try:
                     for line in lines:
@@ -232,6 +222,8 @@ class OllamaUpstream:
     """
 
     kind = "ollama"
+    # Ollama reads `llama3` as `llama3:latest` itself: a model goes as the caller named it.
+    exact_model_names = False
 
     def __init__(
         self,
@@ -322,7 +314,7 @@ class OllamaUpstream:
         parts: list[bytes] = []
         size = 0
         try:
-            async for part in _body(response):
+            async for part in body_stream(response):
                 size += len(part)
                 if size > self.max_body:
                     raise UpstreamBadResponse(

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from calls.upstream import Upstream
 from ollama_client import OllamaUpstream
 from tests import ollama_standin
 from tests.asgi import Local, in_process
@@ -17,6 +18,8 @@ from tests.gateway_proc import start_gateway
 from tests.helpers import ask, assert_error, unique, wait_record
 from tests.ollama_standin import SIGNIN_URL, StandIn
 from tests.sse import SSEParser
+from upstreams.config import UpstreamSpec
+from upstreams.router import Member, Router
 
 pytestmark = pytest.mark.anyio
 
@@ -80,11 +83,16 @@ def test_a_cancelled_stream_that_only_thought_is_charged(standin: StandIn, tmp_p
     assert_error(again, 429, "rate_limited")
 
 
-async def test_a_wrong_path_is_told_from_a_missing_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("routed", [False, True], ids=["alone", "routed"])
+async def test_a_wrong_path_is_told_from_a_missing_model(tmp_path: Path, routed: bool) -> None:
     # gin answers a path it has no route for with a plain `404 page not found`; that is a
     # wrong address (here --ollama .../v1), not a missing model.
+    upstream: Upstream = ollama_at("/v1")
+    if routed:
+        spec = UpstreamSpec(name="ollama", url="http://ollama.test:11434/v1")
+        upstream = Router([Member(spec, ollama_at("/v1"), 5.0)])
     async with (
-        in_process(tmp_path / "data", upstream=ollama_at("/v1")) as app,
+        in_process(tmp_path / "data", upstream=upstream) as app,
         app.client() as client,
     ):
         models = await client.get("/api/v1/ai/models")
