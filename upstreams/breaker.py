@@ -21,9 +21,12 @@ State = Literal["closed", "open", "half-open"]
 
 
 class Breaker:
-    def __init__(self, cooldown: float) -> None:
-        # The first wait after opening; each reopening without a success doubles it.
+    def __init__(self, cooldown: float, retry: float) -> None:
+        # The first wait after opening for bad answers; each reopening without a success
+        # doubles it. An unreachable server is probed every `retry` seconds instead: trying
+        # to connect costs nothing, and calls wait for it.
         self.cooldown = cooldown
+        self.retry = retry
         self.state: State = "closed"
         self.failures = 0  # in a row
         self.opened = 0  # times opened since the last success
@@ -62,5 +65,5 @@ class Breaker:
         self.state = "open"
         self.hard = hard
         self.opened += 1
-        wait = self.cooldown if hard else self.cooldown * 2 ** (self.opened - 1)
+        wait = self.retry if hard else self.cooldown * 2 ** (self.opened - 1)
         self.until = now + min(wait, MAX_COOLDOWN)

@@ -115,7 +115,7 @@ class Member:
         self.error: str | None = None
         self.failure: str | None = None
         self.checked: UpstreamError | None = None
-        self.breaker = Breaker(cooldown)
+        self.breaker = Breaker(cooldown, retry=min(1.0, cooldown))
         self.next_check = 0.0
         self.current = 0.0  # smooth weighted round robin
 
