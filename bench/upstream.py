@@ -197,14 +197,16 @@ class Upstream(asyncio.Protocol):
 async def serve(host: str, port: int) -> None:
     state = State()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Upstream(state), host, port, backlog=4096)
+    # Several comma-separated addresses: one process that looks like several upstreams.
+    hosts = host.split(",")
+    server = await loop.create_server(lambda: Upstream(state), hosts, port, backlog=4096)
     async with server:
         await server.serve_forever()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="address(es), comma-separated")
     parser.add_argument("--port", type=int, required=True)
     args: Any = parser.parse_args(argv)
     uvloop.run(serve(args.host, args.port))

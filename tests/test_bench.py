@@ -65,3 +65,10 @@ def test_wrk_percentiles_are_read_from_the_distribution_not_the_stdev_column() -
     assert parsed["p99"] == 1020.0
     assert parsed["rps"] == 2715.92
     assert (parsed["requests"], parsed["non2xx"]) == (13605, 3)
+
+
+def test_wrk_percentiles_in_seconds_with_trailing_space_are_read() -> None:
+    # wrk pads a figure in seconds ("1.96s ") to line it up with the others.
+    report = WRK_REPORT.replace("     99%    1.02s\n", "     99%    1.96s \n")
+
+    assert parse_wrk(report)["p99"] == 1960.0
