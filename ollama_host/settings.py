@@ -112,6 +112,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "OLLAMA_GATEWAY_UPSTREAM_QUEUE",
             "calls that may wait in the gateway for a free slot when every upstream with "
             "their model is at its cap (503 past it); each waits at most `--timeout`",
+            metavar="N",
             ge=0,
         ),
     ] = 512

@@ -505,6 +505,7 @@ class Router:
         """Start the health checks, and wait for the first reading of the model lists."""
         if self._monitor is None and not self._closed:
             self._monitor = asyncio.ensure_future(self._watch())
+            self._monitor.add_done_callback(_monitor_ended)
         if not self._looked:
             await self._refresh()
             self._looked = True
@@ -587,6 +588,13 @@ class Router:
 
 def _now() -> float:
     return asyncio.get_running_loop().time()
+
+
+def _monitor_ended(task: asyncio.Task[None]) -> None:
+    # The health checks only stop with the router; anything else is a bug, told loudly,
+    # since without them an upstream that went down would never come back.
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("the upstream health checks stopped", exc_info=exc)
 
 
 def _cloud_message(model: str) -> str:
