@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from calls.collect import collect
+from calls.collect import whole
 from calls.errors import (
     ModelNotFound,
     UpstreamBadResponse,
@@ -45,6 +45,8 @@ from . import wire
 _encode = msgspec.json.Encoder().encode
 _decode_chat = msgspec.json.Decoder(wire.ChatChunk).decode
 _decode_generate = msgspec.json.Decoder(wire.GenerateChunk).decode
+_decode_chats = msgspec.json.Decoder(list[wire.ChatChunk]).decode
+_decode_generates = msgspec.json.Decoder(list[wire.GenerateChunk]).decode
 _decode_error = msgspec.json.Decoder(wire.ErrorReply).decode
 _decode_tags = msgspec.json.Decoder(wire.RawTags).decode
 _decode_version = msgspec.json.Decoder(wire.Version).decode
@@ -125,21 +127,24 @@ def _unauthorized(address: str, status: int, message: str, reply: wire.ErrorRepl
     return f"{told}: the upstream refused the gateway; check the key configured for it"
 
 
+def _piece_of(chunk: wire.ChatChunk | wire.GenerateChunk) -> Piece | None:
+    """A chunk's piece of the answer; None if it carries none."""
+    if isinstance(chunk, wire.GenerateChunk):
+        if chunk.response or chunk.thinking:
+            return Piece(chunk.response, chunk.thinking)
+        return None
+    message = chunk.message
+    if message is None or not (message.content or message.thinking or message.tool_calls):
+        return None
+    return message
+
+
 def _piece(
     line: bytes, completion: bool
 ) -> tuple[Piece | None, wire.ChatChunk | wire.GenerateChunk]:
     """One NDJSON line: its piece of the answer (None if it carries none), and the chunk."""
-    chunk: wire.ChatChunk | wire.GenerateChunk
-    if completion:
-        chunk = _decode_generate(line)
-        if chunk.response or chunk.thinking:
-            return Piece(chunk.response, chunk.thinking), chunk
-        return None, chunk
-    chunk = _decode_chat(line)
-    message = chunk.message
-    if message is None or not (message.content or message.thinking or message.tool_calls):
-        return None, chunk
-    return message, chunk
+    chunk = _decode_generate(line) if completion else _decode_chat(line)
+    return _piece_of(chunk), chunk
 
 
 class OllamaStream:
@@ -190,8 +195,37 @@ class OllamaStream:
             ) from exc
         except httpx.DecodingError as exc:
             raise UpstreamBadResponse(f"Ollama's answer could not be decoded: {exc}") from exc
+        self.end()
+
+    def end(self) -> Metrics:
+        """The stream has ended: its final account, which it must have brought."""
         if self.metrics is None:
             raise UpstreamBadResponse("Ollama's stream ended without its final `done` line")
+        return self.metrics
+
+    def whole(self, body: bytes) -> Answer:
+        """The answer a whole streamed body makes, read at once."""
+        lines = [line for line in body.split(b"\n") if line.strip()]
+        try:
+            # Every line in one decode, as the JSON array they make: a decode per line was
+            # most of what taking a short answer apart cost.
+            chunks = (_decode_generates if self._completion else _decode_chats)(
+                b"[" + b",".join(lines) + b"]"
+            )
+        except msgspec.DecodeError:
+            # A line that is not a chunk: line by line, to fail on that line, as a stream does.
+            pieces = [piece for line in lines if (piece := self._line(line)) is not None]
+            return whole(pieces, self.end(), self.upstream)
+        pieces = []
+        for chunk in chunks:
+            if chunk.error is not None:
+                raise UpstreamFailed(chunk.error)
+            if chunk.done:
+                self.metrics = _metrics(chunk)
+            piece = _piece_of(chunk)
+            if piece is not None:
+                pieces.append(piece)
+        return whole(pieces, self.end(), self.upstream)
 
     def _line(self, line: bytes) -> Piece | None:
         if not line.strip():
@@ -427,10 +461,21 @@ class OllamaUpstream:
         return self._request("POST", url, data)
 
     async def answer(self, request: CallRequest) -> Answer:
-        """A whole answer, asked for as a stream and collected (calls/collect.py): asked with
-        `stream: false`, Ollama sends nothing until the end, and the read timeout, meant as
-        the wait for the next byte, would cap the whole answer."""
-        return await collect(await self.open_stream(request), self.max_body)
+        """A whole answer, asked for as a stream (calls/collect.py): asked with `stream: false`,
+        Ollama sends nothing until the end, and the read timeout, meant as the wait for the
+        next byte, would cap the whole answer. The stream is read whole, within max_body, and
+        taken apart at once, which costs a fraction of relaying it piece by piece."""
+        ask = self._ask(request, stream=True)
+        response = await self._send(ask)
+        body = await self._read(response)
+        if response.status_code != 200:
+            raise _status_error(
+                response.status_code, body, request.model, self.address, ask.url.path
+            )
+        parser = OllamaStream(
+            response, self.address, self.name, request.completion is not None, self.max_line
+        )
+        return parser.whole(body)
 
     async def open_stream(self, request: CallRequest) -> OllamaStream:
         """Start a streamed answer; returns once Ollama has accepted it (status 200).

@@ -3,7 +3,8 @@
 
 For llama.cpp's `llama-server`, vLLM, LM Studio, or Ollama's own /v1. Answers are always asked
 for as streams (`stream_options.include_usage` brings the token counts in the last chunk), and
-whole answers are collected from them, so the read timeout is the wait for the next byte.
+a whole answer is such a stream read to its end, so the read timeout is the wait for the next
+byte.
 llama-server's `timings` (prompt_ms, predicted_ms) become the metrics' prompt and generation
 seconds. Failures leave as the gateway's neutral `calls.errors.UpstreamError`s; every read is
 bounded, a line by `max_line`, a whole body by `max_body`.
@@ -22,7 +23,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from calls.collect import collect
+from calls.collect import whole
 from calls.errors import (
     ModelNotFound,
     UpstreamBadResponse,
@@ -272,8 +273,13 @@ class OpenAIStream:
             ) from exc
         except httpx.DecodingError as exc:
             raise UpstreamBadResponse(f"the server's answer could not be decoded: {exc}") from exc
-        if self._tools.calls:
-            yield [Piece(tool_calls=self._tools.take())]
+        last = self.end()
+        if last is not None:
+            yield [last]
+
+    def end(self) -> Piece | None:
+        """The stream has ended: set its metrics, and return the tool calls still held."""
+        last = Piece(tool_calls=self._tools.take()) if self._tools.calls else None
         if not (self._done or self._finish):
             raise UpstreamBadResponse(
                 f"the stream from {self._address} ended before the answer did (no "
@@ -292,6 +298,15 @@ class OpenAIStream:
             prompt_eval_seconds=prompt,
             eval_seconds=predicted,
         )
+        return last
+
+    def whole(self, body: bytes) -> Answer:
+        """The answer a whole streamed body makes, read at once."""
+        pieces = [piece for line in body.split(b"\n") if (piece := self._line(line)) is not None]
+        if (last := self.end()) is not None:
+            pieces.append(last)
+        assert self.metrics is not None  # end() sets them
+        return whole(pieces, self.metrics, self.upstream)
 
     def _line(self, line: bytes) -> Piece | None:
         # SSE: `data:` lines carry the chunks; comments (`:`), `event:` lines and the blank
@@ -520,8 +535,17 @@ class OpenAIUpstream:
         return self._request("POST", self._completions_url, _encode(body))
 
     async def answer(self, request: CallRequest) -> Answer:
-        """A whole answer, asked for as a stream and collected (calls/collect.py)."""
-        return await collect(await self.open_stream(request), self.max_body)
+        """A whole answer, asked for as a stream (calls/collect.py), read whole within
+        max_body, and taken apart at once."""
+        ask = self._ask(request)
+        response = await self._send(ask)
+        body = await self._read(response)
+        if response.status_code != 200:
+            raise _status_error(response.status_code, body, self.address, ask.url.path)
+        parser = OpenAIStream(
+            response, self.address, self.name, request.completion is not None, self.max_line
+        )
+        return parser.whole(body)
 
     async def open_stream(self, request: CallRequest) -> OpenAIStream:
         """Start a streamed answer; returns once the server has accepted it (status 200)."""

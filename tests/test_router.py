@@ -103,7 +103,10 @@ class Fake:
         return []
 
     async def answer(self, request: CallRequest) -> Answer:
-        raise AssertionError("the router collects streams")
+        stream = await self.open_stream(request)
+        content = "".join([p.content async for batch in stream.batches() for p in batch])
+        assert stream.metrics is not None
+        return Answer(content=content, metrics=stream.metrics, upstream=self.name)
 
     async def open_stream(self, request: CallRequest) -> FakeStream:
         self.calls.append(request.model)
@@ -260,24 +263,41 @@ async def test_a_failure_before_the_first_piece_is_tried_once_elsewhere(where: s
         a.refuse = [UpstreamFailed("a: runner crashed")]
     else:
         a.fail_at = 0
-    routed = router(a, b)
+    stream = await router(a, b).open_stream(ask())
 
-    answer = await routed.answer(ask())
+    got = [p.content async for batch in stream.batches() for p in batch]
+    await stream.aclose()
 
-    assert (answer.upstream, answer.attempts, answer.content) == ("b", 2, "a b ")
+    assert (stream.upstream, stream.attempts, got) == ("b", 2, ["a ", "b "])
     assert (len(a.calls), len(b.calls)) == (1, 1)
 
 
 async def test_a_failure_after_the_first_piece_is_never_tried_again() -> None:
     a, b = Fake("a", ["llama3"]), Fake("b", ["llama3"])
     a.fail_at = 1
-    routed = router(a, b)
+    stream = await router(a, b).open_stream(ask())
+    got: list[str] = []
+
+    async def read() -> None:
+        async for batch in stream.batches():
+            got.extend(p.content for p in batch)
 
     with pytest.raises(UpstreamFailed) as failed:
-        await routed.answer(ask())
+        await read()
+    await stream.aclose()
 
+    assert got == ["a "]
     assert (failed.value.upstream, failed.value.attempts) == ("a", 1)
     assert b.calls == []
+
+
+async def test_a_whole_answer_reached_nobody_so_any_failure_is_tried_elsewhere() -> None:
+    a, b = Fake("a", ["llama3"]), Fake("b", ["llama3"])
+    a.fail_at = 1
+
+    answer = await router(a, b).answer(ask())
+
+    assert (answer.upstream, answer.attempts, answer.content) == ("b", 2, "a b ")
 
 
 async def test_only_once_and_never_on_the_same_upstream() -> None:

@@ -48,7 +48,6 @@ def build(settings: Settings, env: Mapping[str, str] | None = None) -> Router:
         allow_cloud=settings.allow_cloud,
         max_waiting=settings.upstream_queue,
         wait_seconds=settings.timeout,
-        max_chars=settings.max_upstream_body,
     )
 
 

@@ -14,9 +14,10 @@ so the pipeline never knows it has more than one.
   first waiter that can use it, so a newcomer never overtakes the line.
 - Health: see breaker.py. An upstream that is down leaves the routing at once and comes
   back by itself when its health check answers again.
-- Failover: a call whose upstream fails before the first piece of its answer has reached
+- Failover: a stream whose upstream fails before the first piece of its answer has reached
   the pipeline is tried once more on another upstream that has the model, never on the same
-  one; after the first piece, never. Records name the upstream and the number of tries.
+  one; after the first piece, never. A whole answer reaches nobody until it is complete, so
+  any failure of one is tried once elsewhere. Records name the upstream and the tries.
 - With a single upstream, a model it does not list still goes to it (it answers for itself,
   as before there were several).
 """
@@ -32,7 +33,6 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from calls.collect import collect
 from calls.errors import (
     CloudModelRefused,
     ModelNotFound,
@@ -184,7 +184,6 @@ class Router:
         allow_cloud: bool = False,
         max_waiting: int = 512,
         wait_seconds: float = 600.0,
-        max_chars: int = 64 << 20,
         probe_seconds: float = PROBE_SECONDS,
     ) -> None:
         if not members:
@@ -194,7 +193,6 @@ class Router:
         self.allow_cloud = allow_cloud
         self.max_waiting = max_waiting
         self.wait_seconds = wait_seconds
-        self.max_chars = max_chars
         self.probe_seconds = probe_seconds
         # An upstream found down is probed this often; one that is up, every interval.
         self._retry = min(1.0, interval)
@@ -256,9 +254,25 @@ class Router:
         return [m.health(sum(m in w.members for w in self._waiters)) for m in self.members]
 
     async def answer(self, request: CallRequest) -> Answer:
-        """A whole answer, collected from a stream: failover then means the same as for a
-        stream (before the first piece), and --timeout the wait for the next byte."""
-        return await collect(await self.open_stream(request), self.max_chars)
+        """A whole answer. Nothing of it reaches the client before it is complete, so any
+        failure is tried once on another upstream."""
+        self._refuse_cloud(request.model)
+        await self._ready()
+        tried: list[Member] = []
+        failure: UpstreamError | None = None
+        while True:
+            member = await self._next(request.model, tried, failure)
+            try:
+                result = await member.upstream.answer(self._own(member, request))
+            except UpstreamError as exc:
+                self._failed(member, exc, request.model)
+                failure = exc
+                continue
+            finally:
+                self._release(member)
+            self._succeeded(member, _key(request.model))
+            result.upstream, result.attempts = member.name, len(tried)
+            return result
 
     async def open_stream(self, request: CallRequest) -> RoutedStream:
         self._refuse_cloud(request.model)
