@@ -355,8 +355,11 @@ def routing(setup: Setup) -> list[str]:
                     via = wrk(setup, url + "/api/v1/ai/ask_sync", _ask("hello", project), c)
                     cpu = (sampler.cpu() - cpu0) / max(1, via["requests"])
                     recorded = wait_records(url, project, None, via["requests"], 30)
-                if via["non2xx"] or via["socket_errors"]:
-                    setup.fail(f"routing {count}: {via['non2xx']} non-2xx, {via['socket_errors']}")
+                if via["non2xx"] or via["socket_errors"] or not via["requests"]:
+                    setup.fail(
+                        f"routing {count}: {via['requests']} answers, {via['non2xx']} non-2xx, "
+                        f"socket errors {via['socket_errors']}"
+                    )
                 if not via["requests"] <= recorded <= via["requests"] + c:
                     setup.fail(f"routing {count}: {via['requests']} answers, {recorded} records")
                 results[count].append(via["rps"])

@@ -9,7 +9,7 @@ schedule so lines never drift).
 
 Every streamed token's content is `"<index>:<monotonic_ns> "`: the time the line was
 written, on the machine-wide monotonic clock, so a client in another process can measure
-how long each token took to reach it. GET /_standin/calls lists the streamed calls with
+how long each token took to reach it. GET /_standin/calls lists the streamed calls with a delay, with
 the stand-in's own field names (`disconnected`, `disconnected_at`, `finished`,
 `tokens_sent`); POST /_standin/reset clears it.
 
@@ -155,7 +155,11 @@ class Upstream(asyncio.Protocol):
         found = _DELAY.search(body)
         delay = float(found.group(1)) if found else 0.0
         call = Call(n=len(self.state.calls) + 1, started=time.time())
-        self.state.calls.append(call)
+        if delay:
+            # Only streams that take time are watched (the cancellation section reads them);
+            # keeping every instant answer too grew the list by one per ask, and its garbage
+            # collections stalled this upstream for longer and longer.
+            self.state.calls.append(call)
         self.stream = call
         assert self.transport is not None
         head = (
