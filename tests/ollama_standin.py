@@ -36,7 +36,8 @@ fail loudly instead of silently using defaults.
 Test-only observation endpoints live under ``/_standin/``: ``GET calls`` (one record per
 /api/chat request, in arrival order), ``POST reset`` and ``GET open``.
 
-Run as a script: ``python tests/ollama_standin.py --host 127.0.0.1 --port PORT [--models a,b]``,
+Run as a script: ``python tests/ollama_standin.py --host 127.0.0.1 --port PORT [--models a,b]
+[--delay S]`` (``--delay``: a slow server, S seconds between streamed lines unless asked otherwise),
 or from Python with :func:`start_standin`.
 """
 
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import re
 import socket
@@ -301,7 +303,9 @@ class CallRecord(msgspec.Struct):
 
 
 class _State:
-    def __init__(self, model_names: list[str]) -> None:
+    def __init__(self, model_names: list[str], delay: float = 0.0) -> None:
+        # A slow server: seconds between streamed lines when the message asks for no delay.
+        self.delay = delay
         self.models: dict[str, _Model] = {}
         for name in model_names:
             model = _Model.make(name)
@@ -556,6 +560,8 @@ class _ChatEndpoint:
         except ValueError as exc:
             await exchange.reply(400, _error_body(f"stand-in: {exc}"))
             return
+        if self.state.delay and not plan.delay:
+            plan = dataclasses.replace(plan, delay=self.state.delay)
         if plan.status is not None:
             text = STATUS_MESSAGES.get(plan.status, f"stand-in status {plan.status}")
             body = _error_body(text)
@@ -716,8 +722,8 @@ class _Turn:
 # --------------------------------------------------------------------------------------------
 
 
-def create_app(models: list[str] | None = None) -> Starlette:
-    state = _State(models if models else DEFAULT_MODELS)
+def create_app(models: list[str] | None = None, *, delay: float = 0.0) -> Starlette:
+    state = _State(models if models else DEFAULT_MODELS, delay)
 
     def json_response(body: bytes, status: int = 200) -> Response:
         return Response(body, status_code=status, media_type=_JSON.decode())
@@ -798,10 +804,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=11434)
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated")
+    parser.add_argument("--delay", type=float, default=0.0, help="a slow server: S between lines")
     args = parser.parse_args(argv)
     models = [name.strip() for name in args.models.split(",") if name.strip()]
     uvicorn.run(
-        create_app(models),
+        create_app(models, delay=args.delay),
         host=args.host,
         port=args.port,
         loop="auto",  # uvloop when importable
@@ -923,7 +930,9 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, timeout: float) -> b
     return False
 
 
-def start_standin(*, models: list[str] | None = None, port: int | None = None) -> StandIn:
+def start_standin(
+    *, models: list[str] | None = None, port: int | None = None, delay: float = 0.0
+) -> StandIn:
     """Start a stand-in server process on a free loopback port (or `port`) and wait for it."""
     attempts = 1 if port is not None else 3  # a picked free port can be taken before we bind
     failure = ""
@@ -932,6 +941,8 @@ def start_standin(*, models: list[str] | None = None, port: int | None = None) -
         command = [sys.executable, str(_SCRIPT), "--host", "127.0.0.1", "--port", str(chosen)]
         if models:
             command += ["--models", ",".join(models)]
+        if delay:
+            command += ["--delay", str(delay)]
         # stderr goes to a file, not a pipe: nobody drains a pipe during a long benchmark.
         stderr = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the StandIn
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)

@@ -141,6 +141,45 @@ def test_calls_go_where_the_model_is_loaded(
     assert [c for c in a.calls() if c["messages"]] == []
 
 
+def test_then_calls_go_to_the_least_busy(
+    three: tuple[StandIn, StandIn, StandIn], tmp_path: Path
+) -> None:
+    a, _, _ = three
+    project = unique("busy")
+    with start_standin(models=["llama3"], delay=0.3) as slow:
+        # llama3 loaded on both: the next rule decides, how busy each is.
+        for server in (slow, a):
+            httpx.post(server.url + "/api/chat", json={"model": "llama3", "messages": []})
+        with (
+            gateway_for(tmp_path, f"slow={slow.url}", f"a={a.url}") as gateway,
+            gateway.client() as client,
+        ):
+            body = ask(content="long [[tokens=8]]", project=project)
+            with client.stream("POST", STREAM, json=body) as held:
+                reading = read_until(held, "token")  # on slow, first of equals, for 2.4 s
+                quick = [
+                    client.post(
+                        SYNC, json=ask(content="[[tokens=1]] [[delay=0.01]]", project=project)
+                    )
+                    for _ in range(3)
+                ]
+                del reading
+
+            def all_four() -> list[dict[str, Any]]:
+                found: list[dict[str, Any]] = client.get(
+                    "/api/v1/admin/dashboard", params={"project": project}
+                ).json()
+                return found
+
+            # The held stream's record lands when the gateway sees its client go.
+            eventually(lambda: len(all_four()) == 4)
+            found = all_four()
+
+    assert [r.status_code for r in quick] == [200] * 3
+    by_upstream = sorted((r["upstream"], r["streamed"]) for r in found)
+    assert by_upstream == [("a", False), ("a", False), ("a", False), ("slow", True)]
+
+
 def test_a_busy_upstreams_cap_makes_calls_wait_in_the_gateway_not_fail(
     three: tuple[StandIn, StandIn, StandIn], tmp_path: Path
 ) -> None:
