@@ -9,8 +9,8 @@ schedule so lines never drift).
 
 Every streamed token's content is `"<index>:<monotonic_ns> "`: the time the line was
 written, on the machine-wide monotonic clock, so a client in another process can measure
-how long each token took to reach it. GET /_standin/calls lists the streamed calls with a delay, with
-the stand-in's own field names (`disconnected`, `disconnected_at`, `finished`,
+how long each token took to reach it. GET /_standin/calls lists the streamed calls that had
+a delay, with the stand-in's own field names (`disconnected`, `disconnected_at`, `finished`,
 `tokens_sent`); POST /_standin/reset clears it.
 
 python bench/upstream.py --port P

@@ -92,6 +92,11 @@ class UpstreamUnavailable(UpstreamError):
     code = "upstream_unavailable"
 
 
+class UpstreamUnreachable(UpstreamUnavailable):
+    """No connection to the server could be made at all (refused, no route, a connect that
+    timed out): it is down, unlike a connection that broke, which may be one connection."""
+
+
 class UpstreamTimeout(UpstreamError):
     """The server accepted the connection but did not answer in time."""
 

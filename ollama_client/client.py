@@ -26,6 +26,7 @@ from calls.errors import (
     UpstreamTimeout,
     UpstreamUnauthorized,
     UpstreamUnavailable,
+    UpstreamUnreachable,
     UpstreamWrongAddress,
 )
 from calls.types import (
@@ -320,7 +321,7 @@ class OllamaUpstream:
         """The UpstreamError an httpx failure stands for; None for one that is not a failure
         of talking to Ollama (a bug here, which must surface as it is)."""
         if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
-            return UpstreamUnavailable(
+            return UpstreamUnreachable(
                 f"cannot reach Ollama at {self.address} ({exc or type(exc).__name__}); "
                 "is it running? Set --ollama or OLLAMA_HOST to its address"
             )

@@ -34,6 +34,7 @@ from calls.errors import (
     UpstreamTimeout,
     UpstreamUnauthorized,
     UpstreamUnavailable,
+    UpstreamUnreachable,
     UpstreamWrongAddress,
 )
 from calls.types import (
@@ -410,7 +411,7 @@ class OpenAIUpstream:
 
     def _failure(self, exc: httpx.HTTPError) -> UpstreamError | None:
         if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
-            return UpstreamUnavailable(
+            return UpstreamUnreachable(
                 f"cannot reach the OpenAI-compatible server at {self.address} "
                 f"({exc or type(exc).__name__}); is it running?"
             )

@@ -172,10 +172,12 @@ def test_a_killed_server_fails_its_streams_loses_new_calls_and_comes_back(
         stop.set()
         (killed,) = done
         survivor = running.pop().result(timeout=60)
+        # The broken stream set off a check, which cannot connect: l1 leaves the routing.
+        eventually(lambda: upstreams(site)["l1"]["circuit"] == "open")
+        down = upstreams(site)["l1"]
         new = client.post(
             SYNC, json=ask(MODEL, "Say hi.", project=after, options={"num_predict": 8})
         )
-        down = upstreams(site)["l1"]
 
         llamas[0].start().wait_ready()
         eventually(lambda: upstreams(site)["l1"]["circuit"] == "closed")

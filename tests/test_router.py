@@ -20,6 +20,7 @@ from calls.errors import (
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
+    UpstreamUnreachable,
 )
 from calls.types import (
     Answer,
@@ -51,7 +52,7 @@ class FakeStream:
     async def batches(self) -> AsyncIterator[list[Piece]]:
         for i, text in enumerate(self.pieces):
             if i == self.fail_at:
-                raise UpstreamFailed(f"{self.server.name} crashed after {i} pieces")
+                raise self.server.fail_with(f"{self.server.name} failed after {i} pieces")
             if self.server.hold is not None:
                 await self.server.hold.wait()
             yield [Piece(text)]
@@ -76,17 +77,21 @@ class Fake:
         self.calls: list[str] = []
         # Raised by the next open_stream calls, one each.
         self.refuse: list[UpstreamError] = []
-        # The next streams fail at this piece (0: before any).
+        # The next streams fail at this piece (0: before any), with this.
         self.fail_at: int | None = None
+        self.fail_with: type[UpstreamError] = UpstreamFailed
         # While set and not yet set, streams wait before each piece (they hold their slot).
         self.hold: asyncio.Event | None = None
+        # Seconds its model list takes (a busy server).
+        self.slow = 0.0
 
     def _check(self) -> None:
         if self.down:
-            raise UpstreamUnavailable(f"cannot reach {self.address}")
+            raise UpstreamUnreachable(f"cannot reach {self.address}")
 
     async def models(self) -> list[ModelInfo]:
         self._check()
+        await asyncio.sleep(self.slow)
         return self.listing
 
     async def loaded(self) -> list[dict[str, Any]]:
@@ -403,3 +408,58 @@ async def test_embeddings_fail_over_too() -> None:
     result = await router(a, b).embed(EmbedRequest(model="nomic", input=["x", "y"]))
 
     assert (result.upstream, result.attempts, len(result.vectors)) == ("b", 2, 2)
+
+
+async def test_a_slow_health_check_does_not_take_the_only_upstream_out() -> None:
+    a = Fake("a", ["llama3"])
+    routed = router(a, interval=0.05, probe_seconds=0.05)
+    await routed.models()
+    a.slow = 0.2  # every check now misses its deadline
+
+    async def missed() -> bool:
+        return (await routed.health())[0].error is not None
+
+    await eventually(missed)
+    answer = await routed.answer(ask())
+
+    assert answer.upstream == "a"
+    await routed.aclose()
+
+
+async def test_a_broken_connection_is_checked_at_once_and_a_dead_server_leaves() -> None:
+    a, b = Fake("a", ["llama3"], loaded=["llama3"]), Fake("b", ["llama3"])
+    a.fail_at, a.fail_with = 1, UpstreamUnavailable  # its connection breaks mid-answer
+    routed = router(a, b)
+    stream = await routed.open_stream(ask())
+    pieces = stream.batches()
+    await anext(pieces)
+    a.down = True  # and the server is gone: the check that follows cannot connect
+    with pytest.raises(UpstreamUnavailable):
+        await anext(pieces)
+    await stream.aclose()
+
+    async def left() -> bool:
+        return {h.name: h.circuit for h in await routed.health()}["a"] == "open"
+
+    await eventually(left)
+    assert (await routed.answer(ask())).attempts == 1
+
+
+async def test_one_broken_connection_on_a_live_server_keeps_it_in_routing() -> None:
+    a, b = Fake("a", ["llama3"], loaded=["llama3"]), Fake("b", ["llama3"])
+    a.fail_at, a.fail_with = 1, UpstreamUnavailable
+    routed = router(a, b)
+    stream = await routed.open_stream(ask())
+    with pytest.raises(UpstreamUnavailable):
+        [p async for batch in stream.batches() for p in batch]
+    await stream.aclose()
+    a.fail_at = None
+
+    async def checked() -> bool:
+        return not routed._checks  # the check the break set off is done
+
+    await eventually(checked)
+    answer = await routed.answer(ask())
+
+    assert {h.name: h.circuit for h in await routed.health()}["a"] == "closed"
+    assert (answer.upstream, answer.attempts) == ("a", 1)

@@ -1,9 +1,11 @@
 """A circuit breaker: when an upstream keeps failing, stop sending it calls for a while.
 
-- closed: calls go there. A connection failure opens it at once (the server is down); a
-  server error or an unreadable answer opens it after `THRESHOLD` in a row.
+- closed: calls go there. A server that cannot be connected to at all opens it at once (it
+  is down); a server error, an unreadable answer, a broken connection or a health check
+  that took too long open it after `THRESHOLD` in a row.
 - open: no calls. After the cooldown the router's health check probes it (half-open).
-- half-open: the probe answered. Opened by connection failures, that is enough: closed.
+- half-open: the probe answered. Opened because it could not be reached, that is enough:
+  closed.
   Opened by bad answers, the health check proves little (a server can list its models and
   still answer garbage), so one call at a time may go there as a trial: a success closes
   it, a failure opens it again for twice as long, up to `MAX_COOLDOWN`. So an upstream that

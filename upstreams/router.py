@@ -44,6 +44,7 @@ from calls.errors import (
     UpstreamTimeout,
     UpstreamUnauthorized,
     UpstreamUnavailable,
+    UpstreamUnreachable,
     UpstreamWrongAddress,
 )
 from calls.models import canonical, is_cloud
@@ -56,7 +57,7 @@ from .config import UpstreamSpec
 log = logging.getLogger("ollama_host.upstreams")
 T = TypeVar("T")
 
-# A health check answers within this, or counts as a connection failure.
+# A health check answers within this, or counts as a bad answer.
 PROBE_SECONDS = 3.0
 # A model nobody lists makes the router read every model list again, at most this often.
 MISS_REFRESH = 1.0
@@ -200,6 +201,7 @@ class Router:
         self._monitor: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Future[None] | None = None
         self._refreshed_at = -MISS_REFRESH
+        self._checks: dict[Member, asyncio.Task[None]] = {}
         self._looked = False
         self._closed = False
 
@@ -308,6 +310,8 @@ class Router:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
+        for task in list(self._checks.values()):
+            task.cancel()
         for waiter in self._waiters:
             if not waiter.future.done():
                 waiter.future.set_exception(UpstreamUnavailable("the gateway is stopping"))
@@ -361,8 +365,7 @@ class Router:
                 except _NoOther:
                     names = ", ".join(m.name for m in self.members)
                     raise ModelNotFound(
-                        f"no upstream has the model {model!r} (asked: {names}); "
-                        "pull it on one of them first"
+                        f"no upstream has the model {model!r} (asked: {names})"
                     ) from None
         tried.append(member)
         return member
@@ -507,8 +510,12 @@ class Router:
         if not isinstance(exc, _UNWELL):
             return
         was = member.breaker.state
-        member.breaker.failure(_now(), hard=isinstance(exc, UpstreamUnavailable))
+        member.breaker.failure(_now(), hard=isinstance(exc, UpstreamUnreachable))
         member.failure = exc.message
+        if isinstance(exc, UpstreamUnavailable) and member.breaker.state != "open":
+            # A connection broke: one connection, or the whole server? A check tells at
+            # once (a server that is gone refuses it), rather than the next call finding out.
+            self._check_soon(member)
         if member.breaker.state == "open" and was != "open":
             log.warning(
                 "upstream %s leaves the routing (%s): %s", member.name, exc.code, exc.message
@@ -523,6 +530,12 @@ class Router:
         if not self._looked:
             await self._refresh()
             self._looked = True
+
+    def _check_soon(self, member: Member) -> None:
+        if member not in self._checks and not self._closed:
+            task = asyncio.ensure_future(self._check(member))
+            self._checks[member] = task
+            task.add_done_callback(lambda _: self._checks.pop(member, None))
 
     async def _refresh(self, *, miss: bool = False) -> None:
         """Read every routable upstream's models again (one reading at a time, shared by
@@ -563,12 +576,13 @@ class Router:
         try:
             models = await self._probe(upstream.models())
         except UpstreamError as exc:
-            ok, hard, error = False, isinstance(exc, UpstreamUnavailable), exc.message
+            ok, hard, error = False, isinstance(exc, UpstreamUnreachable), exc.message
             member.checked = exc
         except TimeoutError:
-            ok, hard = False, True
+            # Slow, not gone: a busy server (or a starved gateway) can miss a probe.
+            ok = False
             error = f"{upstream.address} did not answer within {self.probe_seconds:g} s"
-            member.checked = UpstreamUnavailable(error)
+            member.checked = UpstreamTimeout(error)
         else:
             ok, error = True, None
             member.checked = None
