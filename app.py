@@ -28,16 +28,18 @@ from starlette.types import Receive, Scope, Send
 
 import upstreams
 from access.guard import Guard
-from access.keys import Access, KeyRing
+from access.keys import Access, SecretsError
 from access.limits import Limits
 from calls.errors import CallError, UpstreamError, call_error, internal
 from calls.pipeline import Gateway
 from calls.upstream import Upstream
 from ollama_host import __version__, requestlog
+from ollama_host.backends import SetupError, keys_exist, open_access, open_shared
 from ollama_host.requestlog import RequestLog, configure_logging
 from ollama_host.server import is_loopback, serve, show_new_token
 from ollama_host.settings import Settings, parse_settings
-from routes import admin, docs, health, keys, openapi, page, seed
+from ollama_host.workers import refuse_workers, run_workers
+from routes import admin, docs, health, keys, ollama_api, openai_api, openapi, page, seed
 from routes.common import encoder, error_response, with_request_id
 from routes.streaming import SERVER_SEND
 from store import StoreError, UsageStore, open_store
@@ -45,7 +47,9 @@ from store import StoreError, UsageStore, open_store
 log = logging.getLogger("ollama_host")
 
 # Each module exports `routes` and an `openapi` description of them.
-MODULES: tuple[ModuleType, ...] = (seed, admin, keys, health, docs, page)
+# The router tries routes in this order, a regex each: the fronts first, the one with the
+# fewest routes before the one with the most.
+MODULES: tuple[ModuleType, ...] = (seed, openai_api, ollama_api, admin, keys, health, docs, page)
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
@@ -102,7 +106,7 @@ def create_app(
     The store opens (and the upstream is made) at startup unless given already.
     """
     if access is None:
-        access, _ = Access.open(settings.data_path, settings.admin_token)
+        access, _ = open_access(settings.store, settings.data_path, settings.admin_token)
     render_for = renderer(modules)
 
     def respond(request: Request, error: CallError) -> Response:
@@ -123,6 +127,11 @@ def create_app(
         headers = dict(exc.headers or {})
         return respond(request, CallError(exc.status_code, code, message, headers=headers))
 
+    async def on_store_error(request: Request, exc: Exception) -> Response:
+        # A database store that cannot be reached for a read; asking goes on meanwhile.
+        error = CallError(503, "store_unavailable", str(exc), headers={"Retry-After": "1"})
+        return respond(request, error)
+
     async def on_crash(request: Request, exc: Exception) -> Response:
         # Starlette logs the traceback after this; the client gets no trace of it, only the
         # request id to find it by. This runs outside RequestLog, hence the scope's state.
@@ -134,7 +143,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        usage = store or open_store(settings.data_path, retention_days=settings.retention_days)
+        usage = store or open_store(
+            settings.store or settings.data_path, retention_days=settings.retention_days
+        )
+        shared = open_shared(settings.redis, access.scope) if settings.redis else None
+        if shared is not None:
+            await shared.check()
+            access.tickets = shared
         try:
             up = upstream or upstreams.build(settings)
             try:
@@ -142,7 +157,7 @@ def create_app(
                     up,
                     usage,
                     access,
-                    Limits(settings),
+                    Limits(settings, shared),
                     max_prompt=settings.max_prompt,
                     max_output=settings.max_record_output,
                 )
@@ -154,7 +169,10 @@ def create_app(
             finally:
                 await up.aclose()
         finally:
+            if shared is not None:
+                await shared.aclose()
             await usage.aclose()
+            access.close()
 
     app = GatewayApp(
         routes=[route for module in modules for route in module.routes],
@@ -175,6 +193,7 @@ def create_app(
             CallError: on_call_error,
             UpstreamError: on_call_error,
             HTTPException: on_http_error,
+            StoreError: on_store_error,
             500: on_crash,
         },
     )
@@ -191,20 +210,35 @@ def create_app(
     return app
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, worker_fd: int | None = None) -> int:
+    """Run the gateway; with worker_fd, as one of --workers N on that listening socket."""
     settings = parse_settings(argv)
     configure_logging(settings)
+    if worker_fd is None and (why := refuse_workers(settings)):
+        log.error("%s", why)
+        return 1
     try:
-        # Opened here, not in the lifespan, so that a locked or unusable data folder
-        # ends the program with one clear line instead of a startup traceback.
-        store = open_store(settings.data_path, retention_days=settings.retention_days)
-    except StoreError as exc:
+        if settings.redis:
+            open_shared(settings.redis, "check")  # a bad address stops the start here
+        # The secrets are read first, writing nothing, so that a damaged one stops the start
+        # before the journal is replayed or anything is made (one line, no traceback).
+        any_keys = keys_exist(
+            settings.store,
+            settings.data_path,
+            settings.admin_token,
+            reset=settings.reset_admin_token,
+        )
+        # Opened here, not in the lifespan, so that a locked or unusable data folder or
+        # database ends the program with one clear line instead of a startup traceback.
+        store = open_store(
+            settings.store or settings.data_path, retention_days=settings.retention_days
+        )
+    except (SecretsError, StoreError, SetupError) as exc:
         log.error("%s", exc)
         return 1
     # Checked before any admin token is made: a refused start must not leave behind a token
     # that nobody was shown.
-    keys_exist = KeyRing(settings.data_path).active
-    if not is_loopback(settings.host) and not keys_exist and not settings.admin_token:
+    if not is_loopback(settings.host) and not any_keys and not settings.admin_token:
         log.error(
             "refusing to listen on %s: anyone who can reach it could use Ollama and read every "
             "prompt. Create an API key first (on 127.0.0.1: POST /api/v1/admin/keys), or set "
@@ -213,20 +247,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         asyncio.run(store.aclose())
         return 1
-    access, new_token = Access.open(
-        settings.data_path, settings.admin_token, reset=settings.reset_admin_token
-    )
-    app = create_app(settings, store=store, access=access)
+    try:
+        # A worker never resets the token: the process that started it has.
+        reset = settings.reset_admin_token and worker_fd is None
+        access, new_token = open_access(
+            settings.store, settings.data_path, settings.admin_token, reset=reset
+        )
+    except (SecretsError, StoreError) as exc:  # damaged since it was read above
+        log.error("%s", exc)
+        asyncio.run(store.aclose())
+        return 1
     if new_token:
         show_new_token(settings, new_token)
-    log.info(
-        "Ollama Host on http://%s:%d, asking %s, usage in %s",
-        settings.host,
-        settings.port,
-        upstreams.describe(settings),
-        settings.data_path,
-    )
-    return serve(app, settings)
+    where = store.health().path
+    if settings.workers > 1 and worker_fd is None:
+        # Each worker opens the store and the keys itself; this process only watches them.
+        asyncio.run(store.aclose())
+        access.close()
+        return run_workers(settings, argv)
+    app = create_app(settings, store=store, access=access)
+    if worker_fd is None:
+        log.info(
+            "Ollama Host on http://%s:%d, asking %s, usage in %s",
+            settings.host,
+            settings.port,
+            upstreams.describe(settings),
+            where,
+        )
+    return serve(app, settings, fd=worker_fd)
 
 
 if __name__ == "__main__":

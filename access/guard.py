@@ -11,7 +11,8 @@ never buffers a body or a stream.
   with credentials.
 - Body: a declared length over --max-body is refused before reading; a chunked
   body is cut off when it passes the limit.
-- Admin: /api/v1/admin/* and the dashboard page need the admin token, as
+- Admin: /api/v1/admin/* and the dashboard page need the admin token (`/` only when a
+  browser asks for HTML: to anything else it answers as Ollama's `/` does), as
   `Authorization: Bearer`, as the session cookie, or once as `?token=` (which
   sets the cookie and redirects to the same URL without it).
 """
@@ -43,6 +44,12 @@ _EXPOSED = b"X-Request-Id, X-Next-Cursor, Link, Retry-After"
 
 def is_admin_path(path: str) -> bool:
     return path in ADMIN_PAGES or path.startswith(ADMIN_PREFIXES)
+
+
+def wants_page(method: str, accept: bytes) -> bool:
+    """Whether a request for `/` is a browser's, for the dashboard. Anything else is a client
+    probing for Ollama (as Ollama's own `/` answers), which needs no token."""
+    return method != "HEAD" and b"text/html" in accept
 
 
 @functools.lru_cache(maxsize=1024)
@@ -182,7 +189,10 @@ class Guard:
             await _respond(send, self.render, scope["path"], self._too_large(), cors)
             return
 
-        if is_admin_path(scope["path"]):
+        path = scope["path"]
+        if is_admin_path(path) and (
+            path != "/" or wants_page(scope["method"], headers.get(b"accept", b""))
+        ):
             done = await self._admin(scope, headers, send, cors)
             if done:
                 return

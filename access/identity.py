@@ -35,9 +35,12 @@ class Credentials(msgspec.Struct, frozen=True):
     user_key: str | None = None
 
 
-def identify(access: Access, credentials: Credentials) -> Caller:
+async def identify(access: Access, credentials: Credentials) -> Caller:
     """Who is asking, or CallError 401. Asking needs a key once any key exists."""
-    caller = _identify(access, credentials)
+    holder = None
+    if credentials.ticket is not None:
+        holder = await access.tickets.redeem(credentials.ticket)
+    caller = _identify(access, credentials, holder)
     if caller.fingerprint is None and credentials.user_key:
         # No key of its own (the admin, or anyone while no key exists): a seed client's
         # free-form user_key still groups its calls, as a fingerprint.
@@ -47,10 +50,9 @@ def identify(access: Access, credentials: Credentials) -> Caller:
     return caller
 
 
-def _identify(access: Access, credentials: Credentials) -> Caller:
+def _identify(access: Access, credentials: Credentials, holder: str | None) -> Caller:
     ring = access.keys
     if credentials.ticket is not None:
-        holder = ring.redeem_ticket(credentials.ticket)
         if holder is None:
             raise unauthorized("this stream ticket is unknown, used or expired; get a new one")
         if holder == ADMIN:
@@ -88,7 +90,7 @@ def check_model(caller: Caller, model: str) -> None:
         raise CallError(403, "model_not_allowed", f"this key may not use the model {model!r}")
 
 
-def ticket(access: Access, caller: Caller) -> str:
+async def ticket(access: Access, caller: Caller) -> str:
     """A single-use ticket that lets an EventSource stream as `caller`."""
     holder = caller.key.id if caller.key else (ADMIN if caller.admin else ANYONE)
-    return access.keys.issue_ticket(holder)
+    return await access.tickets.issue(holder)

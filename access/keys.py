@@ -1,10 +1,14 @@
-"""Secrets: the admin token, callers' API keys, stream tickets, and fingerprints.
+"""Secrets: the admin token, callers' API keys, and fingerprints.
 
 No secret is ever stored or logged as itself. The admin token and API keys are
 kept as SHA-256 hashes (they are long random strings, so a plain hash cannot be
 reversed by guessing), and compared in constant time. A caller's free-form
 `user_key`, which may be short, is kept only as an HMAC under a secret that
 lives in the data folder.
+
+`Keys` is the seam for where API keys are kept: `KeyRing` keeps them in `keys.json` in the
+data folder, for one gateway; access.pg_keys keeps them in PostgreSQL, for several. Stream
+tickets have their own seam, access.tickets.
 """
 
 from __future__ import annotations
@@ -14,33 +18,78 @@ import hmac
 import os
 import secrets
 import threading
-import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import msgspec
 from msgspec import Meta
 
 from calls.models import canonical
 
+from .tickets import MemoryTickets, Tickets
+
 SECRET_FILE = "fingerprint.key"  # noqa: S105 (a file name, not a secret)
 KEYS_FILE = "keys.json"
 ADMIN_FILE = "admin-token.json"
 KEY_PREFIX = "ohk_"
-TICKET_SECONDS = 60.0
 ADMIN = "admin"  # a ticket holder that is the admin, not a key
 ANYONE = ""  # a ticket holder while no key exists
 
 
-def load_or_create_secret(folder: Path) -> bytes:
-    path = folder / SECRET_FILE
+# Shorter than this, a fingerprint secret could be guessed, and with it every user_key
+# behind a fingerprint; the gateway makes 32 bytes.
+MIN_SECRET_BYTES = 16
+
+
+class SecretsError(Exception):
+    """A secrets file in the data folder cannot be used; the message says which and what to do.
+
+    The gateway must not start then, nor replace the file: a reset API key file would
+    reopen a closed gateway, a new fingerprint secret would orphan every fingerprint.
+    """
+
+
+def _read(path: Path) -> bytes | None:
+    """The file's bytes, or None if it does not exist."""
     try:
-        return bytes.fromhex(path.read_text().strip())
+        return path.read_bytes()
     except FileNotFoundError:
-        pass
-    secret = secrets.token_bytes(32)
-    _write_private(path, secret.hex().encode())
+        return None
+    except OSError as exc:
+        raise SecretsError(
+            f"cannot read {path}: {exc.strerror}; fix its permissions or the data folder's, "
+            "then start again"
+        ) from None
+
+
+def read_secret(folder: Path) -> bytes | None:
+    """The fingerprint secret, or None if none was made yet. Never writes."""
+    path = folder / SECRET_FILE
+    raw = _read(path)
+    if raw is None:
+        return None
+    try:
+        secret = bytes.fromhex(raw.decode("ascii").strip())
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+        problem = f"is not hex ({exc})"
+    else:
+        if len(secret) >= MIN_SECRET_BYTES:
+            return secret
+        problem = f"holds {len(secret)} bytes, fewer than the {MIN_SECRET_BYTES} a secret needs"
+    raise SecretsError(
+        f"{path} {problem}: it is the secret behind every user fingerprint. Restore it from a "
+        "backup; or delete it and a new one is made, after which new fingerprints no longer "
+        "match those already recorded. Not starting"
+    )
+
+
+def load_or_create_secret(folder: Path) -> bytes:
+    secret = read_secret(folder)
+    if secret is None:
+        secret = secrets.token_bytes(32)
+        _write_private(folder / SECRET_FILE, secret.hex().encode())
     return secret
 
 
@@ -66,9 +115,28 @@ def _write_private(path: Path, data: bytes) -> None:
 # -- the admin token -------------------------------------------------------------
 
 
+Sha256 = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+
+
 class AdminTokenFile(msgspec.Struct):
-    sha256: str
+    sha256: Sha256
     created: str
+
+    @classmethod
+    def read(cls, folder: Path) -> AdminTokenFile | None:
+        """The stored token hash, or None if no token was made yet. Never writes."""
+        path = folder / ADMIN_FILE
+        raw = _read(path)
+        if raw is None:
+            return None
+        try:
+            return msgspec.json.decode(raw, type=cls)
+        except msgspec.DecodeError as exc:
+            raise SecretsError(
+                f"{path} is damaged ({exc}), so the admin token cannot be checked. Start once "
+                "from a terminal with --reset-admin-token to make a new token (shown once), "
+                "set OLLAMA_GATEWAY_ADMIN_TOKEN, or restore the file from a backup. Not starting"
+            ) from None
 
 
 class AdminToken:
@@ -76,10 +144,20 @@ class AdminToken:
 
     def __init__(self, token_hash: str, session_secret: bytes) -> None:
         self._hash = token_hash
+        self._session_secret = session_secret
         # The browser's cookie holds a value derived from the token, not the token.
-        self.session = hmac.new(
-            session_secret, b"admin-session:" + token_hash.encode(), hashlib.sha256
+        self.session = self._session_of(token_hash)
+
+    def _session_of(self, token_hash: str) -> str:
+        return hmac.new(
+            self._session_secret, b"admin-session:" + token_hash.encode(), hashlib.sha256
         ).hexdigest()
+
+    def rehash(self, token_hash: str) -> None:
+        """Follow a token made elsewhere (reset through another gateway on the same database)."""
+        if token_hash != self._hash:
+            self._hash = token_hash
+            self.session = self._session_of(token_hash)
 
     @classmethod
     def setup(
@@ -92,16 +170,11 @@ class AdminToken:
         """
         if configured:
             return cls(sha256(configured), session_secret), None
-        path = folder / ADMIN_FILE
-        if not reset:
-            try:
-                stored = msgspec.json.decode(path.read_bytes(), type=AdminTokenFile)
-                return cls(stored.sha256, session_secret), None
-            except FileNotFoundError:
-                pass
+        if not reset and (stored := AdminTokenFile.read(folder)) is not None:
+            return cls(stored.sha256, session_secret), None
         token = secrets.token_urlsafe(32)
         record = AdminTokenFile(sha256=sha256(token), created=datetime.now(UTC).isoformat())
-        _write_private(path, msgspec.json.encode(record))
+        _write_private(folder / ADMIN_FILE, msgspec.json.encode(record))
         return cls(record.sha256, session_secret), token
 
     def check_token(self, presented: str) -> bool:
@@ -116,7 +189,7 @@ class AdminToken:
 Limit = Annotated[int, Meta(ge=0)]
 
 
-class KeyLimits(msgspec.Struct, kw_only=True, omit_defaults=True):
+class KeyLimits(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
     """A key's own limits; None falls back to the gateway's per-key defaults, 0 means none."""
 
     rpm: Limit | None = None
@@ -136,6 +209,8 @@ class ApiKey(msgspec.Struct, kw_only=True):
     # `llama3:latest` (and the other way round), but not `llama3:8b`, `:cloud` or `:local`.
     models: list[str] | None = None
     limits: KeyLimits = msgspec.field(default_factory=KeyLimits)
+    # The accounting project of this key's calls when a call names none.
+    project: str | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -151,18 +226,89 @@ class ApiKey(msgspec.Struct, kw_only=True):
         return any(canonical(allowed) == wanted for allowed in self.models)
 
 
+class Keys(Protocol):
+    """Where the API keys are kept. Reads come from memory: they run on every call."""
+
+    @property
+    def active(self) -> bool:
+        """True once any key was ever made: from then on, asking needs a key."""
+        ...
+
+    def all(self) -> list[ApiKey]: ...
+
+    def get(self, key_id: str) -> ApiKey | None: ...
+
+    def verify(self, presented: str) -> ApiKey | None:
+        """The live key `presented` is, or None."""
+        ...
+
+    async def create(
+        self,
+        label: str,
+        models: list[str] | None,
+        limits: KeyLimits,
+        *,
+        project: str | None = None,
+    ) -> tuple[ApiKey, str]:
+        """A new key: its stored form and the key itself, which is shown once."""
+        ...
+
+    async def update(self, key: ApiKey) -> None:
+        """Store a changed key. A revoked key stays revoked."""
+        ...
+
+    def close(self) -> None:
+        """Let go of what the keys hold (a connection, a thread)."""
+        ...
+
+
+def new_key(
+    label: str, models: list[str] | None, limits: KeyLimits, *, project: str | None = None
+) -> tuple[ApiKey, str]:
+    """A new key's stored form and the key itself."""
+    key_id = secrets.token_hex(4)
+    plain = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    key = ApiKey(
+        id=key_id,
+        label=label,
+        sha256=sha256(plain),
+        created=datetime.now(UTC).isoformat(),
+        models=models,
+        limits=limits,
+        project=project,
+    )
+    return key, plain
+
+
+def verify_key(keys: Mapping[str, ApiKey], presented: str) -> ApiKey | None:
+    """The live key among `keys` that `presented` is, or None. Constant time in the secret."""
+    if not presented.startswith(KEY_PREFIX):
+        return None
+    key_id = presented[len(KEY_PREFIX) :].split("_", 1)[0]
+    key = keys.get(key_id)
+    # Compare even when the id is unknown, so timing says nothing about which ids exist.
+    expected = key.sha256 if key else "0" * 64
+    if hmac.compare_digest(sha256(presented), expected) and key and key.revoked is None:
+        return key
+    return None
+
+
 class KeyRing:
     """The API keys, in `keys.json` in the data folder. Thread-safe; writes are atomic."""
 
     def __init__(self, folder: Path) -> None:
         self._path = folder / KEYS_FILE
         self._lock = threading.Lock()
+        raw = _read(self._path)
         try:
-            keys = msgspec.json.decode(self._path.read_bytes(), type=list[ApiKey])
-        except FileNotFoundError:
-            keys = []
+            keys = [] if raw is None else msgspec.json.decode(raw, type=list[ApiKey])
+        except msgspec.DecodeError as exc:
+            raise SecretsError(
+                f"{self._path} is damaged ({exc}), so the API keys cannot be read. Restore it "
+                "from a backup. Moving it aside drops every key, and with no key on record "
+                "anyone who can reach the gateway may ask. Not starting"
+            ) from None
         self._keys = {key.id: key for key in keys}
-        self._tickets: dict[str, tuple[float, str]] = {}
 
     @property
     def active(self) -> bool:
@@ -181,67 +327,55 @@ class KeyRing:
     def _save(self) -> None:
         _write_private(self._path, msgspec.json.encode(self.all()))
 
-    def create(self, label: str, models: list[str] | None, limits: KeyLimits) -> tuple[ApiKey, str]:
-        """A new key: returns its stored form and the key itself, which is shown once."""
-        key_id = secrets.token_hex(4)
-        plain = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
-        key = ApiKey(
-            id=key_id,
-            label=label,
-            sha256=sha256(plain),
-            created=datetime.now(UTC).isoformat(),
-            models=models,
-            limits=limits,
-        )
+    async def create(
+        self,
+        label: str,
+        models: list[str] | None,
+        limits: KeyLimits,
+        *,
+        project: str | None = None,
+    ) -> tuple[ApiKey, str]:
+        key, plain = new_key(label, models, limits, project=project)
         with self._lock:
-            self._keys[key_id] = key
+            self._keys[key.id] = key
             self._save()
         return key, plain
 
-    def update(self, key: ApiKey) -> None:
+    async def update(self, key: ApiKey) -> None:
         with self._lock:
             self._keys[key.id] = key
             self._save()
 
     def verify(self, presented: str) -> ApiKey | None:
-        """The live key `presented` is, or None. Constant time in the secret part."""
-        if not presented.startswith(KEY_PREFIX):
-            return None
-        key_id = presented[len(KEY_PREFIX) :].split("_", 1)[0]
-        key = self._keys.get(key_id)
-        # Compare even when the id is unknown, so timing says nothing about which ids exist.
-        expected = key.sha256 if key else "0" * 64
-        if hmac.compare_digest(sha256(presented), expected) and key and key.revoked is None:
-            return key
-        return None
+        return verify_key(self._keys, presented)
 
-    # -- tickets: short-lived, single-use, for EventSource, which cannot send headers
-
-    def issue_ticket(self, holder: str) -> str:
-        """A ticket for `holder`: a key id, or ADMIN."""
-        ticket = secrets.token_urlsafe(24)
-        now = time.monotonic()
-        with self._lock:
-            self._tickets = {t: v for t, v in self._tickets.items() if v[0] > now}
-            self._tickets[ticket] = (now + TICKET_SECONDS, holder)
-        return ticket
-
-    def redeem_ticket(self, ticket: str) -> str | None:
-        """The holder of a live ticket, or None. A ticket works once."""
-        with self._lock:
-            found = self._tickets.pop(ticket, None)
-        if found is None or found[0] < time.monotonic():
-            return None
-        return found[1]
+    def close(self) -> None:
+        pass  # nothing held between writes
 
 
 class Access:
-    """Everything access control needs from the data folder, opened once at startup."""
+    """Everything access control needs, opened once at startup: from the data folder
+    (`open`), or from a database (access.pg_keys)."""
 
-    def __init__(self, secret: bytes, admin: AdminToken, keys: KeyRing) -> None:
+    def __init__(
+        self,
+        secret: bytes,
+        admin: AdminToken,
+        keys: Keys,
+        tickets: Tickets | None = None,
+        *,
+        scope: str | None = None,
+    ) -> None:
         self.secret = secret
         self.admin = admin
         self.keys = keys
+        self.tickets: Tickets = tickets or MemoryTickets()
+        # What names this gateway's shared state (limits and tickets in a Redis): gateways
+        # with the same keys share it. Derived from the secret, never the secret itself.
+        self.scope = scope or hmac.new(secret, b"scope", hashlib.sha256).hexdigest()[:16]
+
+    def close(self) -> None:
+        self.keys.close()
 
     @classmethod
     def open(
@@ -252,3 +386,16 @@ class Access:
         secret = load_or_create_secret(folder)
         admin, new_token = AdminToken.setup(folder, admin_token, secret, reset=reset)
         return cls(secret, admin, KeyRing(folder)), new_token
+
+
+def check_secrets(folder: Path, admin_token: str | None, *, reset: bool = False) -> bool:
+    """Read every secrets file Access.open would use, writing nothing; SecretsError if one
+    is damaged. True if any API key was ever made.
+
+    For the start, before anything that cannot be undone: replaying the journal, making
+    a token, writing a secret.
+    """
+    read_secret(folder)
+    if not admin_token and not reset:
+        AdminTokenFile.read(folder)
+    return KeyRing(folder).active

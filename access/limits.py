@@ -12,15 +12,28 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Literal, Protocol
+
+import msgspec
 
 from calls.errors import RateLimited
 
 from .keys import ApiKey
 
 
+class CountersHealth(msgspec.Struct, kw_only=True):
+    """Where the limits are counted, and whether that works."""
+
+    status: Literal["ok", "degraded"] = "ok"
+    # The shared counter store's address (never a password), or None: this process alone.
+    shared: str | None = None
+    error: str | None = None
+
+
 class Counters(Protocol):
     """Named counters. Each method is one atomic step, even when several gateways share them."""
+
+    def health(self) -> CountersHealth: ...
 
     async def take(self, name: str, rate: int) -> float:
         """Take one request from `name`'s per-minute bucket of `rate`: 0 if admitted, else
@@ -61,6 +74,9 @@ class MemoryCounters:
         self._day = -1
         self._spent: dict[str, int] = defaultdict(int)
         self._open: dict[str, int] = defaultdict(int)
+
+    def health(self) -> CountersHealth:
+        return CountersHealth()
 
     async def take(self, name: str, rate: int) -> float:
         now = time.monotonic()

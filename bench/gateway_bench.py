@@ -11,9 +11,10 @@ accounting on) gets the other. Every figure is also taken with the client talkin
 upstream directly: that is the baseline, and "added" means gateway minus baseline.
 
 Sections: non-streamed asks at several concurrencies; routing (one upstream against three,
-at c=64); streamed asks (time to first token, then N concurrent streams at 20 tokens/s);
-cancellation under load. Each section checks its counts: nothing dropped, nothing out of
-order, every call recorded with the right status.
+at c=64); the fronts (the seed's, Ollama's and OpenAI's, each asked whole and streamed at c=1
+and c=64, against the upstream direct); streamed asks (time to first token, then N concurrent
+streams at 20 tokens/s); cancellation under load. Each section checks its counts: nothing
+dropped, nothing out of order, every call recorded with the right status.
 A failed count makes the exit status 1; speed targets are reported, never enforced, since
 the figures depend on what else the machine is doing.
 """
@@ -183,6 +184,10 @@ def gateway(
         asking = [arg for spec in upstreams for arg in ("--upstream", spec)]
     argv = [PYTHON, *entry, *asking, "--port", str(port)]
     argv += ["--data", str(data), "--log-level", setup.args.log_level]
+    # The default connection cap (1024 at most) is below the largest stream counts here.
+    args = setup.args
+    most = max([*args.streams, *args.concurrency, args.cancel, args.ttft])
+    argv += ["--max-connections", str(most + 64)]
     proc = spawn(argv, setup.gateway_core, setup.workdir / f"gateway-{name}.log")
     url = f"http://127.0.0.1:{port}"
     try:
@@ -233,7 +238,7 @@ def wait_records(url: str, project: str, status: str | None, want: int, seconds:
 _WRK_LUA = """wrk.method = "POST"
 wrk.body = '%s'
 wrk.headers["Content-Type"] = "application/json"
-"""
+%s"""
 
 
 def _ms(text: str) -> float:
@@ -241,9 +246,12 @@ def _ms(text: str) -> float:
     return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
 
-def wrk(setup: Setup, url: str, body: str, connections: int) -> dict[str, Any]:
-    script = setup.workdir / f"body-{abs(hash(body))}.lua"
-    script.write_text(_WRK_LUA % body)
+def wrk(
+    setup: Setup, url: str, body: str, connections: int, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    extra = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in (headers or {}).items())
+    script = setup.workdir / f"body-{abs(hash((body, extra)))}.lua"
+    script.write_text(_WRK_LUA % (body, extra))
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{setup.args.seconds}s", "--latency"]
     argv += ["--timeout", "10s", "-s", str(script), url]
     proc = subprocess.run(
@@ -383,6 +391,116 @@ def routing(setup: Setup) -> list[str]:
         "other load than req/s does.",
     ]
     print(lines[-1], flush=True)
+    return lines
+
+
+# -- the fronts -------------------------------------------------------------------------------
+
+_HELLO = [{"role": "user", "content": "hello"}]
+# front -> (path, body of a whole ask, body of a streamed ask); the project comes as a header
+# on the new fronts, as their clients send it, and in the body on the seed's.
+FRONTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "seed": (
+        "/api/v1/ai/ask_sync",
+        {"agent": "llama3", "content": "hello"},
+        {"agent": "llama3", "content": "hello"},
+    ),
+    "ollama": (
+        "/api/chat",
+        {"model": "llama3", "messages": _HELLO, "stream": False},
+        {"model": "llama3", "messages": _HELLO},
+    ),
+    "openai": (
+        "/v1/chat/completions",
+        {"model": "llama3", "messages": _HELLO},
+        {"model": "llama3", "messages": _HELLO, "stream": True},
+    ),
+}
+
+
+def fronts(setup: Setup) -> list[str]:
+    """Each front against the seed's in the same run: what a call costs the gateway on each.
+
+    One gateway per kind of ask and concurrency serves every front, in rounds that take the
+    fronts in turn, so that the machine's other load falls on all of them alike; each figure
+    is the median over the rounds. Cost per call is the p50 added over the upstream direct at
+    c=1, and the gateway's time per call (1 / req/s: its core is the bottleneck) at c=64. A
+    streamed ask is 8 tokens, read to the end by wrk like any response.
+    """
+    rounds = setup.args.rounds
+    lines = [
+        "## The fronts: the seed's, Ollama's and OpenAI's (8-token answers), accounting on",
+        "",
+        f"Median of {rounds} rounds; one gateway per row group serves the three fronts in turn.",
+        "",
+        "| ask | c | direct req/s | direct p50 | front | req/s | p50 | p99 | cost per call "
+        "| vs seed | records |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    summary: list[str] = []
+    for streamed in (False, True):
+        kind = "streamed" if streamed else "whole"
+        direct_body = {"model": "llama3", "messages": _HELLO, "stream": streamed}
+        for c in setup.args.front_concurrency:
+            results: dict[str, list[dict[str, Any]]] = {front: [] for front in FRONTS}
+            directs: list[dict[str, Any]] = []
+            counted: dict[str, tuple[int, int]] = {}
+            with gateway(setup, f"fronts-{kind}-c{c}") as (url, _proc):
+                for n in range(rounds):
+                    directs.append(
+                        wrk(setup, setup.upstream_url + "/api/chat", json.dumps(direct_body), c)
+                    )
+                    order = list(FRONTS)
+                    for front in order[n % 3 :] + order[: n % 3]:
+                        path, whole, stream = FRONTS[front]
+                        project = f"{front}-{kind}-c{c}"
+                        body = dict(stream if streamed else whole)
+                        headers = {}
+                        if front == "seed":
+                            body["project"] = project
+                            path = "/api/v1/ai/ask_async" if streamed else path
+                        else:
+                            headers["X-Project"] = project
+                        results[front].append(wrk(setup, url + path, json.dumps(body), c, headers))
+                for front in FRONTS:
+                    project = f"{front}-{kind}-c{c}"
+                    answered = sum(r["requests"] for r in results[front])
+                    recorded = wait_records(url, project, None, answered, 30)
+                    ok = count_records(url, project, "ok")
+                    counted[front] = (recorded, ok)
+                    bad = [r for r in results[front] if r["non2xx"] or r["socket_errors"]]
+                    if bad:
+                        setup.fail(f"{project}: non-2xx or socket errors in {len(bad)} rounds")
+                    # wrk stops mid-flight: up to c calls a round may end as cancelled.
+                    if not answered <= recorded <= answered + c * rounds or ok < answered:
+                        setup.fail(f"{project}: {answered} answers, {recorded} records")
+            direct = {k: statistics.median(d[k] for d in directs) for k in ("rps", "p50")}
+            costs: dict[str, float] = {}
+            for front in FRONTS:
+                via = {
+                    k: statistics.median(r[k] for r in results[front])
+                    for k in ("rps", "p50", "p99")
+                }
+                # c=1: what the gateway adds to one call; c=64: its time per call, saturated.
+                cost = via["p50"] - direct["p50"] if c == 1 else 1000 / via["rps"]
+                costs[front] = cost
+                ratio = cost / costs["seed"] if costs["seed"] > 0 else float("nan")
+                recorded, ok = counted[front]
+                lines.append(
+                    f"| {kind} | {c} | {direct['rps']:,.0f} | {direct['p50']:.2f} ms | {front} "
+                    f"| {via['rps']:,.0f} | {via['p50']:.2f} ms | {via['p99']:.2f} ms "
+                    f"| {cost:.3f} ms | {ratio:.2f}× | {recorded:,} ({ok:,} ok) |"
+                )
+                print(lines[-1], flush=True)
+            for front in ("ollama", "openai"):
+                ratio = costs[front] / costs["seed"] if costs["seed"] > 0 else float("nan")
+                verdict = "met" if ratio <= 1.10 else "MISSED"
+                summary.append(
+                    f"- {kind}, c={c}: {front} costs {ratio:.2f}× the seed's per call "
+                    f"(target at most 1.10×: {verdict})"
+                )
+    lines += ["", *summary]
+    print("\n".join(summary), flush=True)
     return lines
 
 
@@ -576,7 +694,9 @@ def main(argv: list[str] | None = None) -> int:
         "an append-only stand-in for the journal store, to see the request path alone",
     )
     parser.add_argument("--log-level", default="info", help="the gateway's (default info)")
-    parser.add_argument("--only", choices=["sync", "routing", "streams", "cancel"], action="append")
+    parser.add_argument(
+        "--only", choices=["sync", "routing", "fronts", "streams", "cancel"], action="append"
+    )
     parser.add_argument(
         "--routing-concurrency", type=int, default=64, help="clients for the routing section"
     )
@@ -585,6 +705,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seconds", type=int, help="wrk seconds per point (default 5)")
     parser.add_argument("--concurrency", type=int, nargs="+")
+    parser.add_argument(
+        "--front-concurrency", type=int, nargs="+", help="for the fronts (default 1 64)"
+    )
+    parser.add_argument("--rounds", type=int, help="rounds of the fronts (default 5)")
     parser.add_argument("--streams", type=int, nargs="+")
     parser.add_argument("--stream-seconds", type=float, help="streaming time after the ramp")
     parser.add_argument(
@@ -602,15 +726,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     defaults = (
         {"seconds": 1, "concurrency": [1, 16], "streams": [20], "stream_seconds": 0.5}
+        | {"front_concurrency": [1, 64], "rounds": 1}
         | {"cancel": 20, "ttft": 20, "ramp": 0.2, "routing_rounds": 1}
         if args.quick
         else {"seconds": 5, "concurrency": [1, 16, 64, 256], "streams": [100, 500, 1000, 2000]}
+        | {"front_concurrency": [1, 64], "rounds": 5}
         | {"stream_seconds": 5.0, "cancel": 500, "ttft": 200, "routing_rounds": 3}
     )
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if shutil.which("wrk") is None and (not args.only or {"sync", "routing"} & set(args.only)):
+    needs_wrk = not args.only or bool({"sync", "routing", "fronts"} & set(args.only))
+    if shutil.which("wrk") is None and needs_wrk:
         print("wrk is not installed: apt-get install wrk (or pass --only streams)", file=sys.stderr)
         return 2
     # Thousands of streams hold two sockets each in the gateway.
@@ -639,11 +766,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(header, flush=True)
         sections.append(header)
-        only = args.only or ["sync", "routing", "streams", "cancel"]
+        only = args.only or ["sync", "routing", "fronts", "streams", "cancel"]
         if "sync" in only:
             sections.append("\n".join(non_streamed(setup)))
         if "routing" in only:
             sections.append("\n".join(routing(setup)))
+        if "fronts" in only:
+            sections.append("\n".join(fronts(setup)))
         if "streams" in only:
             sections.append("\n".join(streamed(setup)))
         if "cancel" in only:

@@ -24,7 +24,7 @@ from typing import Any
 import uvloop
 
 _TOKEN = re.compile(rb'"content":"(\d+):(\d+) "')
-_DONE = (b"event: done", b'"done":true')
+_DONE = (b"event: done", b'"done":true', b"data: [DONE]")
 _ERROR = b"event: error"
 
 
@@ -88,7 +88,7 @@ class Stream(asyncio.Protocol):
         if _ERROR in head:
             self.failed = True
             self._end()
-        elif _DONE[0] in head or _DONE[1] in head:
+        elif _DONE[0] in head or _DONE[1] in head or _DONE[2] in head:
             self.done = True
             self._end()
         elif client.leave_after and self.tokens >= client.leave_after:

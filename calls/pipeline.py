@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -53,6 +53,9 @@ T = TypeVar("T")
 # once), a stream could relay without ever suspending, so nothing else would run, not even
 # the task that notices the hang-up. Every this many upstream reads, it yields to the loop.
 YIELD_EVERY = 32
+# Most texts one embedding call may carry (OpenAI's own limit): a body within --max-body can
+# still hold 100,000 short strings, each of which the upstream would embed.
+MAX_INPUTS = 2048
 
 
 # -- the events a stream yields --------------------------------------------------------------
@@ -103,6 +106,14 @@ class Finished(msgspec.Struct):
     record: UsageRecord
 
 
+def labelled(labels: Labels, caller: Caller) -> Labels:
+    """A call's labels: as the request gave them, the project defaulting to the key's own."""
+    key = caller.key
+    if labels.project is None and key is not None and key.project is not None:
+        return msgspec.structs.replace(labels, project=key.project)
+    return labels
+
+
 class Gateway:
     """Asks the upstream and accounts for every call."""
 
@@ -128,16 +139,23 @@ class Gateway:
 
     # -- admission ---------------------------------------------------------------------------
 
-    def identify(self, credentials: Credentials) -> Caller:
+    async def identify(self, credentials: Credentials) -> Caller:
         """Who is asking (CallError 401)."""
-        return identify(self.access, credentials)
+        return await identify(self.access, credentials)
 
     async def admit(
-        self, credentials: Credentials, model: str, labels: Labels, prompt_size: int = 0
+        self,
+        credentials: Credentials,
+        model: str,
+        labels: Labels,
+        prompt_size: int = 0,
+        *,
+        inputs: int = 1,
     ) -> Caller:
-        """Who asks, whether they may use the model, whether the prompt fits, and whether the
-        limits allow it now (401, 403, 413, 429); nothing has reached an upstream yet."""
-        caller = identify(self.access, credentials)
+        """Who asks, whether they may use the model, whether the prompt (and, for embeddings,
+        the number of `inputs`) fits, and whether the limits allow it now (401, 403, 413, 429);
+        nothing has reached an upstream yet."""
+        caller = await identify(self.access, credentials)
         check_model(caller, model)
         if prompt_size > self.max_prompt:
             raise CallError(
@@ -145,7 +163,14 @@ class Gateway:
                 "prompt_too_large",
                 f"the prompt has {prompt_size} characters; the limit is {self.max_prompt}",
             )
-        await self.limits.admit(caller.key, labels.project)
+        if inputs > MAX_INPUTS:
+            raise CallError(
+                413,
+                "too_many_inputs",
+                f"the call has {inputs} inputs; the limit is {MAX_INPUTS} a call, "
+                "so split it into several",
+            )
+        await self.limits.admit(caller.key, labelled(labels, caller).project)
         return caller
 
     def _call(
@@ -161,7 +186,7 @@ class Gateway:
             info.id,
             request,
             caller,
-            labels,
+            labelled(labels, caller),
             front=info.front,
             endpoint=info.endpoint,
             streamed=streamed,
@@ -202,6 +227,20 @@ class Gateway:
 
     async def models(self) -> list[ModelInfo]:
         return await self.upstream.models()
+
+    # What a front may relay of the upstream besides calls. None of these is a call, so none
+    # is recorded; like models(), they fail with UpstreamError.
+
+    async def loaded(self) -> list[dict[str, Any]]:
+        """The models loaded in memory now, as the upstream describes them."""
+        return await self.upstream.loaded()
+
+    async def show(self, model: str) -> dict[str, Any]:
+        """What the upstream says of one model."""
+        return await self.upstream.show(model)
+
+    async def version(self) -> str:
+        return await self.upstream.version()
 
     async def _whole(self, call: Call, work: Awaitable[T]) -> T:
         """Await an upstream's whole result for `call`, recording any way it fails."""

@@ -4,7 +4,14 @@ httpx, and bounded line splitting for streamed answers (NDJSON, SSE)."""
 from __future__ import annotations
 
 from .bodies import body_stream
-from .lines import LineTooLong, split_lines
-from .transport import KeepAliveTransport
+from .lines import Lines, LineTooLong, split_lines
+from .transport import KeepAliveTransport, MalformedResponse
 
-__all__ = ["KeepAliveTransport", "LineTooLong", "body_stream", "split_lines"]
+__all__ = [
+    "KeepAliveTransport",
+    "LineTooLong",
+    "Lines",
+    "MalformedResponse",
+    "body_stream",
+    "split_lines",
+]

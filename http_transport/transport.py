@@ -218,6 +218,12 @@ class _Connection(asyncio.Protocol):
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
+class MalformedResponse(httpx.RemoteProtocolError):
+    """The server answered something that is not HTTP/1.1 as it should be: a bad status line,
+    header, length or chunk. (A connection closed early is a plain RemoteProtocolError: the
+    server went away, it did not talk nonsense.)"""
+
+
 class _StaleConnection(Exception):
     """A reused connection failed before any response byte: the server had closed it.
 
@@ -363,14 +369,16 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         except asyncio.IncompleteReadError as exc:
             if not exc.partial and conn.used:
                 raise _StaleConnection(written=True) from exc
+            if exc.partial and not b"HTTP/1.".startswith(exc.partial[:7]):
+                raise MalformedResponse(
+                    f"not an HTTP/1.x response: {exc.partial[:80]!r}", request=request
+                ) from exc
             raise httpx.RemoteProtocolError(
                 "the server closed the connection before a complete response head",
                 request=request,
             ) from exc
         except asyncio.LimitOverrunError as exc:
-            raise httpx.RemoteProtocolError(
-                "the response head is too large", request=request
-            ) from exc
+            raise MalformedResponse("the response head is too large", request=request) from exc
         except OSError as exc:
             if conn.used:
                 raise _StaleConnection(written=True) from exc
@@ -403,14 +411,10 @@ def _parse_head(
     version, _, rest = lines[0].partition(b" ")
     code, _, reason = rest.partition(b" ")
     if not version.startswith(b"HTTP/1.") or len(code) != 3 or not code.isdigit():
-        raise httpx.RemoteProtocolError(
-            f"not an HTTP/1.x status line: {lines[0][:80]!r}", request=request
-        )
+        raise MalformedResponse(f"not an HTTP/1.x status line: {lines[0][:80]!r}", request=request)
     status = int(code)
     if status < 200:
-        raise httpx.RemoteProtocolError(
-            f"unexpected informational response {status}", request=request
-        )
+        raise MalformedResponse(f"unexpected informational response {status}", request=request)
     keep_alive = version == b"HTTP/1.1"
     length: int | None = None
     chunked = False
@@ -418,15 +422,13 @@ def _parse_head(
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
         if not sep:
-            raise httpx.RemoteProtocolError(f"malformed header line {line[:80]!r}", request=request)
+            raise MalformedResponse(f"malformed header line {line[:80]!r}", request=request)
         value = value.strip()
         headers.append((name, value))
         lower = name.lower()
         if lower == b"content-length":
             if not value.isdigit():
-                raise httpx.RemoteProtocolError(
-                    f"bad Content-Length {value[:40]!r}", request=request
-                )
+                raise MalformedResponse(f"bad Content-Length {value[:40]!r}", request=request)
             length = int(value)
         elif lower == b"transfer-encoding":
             chunked = value.lower().endswith(b"chunked")
@@ -543,7 +545,7 @@ class _Body(httpx.AsyncByteStream):
                 "the server closed the connection mid-body", request=self._request
             ) from exc
         except asyncio.LimitOverrunError as exc:
-            raise httpx.RemoteProtocolError(
+            raise MalformedResponse(
                 "a chunk header line is too long", request=self._request
             ) from exc
         except OSError as exc:
@@ -632,7 +634,7 @@ class _Dechunker:
                 expected = b"\r\n"[2 - self._crlf :]
                 got = data[pos : pos + self._crlf]
                 if not expected.startswith(got):
-                    raise httpx.RemoteProtocolError("malformed chunk", request=self._request)
+                    raise MalformedResponse("malformed chunk", request=self._request)
                 pos += len(got)
                 self._crlf -= len(got)
                 continue
@@ -652,9 +654,7 @@ class _Dechunker:
             if eol < 0:
                 self._head = data[pos:]
                 if len(self._head) > _LIMIT:
-                    raise httpx.RemoteProtocolError(
-                        "a chunk size line is too long", request=self._request
-                    )
+                    raise MalformedResponse("a chunk size line is too long", request=self._request)
                 break
             size = self._size(data[pos:eol])
             pos = eol + 2
@@ -670,7 +670,7 @@ class _Dechunker:
         if self._tail.startswith(b"\r\n") or b"\r\n\r\n" in self._tail:
             self.done = True
         elif len(self._tail) > _LIMIT:
-            raise httpx.RemoteProtocolError("the trailers are too long", request=self._request)
+            raise MalformedResponse("the trailers are too long", request=self._request)
 
     def _size(self, line: bytes) -> int:
         text = line.split(b";", 1)[0].strip()
@@ -680,6 +680,6 @@ class _Dechunker:
                 raise ValueError(text)
             return size
         except ValueError:
-            raise httpx.RemoteProtocolError(
+            raise MalformedResponse(
                 f"bad chunk size {text[:40]!r}", request=self._request
             ) from None

@@ -39,7 +39,8 @@ from calls.types import (
     Piece,
 )
 from calls.upstream import UpstreamHealth
-from http_transport import LineTooLong, body_stream, split_lines
+from http_transport import Lines, LineTooLong, body_stream
+from http_transport.transport import MalformedResponse
 
 from . import wire
 
@@ -167,25 +168,31 @@ class OllamaStream:
         self.metrics: Metrics | None = None
 
     async def batches(self) -> AsyncIterator[list[Piece]]:
+        lines = Lines(self._max_line)
+        line_of = self._line
         try:
-            async for lines in split_lines(body_stream(self._response), self._max_line):
-                pieces: list[Piece] = []
-                try:
-                    for line in lines:
-                        piece = self._line(line)
-                        if piece is not None:
-                            pieces.append(piece)
-                except UpstreamError:
-                    if pieces:  # what came before the failure still counts
+            async for data in body_stream(self._response):
+                found = lines.feed(data)
+                if len(found) == 1:
+                    # The common case: one read, one line, one token.
+                    piece = line_of(found[0])
+                    if piece is not None:
+                        yield [piece]
+                elif found:
+                    async for pieces in self._pieces(found):
                         yield pieces
-                    raise
-                if pieces:
+            if rest := lines.end():
+                async for pieces in self._pieces(rest):
                     yield pieces
         except LineTooLong as exc:
             raise UpstreamBadResponse(
                 f"Ollama at {self._address} sent a line longer than {exc.limit} bytes "
                 "(--max-upstream-line); the answer was cut off there"
             ) from None
+        except MalformedResponse as exc:
+            raise UpstreamBadResponse(
+                f"Ollama at {self._address} answered malformed HTTP mid-answer: {exc}"
+            ) from exc
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(
                 f"Ollama at {self._address} sent nothing for too long mid-answer"
@@ -227,6 +234,21 @@ class OllamaStream:
             if piece is not None:
                 pieces.append(piece)
         return whole(pieces, self.end(), self.upstream)
+
+    async def _pieces(self, lines: list[bytes]) -> AsyncIterator[list[Piece]]:
+        """The pieces of several lines that came in one read, as one batch."""
+        pieces: list[Piece] = []
+        try:
+            for line in lines:
+                piece = self._line(line)
+                if piece is not None:
+                    pieces.append(piece)
+        except UpstreamError:
+            if pieces:  # what came before the failure still counts
+                yield pieces
+            raise
+        if pieces:
+            yield pieces
 
     def _line(self, line: bytes) -> Piece | None:
         if not line.strip():
@@ -320,6 +342,8 @@ class OllamaUpstream:
     def _failure(self, exc: httpx.HTTPError) -> UpstreamError | None:
         """The UpstreamError an httpx failure stands for; None for one that is not a failure
         of talking to Ollama (a bug here, which must surface as it is)."""
+        if isinstance(exc, MalformedResponse):
+            return UpstreamBadResponse(f"Ollama at {self.address} answered malformed HTTP: {exc}")
         if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
             return UpstreamUnreachable(
                 f"cannot reach Ollama at {self.address} ({exc or type(exc).__name__}); "

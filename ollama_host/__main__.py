@@ -2,6 +2,8 @@
 
 python -m ollama_host [app.py flags]    run the gateway (the same as `python app.py`)
 python -m ollama_host settings-table    print the README's settings table
+python -m ollama_host import-usage --from DATA_DIR --store postgresql://...
+                                        copy a TinyDB data folder into PostgreSQL
 """
 
 from __future__ import annotations
@@ -23,9 +25,31 @@ def _settings_table(argv: Sequence[str]) -> int:
     return 0
 
 
+def _import_spill(argv: Sequence[str]) -> int:
+    from store.import_spill import main
+
+    return main(argv)
+
+
+def _import_usage(argv: Sequence[str]) -> int:
+    from .importer import import_usage
+
+    return import_usage(argv)
+
+
+def _worker(argv: Sequence[str]) -> int:
+    # Not for people: how --workers N starts each worker (ollama_host/workers.py).
+    from .workers import worker_main
+
+    return worker_main(argv)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "serve": _serve,
     "settings-table": _settings_table,
+    "import-spill": _import_spill,
+    "import-usage": _import_usage,
+    "worker": _worker,
 }
 
 

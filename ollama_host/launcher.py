@@ -31,7 +31,7 @@ APP = ROOT / "app.py"
 NAME = "ollama-host"
 UNIT = f"{NAME}.service"
 # systemd waits this long after the grace period before it sends SIGKILL: enough for
-# sse-starlette's and uvicorn's own cut-offs (4 s after the grace) and the last writes.
+# uvicorn's own cut-off (4 s after the grace) and the last writes.
 STOP_MARGIN = 10
 
 

@@ -7,10 +7,13 @@ import ipaddress
 import logging
 import math
 import signal
+import socket
 import sys
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+
+from .connections import ConnectionLimits, protocol_class
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -80,8 +83,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(app: Starlette, settings: Settings) -> int:
-    """Run the app under uvicorn until SIGTERM or Ctrl-C; the exit status."""
+def serve(app: Starlette, settings: Settings, *, fd: int | None = None) -> int:
+    """Run the app under uvicorn until SIGTERM or Ctrl-C; the exit status.
+
+    With `fd`, serve on that listening socket (one of --workers N) instead of binding one.
+    """
     # A thousand open streams are a few hundred thousand live objects; with the default
     # thresholds a full collection walks them all every few seconds and stalls every stream
     # at once (pauses up to ~1 s measured, docs/performance.md). Freeze what startup made,
@@ -98,6 +104,8 @@ def serve(app: Starlette, settings: Settings) -> int:
         log_level=settings.log_level,
         access_log=False,
         server_header=False,
+        # Deadlines for requests to arrive and idle connections, and a connection cap.
+        http=protocol_class(ConnectionLimits.of(settings)),
         # After the grace period and a margin, uvicorn cancels what is left.
         timeout_graceful_shutdown=math.ceil(settings.grace + 2 * SHUTDOWN_MARGIN),
     )
@@ -107,6 +115,6 @@ def serve(app: Starlette, settings: Settings) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _stopping)
     server = GatewayServer(config, app, settings.grace)
-    server.run()
+    server.run(sockets=None if fd is None else [socket.socket(fileno=fd)])
     # Not started: the port was taken or the startup failed; uvicorn logged why.
     return 0 if server.started else 1

@@ -135,6 +135,41 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             metavar="DIR",
         ),
     ] = "data"
+    store: Annotated[
+        str | None,
+        setting(
+            "--store",
+            "OLLAMA_GATEWAY_STORE",
+            "keep usage records, API keys and the admin token's hash in PostgreSQL, shared by "
+            "every gateway given the same address: `postgresql://USER:PASSWORD@HOST:PORT/DB` "
+            "(the `postgres` extra; prefer the variable: a flag shows in `ps`)",
+            shown="TinyDB files in `--data`",
+            metavar="URL",
+        ),
+    ] = None
+    redis: Annotated[
+        str | None,
+        setting(
+            "--redis",
+            "OLLAMA_GATEWAY_REDIS",
+            "count requests per minute, tokens per day and open streams, and keep stream "
+            "tickets, in Redis, shared by every gateway given the same address: "
+            "`redis://HOST:PORT/DB` (the `redis` extra)",
+            shown="in each gateway's memory",
+            metavar="URL",
+        ),
+    ] = None
+    workers: Annotated[
+        int,
+        setting(
+            "--workers",
+            "OLLAMA_GATEWAY_WORKERS",
+            "gateway processes serving the one port; more than 1 needs `--store`",
+            metavar="N",
+            ge=1,
+            le=64,
+        ),
+    ] = 1
     # Loading a large model can take minutes, and Ollama sends nothing while it loads: a
     # shorter read timeout would abort the load the gateway asked for.
     timeout: Annotated[
@@ -285,6 +320,52 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             gt=0,
         ),
     ] = 60.0
+    # Client connections (ollama_host/connections.py): they cover receiving a request and
+    # waiting between requests, never an answer going out.
+    header_timeout: Annotated[
+        float,
+        setting(
+            "--header-timeout",
+            "OLLAMA_GATEWAY_HEADER_TIMEOUT",
+            "seconds a request's headers may take to arrive, from its first byte (408 past it)",
+            metavar="S",
+            gt=0,
+        ),
+    ] = 10.0
+    body_timeout: Annotated[
+        float,
+        setting(
+            "--body-timeout",
+            "OLLAMA_GATEWAY_BODY_TIMEOUT",
+            "seconds a request's whole body may take to arrive once its headers are in "
+            "(408 past it)",
+            metavar="S",
+            gt=0,
+        ),
+    ] = 30.0
+    idle_timeout: Annotated[
+        float,
+        setting(
+            "--idle-timeout",
+            "OLLAMA_GATEWAY_IDLE_TIMEOUT",
+            "seconds a connection may wait for a request, its first or its next, before it "
+            "is closed",
+            metavar="S",
+            gt=0,
+        ),
+    ] = 10.0
+    max_connections: Annotated[
+        Annotated[int, Meta(ge=1)] | None,
+        setting(
+            "--max-connections",
+            "OLLAMA_GATEWAY_MAX_CONNECTIONS",
+            "client connections open at once; past it the oldest connection waiting for a "
+            "request is closed to make room, and if none is waiting a new connection is "
+            "answered 503 `too_many_connections` and closed before anything is read",
+            shown="min(1024, (open-files limit − 64) / 2)",
+            metavar="N",
+        ),
+    ] = None
     # Limits; 0 means no limit. A key's own limits override the per-key defaults.
     key_rpm: Annotated[
         int,

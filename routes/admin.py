@@ -22,7 +22,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from calls.errors import CallError as ApiError
-from store import Stats, Status, UsageQuery, UsageRecord, UsageStore, iso
+from store.base import UsageStore
+from store.records import Stats, Status, UsageQuery, UsageRecord, iso
 
 from .common import JSON, decode_query, encoder, gateway_of
 from .openapi import ADMIN, UNAUTHORIZED, Operation, Paths, Reply, error
@@ -41,13 +42,28 @@ class Filters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     status: Status | None = None
     since: str | None = None
     until: str | None = None
+    # How a call came in (`seed`, `ollama`, `openai`), by which path, which upstream answered.
+    front: str | None = None
+    endpoint: str | None = None
+    upstream: str | None = None
+
+
+# A record id, as store.new_id makes them: anything else as a cursor is a mistake, and
+# an unchecked one would page from somewhere arbitrary (a garbage cursor gave the first page).
+RecordId = Annotated[
+    str,
+    Meta(
+        pattern="^[0-9a-f]{20}$",
+        description="A record id (20 lowercase hex digits), as `X-Next-Cursor` gives it.",
+    ),
+]
 
 
 class DashboardParams(Filters, kw_only=True):
     limit: Annotated[int, Meta(ge=1, le=MAX_LIMIT)] = 100
     offset: Annotated[int, Meta(ge=0)] = 0
-    cursor: str | None = None
-    after: str | None = None
+    cursor: RecordId | None = None
+    after: RecordId | None = None
 
 
 class StatsParams(Filters, kw_only=True):
@@ -85,6 +101,9 @@ def _query(params: Filters) -> UsageQuery:
         status=params.status,
         since=_moment("since", params.since),
         until=_moment("until", params.until),
+        front=params.front,
+        endpoint=params.endpoint,
+        upstream=params.upstream,
     )
 
 
@@ -247,8 +266,9 @@ openapi: Paths = {
         "GET": Operation(
             summary="Aggregates of the usage log",
             tag="admin",
-            description="Totals, calls and tokens over time, and breakdowns by model, project "
-            "and process, over every record matching the filters, computed by the gateway. "
+            description="Totals, calls and tokens over time, and breakdowns by model, project, "
+            "process, front, endpoint and upstream, over every record matching the filters, "
+            "computed by the gateway. "
             "`bucket` sets the time series' step; without it the gateway picks minutes, hours "
             "or days from the period. Answers carry an ETag; a matching `If-None-Match` gets 304.",
             query=StatsParams,

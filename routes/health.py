@@ -1,4 +1,5 @@
-"""/health: is the gateway up, does Ollama answer, does the usage store write."""
+"""/health: is the gateway up, does Ollama answer, does the usage store write, are the
+limits counted where they should be."""
 
 from __future__ import annotations
 
@@ -22,15 +23,19 @@ async def health(request: Request) -> Response:
         status=first.status, address=first.address, version=first.version, error=first.error
     )
     store = gateway.store.health()
-    ok = all(u.status == "up" for u in upstreams) and store.status == "ok"
+    limits = gateway.limits.counters.health()
+    ok = all(u.status == "up" for u in upstreams) and store.status == limits.status == "ok"
     return JSON(
         Health(
             status="ok" if ok else "degraded",
             gateway="up",
             version=__version__,
             ollama=ollama,
-            store=StoreHealthReply(status=store.status, pending=store.pending, error=store.error),
+            store=StoreHealthReply(
+                status=store.status, pending=store.pending, error=store.error, damaged=store.damaged
+            ),
             upstreams=upstreams,
+            limits=limits,
         )
     )
 
@@ -44,8 +49,8 @@ openapi: Paths = {
             summary="Is the gateway up, does Ollama answer, does the store write",
             tag="operations",
             description="Always 200 while the gateway runs: `status` is `ok` when Ollama "
-            "answers and the usage store writes, `degraded` otherwise (see `ollama.status` "
-            "and `store.status`).",
+            "answers, the usage store writes and the shared limits (--redis) are reachable, "
+            "`degraded` otherwise (see `ollama.status`, `store.status` and `limits.status`).",
             replies={200: Reply(description="The gateway's health.", json=Health)},
         )
     }

@@ -21,20 +21,37 @@ from calls.types import ModelName
 from .common import JSON, decode_body, gateway_of
 from .openapi import ADMIN, UNAUTHORIZED, Operation, Paths, Reply, error
 
-Label = Annotated[str, Meta(min_length=1, max_length=100)]
+# No control characters: a label is shown in the dashboard, in exports and in log lines,
+# where a newline or NUL would forge or cut a line.
+Label = Annotated[str, Meta(min_length=1, max_length=100, pattern="^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
+# A key names the models it may use, one by one; no sane key needs more.
+MAX_MODELS = 256
+Models = Annotated[list[ModelName], Meta(max_length=MAX_MODELS)]
+Project = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=200,
+        pattern="^[^\\x00-\\x1f\\x7f-\\x9f]*$",
+        description="The project this key's calls are accounted to when a call names none.",
+    ),
+]
 
 
 class KeyCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     label: Label
-    models: list[ModelName] | None = None
+    models: Models | None = None
     limits: KeyLimits = msgspec.field(default_factory=KeyLimits)
+    project: Project | None = None
 
 
 class KeyUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     label: Label | None = None
     # Absent: unchanged; null: every model.
-    models: list[ModelName] | msgspec.UnsetType | None = msgspec.UNSET
+    models: Models | msgspec.UnsetType | None = msgspec.UNSET
     limits: KeyLimits | None = None
+    # Absent: unchanged; null: no default project.
+    project: Project | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class KeyView(msgspec.Struct, kw_only=True):
@@ -47,6 +64,7 @@ class KeyView(msgspec.Struct, kw_only=True):
     revoked: str | None
     models: list[str] | None
     limits: KeyLimits
+    project: str | None = None
 
     @classmethod
     def of(cls, key: ApiKey) -> KeyView:
@@ -58,6 +76,7 @@ class KeyView(msgspec.Struct, kw_only=True):
             revoked=key.revoked,
             models=key.models,
             limits=key.limits,
+            project=key.project,
         )
 
 
@@ -73,36 +92,51 @@ def _find(request: Request) -> ApiKey:
     return key
 
 
+def _live(request: Request, doing: str) -> ApiKey:
+    """The key, if it is not revoked: a revoked key stays as it was revoked, for good."""
+    key = _find(request)
+    if key.revoked is not None:
+        raise ApiError(
+            409,
+            "key_revoked",
+            f"cannot {doing}: the key was revoked at {key.revoked}, and a revoked key "
+            "stays revoked; make a new key instead",
+        )
+    return key
+
+
 async def list_keys(request: Request) -> Response:
     return JSON([KeyView.of(key) for key in gateway_of(request).access.keys.all()])
 
 
 async def create_key(request: Request) -> Response:
     body = await decode_body(request, KeyCreate)
-    key, plain = gateway_of(request).access.keys.create(body.label, body.models, body.limits)
+    key, plain = await gateway_of(request).access.keys.create(
+        body.label, body.models, body.limits, project=body.project
+    )
     return JSON(NewKey(key=plain, info=KeyView.of(key)), status_code=201)
 
 
 async def update_key(request: Request) -> Response:
     body = await decode_body(request, KeyUpdate)
-    # Read after the body: no await may sit between reading the key and writing it back,
-    # or a revocation made meanwhile would be undone.
-    key = _find(request)
+    # Read after the body, so that a revocation made meanwhile is seen; and a revoked key
+    # stays revoked whatever an update says (Keys.update), against one made elsewhere.
+    key = _live(request, "change it")
     changed = msgspec.structs.replace(
         key,
         label=body.label if body.label is not None else key.label,
         models=key.models if body.models is msgspec.UNSET else body.models,
         limits=body.limits if body.limits is not None else key.limits,
+        project=key.project if body.project is msgspec.UNSET else body.project,
     )
-    gateway_of(request).access.keys.update(changed)
+    await gateway_of(request).access.keys.update(changed)
     return JSON(KeyView.of(changed))
 
 
 async def revoke_key(request: Request) -> Response:
-    key = _find(request)
-    if key.revoked is None:
-        key = msgspec.structs.replace(key, revoked=datetime.now(UTC).isoformat())
-        gateway_of(request).access.keys.update(key)
+    key = _live(request, "revoke it again")
+    key = msgspec.structs.replace(key, revoked=datetime.now(UTC).isoformat())
+    await gateway_of(request).access.keys.update(key)
     return JSON(KeyView.of(key))
 
 
@@ -116,6 +150,7 @@ routes = [
 
 _KEY_ID = {"key_id": "The key's public id (`info.id` when it was made)."}
 _NOT_FOUND = error("No API key has that id (`key_not_found`).")
+_REVOKED = error("The key is revoked, and a revoked key stays as it is (`key_revoked`).")
 _BAD = {
     400: error("The body is not JSON (`invalid_json`)."),
     422: error("The JSON is not valid here (`invalid_request`); the message names the field."),
@@ -148,7 +183,7 @@ openapi: Paths = {
     },
     "/api/v1/admin/keys/{key_id}": {
         "PATCH": Operation(
-            summary="Change a key's label, models or limits",
+            summary="Change a key's label, models, limits or project",
             tag="keys",
             path=_KEY_ID,
             body=KeyUpdate,
@@ -157,6 +192,7 @@ openapi: Paths = {
                 200: Reply(description="The key as it is now.", json=KeyView),
                 401: UNAUTHORIZED,
                 404: _NOT_FOUND,
+                409: _REVOKED,
                 **_BAD,
             },
         ),
@@ -169,6 +205,7 @@ openapi: Paths = {
                 200: Reply(description="The revoked key.", json=KeyView),
                 401: UNAUTHORIZED,
                 404: _NOT_FOUND,
+                409: _REVOKED,
             },
         ),
     },

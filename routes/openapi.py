@@ -31,8 +31,13 @@ class Reply:
 
     description: str
     json: Any = None  # a type msgspec knows; its schema is the JSON body's
-    text: str | None = None  # media type of a text body, e.g. "text/plain" or "text/html"
-    events: Mapping[str, Any] | None = None  # SSE: event name -> type of its JSON data
+    # Media type(s) of a text body, e.g. "text/plain" or ("text/html", "text/plain").
+    text: str | tuple[str, ...] | None = None
+    # SSE: event name -> type of its JSON data (or a tuple of the types it may be); "" for
+    # events sent without a name (`data:` only, as OpenAI's chunks are).
+    events: Mapping[str, Any] | None = None
+    # SSE: the data of a last event that is not JSON (OpenAI's `[DONE]`).
+    last_data: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)  # name -> description
 
 
@@ -105,7 +110,8 @@ def document(
             for reply in op.replies.values():
                 if reply.json is not None:
                     types.append(reply.json)
-                types += list((reply.events or {}).values())
+                for kinds in (reply.events or {}).values():
+                    types += list(kinds) if isinstance(kinds, tuple) else [kinds]
     unique = list(dict.fromkeys(types + queries))
     schemas, components = msgspec.json.schema_components(unique, ref_template=REF)
     schema_of = dict(zip(unique, schemas, strict=True))
@@ -120,12 +126,13 @@ def document(
 
     def media(reply: Reply) -> dict[str, Any]:
         content: dict[str, Any] = {}
-        if reply.text is not None:
-            content[reply.text] = {"schema": {"type": "string"}}
+        texts = (reply.text,) if isinstance(reply.text, str) else reply.text or ()
+        for text in texts:
+            content[text] = {"schema": {"type": "string"}}
         if reply.json is not None:
             content["application/json"] = {"schema": schema_of[reply.json]}
         if reply.events is not None:
-            content["text/event-stream"] = _event_stream(reply.events, schema_of)
+            content["text/event-stream"] = _event_stream(reply.events, schema_of, reply.last_data)
         return content
 
     out_paths: dict[str, Any] = {}
@@ -208,33 +215,58 @@ def _parameter(
     return parameter
 
 
-def _event_stream(events: Mapping[str, Any], schema_of: Mapping[Any, Any]) -> dict[str, Any]:
+def _event_stream(
+    events: Mapping[str, Any], schema_of: Mapping[Any, Any], last_data: str | None = None
+) -> dict[str, Any]:
     """A Server-Sent Events body, described one event at a time.
 
     As OpenAPI 3.2 does with `itemSchema` (and 3.1 tools read `schema` for SSE): each
     event is an object with its `event` name, its `id`, and its `data`, a JSON text
     whose shape `contentSchema` gives.
     """
-    variants = [
-        {
-            "title": f"{name} event",
+    variants: list[dict[str, Any]] = []
+    for name, kinds in events.items():
+        for kind in kinds if isinstance(kinds, tuple) else (kinds,):
+            variants.append(_event_variant(name, schema_of[kind]))
+    if last_data is not None:
+        variants.append(
+            {
+                "title": "last event",
+                "type": "object",
+                "properties": {"data": {"const": last_data}},
+                "required": ["data"],
+            }
+        )
+    if all(events):
+        names = ", ".join(f"`{name}`" for name in events)
+        about = (
+            f"One Server-Sent Event ({names}). Each has an `id`, an `event` name and one "
+            "`data` line of JSON; lines starting with `:` are keep-alive comments."
+        )
+    else:
+        about = (
+            "One Server-Sent Event: a `data` line of JSON, without a name or an id"
+            + (f", and last `data: {last_data}`" if last_data is not None else "")
+            + "; lines starting with `:` are keep-alive comments."
+        )
+    # Data-only events tell their kinds apart only by their JSON, which a validator may not
+    # decode: any one of them must match, not exactly one.
+    return {"schema": {"description": about, "oneOf" if all(events) else "anyOf": variants}}
+
+
+def _event_variant(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """One kind of event: named, with an id (the seed's), or only `data` (OpenAI's)."""
+    data = {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
+    if not name:
+        return {
+            "title": "data event",
             "type": "object",
-            "properties": {
-                "event": {"const": name},
-                "id": {"type": "string"},
-                "data": {
-                    "type": "string",
-                    "contentMediaType": "application/json",
-                    "contentSchema": schema_of[kind],
-                },
-            },
-            "required": ["event", "id", "data"],
+            "properties": {"data": data},
+            "required": ["data"],
         }
-        for name, kind in events.items()
-    ]
-    names = ", ".join(f"`{name}`" for name in events)
-    about = (
-        f"One Server-Sent Event ({names}). Each has an `id`, an `event` name and one `data` "
-        "line of JSON; lines starting with `:` are keep-alive comments."
-    )
-    return {"schema": {"description": about, "oneOf": variants}}
+    return {
+        "title": f"{name} event",
+        "type": "object",
+        "properties": {"event": {"const": name}, "id": {"type": "string"}, "data": data},
+        "required": ["event", "id", "data"],
+    }

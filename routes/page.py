@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from access.guard import wants_page
 
 from .openapi import ADMIN, UNAUTHORIZED, Operation, Paths, Reply
 
@@ -40,9 +42,17 @@ async def dashboard(request: Request) -> Response:
     return FileResponse(STATIC / "dashboard.html", headers=PAGE_HEADERS)
 
 
+async def root(request: Request) -> Response:
+    """The page for a browser; for anything else, what Ollama's `/` says: clients (the ollama
+    libraries, Open WebUI) probe it to tell that a server is there."""
+    if wants_page(request.method, request.headers.get("accept", "").encode("latin-1")):
+        return await dashboard(request)
+    return PlainTextResponse("Ollama is running")
+
+
 # The files under /static are mounted once, by routes/docs.py.
 routes = [
-    Route("/", dashboard, methods=["GET", "HEAD"]),
+    Route("/", root, methods=["GET", "HEAD"]),
     Route("/dashboard", dashboard, methods=["GET", "HEAD"]),
 ]
 
@@ -58,4 +68,21 @@ _PAGE = Operation(
         401: UNAUTHORIZED,
     },
 )
-openapi: Paths = {"/": {"GET": _PAGE}, "/dashboard": {"GET": _PAGE}}
+_ROOT = Operation(
+    summary="The dashboard page, or `Ollama is running`",
+    tag="page",
+    description="A browser (which asks for `text/html`) gets the dashboard, behind the admin "
+    "token. Anything else gets `Ollama is running` as text, without a token, as from "
+    "Ollama's own `/`: clients probe it (`HEAD /` too).",
+    auth=ADMIN,
+    headers={"Accept": "With `text/html`: the page. Otherwise: `Ollama is running`."},
+    replies={
+        200: Reply(
+            description="The page (`text/html`), or `Ollama is running` (`text/plain`).",
+            text=("text/html", "text/plain"),
+        ),
+        303: _PAGE.replies[303],
+        401: UNAUTHORIZED,
+    },
+)
+openapi: Paths = {"/": {"GET": _ROOT}, "/dashboard": {"GET": _PAGE}}

@@ -12,9 +12,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from access.limits import CountersHealth
 from calls.types import ModelName
 from calls.upstream import UpstreamHealth
-from store import Status, UsageRecord
+from store.records import Status, UsageRecord
 
 Tag = Annotated[str, Meta(max_length=200, description="A free label for accounting.")]
 
@@ -164,6 +165,8 @@ class StoreHealthReply(msgspec.Struct, kw_only=True):
     status: str
     pending: int
     error: str | None = None
+    # Usage files found damaged since the gateway started; `error` says what became of them.
+    damaged: list[str] = msgspec.field(default_factory=list)
 
 
 class Health(msgspec.Struct, kw_only=True):
@@ -175,3 +178,5 @@ class Health(msgspec.Struct, kw_only=True):
     store: StoreHealthReply
     # Every upstream: its state, calls in flight and models.
     upstreams: list[UpstreamHealth] = msgspec.field(default_factory=list)
+    # Where limits and stream tickets are counted (--redis), and whether that works.
+    limits: CountersHealth = msgspec.field(default_factory=CountersHealth)

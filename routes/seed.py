@@ -14,7 +14,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from access import identity
-from access.keys import TICKET_SECONDS
+from access.tickets import TICKET_SECONDS
 from calls.pipeline import Done, Event, Failed, Pieces, Started
 from calls.types import CallRequest, Generation, Labels, Message
 
@@ -28,11 +28,15 @@ from .common import (
     gateway_of,
     until_client_leaves,
 )
+from .common import error_response as error_response
 from .openapi import CALLER, UNAUTHORIZED, Operation, Paths, Reply, error
 from .schemas import AskReply, AskRequest, ErrorBody, StartEvent, Ticket, TokenEvent, Usage
 from .streaming import CallStreamResponse
 
 FRONT = "seed"
+# Everything under /api/v1/ (this API and the admin API) answers errors in the gateway's own
+# shape, though Ollama's front claims the rest of /api/.
+PREFIX = "/api/v1/"
 _encode = msgspec.json.Encoder().encode
 
 
@@ -185,8 +189,8 @@ async def ask_async(request: Request) -> Response | CallStreamResponse:
 async def tickets(request: Request) -> Response:
     """A single-use ticket for a browser EventSource, which cannot send Authorization."""
     gateway = gateway_of(request)
-    caller = gateway.identify(credentials(request))
-    ticket = identity.ticket(gateway.access, caller)
+    caller = await gateway.identify(credentials(request))
+    ticket = await identity.ticket(gateway.access, caller)
     return JSON(Ticket(ticket=ticket, expires_in=TICKET_SECONDS), status_code=201)
 
 

@@ -16,14 +16,19 @@ const PERIODS = {
   all: [null, "day"],
 };
 const BUCKET_WORD = { 60: "minute", 3600: "hour", 86400: "day" };
-const FILTER_KEYS = ["model", "project", "process_id", "subprocess_id", "status"];
+const FILTER_KEYS = [
+  "model", "project", "process_id", "subprocess_id", "front", "endpoint", "upstream", "status",
+];
 const THEME_KEY = "ollama-host-theme";
 
 const $ = (id) => document.getElementById(id);
 const numberFormat = new Intl.NumberFormat();
 
 const state = {
-  filters: { period: "24h", model: "", project: "", process_id: "", subprocess_id: "", status: "" },
+  filters: {
+    period: "24h", model: "", project: "", process_id: "", subprocess_id: "",
+    front: "", endpoint: "", upstream: "", status: "",
+  },
   rows: [], // newest first
   etags: new Map(), // url -> etag
   timer: null,
@@ -356,10 +361,15 @@ function renderStats(stats) {
   renderBreakdown($("by-model"), stats.by_model, "Model");
   renderBreakdown($("by-project"), stats.by_project, "Project");
   renderBreakdown($("by-process"), stats.by_process, "Process/sub");
+  renderBreakdown($("by-front"), stats.by_front || [], "Front");
+  renderBreakdown($("by-endpoint"), stats.by_endpoint || [], "Endpoint");
+  renderBreakdown($("by-upstream"), stats.by_upstream || [], "Upstream");
   fillDatalist("models-seen", stats.by_model.map((r) => r.key));
   fillDatalist("projects-seen", stats.by_project.map((r) => r.key));
   fillDatalist("processes-seen", stats.by_process.map((r) => r.key.split("/")[0]));
   fillDatalist("subprocesses-seen", stats.by_process.map((r) => r.key.split("/")[1]));
+  fillDatalist("endpoints-seen", (stats.by_endpoint || []).map((r) => r.key));
+  fillDatalist("upstreams-seen", (stats.by_upstream || []).map((r) => r.key));
 }
 
 async function refreshStats(generation) {
@@ -437,7 +447,7 @@ function callRow(record) {
   const status = el("td", record.status, `status ${record.status}`);
   if (record.error) status.title = record.error;
   tr.append(status);
-  for (const text of [record.model_name, record.project || "", processOf(record)]) {
+  for (const text of [record.model_name, record.front || "", record.project || "", processOf(record)]) {
     const td = el("td", text, "cell-text");
     td.title = text;
     tr.append(td);
@@ -555,6 +565,7 @@ function showDetail(record) {
   const facts = [
     ["When", new Date(record.date).toLocaleString()],
     ["Model", record.model_name],
+    ["Came in by", [record.front, record.endpoint].filter(Boolean).join(" ") || "–"],
     ["Status", record.status + (record.done_reason ? ` (${record.done_reason})` : "")],
     ["Project", record.project || "–"],
     ["Process", processOf(record) || "–"],
@@ -564,6 +575,8 @@ function showDetail(record) {
     ["Tokens/s", fmtRate(tokensPerSecond(record))],
     ["Streamed", record.streamed ? "yes" : "no"],
   ];
+  if (record.upstream) facts.push(["Upstream", record.upstream + (record.attempts > 1 ? ` (${record.attempts} tries)` : "")]);
+  if (record.input_count !== null && record.input_count !== undefined) facts.push(["Inputs embedded", fmtInt(record.input_count)]);
   if (record.user) facts.push(["User", record.user]);
   for (const [term, value] of facts) meta.append(el("dt", term), el("dd", value));
 

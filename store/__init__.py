@@ -1,14 +1,16 @@
 """Usage stores: the only code that touches stored records.
 
 `UsageStore` (store.base) is the interface; `open_store` picks an implementation by the
-location it is given. TinyDB files in a folder are the default.
+location it is given: a folder of TinyDB files (the default), or a database address whose
+scheme names its store in `STORES`.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
-from .base import StoreError, StoreHealth, UsageStore
+from .base import FolderInUse, StoreError, StoreHealth, UsageStore
 from .records import (
     Bucket,
     GroupStats,
@@ -24,6 +26,7 @@ from .tinydb import TinyDBStore
 
 __all__ = [
     "Bucket",
+    "FolderInUse",
     "GroupStats",
     "InputMessage",
     "Stats",
@@ -37,9 +40,37 @@ __all__ = [
     "UsageStore",
     "iso",
     "open_store",
+    "shared",
 ]
 
+# Address scheme -> (module, class, the extra that installs its driver). Imported only when
+# used: a workstation install has no database driver.
+STORES: dict[str, tuple[str, str, str]] = {
+    "postgresql": ("store.postgres", "PostgresStore", "postgres"),
+    "postgres": ("store.postgres", "PostgresStore", "postgres"),
+}
 
-def open_store(location: Path, *, retention_days: float | None = None) -> UsageStore:
-    """The store kept at `location`: TinyDB files in that folder."""
-    return TinyDBStore(location, retention_days=retention_days)
+
+def shared(location: str | None) -> bool:
+    """True if `location` names a store several gateways can share (a database)."""
+    return location is not None and location.split("://", 1)[0] in STORES
+
+
+def open_store(location: Path | str, *, retention_days: float | None = None) -> UsageStore:
+    """The store kept at `location`: a database address with a scheme in STORES, or a folder
+    for TinyDB files. Raises StoreError with what to do when it cannot open."""
+    scheme = str(location).split("://", 1)[0] if "://" in str(location) else None
+    if scheme is None:
+        return TinyDBStore(Path(location), retention_days=retention_days)
+    if scheme not in STORES:
+        known = ", ".join(f"{s}://" for s in STORES)
+        raise StoreError(f"--store must be a folder or an address starting {known}")
+    module, name, extra = STORES[scheme]
+    try:
+        kind = getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise StoreError(
+            f"the {scheme} store needs its driver ({exc.name}): pip install 'ollama-host[{extra}]'"
+        ) from None
+    store: UsageStore = kind(str(location), retention_days=retention_days)
+    return store

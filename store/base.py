@@ -23,6 +23,10 @@ class StoreError(Exception):
     """The usage store cannot open; the message says why and what to do."""
 
 
+class FolderInUse(StoreError):
+    """Another gateway (or an import) holds the store."""
+
+
 class StoreHealth(msgspec.Struct):
     status: Literal["ok", "degraded"]
     # Where the records are kept: a folder, or a database address without its password.
@@ -30,6 +34,8 @@ class StoreHealth(msgspec.Struct):
     # Records appended but not yet safe (written and synced).
     pending: int
     error: str | None = None
+    # Stored files (or tables) found damaged since the gateway started.
+    damaged: list[str] = msgspec.field(default_factory=list)
 
 
 class UsageStore(Protocol):

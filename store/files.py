@@ -20,8 +20,10 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
@@ -38,6 +40,9 @@ SEGMENT_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})-(\d{4,})\.json")
 # (None: "could hold anything"), and queries filtering on that field read the file.
 MAX_VALUES = 64
 SUMMARY_SECONDS = 3600
+# The form of the rows and summaries. A summary of another form is rebuilt from its file at
+# startup, with its rows (2: the front, endpoint and upstream joined the filters).
+INDEX_VERSION = 2
 
 encode = msgspec.json.Encoder().encode
 _decode_tables = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
@@ -60,6 +65,12 @@ class SegmentMeta(msgspec.Struct, array_like=True, kw_only=True):
     process_ids: list[str | None] | None
     subprocess_ids: list[str | None] | None
     statuses: list[str | None] | None
+    # Added later, at the end and with defaults, so an older summary still reads (and is
+    # then rebuilt, its version being older).
+    fronts: list[str | None] | None = None
+    endpoints: list[str | None] | None = None
+    upstreams: list[str | None] | None = None
+    version: int = 1
 
 
 class Row(msgspec.Struct, array_like=True, kw_only=True):
@@ -81,6 +92,9 @@ class Row(msgspec.Struct, array_like=True, kw_only=True):
     tokens_estimated: bool
     offset: int
     length: int
+    front: str | None = None
+    endpoint: str | None = None
+    upstream: str | None = None
 
 
 class Summary(msgspec.Struct, array_like=True):
@@ -163,6 +177,10 @@ def summarize(name: str, size: int, records: list[UsageRecord]) -> Summary:
         process_ids=_values({r.process_id for r in records}),
         subprocess_ids=_values({r.subprocess_id for r in records}),
         statuses=_values({r.status for r in records}),
+        fronts=_values({r.front for r in records}),
+        endpoints=_values({r.endpoint for r in records}),
+        upstreams=_values({r.upstream for r in records}),
+        version=INDEX_VERSION,
     )
     return Summary(meta, *aggregate(records, SUMMARY_SECONDS))
 
@@ -183,19 +201,90 @@ def read_rows(path: Path) -> list[Row]:
         raise ValueError(f"unreadable {path.name}: {exc}") from None
 
 
-def read_documents(path: Path, rows: list[Row]) -> list[UsageRecord | None]:
-    """The documents these rows point at, read one by one; None where the file no longer
-    holds that record (it was rewritten since the rows were read)."""
+class Documents(NamedTuple):
+    """What read_documents found: a record per row, None where there is none to give."""
+
+    records: list[UsageRecord | None]
+    # True when a document is damaged: the file is the one the rows describe, and its
+    # bytes there do not read as that record.
+    damaged: bool
+
+
+def read_documents(path: Path, rows: list[Row], size: int) -> Documents:
+    """The documents these rows of a `size`-byte file point at, read one by one.
+
+    The gateway only ever replaces a file whole, so a file of another size was rewritten
+    since the rows were read: its rows are None, and not damaged. Raises OSError.
+    """
     found: list[UsageRecord | None] = []
+    damaged = False
     with open(path, "rb") as handle:
         fd = handle.fileno()
+        if os.fstat(fd).st_size != size:
+            return Documents([None] * len(rows), damaged=False)
         for row in rows:
             try:
-                record = decode_line(os.pread(fd, row.length, row.offset))
+                record: UsageRecord | None = decode_line(os.pread(fd, row.length, row.offset))
             except (msgspec.DecodeError, msgspec.ValidationError):
                 record = None
-            found.append(record if record is not None and record.id == row.id else None)
-    return found
+            if record is None or record.id != row.id:
+                damaged = True
+                record = None
+            found.append(record)
+    return Documents(found, damaged)
+
+
+# Where a document of a TinyDB file starts: after `{"7":` or `,"8":` (a `"` inside a JSON
+# string is always escaped, so `,"` never occurs within one).
+_DOC_START = re.compile(rb'[{,]\s*"(\d+)"\s*:\s*')
+
+
+class Salvaged(NamedTuple):
+    records: list[UsageRecord]
+    spans: list[tuple[int, int]]  # where each record's document lies in the file
+    lost: int  # documents that could not be read
+
+
+def salvage(raw: bytes) -> Salvaged:
+    """The documents of a damaged TinyDB file that still read as records, each on its own.
+
+    `lost` counts the documents that do not. Damage that swallowed the start of the next
+    document is seen in the documents' numbers (the store numbers them 1, 2, 3...).
+    """
+    marks = list(_DOC_START.finditer(raw))
+    records: list[UsageRecord] = []
+    spans: list[tuple[int, int]] = []
+    lost = 0
+    for i, mark in enumerate(marks):
+        start = mark.end()
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(raw)
+        doc = raw[start:end].rstrip()
+        # The last document is followed by the table's and the file's closing braces.
+        tries = 3 if i + 1 == len(marks) else 1
+        for _ in range(tries):
+            try:
+                record = decode_line(doc)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                doc = doc[:-1].rstrip() if doc.endswith(b"}") else doc
+                continue
+            records.append(record)
+            spans.append((start, len(doc)))
+            break
+        else:
+            lost += 1
+            if i + 1 < len(marks):
+                lost += max(int(marks[i + 1][1]) - int(mark[1]) - 1, 0)
+    if marks:  # damage at the very start took the first documents' numbers with it
+        lost += max(int(marks[0][1]) - 1, 0)
+    return Salvaged(records, spans, lost)
+
+
+def salvaged_rows(path: Path) -> tuple[list[Row], int]:
+    """Rows for the readable documents of a damaged file, pointing into it as it is,
+    and how many documents could not be read. Raises OSError."""
+    found = salvage(path.read_bytes())
+    rows = [_row(r, span) for r, span in zip(found.records, found.spans, strict=True)]
+    return rows, found.lost
 
 
 def _row(r: UsageRecord, span: tuple[int, int]) -> Row:
@@ -216,6 +305,9 @@ def _row(r: UsageRecord, span: tuple[int, int]) -> Row:
         tokens_estimated=r.tokens_estimated,
         offset=span[0],
         length=span[1],
+        front=r.front,
+        endpoint=r.endpoint,
+        upstream=r.upstream,
     )
 
 
@@ -226,12 +318,16 @@ def read_summary(path: Path) -> Summary:
 def read_meta(path: Path) -> SegmentMeta | None:
     """A file's meta from its summary, or None if the summary is missing or unreadable."""
     try:
-        return _decode_summary_head(path.read_bytes()).meta
+        meta = _decode_summary_head(path.read_bytes()).meta
     except FileNotFoundError:
         return None
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         log.warning("rebuilding the unreadable summary %s (%s)", path, exc)
         return None
+    if meta.version != INDEX_VERSION:
+        log.info("rebuilding %s, written by an older version of the gateway", path.name)
+        return None
+    return meta
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -295,10 +391,30 @@ def fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _aside_name(path: Path) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return path.with_name(f"{path.name}.corrupt-{stamp}")
+
+
+def keep_aside(path: Path) -> Path:
+    """A copy of a damaged file, under a name that says so, before it is repaired in place.
+
+    A hard link: no space needed (the disk may be full), and the repair's atomic replace
+    leaves the original bytes to the link. Raises OSError.
+    """
+    aside = _aside_name(path)
+    try:
+        os.link(path, aside)
+    except FileExistsError:
+        pass  # repaired twice within a second: the first copy is the older, keep it
+    except OSError:
+        shutil.copyfile(path, aside)  # a filesystem without hard links
+    return aside
+
+
 def set_aside(path: Path, why: str) -> Path:
     """Move an unreadable file out of the way under a name that says so; never delete it."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    aside = _aside_name(path)
     os.replace(path, aside)
     log.error(
         "USAGE FILE UNREADABLE: %s. Moved it aside to %s; nothing was deleted. "

@@ -5,6 +5,10 @@ metas, the records not yet in a closed file (in memory), and a way to get a
 closed file's rows. A file is skipped when its meta says it cannot match; a
 whole file inside the asked range is summed from its summary; otherwise its
 rows are read, and a page's documents are read from the TinyDB file by position.
+
+A page is never cut short by what it cannot read: it says which files held damaged
+documents (the store then reads those files' rows from what still reads, and asks
+again), and whether a file was rewritten meanwhile (the store asks again).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import heapq
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import msgspec
 
@@ -25,6 +29,7 @@ from .stats import Cell, Dist, StatsBuilder
 log = logging.getLogger("ollama_host.store")
 
 RowsOf = Callable[[SegmentMeta], list[Row]]
+Trusted = Callable[[SegmentMeta], bool]
 
 _Filterable = TypeVar("_Filterable", UsageRecord, Row)
 
@@ -47,6 +52,9 @@ class Filter:
             and (q.subprocess_id is None or r.subprocess_id == q.subprocess_id)
             and (q.model is None or r.model_name == q.model)
             and (q.status is None or r.status == q.status)
+            and (q.front is None or r.front == q.front)
+            and (q.endpoint is None or r.endpoint == q.endpoint)
+            and (q.upstream is None or r.upstream == q.upstream)
             and (self.since is None or r.date >= self.since)
             and (self.until is None or r.date < self.until)
             and (self.before is None or r.id < self.before)
@@ -66,6 +74,9 @@ class Filter:
             and may(m.subprocess_ids, q.subprocess_id)
             and may(m.models, q.model)
             and may(m.statuses, q.status)
+            and may(m.fronts, q.front)
+            and may(m.endpoints, q.endpoint)
+            and may(m.upstreams, q.upstream)
             and (self.since is None or m.max_date >= self.since)
             and (self.until is None or m.min_date < self.until)
             and (self.before is None or m.min_id < self.before)
@@ -97,12 +108,21 @@ def _cell_matches(cell: Cell | Dist, q: UsageQuery) -> bool:
         and (q.subprocess_id is None or cell.subprocess_id == q.subprocess_id)
         and (q.model is None or cell.model == q.model)
         and (q.status is None or cell.status == q.status)
+        and (q.front is None or cell.front == q.front)
+        and (q.endpoint is None or cell.endpoint == q.endpoint)
+        and (q.upstream is None or cell.upstream == q.upstream)
     )
+
+
+class Page(NamedTuple):
+    records: list[UsageRecord]
+    damaged: list[SegmentMeta]  # files where a document of the page did not read
+    moved: list[SegmentMeta]  # files rewritten since their rows were read: the page may be short
 
 
 def newest_page(
     q: UsageQuery, metas: list[SegmentMeta], recent: list[UsageRecord], rows_of: RowsOf, usage: Path
-) -> list[UsageRecord]:
+) -> Page:
     """The records matching q, newest first, from q.offset, at most q.limit of them."""
     match = Filter(q, paging=True)
     need = q.offset + q.limit
@@ -116,26 +136,35 @@ def newest_page(
     return _documents(found[q.offset : need], usage)
 
 
-def _documents(hits: list[_Hit], usage: Path) -> list[UsageRecord]:
+def _documents(hits: list[_Hit], usage: Path) -> Page:
     """The page's records: those in memory as they are, the rest read by their rows."""
-    wanted: dict[str, list[Row]] = {}
+    wanted: dict[str, tuple[SegmentMeta, list[Row]]] = {}
     for hit in hits:
         if isinstance(hit, tuple):
-            wanted.setdefault(hit[0].name, []).append(hit[1])
+            wanted.setdefault(hit[0].name, (hit[0], []))[1].append(hit[1])
     read: dict[str, UsageRecord | None] = {}
-    for name, rows in wanted.items():
+    damaged: list[SegmentMeta] = []
+    moved: list[SegmentMeta] = []
+    for name, (meta, rows) in wanted.items():
         try:
-            records = files.read_documents(usage / name, rows)
+            documents = files.read_documents(usage / name, rows, meta.size)
+        except FileNotFoundError:
+            moved.append(meta)  # retention removed it meanwhile
+            continue
         except OSError as exc:
             log.error("cannot read usage file %s: %s", name, exc)
             continue
-        read.update((row.id, record) for row, record in zip(rows, records, strict=True))
+        read.update((row.id, record) for row, record in zip(rows, documents.records, strict=True))
+        if documents.damaged:
+            damaged.append(meta)
+        elif None in documents.records:
+            moved.append(meta)
     page: list[UsageRecord] = []
     for hit in hits:
         record = read.get(hit[1].id) if isinstance(hit, tuple) else hit
         if record is not None:
             page.append(record)
-    return page
+    return Page(page, damaged, moved)
 
 
 def stats_over(
@@ -145,13 +174,18 @@ def stats_over(
     recent: list[UsageRecord],
     rows_of: RowsOf,
     usage: Path,
+    trusted: Trusted,
 ) -> Stats:
-    """Aggregates over all records matching q's filters (q's paging is ignored)."""
+    """Aggregates over all records matching q's filters (q's paging is ignored).
+
+    A file's summary stands for it only if `trusted(meta)`: not for a file found damaged,
+    whose summary still counts the records that no longer read.
+    """
     match = Filter(q, paging=False)
     builder = StatsBuilder(bucket_seconds)
     hourly = bucket_seconds % files.SUMMARY_SECONDS == 0
     for meta in filter(match.segment, metas):
-        if hourly and match.inside(meta):
+        if hourly and match.inside(meta) and trusted(meta):
             # The whole file is in range: its hourly sums answer for it.
             try:
                 summary = files.read_summary(files.summary_path(usage, meta.name))

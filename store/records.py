@@ -77,6 +77,9 @@ class UsageQuery(msgspec.Struct, kw_only=True, frozen=True):
     status: Status | None = None
     since: datetime | None = None
     until: datetime | None = None
+    front: str | None = None
+    endpoint: str | None = None
+    upstream: str | None = None
     # Cursors: only records older than (before) or newer than (after) the record with this id.
     before: str | None = None
     after: str | None = None
@@ -100,7 +103,8 @@ class Totals(msgspec.Struct, kw_only=True):
 
 
 class GroupStats(msgspec.Struct, kw_only=True):
-    """One row of a breakdown (by model, by project, by process/subprocess)."""
+    """One row of a breakdown (by model, project, process/subprocess, front, endpoint or
+    upstream)."""
 
     key: str
     calls: int
@@ -132,3 +136,7 @@ class Stats(msgspec.Struct, kw_only=True):
     by_model: list[GroupStats]
     by_project: list[GroupStats]
     by_process: list[GroupStats]
+    # How calls came in (seed, ollama, openai), by which path, and which upstream answered.
+    by_front: list[GroupStats] = msgspec.field(default_factory=list)
+    by_endpoint: list[GroupStats] = msgspec.field(default_factory=list)
+    by_upstream: list[GroupStats] = msgspec.field(default_factory=list)

@@ -1,8 +1,9 @@
 """Aggregates over usage records, built from mergeable cells.
 
-A cell sums the records that share a time bucket and the five dimensions the
-dashboard filters and groups by (model, project, process, subprocess, status); a
-dist holds the duration histograms of one combination of dimensions. Both merge,
+A cell sums the records that share a time bucket and the dimensions the dashboard
+filters and groups by (model, project, process, subprocess, status, and the front,
+endpoint and upstream a call took); a dist holds the duration histograms of one
+combination of dimensions. Both merge,
 so the store keeps hourly cells and dists beside each closed file and answers
 stats() from those instead of re-reading every record.
 
@@ -28,8 +29,10 @@ _LOG_RATIO = math.log(RATIO)
 ZERO = -(10**6)
 _ZERO_BELOW = 1e-6
 
-DimsKey = tuple[str | None, str | None, str | None, str | None, str]
-CellKey = tuple[int, str | None, str | None, str | None, str | None, str]
+# model, project, process_id, subprocess_id, status, front, endpoint, upstream
+DimsKey = tuple[
+    str | None, str | None, str | None, str | None, str, str | None, str | None, str | None
+]
 
 
 class Measured(Protocol):
@@ -61,6 +64,12 @@ class Measured(Protocol):
     def upstream_seconds(self) -> float | None: ...
     @property
     def tokens_estimated(self) -> bool: ...
+    @property
+    def front(self) -> str | None: ...
+    @property
+    def endpoint(self) -> str | None: ...
+    @property
+    def upstream(self) -> str | None: ...
 
 
 def hist_bucket(value: float) -> int:
@@ -110,6 +119,9 @@ class Cell(msgspec.Struct, array_like=True, kw_only=True):
     total_seconds: float = 0.0
     eval_seconds: float = 0.0
     eval_tokens: int = 0
+    front: str | None = None
+    endpoint: str | None = None
+    upstream: str | None = None
 
     def add(self, record: Measured) -> None:
         self.calls += 1
@@ -136,6 +148,9 @@ class Dist(msgspec.Struct, array_like=True, kw_only=True):
     status: str
     seconds_hist: dict[int, int] = msgspec.field(default_factory=dict)
     ttft_hist: dict[int, int] = msgspec.field(default_factory=dict)
+    front: str | None = None
+    endpoint: str | None = None
+    upstream: str | None = None
 
     def add(self, record: Measured) -> None:
         bucket = hist_bucket(record.total_seconds or 0.0)
@@ -150,9 +165,51 @@ def record_start(record: Measured, bucket_seconds: int) -> int:
     return moment - moment % bucket_seconds
 
 
+def dims_of(item: Cell | Dist) -> DimsKey:
+    return (
+        item.model,
+        item.project,
+        item.process_id,
+        item.subprocess_id,
+        item.status,
+        item.front,
+        item.endpoint,
+        item.upstream,
+    )
+
+
+def _cell(start: int, dims: DimsKey) -> Cell:
+    model, project, process_id, subprocess_id, status, front, endpoint, upstream = dims
+    return Cell(
+        start=start,
+        model=model,
+        project=project,
+        process_id=process_id,
+        subprocess_id=subprocess_id,
+        status=status,
+        front=front,
+        endpoint=endpoint,
+        upstream=upstream,
+    )
+
+
+def _dist(dims: DimsKey) -> Dist:
+    model, project, process_id, subprocess_id, status, front, endpoint, upstream = dims
+    return Dist(
+        model=model,
+        project=project,
+        process_id=process_id,
+        subprocess_id=subprocess_id,
+        status=status,
+        front=front,
+        endpoint=endpoint,
+        upstream=upstream,
+    )
+
+
 def aggregate(records: Iterable[Measured], bucket_seconds: int) -> tuple[list[Cell], list[Dist]]:
     """The cells (per bucket_seconds) and the histograms of these records."""
-    cells: dict[CellKey, Cell] = {}
+    cells: dict[tuple[int, DimsKey], Cell] = {}
     dists: dict[DimsKey, Dist] = {}
     for record in records:
         dims: DimsKey = (
@@ -161,28 +218,18 @@ def aggregate(records: Iterable[Measured], bucket_seconds: int) -> tuple[list[Ce
             record.process_id,
             record.subprocess_id,
             record.status,
+            record.front,
+            record.endpoint,
+            record.upstream,
         )
-        key: CellKey = (record_start(record, bucket_seconds), *dims)
-        cell = cells.get(key)
+        start = record_start(record, bucket_seconds)
+        cell = cells.get((start, dims))
         if cell is None:
-            cell = cells[key] = Cell(
-                start=key[0],
-                model=dims[0],
-                project=dims[1],
-                process_id=dims[2],
-                subprocess_id=dims[3],
-                status=dims[4],
-            )
+            cell = cells[start, dims] = _cell(start, dims)
         cell.add(record)
         dist = dists.get(dims)
         if dist is None:
-            dist = dists[dims] = Dist(
-                model=dims[0],
-                project=dims[1],
-                process_id=dims[2],
-                subprocess_id=dims[3],
-                status=dims[4],
-            )
+            dist = dists[dims] = _dist(dims)
         dist.add(record)
     return list(cells.values()), list(dists.values())
 
@@ -235,13 +282,18 @@ class _Group:
         )
 
 
-def _group_keys(
-    model: str | None, project: str | None, process: str | None, sub: str | None
-) -> tuple[tuple[str, str], ...]:
+GROUPS = ("model", "project", "process", "front", "endpoint", "upstream")
+
+
+def _group_keys(dims: DimsKey) -> tuple[tuple[str, str], ...]:
+    model, project, process, sub, _, front, endpoint, upstream = dims
     return (
         ("model", model or "-"),
         ("project", project or "-"),
         ("process", f"{process or '-'}/{sub or '-'}"),
+        ("front", front or "-"),
+        ("endpoint", endpoint or "-"),
+        ("upstream", upstream or "-"),
     )
 
 
@@ -253,7 +305,7 @@ class StatsBuilder:
         self.bucket_seconds = bucket_seconds
         self.totals = Totals()
         self.buckets: dict[int, list[int]] = {}
-        self.groups: dict[str, dict[str, _Group]] = {"model": {}, "project": {}, "process": {}}
+        self.groups: dict[str, dict[str, _Group]] = {kind: {} for kind in GROUPS}
         # Histograms merge per combination first (few), then into the groups once.
         self.dists: dict[DimsKey, tuple[dict[int, int], dict[int, int]]] = {}
 
@@ -280,17 +332,11 @@ class StatsBuilder:
         bucket[0] += cell.calls
         bucket[1] += cell.input_tokens
         bucket[2] += cell.output_tokens
-        for kind, key in _group_keys(cell.model, cell.project, cell.process_id, cell.subprocess_id):
+        for kind, key in _group_keys(dims_of(cell)):
             self._group(kind, key).add(cell)
 
     def add_dist(self, dist: Dist) -> None:
-        dims: DimsKey = (
-            dist.model,
-            dist.project,
-            dist.process_id,
-            dist.subprocess_id,
-            dist.status,
-        )
+        dims = dims_of(dist)
         found = self.dists.get(dims)
         if found is None:
             self.dists[dims] = (dict(dist.seconds_hist), dict(dist.ttft_hist))
@@ -307,8 +353,8 @@ class StatsBuilder:
 
     def build(self) -> Stats:
         self.totals.model_seconds = round(self.totals.model_seconds, 6)
-        for (model, project, process, sub, _), (seconds, ttft) in self.dists.items():
-            for kind, key in _group_keys(model, project, process, sub):
+        for dims, (seconds, ttft) in self.dists.items():
+            for kind, key in _group_keys(dims):
                 group = self._group(kind, key)
                 _merge_hist(group.seconds_hist, seconds)
                 _merge_hist(group.ttft_hist, ttft)
@@ -332,6 +378,9 @@ class StatsBuilder:
             by_model=rows("model"),
             by_project=rows("project"),
             by_process=rows("process"),
+            by_front=rows("front"),
+            by_endpoint=rows("endpoint"),
+            by_upstream=rows("upstream"),
         )
 
 

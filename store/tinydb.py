@@ -12,6 +12,11 @@ of history.
 Queries and stats run on a second thread. They see every appended record: the
 queue, the journal's records and the newest file are in memory; closed files
 are read only where their summary says they may hold what is asked.
+
+A file the disk damaged is repaired, never dropped whole: its documents that still read
+are kept (at startup, or by the writer as soon as a query finds the damage, queries
+reading around it meanwhile), the damaged original is kept beside it as
+NAME.corrupt-STAMP, one loud line is logged, and /health says `degraded`, naming it.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ from pathlib import Path
 
 import msgspec
 
-from . import files, reading
-from .base import StoreError, StoreHealth, export_pages
+from . import files, reading, spill
+from .base import FolderInUse, StoreError, StoreHealth, export_pages
 from .files import Row, SegmentMeta
 from .records import Stats, UsageQuery, UsageRecord, iso
 
@@ -55,6 +60,25 @@ RETENTION_EVERY = 3600.0
 MAX_PENDING = 100_000
 # Closed files whose rows queries keep decoded (about 1 MB each).
 CACHED_SEGMENTS = 16
+# How often a query is asked again when files change under it, at most.
+MAX_ASKS = 20
+
+
+class Damage(msgspec.Struct):
+    """A usage file the disk damaged, as found by this process."""
+
+    name: str
+    lost: int | None  # documents that could not be read; None: none could (set aside whole)
+    aside: str | None = None  # where the damaged original is kept, once it is
+
+    def describe(self) -> str:
+        if self.lost is None:
+            return f"usage file {self.name} was unreadable; it is kept as {self.aside}"
+        kept = f"the damaged original is kept as {self.aside}" if self.aside else "repairing it"
+        records = "record" if self.lost == 1 else "records"
+        return (
+            f"usage file {self.name} is damaged: {self.lost} {records} could not be read ({kept})"
+        )
 
 
 def _lock_folder(folder: Path) -> int:
@@ -68,7 +92,7 @@ def _lock_folder(folder: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise StoreError(
+        raise FolderInUse(
             f"another gateway is already using the data folder {folder}; "
             "stop it, or give this one its own folder with --data"
         ) from None
@@ -92,7 +116,9 @@ class _Open:
 class TinyDBStore:
     """Append usage records and read them back, newest first (a `store.base.UsageStore`)."""
 
-    def __init__(self, folder: Path, *, retention_days: float | None = None) -> None:
+    def __init__(
+        self, folder: Path, *, retention_days: float | None = None, spill: bool = True
+    ) -> None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._lock_fd = _lock_folder(folder)
@@ -101,6 +127,8 @@ class TinyDBStore:
         self.folder = folder
         self.path = folder / "usage"
         self.retention_days = retention_days
+        # Whether records the disk refuses at close are spilled (store/spill.py).
+        self.spill = spill
         # Records appended (by the event loop) and deleted by retention (by the writer)
         # since startup: `changes`, the dashboard's ETag, is their sum, so a page polling
         # an idle gateway still sees old calls leave its totals. Two counters, each written
@@ -109,6 +137,8 @@ class TinyDBStore:
         self.deleted = 0
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
+        # Notified whenever the closed files change (a fold, a repair, retention).
+        self._changed = threading.Condition(self._lock)
         # Appended, not yet in the journal / being written to it / in the journal, not yet folded.
         self._pending: list[UsageRecord] = []
         self._pending_since = 0.0  # when the first of them was appended
@@ -116,6 +146,11 @@ class TinyDBStore:
         self._unfolded: list[tuple[UsageRecord, bytes]] = []
         self._metas: list[SegmentMeta] = []
         self._cache: OrderedDict[tuple[str, int], list[Row]] = OrderedDict()
+        # Damage found since startup, by file name; and the closed files (name, size) whose
+        # rows queries must take from what still reads, until the writer has repaired them.
+        self._damage: dict[str, Damage] = {}
+        self._suspect: set[tuple[str, int]] = set()
+        self._repairs: list[str] = []
         self._flushes: list[Future[None]] = []
         self._closing = False
         self._stopped = False
@@ -181,22 +216,53 @@ class TinyDBStore:
         try:
             return files.reindex(self.path, name)
         except ValueError as exc:
-            files.set_aside(self.path / name, str(exc))
-            files.summary_path(self.path, name).unlink(missing_ok=True)
-            files.rows_path(self.path, name).unlink(missing_ok=True)
-            return None
+            # The summary (if any) was written with the file, before the damage.
+            meta = files.read_meta(files.summary_path(self.path, name))
+            kept = self._salvage(name, str(exc), meta.count if meta else 0)
+            return files.write_segment(self.path, name, *kept) if kept else None
 
     def _open_newest(self, name: str | None) -> _Open:
         if name is not None:
             try:
                 records = files.read_segment(self.path / name)
             except ValueError as exc:
-                files.set_aside(self.path / name, str(exc))
-                files.summary_path(self.path, name).unlink(missing_ok=True)
+                kept = self._salvage(name, str(exc))
+                if kept:
+                    files.atomic_write(self.path / name, files.tinydb_bytes(kept[1]))
+                    return _Open(name, *kept, sum(map(len, kept[1])))
             else:
                 lines = [files.encode(r) for r in records]
                 return _Open(name, records, lines, sum(map(len, lines)))
         return _Open(self._next_name(name), [], [], 0)
+
+    def _salvage(
+        self, name: str, why: str, count: int = 0
+    ) -> tuple[list[UsageRecord], list[bytes]] | None:
+        """The records of a damaged file that still read, to be written back in its place
+        (the original is kept aside first); None, and the file set aside, if none do.
+        `count`: how many records the file held, if known."""
+        path = self.path / name
+        found = files.salvage(path.read_bytes())
+        lost = max(found.lost, count - len(found.records))
+        if not found.records:
+            aside = files.set_aside(path, why)
+            files.summary_path(self.path, name).unlink(missing_ok=True)
+            files.rows_path(self.path, name).unlink(missing_ok=True)
+            with self._lock:
+                self._damage[name] = Damage(name, lost=None, aside=str(aside))
+            return None
+        aside = files.keep_aside(path)
+        log.error(
+            "USAGE FILE DAMAGED: %s: %d records could not be read and are left out; "
+            "the %d that read are kept in it. The damaged original is kept as %s.",
+            path,
+            lost,
+            len(found.records),
+            aside,
+        )
+        with self._lock:
+            self._damage[name] = Damage(name, lost=lost, aside=str(aside))
+        return found.records, [files.encode(r) for r in found.records]
 
     def _next_name(self, after: str | None) -> str:
         today = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -249,6 +315,7 @@ class TinyDBStore:
                 bad += 1
         if bad:
             aside = files.set_aside(self.path / files.JOURNAL, f"{bad} unreadable journal lines")
+            self._damage[files.JOURNAL] = Damage(files.JOURNAL, lost=bad, aside=str(aside))
             os.close(self._journal_fd)
             self._journal_fd = os.open(
                 self.path / files.JOURNAL, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600
@@ -318,7 +385,7 @@ class TinyDBStore:
             with self._wake:
                 while True:
                     now = time.monotonic()
-                    if self._closing or self._flushes:
+                    if self._closing or self._flushes or self._repairs:
                         break
                     if self._pending and now >= self._commit_at():
                         break
@@ -332,9 +399,12 @@ class TinyDBStore:
                     self._pending = []
                     self._committing = batch
                 flushes, self._flushes = self._flushes, []
+                repairs, self._repairs = self._repairs, []
                 closing = self._closing
             if batch:
                 self._commit(batch)
+            for name in repairs:
+                self._repair(name)
             now = time.monotonic()
             if self._unfolded and (closing or flushes or self._fold_due(now)):
                 try:
@@ -353,13 +423,51 @@ class TinyDBStore:
                 with self._lock:
                     if not self._pending:
                         return
-                    if self._journal_error:
-                        log.error(
-                            "USAGE RECORDS LOST: %d records could not be written before exit (%s)",
-                            len(self._pending),
-                            self._journal_error,
-                        )
-                        return
+                    refused, self._pending = self._pending, []
+                    error = self._journal_error
+                if error:
+                    self._spill(refused, error)
+                    return
+                with self._lock:  # appended while this batch was written: one more round
+                    self._pending[:0] = refused
+
+    def _spill(self, records: list[UsageRecord], error: str) -> None:
+        """The disk refuses the records left at close: write them somewhere else, and say
+        where and how to import them, rather than lose them."""
+        count = len(records)
+        if not self.spill:
+            log.error("%d usage records were not written (%s)", count, error)
+            return
+        lines = [files.encode(r) for r in records if _encodable(r)]
+        try:
+            where, refused = spill.spill(lines)
+        except OSError as exc:
+            log.error(
+                "USAGE RECORDS LOST: %d records could not be written before exit (%s), "
+                "nor spilled anywhere else (standard error: %s)",
+                count,
+                error,
+                exc,
+            )
+            return
+        if where == spill.STDERR:
+            place = (
+                f"standard error, one record per line after {spill.SPILL_PREFIX!r}: save those "
+                "lines to a file (the systemd journal keeps them: journalctl -u UNIT -o cat "
+                "| grep 'USAGE RECORD SPILL' > FILE)"
+            )
+        else:
+            place = where
+        if refused:
+            place += f" (refused: {'; '.join(refused)})"
+        log.error(
+            "USAGE RECORDS SPILLED: the disk refused %d records at exit (%s); they are in %s. "
+            "Once there is space, with the gateway stopped, import them with: %s",
+            count,
+            error,
+            place,
+            spill.import_command(where, self.folder),
+        )
 
     def _fold_due(self, now: float) -> bool:
         return now >= self._fold_retry_at and (
@@ -462,6 +570,7 @@ class TinyDBStore:
         self._folded_at = time.monotonic()
         with self._lock:
             self._metas = self._metas + [meta for meta, _ in indexed]
+            self._changed.notify_all()
             self._open = _Open(name, records, lines, size)
             self._unfolded = []
             for meta, rows in indexed:
@@ -477,6 +586,35 @@ class TinyDBStore:
             log.error("%s", error)
         self._fold_error = error
 
+    def _repair(self, name: str) -> None:
+        """Write back the readable records of a closed file a query found damaged."""
+        with self._lock:
+            meta = next((m for m in self._metas if m.name == name), None)
+            if meta is None or (meta.name, meta.size) not in self._suspect:
+                return  # retention removed or rewrote it meanwhile
+        path = self.path / name
+        try:
+            try:
+                # A file that reads whole was not damaged: its rows were wrong. Rebuild them.
+                indexed = files.reindex(self.path, name)
+            except ValueError as exc:
+                kept = self._salvage(name, str(exc), meta.count)
+                indexed = files.write_segment(self.path, name, *kept) if kept else None
+            files.fsync_dir(self.path)
+            files.fsync_dir(self.path / files.INDEX)
+        except OSError as exc:
+            # Queries go on reading around the damage; the next start tries again.
+            log.error("USAGE FILE DAMAGED: %s, and it cannot be repaired now: %s", path, exc)
+            return
+        with self._lock:
+            others = [m for m in self._metas if m.name != name]
+            if indexed is None:  # nothing in it read: it was set aside whole
+                self._metas = others
+            else:
+                self._metas = sorted([*others, indexed[0]], key=lambda m: files.segment_key(m.name))
+                self._cache_put(*indexed)
+            self._changed.notify_all()
+
     def _apply_retention(self) -> None:
         assert self.retention_days is not None
         cutoff = iso(datetime.now(UTC) - timedelta(days=self.retention_days))
@@ -490,7 +628,12 @@ class TinyDBStore:
             path = self.path / meta.name
             records = []
             if meta.max_date >= cutoff and path.exists():  # straddles the limit: keep the newer
-                records = [r for r in files.read_segment(path) if r.date >= cutoff]
+                try:
+                    records = files.read_segment(path)
+                except ValueError as exc:
+                    readable = self._salvage(meta.name, str(exc), meta.count)
+                    records = readable[0] if readable else []
+                records = [r for r in records if r.date >= cutoff]
             removed += meta.count - len(records)
             if records:
                 lines = [files.encode(r) for r in records]
@@ -509,6 +652,7 @@ class TinyDBStore:
         files.fsync_dir(self.path)
         with self._lock:
             self._metas = kept
+            self._changed.notify_all()
             self._open = current
             self.deleted += removed
         if removed:
@@ -520,13 +664,21 @@ class TinyDBStore:
 
     async def flush(self) -> None:
         """Wait until everything appended so far is in the TinyDB files (or has failed to be)."""
+        await asyncio.wrap_future(self._flush())
+
+    def sync(self) -> None:
+        """flush(), for code without an event loop (blocks)."""
+        self._flush().result()
+
+    def _flush(self) -> Future[None]:
         done: Future[None] = Future()
         with self._wake:
             if self._stopped:
-                return
-            self._flushes.append(done)
-            self._wake.notify()
-        await asyncio.wrap_future(done)
+                done.set_result(None)
+            else:
+                self._flushes.append(done)
+                self._wake.notify()
+        return done
 
     # -- reading ---------------------------------------------------------------
 
@@ -552,6 +704,9 @@ class TinyDBStore:
             if rows is not None:
                 self._cache.move_to_end(key)
                 return rows
+            suspect = key in self._suspect
+        if suspect:
+            return self._salvaged_rows(meta)
         try:
             rows = files.read_rows(files.rows_path(self.path, meta.name))
         except FileNotFoundError:
@@ -564,11 +719,42 @@ class TinyDBStore:
         if rows is None:
             try:
                 indexed = files.reindex(self.path, meta.name)
-            except (OSError, ValueError) as exc:
+            except OSError as exc:
                 log.error("USAGE FILE UNREADABLE, skipped by this query: %s", exc)
                 return []
+            except ValueError:
+                self._found_damage([meta])
+                return self._salvaged_rows(meta)
             rows = indexed[1] if indexed else []
         with self._lock:
+            self._cache_put(meta, rows)
+        return rows
+
+    def _found_damage(self, metas: list[SegmentMeta]) -> None:
+        """A query found documents that do not read: read around them, and have the writer
+        repair the files (it logs, once per file)."""
+        with self._wake:
+            for meta in metas:
+                key = (meta.name, meta.size)
+                if key in self._suspect:
+                    continue
+                self._suspect.add(key)
+                self._cache.pop(key, None)
+                self._damage.setdefault(meta.name, Damage(meta.name, lost=0))
+                self._repairs.append(meta.name)
+            self._wake.notify()
+
+    def _salvaged_rows(self, meta: SegmentMeta) -> list[Row]:
+        """Rows of the documents of a damaged file that still read, pointing into it as is."""
+        try:
+            rows, lost = files.salvaged_rows(self.path / meta.name)
+        except OSError as exc:
+            log.error("USAGE FILE UNREADABLE, skipped by this query: %s", exc)
+            return []
+        with self._lock:
+            damage = self._damage.get(meta.name)
+            if damage is not None and damage.aside is None:
+                damage.lost = max(lost, meta.count - len(rows))
             self._cache_put(meta, rows)
         return rows
 
@@ -576,7 +762,38 @@ class TinyDBStore:
         return await asyncio.get_running_loop().run_in_executor(self._reader, self._query, q)
 
     def _query(self, q: UsageQuery) -> list[UsageRecord]:
-        return reading.newest_page(q, *self._in_memory(), self._rows, self.path)
+        # Asked again when the page met damage (in files not met before: from then on they
+        # are read around), or a file the writer rewrote since its rows were read: then
+        # once the writer has said what the file now holds.
+        for _ in range(MAX_ASKS):
+            metas, recent = self._in_memory()
+            page = reading.newest_page(q, metas, recent, self._rows, self.path)
+            if page.damaged:
+                self._found_damage(page.damaged)
+            elif not page.moved:
+                return page.records
+            elif not self._wait_change(metas):
+                # Rewritten, but not by the writer: have it read the file as it is now.
+                self._found_damage(page.moved)
+        log.error("a usage query met changing files %d times; its page may be short", MAX_ASKS)
+        return page.records
+
+    def known(self, ids: set[str]) -> set[str]:
+        """Which of these record ids the store holds (blocks; reads the files that may)."""
+        if not ids:
+            return set()
+        metas, recent = self._in_memory()
+        found = {r.id for r in recent if r.id in ids}
+        low, high = min(ids), max(ids)
+        for meta in metas:
+            if meta.max_id >= low and meta.min_id <= high:
+                found.update(row.id for row in self._rows(meta) if row.id in ids)
+        return found
+
+    def _wait_change(self, metas: list[SegmentMeta]) -> bool:
+        """Wait (a second at most) for the closed files to change from `metas`."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._metas is not metas, 1.0)
 
     async def stats(self, q: UsageQuery, *, bucket_seconds: int) -> Stats:
         """Aggregates over all records matching q's filters (q's paging is ignored)."""
@@ -585,7 +802,13 @@ class TinyDBStore:
         )
 
     def _stats(self, q: UsageQuery, bucket_seconds: int) -> Stats:
-        return reading.stats_over(q, bucket_seconds, *self._in_memory(), self._rows, self.path)
+        return reading.stats_over(
+            q, bucket_seconds, *self._in_memory(), self._rows, self.path, self._trusted
+        )
+
+    def _trusted(self, meta: SegmentMeta) -> bool:
+        with self._lock:
+            return (meta.name, meta.size) not in self._suspect
 
     def export(self, q: UsageQuery) -> AsyncIterator[list[UsageRecord]]:
         return export_pages(self, q)
@@ -597,13 +820,20 @@ class TinyDBStore:
             pending = len(self._pending) + len(self._committing)
             dropped = self._dropped
             stopped = self._stopped and not self._closing
+            damage = sorted(self._damage.values(), key=lambda d: d.name)
         error = self._journal_error or self._fold_error
         if stopped:
             error = "the usage writer stopped unexpectedly (see the log); restart the gateway"
         if dropped:
             error = f"{error or 'the disk refused records'}; {dropped} records dropped"
+        if damage:
+            error = "; ".join([*([error] if error else []), *(d.describe() for d in damage)])
         return StoreHealth(
-            status="degraded" if error else "ok", path=str(self.path), pending=pending, error=error
+            status="degraded" if error else "ok",
+            path=str(self.path),
+            pending=pending,
+            error=error,
+            damaged=[d.name for d in damage],
         )
 
     def close(self) -> None:

@@ -17,10 +17,10 @@ from typing import Any
 
 import httpx
 
-from access.keys import Access
 from app import GatewayApp, create_app
 from calls.upstream import Upstream
 from ollama_client import OllamaUpstream
+from ollama_host.backends import open_access
 from ollama_host.settings import Settings, parse_settings
 from tests import ollama_standin
 from tests.gateway_proc import ADMIN_TOKEN
@@ -66,7 +66,7 @@ async def in_process(
     Without `upstream`, it asks the Ollama stand-in (in this process).
     """
     settings = parse_settings(["--data", str(folder), *flags], env or {})
-    access, _ = Access.open(settings.data_path, ADMIN_TOKEN)
+    access, _ = open_access(settings.store, settings.data_path, ADMIN_TOKEN)
     standin = None
     if upstream is None:
         upstream, standin = standin_upstream()

@@ -24,7 +24,21 @@ nometrics=1    omit every metric field from the done line / reply (Go ``omitempt
 think=1        the first two chunks' messages also carry ``"thinking": "hmm "``
 thinking=N     stream: N chunks carrying only ``"thinking": "t{i} "`` (empty content) before the
                answer; with stall=0 the stream stalls right after them (a model still thinking)
+tool_calls=1   answer by calling the request's first tool (arguments made from its parameters'
+               schema), in a chunk of its own when streamed; needs ``tools``
+echo=1         the answer's text is a JSON object of what arrived besides the prompt: options,
+               format, think, keep_alive, tools, the images' count, system, suffix, ... so a test
+               sees that a field reached Ollama
 =============  ===============================================================================
+
+A request with a ``format`` (``"json"`` or a JSON schema) is answered with a JSON document: an
+instance of the schema, made from its ``type``/``properties``/``items``/``enum``.
+
+/api/generate takes the same directives in its ``prompt``; its lines carry ``response``, and its
+last line ``context``. /api/embed answers each input with a deterministic unit vector (8 numbers,
+fewer with a smaller ``dimensions``, as Ollama cuts a model's vectors) and counts its words as
+prompt tokens; /api/embeddings answers one prompt with
+an unnormalized one. Images must be base64, as Ollama decodes them.
 
 A 401 is answered as Ollama answers a cloud model while it is not signed in to ollama.com:
 ``{"error": "unauthorized", "signin_url": "https://ollama.com/connect?..."}``. A path with no
@@ -34,7 +48,8 @@ A misspelt directive or value is answered with 400 ``{"error": "stand-in: ..."}`
 fail loudly instead of silently using defaults.
 
 Test-only observation endpoints live under ``/_standin/``: ``GET calls`` (one record per
-/api/chat request, in arrival order), ``POST reset`` and ``GET open``.
+/api/chat, /api/generate, /api/embed or /api/embeddings request, in arrival order, with its
+path and its body, images replaced by their lengths), ``POST reset`` and ``GET open``.
 
 Run as a script: ``python tests/ollama_standin.py --host 127.0.0.1 --port PORT [--models a,b]
 [--delay S]`` (``--delay``: a slow server, S seconds between streamed lines unless asked otherwise),
@@ -44,9 +59,12 @@ or from Python with :func:`start_standin`.
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import contextlib
 import dataclasses
 import hashlib
+import math
 import re
 import socket
 import subprocess
@@ -74,6 +92,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MODELS: Final = ["llama3:latest", "qwen:latest", "mistral:latest", "custom-model:latest"]
 VERSION: Final = "0.12.0"
+EMBEDDING_LENGTH: Final = 8
 
 # The answer for [[tricky=1]]: every token is something a naive SSE/JSON relay gets wrong.
 TRICKY_TOKENS: Final = [
@@ -229,6 +248,8 @@ _PARSERS: Final[dict[str, Callable[[str], object]]] = {
     "nometrics": _flag,
     "think": _flag,
     "thinking": _non_negative_int,
+    "tool_calls": _flag,
+    "echo": _flag,
 }
 
 
@@ -247,6 +268,8 @@ class Plan:
     nometrics: bool = False
     think: bool = False
     thinking: int = 0
+    tool_calls: bool = False
+    echo: bool = False
 
     @classmethod
     def from_messages(cls, messages: list[Any]) -> Plan:
@@ -283,18 +306,17 @@ _DEFAULT_PLAN: Final = Plan()
 
 
 class CallRecord(msgspec.Struct):
-    """What the stand-in saw of one /api/chat request (served by GET /_standin/calls)."""
+    """What the stand-in saw of one request (served by GET /_standin/calls)."""
 
     n: int
     started: float
+    path: str = "/api/chat"
+    # The request's JSON object, each image replaced by its length in characters.
+    body: Any = None
     model: Any = None
     stream: bool = True
     messages: Any = msgspec.field(default_factory=list)
     options: Any = None
-    # The other generation fields as the request sent them (absent: None).
-    think: Any = None
-    keep_alive: Any = None
-    format: Any = None
     ended: float | None = None
     tokens_sent: int = 0
     finished: bool = False  # a done:true line / reply was sent
@@ -353,11 +375,13 @@ class _Clock:
 _clock = _Clock()
 
 # JSON encodings of the default tokens, so a streamed line is mostly byte concatenation.
-_TOKEN_JSON: Final = [_encode(f"w{i} ") for i in range(4096)]
+_TOKEN_TEXT: Final = [f"w{i} " for i in range(4096)]
+_TOKEN_JSON: Final = [_encode(text) for text in _TOKEN_TEXT]
 
 
 def _token_json(plan: Plan, index: int, token: str) -> bytes:
-    if not plan.tricky and index < len(_TOKEN_JSON):
+    # Only a default token is pre-encoded: a format's document or an echo replaces them.
+    if not plan.tricky and index < len(_TOKEN_JSON) and token == _TOKEN_TEXT[index]:
         return _TOKEN_JSON[index]
     return _encode(token)
 
@@ -471,16 +495,118 @@ def _num_predict(options: Any) -> int | None:
     return None
 
 
-class _ChatEndpoint:
-    """POST /api/chat as a raw ASGI app, so it controls the response and watches hang-ups."""
+def _images_counted(value: Any) -> Any:
+    """A request body for the call log: each image replaced by its length."""
+    if isinstance(value, dict):
+        return {
+            key: [len(i) if isinstance(i, str) else i for i in item]
+            if key == "images" and isinstance(item, list)
+            else _images_counted(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_images_counted(item) for item in value]
+    return value
 
-    def __init__(self, state: _State) -> None:
+
+def _bad_image(req: dict[str, Any]) -> str | None:
+    """Ollama decodes images from base64 into bytes; text that is not base64 fails there."""
+    lists = [req.get("images")]
+    messages = req.get("messages")
+    if isinstance(messages, list):
+        lists += [m.get("images") for m in messages if isinstance(m, dict)]
+    for images in lists:
+        if images is None:
+            continue
+        if not isinstance(images, list):
+            return "invalid value for images: expected a list"
+        for image in images:
+            try:
+                if not isinstance(image, str):
+                    raise ValueError(image)
+                base64.b64decode(image, validate=True)
+            except (ValueError, binascii.Error):
+                return "illegal base64 data in images"
+    return None
+
+
+def _instance(schema: Any, depth: int = 0) -> Any:
+    """A value that follows a JSON schema (the subset structured outputs use)."""
+    if not isinstance(schema, dict) or depth > 8:
+        return None
+    if "enum" in schema and isinstance(schema["enum"], list) and schema["enum"]:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if isinstance(schema.get(key), list) and schema[key]:
+            return _instance(schema[key][0], depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    properties = schema.get("properties")
+    if kind == "object" or isinstance(properties, dict):
+        props = properties if isinstance(properties, dict) else {}
+        return {name: _instance(sub, depth + 1) for name, sub in props.items()}
+    if kind == "array":
+        return [_instance(schema.get("items"), depth + 1)]
+    return {"string": "w0", "integer": 1, "number": 1.5, "boolean": True}.get(str(kind))
+
+
+def _tool_call(tools: Any) -> dict[str, Any] | None:
+    """A call of the first tool, with arguments made from its parameters' schema."""
+    if not isinstance(tools, list) or not tools or not isinstance(tools[0], dict):
+        return None
+    function = tools[0].get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        return None
+    arguments = _instance(function.get("parameters") or {"type": "object"})
+    return {"function": {"name": function["name"], "arguments": arguments or {}}}
+
+
+_ECHOED: Final = (
+    "options",
+    "format",
+    "think",
+    "keep_alive",
+    "tools",
+    "system",
+    "template",
+    "suffix",
+    "raw",
+    "context",
+    "truncate",
+    "shift",
+    "logprobs",
+    "top_logprobs",
+)
+
+
+def _echo(req: dict[str, Any], messages: list[Any]) -> str:
+    echoed: dict[str, Any] = {key: req[key] for key in _ECHOED if key in req}
+    images = [len(m.get("images") or []) for m in messages if isinstance(m, dict)]
+    if isinstance(req.get("images"), list):
+        images.append(len(req["images"]))
+    echoed["images"] = images
+    echoed["roles"] = [m.get("role") for m in messages if isinstance(m, dict)]
+    tool_calls = [m.get("tool_calls") for m in messages if isinstance(m, dict)]
+    echoed["tool_calls"] = [c for c in tool_calls if c]
+    return _encode(echoed).decode()
+
+
+class _AskEndpoint:
+    """POST /api/chat or /api/generate as a raw ASGI app, so it controls the response and
+    watches hang-ups."""
+
+    def __init__(self, state: _State, generate: bool = False) -> None:
         self.state = state
+        self.generate = generate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter_ns()
         self.state.open_streams += 1
         exchange = _Exchange(self.state, self.state.new_call(), send)
+        exchange.record.path = scope["path"]
         try:
             await self._handle(exchange, scope, receive, t0)
         finally:
@@ -507,14 +633,25 @@ class _ChatEndpoint:
         if not isinstance(req, dict):
             await exchange.reply(400, _error_body("invalid request: expected a JSON object"))
             return
+        record.body = _images_counted(req)
         model_name = req.get("model")
         stream = req.get("stream")
-        messages = req.get("messages")
         record.model = model_name
         record.options = req.get("options")
-        record.think = req.get("think")
-        record.keep_alive = req.get("keep_alive")
-        record.format = req.get("format")
+        if self.generate:
+            prompt = req.get("prompt")
+            if prompt is not None and not isinstance(prompt, str):
+                await exchange.reply(
+                    400, _error_body("invalid value for prompt: expected a string")
+                )
+                return
+            messages: Any = [{"role": "user", "content": prompt}] if prompt else []
+            if isinstance(req.get("system"), str):
+                messages.insert(0, {"role": "system", "content": req["system"]})
+            if not prompt and req.get("images"):
+                messages.append({"role": "user", "content": ""})
+        else:
+            messages = req.get("messages")
         if isinstance(messages, list):
             record.messages = messages
         if stream is None:
@@ -531,26 +668,29 @@ class _ChatEndpoint:
         if not isinstance(model_name, str) or not model_name:
             await exchange.reply(400, _error_body("model is required"))
             return
+        bad_image = _bad_image(req)
+        if bad_image is not None:
+            await exchange.reply(400, _error_body(bad_image))
+            return
         model = self.state.models.get(_normalize_model(model_name))
         if model is None:
             message = f"model {_go_quote(model_name)} not found, try pulling it first"
             await exchange.reply(404, _error_body(message))
             return
 
-        if not messages:
+        if not [m for m in messages if isinstance(m, dict) and m.get("role") != "system"]:
             # Ollama answers an empty chat by loading (or, with keep_alive 0, unloading) the model.
             unload = req.get("keep_alive") in (0, "0", "0s")
             if unload:
                 self.state.loaded.pop(model.name, None)
             else:
                 self.state.loaded[model.name] = time.time() + 300
-            reply = {
-                "model": model_name,
-                "created_at": _clock.now().decode(),
-                "message": {"role": "assistant", "content": ""},
-                "done": True,
-                "done_reason": "unload" if unload else "load",
-            }
+            reply: dict[str, Any] = {"model": model_name, "created_at": _clock.now().decode()}
+            if self.generate:
+                reply["response"] = ""
+            else:
+                reply["message"] = {"role": "assistant", "content": ""}
+            reply.update(done=True, done_reason="unload" if unload else "load")
             record.finished = True
             await exchange.reply(200, _encode(reply))
             return
@@ -569,9 +709,24 @@ class _ChatEndpoint:
                 body = _encode({"error": text, "signin_url": SIGNIN_URL})
             await exchange.reply(plan.status, body)
             return
+        tool_call = None
+        if plan.tool_calls:
+            tool_call = _tool_call(req.get("tools"))
+            if tool_call is None:
+                await exchange.reply(400, _error_body("stand-in: [[tool_calls=1]] needs tools"))
+                return
 
         self.state.loaded[model.name] = time.time() + 300
         tokens = plan.answer_tokens()
+        if plan.echo:
+            tokens = [_echo(req, messages)]
+        elif req.get("format"):
+            document = _encode(_instance(req["format"]) if req["format"] != "json" else {})
+            text = document.decode()
+            # In three pieces, as a model writes a document a few tokens at a time.
+            third = max(1, len(text) // 3)
+            pieces = [text[:third], text[third : 2 * third], text[2 * third :]]
+            tokens = [piece for piece in pieces if piece]
         limit = _num_predict(record.options)
         done_reason = "stop"
         if limit is not None and limit < len(tokens):
@@ -579,12 +734,14 @@ class _ChatEndpoint:
             done_reason = "length"
         words = _count_words(messages)
         turn = _Turn(exchange, plan, model_name, tokens, done_reason, words, t0)
+        turn.generate = self.generate
+        turn.tool_call = tool_call
         work = turn.stream if stream else turn.whole
         await exchange.run_watched(receive, work)
 
 
 class _Turn:
-    """Produces one chat answer, streamed or whole."""
+    """Produces one answer, streamed or whole, as chat or generate lines."""
 
     def __init__(
         self,
@@ -604,6 +761,8 @@ class _Turn:
         self.prompt_words = prompt_words
         self.t0 = t0
         self.load_ns = 1
+        self.generate = False
+        self.tool_call: dict[str, Any] | None = None
 
     async def _load(self) -> None:
         start = time.perf_counter_ns()
@@ -618,13 +777,16 @@ class _Turn:
         # even when a timer fired a little early.
         planned_ns = int(self.plan.delay * 1e9) * len(self.tokens)
         eval_ns = max(1, time.perf_counter_ns() - gen_start, planned_ns)
-        final: dict[str, Any] = {
-            "model": self.model,
-            "created_at": _clock.now().decode(),
-            "message": message,
-            "done": True,
-            "done_reason": self.done_reason,
-        }
+        final: dict[str, Any] = {"model": self.model, "created_at": _clock.now().decode()}
+        if self.generate:
+            final["response"] = message["content"]
+            if "thinking" in message:
+                final["thinking"] = message["thinking"]
+        else:
+            final["message"] = message
+        final.update(done=True, done_reason=self.done_reason)
+        if self.generate:
+            final["context"] = [1, 2, 3]
         if not self.plan.nometrics:
             # Prompt evaluation is not simulated by sleeping; it is added to the total so that
             # total >= load + prompt_eval + eval holds, as it does for Ollama.
@@ -637,12 +799,22 @@ class _Turn:
                 "load_duration": self.load_ns,
                 "prompt_eval_count": self.prompt_words,
                 "prompt_eval_duration": prompt_ns,
-                "eval_count": len(self.tokens),
+                "eval_count": len(self.tokens) + (1 if self.tool_call else 0),
                 "eval_duration": eval_ns,
             }
             # Go's omitempty: a zero count is absent, not 0.
             final.update((key, value) for key, value in metrics.items() if value)
         return final
+
+    def _line(self, head: bytes, text: bytes, thinking: bytes) -> bytes:
+        if self.generate:
+            return b'%s%s","response":%s%s,"done":false}\n' % (head, _clock.now(), text, thinking)
+        return b'%s%s","message":{"role":"assistant","content":%s%s},"done":false}\n' % (
+            head,
+            _clock.now(),
+            text,
+            thinking,
+        )
 
     async def stream(self) -> None:
         plan, exchange, record = self.plan, self.exchange, self.exchange.record
@@ -653,10 +825,7 @@ class _Turn:
         for t in range(plan.thinking):
             if plan.delay > 0 and t > 0:
                 await anyio.sleep(plan.delay)
-            await exchange.chunk(
-                b'%s%s","message":{"role":"assistant","content":"","thinking":"t%d "},'
-                b'"done":false}\n' % (head, _clock.now(), t)
-            )
+            await exchange.chunk(self._line(head, b'""', b',"thinking":"t%d "' % t))
         n = len(self.tokens)
         # Where the stream breaks off, counted in token lines already sent.
         stall_at = None if plan.stall is None else min(plan.stall, n)
@@ -678,10 +847,7 @@ class _Turn:
             if i == n:
                 break
             thinking = b',"thinking":"hmm "' if plan.think and i < 2 else b""
-            await exchange.chunk(
-                b'%s%s","message":{"role":"assistant","content":%s%s},"done":false}\n'
-                % (head, _clock.now(), _token_json(plan, i, self.tokens[i]), thinking)
-            )
+            await exchange.chunk(self._line(head, _token_json(plan, i, self.tokens[i]), thinking))
             record.tokens_sent += 1
             if plan.delay == 0 and i % _YIELD_EVERY == _YIELD_EVERY - 1:
                 # uvicorn's send() does not yield unless the socket is backed up, and after a
@@ -689,8 +855,13 @@ class _Turn:
                 # without the watcher ever seeing the disconnect. It also keeps concurrent
                 # streams interleaved. Not every line: a yield per line costs ~35% throughput.
                 await anyio.lowlevel.checkpoint()
-        message = {"role": "assistant", "content": ""}
-        final = self._final(message, gen_start)
+        if self.tool_call is not None:
+            # A chunk that carries only the tool call, as Ollama sends it.
+            message = {"role": "assistant", "content": "", "tool_calls": [self.tool_call]}
+            chunk: dict[str, Any] = {"model": self.model, "created_at": _clock.now().decode()}
+            chunk.update(message=message, done=False)
+            await exchange.chunk(_encode(chunk) + b"\n")
+        final = self._final({"role": "assistant", "content": ""}, gen_start)
         record.finished = True
         await exchange.finish(_encode(final) + b"\n")
 
@@ -711,10 +882,101 @@ class _Turn:
         message: dict[str, Any] = {"role": "assistant", "content": "".join(self.tokens)}
         if plan.think and self.tokens:
             message["thinking"] = "hmm " * min(2, len(self.tokens))
+        if self.tool_call is not None:
+            message["tool_calls"] = [self.tool_call]
         final = self._final(message, gen_start)
         record.tokens_sent = len(self.tokens)
         record.finished = True
         await exchange.reply(200, _encode(final))
+
+
+# --------------------------------------------------------------------------------------------
+# /api/embed and /api/embeddings
+# --------------------------------------------------------------------------------------------
+
+
+def _vector(text: str, dimensions: int) -> list[float]:
+    """A deterministic vector for a text: the same text always gets the same one."""
+    seed = hashlib.sha256(text.encode()).digest()
+    while len(seed) < dimensions:
+        seed += hashlib.sha256(seed).digest()
+    return [(byte - 127.5) / 127.5 for byte in seed[:dimensions]]
+
+
+def _unit(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return [x / norm for x in vector]
+
+
+class _EmbedEndpoint:
+    """POST /api/embed (several texts, unit vectors) or /api/embeddings (one prompt)."""
+
+    def __init__(self, state: _State, legacy: bool = False) -> None:
+        self.state = state
+        self.legacy = legacy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        t0 = time.perf_counter_ns()
+        state = self.state
+        record = state.new_call()
+        record.path = scope["path"]
+        record.stream = False
+        try:
+            response = await self._answer(record, await Request(scope, receive).body(), t0)
+        except ClientDisconnect:
+            record.disconnected = True
+            record.disconnected_at = time.time()
+            return
+        finally:
+            record.ended = time.time()
+        await response(scope, receive, send)
+
+    async def _answer(self, record: CallRecord, body: bytes, t0: int) -> Response:
+        def fail(status: int, message: str) -> Response:
+            return Response(_error_body(message), status_code=status, media_type=_JSON.decode())
+
+        try:
+            req = msgspec.json.decode(body)
+        except msgspec.DecodeError as exc:
+            return fail(400, f"invalid JSON: {exc}")
+        if not isinstance(req, dict):
+            return fail(400, "invalid request: expected a JSON object")
+        record.body = req
+        record.model = req.get("model")
+        record.options = req.get("options")
+        name = req.get("model")
+        if not isinstance(name, str) or not name:
+            return fail(400, "model is required")
+        model = self.state.models.get(_normalize_model(name))
+        if model is None:
+            return fail(404, f"model {_go_quote(name)} not found, try pulling it first")
+        key = "prompt" if self.legacy else "input"
+        given = req.get(key)
+        texts = [given] if isinstance(given, str) else given
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            return fail(400, f"invalid {key} type")
+        record.messages = [{"role": "user", "content": t} for t in texts]
+        dimensions = req.get("dimensions") or 0
+        if not isinstance(dimensions, int) or dimensions < 0:
+            return fail(400, "invalid dimensions")
+        # The model's own length; Ollama cuts its vectors only to a smaller `dimensions`.
+        dimensions = dimensions if 0 < dimensions < EMBEDDING_LENGTH else EMBEDDING_LENGTH
+        self.state.loaded[model.name] = time.time() + 300
+        record.tokens_sent = 0
+        record.finished = True
+        if self.legacy:
+            reply: dict[str, Any] = {"embedding": _vector(texts[0], dimensions) if texts else []}
+        else:
+            words = sum(len(t.split()) for t in texts)
+            reply = {
+                "model": name,
+                "embeddings": [_unit(_vector(t, dimensions)) for t in texts],
+                "total_duration": max(1, time.perf_counter_ns() - t0),
+                "load_duration": 1,
+            }
+            if words:
+                reply["prompt_eval_count"] = words
+        return Response(_encode(reply), media_type=_JSON.decode())
 
 
 # --------------------------------------------------------------------------------------------
@@ -779,12 +1041,15 @@ def create_app(models: list[str] | None = None, *, delay: float = 0.0) -> Starle
         return json_response(_encode({"open_streams": state.open_streams}))
 
     routes = [
-        Route("/", root, methods=["GET"]),
+        Route("/", root, methods=["GET", "HEAD"]),
         Route("/api/tags", tags, methods=["GET"]),
         Route("/api/version", version, methods=["GET"]),
         Route("/api/ps", ps, methods=["GET"]),
         Route("/api/show", show, methods=["POST"]),
-        Route("/api/chat", _ChatEndpoint(state), methods=["POST"]),
+        Route("/api/chat", _AskEndpoint(state), methods=["POST"]),
+        Route("/api/generate", _AskEndpoint(state, generate=True), methods=["POST"]),
+        Route("/api/embed", _EmbedEndpoint(state), methods=["POST"]),
+        Route("/api/embeddings", _EmbedEndpoint(state, legacy=True), methods=["POST"]),
         Route("/_standin/calls", calls, methods=["GET"]),
         Route("/_standin/reset", reset, methods=["POST"]),
         Route("/_standin/open", open_streams, methods=["GET"]),

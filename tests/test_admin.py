@@ -227,7 +227,7 @@ def test_export_rejects_a_bad_date_before_streaming(client: httpx.Client) -> Non
 
 
 def test_the_page_is_served_with_a_strict_policy(client: httpx.Client) -> None:
-    response = client.get("/")
+    response = client.get("/", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
 
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/html; charset=utf-8"

@@ -227,6 +227,10 @@ def test_dashboard_has_a_default_limit(client: httpx.Client) -> None:
         {"status": "fine"},
         {"since": "yesterday"},
         {"colour": "blue"},
+        {"cursor": "garbage"},
+        {"cursor": "0197a3c2e4f1b2a3c4d5e6"},  # 22 digits
+        {"cursor": "0197A3C2E4F1B2A3C4D5"},
+        {"after": "'; DROP TABLE usage"},
     ],
 )
 def test_dashboard_rejects_bad_parameters(client: httpx.Client, params: dict[str, str]) -> None:

@@ -41,6 +41,23 @@ def test_quick_bench_runs_with_the_line_store_too() -> None:
     assert row.endswith("| ok |"), row
 
 
+def test_quick_scale_bench_measures_both_stores() -> None:
+    from tests import pg
+
+    pg.require()
+    argv = [sys.executable, "-m", "bench.scale_bench", "--quick", "--only", "stores"]
+    argv += ["--records", "2000", "--appends", "500"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| stats, all")]
+    assert len(rows) == 1, done.stdout
+    # Every record appended is counted: the history and six runs of appends in PostgreSQL,
+    # the history and three in TinyDB.
+    assert "(5,000 records)" in rows[0]
+    assert "(3,500 records)" in rows[0]
+
+
 WRK_REPORT = """Running 5s test @ http://127.0.0.1:5000/api/v1/ai/ask_sync
   1 threads and 256 connections
   Thread Stats   Avg      Stdev     Max   +/- Stdev
@@ -67,8 +84,9 @@ def test_wrk_percentiles_are_read_from_the_distribution_not_the_stdev_column() -
     assert (parsed["requests"], parsed["non2xx"]) == (13605, 3)
 
 
-def test_wrk_percentiles_in_seconds_with_trailing_space_are_read() -> None:
-    # wrk pads a figure in seconds ("1.96s ") to line it up with the others.
-    report = WRK_REPORT.replace("     99%    1.02s\n", "     99%    1.96s \n")
+def test_wrk_percentiles_in_seconds_carry_a_trailing_space() -> None:
+    # wrk pads "1.89s" to the width of "1.89ms": the line ends in a space.
+    report = WRK_REPORT.replace("     99%    1.02s\n", "     99%    2.61s \n")
+    assert report != WRK_REPORT
 
-    assert parse_wrk(report)["p99"] == 1960.0
+    assert parse_wrk(report)["p99"] == 2610.0

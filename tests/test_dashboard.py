@@ -347,3 +347,29 @@ def test_screenshots_fit_the_screen(
         page.screenshot(path=ARTIFACTS / f"detail-{name}-{scheme}.png")
     finally:
         context.close()
+
+
+# Last in the module: its call on Ollama's front changes the totals the tests above count.
+def test_front_endpoint_and_upstream_break_down_and_filter(
+    page: Page, site: Gateway, client: httpx.Client
+) -> None:
+    project = unique("front")
+    response = httpx.post(
+        site.url + "/api/chat",
+        json={"model": "mistral", "messages": [{"role": "user", "content": "hi"}], "stream": False},
+        headers={"X-Project": project},
+    )
+    assert response.status_code == 200
+    wait_for_record(client, project, "ok")
+    open_dashboard(page, site)
+
+    expect(page.locator("#by-endpoint tbody tr", has_text="/api/chat")).to_have_count(1)
+    expect(page.locator("#by-upstream tbody tr", has_text="ollama")).to_have_count(1)
+    page.locator("#by-front tbody tr", has_text="ollama").click()
+
+    expect(page.locator("#calls tbody tr")).to_have_count(1)
+    expect(page.locator("#calls tbody tr td").nth(3)).to_have_text("ollama")
+    expect(page.locator("#filters select[name=front]")).to_have_value("ollama")
+    assert "front=ollama" in page.url
+    page.locator("#calls tbody tr").click()
+    expect(page.locator("#d-meta")).to_contain_text("ollama /api/chat")

@@ -41,6 +41,89 @@ def ndjson(text: str) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- stand-in
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def test_generate_streams_response_lines_and_ends_with_context(ollama: httpx.Client) -> None:
+    response = ollama.post("/api/generate", json={"model": "llama3", "prompt": "hi [[tokens=2]]"})
+
+    lines = ndjson(response.text)
+    assert [line["response"] for line in lines] == ["w0 ", "w1 ", ""]
+    assert lines[-1]["done"] is True
+    assert lines[-1]["context"] == [1, 2, 3]
+    assert "message" not in lines[0]
+
+
+def test_tool_calls_come_in_a_chunk_of_their_own(ollama: httpx.Client) -> None:
+    body = chat("weather [[tokens=1]] [[tool_calls=1]]", tools=[WEATHER])
+
+    lines = ndjson(ollama.post("/api/chat", json=body).text)
+    whole = ollama.post("/api/chat", json={**body, "stream": False}).json()
+
+    call = {"function": {"name": "get_weather", "arguments": {"city": "w0"}}}
+    assert lines[1]["message"] == {"role": "assistant", "content": "", "tool_calls": [call]}
+    assert whole["message"]["tool_calls"] == [call]
+    assert ollama.post("/api/chat", json=chat("[[tool_calls=1]]")).status_code == 400
+
+
+def test_format_answers_an_instance_of_the_schema(ollama: httpx.Client) -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "n": {"type": "integer"},
+            "tags": {"type": "array", "items": {"enum": ["a"]}},
+        },
+    }
+
+    whole = ollama.post("/api/chat", json=chat("x", format=schema, stream=False)).json()
+
+    assert json.loads(whole["message"]["content"]) == {"n": 1, "tags": ["a"]}
+
+
+def test_echo_and_the_call_log_show_what_arrived(ollama: httpx.Client, standin: StandIn) -> None:
+    body = chat("[[echo=1]]", options={"seed": 3}, keep_alive="1m", stream=False)
+    body["messages"][0]["images"] = ["aGVsbG8="]
+
+    echoed = json.loads(ollama.post("/api/chat", json=body).json()["message"]["content"])
+
+    assert echoed["options"] == {"seed": 3}
+    assert echoed["keep_alive"] == "1m"
+    assert echoed["images"] == [1]
+    [call] = standin.calls()
+    assert call["body"]["messages"][0]["images"] == [8]
+
+
+def test_images_must_be_base64(ollama: httpx.Client) -> None:
+    body = chat("x", stream=False)
+    body["messages"][0]["images"] = ["not base64!"]
+
+    response = ollama.post("/api/chat", json=body)
+
+    assert response.status_code == 400
+    assert "base64" in response.json()["error"]
+
+
+def test_embed_gives_unit_vectors_and_embeddings_one_vector(ollama: httpx.Client) -> None:
+    embed = ollama.post("/api/embed", json={"model": "llama3", "input": ["a b", "c"]}).json()
+    short = ollama.post("/api/embed", json={"model": "llama3", "input": "a", "dimensions": 3})
+    huge = ollama.post("/api/embed", json={"model": "llama3", "input": "a", "dimensions": 10**9})
+    legacy = ollama.post("/api/embeddings", json={"model": "llama3", "prompt": "a b"}).json()
+    missing = ollama.post("/api/embed", json={"model": "nope", "input": "a"})
+
+    assert [len(v) for v in embed["embeddings"]] == [8, 8]
+    assert sum(x * x for x in embed["embeddings"][0]) == pytest.approx(1.0)
+    assert embed["prompt_eval_count"] == 3
+    assert len(short.json()["embeddings"][0]) == 3
+    assert len(huge.json()["embeddings"][0]) == 8
+    assert len(legacy["embedding"]) == 8
+    assert missing.status_code == 404
+
 
 def test_tags_lists_models(ollama: httpx.Client) -> None:
     response = ollama.get("/api/tags")

@@ -1,14 +1,14 @@
-"""The usage store on its own: format, queries, stats, recovery, retention, faults."""
+"""The TinyDB store's own promises: its files, recovery, faults.
+
+What every store must do (queries, stats, retention, export) is in test_store_contract.py."""
 
 from __future__ import annotations
 
-import asyncio
+import errno
 import logging
 import os
-import random
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
@@ -16,52 +16,9 @@ import pytest
 from tinydb import TinyDB
 
 from ollama_host.settings import parse_settings
-from store import (
-    InputMessage,
-    Stats,
-    StoreError,
-    TinyDBStore,
-    UsageQuery,
-    UsageRecord,
-    files,
-    iso,
-)
-from store import (
-    tinydb as usage_store,
-)
-from store.stats import RATIO
-
-BASE = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
-
-
-def record(n: int, *, at: datetime | None = None, **fields: object) -> UsageRecord:
-    moment = at or BASE + timedelta(seconds=37 * n)
-    values: dict[str, object] = {
-        "id": f"{int(moment.timestamp() * 1e6):014x}{n:06x}",
-        "date": iso(moment),
-        "total_seconds": round(0.05 + (n * 7919 % 1000) / 200, 6),
-        "total_tokens": 10 + n % 7,
-        "input_tokens": 4 + n % 3,
-        "output_tokens": 6 + n % 5,
-        "model_name": ["llama3", "qwen", "mistral"][n % 3],
-        "input": [InputMessage("user", f"question {n}")],
-        "output": f"answer {n}",
-        "project": f"p{n % 4}",
-        "process_id": f"proc{n % 2}",
-        "subprocess_id": None if n % 5 else "sub",
-        "status": "ok" if n % 9 else ("error" if n % 2 else "cancelled"),
-        "ttft_seconds": None if n % 6 == 0 else 0.01 * (1 + n % 13),
-        "eval_seconds": 0.5 + n % 3,
-        "upstream_seconds": 1.0 + n % 4,
-    }
-    values.update(fields)
-    return msgspec.convert(values, UsageRecord)
-
-
-def fill(store: TinyDBStore, records: list[UsageRecord]) -> None:
-    for r in records:
-        store.append(r)
-    asyncio.run(store.flush())
+from store import FolderInUse, StoreError, TinyDBStore, UsageRecord, files, spill
+from store import tinydb as usage_store
+from tests.store_helpers import check_stats, fill, query, record, stats
 
 
 def read_all(data_dir: Path) -> list[UsageRecord]:
@@ -71,14 +28,6 @@ def read_all(data_dir: Path) -> list[UsageRecord]:
         return query(store, limit=1000)
     finally:
         store.close()
-
-
-def query(store: TinyDBStore, **fields: object) -> list[UsageRecord]:
-    return asyncio.run(store.query(msgspec.convert(fields, UsageQuery)))
-
-
-def stats(store: TinyDBStore, bucket: int, **fields: object) -> Stats:
-    return asyncio.run(store.stats(msgspec.convert(fields, UsageQuery), bucket_seconds=bucket))
 
 
 def tinydb_docs(usage: Path) -> list[dict[str, object]]:
@@ -134,46 +83,6 @@ def test_files_are_split_and_each_is_a_whole_tinydb_file(
 
 
 @pytest.mark.usefixtures("small_files")
-def test_query_pages_newest_first_across_files(store: TinyDBStore) -> None:
-    records = [record(n) for n in range(300)]
-    random.Random(3).shuffle(records)  # calls finish out of order
-    fill(store, records)
-    newest_first = sorted(records, key=lambda r: r.id, reverse=True)
-
-    first = query(store, limit=40)
-    second = query(store, limit=40, before=first[-1].id)
-    by_offset = query(store, limit=40, offset=40)
-    newer = query(store, limit=1000, after=newest_first[10].id)
-
-    assert first == newest_first[:40]
-    assert second == newest_first[40:80]
-    assert by_offset == newest_first[40:80]
-    assert newer == newest_first[:10]
-
-
-@pytest.mark.usefixtures("small_files")
-def test_query_filters_match_a_plain_scan(store: TinyDBStore) -> None:
-    records = [record(n) for n in range(400)]
-    fill(store, records)
-    since, until = BASE + timedelta(hours=1), BASE + timedelta(hours=3)
-
-    found = query(
-        store, project="p1", model="qwen", status="ok", since=since, until=until, limit=1000
-    )
-
-    expected = [
-        r
-        for r in records
-        if r.project == "p1"
-        and r.model_name == "qwen"
-        and r.status == "ok"
-        and iso(since) <= r.date < iso(until)
-    ]
-    assert found == sorted(expected, key=lambda r: r.id, reverse=True)
-    assert found
-
-
-@pytest.mark.usefixtures("small_files")
 def test_query_skips_files_that_cannot_match(
     store: TinyDBStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -194,68 +103,6 @@ def test_query_skips_files_that_cannot_match(
 
     assert [r.id for r in found] == sorted((record(n).id for n in range(200, 210)), reverse=True)
     assert len(read) == 1  # the one closed file holding "rare"; the rest was skipped
-
-
-def _exact(records: list[UsageRecord], bucket: int) -> dict[str, object]:
-    """The figures stats() must get exactly right, computed the plain way."""
-    series: dict[int, list[int]] = {}
-    models: dict[str, list[float]] = {}
-    for r in records:
-        moment = int(datetime.fromisoformat(r.date).timestamp())
-        row = series.setdefault(moment - moment % bucket, [0, 0, 0])
-        row[0] += 1
-        row[1] += r.input_tokens or 0
-        row[2] += r.output_tokens or 0
-        models.setdefault(r.model_name, []).append(r.total_seconds)
-    return {
-        "calls": len(records),
-        "input": sum(r.input_tokens or 0 for r in records),
-        "errors": sum(r.status == "error" for r in records),
-        "cancelled": sum(r.status == "cancelled" for r in records),
-        "series": [(iso(datetime.fromtimestamp(k, UTC)), *v) for k, v in sorted(series.items())],
-        "models": {k: (len(v), round(sum(v), 6), sorted(v)) for k, v in models.items()},
-    }
-
-
-def _check(found: Stats, records: list[UsageRecord], bucket: int) -> None:
-    exact = _exact(records, bucket)
-    assert found.totals.calls == exact["calls"]
-    assert found.totals.input_tokens == exact["input"]
-    assert found.totals.errors == exact["errors"]
-    assert found.totals.cancelled == exact["cancelled"]
-    assert [(b.start, b.calls, b.input_tokens, b.output_tokens) for b in found.series] == exact[
-        "series"
-    ]
-    models = exact["models"]
-    assert isinstance(models, dict)
-    assert {row.key for row in found.by_model} == set(models)
-    for row in found.by_model:
-        calls, total, values = models[row.key]
-        assert row.calls == calls
-        assert row.total_seconds == pytest.approx(total, abs=1e-5)
-        exact_p50 = values[int(0.5 * len(values))]
-        assert row.p50_seconds == pytest.approx(exact_p50, rel=RATIO - 1)
-
-
-@pytest.mark.usefixtures("small_files")
-@pytest.mark.parametrize("bucket", [3600, 86400, 300])
-def test_stats_from_summaries_match_the_records(store: TinyDBStore, bucket: int) -> None:
-    records = [record(n) for n in range(700)]  # 7 hours, most in closed files
-    fill(store, records)
-
-    _check(stats(store, bucket), records, bucket)
-
-
-@pytest.mark.usefixtures("small_files")
-def test_stats_with_filters_and_unaligned_range(store: TinyDBStore) -> None:
-    records = [record(n) for n in range(700)]
-    fill(store, records)
-    since, until = BASE + timedelta(minutes=95), BASE + timedelta(hours=5, minutes=10)
-
-    found = stats(store, 3600, project="p2", since=since, until=until)
-
-    wanted = [r for r in records if r.project == "p2" and iso(since) <= r.date < iso(until)]
-    _check(found, wanted, 3600)
 
 
 @pytest.mark.usefixtures("small_files")
@@ -335,11 +182,15 @@ def test_garbled_journal_is_set_aside_and_its_good_lines_kept(
 def test_unreadable_newest_file_is_moved_aside_loudly(
     data_dir: Path, caplog: pytest.LogCaptureFixture, damage: str
 ) -> None:
+    records = [record(n) for n in range(20)]
     first = TinyDBStore(data_dir)
-    fill(first, [record(n) for n in range(20)])
+    fill(first, records)
     first.close()
     [path] = (data_dir / "usage").glob("*.json")
     whole = path.read_bytes()
+    whole_before_cut = [
+        r.id for r, at, length in _documents(path) if at + length <= len(whole) // 2
+    ]
     broken = {"garbage": b"\x00\xffnot json", "truncated": whole[: len(whole) // 2], "empty": b""}
     path.write_bytes(broken[damage])
 
@@ -348,18 +199,25 @@ def test_unreadable_newest_file_is_moved_aside_loudly(
     try:
         fill(store, [record(100)])
         found = query(store)
+        health = store.health()
     finally:
         store.close()
 
     [aside] = (data_dir / "usage").glob(f"{path.name}.corrupt-*")
     assert aside.read_bytes() == broken[damage]  # kept as it was, never emptied
-    assert "USAGE FILE UNREADABLE" in caplog.text
     assert str(aside) in caplog.text
-    assert [r.id for r in found] == [record(100).id]
+    assert (health.status, health.damaged) == ("degraded", [path.name])
+    if damage == "truncated":  # the records before the cut still read, and are kept
+        assert "USAGE FILE DAMAGED" in caplog.text
+        assert [r.id for r in found] == [record(100).id, *reversed(whole_before_cut)]
+        assert 0 < len(whole_before_cut) < len(records)
+    else:
+        assert "USAGE FILE UNREADABLE" in caplog.text
+        assert [r.id for r in found] == [record(100).id]
 
 
 @pytest.mark.usefixtures("small_files")
-def test_truncated_closed_file_is_moved_aside_the_rest_kept(
+def test_truncated_closed_file_keeps_what_reads_and_its_original(
     data_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     records = [record(n) for n in range(120)]
@@ -367,14 +225,18 @@ def test_truncated_closed_file_is_moved_aside_the_rest_kept(
     fill(first, records)
     first.close()
     oldest = sorted((data_dir / "usage").glob("*.json"))[0]
-    oldest.write_bytes(oldest.read_bytes()[:-100])
+    cut = oldest.read_bytes()[:-100]
+    oldest.write_bytes(cut)
 
     with caplog.at_level(logging.ERROR):
         found = read_all(data_dir)
 
-    assert found == sorted(records[50:], key=lambda r: r.id, reverse=True)
-    assert list((data_dir / "usage").glob(f"{oldest.name}.corrupt-*"))
-    assert "USAGE FILE UNREADABLE" in caplog.text
+    # The cut took the last record of the file; the other 49 are kept in it.
+    assert found == sorted(records[:49] + records[50:], key=lambda r: r.id, reverse=True)
+    [aside] = (data_dir / "usage").glob(f"{oldest.name}.corrupt-*")
+    assert aside.read_bytes() == cut
+    assert "USAGE FILE DAMAGED" in caplog.text
+    assert "1 records could not be read" in caplog.text
 
 
 @pytest.mark.usefixtures("small_files")
@@ -392,30 +254,7 @@ def test_unreadable_summary_is_rebuilt(data_dir: Path) -> None:
     finally:
         store.close()
 
-    _check(found, records, 3600)
-
-
-@pytest.mark.usefixtures("small_files")
-def test_retention_deletes_only_records_older_than_the_setting(data_dir: Path) -> None:
-    now = datetime.now(UTC)
-    old = [record(n, at=now - timedelta(days=40, minutes=n)) for n in range(120)]
-    new = [record(n, at=now - timedelta(days=5, minutes=n)) for n in range(120, 200)]
-    first = TinyDBStore(data_dir)
-    fill(first, [*old, *new])
-    first.close()
-
-    store = TinyDBStore(data_dir, retention_days=30)
-    try:
-        fill(store, [])
-        found = query(store, limit=1000)
-    finally:
-        store.close()
-
-    assert found == sorted(new, key=lambda r: r.id, reverse=True)
-    assert store.deleted == len(old)
-    assert sorted(str(d["id"]) for d in tinydb_docs(data_dir / "usage")) == sorted(
-        r.id for r in new
-    )
+    check_stats(found, records, 3600)
 
 
 def test_a_second_store_on_the_same_folder_is_refused(store: TinyDBStore, data_dir: Path) -> None:
@@ -451,13 +290,6 @@ def test_retention_setting_is_read_from_flag_and_environment() -> None:
     assert parse_settings([], env=env).retention_days == 7.5
 
 
-def test_a_record_that_cannot_be_encoded_is_dropped_not_the_batch(store: TinyDBStore) -> None:
-    fill(store, [record(1), record(2, output="\ud800"), record(3)])
-
-    assert [r.id for r in query(store)] == [record(3).id, record(1).id]
-    assert store.health().status == "ok"
-
-
 def test_small_batches_wait_in_the_journal_not_in_a_file_rewrite(
     store: TinyDBStore, data_dir: Path
 ) -> None:
@@ -483,10 +315,12 @@ def test_journal_is_folded_once_its_oldest_record_is_old_enough(
     monkeypatch.setattr(usage_store, "FOLD_MAX_SECONDS", 0.05)
 
     store.append(record(400))
-    wait_until(lambda: len(tinydb_docs(data_dir / "usage")) == 401)
+    journal = data_dir / "usage" / files.JOURNAL
+    # The fold writes the TinyDB file first and empties the journal after: wait for both.
+    wait_until(lambda: len(tinydb_docs(data_dir / "usage")) == 401 and not journal.read_bytes())
 
     assert len(tinydb_docs(data_dir / "usage")) == 401
-    assert (data_dir / "usage" / files.JOURNAL).read_bytes() == b""
+    assert journal.read_bytes() == b""
 
 
 def test_records_held_while_the_disk_refuses_are_bounded(
@@ -522,3 +356,242 @@ def test_the_single_file_log_of_earlier_versions_is_imported(
     assert not (data_dir / "usage.json").exists()
     assert (data_dir / "usage.json.imported").exists()
     assert "imported 30 usage records" in caplog.text
+
+
+def _overwrite(path: Path, at: int, length: int = 100) -> bytes:
+    """Zero `length` bytes at `at`, keeping the file's size (a bad sector, bit rot); the result."""
+    with open(path, "r+b") as handle:
+        handle.seek(at)
+        handle.write(b"\0" * length)
+    return path.read_bytes()
+
+
+def _documents(path: Path) -> list[tuple[UsageRecord, int, int]]:
+    """A closed file's records in file order, each with where its document lies in it."""
+    with TinyDB(path, access_mode="r") as db:
+        records = [msgspec.convert(doc, UsageRecord) for doc in db.table("usage").all()]
+    content, spans = files.layout([files.encode(r) for r in records])
+    assert content == path.read_bytes()
+    return [(r, at, length) for r, (at, length) in zip(records, spans, strict=True)]
+
+
+def _page_through(store: TinyDBStore, limit: int) -> list[UsageRecord]:
+    """Every record, a page at a time with the `before` cursor, as the dashboard pages."""
+    found: list[UsageRecord] = []
+    while True:
+        page = query(store, limit=limit, **({"before": found[-1].id} if found else {}))
+        found += page
+        if len(page) < limit:
+            return found
+
+
+@pytest.mark.usefixtures("small_files")
+@pytest.mark.parametrize("where", ["inside a record", "across two", "the last", "the first"])
+def test_a_damaged_record_is_skipped_and_the_rest_of_its_file_stays_readable(
+    data_dir: Path, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    records = [record(n) for n in range(300)]
+    first = TinyDBStore(data_dir)
+    fill(first, records)
+    first.close()
+    path = sorted((data_dir / "usage").glob("*.json"), key=lambda p: files.segment_key(p.name))[2]
+    docs = _documents(path)
+    _, middle, length = docs[20]
+    at, lost = {
+        "inside a record": (middle + length // 2 - 50, [20]),
+        "across two": (middle - 50, [19, 20]),  # the end of one and the start of the next
+        "the last": (path.stat().st_size - 100, [49]),
+        "the first": (0, [0]),
+    }[where]
+    damaged = _overwrite(path, at)
+    gone = {docs[i][0].id for i in lost}
+    expected = sorted((r for r in records if r.id not in gone), key=lambda r: r.id, reverse=True)
+
+    store = TinyDBStore(data_dir)
+    try:
+        with caplog.at_level(logging.ERROR):
+            paged = _page_through(store, limit=7)
+            again = _page_through(store, limit=50)
+            totals = stats(store, 86400).totals
+        health = store.health()
+    finally:
+        store.close()
+
+    assert [r.id for r in paged] == [r.id for r in expected]
+    assert again == expected
+    assert totals.calls == len(expected)
+    assert health.status == "degraded"
+    assert health.damaged == [path.name]
+    assert health.error is not None
+    assert f"{path.name} is damaged: {len(lost)} record" in health.error
+    assert caplog.text.count("USAGE FILE DAMAGED") == 1  # once for the file, not per query
+    [aside] = path.parent.glob(f"{path.name}.corrupt-*")
+    assert aside.read_bytes() == damaged
+    assert str(aside) in caplog.text
+    # Repaired in place: plain TinyDB reads it again, and a restart finds nothing to repeat.
+    assert [d["id"] for d in tinydb_docs(path.parent)] == [
+        r.id for r in sorted(records, key=lambda r: r.id) if r.id not in gone
+    ]
+    caplog.clear()
+    assert read_all(data_dir) == expected[:1000]
+    assert "USAGE FILE" not in caplog.text
+
+
+@pytest.mark.usefixtures("small_files")
+def test_stats_before_any_page_count_what_the_summary_holds(data_dir: Path) -> None:
+    """Stats read summaries and rows, never documents: damage they cannot see they do not
+    count as missing. The first page that meets it corrects them."""
+    records = [record(n) for n in range(120)]
+    first = TinyDBStore(data_dir)
+    fill(first, records)
+    first.close()
+    path = sorted((data_dir / "usage").glob("*.json"), key=lambda p: files.segment_key(p.name))[0]
+    _, at, length = _documents(path)[10]
+    _overwrite(path, at + length // 2 - 50)
+
+    store = TinyDBStore(data_dir)
+    try:
+        before = stats(store, 86400).totals.calls
+        paged = _page_through(store, limit=1000)
+        after = stats(store, 86400).totals.calls
+    finally:
+        store.close()
+
+    assert before == 120
+    assert len(paged) == after == 119
+
+
+@pytest.mark.parametrize("refusing", [0, 1, 2])
+def test_records_the_disk_refuses_at_close_are_spilled_where_they_fit(
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    refusing: int,
+) -> None:
+    """The state folder first, then the temp folder, then standard error; `refusing` is how
+    many of the folders cannot take them (nothing can be made under a plain file)."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    state = (blocked if refusing >= 1 else tmp_path) / "state"
+    temp = (blocked if refusing >= 2 else tmp_path) / "tmp"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    monkeypatch.setenv("TMPDIR", str(temp))
+    records = [record(n) for n in range(5)]
+    store = TinyDBStore(data_dir)
+
+    def full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(usage_store, "_write_all", full)
+    for r in records:
+        store.append(r)
+    with caplog.at_level(logging.ERROR):
+        store.close()
+    monkeypatch.undo()
+
+    stderr = capfd.readouterr().err
+    assert "USAGE RECORDS SPILLED: the disk refused 5 records" in caplog.text
+    assert "USAGE RECORDS LOST" not in caplog.text
+    assert "No space left on device" in caplog.text
+    if refusing < 2:
+        folder = [state / "ollama-host" / "spill", temp / "ollama-host-spill"][refusing]
+        [spilled] = folder.glob("usage-*.jsonl")
+        assert spilled.stat().st_mode & 0o777 == 0o600
+        assert [files.decode_line(line) for line in spilled.read_bytes().splitlines()] == records
+        assert f"-m ollama_host import-spill {spilled} --data {data_dir}" in caplog.text
+        assert spill.SPILL_PREFIX not in stderr
+    else:
+        lines = [line for line in stderr.splitlines() if line.startswith(spill.SPILL_PREFIX)]
+        assert len(lines) == 5
+        assert "standard error" in caplog.text
+        assert "import-spill FILE" in caplog.text
+        spilled = tmp_path / "saved-log.txt"  # what an operator saves from the journal
+        spilled.write_text("Nov 30 gateway[1]: some other line\n" + stderr)
+
+    first = spill.import_spill([spilled], data_dir)
+    again = spill.import_spill([spilled], data_dir)
+
+    assert first == spill.Imported(added=5, present=0, unreadable=0)
+    assert again == spill.Imported(added=0, present=5, unreadable=0)
+    assert read_all(data_dir) == sorted(records, key=lambda r: r.id, reverse=True)
+
+
+def test_an_import_refuses_while_a_gateway_holds_the_folder(
+    store: TinyDBStore, data_dir: Path, tmp_path: Path
+) -> None:
+    spilled = tmp_path / "spill.jsonl"
+    spilled.write_bytes(files.encode(record(1)) + b"\n")
+
+    with pytest.raises(FolderInUse):
+        spill.import_spill([spilled], data_dir)
+
+
+FRONTS = [("seed", "/api/v1/ai/ask_sync"), ("ollama", "/api/chat"), ("openai", "/v1/embeddings")]
+
+
+def _fronted(n: int) -> UsageRecord:
+    front, endpoint = FRONTS[n % 3]
+    return record(n, front=front, endpoint=endpoint, upstream=f"gpu-{n % 2}")
+
+
+@pytest.mark.usefixtures("small_files")
+def test_front_endpoint_and_upstream_filter_and_break_down(store: TinyDBStore) -> None:
+    records = [_fronted(n) for n in range(700)]  # most in closed files, summed from summaries
+    fill(store, records)
+
+    found = query(store, front="ollama", upstream="gpu-1", limit=1000)
+    summed = stats(store, 3600)
+    only_openai = stats(store, 3600, endpoint="/v1/embeddings")
+
+    expected = [r for r in records if r.front == "ollama" and r.upstream == "gpu-1"]
+    assert found == sorted(expected, key=lambda r: r.id, reverse=True)
+    assert {row.key: row.calls for row in summed.by_front} == {
+        "seed": 234,
+        "ollama": 233,
+        "openai": 233,
+    }
+    assert {row.key: row.calls for row in summed.by_endpoint} == {
+        "/api/v1/ai/ask_sync": 234,
+        "/api/chat": 233,
+        "/v1/embeddings": 233,
+    }
+    assert {row.key: row.calls for row in summed.by_upstream} == {"gpu-0": 350, "gpu-1": 350}
+    check_stats(only_openai, [r for r in records if r.front == "openai"], 3600)
+    assert [row.key for row in only_openai.by_front] == ["openai"]
+
+
+@pytest.mark.usefixtures("small_files")
+def test_an_index_of_an_older_version_is_rebuilt_at_startup(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = [_fronted(n) for n in range(120)]
+    # Files indexed as before the front, endpoint and upstream were indexed: rows without them.
+    real_row = files._row
+    monkeypatch.setattr(
+        files,
+        "_row",
+        lambda r, span: msgspec.structs.replace(
+            real_row(r, span), front=None, endpoint=None, upstream=None
+        ),
+    )
+    monkeypatch.setattr(files, "INDEX_VERSION", 1)
+    first = TinyDBStore(data_dir)
+    fill(first, records)
+    first.close()
+    monkeypatch.undo()
+
+    store = TinyDBStore(data_dir)
+    try:
+        found = query(store, front="openai", limit=1000)
+        summed = stats(store, 3600)
+    finally:
+        store.close()
+
+    assert found == sorted((r for r in records if r.front == "openai"), key=lambda r: r.id)[::-1]
+    assert {row.key: row.calls for row in summed.by_front} == {
+        "seed": 40,
+        "ollama": 40,
+        "openai": 40,
+    }

@@ -7,16 +7,20 @@ so keep-alive, closes, stalls and framing are exact rather than whatever a real 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from calls.errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
 from calls.types import CallRequest, Message
 from http_transport import KeepAliveTransport
+from http_transport.transport import _Dechunker
 from ollama_client import OllamaUpstream
 
 Handler = Callable[["Server", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -506,8 +510,6 @@ def test_a_body_its_encoding_does_not_describe_is_a_bad_response() -> None:
 
 def test_the_dechunker_gives_the_same_body_however_the_reads_fall() -> None:
     # Whole chunks back to back take a fast path; every other cut goes the careful way.
-    from http_transport.transport import _Dechunker
-
     wire = b"3\r\nabc\r\n1;x=1\r\nd\r\n4\r\nefgh\r\n2\r\nij\r\n0\r\nT: 1\r\n\r\n"
     request = httpx.Request("GET", "http://x")
     for first in range(len(wire) + 1):
@@ -516,3 +518,37 @@ def test_the_dechunker_gives_the_same_body_however_the_reads_fall() -> None:
             parts = [wire[:first], wire[first:second], wire[second:]]
             body = b"".join(chunks.feed(part) for part in parts if part)
             assert (body, chunks.done) == (b"abcdefghij", True), (first, second)
+
+
+@given(
+    st.lists(st.binary(min_size=1, max_size=50), max_size=8),
+    st.lists(st.integers(min_value=0, max_value=5000), max_size=25),
+    st.sampled_from([b"", b"X-Trailer: 1\r\n"]),
+)
+def test_chunked_bodies_decode_the_same_however_they_are_split(
+    chunks: list[bytes], cuts: list[int], trailers: bytes
+) -> None:
+    """The decoder takes a chunk's data out as it arrives, so it must not care where a read
+    ends: inside a size line, inside the data, inside a CRLF, inside the trailers."""
+    wire = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n" + trailers + b"\r\n"
+    points = sorted({c % (len(wire) + 1) for c in cuts} | {0, len(wire)})
+    reads = [wire[a:b] for a, b in itertools.pairwise(points) if b > a]
+    decoder = _Dechunker(httpx.Request("GET", "http://x/"))
+    body = b""
+    for n, data in enumerate(reads):
+        assert not decoder.done, n
+        body += decoder.feed(data)
+
+    assert decoder.done
+    assert body == b"".join(chunks)
+
+
+def test_a_huge_chunk_comes_out_as_it_arrives() -> None:
+    decoder = _Dechunker(httpx.Request("GET", "http://x/"))
+    size = 10 << 20
+
+    first = decoder.feed(b"%x\r\n" % size + b"a" * 1000)
+    second = decoder.feed(b"b" * 1000)
+
+    assert (first, second) == (b"a" * 1000, b"b" * 1000)
+    assert not decoder.done

@@ -54,10 +54,11 @@ class Breaker:
         if self.state == "half-open" or hard or self.failures >= THRESHOLD:
             self._open(now, hard=hard)
 
-    def probed(self, now: float, *, ok: bool) -> None:
-        """The health check's answer for an open (or half-open) circuit."""
+    def probed(self, now: float, *, ok: bool, hard: bool = False) -> None:
+        """The health check's answer for an open (or half-open) circuit; `hard`: it could not
+        even connect."""
         if not ok:
-            self._open(now, hard=self.hard)
+            self._open(now, hard=hard or self.hard)
         elif self.hard:
             self.success()
         else:

@@ -371,8 +371,8 @@ class Router:
         return member
 
     def _candidates(self, key: str, tried: list[Member]) -> list[Member]:
-        """The routable upstreams that have the model; _NoOther if none has it, and
-        UpstreamUnavailable if those that have it are all down."""
+        """The routable upstreams that have the model (all that have it, if none is
+        routable); _NoOther if none has it."""
         have = [m for m in self.members if m not in tried and m.serves(key)]
         if not have:
             only = self.members[0]
@@ -386,15 +386,10 @@ class Router:
                 raise _NoOther
         if not self.allow_cloud and any(key in m.remote for m in have):
             raise CloudModelRefused(_cloud_message(key))
-        up = [m for m in have if m.breaker.routable]
-        if not up:
-            # Open for bad answers, not unreachable, and no other has the model: ask them
-            # anyway, as if there were no breaker (each call then fails or not on its own).
-            up = [m for m in have if not m.breaker.hard]
-        if not up:
-            down = "; ".join(f"{m.name}: {m.error or m.failure or 'failing'}" for m in have)
-            raise UpstreamUnavailable(f"every upstream with this model is down ({down})")
-        return up
+        # A circuit takes an upstream out of the choice while another can answer; with
+        # nowhere else to go, the call is tried anyway, as if there were no breaker: the
+        # server may be back before its next probe, and failing at once helps no one.
+        return [m for m in have if m.breaker.routable] or have
 
     def _choose(self, key: str, up: list[Member]) -> Member | None:
         free = [m for m in up if m.free()]
@@ -496,6 +491,8 @@ class Router:
 
     def _succeeded(self, member: Member, key: str) -> None:
         member.loaded.add(key)
+        # It answered: whatever its last health check could not reach, it is reachable now.
+        member.error = member.checked = None
         if member.breaker.state != "closed" or member.breaker.failures:
             was = member.breaker.state
             member.breaker.success()
@@ -605,7 +602,7 @@ class Router:
             if not ok:
                 breaker.failure(now, hard=hard)
         else:
-            breaker.probed(now, ok=ok)
+            breaker.probed(now, ok=ok, hard=hard)
         if breaker.state != was:
             if breaker.state == "open":
                 log.warning("upstream %s leaves the routing: %s", member.name, error)
@@ -680,6 +677,8 @@ class RoutedStream:
                 continue
             router._succeeded(self._member, _key(self._request.model))
             yield first
+            # Not held for the rest of the stream: a read can bring hundreds of KB.
+            del first
             try:
                 async for batch in pieces:
                     yield batch

@@ -1,0 +1,390 @@
+"""PostgreSQL plumbing shared by the usage store and the key ring: connecting with a clear
+error, the address without its password, the versioned schema, and watching a counter.
+
+Everything the gateway keeps lives in one schema of its own, `ollama_host`, marked as ours
+by a comment when migration 1 makes it. Nothing outside that schema is ever read or changed,
+and a schema of that name that someone else made is refused, never altered.
+
+Migrations are numbered and applied in order at start, in one transaction that first takes
+a transaction-scoped advisory lock: two gateways starting at once against an empty database
+take turns, and the second finds the work done. A database whose schema is newer than this
+code knows is refused, since the code cannot know what the newer version changed.
+
+Requires the `postgres` extra (psycopg 3).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from .base import StoreError
+
+log = logging.getLogger("ollama_host.store")
+
+SCHEMA = "ollama_host"
+# What migration 1 writes on the schema; a schema without it is not ours.
+MARKER = "Ollama Host: usage records, API keys and secrets"
+# Any constant works, as long as every gateway uses the same one: "ollamaho" in ASCII.
+MIGRATION_LOCK = 0x6F6C6C616D61686F
+CONNECT_TIMEOUT = "5"
+
+Params = dict[str, Any]
+
+
+class DatabaseUnavailable(StoreError):
+    """The database cannot be reached (or refused the login); the message names the host."""
+
+
+class SchemaError(StoreError):
+    """The database holds a schema this gateway must not use or change."""
+
+
+def parse(dsn: str) -> Params:
+    """The connection parameters of a `postgresql://` URL or a `key=value` string.
+
+    libpq's own parse errors may quote the address, password included: never shown.
+    """
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        raise StoreError(
+            "--store is not a PostgreSQL address psycopg can read; write it as "
+            "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+        ) from None
+    params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    return params
+
+
+def where(params: Params) -> str:
+    """The address for messages and logs: user, host, port and database; never a password."""
+    host = str(params.get("host") or params.get("hostaddr") or "the local socket")
+    port = params.get("port")
+    user = params.get("user")
+    dbname = params.get("dbname")
+    place = f"{host}:{port}" if port else host
+    if dbname:
+        place += f"/{dbname}"
+    return f"{user}@{place}" if user else place
+
+
+def redacted(dsn: str) -> str:
+    """The address without its password, to show."""
+    return "postgresql://" + where(parse(dsn))
+
+
+def _reason(exc: psycopg.Error) -> str:
+    """libpq's words, on one line, without the prefix psycopg adds."""
+    text = " ".join(str(exc).split())
+    return text.removeprefix("connection failed: ") or type(exc).__name__
+
+
+def connect(params: Params, *, purpose: str, autocommit: bool = False) -> psycopg.Connection[Any]:
+    """A connection, or DatabaseUnavailable naming the host and libpq's reason."""
+    try:
+        return psycopg.connect(
+            **params, autocommit=autocommit, application_name=f"ollama-host {purpose}"
+        )
+    except psycopg.Error as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to PostgreSQL at {where(params)}: {_reason(exc)}"
+        ) from None
+
+
+def unreachable(params: Params, exc: psycopg.Error) -> str:
+    """What health and the log say when a working connection failed."""
+    return f"cannot reach PostgreSQL at {where(params)}: {_reason(exc)}"
+
+
+# -- the schema --------------------------------------------------------------------------------
+
+# Each entry is one version: never edit one that was released, add the next instead.
+MIGRATIONS: list[str] = [
+    # 1: the schema, its bookkeeping, the usage log and its sums, keys and secrets.
+    """
+    CREATE SCHEMA ollama_host;
+    COMMENT ON SCHEMA ollama_host IS 'Ollama Host: usage records, API keys and secrets';
+    CREATE TABLE ollama_host.migrations (
+        version integer PRIMARY KEY,
+        applied timestamptz NOT NULL DEFAULT now()
+    );
+    -- One row: counters every gateway polls, each moved in the transaction that changes
+    -- what it counts, so a reader never sees the count before the rows.
+    CREATE TABLE ollama_host.state (
+        one boolean PRIMARY KEY DEFAULT true CHECK (one),
+        instance text NOT NULL DEFAULT md5(random()::text || clock_timestamp()::text),
+        usage_changes bigint NOT NULL DEFAULT 0,
+        keys_version bigint NOT NULL DEFAULT 0
+    );
+    INSERT INTO ollama_host.state DEFAULT VALUES;
+    -- A usage record: the columns the dashboard filters, sorts and sums by, and the whole
+    -- record as the gateway wrote it (json keeps its text as it is, and accepts the
+    -- \\u0000 escape that jsonb refuses).
+    CREATE TABLE ollama_host.usage (
+        id text PRIMARY KEY,
+        date timestamptz NOT NULL,
+        model_name text NOT NULL,
+        project text,
+        process_id text,
+        subprocess_id text,
+        status text NOT NULL,
+        input_tokens bigint,
+        output_tokens bigint,
+        total_seconds double precision,
+        ttft_seconds double precision,
+        eval_seconds double precision,
+        upstream_seconds double precision,
+        tokens_estimated boolean NOT NULL DEFAULT false,
+        key_id text,
+        "user" text,
+        front text,
+        endpoint text,
+        upstream text,
+        doc json NOT NULL
+    );
+    -- Newest first for a rare project or process; a common value (a model, a status) is
+    -- found soon enough walking the primary key backwards, and each index costs every write.
+    CREATE INDEX usage_project ON ollama_host.usage (project, id);
+    CREATE INDEX usage_process ON ollama_host.usage (process_id, id);
+    CREATE INDEX usage_date ON ollama_host.usage (date);
+    -- Sums and histograms kept as records arrive, so that stats need not read every record
+    -- (store/pg_stats.py): per UTC hour, and histograms per UTC day too, for each
+    -- combination of the dimensions the dashboard filters and groups by.
+    CREATE TABLE ollama_host.usage_hourly (
+        hour timestamptz NOT NULL,
+        model_name text NOT NULL,
+        project text,
+        process_id text,
+        subprocess_id text,
+        status text NOT NULL,
+        front text,
+        endpoint text,
+        upstream text,
+        calls bigint NOT NULL,
+        input_tokens bigint NOT NULL,
+        output_tokens bigint NOT NULL,
+        total_seconds double precision NOT NULL,
+        upstream_seconds double precision NOT NULL,
+        eval_seconds double precision NOT NULL,
+        eval_tokens bigint NOT NULL,
+        -- {"bucket": count}: store.stats' logarithmic buckets of total and first-token time
+        seconds_hist jsonb NOT NULL,
+        ttft_hist jsonb NOT NULL,
+        UNIQUE NULLS NOT DISTINCT (hour, model_name, project, process_id, subprocess_id,
+            status, front, endpoint, upstream)
+    );
+    CREATE TABLE ollama_host.usage_daily_hist (
+        day timestamptz NOT NULL,
+        model_name text NOT NULL,
+        project text,
+        process_id text,
+        subprocess_id text,
+        status text NOT NULL,
+        front text,
+        endpoint text,
+        upstream text,
+        -- {"bucket": count}: store.stats' logarithmic buckets of total and first-token time
+        seconds_hist jsonb NOT NULL,
+        ttft_hist jsonb NOT NULL,
+        UNIQUE NULLS NOT DISTINCT (day, model_name, project, process_id, subprocess_id,
+            status, front, endpoint, upstream)
+    );
+    CREATE FUNCTION ollama_host.hist_add(a jsonb, b jsonb) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE AS $$
+        SELECT coalesce(jsonb_object_agg(k, n), '{}'::jsonb)
+        FROM (SELECT k, sum(v::bigint) AS n
+              FROM (SELECT * FROM jsonb_each_text(a) UNION ALL
+                    SELECT * FROM jsonb_each_text(b)) AS e (k, v)
+              GROUP BY k HAVING sum(v::bigint) <> 0) AS s
+    $$;
+    -- API keys, as the gateway's ApiKey documents: a field added to ApiKey needs no migration.
+    CREATE TABLE ollama_host.keys (
+        id text PRIMARY KEY,
+        doc json NOT NULL
+    );
+    -- The fingerprint secret and the admin token's hash.
+    CREATE TABLE ollama_host.secrets (
+        name text PRIMARY KEY,
+        value text NOT NULL,
+        created timestamptz NOT NULL DEFAULT now()
+    );
+    """,
+]
+
+LATEST = len(MIGRATIONS)
+assert SCHEMA in MIGRATIONS[0]
+assert MARKER in MIGRATIONS[0]
+
+
+def _version(cur: psycopg.Cursor[Any], place: str) -> int:
+    """The schema's version: 0 when there is no schema yet. SchemaError if it is not ours."""
+    cur.execute(
+        "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = %s",
+        (SCHEMA,),
+    )
+    found = cur.fetchone()
+    if found is None:
+        return 0
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.migrations",))
+    has_migrations = cur.fetchone()
+    if found[0] != MARKER or not has_migrations or not has_migrations[0]:
+        cur.execute(
+            "SELECT string_agg(tablename, ', ' ORDER BY tablename) FROM pg_tables "
+            "WHERE schemaname = %s",
+            (SCHEMA,),
+        )
+        row = cur.fetchone()
+        tables = row[0] if row and row[0] else "none"
+        raise SchemaError(
+            f"the database {place} has a schema {SCHEMA!r} that Ollama Host did not make "
+            f"(its tables: {tables}). Refusing to use or change it: point --store at a "
+            "database of its own"
+        )
+    cur.execute(
+        sql.SQL("SELECT coalesce(max(version), 0) FROM {}.migrations").format(
+            sql.Identifier(SCHEMA)
+        )
+    )
+    row = cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(params: Params) -> int:
+    """Bring the schema to LATEST (under the advisory lock); returns the version found."""
+    place = where(params)
+    with connect(params, purpose="migrations") as conn:
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                found = _version(cur, place)
+                if found > LATEST:
+                    raise SchemaError(
+                        f"the database {place} holds schema version {found}, newer than this "
+                        f"gateway knows (up to {LATEST}): a newer Ollama Host uses it. Upgrade "
+                        "this gateway, or point --store at another database"
+                    )
+                for version in range(found + 1, LATEST + 1):
+                    cur.execute(MIGRATIONS[version - 1].encode())
+                    cur.execute(
+                        sql.SQL("INSERT INTO {}.migrations (version) VALUES (%s)").format(
+                            sql.Identifier(SCHEMA)
+                        ),
+                        (version,),
+                    )
+                    log.info("database %s: applied schema migration %d", place, version)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise SchemaError(
+                f"the database {place} refused to make the gateway's schema: {_reason(exc)}; "
+                "grant the user CREATE on the database, or make the schema as its owner"
+            ) from None
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(unreachable(params, exc)) from None
+    return found
+
+
+# -- watching a counter ------------------------------------------------------------------------
+
+
+class Watch:
+    """A thread that reads one row every `every` seconds and calls `changed` when it differs
+    (again at the next read, if `changed` returns False: it could not act on it).
+
+    The cheap way for every gateway to notice what the others did: one indexed single-row
+    read per interval (LISTEN/NOTIFY would push sooner, but a NOTIFY in every write takes a
+    database-wide lock at commit, and a dropped listener misses changes silently).
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        query: sql.Composed,
+        changed: Callable[[tuple[Any, ...]], bool],
+        *,
+        every: float,
+        name: str,
+    ) -> None:
+        self.params = params
+        self.query = query
+        self.changed = changed
+        self.every = every
+        self.error: str | None = None
+        self._last: tuple[Any, ...] | None = None
+        self._stop = threading.Event()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def poll(self) -> None:
+        """Read the row now (on the caller's thread)."""
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = connect(self.params, purpose="watch", autocommit=True)
+            row = self._conn.execute(self.query).fetchone()
+        except (psycopg.Error, DatabaseUnavailable) as exc:
+            self._drop()
+            error = unreachable(self.params, exc) if isinstance(exc, psycopg.Error) else str(exc)
+            if error != self.error:
+                log.warning("%s", error)
+            self.error = error
+            return
+        if self.error is not None:
+            log.info("PostgreSQL at %s answers again", where(self.params))
+            self.error = None
+        if row is not None and tuple(row) != self._last and self.changed(tuple(row)):
+            self._last = tuple(row)
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.poll()
+        self._drop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        else:
+            self._drop()
+
+
+class Database:
+    """One PostgreSQL database as the gateway uses it: its address (shown without a password),
+    connections that fail with a clear StoreError, its schema, and watches on it.
+
+    Handed to what keeps access state there (access.pg_keys), which knows only this shape.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self.params = parse(dsn)
+        self.where = where(self.params)
+
+    def connect(self, purpose: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+        return connect(self.params, purpose=purpose, autocommit=autocommit)
+
+    def unreachable(self, exc: psycopg.Error) -> str:
+        return unreachable(self.params, exc)
+
+    def migrate(self) -> int:
+        return migrate(self.params)
+
+    def watch(
+        self,
+        query: sql.Composed,
+        changed: Callable[[tuple[Any, ...]], bool],
+        *,
+        every: float,
+        name: str,
+    ) -> Watch:
+        return Watch(self.params, query, changed, every=every, name=name)

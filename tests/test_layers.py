@@ -1,0 +1,177 @@
+"""The house's dependencies point one way (issue 12), checked on the source itself.
+
+Routes sit on the pipeline; the pipeline sits on the interfaces (the neutral vocabulary of
+`calls`, `calls.upstream`, `store.base`) and on access; implementations (an upstream kind, a
+store) sit at the bottom and know only the vocabulary they implement. A module's imports are
+read with `ast`, so a lazy import inside a function counts too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = (
+    "access",
+    "calls",
+    "http_transport",
+    "ollama_client",
+    "ollama_host",
+    "openai_client",
+    "routes",
+    "store",
+    "upstreams",
+)
+
+# The neutral vocabulary: what every layer may use. (Not the `store` package itself: it also
+# exports the implementations.)
+VOCABULARY = {
+    "calls.types",
+    "calls.errors",
+    "calls.upstream",
+    # Model names as Ollama reads them, and a whole answer out of pieces: pure functions of
+    # the types above.
+    "calls.models",
+    "calls.collect",
+    "store.base",
+    "store.records",
+}
+
+
+def project_imports(path: Path, root: Path = ROOT) -> set[str]:
+    """The project modules `path` imports (absolute names)."""
+    module = ".".join(path.relative_to(root).with_suffix("").parts)
+    package = module.rsplit(".", 1)[0] if path.name != "__init__.py" else module
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            if name.split(".")[0] in (*PACKAGES, "app"):
+                found.add(name)
+    return found
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def offending(
+    paths: list[Path], allowed: set[str], *, own: str, root: Path = ROOT
+) -> dict[str, list[str]]:
+    """The imports of `paths` from outside `own` that are not under an allowed module.
+
+    `from calls.errors import X` reads as "calls.errors" and "calls.errors.X": both are under
+    "calls.errors". An allowed package ("access") allows all of its modules.
+    """
+    bad: dict[str, list[str]] = {}
+    for path in paths:
+        for name in sorted(project_imports(path, root)):
+            if name.split(".")[0] == own:
+                continue
+            if any(name == a or name.startswith(a + ".") for a in allowed):
+                continue
+            bad.setdefault(str(path.relative_to(root)), []).append(name)
+    return bad
+
+
+def vocabulary_only(paths: list[Path], *, own: str) -> dict[str, list[str]]:
+    """Imports outside `own` that are not the neutral vocabulary."""
+    return offending(paths, VOCABULARY, own=own)
+
+
+def test_the_vocabulary_imports_nothing_above_it() -> None:
+    names = ("types", "errors", "upstream", "models", "collect")
+    paths = [ROOT / "calls" / f"{name}.py" for name in names]
+    paths += [ROOT / "store" / f"{name}.py" for name in ("base", "records")]
+
+    assert offending(paths, VOCABULARY, own="") == {}
+
+
+@pytest.mark.parametrize("package", ["ollama_client", "openai_client", "store"])
+def test_implementations_know_only_the_vocabulary(package: str) -> None:
+    # The upstream kinds share the HTTP transport beneath them, which knows nothing above.
+    allowed = VOCABULARY | {"http_transport"}
+
+    assert offending(modules(package), allowed, own=package) == {}
+
+
+def test_the_transport_knows_nothing_of_the_project() -> None:
+    assert offending(modules("http_transport"), set(), own="http_transport") == {}
+
+
+def test_the_router_knows_the_kinds_only_through_their_table() -> None:
+    """upstreams/ builds the kinds from settings (kinds.py names each once); the router itself
+    knows only the vocabulary."""
+    allowed = VOCABULARY | {"http_transport", "ollama_host.settings"}
+    router = [ROOT / "upstreams" / name for name in ("router.py", "breaker.py", "config.py")]
+
+    assert offending(router, VOCABULARY, own="upstreams") == {}
+    assert (
+        offending(
+            modules("upstreams"), allowed | {"ollama_client", "openai_client"}, own="upstreams"
+        )
+        == {}
+    )
+
+
+def test_access_does_not_reach_up_into_the_pipeline_or_the_routes() -> None:
+    assert vocabulary_only(modules("access"), own="access") == {}
+
+
+def test_the_pipeline_knows_no_front_no_upstream_kind_and_no_store_implementation() -> None:
+    assert offending(modules("calls"), VOCABULARY | {"access"}, own="calls") == {}
+
+
+def test_routes_do_not_reach_an_implementation() -> None:
+    """Fronts work through the Gateway; only app.py picks implementations."""
+    allowed = VOCABULARY | {"access", "calls", "ollama_host"}
+
+    assert offending(modules("routes"), allowed, own="routes") == {}
+
+
+def test_the_check_sees_a_wrong_way_import(tmp_path: Path) -> None:
+    """The checks above can fail: an upstream kind that reaches into the pipeline is caught."""
+    bad = tmp_path / "ollama_client" / "_layers_probe.py"
+    bad.parent.mkdir()
+    bad.write_text("from calls.pipeline import Gateway\nfrom routes import seed\n")
+
+    found = offending([bad], VOCABULARY, own="ollama_client", root=tmp_path)
+
+    assert found == {
+        "ollama_client/_layers_probe.py": [
+            "calls.pipeline",
+            "calls.pipeline.Gateway",
+            "routes",
+            "routes.seed",
+        ]
+    }
+
+
+def test_nothing_generic_is_installed_at_the_top_of_site_packages() -> None:
+    """`pip install .` puts app.py and the packages named for their jobs there, and none of
+    the generic names that collided before (errors, keys, settings, service, ...). Checked on
+    pyproject's own lists, which are what setuptools installs."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    installed = set(config["py-modules"]) | set(config["packages"])
+    generic = {"errors", "keys", "settings", "service", "schemas", "limits", "guard"}
+
+    assert installed == {"app", *PACKAGES}
+    assert not installed & generic
+    # Every package on disk is installed, and no stray top-level module is left behind.
+    on_disk = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "bench"}
+    assert on_disk <= installed
+    assert {p.stem for p in ROOT.glob("*.py")} == {"app", "launcher"}
