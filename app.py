@@ -18,7 +18,6 @@ from contextlib import asynccontextmanager
 from types import ModuleType
 from typing import Any
 
-import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -26,13 +25,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+import upstreams
 from access.guard import Guard
 from access.keys import Access
 from access.limits import Limits
 from calls.errors import CallError, UpstreamError, call_error, internal
 from calls.pipeline import Gateway
 from calls.upstream import Upstream
-from ollama_client import KeepAliveTransport, OllamaUpstream
 from ollama_host import __version__, requestlog, startup
 from ollama_host.backends import open_access, open_shared
 from ollama_host.requestlog import RequestLog, configure_logging
@@ -52,22 +51,6 @@ log = logging.getLogger("ollama_host")
 MODULES: tuple[ModuleType, ...] = (seed, openai_api, ollama_api, admin, keys, health, docs, page)
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
-
-
-def make_upstream(settings: Settings) -> Upstream:
-    """The upstream the settings describe: one Ollama server."""
-    # The lean transport replaces httpcore's pool, whose cost grows with concurrency, and
-    # OllamaUpstream hands it httpx requests without AsyncClient's layers
-    # (docs/performance.md). No connection cap: Ollama queues requests itself, and a stream
-    # holds its connection for minutes. No proxy variables are read: they must never
-    # reroute a local upstream.
-    return OllamaUpstream(
-        KeepAliveTransport(max_idle=100, read_buffer=settings.stream_buffer),
-        settings.ollama_url,
-        httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
-        max_line=settings.max_upstream_line,
-        max_body=settings.max_upstream_body,
-    )
 
 
 def renderer(modules: Sequence[ModuleType]) -> Callable[[str], Callable[[CallError], Response]]:
@@ -167,7 +150,7 @@ def create_app(
             await shared.check()
             access.tickets = shared
         try:
-            up = upstream or make_upstream(settings)
+            up = upstream or upstreams.build(settings)
             try:
                 gateway = Gateway(
                     up,
@@ -245,10 +228,10 @@ def main(argv: Sequence[str] | None = None, *, worker_fd: int | None = None) -> 
     app = create_app(settings, store=store, access=access)
     if worker_fd is None:
         log.info(
-            "Ollama Host on http://%s:%d, asking Ollama at %s, usage in %s",
+            "Ollama Host on http://%s:%d, asking %s, usage in %s",
             settings.host,
             settings.port,
-            settings.ollama_url,
+            upstreams.describe(settings),
             where,
         )
     return serve(app, settings, fd=worker_fd)

@@ -26,6 +26,8 @@ from typing import Annotated, Protocol
 import msgspec
 from msgspec import Meta
 
+from calls.models import canonical
+
 from .tickets import MemoryTickets, Tickets
 
 SECRET_FILE = "fingerprint.key"  # noqa: S105 (a file name, not a secret)
@@ -203,7 +205,8 @@ class ApiKey(msgspec.Struct, kw_only=True):
     sha256: str
     created: str
     revoked: str | None = None
-    # None: every model; otherwise only these `agent` names (a bare name also allows its tags).
+    # None: every model; otherwise only these models, each as Ollama names it: `llama3` is
+    # `llama3:latest` (and the other way round), but not `llama3:8b`, `:cloud` or `:local`.
     models: list[str] | None = None
     limits: KeyLimits = msgspec.field(default_factory=KeyLimits)
     # The accounting project of this key's calls when a call names none.
@@ -217,8 +220,10 @@ class ApiKey(msgspec.Struct, kw_only=True):
     def allows(self, model: str) -> bool:
         if self.models is None:
             return True
-        base = model.split(":", 1)[0]
-        return model in self.models or base in self.models
+        # Exactly the listed models: comparing the part before `:` let a key for `llama3`
+        # use `llama3:cloud`, which Ollama runs on ollama.com under the server's account.
+        wanted = canonical(model)
+        return any(canonical(allowed) == wanted for allowed in self.models)
 
 
 class Keys(Protocol):

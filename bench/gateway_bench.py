@@ -10,11 +10,11 @@ two or more: the upstream (bench/upstream.py, a lean Ollama stand-in) and the lo
 accounting on) gets the other. Every figure is also taken with the client talking to the
 upstream directly: that is the baseline, and "added" means gateway minus baseline.
 
-Sections: non-streamed asks at several concurrencies; the fronts (the seed's, Ollama's and
-OpenAI's, each asked whole and streamed at c=1 and c=64, against the upstream direct);
-streamed asks (time to first token, then N concurrent streams at 20 tokens/s); cancellation
-under load. Each section checks its
-counts: nothing dropped, nothing out of order, every call recorded with the right status.
+Sections: non-streamed asks at several concurrencies; routing (one upstream against three,
+at c=64); the fronts (the seed's, Ollama's and OpenAI's, each asked whole and streamed at c=1
+and c=64, against the upstream direct); streamed asks (time to first token, then N concurrent
+streams at 20 tokens/s); cancellation under load. Each section checks its counts: nothing
+dropped, nothing out of order, every call recorded with the right status.
 A failed count makes the exit status 1; speed targets are reported, never enforced, since
 the figures depend on what else the machine is doing.
 """
@@ -171,12 +171,18 @@ class Setup:
 
 
 @contextlib.contextmanager
-def gateway(setup: Setup, name: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A fresh gateway (new data folder) for one measurement, stopped afterwards."""
+def gateway(
+    setup: Setup, name: str, upstreams: list[str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A fresh gateway (new data folder) for one measurement, stopped afterwards. It asks
+    the bench upstream, or the `--upstream` specs given."""
     port = free_port()
     data = setup.workdir / f"data-{name}"
     entry = ["app.py"] if setup.args.store == "tinydb" else ["bench/line_store.py"]
-    argv = [PYTHON, *entry, "--ollama", setup.upstream_url, "--port", str(port)]
+    asking = ["--ollama", setup.upstream_url]
+    if upstreams:
+        asking = [arg for spec in upstreams for arg in ("--upstream", spec)]
+    argv = [PYTHON, *entry, *asking, "--port", str(port)]
     argv += ["--data", str(data), "--log-level", setup.args.log_level]
     # The default connection cap (1024 at most) is below the largest stream counts here.
     args = setup.args
@@ -315,6 +321,76 @@ def non_streamed(setup: Setup) -> list[str]:
         print(lines[-1], flush=True)
     if added_c1 is not None:
         lines += ["", f"Added p50 at c=1: **{added_c1:.3f} ms**"]
+    return lines
+
+
+# -- routing ----------------------------------------------------------------------------------
+
+
+def routing(setup: Setup) -> list[str]:
+    """Non-streamed asks at one concurrency through a gateway with one upstream, then with
+    three, alternately, in the same run: what choosing among several costs. Each gateway gets
+    a fresh data folder."""
+    c = setup.args.routing_concurrency
+    rounds = setup.args.routing_rounds
+    lines = [f"## Routing: one upstream against three, non-streamed asks at c={c}", ""]
+    lines += [
+        "| round | upstreams | req/s | p50 | p99 | gateway CPU per ask | records |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    # One upstream process on three loopback addresses: three upstreams to the gateway (three
+    # members, transports and health checks), while the load side does exactly the same work
+    # for both measurements. Three processes would share the load core with wrk and slow the
+    # load generator itself, which is not what this measures.
+    port = free_port()
+    hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+    argv = [PYTHON, str(BENCH / "upstream.py"), "--host", ",".join(hosts), "--port", str(port)]
+    upstream = spawn(argv, setup.load_core, setup.workdir / "upstream-routing.log")
+    urls = [f"http://{host}:{port}" for host in hosts]
+    try:
+        for url in urls:
+            wait_ready(upstream, url + "/api/version", "the routing bench upstream")
+        results: dict[int, list[float]] = {1: [], 3: []}
+        cpu_per_ask: dict[int, list[float]] = {1: [], 3: []}
+        for round_ in range(1, rounds + 1):
+            # One then three, three then one, ...: neither always runs on a warmer machine.
+            for count in (1, 3) if round_ % 2 else (3, 1):
+                specs = [f"u{i}={url}" for i, url in enumerate(urls[:count], 1)]
+                project = f"route-{count}-{round_}"
+                with gateway(setup, project, specs) as (url, proc):
+                    sampler = Sampler(proc.pid)
+                    cpu0 = sampler.cpu()
+                    via = wrk(setup, url + "/api/v1/ai/ask_sync", _ask("hello", project), c)
+                    cpu = (sampler.cpu() - cpu0) / max(1, via["requests"])
+                    recorded = wait_records(url, project, None, via["requests"], 30)
+                if via["non2xx"] or via["socket_errors"] or not via["requests"]:
+                    setup.fail(
+                        f"routing {count}: {via['requests']} answers, {via['non2xx']} non-2xx, "
+                        f"socket errors {via['socket_errors']}"
+                    )
+                if not via["requests"] <= recorded <= via["requests"] + c:
+                    setup.fail(f"routing {count}: {via['requests']} answers, {recorded} records")
+                results[count].append(via["rps"])
+                cpu_per_ask[count].append(cpu)
+                lines.append(
+                    f"| {round_} | {count} | {via['rps']:,.0f} | {via['p50']:.2f} ms "
+                    f"| {via['p99']:.2f} ms | {cpu * 1e6:,.0f} µs | {recorded:,} |"
+                )
+                print(lines[-1], flush=True)
+    finally:
+        stop(upstream)
+    one, three = statistics.median(results[1]), statistics.median(results[3])
+    loss = 1 - three / one
+    cpu_one, cpu_three = (statistics.median(cpu_per_ask[n]) for n in (1, 3))
+    lines += [
+        "",
+        f"Median req/s: one upstream {one:,.0f}, three {three:,.0f}: a loss of **{loss:.1%}** "
+        f"(target at most 5%: {'met' if loss <= 0.05 else 'MISSED'}). Median gateway CPU per "
+        f"ask: {cpu_one * 1e6:,.0f} µs with one, {cpu_three * 1e6:,.0f} µs with three "
+        f"({cpu_three / cpu_one - 1:+.1%}); the CPU figure moves less with the machine's "
+        "other load than req/s does.",
+    ]
+    print(lines[-1], flush=True)
     return lines
 
 
@@ -618,7 +694,15 @@ def main(argv: list[str] | None = None) -> int:
         "an append-only stand-in for the journal store, to see the request path alone",
     )
     parser.add_argument("--log-level", default="info", help="the gateway's (default info)")
-    parser.add_argument("--only", choices=["sync", "fronts", "streams", "cancel"], action="append")
+    parser.add_argument(
+        "--only", choices=["sync", "routing", "fronts", "streams", "cancel"], action="append"
+    )
+    parser.add_argument(
+        "--routing-concurrency", type=int, default=64, help="clients for the routing section"
+    )
+    parser.add_argument(
+        "--routing-rounds", type=int, help="one-then-three measurements (default 3, quick 1)"
+    )
     parser.add_argument("--seconds", type=int, help="wrk seconds per point (default 5)")
     parser.add_argument("--concurrency", type=int, nargs="+")
     parser.add_argument(
@@ -643,16 +727,16 @@ def main(argv: list[str] | None = None) -> int:
     defaults = (
         {"seconds": 1, "concurrency": [1, 16], "streams": [20], "stream_seconds": 0.5}
         | {"front_concurrency": [1, 64], "rounds": 1}
-        | {"cancel": 20, "ttft": 20, "ramp": 0.2}
+        | {"cancel": 20, "ttft": 20, "ramp": 0.2, "routing_rounds": 1}
         if args.quick
         else {"seconds": 5, "concurrency": [1, 16, 64, 256], "streams": [100, 500, 1000, 2000]}
         | {"front_concurrency": [1, 64], "rounds": 5}
-        | {"stream_seconds": 5.0, "cancel": 500, "ttft": 200}
+        | {"stream_seconds": 5.0, "cancel": 500, "ttft": 200, "routing_rounds": 3}
     )
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    needs_wrk = not args.only or "sync" in args.only or "fronts" in args.only
+    needs_wrk = not args.only or bool({"sync", "routing", "fronts"} & set(args.only))
     if shutil.which("wrk") is None and needs_wrk:
         print("wrk is not installed: apt-get install wrk (or pass --only streams)", file=sys.stderr)
         return 2
@@ -682,9 +766,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(header, flush=True)
         sections.append(header)
-        only = args.only or ["sync", "fronts", "streams", "cancel"]
+        only = args.only or ["sync", "routing", "fronts", "streams", "cancel"]
         if "sync" in only:
             sections.append("\n".join(non_streamed(setup)))
+        if "routing" in only:
+            sections.append("\n".join(routing(setup)))
         if "fronts" in only:
             sections.append("\n".join(fronts(setup)))
         if "streams" in only:

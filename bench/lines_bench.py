@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-from ollama_client.lines import split_lines
+from http_transport.lines import split_lines
 
 READ = 64 * 1024
 

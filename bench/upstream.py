@@ -9,8 +9,8 @@ schedule so lines never drift).
 
 Every streamed token's content is `"<index>:<monotonic_ns> "`: the time the line was
 written, on the machine-wide monotonic clock, so a client in another process can measure
-how long each token took to reach it. GET /_standin/calls lists the streamed calls with
-the stand-in's own field names (`disconnected`, `disconnected_at`, `finished`,
+how long each token took to reach it. GET /_standin/calls lists the streamed calls that had
+a delay, with the stand-in's own field names (`disconnected`, `disconnected_at`, `finished`,
 `tokens_sent`); POST /_standin/reset clears it.
 
 python bench/upstream.py --port P
@@ -155,20 +155,31 @@ class Upstream(asyncio.Protocol):
         found = _DELAY.search(body)
         delay = float(found.group(1)) if found else 0.0
         call = Call(n=len(self.state.calls) + 1, started=time.time())
-        self.state.calls.append(call)
+        if delay:
+            # Only streams that take time are watched (the cancellation section reads them);
+            # keeping every instant answer too grew the list by one per ask, and its garbage
+            # collections stalled this upstream for longer and longer.
+            self.state.calls.append(call)
         self.stream = call
         assert self.transport is not None
-        self.transport.write(
+        head = (
             b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
         )
+        if delay == 0:
+            # All of it in one write, as _WHOLE is: a burst of a dozen small writes reaches the
+            # gateway as that many TCP segments, and a whole answer (asked for as a stream)
+            # would measure how loopback cuts them up rather than the gateway.
+            lines = [_LINE % (i, time.monotonic_ns()) for i in range(tokens)] + [_DONE % tokens]
+            chunks = b"".join(b"%x\r\n%s\r\n" % (len(line), line) for line in lines)
+            self.transport.write(head + chunks + b"0\r\n\r\n")
+            call.tokens_sent = tokens
+            call.finished = True
+            self.stream = None
+            return
+        self.transport.write(head)
         loop = asyncio.get_running_loop()
         start = loop.time()
-        if delay == 0:
-            for i in range(tokens):
-                self._chunk(_LINE % (i, time.monotonic_ns()))
-            self._end(call, tokens)
-            return
 
         def tick(i: int) -> None:
             if i == tokens:
@@ -197,14 +208,16 @@ class Upstream(asyncio.Protocol):
 async def serve(host: str, port: int) -> None:
     state = State()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Upstream(state), host, port, backlog=4096)
+    # Several comma-separated addresses: one process that looks like several upstreams.
+    hosts = host.split(",")
+    server = await loop.create_server(lambda: Upstream(state), hosts, port, backlog=4096)
     async with server:
         await server.serve_forever()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="address(es), comma-separated")
     parser.add_argument("--port", type=int, required=True)
     args: Any = parser.parse_args(argv)
     uvloop.run(serve(args.host, args.port))

@@ -77,6 +77,9 @@ class UpstreamError(Exception):
 
     status = 502
     code = "upstream_error"
+    # Set by an upstream that chose among several: which one failed, after how many tries.
+    upstream: str | None = None
+    attempts: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -87,6 +90,11 @@ class UpstreamUnavailable(UpstreamError):
     """The server could not be reached, or dropped the connection."""
 
     code = "upstream_unavailable"
+
+
+class UpstreamUnreachable(UpstreamUnavailable):
+    """No connection to the server could be made at all (refused, no route, a connect that
+    timed out): it is down, unlike a connection that broke, which may be one connection."""
 
 
 class UpstreamTimeout(UpstreamError):
@@ -119,6 +127,27 @@ class UpstreamRejected(UpstreamError):
 
 class UpstreamFailed(UpstreamError):
     """The server reported a failure of its own: a 5xx, or an error mid-stream."""
+
+
+class UpstreamWrongAddress(UpstreamError):
+    """The server has no such route (a 404 that is not about a model): the configured address
+    is probably not the server's root, or not that kind of server."""
+
+    code = "upstream_wrong_address"
+
+
+class UpstreamUnauthorized(UpstreamError):
+    """The server refused the gateway itself (401, 403): a wrong key for that upstream, or an
+    Ollama that must be signed in to ollama.com for a cloud model."""
+
+    code = "upstream_unauthorized"
+
+
+class CloudModelRefused(UpstreamError):
+    """A cloud model (run on ollama.com under the server's account) while none is allowed."""
+
+    status = 403
+    code = "cloud_model_not_allowed"
 
 
 class UpstreamBadResponse(UpstreamError):

@@ -251,6 +251,7 @@ class Gateway:
             await self.finish(call, "cancelled", error=error)
             raise error from None
         except UpstreamError as exc:
+            _tried(call, exc)
             error = call_error(exc, call.id)
             await self.finish(call, "error", error=error)
             raise error from exc
@@ -316,6 +317,13 @@ class Gateway:
         return result, record
 
 
+def _tried(call: Call, source: AnswerStream | UpstreamError) -> None:
+    """Which upstream served or failed the call, and after how many tries, as an answer
+    stream or an upstream failure last said (a router sets both on its failures)."""
+    if source.upstream is not None:
+        call.upstream, call.attempts = source.upstream, source.attempts
+
+
 class CallStream:
     """A streamed call: opens upstream, yields typed events, and is always closed."""
 
@@ -350,6 +358,7 @@ class CallStream:
             return
         exc = self._opening.exception()
         if isinstance(exc, UpstreamError):
+            _tried(self.call, exc)
             error = call_error(exc, self.id)
             await self.gateway.finish(self.call, "error", error=error)
             raise error from exc
@@ -389,6 +398,8 @@ class CallStream:
                 reads += 1
                 if reads % YIELD_EVERY == 0:
                     await asyncio.sleep(0)
+            # A router may have tried another upstream before the first piece.
+            _tried(call, stream)
             if self.gone:
                 return
             metrics = stream.metrics
@@ -402,6 +413,7 @@ class CallStream:
             error = shutting_down(call.id)
             yield Failed(error, await gateway.finish(call, "cancelled", error=error))
         except UpstreamError as exc:
+            _tried(call, self._stream if self._stream is not None else exc)
             error = call_error(exc, call.id)
             yield Failed(error, await gateway.finish(call, "error", error=error))
 
@@ -427,6 +439,7 @@ class CallStream:
         elif opening.done() and not opening.cancelled():
             opening.exception()  # retrieved: a failure already reported is not "never retrieved"
         if stream is not None:
+            _tried(self.call, stream)
             with contextlib.suppress(UpstreamError, TimeoutError):
                 await asyncio.wait_for(stream.aclose(), 5)
         await self.gateway.finish(self.call, "cancelled", error=self.reason)

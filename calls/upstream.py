@@ -30,6 +30,11 @@ class UpstreamHealth(msgspec.Struct, kw_only=True):
     in_flight: int = 0
     capacity: int | None = None
     models: list[str] | None = None
+    # For one of several: its circuit breaker (closed, open or half-open), the calls waiting
+    # for a free slot that it could serve, and the models it has loaded now.
+    circuit: str | None = None
+    waiting: int | None = None
+    loaded: list[str] | None = None
 
 
 class AnswerStream(Protocol):

@@ -3,6 +3,5 @@
 from __future__ import annotations
 
 from .client import OllamaStream, OllamaUpstream
-from .transport import KeepAliveTransport
 
-__all__ = ["KeepAliveTransport", "OllamaStream", "OllamaUpstream"]
+__all__ = ["OllamaStream", "OllamaUpstream"]

@@ -8,12 +8,14 @@ bounded: a line by `max_line`, a whole body by `max_body`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import msgspec
 
+from calls.collect import whole
 from calls.errors import (
     ModelNotFound,
     UpstreamBadResponse,
@@ -22,7 +24,10 @@ from calls.errors import (
     UpstreamFailed,
     UpstreamRejected,
     UpstreamTimeout,
+    UpstreamUnauthorized,
     UpstreamUnavailable,
+    UpstreamUnreachable,
+    UpstreamWrongAddress,
 )
 from calls.types import (
     Answer,
@@ -34,21 +39,24 @@ from calls.types import (
     Piece,
 )
 from calls.upstream import UpstreamHealth
+from http_transport import Lines, LineTooLong, body_stream
+from http_transport.transport import MalformedResponse
 
 from . import wire
-from .lines import Lines, LineTooLong
-from .transport import MalformedResponse
 
 _encode = msgspec.json.Encoder().encode
 _decode_chat = msgspec.json.Decoder(wire.ChatChunk).decode
 _decode_generate = msgspec.json.Decoder(wire.GenerateChunk).decode
+_decode_chats = msgspec.json.Decoder(list[wire.ChatChunk]).decode
+_decode_generates = msgspec.json.Decoder(list[wire.GenerateChunk]).decode
 _decode_error = msgspec.json.Decoder(wire.ErrorReply).decode
 _decode_tags = msgspec.json.Decoder(wire.RawTags).decode
 _decode_version = msgspec.json.Decoder(wire.Version).decode
 _decode_embed = msgspec.json.Decoder(wire.EmbedReply).decode
 _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
 _ACCEPT = [(b"Accept", b"application/json"), (b"User-Agent", b"ollama-host")]
-_JSON = [*_ACCEPT, (b"Content-Type", b"application/json")]
+_JSON = [(b"Content-Type", b"application/json")]
+log = logging.getLogger("ollama_host.upstream")
 
 # /health must answer quickly even when Ollama hangs.
 PROBE_SECONDS = 3.0
@@ -73,14 +81,21 @@ def _metrics(chunk: wire.ChatChunk | wire.GenerateChunk) -> Metrics:
     )
 
 
-def _status_error(status: int, body: bytes, model: str) -> UpstreamError:
+def _status_error(status: int, body: bytes, model: str, address: str, path: str) -> UpstreamError:
     try:
-        message = _decode_error(body).error
+        reply = _decode_error(body)
     except msgspec.DecodeError:
-        message = ""
-    message = message or body[:200].decode("utf-8", "replace").strip() or f"HTTP {status}"
+        reply = None
+    text = body[:200].decode("utf-8", "replace").strip()
+    message = (reply.error if reply else "") or text or f"HTTP {status}"
     if status == 404:
-        return ModelNotFound(message or f'model "{model}" not found')
+        if reply is not None and reply.error:
+            return ModelNotFound(message)
+        # Not Ollama's JSON error: gin's plain `404 page not found` for a path it has no
+        # route for, so the address is wrong, not the model.
+        return UpstreamWrongAddress(_wrong_address(address, path, text))
+    if status in (401, 403):
+        return UpstreamUnauthorized(_unauthorized(address, status, message, reply))
     if status == 503:
         return UpstreamBusy(message)
     if status == 400:
@@ -88,31 +103,50 @@ def _status_error(status: int, body: bytes, model: str) -> UpstreamError:
     return UpstreamFailed(f"Ollama answered {status}: {message}")
 
 
-def _body(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The response body as it arrives, its Content-Encoding undone."""
-    stream = response.stream
-    if "content-encoding" in response.headers or not isinstance(stream, httpx.AsyncByteStream):
-        return response.aiter_bytes()
-    # Nothing to undo: the transport's bytes as they are, without httpx's decoder and
-    # chunker generators in between (two generator hops per streamed token).
-    return aiter(stream)
+def _wrong_address(address: str, path: str, said: str) -> str:
+    told = f"Ollama at {address} has no {path} (it answered 404 {said[:60]!r})"
+    base = httpx.URL(address)
+    if base.path.strip("/"):
+        return (
+            f"{told}: the address is probably wrong; give Ollama's root, without "
+            f"{base.path!r} (e.g. {base.scheme}://{base.netloc.decode()})"
+        )
+    return (
+        f"{told}: is it an Ollama server? An OpenAI-compatible server is an upstream of kind openai"
+    )
+
+
+def _unauthorized(address: str, status: int, message: str, reply: wire.ErrorReply | None) -> str:
+    told = f"Ollama at {address} answered {status} {message}"
+    if reply is not None and reply.signin_url:
+        # The link would tie that server to whoever opens it, so it goes to the operator's
+        # log, not to every caller.
+        log.warning("Ollama at %s needs signing in to ollama.com: %s", address, reply.signin_url)
+        return (
+            f"{told}: the model runs on ollama.com and that Ollama server is not signed in; "
+            "its administrator must run `ollama signin` there (the link is in the gateway's log)"
+        )
+    return f"{told}: the upstream refused the gateway; check the key configured for it"
+
+
+def _piece_of(chunk: wire.ChatChunk | wire.GenerateChunk) -> Piece | None:
+    """A chunk's piece of the answer; None if it carries none."""
+    if isinstance(chunk, wire.GenerateChunk):
+        if chunk.response or chunk.thinking:
+            return Piece(chunk.response, chunk.thinking)
+        return None
+    message = chunk.message
+    if message is None or not (message.content or message.thinking or message.tool_calls):
+        return None
+    return message
 
 
 def _piece(
     line: bytes, completion: bool
 ) -> tuple[Piece | None, wire.ChatChunk | wire.GenerateChunk]:
     """One NDJSON line: its piece of the answer (None if it carries none), and the chunk."""
-    chunk: wire.ChatChunk | wire.GenerateChunk
-    if completion:
-        chunk = _decode_generate(line)
-        if chunk.response or chunk.thinking:
-            return Piece(chunk.response, chunk.thinking), chunk
-        return None, chunk
-    chunk = _decode_chat(line)
-    message = chunk.message
-    if message is None or not (message.content or message.thinking or message.tool_calls):
-        return None, chunk
-    return message, chunk
+    chunk = _decode_generate(line) if completion else _decode_chat(line)
+    return _piece_of(chunk), chunk
 
 
 class OllamaStream:
@@ -137,7 +171,7 @@ class OllamaStream:
         lines = Lines(self._max_line)
         line_of = self._line
         try:
-            async for data in _body(self._response):
+            async for data in body_stream(self._response):
                 found = lines.feed(data)
                 if len(found) == 1:
                     # The common case: one read, one line, one token.
@@ -169,8 +203,37 @@ class OllamaStream:
             ) from exc
         except httpx.DecodingError as exc:
             raise UpstreamBadResponse(f"Ollama's answer could not be decoded: {exc}") from exc
+        self.end()
+
+    def end(self) -> Metrics:
+        """The stream has ended: its final account, which it must have brought."""
         if self.metrics is None:
             raise UpstreamBadResponse("Ollama's stream ended without its final `done` line")
+        return self.metrics
+
+    def whole(self, body: bytes) -> Answer:
+        """The answer a whole streamed body makes, read at once."""
+        lines = [line for line in body.split(b"\n") if line.strip()]
+        try:
+            # Every line in one decode, as the JSON array they make: a decode per line was
+            # most of what taking a short answer apart cost.
+            chunks = (_decode_generates if self._completion else _decode_chats)(
+                b"[" + b",".join(lines) + b"]"
+            )
+        except msgspec.DecodeError:
+            # A line that is not a chunk: line by line, to fail on that line, as a stream does.
+            pieces = [piece for line in lines if (piece := self._line(line)) is not None]
+            return whole(pieces, self.end(), self.upstream)
+        pieces = []
+        for chunk in chunks:
+            if chunk.error is not None:
+                raise UpstreamFailed(chunk.error)
+            if chunk.done:
+                self.metrics = _metrics(chunk)
+            piece = _piece_of(chunk)
+            if piece is not None:
+                pieces.append(piece)
+        return whole(pieces, self.end(), self.upstream)
 
     async def _pieces(self, lines: list[bytes]) -> AsyncIterator[list[Piece]]:
         """The pieces of several lines that came in one read, as one batch."""
@@ -216,6 +279,8 @@ class OllamaUpstream:
     """
 
     kind = "ollama"
+    # Ollama reads `llama3` as `llama3:latest` itself: a model goes as the caller named it.
+    exact_model_names = False
 
     def __init__(
         self,
@@ -226,6 +291,7 @@ class OllamaUpstream:
         name: str = "ollama",
         max_line: int = MAX_LINE,
         max_body: int = MAX_BODY,
+        api_key: str | None = None,
     ) -> None:
         self._transport = transport
         self.name = name
@@ -233,6 +299,11 @@ class OllamaUpstream:
         self._timeout = (timeout or httpx.Timeout(300.0)).as_dict()
         self.max_line = max_line
         self.max_body = max_body
+        # Sent to this server only (an Ollama behind a proxy that wants one, or ollama.com),
+        # held nowhere else: never logged, never in an error.
+        self._headers = list(_ACCEPT)
+        if api_key:
+            self._headers.append((b"Authorization", b"Bearer " + api_key.encode("latin-1")))
         # Parsed once: a URL string would be parsed again on every request.
         self._chat_url = httpx.URL(self.address + "/api/chat")
         self._generate_url = httpx.URL(self.address + "/api/generate")
@@ -252,9 +323,14 @@ class OllamaUpstream:
         # `stream=` rather than `content=`: the headers are complete as given, so httpx
         # skips its header merging (a tenth of an ask's CPU, measured).
         if body is None:
-            headers = [(b"Host", url.netloc), *_ACCEPT]
+            headers = [(b"Host", url.netloc), *self._headers]
         else:
-            headers = [(b"Host", url.netloc), (b"Content-Length", b"%d" % len(body)), *_JSON]
+            headers = [
+                (b"Host", url.netloc),
+                (b"Content-Length", b"%d" % len(body)),
+                *self._headers,
+                *_JSON,
+            ]
         return httpx.Request(
             method,
             url,
@@ -269,7 +345,7 @@ class OllamaUpstream:
         if isinstance(exc, MalformedResponse):
             return UpstreamBadResponse(f"Ollama at {self.address} answered malformed HTTP: {exc}")
         if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
-            return UpstreamUnavailable(
+            return UpstreamUnreachable(
                 f"cannot reach Ollama at {self.address} ({exc or type(exc).__name__}); "
                 "is it running? Set --ollama or OLLAMA_HOST to its address"
             )
@@ -297,7 +373,7 @@ class OllamaUpstream:
         parts: list[bytes] = []
         size = 0
         try:
-            async for part in _body(response):
+            async for part in body_stream(response):
                 size += len(part)
                 if size > self.max_body:
                     raise UpstreamBadResponse(
@@ -324,7 +400,7 @@ class OllamaUpstream:
         response = await self._send(request)
         data = await self._read(response)
         if response.status_code != 200:
-            raise _status_error(response.status_code, data, model)
+            raise _status_error(response.status_code, data, model, self.address, request.url.path)
         return data
 
     # -- the Upstream interface --------------------------------------------------------------
@@ -410,36 +486,34 @@ class OllamaUpstream:
         return self._request("POST", url, data)
 
     async def answer(self, request: CallRequest) -> Answer:
-        """A whole answer at once (`stream: false`)."""
-        model = request.model
-        body = await self._call_request(self._ask(request, stream=False), model)
-        completion = request.completion is not None
-        try:
-            piece, chunk = _piece(body, completion)
-        except msgspec.DecodeError as exc:
-            raise UpstreamBadResponse(
-                f"Ollama's answer is not JSON of the answer's shape: {exc}"
-            ) from exc
-        if chunk.error is not None:
-            raise UpstreamFailed(chunk.error)
-        piece = piece or Piece()
-        return Answer(
-            content=piece.content,
-            metrics=_metrics(chunk),
-            thinking=piece.thinking,
-            tool_calls=piece.tool_calls,
-            upstream=self.name,
+        """A whole answer, asked for as a stream (calls/collect.py): asked with `stream: false`,
+        Ollama sends nothing until the end, and the read timeout, meant as the wait for the
+        next byte, would cap the whole answer. The stream is read whole, within max_body, and
+        taken apart at once, which costs a fraction of relaying it piece by piece."""
+        ask = self._ask(request, stream=True)
+        response = await self._send(ask)
+        body = await self._read(response)
+        if response.status_code != 200:
+            raise _status_error(
+                response.status_code, body, request.model, self.address, ask.url.path
+            )
+        parser = OllamaStream(
+            response, self.address, self.name, request.completion is not None, self.max_line
         )
+        return parser.whole(body)
 
     async def open_stream(self, request: CallRequest) -> OllamaStream:
         """Start a streamed answer; returns once Ollama has accepted it (status 200).
 
         The caller must `aclose()` the returned stream.
         """
-        response = await self._send(self._ask(request, stream=True))
+        ask = self._ask(request, stream=True)
+        response = await self._send(ask)
         if response.status_code != 200:
             body = await self._read(response)
-            raise _status_error(response.status_code, body, request.model)
+            raise _status_error(
+                response.status_code, body, request.model, self.address, ask.url.path
+            )
         return OllamaStream(
             response, self.address, self.name, request.completion is not None, self.max_line
         )

@@ -14,10 +14,12 @@ import msgspec
 from calls.types import Message, Piece
 
 
-class ChatRequest(msgspec.Struct, omit_defaults=True):
+class ChatRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     model: str
     messages: list[Message]
-    stream: bool = True
+    # Always sent (no default to omit): Ollama's default is true, but a field a client passed
+    # through unnamed (Generation.extra) must never be able to turn streaming off.
+    stream: bool
     format: str | dict[str, Any] | None = None
     options: dict[str, Any] | None = None
     keep_alive: str | float | None = None
@@ -25,8 +27,9 @@ class ChatRequest(msgspec.Struct, omit_defaults=True):
     tools: list[dict[str, Any]] | None = None
 
 
-class GenerateRequest(msgspec.Struct, omit_defaults=True):
+class GenerateRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     model: str
+    stream: bool
     prompt: str = ""
     suffix: str | None = None
     system: str | None = None
@@ -34,7 +37,6 @@ class GenerateRequest(msgspec.Struct, omit_defaults=True):
     context: list[int] | None = None
     raw: bool | None = None
     images: list[str] | None = None
-    stream: bool = True
     format: str | dict[str, Any] | None = None
     options: dict[str, Any] | None = None
     keep_alive: str | float | None = None
@@ -90,6 +92,8 @@ class EmbedReply(msgspec.Struct):
 
 class ErrorReply(msgspec.Struct):
     error: str = ""
+    # With a 401 for a cloud model while the server is not signed in to ollama.com.
+    signin_url: str = ""
 
 
 class TagModel(msgspec.Struct):

@@ -18,6 +18,7 @@ import msgspec
 from msgspec import Meta
 
 from ollama_host import __version__
+from ollama_host.envhost import ollama_url
 
 
 def setting(
@@ -27,16 +28,20 @@ def setting(
     *,
     shown: str | None = None,
     metavar: str | None = None,
+    repeat: bool = False,
     gt: float | None = None,
     ge: float | None = None,
     le: float | None = None,
 ) -> Meta:
     """One setting's declaration: its flag, its variable, how the README shows its default
-    (None: the field's default as it is), and the help text both --help and the README show."""
+    (None: the field's default as it is), and the help text both --help and the README show.
+
+    A `repeat` setting is a tuple: its flag may be given several times, and its variable
+    holds the values separated by spaces."""
     bounds: dict[str, Any] = {
         name: value for name, value in (("gt", gt), ("ge", ge), ("le", le)) if value is not None
     }
-    extra = {"flag": flag, "env": env, "shown": shown, "metavar": metavar}
+    extra = {"flag": flag, "env": env, "shown": shown, "metavar": metavar, "repeat": repeat}
     meta: Meta = Meta(description=help, extra=extra, **bounds)
     return meta
 
@@ -56,11 +61,70 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         setting(
             "--ollama",
             "OLLAMA_HOST",
-            "the Ollama server: `host:port` or a URL, read as Ollama reads it (no scheme: http "
-            "and port 11434; `http://host` alone: port 80)",
+            "the Ollama server: `host:port` or a URL, read exactly as Ollama reads it (no "
+            "scheme: http and port 11434; `http://host` alone: port 80; `0.0.0.0`: this machine)",
             metavar="URL",
         ),
     ] = "http://127.0.0.1:11434"
+    # Several model servers (upstreams/config.py); without any, the one of --ollama.
+    upstream: Annotated[
+        tuple[str, ...],
+        setting(
+            "--upstream",
+            "OLLAMA_GATEWAY_UPSTREAM",
+            "a model server behind the gateway, instead of `--ollama`; repeat it for several. "
+            "Options after the URL, comma-separated: `kind=ollama` or `openai` (any "
+            "OpenAI-compatible server: llama.cpp's llama-server, vLLM, LM Studio), `cap=N` "
+            "calls at once (the rest wait in the gateway), `weight=W`, `models=a|b` (only "
+            "these), `key_env=VAR` (the variable holding its API key). Example: "
+            "`gpu1=http://10.0.0.5:11434,cap=4`; the variable takes several, space-separated",
+            shown="none",
+            metavar="NAME=URL[,OPTION=VALUE...]",
+            repeat=True,
+        ),
+    ] = ()
+    upstreams_file: Annotated[
+        str | None,
+        setting(
+            "--upstreams",
+            "OLLAMA_GATEWAY_UPSTREAMS",
+            "a TOML file of upstreams, a table `[upstream.NAME]` each with `url` and the "
+            "options of `--upstream` (`models` a list); with `--upstream` too, both count",
+            shown="none",
+            metavar="FILE",
+        ),
+    ] = None
+    health_interval: Annotated[
+        float,
+        setting(
+            "--health-interval",
+            "OLLAMA_GATEWAY_HEALTH_INTERVAL",
+            "seconds between health checks of each upstream (its models, which are loaded); "
+            "one that is down is checked every second until it answers",
+            metavar="S",
+            gt=0,
+        ),
+    ] = 5.0
+    upstream_queue: Annotated[
+        int,
+        setting(
+            "--upstream-queue",
+            "OLLAMA_GATEWAY_UPSTREAM_QUEUE",
+            "calls that may wait in the gateway for a free slot when every upstream with "
+            "their model is at its cap (503 past it); each waits at most `--timeout`",
+            metavar="N",
+            ge=0,
+        ),
+    ] = 512
+    allow_cloud: Annotated[
+        bool,
+        setting(
+            "--allow-cloud",
+            "OLLAMA_GATEWAY_ALLOW_CLOUD",
+            "allow cloud models (`:cloud`, `-cloud` tags), which Ollama runs on ollama.com "
+            "under its own account; refused otherwise",
+        ),
+    ] = False
     data_dir: Annotated[
         str,
         setting(
@@ -433,6 +497,7 @@ class Declared(msgspec.Struct, frozen=True):
     metavar: str | None
     default: Any
     switch: bool
+    repeat: bool
 
 
 def declared() -> Iterator[Declared]:
@@ -452,6 +517,7 @@ def declared() -> Iterator[Declared]:
             metavar=extra["metavar"],
             default=field.default,
             switch=get_args(hint)[0] is bool,
+            repeat=extra["repeat"],
         )
 
 
@@ -472,7 +538,8 @@ def settings_table() -> str:
         # A switch is off unless given; one without a variable has no default to show.
         switch_default = "off" if item.env is not None else ""
         default = switch_default if item.switch else _shown_default(item)
-        cells = (flag, env, default, item.help)
+        meaning = f"{item.help} (repeatable)" if item.repeat else item.help
+        cells = (flag, env, default, meaning)
         lines.append("|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|")
     lines.append("| `--version` | | | print the version and exit |")
     return "\n".join(lines) + "\n"
@@ -481,36 +548,6 @@ def settings_table() -> str:
 def default_data_dir(env: Mapping[str, str]) -> Path:
     base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "ollama-host"
-
-
-def ollama_url(value: str) -> str:
-    """Read an address the way Ollama reads OLLAMA_HOST: `host:port` or a full URL.
-
-    Ollama's own rule (envconfig.Host): no scheme means http and port 11434; an
-    explicit http:// or https:// without a port means 80 or 443.
-    """
-    from urllib.parse import urlsplit
-
-    value = value.strip().rstrip("/")
-    if not value:
-        return "http://127.0.0.1:11434"
-    scheme, sep, rest = value.partition("://")
-    if not sep:
-        scheme, rest, default_port = "http", value, 11434
-    elif scheme in ("http", "https"):
-        default_port = 80 if scheme == "http" else 443
-    else:
-        raise ValueError(f"unsupported scheme {scheme!r} in Ollama address {value!r}")
-    parts = urlsplit(f"{scheme}://{rest}")
-    try:
-        port = parts.port or default_port
-    except ValueError as exc:
-        raise ValueError(f"bad port in Ollama address {value!r}") from exc
-    host = parts.hostname or "127.0.0.1"
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    path = parts.path.rstrip("/")
-    return f"{scheme}://{host}:{port}{path}"
 
 
 def _help(item: Declared) -> str:
@@ -528,7 +565,9 @@ def parse_settings(
         description="Ollama Host: a gateway in front of Ollama that streams answers as "
         "Server-Sent Events and records the usage of every call.",
         epilog="Every flag can also be set by the environment variable named in brackets; "
-        "a flag wins over its variable.",
+        "a flag wins over its variable. Several model servers: python app.py "
+        "--upstream gpu1=http://10.0.0.5:11434,cap=4 "
+        "--upstream gpu2=http://10.0.0.6:8080,kind=openai,models=llama3|qwen,key_env=GPU2_KEY",
     )
     parser.add_argument("--version", action="version", version=f"ollama-host {__version__}")
     items = list(declared())
@@ -536,6 +575,10 @@ def parse_settings(
         if item.switch:
             parser.add_argument(
                 item.flag, dest=item.field, action="store_true", default=None, help=_help(item)
+            )
+        elif item.repeat:
+            parser.add_argument(
+                item.flag, dest=item.field, action="append", metavar=item.metavar, help=_help(item)
             )
         else:
             metavar = item.metavar or (item.env or item.field).removeprefix("OLLAMA_GATEWAY_")
@@ -547,6 +590,8 @@ def parse_settings(
         value = args.get(item.field)
         if value is None and item.env is not None:
             value = env.get(item.env) or None
+            if value is not None and item.repeat:
+                value = value.split()
         if value is not None:
             raw[item.field] = value
     try:
@@ -559,4 +604,14 @@ def parse_settings(
         parser.error(
             f"--log-level must be debug, info, warning or error, not {settings.log_level!r}"
         )
+    several = bool(settings.upstream or settings.upstreams_file)
+    if several and args.get("ollama_url") is not None:
+        parser.error("--ollama names the one Ollama; with --upstream or --upstreams, name it there")
+    # Checked here, so that a bad upstream stops the start with a message naming the flag.
+    from upstreams.config import ConfigError, specs
+
+    try:
+        specs(settings.upstream, settings.upstreams_file, settings.ollama_url, env)
+    except ConfigError as exc:
+        parser.error(str(exc))
     return settings

@@ -7,7 +7,7 @@ OpenAPI document is generated from them.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -35,6 +35,43 @@ class AskRequest(msgspec.Struct, kw_only=True):
     project: Tag | None = None
     process_id: Tag | None = None
     subprocess_id: Tag | None = None
+    # Beyond the seed: how to generate, passed to the model server as given (Ollama's names).
+    options: (
+        Annotated[
+            dict[str, Any],
+            Meta(
+                description="Beyond the seed: model options as Ollama names them "
+                "(`temperature`, `num_predict`, `num_ctx`, `seed`, `stop`, ...).",
+                examples=[{"temperature": 0.2, "num_predict": 256}],
+            ),
+        ]
+        | None
+    ) = None
+    think: (
+        Annotated[
+            bool | Literal["low", "medium", "high"],
+            Meta(description="Beyond the seed: thinking on or off, or its level."),
+        ]
+        | None
+    ) = None
+    keep_alive: (
+        Annotated[
+            str | float,
+            Meta(
+                description="Beyond the seed: how long the model stays loaded after the "
+                "answer (`5m`, or seconds; 0 unloads it).",
+                examples=["5m"],
+            ),
+        ]
+        | None
+    ) = None
+    format: (
+        Annotated[
+            Literal["json"] | dict[str, Any],
+            Meta(description="Beyond the seed: `json`, or a JSON schema the answer follows."),
+        ]
+        | None
+    ) = None
 
 
 class Usage(msgspec.Struct, kw_only=True):

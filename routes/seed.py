@@ -16,7 +16,7 @@ from starlette.routing import Route
 from access import identity
 from access.tickets import TICKET_SECONDS
 from calls.pipeline import Done, Event, Failed, Pieces, Started
-from calls.types import CallRequest, Labels, Message
+from calls.types import CallRequest, Generation, Labels, Message
 
 from .common import (
     JSON,
@@ -42,11 +42,14 @@ _encode = msgspec.json.Encoder().encode
 
 def call_of(req: AskRequest) -> tuple[CallRequest, Labels]:
     """The seed's body as a neutral call: the template as the system prompt, the content as
-    the user's message."""
+    the user's message, and the generation fields beyond the seed's as they came."""
     messages = [Message("system", req.template)] if req.template else []
     messages.append(Message("user", req.content))
     labels = Labels(project=req.project, process_id=req.process_id, subprocess_id=req.subprocess_id)
-    return CallRequest(model=req.agent, messages=messages), labels
+    generation = Generation(
+        options=req.options, format=req.format, think=req.think, keep_alive=req.keep_alive
+    )
+    return CallRequest(model=req.agent, messages=messages, generation=generation), labels
 
 
 async def models(request: Request) -> Response:

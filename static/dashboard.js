@@ -380,6 +380,63 @@ async function refreshStats(generation) {
   renderStats(result.body);
 }
 
+// ---- upstreams ------------------------------------------------------------------------------
+
+function upstreamState(upstream) {
+  // "up" with a closed circuit; otherwise the circuit says whether calls still go there.
+  if (upstream.status === "up" && (!upstream.circuit || upstream.circuit === "closed")) return ["up", "up"];
+  if (upstream.circuit === "half-open") return ["half-open", "trial calls"];
+  return ["down", upstream.circuit === "open" ? "down · circuit open" : "down"];
+}
+
+function renderUpstreams(upstreams) {
+  const body = el("tbody");
+  for (const upstream of upstreams) {
+    const tr = el("tr");
+    tr.dataset.name = upstream.name;
+    const name = el("td", upstream.name);
+    name.append(el("span", ` ${upstream.kind}`, "muted small"));
+    const [kind, text] = upstreamState(upstream);
+    const cap = upstream.capacity === null || upstream.capacity === undefined ? "" : ` / ${upstream.capacity}`;
+    const models = el("td", null, "models");
+    const loaded = new Set(upstream.loaded || []);
+    (upstream.models || []).forEach((model, i) => {
+      if (i) models.append(", ");
+      models.append(el("span", model, loaded.has(model) ? "loaded" : ""));
+    });
+    tr.append(
+      name,
+      el("td", text, `state ${kind}`),
+      el("td", `${fmtInt(upstream.in_flight)}${cap}`, "num"),
+      el("td", fmtInt(upstream.waiting || 0), "num"),
+      models,
+      el("td", upstream.address, "key"),
+    );
+    body.append(tr);
+    if (upstream.error) {
+      const why = el("tr");
+      const td = el("td", upstream.error, "problem-text");
+      td.colSpan = 6;
+      why.append(td);
+      body.append(why);
+    }
+  }
+  $("upstreams").tBodies[0].replaceWith(body);
+}
+
+async function refreshUpstreams() {
+  // /health reports the router's last reading; it asks no upstream on the way.
+  let response;
+  try {
+    response = await fetch("/health", { cache: "no-store" });
+  } catch (_) {
+    throw new Unreachable();
+  }
+  if (!response.ok) return;
+  const health = await response.json();
+  renderUpstreams(health.upstreams || []);
+}
+
 // ---- the live table ------------------------------------------------------------------------
 
 function callRow(record) {
@@ -583,7 +640,7 @@ async function refresh() {
   updateExportLinks();
   const began = performance.now();
   try {
-    await Promise.all([refreshStats(generation), refreshTable(generation)]);
+    await Promise.all([refreshStats(generation), refreshTable(generation), refreshUpstreams()]);
     state.lastDuration = performance.now() - began;
     showProblem("");
     setLive(true, `live · updated ${new Date().toLocaleTimeString()}`);

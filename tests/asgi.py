@@ -21,7 +21,8 @@ from typing import Any
 
 import httpx
 
-from app import GatewayApp, create_app, make_upstream
+import upstreams
+from app import GatewayApp, create_app
 from calls.pipeline import Gateway
 from calls.upstream import Upstream
 from ollama_client import OllamaUpstream
@@ -179,6 +180,6 @@ async def unreachable(folder: Path) -> AsyncIterator[tuple[Local, str]]:
     """The app whose Ollama address (`http://127.0.0.1:PORT`, given as `--ollama`) has nothing
     listening, and that address. The upstream is the real one, refused by the system."""
     address = f"http://127.0.0.1:{free_port()}"
-    upstream = make_upstream(parse_settings(["--ollama", address], {}))
+    upstream = upstreams.build(parse_settings(["--ollama", address], {}))
     async with in_process(folder, "--ollama", address, upstream=upstream) as local:
         yield local, address

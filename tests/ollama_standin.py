@@ -22,6 +22,8 @@ garbage=1      stream: one token line, then a line that is not JSON, then end;
                non-stream: 200 with body ``not json``
 nometrics=1    omit every metric field from the done line / reply (Go ``omitempty``)
 think=1        the first two chunks' messages also carry ``"thinking": "hmm "``
+thinking=N     stream: N chunks carrying only ``"thinking": "t{i} "`` (empty content) before the
+               answer; with stall=0 the stream stalls right after them (a model still thinking)
 tool_calls=1   answer by calling the request's first tool (arguments made from its parameters'
                schema), in a chunk of its own when streamed; needs ``tools``
 echo=1         the answer's text is a JSON object of what arrived besides the prompt: options,
@@ -38,6 +40,10 @@ fewer with a smaller ``dimensions``, as Ollama cuts a model's vectors) and count
 prompt tokens; /api/embeddings answers one prompt with
 an unnormalized one. Images must be base64, as Ollama decodes them.
 
+A 401 is answered as Ollama answers a cloud model while it is not signed in to ollama.com:
+``{"error": "unauthorized", "signin_url": "https://ollama.com/connect?..."}``. A path with no
+route gets gin's plain-text ``404 page not found``, as from Ollama itself.
+
 A misspelt directive or value is answered with 400 ``{"error": "stand-in: ..."}`` so test typos
 fail loudly instead of silently using defaults.
 
@@ -45,7 +51,8 @@ Test-only observation endpoints live under ``/_standin/``: ``GET calls`` (one re
 /api/chat, /api/generate, /api/embed or /api/embeddings request, in arrival order, with its
 path and its body, images replaced by their lengths), ``POST reset`` and ``GET open``.
 
-Run as a script: ``python tests/ollama_standin.py --host 127.0.0.1 --port PORT [--models a,b]``,
+Run as a script: ``python tests/ollama_standin.py --host 127.0.0.1 --port PORT [--models a,b]
+[--delay S]`` (``--delay``: a slow server, S seconds between streamed lines unless asked otherwise),
 or from Python with :func:`start_standin`.
 """
 
@@ -55,6 +62,7 @@ import argparse
 import base64
 import binascii
 import contextlib
+import dataclasses
 import hashlib
 import math
 import re
@@ -101,12 +109,15 @@ TRICKY_TOKENS: Final = [
 # Ollama's own messages for the statuses a test may ask for with [[status=CODE]].
 STATUS_MESSAGES: Final = {
     400: "bad request",
+    401: "unauthorized",
     404: "model not found, try pulling it first",
     499: "client disconnected",
     500: "llama runner process has terminated",
     503: "server busy, please try again.  maximum pending requests exceeded",
 }
 
+# What Ollama sends with a 401 for a cloud model (server/routes.go signinURLStr).
+SIGNIN_URL: Final = "https://ollama.com/connect?name=standin&key=c3RhbmQtaW4ta2V5"
 _MODIFIED_AT: Final = "2025-01-15T10:20:30.123456789Z"
 _JSON: Final = b"application/json; charset=utf-8"  # what gin sends with c.JSON
 _NDJSON: Final = b"application/x-ndjson"  # what Ollama sends for streams
@@ -236,6 +247,7 @@ _PARSERS: Final[dict[str, Callable[[str], object]]] = {
     "garbage": _flag,
     "nometrics": _flag,
     "think": _flag,
+    "thinking": _non_negative_int,
     "tool_calls": _flag,
     "echo": _flag,
 }
@@ -255,6 +267,7 @@ class Plan:
     garbage: bool = False
     nometrics: bool = False
     think: bool = False
+    thinking: int = 0
     tool_calls: bool = False
     echo: bool = False
 
@@ -312,7 +325,9 @@ class CallRecord(msgspec.Struct):
 
 
 class _State:
-    def __init__(self, model_names: list[str]) -> None:
+    def __init__(self, model_names: list[str], delay: float = 0.0) -> None:
+        # A slow server: seconds between streamed lines when the message asks for no delay.
+        self.delay = delay
         self.models: dict[str, _Model] = {}
         for name in model_names:
             model = _Model.make(name)
@@ -360,11 +375,13 @@ class _Clock:
 _clock = _Clock()
 
 # JSON encodings of the default tokens, so a streamed line is mostly byte concatenation.
-_TOKEN_JSON: Final = [_encode(f"w{i} ") for i in range(4096)]
+_TOKEN_TEXT: Final = [f"w{i} " for i in range(4096)]
+_TOKEN_JSON: Final = [_encode(text) for text in _TOKEN_TEXT]
 
 
 def _token_json(plan: Plan, index: int, token: str) -> bytes:
-    if not plan.tricky and index < len(_TOKEN_JSON):
+    # Only a default token is pre-encoded: a format's document or an echo replaces them.
+    if not plan.tricky and index < len(_TOKEN_JSON) and token == _TOKEN_TEXT[index]:
         return _TOKEN_JSON[index]
     return _encode(token)
 
@@ -683,9 +700,14 @@ class _AskEndpoint:
         except ValueError as exc:
             await exchange.reply(400, _error_body(f"stand-in: {exc}"))
             return
+        if self.state.delay and not plan.delay:
+            plan = dataclasses.replace(plan, delay=self.state.delay)
         if plan.status is not None:
             text = STATUS_MESSAGES.get(plan.status, f"stand-in status {plan.status}")
-            await exchange.reply(plan.status, _error_body(text))
+            body = _error_body(text)
+            if plan.status == 401:
+                body = _encode({"error": text, "signin_url": SIGNIN_URL})
+            await exchange.reply(plan.status, body)
             return
         tool_call = None
         if plan.tool_calls:
@@ -800,6 +822,10 @@ class _Turn:
         await exchange.start(200, _NDJSON)
         gen_start = time.perf_counter_ns()
         head = b'{"model":%s,"created_at":"' % _encode(self.model)
+        for t in range(plan.thinking):
+            if plan.delay > 0 and t > 0:
+                await anyio.sleep(plan.delay)
+            await exchange.chunk(self._line(head, b'""', b',"thinking":"t%d "' % t))
         n = len(self.tokens)
         # Where the stream breaks off, counted in token lines already sent.
         stall_at = None if plan.stall is None else min(plan.stall, n)
@@ -958,8 +984,8 @@ class _EmbedEndpoint:
 # --------------------------------------------------------------------------------------------
 
 
-def create_app(models: list[str] | None = None) -> Starlette:
-    state = _State(models if models else DEFAULT_MODELS)
+def create_app(models: list[str] | None = None, *, delay: float = 0.0) -> Starlette:
+    state = _State(models if models else DEFAULT_MODELS, delay)
 
     def json_response(body: bytes, status: int = 200) -> Response:
         return Response(body, status_code=status, media_type=_JSON.decode())
@@ -1028,7 +1054,12 @@ def create_app(models: list[str] | None = None) -> Starlette:
         Route("/_standin/reset", reset, methods=["POST"]),
         Route("/_standin/open", open_streams, methods=["GET"]),
     ]
-    return Starlette(routes=routes)
+
+    async def no_route(request: Request, exc: Exception) -> Response:
+        # gin's NoRoute answer, which Ollama sends for a path it does not serve.
+        return Response(b"404 page not found", status_code=404, media_type="text/plain")
+
+    return Starlette(routes=routes, exception_handlers={404: no_route})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1038,10 +1069,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=11434)
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated")
+    parser.add_argument("--delay", type=float, default=0.0, help="a slow server: S between lines")
     args = parser.parse_args(argv)
     models = [name.strip() for name in args.models.split(",") if name.strip()]
     uvicorn.run(
-        create_app(models),
+        create_app(models, delay=args.delay),
         host=args.host,
         port=args.port,
         loop="auto",  # uvloop when importable
@@ -1163,7 +1195,9 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, timeout: float) -> b
     return False
 
 
-def start_standin(*, models: list[str] | None = None, port: int | None = None) -> StandIn:
+def start_standin(
+    *, models: list[str] | None = None, port: int | None = None, delay: float = 0.0
+) -> StandIn:
     """Start a stand-in server process on a free loopback port (or `port`) and wait for it."""
     attempts = 1 if port is not None else 3  # a picked free port can be taken before we bind
     failure = ""
@@ -1172,6 +1206,8 @@ def start_standin(*, models: list[str] | None = None, port: int | None = None) -
         command = [sys.executable, str(_SCRIPT), "--host", "127.0.0.1", "--port", str(chosen)]
         if models:
             command += ["--models", ",".join(models)]
+        if delay:
+            command += ["--delay", str(delay)]
         # stderr goes to a file, not a pipe: nobody drains a pipe during a long benchmark.
         stderr = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the StandIn
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)

@@ -130,11 +130,13 @@ async def test_tickets_are_issued_to_the_key_the_admin_or_anyone(access: Access)
 async def test_check_model_refuses_a_model_the_key_may_not_use(access: Access) -> None:
     key, _ = await access.keys.create("qwen only", ["qwen"], KeyLimits())
 
-    check_model(Caller(key=key), "qwen:7b")
+    check_model(Caller(key=key), "qwen:latest")
     check_model(Caller(admin=True), "llama3")
     check_model(Caller(), "llama3")
     with pytest.raises(CallError) as raised:
         check_model(Caller(key=key), "llama3")
+    with pytest.raises(CallError):
+        check_model(Caller(key=key), "qwen:7b")  # another model of the family: not allowed
 
     assert (raised.value.status, raised.value.code) == (403, "model_not_allowed")
     assert "'llama3'" in raised.value.message

@@ -183,7 +183,9 @@ async def test_keys_are_listed_oldest_first(tmp_path: Path) -> None:
     [
         (None, "anything:at-all", True),
         (["qwen"], "qwen", True),
-        (["qwen"], "qwen:7b", True),
+        (["qwen"], "qwen:latest", True),
+        (["qwen"], "qwen:7b", False),
+        (["qwen"], "qwen:cloud", False),
         (["qwen"], "llama3", False),
         (["qwen:7b"], "qwen:7b", True),
         (["qwen:7b"], "qwen", False),

@@ -467,7 +467,9 @@ async def test_admission_checks_who_what_and_how_much_before_any_upstream(tmp_pa
             await gateway.admit(Credentials(bearer=plain), "llama3", LABELS)
         with pytest.raises(CallError) as too_long:
             await gateway.admit(Credentials(bearer=plain), "qwen", LABELS, prompt_size=6)
-        caller = await gateway.admit(Credentials(bearer=plain), "qwen:7b", LABELS, prompt_size=5)
+        caller = await gateway.admit(
+            Credentials(bearer=plain), "qwen:latest", LABELS, prompt_size=5
+        )
         admin = await gateway.admit(Credentials(bearer=ADMIN_TOKEN), "llama3", LABELS, 5)
 
     assert (nobody.value.status, nobody.value.code) == (401, "unauthorized")

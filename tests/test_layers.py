@@ -14,11 +14,31 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("access", "calls", "ollama_client", "ollama_host", "routes", "store")
+PACKAGES = (
+    "access",
+    "calls",
+    "http_transport",
+    "ollama_client",
+    "ollama_host",
+    "openai_client",
+    "routes",
+    "store",
+    "upstreams",
+)
 
 # The neutral vocabulary: what every layer may use. (Not the `store` package itself: it also
 # exports the implementations.)
-VOCABULARY = {"calls.types", "calls.errors", "calls.upstream", "store.base", "store.records"}
+VOCABULARY = {
+    "calls.types",
+    "calls.errors",
+    "calls.upstream",
+    # Model names as Ollama reads them, and a whole answer out of pieces: pure functions of
+    # the types above.
+    "calls.models",
+    "calls.collect",
+    "store.base",
+    "store.records",
+}
 
 
 def project_imports(path: Path, root: Path = ROOT) -> set[str]:
@@ -72,15 +92,38 @@ def vocabulary_only(paths: list[Path], *, own: str) -> dict[str, list[str]]:
 
 
 def test_the_vocabulary_imports_nothing_above_it() -> None:
-    paths = [ROOT / "calls" / f"{name}.py" for name in ("types", "errors", "upstream")]
+    names = ("types", "errors", "upstream", "models", "collect")
+    paths = [ROOT / "calls" / f"{name}.py" for name in names]
     paths += [ROOT / "store" / f"{name}.py" for name in ("base", "records")]
 
     assert offending(paths, VOCABULARY, own="") == {}
 
 
-@pytest.mark.parametrize("package", ["ollama_client", "store"])
+@pytest.mark.parametrize("package", ["ollama_client", "openai_client", "store"])
 def test_implementations_know_only_the_vocabulary(package: str) -> None:
-    assert vocabulary_only(modules(package), own=package) == {}
+    # The upstream kinds share the HTTP transport beneath them, which knows nothing above.
+    allowed = VOCABULARY | {"http_transport"}
+
+    assert offending(modules(package), allowed, own=package) == {}
+
+
+def test_the_transport_knows_nothing_of_the_project() -> None:
+    assert offending(modules("http_transport"), set(), own="http_transport") == {}
+
+
+def test_the_router_knows_the_kinds_only_through_their_table() -> None:
+    """upstreams/ builds the kinds from settings (kinds.py names each once); the router itself
+    knows only the vocabulary."""
+    allowed = VOCABULARY | {"http_transport", "ollama_host.settings"}
+    router = [ROOT / "upstreams" / name for name in ("router.py", "breaker.py", "config.py")]
+
+    assert offending(router, VOCABULARY, own="upstreams") == {}
+    assert (
+        offending(
+            modules("upstreams"), allowed | {"ollama_client", "openai_client"}, own="upstreams"
+        )
+        == {}
+    )
 
 
 def test_access_does_not_reach_up_into_the_pipeline_or_the_routes() -> None:

@@ -25,8 +25,8 @@ from calls.errors import (
     UpstreamUnavailable,
 )
 from calls.types import CallRequest, Completion, EmbedRequest, Generation, Message, Piece
+from http_transport.transport import MalformedResponse
 from ollama_client import OllamaUpstream
-from ollama_client.transport import MalformedResponse
 
 pytestmark = pytest.mark.anyio
 
@@ -120,7 +120,8 @@ async def test_a_chat_goes_out_in_ollamas_shape_with_its_settings() -> None:
             {"role": "system", "content": "Be brief."},
             {"role": "user", "content": "hi"},
         ],
-        "stream": False,
+        # Streamed even for a whole answer, so that --timeout is the wait for the next byte.
+        "stream": True,
         "format": "json",
         "options": {"temperature": 0},
         "keep_alive": "5m",
@@ -135,10 +136,10 @@ async def test_fields_without_a_name_pass_through_but_never_override() -> None:
         seen.append(msgspec.json.decode(request.content))
         return httpx.Response(200, json={**DONE, "message": {"role": "assistant", "content": ""}})
 
-    await ollama(handler).answer(hi(extra={"truncate": False, "model": "evil", "stream": True}))
+    await ollama(handler).answer(hi(extra={"truncate": False, "model": "evil", "stream": False}))
 
     assert seen[0]["truncate"] is False
-    assert (seen[0]["model"], seen[0]["stream"]) == ("llama3", False)
+    assert (seen[0]["model"], seen[0]["stream"]) == ("llama3", True)
 
 
 async def test_a_completion_goes_to_generate() -> None:
@@ -156,7 +157,7 @@ async def test_a_completion_goes_to_generate() -> None:
         "model": "llama3",
         "prompt": "2+2=",
         "system": "math",
-        "stream": False,
+        "stream": True,
     }
     assert answer.content == "4"
     assert answer.metrics.context == [1, 2]

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from ollama_host.settings import declared, ollama_url, parse_settings, settings_table
+from ollama_host.envhost import ollama_url
+from ollama_host.settings import declared, parse_settings, settings_table
 from tests.gateway_proc import ROOT
 
 
@@ -22,14 +23,14 @@ from tests.gateway_proc import ROOT
         ("https://gpu-box", "https://gpu-box:443"),
         ("https://gpu-box:8443/ollama/", "https://gpu-box:8443/ollama"),
         ("[::1]:11434", "http://[::1]:11434"),
-        ("  0.0.0.0  ", "http://0.0.0.0:11434"),
+        ("  0.0.0.0  ", "http://127.0.0.1:11434"),
     ],
 )
 def test_ollama_address_is_read_like_ollama(value: str, url: str) -> None:
     assert ollama_url(value) == url
 
 
-@pytest.mark.parametrize("value", ["ftp://gpu-box", "gpu-box:port"])
+@pytest.mark.parametrize("value", ["ftp://gpu-box", "unix:///run/ollama.sock"])
 def test_bad_ollama_address_is_refused(value: str) -> None:
     with pytest.raises(ValueError, match="Ollama address"):
         ollama_url(value)

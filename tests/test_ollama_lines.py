@@ -1,4 +1,4 @@
-"""ollama_client/lines.py: lines out of reads of any size, within a bound.
+"""http_transport/lines.py: lines out of reads of any size, within a bound.
 
 That each byte is copied at most twice (issue 11 §2: `buffer += data` copied a long line
 again on every read) is measured by bench/lines_bench.py, not asserted here.
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ollama_client.lines import LineTooLong, split_lines
+from http_transport.lines import LineTooLong, split_lines
 
 pytestmark = pytest.mark.anyio
 

@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 
 from calls.errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
 from calls.types import CallRequest, Message
-from ollama_client import KeepAliveTransport, OllamaUpstream
-from ollama_client.transport import _Dechunker
+from http_transport import KeepAliveTransport
+from http_transport.transport import _Dechunker
+from ollama_client import OllamaUpstream
 
 Handler = Callable[["Server", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -257,6 +258,50 @@ def test_a_reused_connection_dropped_before_answering_is_retried_on_a_new_one() 
     assert requests == 3
 
 
+def test_a_post_on_a_reused_connection_dropped_before_answering_is_never_sent_again() -> None:
+    # The server may have acted on the request before it closed (an Ollama that crashed
+    # mid-generation): Go's client does not send a POST again, and neither does this one.
+    async def drops_second(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        await server.read_request(reader)
+        writer.write(fixed(b"ok"))
+        await server.read_request(reader)
+
+    async def scenario() -> tuple[int, str, int, int]:
+        async with serving(drops_second) as server, client() as http:
+            first = (await http.post(server.url, content=b"{}")).status_code
+            try:
+                await http.post(server.url, content=b"{}")
+                failure = ""
+            except httpx.RemoteProtocolError as exc:
+                failure = str(exc)
+            return first, failure, server.connections, len(server.requests)
+
+    first, failure, connections, requests = run(scenario)
+    assert first == 200
+    assert "not sent again" in failure
+    assert (connections, requests) == (1, 2)
+
+
+def test_a_post_on_a_connection_closed_before_sending_goes_out_on_a_new_one() -> None:
+    # Nothing was written on the dead connection, so sending on a new one sends it once.
+    async def scenario() -> tuple[list[int], int, int]:
+        async with serving(answer_forever) as server, client() as http:
+            statuses = [(await http.post(server.url, content=b"{}")).status_code]
+            transport = http._transport
+            assert isinstance(transport, KeepAliveTransport)
+            for idle in transport._idle.values():
+                for conn in idle:
+                    # Closed on our side, as if the loop had seen the server go: usable()
+                    # cannot tell, the write fails before any byte leaves.
+                    conn._error = ConnectionResetError("gone")
+            statuses.append((await http.post(server.url, content=b"{}")).status_code)
+            return statuses, server.connections, len(server.requests)
+
+    statuses, connections, requests = run(scenario)
+    assert statuses == [200, 200]
+    assert (connections, requests) == (2, 2)
+
+
 def test_a_server_that_closes_without_answering_is_a_protocol_error() -> None:
     async def rude(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
         await server.read_request(reader)
@@ -461,6 +506,18 @@ def test_a_body_its_encoding_does_not_describe_is_a_bad_response() -> None:
     bad = run(scenario)
     assert bad is not None
     assert "could not be decoded" in bad.message
+
+
+def test_the_dechunker_gives_the_same_body_however_the_reads_fall() -> None:
+    # Whole chunks back to back take a fast path; every other cut goes the careful way.
+    wire = b"3\r\nabc\r\n1;x=1\r\nd\r\n4\r\nefgh\r\n2\r\nij\r\n0\r\nT: 1\r\n\r\n"
+    request = httpx.Request("GET", "http://x")
+    for first in range(len(wire) + 1):
+        for second in range(first, len(wire) + 1):
+            chunks = _Dechunker(request)
+            parts = [wire[:first], wire[first:second], wire[second:]]
+            body = b"".join(chunks.feed(part) for part in parts if part)
+            assert (body, chunks.done) == (b"abcdefghij", True), (first, second)
 
 
 @given(

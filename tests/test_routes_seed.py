@@ -18,7 +18,7 @@ import httpx
 import msgspec
 import pytest
 
-from app import make_upstream
+import upstreams
 from calls.errors import CallError
 from calls.pipeline import Done, Failed, Pieces, Started
 from calls.types import Message, Metrics, Piece
@@ -178,7 +178,13 @@ async def test_every_call_gets_one_record_with_the_seed_fields(
     # stand-in reported, which is at least the load asked for; it measures its sleep, which a
     # busy machine makes longer, so "0.25 s give or take 10 ms" failed now and then.)
     assert 0.25 <= record["total_seconds"] < 60
-    (reply,) = [msgspec.json.decode(body) for body in spy.bodies if b"load_duration" in body]
+    # A whole answer is asked for as a stream (so --timeout is per byte): its last line.
+    (reply,) = [
+        msgspec.json.decode(line)
+        for body in spy.bodies
+        for line in body.splitlines()
+        if b"load_duration" in line
+    ]
     assert reply["load_duration"] >= 250_000_000
     assert record["load_seconds"] == reply["load_duration"] / 1e9
     assert record["prompt_eval_seconds"] is not None
@@ -406,7 +412,7 @@ async def stalling(tmp_path: Path) -> AsyncIterator[Local]:
     server = await asyncio.start_server(_stall_after_two_tokens, "127.0.0.1", 0)
     address = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     flags = ("--ollama", address, "--timeout", "0.3")
-    upstream = make_upstream(parse_settings(list(flags), {}))
+    upstream = upstreams.build(parse_settings(list(flags), {}))
     async with server, in_process(tmp_path / "data", *flags, upstream=upstream) as local:
         yield local
 

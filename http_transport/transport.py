@@ -7,11 +7,11 @@ with concurrency (shared/PERFORMANCE.md, docs/performance.md). Here an idle conn
 is taken from a stack and put back when its response body has been read to the end:
 no lock, no scan, no syscall beyond the reads and writes themselves.
 
-What it does not do, because the gateway talks to one Ollama server and needs none of
-it: proxies, HTTP/2, `Expect: 100-continue`, connection caps (Ollama queues requests
-itself). Failures leave as httpx exceptions (ConnectError, ConnectTimeout, ReadTimeout,
-WriteTimeout, ReadError, WriteError, RemoteProtocolError), so callers map them as
-they would httpx's own.
+What it does not do, because the gateway talks only to the model servers it is configured
+with and needs none of it: proxies, HTTP/2, `Expect: 100-continue`, connection caps (the
+gateway's router caps calls per upstream, and Ollama queues requests itself). Failures leave
+as httpx exceptions (ConnectError, ConnectTimeout, ReadTimeout, WriteTimeout, ReadError,
+WriteError, RemoteProtocolError), so callers map them as they would httpx's own.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, cast
 
 import httpx
 
-# Longer lines or header blocks than this are not an Ollama server talking.
+# Longer lines or header blocks than this are not a model server talking.
 _LIMIT = 1 << 20
 # How much a connection holds unread before it stops reading the socket (and TCP pushes back
 # on the server): what a stream keeps for a client that reads slowly, or not at all.
@@ -213,6 +213,11 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
+# Methods that may be sent again when a reused connection fails before answering: the server
+# cannot have acted on them in a way a second copy would repeat (Go's isReplayable).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
 class MalformedResponse(httpx.RemoteProtocolError):
     """The server answered something that is not HTTP/1.1 as it should be: a bad status line,
     header, length or chunk. (A connection closed early is a plain RemoteProtocolError: the
@@ -220,7 +225,14 @@ class MalformedResponse(httpx.RemoteProtocolError):
 
 
 class _StaleConnection(Exception):
-    """A reused connection failed before any response byte: the server had closed it."""
+    """A reused connection failed before any response byte: the server had closed it.
+
+    `written`: some of the request may have reached the server before it did.
+    """
+
+    def __init__(self, written: bool) -> None:
+        super().__init__()
+        self.written = written
 
 
 class KeepAliveTransport(httpx.AsyncBaseTransport):
@@ -255,13 +267,21 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
                 conn = await self._connect(request, key)
             try:
                 return await self._exchange(request, key, conn, head + body)
-            except _StaleConnection:
+            except _StaleConnection as stale:
                 conn.close()
                 if fresh:
                     raise httpx.RemoteProtocolError(
                         "the server closed the connection without answering", request=request
                     ) from None
-                # A reused connection the server had already closed: try the next one.
+                if stale.written and request.method not in _IDEMPOTENT:
+                    # As Go's client does: the server may have acted on it (an Ollama that
+                    # died mid-generation), and a POST is never sent twice.
+                    raise httpx.RemoteProtocolError(
+                        "the server closed a reused connection without answering; the "
+                        "request was not sent again, since the server may have acted on it",
+                        request=request,
+                    ) from None
+                # Nothing the server could act on: send it on the next connection.
             except BaseException:
                 conn.close()
                 raise
@@ -323,7 +343,13 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         message: bytes,
     ) -> httpx.Response:
         try:
+            # Raises before writing anything if the connection is known to be closed.
             conn.write(message)
+        except OSError as exc:
+            if conn.used:
+                raise _StaleConnection(written=False) from exc
+            raise httpx.WriteError(str(exc) or type(exc).__name__, request=request) from exc
+        try:
             if conn._writing_paused:
                 async with asyncio.timeout(_timeout(request, "write")):
                     await conn.drain()
@@ -331,7 +357,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             raise httpx.WriteTimeout("sending the request timed out", request=request) from exc
         except OSError as exc:
             if conn.used:
-                raise _StaleConnection from exc
+                raise _StaleConnection(written=True) from exc
             raise httpx.WriteError(str(exc) or type(exc).__name__, request=request) from exc
 
         read_timeout = _timeout(request, "read")
@@ -342,7 +368,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             raise httpx.ReadTimeout("the server sent no response in time", request=request) from exc
         except asyncio.IncompleteReadError as exc:
             if not exc.partial and conn.used:
-                raise _StaleConnection from exc
+                raise _StaleConnection(written=True) from exc
             if exc.partial and not b"HTTP/1.".startswith(exc.partial[:7]):
                 raise MalformedResponse(
                     f"not an HTTP/1.x response: {exc.partial[:80]!r}", request=request
@@ -355,7 +381,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             raise MalformedResponse("the response head is too large", request=request) from exc
         except OSError as exc:
             if conn.used:
-                raise _StaleConnection from exc
+                raise _StaleConnection(written=True) from exc
             raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
         conn.used = True
 
@@ -580,19 +606,26 @@ class _Dechunker:
 
     def feed(self, data: bytes) -> bytes:
         """The body data in `data`; sets `done` once the body is complete."""
-        if not (self._left or self._crlf or self._head or self.ending):
-            # The common case when streaming: exactly one whole chunk, nothing more.
-            eol = data.find(b"\r\n")
-            if eol > 0:
-                start = eol + 2
-                try:
-                    size = int(data[:eol], 16)
-                except ValueError:
-                    size = -1  # a chunk extension, or garbage: the careful path decides
-                if size > 0 and len(data) == start + size + 2 and data.endswith(b"\r\n"):
-                    return data[start : start + size]
         out: list[bytes] = []
         pos = 0
+        if not (self._left or self._crlf or self._head or self.ending):
+            # The common cases: one whole chunk (a streamed token), or whole chunks back to
+            # back (a short answer that arrived at once). Anything else (a chunk split across
+            # reads, the last chunk, an extension or garbage) is left to the careful path.
+            n = len(data)
+            while (eol := data.find(b"\r\n", pos)) > pos:
+                try:
+                    size = int(data[pos:eol], 16)
+                except ValueError:
+                    break
+                start = eol + 2
+                end = start + size
+                if size <= 0 or end + 2 > n or data[end : end + 2] != b"\r\n":
+                    break
+                out.append(data[start:end])
+                pos = end + 2
+                if pos == n:
+                    return out[0] if len(out) == 1 else b"".join(out)
         while pos < len(data) and not self.done:
             if self.ending:
                 self._trailers(data[pos:])

@@ -1,0 +1,581 @@
+"""An OpenAI-compatible server as an upstream: `calls.upstream.Upstream` over
+/v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models.
+
+For llama.cpp's `llama-server`, vLLM, LM Studio, or Ollama's own /v1. Answers are always asked
+for as streams (`stream_options.include_usage` brings the token counts in the last chunk), and
+a whole answer is such a stream read to its end, so the read timeout is the wait for the next
+byte.
+llama-server's `timings` (prompt_ms, predicted_ms) become the metrics' prompt and generation
+seconds. Failures leave as the gateway's neutral `calls.errors.UpstreamError`s; every read is
+bounded, a line by `max_line`, a whole body by `max_body`.
+
+What a model's "loaded" means here: /v1/models entries with a `status` (llama-server's router
+mode, which loads and unloads models) are loaded when it says `loaded`; entries without one
+(a llama-server or vLLM serving the one model it started with) are always loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import msgspec
+
+from calls.collect import whole
+from calls.errors import (
+    ModelNotFound,
+    UpstreamBadResponse,
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamFailed,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnauthorized,
+    UpstreamUnavailable,
+    UpstreamUnreachable,
+    UpstreamWrongAddress,
+)
+from calls.types import (
+    Answer,
+    CallRequest,
+    Embeddings,
+    EmbedRequest,
+    Generation,
+    Message,
+    Metrics,
+    ModelInfo,
+    Piece,
+    ToolCall,
+    ToolFunction,
+)
+from calls.upstream import UpstreamHealth
+from http_transport import LineTooLong, body_stream, split_lines
+
+from . import wire
+
+_encode = msgspec.json.Encoder().encode
+_decode_chunk = msgspec.json.Decoder(wire.Chunk).decode
+_decode_error = msgspec.json.Decoder(wire.ErrorReply).decode
+_decode_models = msgspec.json.Decoder(wire.ModelList).decode
+_decode_embeddings = msgspec.json.Decoder(wire.EmbeddingReply).decode
+_decode_props = msgspec.json.Decoder(wire.Props).decode
+_decode_arguments = msgspec.json.Decoder(dict[str, Any]).decode
+_ACCEPT = [(b"Accept", b"application/json"), (b"User-Agent", b"ollama-host")]
+_JSON = [(b"Content-Type", b"application/json")]
+
+PROBE_SECONDS = 3.0
+MAX_LINE = 4 << 20
+MAX_BODY = 64 << 20
+
+# Ollama's option names that OpenAI-compatible servers take under the same name. OpenAI takes
+# the first ones; llama-server and vLLM also top_k, min_p, typical_p and repeat_penalty. The
+# rest (num_ctx, num_gpu, ...) configure an Ollama runner and have no equivalent here.
+_SAME_OPTIONS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "seed",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "top_k",
+        "min_p",
+        "typical_p",
+        "repeat_penalty",
+    }
+)
+_IMAGE_TYPES = {
+    "iVBOR": "image/png",
+    "/9j/": "image/jpeg",
+    "R0lGOD": "image/gif",
+    "UklGR": "image/webp",
+}
+
+
+def _image_url(data: str) -> str:
+    mime = next((t for prefix, t in _IMAGE_TYPES.items() if data.startswith(prefix)), "image/png")
+    return f"data:{mime};base64,{data}"
+
+
+def _message(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.images:
+        parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}]
+        parts.extend(
+            {"type": "image_url", "image_url": {"url": _image_url(image)}}
+            for image in message.images
+        )
+        out["content"] = parts
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": call.id or f"call_{n}",
+                "type": "function",
+                "function": {
+                    "name": call.function.name,
+                    "arguments": _encode(call.function.arguments).decode(),
+                },
+            }
+            for n, call in enumerate(message.tool_calls)
+        ]
+    if message.role == "tool":
+        # OpenAI matches a tool's answer to its call by id; Ollama's clients send the name.
+        out["tool_call_id"] = message.tool_call_id or message.tool_name or ""
+    return out
+
+
+def _generation(g: Generation) -> dict[str, Any]:
+    """Ollama's generation fields in OpenAI's names; what has no equivalent is left out."""
+    body: dict[str, Any] = {}
+    for name, value in (g.options or {}).items():
+        if name == "num_predict":
+            # Ollama's -1 (no limit) and -2 (fill the context) are the server's default here.
+            if isinstance(value, int) and value > 0:
+                body["max_tokens"] = value
+        elif name in _SAME_OPTIONS:
+            body[name] = value
+    if g.format == "json":
+        body["response_format"] = {"type": "json_object"}
+    elif isinstance(g.format, dict):
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": g.format},
+        }
+    if isinstance(g.think, str):
+        body["reasoning_effort"] = g.think
+    elif g.think is not None:
+        # llama-server and vLLM hand these to the model's chat template.
+        body["chat_template_kwargs"] = {"enable_thinking": g.think}
+    if g.tools:
+        body["tools"] = g.tools
+    return body
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        reply = _decode_error(body)
+    except msgspec.DecodeError:
+        return body[:200].decode("utf-8", "replace").strip()
+    if isinstance(reply.error, wire.ErrorInfo):
+        return reply.error.message
+    return reply.error or reply.message or body[:200].decode("utf-8", "replace").strip()
+
+
+def _status_error(status: int, body: bytes, address: str, path: str) -> UpstreamError:
+    message = _error_text(body) or f"HTTP {status}"
+    told = f"the OpenAI-compatible server at {address} answered {status} {message}"
+    if status == 404:
+        if "model" in message.lower():
+            return ModelNotFound(message)
+        return UpstreamWrongAddress(
+            f"the server at {address} has no {path} (it answered 404 {message[:60]!r}): give "
+            "the server's root (with or without /v1); an Ollama server is an upstream of kind "
+            "ollama"
+        )
+    if status in (401, 403):
+        return UpstreamUnauthorized(f"{told}: check the key configured for this upstream")
+    if status in (429, 503):
+        return UpstreamBusy(message)
+    if status in (400, 413, 422):
+        return UpstreamRejected(message)
+    return UpstreamFailed(told)
+
+
+class _ToolCalls:
+    """Tool calls as they stream in fragments, by index, within a bound."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.calls: dict[int, tuple[list[str | None], list[str]]] = {}
+
+    def add(self, deltas: list[wire.ToolCallDelta]) -> None:
+        for delta in deltas:
+            head, parts = self.calls.setdefault(delta.index, ([None, None], []))
+            if delta.id:
+                head[0] = delta.id
+            function = delta.function
+            if function is None:
+                continue
+            if function.name:
+                head[1] = (head[1] or "") + function.name
+            if function.arguments:
+                self.size += len(function.arguments)
+                if self.size > self.limit:
+                    raise UpstreamBadResponse(
+                        f"the tool calls' arguments pass {self.limit} bytes (--max-upstream-line)"
+                    )
+                parts.append(function.arguments)
+
+    def take(self) -> list[ToolCall]:
+        out = []
+        for index in sorted(self.calls):
+            (call_id, name), parts = self.calls[index]
+            text = "".join(parts)
+            try:
+                arguments = _decode_arguments(text) if text.strip() else {}
+            except msgspec.DecodeError as exc:
+                raise UpstreamBadResponse(
+                    f"a tool call's arguments are not a JSON object: {exc}"
+                ) from exc
+            out.append(ToolCall(ToolFunction(name or "", arguments, index), call_id))
+        self.calls.clear()
+        return out
+
+
+class OpenAIStream:
+    """An open streamed answer (`calls.upstream.AnswerStream`) in Server-Sent Events."""
+
+    def __init__(
+        self, response: httpx.Response, address: str, name: str, completion: bool, max_line: int
+    ) -> None:
+        self._response = response
+        self._address = address
+        self._completion = completion
+        self._max_line = max_line
+        self._tools = _ToolCalls(max_line)
+        self._usage: wire.Usage | None = None
+        self._timings: wire.Timings | None = None
+        self._finish: str | None = None
+        self._done = False
+        self.upstream: str | None = name
+        self.attempts = 1
+        self.metrics: Metrics | None = None
+
+    async def batches(self) -> AsyncIterator[list[Piece]]:
+        try:
+            async for lines in split_lines(body_stream(self._response), self._max_line):
+                pieces: list[Piece] = []
+                try:
+                    for line in lines:
+                        piece = self._line(line)
+                        if piece is not None:
+                            pieces.append(piece)
+                except UpstreamError:
+                    if pieces:  # what came before the failure still counts
+                        yield pieces
+                    raise
+                if pieces:
+                    yield pieces
+        except LineTooLong as exc:
+            raise UpstreamBadResponse(
+                f"the server at {self._address} sent a line longer than {exc.limit} bytes "
+                "(--max-upstream-line); the answer was cut off there"
+            ) from None
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(
+                f"the server at {self._address} sent nothing for too long mid-answer"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable(
+                f"the connection to the server at {self._address} broke mid-answer: {exc}"
+            ) from exc
+        except httpx.DecodingError as exc:
+            raise UpstreamBadResponse(f"the server's answer could not be decoded: {exc}") from exc
+        last = self.end()
+        if last is not None:
+            yield [last]
+
+    def end(self) -> Piece | None:
+        """The stream has ended: set its metrics, and return the tool calls still held."""
+        last = Piece(tool_calls=self._tools.take()) if self._tools.calls else None
+        if not (self._done or self._finish):
+            raise UpstreamBadResponse(
+                f"the stream from {self._address} ended before the answer did (no "
+                "finish_reason, no [DONE])"
+            )
+        usage, timings = self._usage, self._timings
+        prompt = timings.prompt_ms / 1000 if timings and timings.prompt_ms is not None else None
+        predicted = (
+            timings.predicted_ms / 1000 if timings and timings.predicted_ms is not None else None
+        )
+        self.metrics = Metrics(
+            done_reason=self._finish,
+            input_tokens=usage.prompt_tokens if usage else None,
+            output_tokens=usage.completion_tokens if usage else None,
+            upstream_seconds=None if prompt is None or predicted is None else prompt + predicted,
+            prompt_eval_seconds=prompt,
+            eval_seconds=predicted,
+        )
+        return last
+
+    def whole(self, body: bytes) -> Answer:
+        """The answer a whole streamed body makes, read at once."""
+        pieces = [piece for line in body.split(b"\n") if (piece := self._line(line)) is not None]
+        if (last := self.end()) is not None:
+            pieces.append(last)
+        assert self.metrics is not None  # end() sets them
+        return whole(pieces, self.metrics, self.upstream)
+
+    def _line(self, line: bytes) -> Piece | None:
+        # SSE: `data:` lines carry the chunks; comments (`:`), `event:` lines and the blank
+        # lines between events carry nothing of the answer.
+        if not line.startswith(b"data:"):
+            return None
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            self._done = True
+            return None
+        try:
+            chunk = _decode_chunk(data)
+        except msgspec.DecodeError as exc:
+            raise UpstreamBadResponse(
+                f"the server sent a line that is not an answer chunk: {exc}"
+            ) from exc
+        if chunk.error is not None:
+            error = chunk.error
+            raise UpstreamFailed(
+                f"the server at {self._address} failed mid-answer: "
+                + (error.message if isinstance(error, wire.ErrorInfo) else error)
+            )
+        if chunk.usage is not None:
+            self._usage = chunk.usage
+        if chunk.timings is not None:
+            self._timings = chunk.timings
+        if not chunk.choices:
+            return None
+        choice = chunk.choices[0]
+        if choice.finish_reason:
+            self._finish = choice.finish_reason
+        content = ""
+        thinking = None
+        delta = choice.delta or choice.message
+        if self._completion:
+            content = choice.text or ""
+        elif delta is not None:
+            content = delta.content or ""
+            thinking = delta.reasoning_content or delta.reasoning
+            if delta.tool_calls:
+                self._tools.add(delta.tool_calls)
+        calls = self._tools.take() if choice.finish_reason and self._tools.calls else None
+        if content or thinking or calls:
+            return Piece(content, thinking, calls)
+        return None
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class OpenAIUpstream:
+    """One OpenAI-compatible server (`calls.upstream.Upstream`), over a transport it owns."""
+
+    kind = "openai"
+    # The server knows a model only by its exact id (`smollm2`, not `smollm2:latest`).
+    exact_model_names = True
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        base_url: str,
+        timeout: httpx.Timeout | None = None,
+        *,
+        name: str = "openai",
+        max_line: int = MAX_LINE,
+        max_body: int = MAX_BODY,
+        api_key: str | None = None,
+    ) -> None:
+        self._transport = transport
+        self.name = name
+        address = base_url.rstrip("/")
+        # OpenAI's own clients take the base URL with /v1; the root is accepted too.
+        self.address = address.removesuffix("/v1")
+        self._timeout = (timeout or httpx.Timeout(300.0)).as_dict()
+        self.max_line = max_line
+        self.max_body = max_body
+        # Sent to this server only; never logged, never in an error.
+        self._headers = list(_ACCEPT)
+        if api_key:
+            self._headers.append((b"Authorization", b"Bearer " + api_key.encode("latin-1")))
+        self._chat_url = httpx.URL(self.address + "/v1/chat/completions")
+        self._completions_url = httpx.URL(self.address + "/v1/completions")
+        self._models_url = httpx.URL(self.address + "/v1/models")
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    def _request(self, method: str, url: httpx.URL, body: bytes | None = None) -> httpx.Request:
+        headers = [(b"Host", url.netloc), *self._headers]
+        if body is not None:
+            headers += [(b"Content-Length", b"%d" % len(body)), *_JSON]
+        return httpx.Request(
+            method,
+            url,
+            headers=headers,
+            stream=httpx.ByteStream(body or b""),
+            extensions={"timeout": self._timeout},
+        )
+
+    def _failure(self, exc: httpx.HTTPError) -> UpstreamError | None:
+        if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
+            return UpstreamUnreachable(
+                f"cannot reach the OpenAI-compatible server at {self.address} "
+                f"({exc or type(exc).__name__}); is it running?"
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return UpstreamTimeout(f"the server at {self.address} did not answer in time")
+        if isinstance(exc, httpx.TransportError):
+            return UpstreamUnavailable(f"the connection to {self.address} failed: {exc}")
+        if isinstance(exc, httpx.DecodingError):
+            return UpstreamBadResponse(f"the server's answer could not be decoded: {exc}")
+        return None
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self._transport.handle_async_request(request)
+        except httpx.HTTPError as exc:
+            if (failure := self._failure(exc)) is None:
+                raise
+            raise failure from exc
+
+    async def _read(self, response: httpx.Response) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        try:
+            async for part in body_stream(response):
+                size += len(part)
+                if size > self.max_body:
+                    raise UpstreamBadResponse(
+                        f"the server at {self.address} sent an answer larger than "
+                        f"{self.max_body} bytes (--max-upstream-body)"
+                    )
+                parts.append(part)
+        except httpx.HTTPError as exc:
+            if (failure := self._failure(exc)) is None:
+                raise
+            raise failure from exc
+        finally:
+            await response.aclose()
+        return b"".join(parts)
+
+    async def _call(self, request: httpx.Request) -> bytes:
+        response = await self._send(request)
+        data = await self._read(response)
+        if response.status_code != 200:
+            raise _status_error(response.status_code, data, self.address, request.url.path)
+        return data
+
+    # -- the Upstream interface --------------------------------------------------------------
+
+    async def _model_list(self) -> list[dict[str, Any]]:
+        body = await self._call(self._request("GET", self._models_url))
+        try:
+            entries = _decode_models(body).data
+        except msgspec.DecodeError as exc:
+            raise UpstreamBadResponse(f"/v1/models at {self.address} is unreadable: {exc}") from exc
+        if not all(isinstance(entry.get("id"), str) for entry in entries):
+            raise UpstreamBadResponse(f"/v1/models at {self.address} lists a model without id")
+        return entries
+
+    async def models(self) -> list[ModelInfo]:
+        return [ModelInfo(name=entry["id"], details=entry) for entry in await self._model_list()]
+
+    async def loaded(self) -> list[dict[str, Any]]:
+        loaded = []
+        for entry in await self._model_list():
+            status = entry.get("status")
+            value = status.get("value") if isinstance(status, dict) else None
+            if status is None or value == "loaded":
+                loaded.append({"name": entry["id"], "model": entry["id"]})
+        return loaded
+
+    async def show(self, model: str) -> dict[str, Any]:
+        for entry in await self._model_list():
+            if entry["id"] == model:
+                return entry
+        raise ModelNotFound(f"the server at {self.address} has no model {model!r}")
+
+    async def version(self) -> str:
+        """llama-server's build (GET /props); other servers say none."""
+        try:
+            body = await self._call(self._request("GET", httpx.URL(self.address + "/props")))
+            return _decode_props(body).build_info or "unknown"
+        except (UpstreamWrongAddress, UpstreamRejected, msgspec.DecodeError):
+            return "unknown"
+
+    async def health(self) -> list[UpstreamHealth]:
+        state = UpstreamHealth(name=self.name, kind=self.kind, address=self.address, status="down")
+        try:
+            async with asyncio.timeout(PROBE_SECONDS):
+                state.models = [m.name for m in await self.models()]
+            state.status = "up"
+        except UpstreamError as exc:
+            state.error = exc.message
+        except TimeoutError:
+            state.error = f"the server at {self.address} did not answer within {PROBE_SECONDS:g} s"
+        return [state]
+
+    def _ask(self, request: CallRequest) -> httpx.Request:
+        body: dict[str, Any] = {
+            "model": request.model,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **_generation(request.generation),
+        }
+        completion = request.completion
+        if completion is None:
+            body["messages"] = [_message(m) for m in request.messages]
+            return self._request("POST", self._chat_url, _encode(body))
+        unsupported = [
+            name
+            for name in ("system", "template", "context", "images")
+            if getattr(completion, name) is not None
+        ]
+        if unsupported:
+            raise UpstreamRejected(
+                f"an OpenAI-compatible upstream takes a raw prompt only, not "
+                f"{', '.join(unsupported)}"
+            )
+        body["prompt"] = completion.prompt
+        body.pop("tools", None)
+        if completion.suffix is not None:
+            body["suffix"] = completion.suffix
+        return self._request("POST", self._completions_url, _encode(body))
+
+    async def answer(self, request: CallRequest) -> Answer:
+        """A whole answer, asked for as a stream (calls/collect.py), read whole within
+        max_body, and taken apart at once."""
+        ask = self._ask(request)
+        response = await self._send(ask)
+        body = await self._read(response)
+        if response.status_code != 200:
+            raise _status_error(response.status_code, body, self.address, ask.url.path)
+        parser = OpenAIStream(
+            response, self.address, self.name, request.completion is not None, self.max_line
+        )
+        return parser.whole(body)
+
+    async def open_stream(self, request: CallRequest) -> OpenAIStream:
+        """Start a streamed answer; returns once the server has accepted it (status 200)."""
+        ask = self._ask(request)
+        response = await self._send(ask)
+        if response.status_code != 200:
+            body = await self._read(response)
+            raise _status_error(response.status_code, body, self.address, ask.url.path)
+        return OpenAIStream(
+            response, self.address, self.name, request.completion is not None, self.max_line
+        )
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        body: dict[str, Any] = {"model": request.model, "input": request.input}
+        if request.dimensions is not None:
+            body["dimensions"] = request.dimensions
+        url = httpx.URL(self.address + "/v1/embeddings")
+        data = await self._call(self._request("POST", url, _encode(body)))
+        try:
+            reply = _decode_embeddings(data)
+        except msgspec.DecodeError as exc:
+            raise UpstreamBadResponse(f"/v1/embeddings answer is unreadable: {exc}") from exc
+        vectors = [item.embedding for item in sorted(reply.data, key=lambda item: item.index)]
+        if len(vectors) != len(request.input):
+            raise UpstreamBadResponse(
+                f"/v1/embeddings gave {len(vectors)} vectors for {len(request.input)} inputs"
+            )
+        return Embeddings(
+            vectors=vectors,
+            input_tokens=reply.usage.prompt_tokens if reply.usage else None,
+            upstream=self.name,
+        )

@@ -1,0 +1,59 @@
+"""The upstream the settings describe: every configured server, behind one Router."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import httpx
+
+from http_transport import KeepAliveTransport
+
+from .config import UpstreamSpec, specs
+from .kinds import KINDS
+from .router import Member, MemberUpstream, Router
+
+if TYPE_CHECKING:
+    from ollama_host.settings import Settings
+
+
+def member_upstream(
+    spec: UpstreamSpec, settings: Settings, env: Mapping[str, str] | None = None
+) -> MemberUpstream:
+    """One server of the kind its spec names, with the settings' timeouts and bounds."""
+    # The lean transport replaces httpcore's pool, whose cost grows with concurrency, and the
+    # kinds hand it httpx requests without AsyncClient's layers (docs/performance.md). No
+    # connection cap (the router caps calls) and no proxy variables, which must never reroute
+    # a configured upstream.
+    return KINDS[spec.kind](
+        KeepAliveTransport(max_idle=100, read_buffer=settings.stream_buffer),
+        spec.url,
+        httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
+        name=spec.name,
+        max_line=settings.max_upstream_line,
+        max_body=settings.max_upstream_body,
+        api_key=spec.key(os.environ if env is None else env),
+    )
+
+
+def build(settings: Settings, env: Mapping[str, str] | None = None) -> Router:
+    """A Router over every upstream the settings configure (one, by default)."""
+    found = specs(settings.upstream, settings.upstreams_file, settings.ollama_url, env)
+    cooldown = settings.health_interval
+    members = [Member(spec, member_upstream(spec, settings, env), cooldown) for spec in found]
+    return Router(
+        members,
+        interval=settings.health_interval,
+        allow_cloud=settings.allow_cloud,
+        max_waiting=settings.upstream_queue,
+        wait_seconds=settings.timeout,
+    )
+
+
+def describe(settings: Settings) -> str:
+    """The upstreams, for the start-up line (addresses only: keys are never shown)."""
+    found = specs(settings.upstream, settings.upstreams_file, settings.ollama_url)
+    if len(found) == 1 and not (settings.upstream or settings.upstreams_file):
+        return f"Ollama at {found[0].url}"
+    return ", ".join(f"{spec.name} ({spec.kind}) at {spec.url}" for spec in found)

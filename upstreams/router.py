@@ -1,0 +1,702 @@
+"""Several model servers behind one face: a `Router` is itself a `calls.upstream.Upstream`,
+so the pipeline never knows it has more than one.
+
+- Models: the union of every upstream's, each once, read by a health check every
+  `interval` seconds and again when a call asks for a model nobody lists.
+- Routing: among the upstreams that have the model and whose circuit lets calls through,
+  one where the model is loaded already (a cold load costs seconds to minutes), then the
+  least busy against its cap, then by weight (smooth weighted round robin, so calls spread
+  in proportion and a test can tell where the next one goes).
+- Caps: an upstream runs at most `cap` calls at once. A call that finds every upstream with
+  its model at its cap waits here, in line, for a slot: at most `max_waiting` calls wait
+  (then 503 `upstream_busy`), each at most `wait_seconds` (the `--timeout`: nothing came from
+  an upstream meanwhile; then 504 `upstream_timeout`). A freed slot goes straight to the
+  first waiter that can use it, so a newcomer never overtakes the line.
+- Health: see breaker.py. An upstream that is down leaves the routing at once and comes
+  back by itself when its health check answers again.
+- Failover: a stream whose upstream fails before the first piece of its answer has reached
+  the pipeline is tried once more on another upstream that has the model, never on the same
+  one; after the first piece, never. A whole answer reaches nobody until it is complete, so
+  any failure of one is tried once elsewhere. Records name the upstream and the tries.
+- With a single upstream, a model it does not list still goes to it (it answers for itself,
+  as before there were several).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+
+from calls.errors import (
+    CloudModelRefused,
+    ModelNotFound,
+    UpstreamBadResponse,
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamFailed,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnauthorized,
+    UpstreamUnavailable,
+    UpstreamUnreachable,
+    UpstreamWrongAddress,
+)
+from calls.models import canonical, is_cloud
+from calls.types import Answer, CallRequest, Embeddings, EmbedRequest, Metrics, ModelInfo, Piece
+from calls.upstream import AnswerStream, Upstream, UpstreamHealth
+
+from .breaker import Breaker
+from .config import UpstreamSpec
+
+log = logging.getLogger("ollama_host.upstreams")
+T = TypeVar("T")
+
+# A health check answers within this, or counts as a bad answer.
+PROBE_SECONDS = 3.0
+# A model nobody lists makes the router read every model list again, at most this often.
+MISS_REFRESH = 1.0
+# Failures that say the upstream itself is unwell (they count toward opening its circuit).
+_UNWELL = (
+    UpstreamUnavailable,
+    UpstreamFailed,
+    UpstreamBadResponse,
+    UpstreamWrongAddress,
+    UpstreamUnauthorized,
+)
+# Failures another upstream would repeat: not tried elsewhere.
+_FINAL = (UpstreamRejected, CloudModelRefused)
+
+
+class MemberUpstream(Upstream, Protocol):
+    """An upstream kind as the router needs it: an Upstream with a name and an address."""
+
+    name: str
+    kind: str
+    address: str
+    # True when the server knows a model only by its exact id (an OpenAI-compatible one):
+    # the router then sends the model under the name the server listed it by.
+    exact_model_names: bool
+
+
+@functools.lru_cache(maxsize=4096)
+def _key(model: str) -> str:
+    return canonical(model)
+
+
+def _is_remote(info: ModelInfo) -> bool:
+    # Ollama lists a cloud model it forwards to ollama.com with its remote host, whatever it
+    # was renamed to.
+    return bool(info.details and info.details.get("remote_host"))
+
+
+class Member:
+    """One upstream in the router: its server, its configuration, and what is known of it."""
+
+    def __init__(self, spec: UpstreamSpec, upstream: MemberUpstream, cooldown: float) -> None:
+        self.spec = spec
+        self.upstream = upstream
+        self.name = spec.name
+        self.cap = spec.cap
+        self.weight = spec.weight
+        self.allowed = spec.allowed()
+        self.in_flight = 0
+        # Canonical name -> the model as this server lists it.
+        self.models: dict[str, ModelInfo] = {}
+        self.remote: set[str] = set()
+        self.loaded: set[str] = set()
+        self.listed = False
+        self.version: str | None = None
+        # What its last health check found wrong, and what its last failed call did.
+        self.error: str | None = None
+        self.failure: str | None = None
+        self.checked: UpstreamError | None = None
+        self.breaker = Breaker(cooldown, retry=min(1.0, cooldown))
+        self.next_check = 0.0
+        self.current = 0.0  # smooth weighted round robin
+
+    def serves(self, key: str) -> bool:
+        return key in self.models and (self.allowed is None or key in self.allowed)
+
+    def free(self) -> bool:
+        if self.breaker.state == "half-open":
+            return self.in_flight == 0  # one trial at a time
+        return self.cap is None or self.in_flight < self.cap
+
+    @property
+    def reachable(self) -> bool:
+        """Its health check answers (its circuit may still be open for bad answers)."""
+        return self.listed and self.error is None and not self.breaker.hard
+
+    def rank(self, key: str) -> tuple[int, float]:
+        return (0 if key in self.loaded else 1, self.in_flight / (self.cap or self.weight))
+
+    def list_models(self, models: list[ModelInfo]) -> None:
+        self.models = {_key(m.name): m for m in models}
+        self.remote = {key for key, info in self.models.items() if _is_remote(info)}
+        self.listed = True
+
+    def health(self, waiting: int) -> UpstreamHealth:
+        closed = self.breaker.state == "closed"
+        allowed = [key for key in self.models if self.allowed is None or key in self.allowed]
+        return UpstreamHealth(
+            name=self.name,
+            kind=self.upstream.kind,
+            address=self.upstream.address,
+            status="up" if self.reachable else "down",
+            version=self.version,
+            error=self.error or (None if closed else self.failure),
+            in_flight=self.in_flight,
+            capacity=self.cap,
+            models=sorted(self.models[key].name for key in allowed),
+            circuit=self.breaker.state,
+            waiting=waiting,
+            loaded=sorted(
+                self.models[key].name if key in self.models else key for key in self.loaded
+            ),
+        )
+
+
+class _Waiter:
+    __slots__ = ("future", "members")
+
+    def __init__(self, members: frozenset[Member], future: asyncio.Future[Member | None]) -> None:
+        self.members = members
+        self.future = future
+
+
+class _NoOther(Exception):
+    """No upstream left to try for this model."""
+
+
+class Router:
+    """Several upstreams as one `calls.upstream.Upstream`."""
+
+    def __init__(
+        self,
+        members: Sequence[Member],
+        *,
+        interval: float = 5.0,
+        allow_cloud: bool = False,
+        max_waiting: int = 512,
+        wait_seconds: float = 600.0,
+        probe_seconds: float = PROBE_SECONDS,
+    ) -> None:
+        if not members:
+            raise ValueError("a router needs at least one upstream")
+        self.members = list(members)
+        self.interval = interval
+        self.allow_cloud = allow_cloud
+        self.max_waiting = max_waiting
+        self.wait_seconds = wait_seconds
+        self.probe_seconds = probe_seconds
+        # An upstream found down is probed this often; one that is up, every interval.
+        self._retry = min(1.0, interval)
+        self._waiters: list[_Waiter] = []
+        self._monitor: asyncio.Task[None] | None = None
+        self._refreshing: asyncio.Future[None] | None = None
+        self._refreshed_at = -MISS_REFRESH
+        self._checks: dict[Member, asyncio.Task[None]] = {}
+        self._looked = False
+        self._closed = False
+
+    # -- the Upstream interface --------------------------------------------------------------
+
+    async def models(self) -> list[ModelInfo]:
+        await self._ready()
+        if not any(m.reachable for m in self.members):
+            only = self.members[0].checked
+            if len(self.members) == 1 and only is not None:
+                raise type(only)(only.message)  # as the one upstream said it
+            down = "; ".join(f"{m.name}: {m.error or m.failure or 'failing'}" for m in self.members)
+            raise UpstreamUnavailable(f"no upstream answers ({down})")
+        seen: dict[str, ModelInfo] = {}
+        for member in self.members:
+            for key, info in member.models.items():
+                if key in seen or not member.serves(key):
+                    continue
+                if not self.allow_cloud and (key in member.remote or is_cloud(info.name)):
+                    continue
+                seen[key] = info
+        return list(seen.values())
+
+    async def loaded(self) -> list[dict[str, Any]]:
+        await self._ready()
+        up = [m for m in self.members if m.breaker.routable]
+        answers = await asyncio.gather(
+            *(self._probe(m.upstream.loaded()) for m in up), return_exceptions=True
+        )
+        seen: dict[str, dict[str, Any]] = {}
+        for answer in answers:
+            if isinstance(answer, list):
+                for entry in answer:
+                    seen.setdefault(str(entry.get("name") or entry.get("model")), entry)
+        return list(seen.values())
+
+    async def show(self, model: str) -> dict[str, Any]:
+        self._refuse_cloud(model)
+        await self._ready()
+        member = self._any_with(model)
+        return await member.upstream.show(self._own_name(member, model))
+
+    async def version(self) -> str:
+        await self._ready()
+        for member in self.members:
+            if member.breaker.routable and member.version:
+                return member.version
+        raise UpstreamUnavailable("no upstream answers; see /health")
+
+    async def health(self) -> list[UpstreamHealth]:
+        await self._ready()
+        return [m.health(sum(m in w.members for w in self._waiters)) for m in self.members]
+
+    async def answer(self, request: CallRequest) -> Answer:
+        """A whole answer. Nothing of it reaches the client before it is complete, so any
+        failure is tried once on another upstream."""
+        self._refuse_cloud(request.model)
+        await self._ready()
+        tried: list[Member] = []
+        failure: UpstreamError | None = None
+        while True:
+            member = await self._next(request.model, tried, failure)
+            try:
+                result = await member.upstream.answer(self._own(member, request))
+            except UpstreamError as exc:
+                self._failed(member, exc, request.model)
+                failure = exc
+                continue
+            finally:
+                self._release(member)
+            self._succeeded(member, _key(request.model))
+            result.upstream, result.attempts = member.name, len(tried)
+            return result
+
+    async def open_stream(self, request: CallRequest) -> RoutedStream:
+        self._refuse_cloud(request.model)
+        await self._ready()
+        tried: list[Member] = []
+        member, inner = await self._open_on(request, tried, None)
+        return RoutedStream(self, request, tried, member, inner)
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        self._refuse_cloud(request.model)
+        await self._ready()
+        tried: list[Member] = []
+        failure: UpstreamError | None = None
+        while True:
+            member = await self._next(request.model, tried, failure)
+            own = self._own_name(member, request.model)
+            asked = request if own == request.model else msgspec.structs.replace(request, model=own)
+            try:
+                result = await member.upstream.embed(asked)
+            except UpstreamError as exc:
+                self._failed(member, exc, request.model)
+                failure = exc
+                continue
+            finally:
+                self._release(member)
+            self._succeeded(member, _key(request.model))
+            result.upstream, result.attempts = member.name, len(tried)
+            return result
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        for task in list(self._checks.values()):
+            task.cancel()
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(UpstreamUnavailable("the gateway is stopping"))
+        await asyncio.gather(*(m.upstream.aclose() for m in self.members), return_exceptions=True)
+
+    # -- routing ------------------------------------------------------------------------------
+
+    def _refuse_cloud(self, model: str) -> None:
+        if not self.allow_cloud and is_cloud(model):
+            raise CloudModelRefused(_cloud_message(model))
+
+    async def _open_on(
+        self, request: CallRequest, tried: list[Member], failure: UpstreamError | None
+    ) -> tuple[Member, AnswerStream]:
+        """A stream opened on an upstream not tried yet (after `failure`, if one came)."""
+        while True:
+            member = await self._next(request.model, tried, failure)
+            try:
+                return member, await member.upstream.open_stream(self._own(member, request))
+            except UpstreamError as exc:
+                self._failed(member, exc, request.model)
+                self._release(member)
+                failure = exc
+            except BaseException:
+                self._release(member)
+                raise
+
+    async def _next(self, model: str, tried: list[Member], failure: UpstreamError | None) -> Member:
+        """The upstream to ask now, its slot taken and it added to `tried`; after a failure,
+        another one, or the failure itself (naming where it happened) if none may be tried."""
+        if failure is not None:
+            if len(tried) >= 2 or isinstance(failure, _FINAL):
+                raise _named(failure, tried)
+            try:
+                member = await self._acquire(model, tried)
+            except (_NoOther, UpstreamError):
+                raise _named(failure, tried) from None
+            log.info(
+                "%s failed before answering (%s); asking %s",
+                tried[-1].name,
+                failure.code,
+                member.name,
+            )
+        else:
+            try:
+                member = await self._acquire(model, tried)
+            except _NoOther:
+                await self._refresh(miss=True)
+                try:
+                    member = await self._acquire(model, tried)
+                except _NoOther:
+                    names = ", ".join(m.name for m in self.members)
+                    raise ModelNotFound(
+                        f"no upstream has the model {model!r} (asked: {names})"
+                    ) from None
+        tried.append(member)
+        return member
+
+    def _candidates(self, key: str, tried: list[Member]) -> list[Member]:
+        """The routable upstreams that have the model (all that have it, if none is
+        routable); _NoOther if none has it."""
+        have = [m for m in self.members if m not in tried and m.serves(key)]
+        if not have:
+            only = self.members[0]
+            if (
+                len(self.members) == 1
+                and not tried
+                and (only.allowed is None or key in only.allowed)
+            ):
+                have = [only]  # one upstream: it answers for itself
+            else:
+                raise _NoOther
+        if not self.allow_cloud and any(key in m.remote for m in have):
+            raise CloudModelRefused(_cloud_message(key))
+        # A circuit takes an upstream out of the choice while another can answer; with
+        # nowhere else to go, the call is tried anyway, as if there were no breaker: the
+        # server may be back before its next probe, and failing at once helps no one.
+        return [m for m in have if m.breaker.routable] or have
+
+    def _choose(self, key: str, up: list[Member]) -> Member | None:
+        free = [m for m in up if m.free()]
+        if not free:
+            return None
+        if len(free) == 1:
+            return free[0]
+        best = min(m.rank(key) for m in free)
+        tied = [m for m in free if m.rank(key) == best]
+        if len(tied) == 1:
+            return tied[0]
+        total = 0.0
+        for m in tied:
+            m.current += m.weight
+            total += m.weight
+        pick = max(tied, key=lambda m: m.current)  # the first of equals, in configured order
+        pick.current -= total
+        return pick
+
+    async def _acquire(self, model: str, tried: list[Member]) -> Member:
+        """Take a slot on the best upstream for the model, waiting in line while every one
+        that has it is at its cap."""
+        key = _key(model)
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        while True:
+            up = self._candidates(key, tried)
+            member = self._choose(key, up)
+            if member is not None:
+                member.in_flight += 1
+                return member
+            if deadline is None:
+                if len(self._waiters) >= self.max_waiting:
+                    raise UpstreamBusy(
+                        f"every upstream with {model!r} is at its cap and {self.max_waiting} "
+                        "calls wait already (--upstream-queue); try again shortly"
+                    )
+                deadline = loop.time() + self.wait_seconds
+            waiter = _Waiter(frozenset(up), loop.create_future())
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    handed = await waiter.future
+            except BaseException as exc:
+                # A slot handed over just as this call gave up goes on to the next in line.
+                future = waiter.future
+                handed_over = (
+                    future.done() and not future.cancelled() and future.exception() is None
+                )
+                if handed_over and (got := future.result()) is not None:
+                    self._waiters.remove(waiter)
+                    self._release(got)
+                if isinstance(exc, TimeoutError):
+                    raise UpstreamTimeout(
+                        f"no upstream with {model!r} had a free slot within "
+                        f"{self.wait_seconds:g} s (--timeout)"
+                    ) from None
+                raise
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            if handed is not None:
+                return handed  # its slot came with it
+            # Woken to look again: an upstream came back, or the models changed.
+
+    def _release(self, member: Member) -> None:
+        """Give back a slot: to the first waiter that can use it, else to the upstream."""
+        if member.breaker.routable:
+            for waiter in self._waiters:
+                if member in waiter.members and not waiter.future.done():
+                    waiter.future.set_result(member)  # the slot passes on, still taken
+                    return
+        member.in_flight -= 1
+        if not member.breaker.routable:
+            self._wake_all()
+
+    def _wake_all(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                waiter.future.set_result(None)
+
+    def _own(self, member: Member, request: CallRequest) -> CallRequest:
+        own = self._own_name(member, request.model)
+        return request if own == request.model else msgspec.structs.replace(request, model=own)
+
+    def _own_name(self, member: Member, model: str) -> str:
+        if not member.upstream.exact_model_names:
+            return model
+        info = member.models.get(_key(model))
+        return info.name if info is not None else model
+
+    def _any_with(self, model: str) -> Member:
+        try:
+            return self._candidates(_key(model), [])[0]
+        except _NoOther:
+            raise ModelNotFound(f"no upstream has the model {model!r}") from None
+
+    # -- health -------------------------------------------------------------------------------
+
+    def _succeeded(self, member: Member, key: str) -> None:
+        member.loaded.add(key)
+        # It answered: whatever its last health check could not reach, it is reachable now.
+        member.error = member.checked = None
+        if member.breaker.state != "closed" or member.breaker.failures:
+            was = member.breaker.state
+            member.breaker.success()
+            if was != "closed":
+                log.info("upstream %s answers again; its circuit is closed", member.name)
+
+    def _failed(self, member: Member, exc: UpstreamError, model: str) -> None:
+        if isinstance(exc, ModelNotFound):
+            # Its list was out of date: not there until a health check lists it again.
+            member.models.pop(_key(model), None)
+            return
+        if not isinstance(exc, _UNWELL):
+            return
+        was = member.breaker.state
+        member.breaker.failure(_now(), hard=isinstance(exc, UpstreamUnreachable))
+        member.failure = exc.message
+        if isinstance(exc, UpstreamUnavailable) and member.breaker.state != "open":
+            # A connection broke: one connection, or the whole server? A check tells at
+            # once (a server that is gone refuses it), rather than the next call finding out.
+            self._check_soon(member)
+        if member.breaker.state == "open" and was != "open":
+            log.warning(
+                "upstream %s leaves the routing (%s): %s", member.name, exc.code, exc.message
+            )
+            self._wake_all()
+
+    async def _ready(self) -> None:
+        """Start the health checks, and wait for the first reading of the model lists."""
+        if self._monitor is None and not self._closed:
+            self._monitor = asyncio.ensure_future(self._watch())
+            self._monitor.add_done_callback(_monitor_ended)
+        if not self._looked:
+            await self._refresh()
+            self._looked = True
+
+    def _check_soon(self, member: Member) -> None:
+        if member not in self._checks and not self._closed:
+            task = asyncio.ensure_future(self._check(member))
+            self._checks[member] = task
+            task.add_done_callback(lambda _: self._checks.pop(member, None))
+
+    async def _refresh(self, *, miss: bool = False) -> None:
+        """Read every routable upstream's models again (one reading at a time, shared by
+        every caller); for a miss, at most every MISS_REFRESH seconds."""
+        if miss and _now() - self._refreshed_at < MISS_REFRESH:
+            return
+        if self._refreshing is None or self._refreshing.done():
+            members = [m for m in self.members if m.breaker.state != "open" or not m.listed]
+            self._refreshing = asyncio.ensure_future(self._check_all(members))
+        await asyncio.shield(self._refreshing)
+
+    async def _check_all(self, members: list[Member]) -> None:
+        await asyncio.gather(*(self._check(m) for m in members))
+        self._refreshed_at = _now()
+        self._wake_all()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._retry)
+            now = _now()
+            due = [
+                m
+                for m in self.members
+                if m.breaker.due(now) or (m.breaker.state != "open" and now >= m.next_check)
+            ]
+            if due:
+                await asyncio.gather(*(self._check(m) for m in due))
+
+    async def _probe(self, work: Awaitable[T]) -> T:
+        async with asyncio.timeout(self.probe_seconds):
+            return await work
+
+    async def _check(self, member: Member) -> None:
+        """The health check: the upstream's models, which are loaded, and its version."""
+        upstream = member.upstream
+        hard = False
+        error: str | None
+        try:
+            models = await self._probe(upstream.models())
+        except UpstreamError as exc:
+            ok, hard, error = False, isinstance(exc, UpstreamUnreachable), exc.message
+            member.checked = exc
+        except TimeoutError:
+            # Slow, not gone: a busy server (or a starved gateway) can miss a probe.
+            ok = False
+            error = f"{upstream.address} did not answer within {self.probe_seconds:g} s"
+            member.checked = UpstreamTimeout(error)
+        else:
+            ok, error = True, None
+            member.checked = None
+            member.list_models(models)
+            # Which models are loaded, and the version: nice to know, not a health matter.
+            with contextlib.suppress(UpstreamError, TimeoutError):
+                member.loaded = {
+                    _key(str(e.get("name") or e.get("model")))
+                    for e in await self._probe(upstream.loaded())
+                }
+            if member.version is None:
+                with contextlib.suppress(UpstreamError, TimeoutError):
+                    member.version = await self._probe(upstream.version())
+        now = _now()
+        member.next_check = now + self.interval
+        member.error = error
+        breaker = member.breaker
+        was = breaker.state
+        if was == "closed":
+            if not ok:
+                breaker.failure(now, hard=hard)
+        else:
+            breaker.probed(now, ok=ok, hard=hard)
+        if breaker.state != was:
+            if breaker.state == "open":
+                log.warning("upstream %s leaves the routing: %s", member.name, error)
+            else:
+                log.info("upstream %s is back (%s)", member.name, breaker.state)
+            self._wake_all()
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def _monitor_ended(task: asyncio.Task[None]) -> None:
+    # The health checks only stop with the router; anything else is a bug, told loudly,
+    # since without them an upstream that went down would never come back.
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("the upstream health checks stopped", exc_info=exc)
+
+
+def _cloud_message(model: str) -> str:
+    return (
+        f"{model!r} is a cloud model: Ollama would run it on ollama.com under the server's "
+        "account. The gateway refuses cloud models unless started with --allow-cloud"
+    )
+
+
+def _named(failure: UpstreamError, tried: list[Member]) -> UpstreamError:
+    """The failure, naming the upstream it came from and how many were tried."""
+    failure.upstream = tried[-1].name if tried else None
+    failure.attempts = len(tried)
+    return failure
+
+
+class RoutedStream:
+    """A stream through the router (`calls.upstream.AnswerStream`): holds its upstream's slot
+    until it ends or is closed, and fails over once if its upstream fails before the first
+    piece."""
+
+    def __init__(
+        self,
+        router: Router,
+        request: CallRequest,
+        tried: list[Member],
+        member: Member,
+        inner: AnswerStream,
+    ) -> None:
+        self._router = router
+        self._request = request
+        self._tried = tried
+        self._member = member
+        self._inner = inner
+        self._held: Member | None = member
+        self.upstream: str | None = member.name
+        self.attempts = len(tried)
+        self.metrics: Metrics | None = None
+
+    async def batches(self) -> AsyncIterator[list[Piece]]:
+        router = self._router
+        while True:
+            pieces = self._inner.batches()
+            try:
+                first = await anext(pieces)
+            except StopAsyncIteration:
+                break  # an answer with nothing in it
+            except UpstreamError as exc:
+                # Nothing has reached the pipeline yet: once more, elsewhere.
+                router._failed(self._member, exc, self._request.model)
+                await self._let_go()
+                self._member, self._inner = await router._open_on(self._request, self._tried, exc)
+                self._held = self._member
+                self.upstream, self.attempts = self._member.name, len(self._tried)
+                continue
+            router._succeeded(self._member, _key(self._request.model))
+            yield first
+            # Not held for the rest of the stream: a read can bring hundreds of KB.
+            del first
+            try:
+                async for batch in pieces:
+                    yield batch
+            except UpstreamError as exc:
+                router._failed(self._member, exc, self._request.model)
+                _named(exc, self._tried)
+                raise
+            break
+        self.metrics = self._inner.metrics
+        await self._let_go()
+
+    async def _let_go(self) -> None:
+        held, self._held = self._held, None
+        try:
+            await self._inner.aclose()
+        finally:
+            if held is not None:
+                self._router._release(held)
+
+    async def aclose(self) -> None:
+        await self._let_go()
