@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, cast
 
 import httpx
@@ -259,7 +259,13 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         port = url.port or (443 if scheme == b"https" else 80)
         key = (scheme, url.raw_host, port)
         head = self._head(request)
-        body = await request.aread()
+        stream = request.stream
+        # A body given whole (httpx.ByteStream, as the upstreams build them) is taken as it is:
+        # Request.aread() runs an async generator for it, a few microseconds a request.
+        if isinstance(stream, httpx.ByteStream):
+            body = b"".join(stream)
+        else:
+            body = await request.aread()
         while True:
             conn = self._take(key)
             fresh = conn is None
@@ -362,8 +368,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
 
         read_timeout = _timeout(request, "read")
         try:
-            async with asyncio.timeout(read_timeout):
-                raw = await conn.readuntil(b"\r\n\r\n")
+            raw = await _within(read_timeout, conn.readuntil(b"\r\n\r\n"))
         except TimeoutError as exc:
             raise httpx.ReadTimeout("the server sent no response in time", request=request) from exc
         except asyncio.IncompleteReadError as exc:
@@ -401,6 +406,31 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             for conn in idle:
                 conn.close()
         self._idle.clear()
+
+
+async def _within(seconds: float | None, reading: Awaitable[bytes]) -> bytes:
+    """`reading`, or TimeoutError after `seconds`. A plain timer that cancels the task: what
+    asyncio.timeout() does, without its context object (a few microseconds an ask)."""
+    if seconds is None:
+        return await reading
+    task = asyncio.current_task()
+    assert task is not None
+    fired = False
+
+    def expire() -> None:
+        nonlocal fired
+        fired = True
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(seconds, expire)
+    try:
+        return await reading
+    except asyncio.CancelledError:
+        if fired and task.uncancel() == 0:
+            raise TimeoutError from None
+        raise
+    finally:
+        timer.cancel()
 
 
 def _parse_head(
