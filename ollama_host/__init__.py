@@ -7,4 +7,4 @@ upstream), `store` (usage records). This package holds what runs them as one pro
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
