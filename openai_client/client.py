@@ -17,7 +17,9 @@ mode, which loads and unloads models) are loaded when it says `loaded`; entries 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 import httpx
@@ -38,6 +40,7 @@ from calls.errors import (
     UpstreamWrongAddress,
 )
 from calls.types import (
+    MODEL_PATTERN,
     Answer,
     CallRequest,
     Embeddings,
@@ -67,6 +70,7 @@ _JSON = [(b"Content-Type", b"application/json")]
 
 PROBE_SECONDS = 3.0
 MAX_LINE = 4 << 20
+_NOT_NAME = re.compile(r"[^A-Za-z0-9_.\-]+")
 MAX_BODY = 64 << 20
 
 # Ollama's option names that OpenAI-compatible servers take under the same name. OpenAI takes
@@ -181,6 +185,22 @@ def _status_error(status: int, body: bytes, address: str, path: str) -> Upstream
     if status in (400, 413, 422):
         return UpstreamRejected(message)
     return UpstreamFailed(told)
+
+
+def exposed_name(model_id: str) -> str:
+    """The name clients use for a model the server lists as `model_id`.
+
+    Most servers list names a client can ask for. llama.cpp's llama-server started without
+    `--alias` lists the model file's path (`/models/SmolLM2-135M-Instruct.Q4_1.gguf`), which no
+    model name may be (`/x` and `../x` never reach an upstream): such a model is listed, and
+    asked for, by its file name without `.gguf` (`SmolLM2-135M-Instruct.Q4_1`), and the
+    server is sent its own id.
+    """
+    if re.fullmatch(MODEL_PATTERN, model_id):
+        return model_id
+    base = PureWindowsPath(PurePosixPath(model_id).name).name
+    base = base.removesuffix(".gguf").removesuffix(".GGUF")
+    return _NOT_NAME.sub("-", base).lstrip("._-")[:200] or "model"
 
 
 class _ToolCalls:
@@ -391,6 +411,7 @@ class OpenAIUpstream:
         self._chat_url = httpx.URL(self.address + "/v1/chat/completions")
         self._completions_url = httpx.URL(self.address + "/v1/completions")
         self._models_url = httpx.URL(self.address + "/v1/models")
+        self._server_ids: dict[str, str] = {}
 
     async def aclose(self) -> None:
         await self._transport.aclose()
@@ -468,10 +489,19 @@ class OpenAIUpstream:
             raise UpstreamBadResponse(f"/v1/models at {self.address} is unreadable: {exc}") from exc
         if not all(isinstance(entry.get("id"), str) for entry in entries):
             raise UpstreamBadResponse(f"/v1/models at {self.address} lists a model without id")
+        # What clients call each model, and the server's own id for it (see exposed_name).
+        self._server_ids = {exposed_name(entry["id"]): entry["id"] for entry in entries}
         return entries
 
+    def _server_id(self, model: str) -> str:
+        """The server's id for a model as the gateway names it."""
+        return self._server_ids.get(model, model)
+
     async def models(self) -> list[ModelInfo]:
-        return [ModelInfo(name=entry["id"], details=entry) for entry in await self._model_list()]
+        return [
+            ModelInfo(name=exposed_name(entry["id"]), details=entry)
+            for entry in await self._model_list()
+        ]
 
     async def loaded(self) -> list[dict[str, Any]]:
         loaded = []
@@ -479,12 +509,13 @@ class OpenAIUpstream:
             status = entry.get("status")
             value = status.get("value") if isinstance(status, dict) else None
             if status is None or value == "loaded":
-                loaded.append({"name": entry["id"], "model": entry["id"]})
+                name = exposed_name(entry["id"])
+                loaded.append({"name": name, "model": name})
         return loaded
 
     async def show(self, model: str) -> dict[str, Any]:
         for entry in await self._model_list():
-            if entry["id"] == model:
+            if exposed_name(entry["id"]) == model:
                 return entry
         raise ModelNotFound(f"the server at {self.address} has no model {model!r}")
 
@@ -510,7 +541,7 @@ class OpenAIUpstream:
 
     def _ask(self, request: CallRequest) -> httpx.Request:
         body: dict[str, Any] = {
-            "model": request.model,
+            "model": self._server_id(request.model),
             "stream": True,
             "stream_options": {"include_usage": True},
             **_generation(request.generation),
@@ -560,7 +591,7 @@ class OpenAIUpstream:
         )
 
     async def embed(self, request: EmbedRequest) -> Embeddings:
-        body: dict[str, Any] = {"model": request.model, "input": request.input}
+        body: dict[str, Any] = {"model": self._server_id(request.model), "input": request.input}
         if request.dimensions is not None:
             body["dimensions"] = request.dimensions
         url = httpx.URL(self.address + "/v1/embeddings")

@@ -15,6 +15,7 @@ from calls.errors import (
 )
 from calls.types import CallRequest, Completion, EmbedRequest, Generation, Message, Piece
 from openai_client import OpenAIUpstream
+from openai_client.client import exposed_name
 from tests import openai_standin
 
 pytestmark = pytest.mark.anyio
@@ -182,3 +183,35 @@ async def test_an_error_mid_stream_keeps_what_came_before() -> None:
     await stream.aclose()
 
     assert got == ["o0 ", "o1 "]
+
+
+@pytest.mark.parametrize(
+    ("server_id", "name"),
+    [
+        ("smollm2", "smollm2"),
+        ("qwen2.5:7b", "qwen2.5:7b"),
+        ("/models/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1"),
+        ("C:\\models\\Llama 3 8B.gguf", "Llama-3-8B"),
+        ("../x", "x"),
+        ("/", "model"),
+    ],
+)
+def test_a_model_listed_by_its_file_path_gets_a_name_clients_can_ask_for(
+    server_id: str, name: str
+) -> None:
+    assert exposed_name(server_id) == name
+
+
+async def test_llama_server_without_an_alias_is_asked_by_file_name() -> None:
+    """llama-server started without --alias lists its model by the file's path, which no
+    model name may be; the gateway lists it by its file name and sends the server its own id
+    (found using the gateway against a real llama-server as a user would)."""
+    path = "/root/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    upstream, app = server(models=[path])
+
+    listed = [m.name for m in await upstream.models()]
+    answer = await upstream.answer(ask("hello [[tokens=2]]", model="SmolLM2-135M-Instruct.Q4_1"))
+
+    assert listed == ["SmolLM2-135M-Instruct.Q4_1"]
+    assert answer.content
+    assert (await seen(app))[-1]["body"]["model"] == path
