@@ -31,6 +31,12 @@ def _input_message(message: Message) -> InputMessage:
     )
 
 
+def _seconds(value: float | None) -> float | None:
+    """A duration as the record keeps it: to the nanosecond, the finest any upstream reports
+    (milliseconds / 1000 left float noise such as 0.17858500000000002)."""
+    return None if value is None else round(value, 9)
+
+
 def input_of(request: CallRequest) -> list[InputMessage]:
     """What the record keeps of the prompt: each message's text (images only counted)."""
     completion = request.completion
@@ -156,10 +162,10 @@ class Call:
             ttft_seconds=(
                 None if self.first_token is None else round(self.first_token - self.started, 6)
             ),
-            load_seconds=metrics.load_seconds,
-            prompt_eval_seconds=metrics.prompt_eval_seconds,
-            eval_seconds=metrics.eval_seconds,
-            upstream_seconds=metrics.upstream_seconds,
+            load_seconds=_seconds(metrics.load_seconds),
+            prompt_eval_seconds=_seconds(metrics.prompt_eval_seconds),
+            eval_seconds=_seconds(metrics.eval_seconds),
+            upstream_seconds=_seconds(metrics.upstream_seconds),
             tokens_estimated=estimated,
             user=self.caller.fingerprint,
             key_id=self.caller.key.id if self.caller.key else None,
