@@ -208,8 +208,9 @@ def create_app(
             (module.openapi for module in modules),
             title="Ollama Host",
             version=__version__,
-            description="A gateway in front of Ollama that streams answers as Server-Sent "
-            "Events and records the usage of every call.",
+            description="A gateway in front of model servers (Ollama, or any OpenAI-compatible "
+            "one) that answers the seed's API, Ollama's and OpenAI's, streams answers, and "
+            "records the usage of every call.",
         )
     )
     return app
