@@ -74,6 +74,8 @@ class Fake:
         self.listing = [ModelInfo(name=m) for m in models]
         self.loaded_now = loaded or []
         self.down = False
+        # Its checks' connections are taken and then reset (a server dying).
+        self.reset = False
         self.calls: list[str] = []
         # Raised by the next open_stream calls, one each.
         self.refuse: list[UpstreamError] = []
@@ -88,6 +90,8 @@ class Fake:
     def _check(self) -> None:
         if self.down:
             raise UpstreamUnreachable(f"cannot reach {self.address}")
+        if self.reset:
+            raise UpstreamUnavailable(f"the connection to {self.address} failed: reset by peer")
 
     async def models(self) -> list[ModelInfo]:
         self._check()
@@ -463,3 +467,31 @@ async def test_one_broken_connection_on_a_live_server_keeps_it_in_routing() -> N
 
     assert {h.name: h.circuit for h in await routed.health()}["a"] == "closed"
     assert (answer.upstream, answer.attempts) == ("a", 1)
+
+
+async def test_a_server_whose_check_is_reset_as_it_dies_comes_back_by_itself() -> None:
+    # A server killed mid-answer: its listening socket may still take the check's connection
+    # and then reset it, which is not the refusal a check of a server that is gone gets. A
+    # health check that cannot complete its small GET on a fresh connection means the server
+    # is not serving, so it is down, not wary: when it answers again (here restarted at once,
+    # as a supervisor does), its circuit closes without waiting for a trial call.
+    a, b = Fake("a", ["llama3"], loaded=["llama3"]), Fake("b", ["llama3"])
+    routed = router(a, b, interval=0.05)
+    await routed.models()
+    a.fail_at, a.fail_with = 1, UpstreamUnavailable
+    stream = await routed.open_stream(ask())
+    pieces = stream.batches()
+    await anext(pieces)
+    a.reset = True  # the checks' connections are reset
+    with pytest.raises(UpstreamUnavailable):
+        await anext(pieces)
+    await stream.aclose()
+
+    async def circuit(state: str) -> bool:
+        return {h.name: h.circuit for h in await routed.health()}["a"] == state
+
+    await eventually(lambda: circuit("open"))
+    a.reset, a.fail_at = False, None
+    await eventually(lambda: circuit("closed"), seconds=5)
+    assert a.calls == ["llama3"]  # no trial call was needed
+    await routed.aclose()

@@ -573,7 +573,11 @@ class Router:
         try:
             models = await self._probe(upstream.models())
         except UpstreamError as exc:
-            ok, hard, error = False, isinstance(exc, UpstreamUnreachable), exc.message
+            # A check that cannot complete its small GET at the connection level (refused,
+            # or taken and reset, as by a server that is dying) finds the server not
+            # serving: down, so it comes back on the first check that answers. A call's
+            # broken connection may be one connection; a check's says more.
+            ok, hard, error = False, isinstance(exc, UpstreamUnavailable), exc.message
             member.checked = exc
         except TimeoutError:
             # Slow, not gone: a busy server (or a starved gateway) can miss a probe.
