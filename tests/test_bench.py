@@ -7,6 +7,8 @@ still does when someone needs the numbers.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 
@@ -56,6 +58,26 @@ def test_quick_scale_bench_measures_both_stores() -> None:
     # the history and three in TinyDB.
     assert "(5,000 records)" in rows[0]
     assert "(3,500 records)" in rows[0]
+
+
+def test_quick_scale_bench_measures_the_gateways_too() -> None:
+    # The --workers half: six gateways (TinyDB, PostgreSQL with one and two workers, on one
+    # core and on both) under wrk. It broke once, unnoticed, when the wrk script gained a
+    # placeholder; every row must come back with its numbers.
+    from tests import pg
+
+    pg.require()
+    if shutil.which("wrk") is None:
+        if os.environ.get("CI"):
+            pytest.fail("wrk is missing (scripts/test installs it: apt-get install wrk)")
+        pytest.skip("wrk is not installed (apt-get install wrk)")
+    argv = [sys.executable, "-m", "bench.scale_bench", "--quick", "--only", "gateway"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| PostgreSQL, --w")]
+    assert len(rows) == 4, done.stdout
+    assert all(row.endswith("| 0 |") for row in rows), done.stdout  # no non-2xx
 
 
 WRK_REPORT = """Running 5s test @ http://127.0.0.1:5000/api/v1/ai/ask_sync
