@@ -29,6 +29,12 @@ _LIMIT = 1 << 20
 # How much a connection holds unread before it stops reading the socket (and TCP pushes back
 # on the server): what a stream keeps for a client that reads slowly, or not at all.
 READ_BUFFER = 256 << 10
+# The most of a body one read hands on. The loop delivers up to 256 KB at once, and with
+# READ_BUFFER that is up to half a megabyte waiting; handed on whole, a flooding upstream
+# became half-megabyte batches of lines, pieces and SSE bytes, each copy alive at once for
+# every stream whose client does not read (50 such streams held 250 MB). Token streams read
+# far less than this at a time, so they are not affected.
+BODY_READ = 64 << 10
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -153,14 +159,24 @@ class _Connection(asyncio.Protocol):
             raise self._error
 
     def _take(self, n: int) -> bytes:
+        if not n:
+            return b""
         chunks = self._chunks
-        if len(chunks) == 1 and len(chunks[0]) == n:
-            data = chunks[0]
-            chunks.clear()
+        first = chunks[0]
+        if len(first) == n:
+            del chunks[0]
+            data = first
+        elif len(first) > n:
+            data, chunks[0] = first[:n], first[n:]
         else:
-            joined = b"".join(chunks)
+            # Join only the chunks that n reaches into.
+            total, end = 0, 0
+            while total < n:
+                total += len(chunks[end])
+                end += 1
+            joined = b"".join(chunks[:end])
             data, rest = joined[:n], joined[n:]
-            chunks[:] = [rest] if rest else []
+            chunks[:end] = [rest] if rest else []
         self._size -= n
         return data
 
@@ -516,7 +532,7 @@ class _Body(httpx.AsyncByteStream):
                 # is a chunk per token, and each await or generator hop per token counts.
                 chunks = _Dechunker(self._request)
                 while True:
-                    more = await self._read(conn.read())
+                    more = await self._read(conn.read(BODY_READ))
                     if not more:
                         raise httpx.RemoteProtocolError(
                             "the server closed the connection mid-body", request=self._request
@@ -530,7 +546,7 @@ class _Body(httpx.AsyncByteStream):
                 # As it arrives, not whole: a large body never sits in memory at once.
                 left = self._length
                 while left:
-                    data = await self._read(conn.read(left))
+                    data = await self._read(conn.read(min(left, BODY_READ)))
                     if not data:
                         raise httpx.RemoteProtocolError(
                             "the server closed the connection mid-body", request=self._request
@@ -538,7 +554,7 @@ class _Body(httpx.AsyncByteStream):
                     left -= len(data)
                     yield data
             else:
-                while data := await self._read(conn.read()):
+                while data := await self._read(conn.read(BODY_READ)):
                     yield data
         except BaseException:
             self._drop()

@@ -552,3 +552,33 @@ def test_a_huge_chunk_comes_out_as_it_arrives() -> None:
 
     assert (first, second) == (b"a" * 1000, b"b" * 1000)
     assert not decoder.done
+
+
+@given(
+    st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=10),
+    st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=30),
+)
+def test_bounded_reads_hand_on_the_bytes_in_order_however_they_arrived(
+    arrivals: list[bytes], sizes: list[int]
+) -> None:
+    """A body is handed on at most BODY_READ bytes at a time, whatever size the loop
+    delivered it in: a read takes from the first arrival without joining the rest."""
+    from http_transport.transport import _Connection
+
+    async def run() -> list[bytes]:
+        conn = _Connection()
+        for data in arrivals:
+            conn.data_received(data)
+        conn.eof_received()
+        out: list[bytes] = []
+        for n in itertools.cycle(sizes):
+            data = await conn.read(n)
+            if not data:
+                return out
+            assert len(data) <= n
+            out.append(data)
+        raise AssertionError("unreachable")
+
+    out = asyncio.run(run())
+
+    assert b"".join(out) == b"".join(arrivals)
