@@ -9,9 +9,26 @@ byte, as the README says), and puts the pieces together here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
+from .errors import UpstreamError
 from .types import Answer, Metrics, Piece, ToolCall
+
+
+def pieces_of(
+    lines: Iterable[bytes], piece_of: Callable[[bytes], Piece | None]
+) -> tuple[list[Piece], UpstreamError | None]:
+    """The pieces of the lines that came in one read, and the failure a line brought, if
+    one did: what came before the failure still reaches the client, then the failure."""
+    pieces: list[Piece] = []
+    try:
+        for line in lines:
+            piece = piece_of(line)
+            if piece is not None:
+                pieces.append(piece)
+    except UpstreamError as failure:
+        return pieces, failure
+    return pieces, None
 
 
 def whole(pieces: Iterable[Piece], metrics: Metrics, upstream: str | None) -> Answer:

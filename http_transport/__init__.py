@@ -1,5 +1,6 @@
 """HTTP/1.1 to model servers, shared by every upstream kind: a lean keep-alive transport for
-httpx, and bounded line splitting for streamed answers (NDJSON, SSE)."""
+httpx, one exchange (a complete request, a bounded body: `exchange`), and bounded line
+splitting for streamed answers (NDJSON, SSE)."""
 
 from __future__ import annotations
 

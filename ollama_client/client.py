@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from calls.collect import whole
+from calls.collect import pieces_of, whole
 from calls.errors import (
     ModelNotFound,
     UpstreamBadResponse,
@@ -39,7 +39,7 @@ from calls.types import (
     Piece,
 )
 from calls.upstream import UpstreamHealth
-from http_transport import Lines, LineTooLong, body_stream
+from http_transport import Lines, LineTooLong, body_stream, exchange
 from http_transport.transport import MalformedResponse
 
 from . import wire
@@ -54,8 +54,6 @@ _decode_tags = msgspec.json.Decoder(wire.RawTags).decode
 _decode_version = msgspec.json.Decoder(wire.Version).decode
 _decode_embed = msgspec.json.Decoder(wire.EmbedReply).decode
 _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
-_ACCEPT = [(b"Accept", b"application/json"), (b"User-Agent", b"ollama-host")]
-_JSON = [(b"Content-Type", b"application/json")]
 log = logging.getLogger("ollama_host.upstream")
 
 # /health must answer quickly even when Ollama hangs.
@@ -179,11 +177,17 @@ class OllamaStream:
                     if piece is not None:
                         yield [piece]
                 elif found:
-                    async for pieces in self._pieces(found):
+                    pieces, failure = pieces_of(found, line_of)
+                    if pieces:
                         yield pieces
+                    if failure is not None:
+                        raise failure
             if rest := lines.end():
-                async for pieces in self._pieces(rest):
+                pieces, failure = pieces_of(rest, line_of)
+                if pieces:
                     yield pieces
+                if failure is not None:
+                    raise failure
         except LineTooLong as exc:
             raise UpstreamBadResponse(
                 f"Ollama at {self._address} sent a line longer than {exc.limit} bytes "
@@ -235,21 +239,6 @@ class OllamaStream:
                 pieces.append(piece)
         return whole(pieces, self.end(), self.upstream)
 
-    async def _pieces(self, lines: list[bytes]) -> AsyncIterator[list[Piece]]:
-        """The pieces of several lines that came in one read, as one batch."""
-        pieces: list[Piece] = []
-        try:
-            for line in lines:
-                piece = self._line(line)
-                if piece is not None:
-                    pieces.append(piece)
-        except UpstreamError:
-            if pieces:  # what came before the failure still counts
-                yield pieces
-            raise
-        if pieces:
-            yield pieces
-
     def _line(self, line: bytes) -> Piece | None:
         if not line.strip():
             return None
@@ -299,11 +288,9 @@ class OllamaUpstream:
         self._timeout = (timeout or httpx.Timeout(300.0)).as_dict()
         self.max_line = max_line
         self.max_body = max_body
-        # Sent to this server only (an Ollama behind a proxy that wants one, or ollama.com),
-        # held nowhere else: never logged, never in an error.
-        self._headers = list(_ACCEPT)
-        if api_key:
-            self._headers.append((b"Authorization", b"Bearer " + api_key.encode("latin-1")))
+        # The key is sent to this server only (an Ollama behind a proxy that wants one, or
+        # ollama.com), held nowhere else: never logged, never in an error.
+        self._headers = exchange.json_headers(api_key)
         # Parsed once: a URL string would be parsed again on every request.
         self._chat_url = httpx.URL(self.address + "/api/chat")
         self._generate_url = httpx.URL(self.address + "/api/generate")
@@ -320,24 +307,7 @@ class OllamaUpstream:
     # -- HTTP --------------------------------------------------------------------------------
 
     def _request(self, method: str, url: httpx.URL, body: bytes | None = None) -> httpx.Request:
-        # `stream=` rather than `content=`: the headers are complete as given, so httpx
-        # skips its header merging (a tenth of an ask's CPU, measured).
-        if body is None:
-            headers = [(b"Host", url.netloc), *self._headers]
-        else:
-            headers = [
-                (b"Host", url.netloc),
-                (b"Content-Length", b"%d" % len(body)),
-                *self._headers,
-                *_JSON,
-            ]
-        return httpx.Request(
-            method,
-            url,
-            headers=headers,
-            stream=httpx.ByteStream(body or b""),
-            extensions={"timeout": self._timeout},
-        )
+        return exchange.request(method, url, self._headers, body, self._timeout)
 
     def _failure(self, exc: httpx.HTTPError) -> UpstreamError | None:
         """The UpstreamError an httpx failure stands for; None for one that is not a failure
@@ -370,24 +340,17 @@ class OllamaUpstream:
 
     async def _read(self, response: httpx.Response) -> bytes:
         """The whole body, at most max_body bytes; the response is closed afterwards."""
-        parts: list[bytes] = []
-        size = 0
         try:
-            async for part in body_stream(response):
-                size += len(part)
-                if size > self.max_body:
-                    raise UpstreamBadResponse(
-                        f"Ollama at {self.address} sent an answer larger than {self.max_body} "
-                        "bytes (--max-upstream-body)"
-                    )
-                parts.append(part)
+            return await exchange.read_body(response, self.max_body)
+        except exchange.BodyTooLarge:
+            raise UpstreamBadResponse(
+                f"Ollama at {self.address} sent an answer larger than {self.max_body} "
+                "bytes (--max-upstream-body)"
+            ) from None
         except httpx.HTTPError as exc:
             if (failure := self._failure(exc)) is None:
                 raise
             raise failure from exc
-        finally:
-            await response.aclose()
-        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def _call(
         self, method: str, path: str, body: bytes | None = None, model: str = ""

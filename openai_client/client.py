@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from calls.collect import whole
+from calls.collect import pieces_of, whole
 from calls.errors import (
     ModelNotFound,
     UpstreamBadResponse,
@@ -54,7 +54,7 @@ from calls.types import (
     ToolFunction,
 )
 from calls.upstream import UpstreamHealth
-from http_transport import LineTooLong, body_stream, split_lines
+from http_transport import LineTooLong, body_stream, exchange, split_lines
 
 from . import wire
 
@@ -65,8 +65,6 @@ _decode_models = msgspec.json.Decoder(wire.ModelList).decode
 _decode_embeddings = msgspec.json.Decoder(wire.EmbeddingReply).decode
 _decode_props = msgspec.json.Decoder(wire.Props).decode
 _decode_arguments = msgspec.json.Decoder(dict[str, Any]).decode
-_ACCEPT = [(b"Accept", b"application/json"), (b"User-Agent", b"ollama-host")]
-_JSON = [(b"Content-Type", b"application/json")]
 
 PROBE_SECONDS = 3.0
 MAX_LINE = 4 << 20
@@ -267,18 +265,11 @@ class OpenAIStream:
     async def batches(self) -> AsyncIterator[list[Piece]]:
         try:
             async for lines in split_lines(body_stream(self._response), self._max_line):
-                pieces: list[Piece] = []
-                try:
-                    for line in lines:
-                        piece = self._line(line)
-                        if piece is not None:
-                            pieces.append(piece)
-                except UpstreamError:
-                    if pieces:  # what came before the failure still counts
-                        yield pieces
-                    raise
+                pieces, failure = pieces_of(lines, self._line)
                 if pieces:
                     yield pieces
+                if failure is not None:
+                    raise failure
         except LineTooLong as exc:
             raise UpstreamBadResponse(
                 f"the server at {self._address} sent a line longer than {exc.limit} bytes "
@@ -404,10 +395,7 @@ class OpenAIUpstream:
         self._timeout = (timeout or httpx.Timeout(300.0)).as_dict()
         self.max_line = max_line
         self.max_body = max_body
-        # Sent to this server only; never logged, never in an error.
-        self._headers = list(_ACCEPT)
-        if api_key:
-            self._headers.append((b"Authorization", b"Bearer " + api_key.encode("latin-1")))
+        self._headers = exchange.json_headers(api_key)
         self._chat_url = httpx.URL(self.address + "/v1/chat/completions")
         self._completions_url = httpx.URL(self.address + "/v1/completions")
         self._models_url = httpx.URL(self.address + "/v1/models")
@@ -419,16 +407,7 @@ class OpenAIUpstream:
     # -- HTTP --------------------------------------------------------------------------------
 
     def _request(self, method: str, url: httpx.URL, body: bytes | None = None) -> httpx.Request:
-        headers = [(b"Host", url.netloc), *self._headers]
-        if body is not None:
-            headers += [(b"Content-Length", b"%d" % len(body)), *_JSON]
-        return httpx.Request(
-            method,
-            url,
-            headers=headers,
-            stream=httpx.ByteStream(body or b""),
-            extensions={"timeout": self._timeout},
-        )
+        return exchange.request(method, url, self._headers, body, self._timeout)
 
     def _failure(self, exc: httpx.HTTPError) -> UpstreamError | None:
         if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
@@ -453,24 +432,17 @@ class OpenAIUpstream:
             raise failure from exc
 
     async def _read(self, response: httpx.Response) -> bytes:
-        parts: list[bytes] = []
-        size = 0
         try:
-            async for part in body_stream(response):
-                size += len(part)
-                if size > self.max_body:
-                    raise UpstreamBadResponse(
-                        f"the server at {self.address} sent an answer larger than "
-                        f"{self.max_body} bytes (--max-upstream-body)"
-                    )
-                parts.append(part)
+            return await exchange.read_body(response, self.max_body)
+        except exchange.BodyTooLarge:
+            raise UpstreamBadResponse(
+                f"the server at {self.address} sent an answer larger than "
+                f"{self.max_body} bytes (--max-upstream-body)"
+            ) from None
         except httpx.HTTPError as exc:
             if (failure := self._failure(exc)) is None:
                 raise
             raise failure from exc
-        finally:
-            await response.aclose()
-        return b"".join(parts)
 
     async def _call(self, request: httpx.Request) -> bytes:
         response = await self._send(request)
