@@ -11,6 +11,7 @@ must not let one client change the models every other client uses.
 
 from __future__ import annotations
 
+import functools
 import time
 from base64 import b64decode
 from typing import Annotated, Any, Literal
@@ -47,7 +48,7 @@ from .common import (
     opened,
     until_client_leaves,
 )
-from .openapi import CALLER, Operation, Paths, Reply
+from .openapi import CALLER, Operation, Paths, Reply, error
 from .streaming import CallStreamResponse
 
 FRONT = "ollama"
@@ -620,9 +621,7 @@ routes = [
 # -- the document ------------------------------------------------------------------------------
 
 
-def _error(description: str, *, retry: bool = False) -> Reply:
-    headers = {"Retry-After": "Seconds to wait before trying again."} if retry else {}
-    return Reply(description=description, json=OllamaError, headers=headers)
+_error = functools.partial(error, shape=OllamaError)
 
 
 _LIST_ERRORS = {

@@ -13,6 +13,7 @@ is accepted, and those Ollama cannot honour (`logit_bias`, `logprobs`, `user`, .
 
 from __future__ import annotations
 
+import functools
 import secrets
 import struct
 import time
@@ -53,7 +54,7 @@ from .common import (
     opened,
     until_client_leaves,
 )
-from .openapi import CALLER, Operation, Paths, Reply
+from .openapi import CALLER, Operation, Paths, Reply, error
 from .streaming import CallStreamResponse
 
 FRONT = "openai"
@@ -868,9 +869,7 @@ routes = [
 # -- the document ------------------------------------------------------------------------------
 
 
-def _error(description: str, *, retry: bool = False) -> Reply:
-    headers = {"Retry-After": "Seconds to wait before trying again."} if retry else {}
-    return Reply(description=description, json=OpenAIError, headers=headers)
+_error = functools.partial(error, shape=OpenAIError)
 
 
 _LIST_ERRORS = {

@@ -79,10 +79,10 @@ SECURITY_SCHEMES = {
 }
 
 
-def error(description: str, *, retry: bool = False) -> Reply:
-    """A response carrying the one error shape."""
+def error(description: str, *, retry: bool = False, shape: Any = ErrorBody) -> Reply:
+    """A response carrying an error: the gateway's own shape, or a front's (`shape`)."""
     headers = {"Retry-After": "Seconds to wait before trying again."} if retry else {}
-    return Reply(description=description, json=ErrorBody, headers=headers)
+    return Reply(description=description, json=shape, headers=headers)
 
 
 Paths = Mapping[str, Mapping[str, Operation]]

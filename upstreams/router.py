@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import msgspec
@@ -56,6 +56,8 @@ from .config import UpstreamSpec
 
 log = logging.getLogger("ollama_host.upstreams")
 T = TypeVar("T")
+# A whole result: it names the upstream that gave it, and after how many tries.
+W = TypeVar("W", Answer, Embeddings)
 
 # A health check answers within this, or counts as a bad answer.
 PROBE_SECONDS = 3.0
@@ -258,23 +260,9 @@ class Router:
     async def answer(self, request: CallRequest) -> Answer:
         """A whole answer. Nothing of it reaches the client before it is complete, so any
         failure is tried once on another upstream."""
-        self._refuse_cloud(request.model)
-        await self._ready()
-        tried: list[Member] = []
-        failure: UpstreamError | None = None
-        while True:
-            member = await self._next(request.model, tried, failure)
-            try:
-                result = await member.upstream.answer(self._own(member, request))
-            except UpstreamError as exc:
-                self._failed(member, exc, request.model)
-                failure = exc
-                continue
-            finally:
-                self._release(member)
-            self._succeeded(member, _key(request.model))
-            result.upstream, result.attempts = member.name, len(tried)
-            return result
+        return await self._whole(
+            request.model, lambda member: member.upstream.answer(self._own(member, request))
+        )
 
     async def open_stream(self, request: CallRequest) -> RoutedStream:
         self._refuse_cloud(request.model)
@@ -284,23 +272,32 @@ class Router:
         return RoutedStream(self, request, tried, member, inner)
 
     async def embed(self, request: EmbedRequest) -> Embeddings:
-        self._refuse_cloud(request.model)
+        def ask(member: Member) -> Awaitable[Embeddings]:
+            own = self._own_name(member, request.model)
+            if own == request.model:
+                return member.upstream.embed(request)
+            return member.upstream.embed(msgspec.structs.replace(request, model=own))
+
+        return await self._whole(request.model, ask)
+
+    async def _whole(self, model: str, ask: Callable[[Member], Awaitable[W]]) -> W:
+        """What `ask` gets of an upstream that has the model, tried once more on another
+        upstream if it fails: a whole result reaches nobody before it is complete."""
+        self._refuse_cloud(model)
         await self._ready()
         tried: list[Member] = []
         failure: UpstreamError | None = None
         while True:
-            member = await self._next(request.model, tried, failure)
-            own = self._own_name(member, request.model)
-            asked = request if own == request.model else msgspec.structs.replace(request, model=own)
+            member = await self._next(model, tried, failure)
             try:
-                result = await member.upstream.embed(asked)
+                result = await ask(member)
             except UpstreamError as exc:
-                self._failed(member, exc, request.model)
+                self._failed(member, exc, model)
                 failure = exc
                 continue
             finally:
                 self._release(member)
-            self._succeeded(member, _key(request.model))
+            self._succeeded(member, _key(model))
             result.upstream, result.attempts = member.name, len(tried)
             return result
 
