@@ -49,7 +49,7 @@ from bench.gateway_bench import (
     stop,
     wait_ready,
 )
-from bench.store_bench import MODELS, PROJECTS, RARE, Maker, generate
+from bench.store_bench import MODELS, PROJECTS, RARE, Maker, appends, generate, median_of
 from store import TinyDBStore, UsageQuery, UsageStore
 from store.postgres import PostgresStore
 
@@ -70,28 +70,8 @@ def database() -> Iterator[str]:
             )
 
 
-def _pct(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def appends(store: UsageStore, records: list[Any]) -> tuple[float, float, float]:
-    """Records/s appended and stored (final flush included); p50 and p99 of append() in µs."""
-    latencies: list[float] = []
-    clock = time.perf_counter_ns
-    began = time.perf_counter()
-    for record in records:
-        t0 = clock()
-        store.append(record)
-        latencies.append((clock() - t0) / 1000)
-    asyncio.run(store.flush())
-    elapsed = time.perf_counter() - began
-    return len(records) / elapsed, _pct(latencies, 0.5), _pct(latencies, 0.99)
-
-
 def median_run(runs: int, run: Callable[[int], tuple[float, float, float]]) -> str:
-    results = sorted((run(n) for n in range(runs)), key=lambda r: r[0])
-    rate, p50, p99 = results[runs // 2]
+    rate, p50, p99 = median_of(runs, run)
     return f"{rate:,.0f}/s; {p50:.1f} / {p99:.1f} µs"
 
 
