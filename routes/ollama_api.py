@@ -32,6 +32,7 @@ from calls.types import (
     Generation,
     Message,
     Metrics,
+    ModelInfo,
     ModelName,
     ToolCall,
 )
@@ -560,12 +561,17 @@ async def embeddings(request: Request) -> Response:
 async def tags(request: Request) -> Response:
     gateway = gateway_of(request)
     caller = await gateway.identify(credentials(request))
-    entries = [
-        model.details or {"name": model.name, "model": model.name}
-        for model in await gateway.models()
-        if allowed(caller, model.name)
-    ]
+    entries = [_tag(model) for model in await gateway.models() if allowed(caller, model.name)]
     return JSON(Models(entries))
+
+
+def _tag(model: ModelInfo) -> dict[str, Any]:
+    """A model as Ollama's /api/tags lists it. An Ollama upstream's own entry goes as it
+    came; another kind describes a model in its own terms (an OpenAI model object: id,
+    object, owned_by), none of them Ollama's, so its entry is the name clients call it by."""
+    if "name" in model.details:
+        return model.details
+    return {"name": model.name, "model": model.name}
 
 
 async def ps(request: Request) -> Response:

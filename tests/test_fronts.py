@@ -292,6 +292,31 @@ async def test_listing_and_version_never_record_a_call(local: Local) -> None:
         assert (await admin.get("/api/v1/admin/dashboard")).json() == []
 
 
+async def test_api_tags_lists_every_model_in_ollamas_form_whatever_its_upstream(
+    tmp_path: Any,
+) -> None:
+    """An OpenAI-kind upstream describes a model as an OpenAI model object (id, object,
+    owned_by), with none of Ollama's fields: passed on as it was, the `ollama` library
+    listed it as `model=None`, found using the gateway against llama-server."""
+    from calls.types import ModelInfo
+    from tests.fakes import FakeUpstream
+
+    ollama_entry = {"name": "llama3:latest", "model": "llama3:latest", "size": 4_661_224_676}
+
+    class Mixed(FakeUpstream):
+        async def models(self) -> list[ModelInfo]:
+            openai_object = {"id": "smollm2", "object": "model", "owned_by": "llamacpp"}
+            return [
+                ModelInfo(name="llama3:latest", details=ollama_entry),
+                ModelInfo(name="smollm2", details=openai_object),
+            ]
+
+    async with in_process(tmp_path / "data", upstream=Mixed()) as local, local.client() as client:
+        listed = (await client.get("/api/tags")).json()["models"]
+
+    assert listed == [ollama_entry, {"name": "smollm2", "model": "smollm2"}]
+
+
 async def test_keys_label_and_limit_every_front(tmp_path: Any) -> None:
     async with in_process(tmp_path / "data") as local:
         async with local.client() as admin:
