@@ -560,13 +560,18 @@ def test_openai_break_mid_stream_cancels_upstream(
     project = unique("oa-break")
     client = opened.enter_context(openai_client(gw, keys.main, project))
 
-    for chunk in client.chat.completions.create(
+    # As the openai library documents it: the stream as a context manager, which closes the
+    # connection on the way out. A bare `break` leaves that to the garbage collector, which
+    # may take longer than the wait below (seen once in CI-like runs: the upstream kept
+    # streaming for 5 s).
+    with client.chat.completions.create(
         model="llama3",
         messages=[{"role": "user", "content": f"{project} [[tokens=1000]] [[delay=0.02]]"}],
         stream=True,
-    ):
-        assert chunk.choices[0].delta.content == "w0 "
-        break
+    ) as stream:
+        for chunk in stream:
+            assert chunk.choices[0].delta.content == "w0 "
+            break
 
     calls = standin.wait_for(
         lambda calls: all(c["disconnected"] for c in calls_with(calls, project))
