@@ -569,7 +569,7 @@ def _tag(model: ModelInfo) -> dict[str, Any]:
     """A model as Ollama's /api/tags lists it. An Ollama upstream's own entry goes as it
     came; another kind describes a model in its own terms (an OpenAI model object: id,
     object, owned_by), none of them Ollama's, so its entry is the name clients call it by."""
-    if "name" in model.details:
+    if model.details and "name" in model.details:
         return model.details
     return {"name": model.name, "model": model.name}
 
@@ -588,7 +588,20 @@ async def show(request: Request) -> Response:
         raise _bad("model is required")
     gateway = gateway_of(request)
     check_model(await gateway.identify(credentials(request)), model)
-    return JSON(await gateway.show(model))
+    return JSON(_shown(await gateway.show(model)))
+
+
+# What an Ollama upstream's /api/show has, and another kind's description of a model has not.
+_SHOW_FIELDS = ("model_info", "details", "modelfile")
+
+
+def _shown(described: dict[str, Any]) -> dict[str, Any]:
+    """A model as Ollama's /api/show describes it. An Ollama upstream's answer goes as it
+    came; another kind's (an OpenAI model object) has none of Ollama's fields, and the
+    `ollama` library refuses an answer without `model_info`: it gets Ollama's fields, empty."""
+    if any(field in described for field in _SHOW_FIELDS):
+        return described
+    return {"modelfile": "", "parameters": "", "template": "", "details": {}, "model_info": {}}
 
 
 async def version(request: Request) -> Response:

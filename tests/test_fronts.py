@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import ollama
 import pytest
 
 from tests.asgi import Local, in_process
@@ -292,7 +293,7 @@ async def test_listing_and_version_never_record_a_call(local: Local) -> None:
         assert (await admin.get("/api/v1/admin/dashboard")).json() == []
 
 
-async def test_api_tags_lists_every_model_in_ollamas_form_whatever_its_upstream(
+async def test_api_tags_and_show_are_in_ollamas_form_whatever_the_upstream(
     tmp_path: Any,
 ) -> None:
     """An OpenAI-kind upstream describes a model as an OpenAI model object (id, object,
@@ -311,10 +312,21 @@ async def test_api_tags_lists_every_model_in_ollamas_form_whatever_its_upstream(
                 ModelInfo(name="smollm2", details=openai_object),
             ]
 
+        async def show(self, model: str) -> dict[str, Any]:
+            if model == "smollm2":
+                return {"id": "smollm2", "object": "model", "owned_by": "llamacpp"}
+            return {"details": {"family": "llama"}, "model_info": {"general.architecture": "x"}}
+
     async with in_process(tmp_path / "data", upstream=Mixed()) as local, local.client() as client:
         listed = (await client.get("/api/tags")).json()["models"]
+        shown = (await client.post("/api/show", json={"model": "smollm2"})).json()
+        native = (await client.post("/api/show", json={"model": "llama3"})).json()
 
     assert listed == [ollama_entry, {"name": "smollm2", "model": "smollm2"}]
+    # /api/show too: the ollama library requires model_info, which an OpenAI model object
+    # does not have (it raised a ValidationError against llama-server).
+    assert ollama.ShowResponse(**shown).modelinfo == {}
+    assert native == {"details": {"family": "llama"}, "model_info": {"general.architecture": "x"}}
 
 
 async def test_keys_label_and_limit_every_front(tmp_path: Any) -> None:
