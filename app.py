@@ -167,6 +167,7 @@ def create_app(
                     max_output=settings.max_record_output,
                 )
                 gateway.observers.append(requestlog.note_record)
+                gateway.limits.observers.append(requestlog.note_local_admission)
                 # For the routes, and for GatewayServer.shutdown, which must reach it before
                 # connections close.
                 app.state.gateway = gateway

@@ -14,7 +14,8 @@ step is atomic in Redis, so two gateways never both admit the last request of a 
 
 If Redis cannot be reached, every step falls back to this process's own counters for
 RETRY_SECONDS before trying Redis again: the gateway never refuses calls because its counter
-store is away. /health and the log say so. Keys are named `ollama-host:SCOPE:...`, SCOPE
+store is away. /health and the log say so, and each admission decided that way is counted
+and marked (access.limits.counted_alone). Keys are named `ollama-host:SCOPE:...`, SCOPE
 being the access scope (the database's, when keys live in PostgreSQL).
 
 Requires the `redis` extra.
@@ -37,7 +38,7 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .limits import CountersHealth, MemoryCounters, utc_day
+from .limits import CountersHealth, MemoryCounters, counted_alone, utc_day
 from .tickets import TICKET_SECONDS, MemoryTickets
 
 log = logging.getLogger("ollama_host.limits")
@@ -147,6 +148,7 @@ class RedisShared:
     ) -> T:
         """`remote()` in Redis, or `local()` while Redis is away."""
         if time.monotonic() < self._down_until:
+            counted_alone()
             return await local()
         try:
             result = await remote()
@@ -155,6 +157,7 @@ class RedisShared:
             # Close what the outage broke now, while the loop that opened it runs.
             with contextlib.suppress(redis.exceptions.RedisError, OSError):
                 await self._client.connection_pool.disconnect()
+            counted_alone()
             return await local()
         if self.error is not None:
             log.warning("Redis at %s answers again: limits are shared again", self.address)
