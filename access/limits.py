@@ -18,7 +18,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
@@ -199,33 +199,32 @@ class Limits:
 
     async def admit(self, key: ApiKey | None, project: str | None) -> None:
         """Take one request from the caller's and the project's budgets (RateLimited if spent)."""
-        if not self._shared:
-            await self._admit(key, project)
-            return
-        token = _alone.set(False)
+        # Watched only with a shared store (a lone gateway's counts are its own by design).
+        token = _alone.set(False) if self._shared else None
         try:
-            await self._admit(key, project)
+            if key is not None:
+                limits = key.limits
+                s = self.settings
+                rpm = s.key_rpm if limits.rpm is None else limits.rpm
+                per_day = (
+                    s.key_tokens_per_day if limits.tokens_per_day is None else limits.tokens_per_day
+                )
+                what = f"the key {key.label!r}"
+                await self._day(f"key:{key.id}", per_day, what)
+                await self._minute(f"key:{key.id}", rpm, what)
+            if project is not None and self._project_limits:
+                name, what = f"project:{project}", f"the project {project!r}"
+                await self._day(name, self.settings.project_tokens_per_day, what)
+                await self._minute(name, self.settings.project_rpm, what)
         finally:
-            alone = _alone.get()
-            _alone.reset(token)
-            if alone:
-                self._decided_alone()
+            if token is not None:
+                self._watched(token)
 
-    async def _admit(self, key: ApiKey | None, project: str | None) -> None:
-        if key is not None:
-            limits = key.limits
-            s = self.settings
-            rpm = s.key_rpm if limits.rpm is None else limits.rpm
-            per_day = (
-                s.key_tokens_per_day if limits.tokens_per_day is None else limits.tokens_per_day
-            )
-            what = f"the key {key.label!r}"
-            await self._day(f"key:{key.id}", per_day, what)
-            await self._minute(f"key:{key.id}", rpm, what)
-        if project is not None and self._project_limits:
-            name, what = f"project:{project}", f"the project {project!r}"
-            await self._day(name, self.settings.project_tokens_per_day, what)
-            await self._minute(name, self.settings.project_rpm, what)
+    def _watched(self, token: Token[bool]) -> None:
+        alone = _alone.get()
+        _alone.reset(token)
+        if alone:
+            self._decided_alone()
 
     async def _minute(self, name: str, rate: int, what: str) -> None:
         if rate > 0 and (wait := await self.counters.take(name, rate)) > 0:
@@ -247,30 +246,23 @@ class Limits:
     async def open_stream(self, key: ApiKey | None) -> tuple[str, ...]:
         """Hold a place for one more open stream (RateLimited past the limits); returns the
         places held, to be given back once with `close_stream`."""
-        if not self._shared:
-            return await self._open_stream(key)
-        token = _alone.set(False)
+        token = _alone.set(False) if self._shared else None
         try:
-            return await self._open_stream(key)
+            counters = self.counters
+            limit = self.settings.max_streams
+            if not await counters.enter("all", limit):
+                raise RateLimited(f"the gateway may have {limit} streams open at once", 1)
+            if key is None:
+                return ("all",)
+            s = self.settings
+            limit = s.key_streams if key.limits.streams is None else key.limits.streams
+            if not await counters.enter(f"key:{key.id}", limit):
+                await counters.leave("all")
+                raise RateLimited(f"the key {key.label!r} may have {limit} streams open at once", 1)
+            return ("all", f"key:{key.id}")
         finally:
-            alone = _alone.get()
-            _alone.reset(token)
-            if alone:
-                self._decided_alone()
-
-    async def _open_stream(self, key: ApiKey | None) -> tuple[str, ...]:
-        counters = self.counters
-        limit = self.settings.max_streams
-        if not await counters.enter("all", limit):
-            raise RateLimited(f"the gateway may have {limit} streams open at once", 1)
-        if key is None:
-            return ("all",)
-        s = self.settings
-        limit = s.key_streams if key.limits.streams is None else key.limits.streams
-        if not await counters.enter(f"key:{key.id}", limit):
-            await counters.leave("all")
-            raise RateLimited(f"the key {key.label!r} may have {limit} streams open at once", 1)
-        return ("all", f"key:{key.id}")
+            if token is not None:
+                self._watched(token)
 
     async def close_stream(self, held: tuple[str, ...]) -> None:
         for name in held:
