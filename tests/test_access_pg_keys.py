@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,7 @@ def test_a_key_made_through_one_gateway_is_limited_on_the_other_from_its_first_c
             statuses: list[int] = []
             levels: list[float] = []
             ids: list[str] = []
+            began = time.monotonic()
             for gateway in [two] + [two, one] * 6:
                 answered = post(gateway.url, ask(), holder)
                 statuses.append(answered.status_code)
@@ -96,13 +98,19 @@ def test_a_key_made_through_one_gateway_is_limited_on_the_other_from_its_first_c
                 found = [k for k in shared.keys(f"ollama-host:*:rpm:key:{key_id}")]
                 level = shared.hget(found[0], "level") if found else None
                 levels.append(float(level) if level is not None else 10.0)
+            refilled = int((time.monotonic() - began) * 10 / 60)  # one every 6 s
         health = httpx.get(f"{two.url}/health").json()
         logs = two.logs()
 
     assert bucket == []  # the key was new: nobody had taken from its bucket
-    assert statuses == [200] * 10 + [429] * 3
-    # Every admitted call took from the one bucket the gateways share, the first one too.
-    assert [round(level) for level in levels] == [9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0, 0, 0]
+    assert statuses[:10] == [200] * 10
+    assert statuses.count(200) <= 10 + refilled  # 13 in the report
+    assert 429 in statuses or refilled >= 3
+    # Every admitted call took one from the bucket the gateways share, the first one too
+    # (less what the bucket refilled meanwhile: 10/60 a second).
+    before = [10.0, *levels[:-1]]
+    taken = [b - a for b, a, status in zip(before, levels, statuses, strict=True) if status == 200]
+    assert all(0.5 < took < 1.001 for took in taken), (statuses, levels)
     keyed = pg.column(dsn, "SELECT id FROM ollama_host.usage WHERE key_id = %s", key_id)
     assert sorted(str(i) for i in keyed) == sorted(ids)  # each accounted to the key
     assert health["limits"]["status"] == "ok"
