@@ -5,7 +5,8 @@ python app.py --help
 `create_app` builds the app from its parts: an upstream (`calls.upstream.Upstream`), a usage
 store (`store.base.UsageStore`) and the access state; each defaults to what the settings
 describe. A front is a module in `MODULES`; one that answers errors in a shape of its own
-exports `PREFIX` and `error_response`.
+exports `PREFIX` and `error_response`, and one whose clients' browsers use Ollama's default
+origins exports `BROWSER_ORIGINS = access.origins.OLLAMA_DEFAULTS` (see origin_policy).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import upstreams
 from access.guard import Guard
 from access.keys import Access
 from access.limits import Limits
+from access.origins import OriginPolicy, Origins, parse_patterns
 from calls.errors import CallError, UpstreamError, call_error, internal
 from calls.pipeline import Gateway
 from calls.upstream import Upstream
@@ -70,6 +72,25 @@ def renderer(modules: Sequence[ModuleType]) -> Callable[[str], Callable[[CallErr
         return error_response
 
     return render_for
+
+
+def origin_policy(settings: Settings, modules: Sequence[ModuleType]) -> OriginPolicy:
+    """Which origins may call which path: the settings' lists, and the origins each front
+    declares (`BROWSER_ORIGINS` for its `PREFIX`, and for its `BROWSER_PATHS`)."""
+    return OriginPolicy(
+        listed=Origins(parse_patterns(settings.cors_origins, "--cors-origins")),
+        admin=Origins(parse_patterns(settings.admin_origins, "--admin-origins")),
+        fronts={
+            m.PREFIX: Origins(getattr(m, "BROWSER_ORIGINS", ()))
+            for m in modules
+            if hasattr(m, "PREFIX")
+        },
+        paths={
+            path: Origins(m.BROWSER_ORIGINS)
+            for m in modules
+            for path in getattr(m, "BROWSER_PATHS", ())
+        },
+    )
 
 
 class GatewayApp(Starlette):
@@ -167,6 +188,7 @@ def create_app(
                     max_output=settings.max_record_output,
                 )
                 gateway.observers.append(requestlog.note_record)
+                gateway.limits.observers.append(requestlog.note_local_admission)
                 # For the routes, and for GatewayServer.shutdown, which must reach it before
                 # connections close.
                 app.state.gateway = gateway
@@ -190,7 +212,7 @@ def create_app(
                 render=guard_render,
                 admin=access.admin,
                 allowed_hosts=settings.host_list,
-                cors_origins=settings.origin_list,
+                origins=origin_policy(settings, modules),
                 max_body=settings.max_body,
             ),
         ],

@@ -6,9 +6,14 @@ never buffers a body or a stream.
 - Host: only localhost, IP literals and the names in --allowed-hosts. A DNS
   rebinding attack needs its own name in Host, so that name is refused
   (Ollama's CVE-2024-28224).
-- Origin: a browser request from another origin is refused unless that origin
-  is in --cors-origins; allowed origins get CORS headers naming them (never `*`),
-  with credentials.
+- Origin: a browser request from another origin is refused unless the part of the
+  gateway it calls accepts that origin (access.origins: the model API fronts take
+  Ollama's default origins and --cors-origins; the admin API and the dashboard only
+  --admin-origins). An accepted origin gets CORS headers naming it (never `*`); only an
+  admin origin gets them with credentials, and elsewhere a cross-origin request's
+  cookies are dropped, so the admin session never rides on one. A refusal names, in its
+  Access-Control-Allow-Origin header, the setting that would let the origin in: that
+  value is what a browser's console prints.
 - Body: a declared length over --max-body is refused before reading; a chunked
   body is cut off when it passes the limit.
 - Admin: /api/v1/admin/* and the dashboard page need the admin token (`/` only when a
@@ -30,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from calls.errors import CallError
 
 from .keys import AdminToken
+from .origins import OriginPolicy, Rule
 
 # How a refusal looks on the wire for a path: (content type, body). Each front answers in its
 # own error shape, and the app knows which front owns a path; the guard does not.
@@ -40,6 +46,16 @@ ADMIN_PREFIXES = ("/api/v1/admin",)
 ADMIN_PAGES = frozenset({"/", "/dashboard"})
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 _EXPOSED = b"X-Request-Id, X-Next-Cursor, Link, Retry-After"
+_METHODS = b"GET, HEAD, POST, PATCH, DELETE"
+# What a refusal puts in Access-Control-Allow-Origin, by the setting that would let the origin
+# in. It can never equal an origin, so the browser refuses; and it prints the value in its
+# console ("... has a value 'origin-not-allowed:...' that is not equal to the supplied origin"),
+# where a refusal without the header shows only "No 'Access-Control-Allow-Origin' header".
+# No spaces: Chrome reads a value with spaces as several and prints it less plainly.
+_REFUSED = {
+    "--cors-origins": b"origin-not-allowed:add-it-to--cors-origins",
+    "--admin-origins": b"origin-not-allowed:the-admin-API-needs-it-in--admin-origins",
+}
 
 
 def is_admin_path(path: str) -> bool:
@@ -103,14 +119,14 @@ class Guard:
         render: Render,
         admin: AdminToken,
         allowed_hosts: Iterable[str] = (),
-        cors_origins: Iterable[str] = (),
+        origins: OriginPolicy | None = None,
         max_body: int = 1_048_576,
     ) -> None:
         self.app = app
         self.render = render
         self.admin = admin
         self.hosts = frozenset(h.lower() for h in allowed_hosts) | _LOOPBACK_NAMES
-        self.origins = frozenset(cors_origins)
+        self.origins = origins or OriginPolicy()
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -133,6 +149,10 @@ class Guard:
             )
             return
 
+        path = scope["path"]
+        admin = is_admin_path(path) and (
+            path != "/" or wants_page(scope["method"], headers.get(b"accept", b""))
+        )
         cors: list[tuple[bytes, bytes]] = []
         origin = headers.get(b"origin")
         if origin is None and headers.get(b"sec-fetch-site") in (b"cross-site", b"same-site"):
@@ -161,25 +181,26 @@ class Guard:
             own = f"{scope.get('scheme', 'http')}://{headers.get(b'host', b'').decode('latin-1')}"
             origin_text = origin.decode("latin-1").rstrip("/")
             if origin_text != own:
-                if origin_text not in self.origins:
-                    await _respond(
-                        send,
-                        self.render,
-                        scope["path"],
-                        CallError(
-                            403,
-                            "origin_not_allowed",
-                            f"requests from {origin_text} are not allowed; "
-                            "add the origin with --cors-origins",
-                        ),
-                    )
+                rule = self.origins.rule_for(path, admin=admin)
+                if origin_text not in rule.origins:
+                    await self._refuse_origin(send, path, origin_text, rule)
                     return
                 cors = [
                     (b"access-control-allow-origin", origin),
-                    (b"access-control-allow-credentials", b"true"),
                     (b"access-control-expose-headers", _EXPOSED),
                     (b"vary", b"Origin"),
                 ]
+                if rule.credentials:
+                    cors.append((b"access-control-allow-credentials", b"true"))
+                else:
+                    # A page on another origin of the same site (another port of localhost)
+                    # gets the SameSite=Strict admin cookie sent along if it asks with
+                    # credentials: the call must not be the admin's.
+                    scope = {
+                        **scope,
+                        "headers": [(k, v) for k, v in scope["headers"] if k != b"cookie"],
+                    }
+                    headers.pop(b"cookie", None)
                 if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
                     await self._preflight(send, cors, headers)
                     return
@@ -189,10 +210,7 @@ class Guard:
             await _respond(send, self.render, scope["path"], self._too_large(), cors)
             return
 
-        path = scope["path"]
-        if is_admin_path(path) and (
-            path != "/" or wants_page(scope["method"], headers.get(b"accept", b""))
-        ):
+        if admin:
             done = await self._admin(scope, headers, send, cors)
             if done:
                 return
@@ -200,6 +218,23 @@ class Guard:
         if cors:
             send = self._with_headers(send, cors)
         await self.app(scope, self._limited(receive), send)
+
+    async def _refuse_origin(self, send: Send, path: str, origin: str, rule: Rule) -> None:
+        where = (
+            "the admin API and the dashboard take calls from another origin only if "
+            "--admin-origins lists it"
+            if rule.setting == "--admin-origins"
+            else "add the origin (or a pattern, as in OLLAMA_ORIGINS) with --cors-origins"
+        )
+        # Printable ASCII only: the origin is the client's, and the message goes into a body.
+        shown = "".join(c for c in origin[:200] if " " <= c <= "~")
+        await _respond(
+            send,
+            self.render,
+            path,
+            CallError(403, "origin_not_allowed", f"requests from {shown} are not allowed; {where}"),
+            [(b"access-control-allow-origin", _REFUSED[rule.setting]), (b"vary", b"Origin")],
+        )
 
     def _too_large(self) -> CallError:
         return CallError(
@@ -236,7 +271,7 @@ class Guard:
     ) -> None:
         allow = [
             *cors,
-            (b"access-control-allow-methods", b"GET, POST, PATCH, DELETE"),
+            (b"access-control-allow-methods", _METHODS),
             (b"access-control-allow-headers", headers.get(b"access-control-request-headers", b"")),
             (b"access-control-max-age", b"600"),
             (b"content-length", b"0"),

@@ -6,7 +6,7 @@ import msgspec
 
 from calls.errors import CallError, unauthorized
 
-from .keys import ADMIN, ANYONE, Access, ApiKey, fingerprint
+from .keys import ADMIN, ANYONE, Access, ApiKey, fingerprint, key_id_of
 
 
 class Caller(msgspec.Struct, frozen=True):
@@ -40,7 +40,7 @@ async def identify(access: Access, credentials: Credentials) -> Caller:
     holder = None
     if credentials.ticket is not None:
         holder = await access.tickets.redeem(credentials.ticket)
-    caller = _identify(access, credentials, holder)
+    caller = await _identify(access, credentials, holder)
     if caller.fingerprint is None and credentials.user_key:
         # No key of its own (the admin, or anyone while no key exists): a seed client's
         # free-form user_key still groups its calls, as a fingerprint.
@@ -50,7 +50,7 @@ async def identify(access: Access, credentials: Credentials) -> Caller:
     return caller
 
 
-def _identify(access: Access, credentials: Credentials, holder: str | None) -> Caller:
+async def _identify(access: Access, credentials: Credentials, holder: str | None) -> Caller:
     ring = access.keys
     if credentials.ticket is not None:
         if holder is None:
@@ -61,7 +61,8 @@ def _identify(access: Access, credentials: Credentials, holder: str | None) -> C
             if ring.active:
                 raise unauthorized("asking needs an API key now; get a ticket with your key")
             return Caller()
-        key = ring.get(holder)
+        # The ticket may come from another gateway, for a key made there a moment ago.
+        key = ring.get(holder) or await ring.learn(holder)
         if key is None or key.revoked:
             raise unauthorized("the key this ticket was issued to has been revoked")
         return Caller(key=key, fingerprint=key.fingerprint)
@@ -70,10 +71,21 @@ def _identify(access: Access, credentials: Credentials, holder: str | None) -> C
         return Caller(admin=True)
     if credentials.bearer and admin.check_token(credentials.bearer):
         return Caller(admin=True)
-    if not ring.active:
-        return Caller()
     presented = credentials.bearer or credentials.user_key
     found = ring.verify(presented) if presented else None
+    # A key this gateway has not read yet (made through another gateway a moment ago) is
+    # read now. Without this, a gateway that knew no key let it in as anyone's, without the
+    # key's limits or its name on the record.
+    if (
+        found is None
+        and presented
+        and (key_id := key_id_of(presented)) is not None
+        and ring.get(key_id) is None
+        and await ring.learn(key_id) is not None
+    ):
+        found = ring.verify(presented)
+    if not ring.active:
+        return Caller()
     if found is None:
         raise unauthorized(
             "this API key is not valid or has been revoked"

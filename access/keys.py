@@ -242,6 +242,13 @@ class Keys(Protocol):
         """The live key `presented` is, or None."""
         ...
 
+    async def learn(self, key_id: str) -> ApiKey | None:
+        """Key `key_id` as stored where the keys are kept, when memory does not hold it: a
+        key made through another gateway then works here, with its limits, from its first
+        call, not only once this gateway re-reads the keys. None if there is no such key;
+        CallError 503 if where the keys are kept cannot be asked."""
+        ...
+
     async def create(
         self,
         label: str,
@@ -280,11 +287,19 @@ def new_key(
     return key, plain
 
 
-def verify_key(keys: Mapping[str, ApiKey], presented: str) -> ApiKey | None:
-    """The live key among `keys` that `presented` is, or None. Constant time in the secret."""
+def key_id_of(presented: str) -> str | None:
+    """The id an API key carries in the clear (`ohk_<id>_<secret>`), or None if `presented`
+    is not shaped like one."""
     if not presented.startswith(KEY_PREFIX):
         return None
-    key_id = presented[len(KEY_PREFIX) :].split("_", 1)[0]
+    return presented[len(KEY_PREFIX) :].split("_", 1)[0]
+
+
+def verify_key(keys: Mapping[str, ApiKey], presented: str) -> ApiKey | None:
+    """The live key among `keys` that `presented` is, or None. Constant time in the secret."""
+    key_id = key_id_of(presented)
+    if key_id is None:
+        return None
     key = keys.get(key_id)
     # Compare even when the id is unknown, so timing says nothing about which ids exist.
     expected = key.sha256 if key else "0" * 64
@@ -348,6 +363,9 @@ class KeyRing:
 
     def verify(self, presented: str) -> ApiKey | None:
         return verify_key(self._keys, presented)
+
+    async def learn(self, key_id: str) -> ApiKey | None:
+        return None  # only this gateway writes the file, so memory holds every key
 
     def close(self) -> None:
         pass  # nothing held between writes

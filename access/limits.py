@@ -5,12 +5,20 @@ itself is done by a `Counters` implementation. `MemoryCounters`, the default, co
 event loop's thread and restarts with the gateway; a shared implementation (a Redis, say) is
 another class with the same four methods. Every refusal is a `RateLimited` that says how long
 to wait.
+
+A shared implementation that cannot reach its store answers from this process's own counts
+instead, and says so by calling `counted_alone()` during the step. `Limits` then counts that
+admission as decided locally: /health shows how many and when the last was, the request's
+log line says `limits=local`, and a warning says so at most once a minute.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from contextvars import ContextVar, Token
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
@@ -20,6 +28,11 @@ from calls.errors import RateLimited
 
 from .keys import ApiKey
 
+log = logging.getLogger("ollama_host.limits")
+
+# How often, at most, the log says that admissions are being decided locally.
+ALONE_LOG_SECONDS = 60.0
+
 
 class CountersHealth(msgspec.Struct, kw_only=True):
     """Where the limits are counted, and whether that works."""
@@ -28,6 +41,20 @@ class CountersHealth(msgspec.Struct, kw_only=True):
     # The shared counter store's address (never a password), or None: this process alone.
     shared: str | None = None
     error: str | None = None
+    # With a shared store: calls (and streams) this gateway admitted or refused by its own
+    # counts since it started, because the shared store failed, and when the last was.
+    local_admissions: int = 0
+    last_local_admission: str | None = None
+
+
+# True once a step of the admission running in this task was counted by this process alone.
+_alone: ContextVar[bool] = ContextVar("counted_alone", default=False)
+
+
+def counted_alone() -> None:
+    """Say that the current step was answered from this process's own counts because the
+    shared store failed (a shared Counters calls this; Limits reports it)."""
+    _alone.set(True)
 
 
 class Counters(Protocol):
@@ -137,23 +164,67 @@ class Limits:
         self.counters: Counters = counters or MemoryCounters()
         # Checked once: with no limit set anywhere, admitting a call costs one test.
         self._project_limits = bool(settings.project_rpm or settings.project_tokens_per_day)
+        # Counted by this process alone by design: no admission is then "decided locally".
+        self._shared = self.counters.health().shared is not None
+        self._alone = 0
+        self._alone_at: datetime | None = None
+        self._alone_logged = 0  # how many the last warning covered
+        self._alone_log_at = -ALONE_LOG_SECONDS
+        # Called in the request's own task when its admission was decided locally (the
+        # request log marks its line).
+        self.observers: list[Callable[[], None]] = []
+
+    def health(self) -> CountersHealth:
+        found = self.counters.health()
+        if not self._alone:
+            return found
+        at = self._alone_at.isoformat() if self._alone_at else None
+        return msgspec.structs.replace(found, local_admissions=self._alone, last_local_admission=at)
+
+    def _decided_alone(self) -> None:
+        self._alone += 1
+        self._alone_at = datetime.now(UTC)
+        for observer in self.observers:
+            observer()
+        now = time.monotonic()
+        if now - self._alone_log_at >= ALONE_LOG_SECONDS:
+            log.warning(
+                "%d admission(s) decided by this gateway's own counts, not the shared ones, "
+                "since the last such line (%d since start): %s",
+                self._alone - self._alone_logged,
+                self._alone,
+                self.counters.health().error or "the shared counter store failed",
+            )
+            self._alone_log_at, self._alone_logged = now, self._alone
 
     async def admit(self, key: ApiKey | None, project: str | None) -> None:
         """Take one request from the caller's and the project's budgets (RateLimited if spent)."""
-        if key is not None:
-            limits = key.limits
-            s = self.settings
-            rpm = s.key_rpm if limits.rpm is None else limits.rpm
-            per_day = (
-                s.key_tokens_per_day if limits.tokens_per_day is None else limits.tokens_per_day
-            )
-            what = f"the key {key.label!r}"
-            await self._day(f"key:{key.id}", per_day, what)
-            await self._minute(f"key:{key.id}", rpm, what)
-        if project is not None and self._project_limits:
-            name, what = f"project:{project}", f"the project {project!r}"
-            await self._day(name, self.settings.project_tokens_per_day, what)
-            await self._minute(name, self.settings.project_rpm, what)
+        # Watched only with a shared store (a lone gateway's counts are its own by design).
+        token = _alone.set(False) if self._shared else None
+        try:
+            if key is not None:
+                limits = key.limits
+                s = self.settings
+                rpm = s.key_rpm if limits.rpm is None else limits.rpm
+                per_day = (
+                    s.key_tokens_per_day if limits.tokens_per_day is None else limits.tokens_per_day
+                )
+                what = f"the key {key.label!r}"
+                await self._day(f"key:{key.id}", per_day, what)
+                await self._minute(f"key:{key.id}", rpm, what)
+            if project is not None and self._project_limits:
+                name, what = f"project:{project}", f"the project {project!r}"
+                await self._day(name, self.settings.project_tokens_per_day, what)
+                await self._minute(name, self.settings.project_rpm, what)
+        finally:
+            if token is not None:
+                self._watched(token)
+
+    def _watched(self, token: Token[bool]) -> None:
+        alone = _alone.get()
+        _alone.reset(token)
+        if alone:
+            self._decided_alone()
 
     async def _minute(self, name: str, rate: int, what: str) -> None:
         if rate > 0 and (wait := await self.counters.take(name, rate)) > 0:
@@ -175,18 +246,23 @@ class Limits:
     async def open_stream(self, key: ApiKey | None) -> tuple[str, ...]:
         """Hold a place for one more open stream (RateLimited past the limits); returns the
         places held, to be given back once with `close_stream`."""
-        counters = self.counters
-        limit = self.settings.max_streams
-        if not await counters.enter("all", limit):
-            raise RateLimited(f"the gateway may have {limit} streams open at once", 1)
-        if key is None:
-            return ("all",)
-        s = self.settings
-        limit = s.key_streams if key.limits.streams is None else key.limits.streams
-        if not await counters.enter(f"key:{key.id}", limit):
-            await counters.leave("all")
-            raise RateLimited(f"the key {key.label!r} may have {limit} streams open at once", 1)
-        return ("all", f"key:{key.id}")
+        token = _alone.set(False) if self._shared else None
+        try:
+            counters = self.counters
+            limit = self.settings.max_streams
+            if not await counters.enter("all", limit):
+                raise RateLimited(f"the gateway may have {limit} streams open at once", 1)
+            if key is None:
+                return ("all",)
+            s = self.settings
+            limit = s.key_streams if key.limits.streams is None else key.limits.streams
+            if not await counters.enter(f"key:{key.id}", limit):
+                await counters.leave("all")
+                raise RateLimited(f"the key {key.label!r} may have {limit} streams open at once", 1)
+            return ("all", f"key:{key.id}")
+        finally:
+            if token is not None:
+                self._watched(token)
 
     async def close_stream(self, held: tuple[str, ...]) -> None:
         for name in held:

@@ -4,8 +4,12 @@ fingerprint secret, so that every gateway on the database agrees on who may ask.
 Checking a key runs on every call, so each gateway keeps the keys in memory and reads
 `state.keys_version` (moved by every change to a key or to the admin token) every
 WATCH_SECONDS; when it moved, the keys are read again. A key revoked through one gateway
-stops working on all of them within WATCH_SECONDS plus one read. While the database cannot
-be reached, the keys last read stay in force, and changing a key fails with 503.
+stops working on all of them within WATCH_SECONDS plus one read. A key that memory does not
+hold is read from the database by its id at its first call (`learn`), so a key made through
+one gateway works on every other at once, with its limits: until then a gateway that knew no
+key at all let such a call in as anyone's, unlimited and accounted to no key. While the
+database cannot be reached, the keys last read stay in force, a key not among them is
+answered 503, and changing a key fails with 503.
 
 The database itself (connections, the schema, watches) is handed in as a `Database`
 (store.pg makes one): this module only knows the tables of the keys and secrets.
@@ -120,6 +124,10 @@ class DatabaseKeyRing:
         # overtook is dropped (the next poll reads them again), so it cannot undo the write.
         self._writes = 0
         self._conn: psycopg.Connection[Any] | None = None
+        # Reads of one key by its id (`learn`), one at a time on a connection of their own: a
+        # flood of made-up keys costs the database one indexed read at a time, never a pile.
+        self._learning = threading.Lock()
+        self._reader: psycopg.Connection[Any] | None = None
         self._watch = db.watch(
             sql.SQL("SELECT keys_version, (SELECT value FROM {} WHERE name = {}) FROM {}").format(
                 SECRETS, sql.Literal(ADMIN_TOKEN), STATE
@@ -170,6 +178,36 @@ class DatabaseKeyRing:
         """Read the keys now if they changed (the watch does this every WATCH_SECONDS)."""
         self._watch.poll()
 
+    async def learn(self, key_id: str) -> ApiKey | None:
+        key = await asyncio.to_thread(self._read_one, key_id)
+        if key is None:
+            return None
+        with self._lock:
+            # As a write through this gateway: a read of all the keys that began before
+            # this one is dropped, so it cannot forget the key just learnt.
+            self._keys = {**self._keys, key.id: key}
+            self._writes += 1
+        return key
+
+    def _read_one(self, key_id: str) -> ApiKey | None:
+        with self._learning:
+            try:
+                if self._reader is None or self._reader.closed:
+                    self._reader = self.db.connect("keys", autocommit=True)
+                row = self._reader.execute(
+                    sql.SQL("SELECT doc::text FROM {} WHERE id = %s").format(KEYS), (key_id,)
+                ).fetchone()
+            except (psycopg.OperationalError, StoreError) as exc:
+                if self._reader is not None:
+                    self._reader.close()
+                    self._reader = None
+                raise self._unavailable(exc, "this API key cannot be checked now") from None
+        return _decode_key(row[0]) if row else None
+
+    def _unavailable(self, exc: psycopg.OperationalError | StoreError, what: str) -> CallError:
+        reason = self.db.unreachable(exc) if isinstance(exc, psycopg.Error) else exc
+        return CallError(503, "store_unavailable", f"{what} ({reason}); try again")
+
     # -- writing (to the database, then memory) ----------------------------------------------
 
     async def _write(self, work: Callable[[psycopg.Cursor[Any]], T]) -> T:
@@ -186,12 +224,7 @@ class DatabaseKeyRing:
                 if self._conn is not None:
                     self._conn.close()
                     self._conn = None
-                reason = self.db.unreachable(exc) if isinstance(exc, psycopg.Error) else exc
-                raise CallError(
-                    503,
-                    "store_unavailable",
-                    f"the keys cannot be changed now ({reason}); try again",
-                ) from None
+                raise self._unavailable(exc, "the keys cannot be changed now") from None
 
     async def create(
         self,
@@ -250,6 +283,10 @@ class DatabaseKeyRing:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+        with self._learning:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
 
 def keys_exist(db: Database) -> bool:

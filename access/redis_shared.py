@@ -12,10 +12,12 @@ step is atomic in Redis, so two gateways never both admit the last request of a 
   open gives its places back by itself;
 - tickets: SET with an expiry, redeemed by GETDEL (once), under the ticket's hash.
 
-If Redis cannot be reached, every step falls back to this process's own counters for
-RETRY_SECONDS before trying Redis again: the gateway never refuses calls because its counter
-store is away. /health and the log say so. Keys are named `ollama-host:SCOPE:...`, SCOPE
-being the access scope (the database's, when keys live in PostgreSQL).
+If Redis cannot be reached, or a step fails in any other way, every step falls back to this
+process's own counters for RETRY_SECONDS before trying Redis again: the gateway never fails
+or refuses a call because its counter store fails. /health and the log say so, and each
+admission decided that way is counted and marked (access.limits.counted_alone). Keys are
+named `ollama-host:SCOPE:...`, SCOPE being the access scope (the database's, when keys live
+in PostgreSQL).
 
 Requires the `redis` extra.
 """
@@ -33,15 +35,23 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import redis.asyncio
-import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .limits import CountersHealth, MemoryCounters, utc_day
+from .limits import CountersHealth, MemoryCounters, counted_alone, utc_day
 from .tickets import TICKET_SECONDS, MemoryTickets
 
 log = logging.getLogger("ollama_host.limits")
 T = TypeVar("T")
+
+# What a failing step of the counter store is caught as: anything. redis-py raises its own
+# errors and OSError for most failures, but a connection reset under a command in flight
+# also surfaces as uvloop's RuntimeError ("unable to perform operation on <TCPTransport
+# closed=True ...>") or as redis-py's AttributeError (a writer another task's disconnect set
+# to None), and each was a 500 for the caller. The counter store is there to share limits;
+# whatever it raises must leave the call to the gateway's own counts, never fail it.
+# (CancelledError is not an Exception, so a call that is cancelled stays cancelled.)
+FAILURE = Exception
 
 TIMEOUT = 0.5
 RETRY_SECONDS = 1.0
@@ -147,14 +157,19 @@ class RedisShared:
     ) -> T:
         """`remote()` in Redis, or `local()` while Redis is away."""
         if time.monotonic() < self._down_until:
+            counted_alone()
             return await local()
         try:
             result = await remote()
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except FAILURE as exc:
             self._went_down(exc)
-            # Close what the outage broke now, while the loop that opened it runs.
-            with contextlib.suppress(redis.exceptions.RedisError, OSError):
-                await self._client.connection_pool.disconnect()
+            # Close what the outage broke now, while the loop that opened it runs: the idle
+            # connections only. Closing those in use pulled them from under other calls'
+            # commands in flight, which then failed in ways redis-py does not wrap; each of
+            # those fails and is closed by its own call.
+            with contextlib.suppress(FAILURE):
+                await self._client.connection_pool.disconnect(inuse_connections=False)
+            counted_alone()
             return await local()
         if self.error is not None:
             log.warning("Redis at %s answers again: limits are shared again", self.address)
@@ -298,9 +313,10 @@ class RedisShared:
         # Give back the places this gateway still holds, if Redis is there to take them.
         for name in list(self._open):
             self._open.pop(name)
-            with contextlib.suppress(redis.exceptions.RedisError, OSError):
+            with contextlib.suppress(FAILURE):
                 await self._set_open(name, 0)
-        await self._client.aclose()
+        with contextlib.suppress(FAILURE):
+            await self._client.aclose()
 
 
 async def _nothing() -> None:

@@ -63,12 +63,14 @@ def new_id() -> str:
 class RequestInfo:
     """What the log line needs to know about one request, filled in as it runs."""
 
-    __slots__ = ("id", "record")
+    __slots__ = ("id", "limits_local", "record")
 
     def __init__(self, request_id: str) -> None:
         self.id = request_id
         # The usage record of the ask this request made, once written.
         self.record: UsageRecord | None = None
+        # Its admission was decided by this gateway's own counts, the shared store failing.
+        self.limits_local = False
 
 
 # Set for the duration of each HTTP request; tasks the request starts inherit it.
@@ -80,6 +82,14 @@ def note_record(record: UsageRecord) -> None:
     info = current.get()
     if info is not None and info.id == record.id:
         info.record = record
+
+
+def note_local_admission() -> None:
+    """A Limits observer: the current request was admitted (or refused) by this gateway's own
+    counts, the shared ones having failed; its log line says `limits=local`."""
+    info = current.get()
+    if info is not None:
+        info.limits_local = True
 
 
 class RequestLog:
@@ -126,6 +136,8 @@ class RequestLog:
             "status": status,
             "seconds": round(seconds, 6),
         }
+        if info.limits_local:
+            fields["limits"] = "local"
         record = info.record
         if record is not None:
             fields.update(

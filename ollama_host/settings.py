@@ -17,6 +17,7 @@ from typing import Annotated, Any, get_args, get_origin, get_type_hints
 import msgspec
 from msgspec import Meta
 
+from access.origins import OriginError, parse_patterns
 from ollama_host import __version__
 from ollama_host.envhost import ollama_url
 
@@ -244,8 +245,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         setting(
             "--cors-origins",
             "OLLAMA_GATEWAY_CORS_ORIGINS",
-            "browser origins allowed to call the gateway, e.g. `https://app.example` "
-            "(comma-separated)",
+            "browser origins allowed to ask (every front), comma-separated patterns as "
+            "`OLLAMA_ORIGINS` takes them: `https://app.example`, `http://192.168.1.5:*`, "
+            "`chrome-extension://*`, `*`; the Ollama and OpenAI fronts also take Ollama's "
+            "defaults (`http://localhost:*`, `http://127.0.0.1:*`, `app://*`, `file://*`, ...). "
+            "Never the admin API or the dashboard",
+            shown="none",
+        ),
+    ] = ""
+    # Apart from --cors-origins, so that no pattern meant for asking (a `*`, say) can ever
+    # open the usage log and the keys to another site's pages.
+    admin_origins: Annotated[
+        str,
+        setting(
+            "--admin-origins",
+            "OLLAMA_GATEWAY_ADMIN_ORIGINS",
+            "browser origins allowed to call the admin API and the dashboard from another "
+            "origin, with the admin cookie (patterns as for `--cors-origins`)",
             shown="none",
         ),
     ] = ""
@@ -478,10 +494,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return [h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()]
 
     @property
-    def origin_list(self) -> list[str]:
-        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
-
-    @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser()
 
@@ -604,6 +616,11 @@ def parse_settings(
         parser.error(
             f"--log-level must be debug, info, warning or error, not {settings.log_level!r}"
         )
+    try:
+        parse_patterns(settings.cors_origins, "--cors-origins")
+        parse_patterns(settings.admin_origins, "--admin-origins")
+    except OriginError as exc:
+        parser.error(str(exc))
     several = bool(settings.upstream or settings.upstreams_file)
     if several and args.get("ollama_url") is not None:
         parser.error("--ollama names the one Ollama; with --upstream or --upstreams, name it there")

@@ -23,7 +23,7 @@ async def health(request: Request) -> Response:
         status=first.status, address=first.address, version=first.version, error=first.error
     )
     store = gateway.store.health()
-    limits = gateway.limits.counters.health()
+    limits = gateway.limits.health()
     ok = all(u.status == "up" for u in upstreams) and store.status == limits.status == "ok"
     return JSON(
         Health(
@@ -50,7 +50,9 @@ openapi: Paths = {
             tag="operations",
             description="Always 200 while the gateway runs: `status` is `ok` when Ollama "
             "answers, the usage store writes and the shared limits (--redis) are reachable, "
-            "`degraded` otherwise (see `ollama.status`, `store.status` and `limits.status`).",
+            "`degraded` otherwise (see `ollama.status`, `store.status` and `limits.status`). "
+            "`limits.local_admissions` counts the admissions this gateway decided by its own "
+            "counts because the shared store failed.",
             replies={200: Reply(description="The gateway's health.", json=Health)},
         )
     }

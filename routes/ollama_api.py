@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from access.identity import check_model
+from access.origins import OLLAMA_DEFAULTS
 from calls.errors import CallError
 from calls.pipeline import Done, Event, Failed, Pieces
 from calls.types import (
@@ -54,6 +55,11 @@ from .streaming import CallStreamResponse
 
 FRONT = "ollama"
 PREFIX = "/api/"
+# Browser origins this front takes besides --cors-origins: Ollama's own defaults, so that
+# editor plugins and local apps written against Ollama work unchanged (access/origins.py).
+# `/` answers anything but a browser asking for HTML as Ollama's own does (routes/page.py).
+BROWSER_ORIGINS = OLLAMA_DEFAULTS
+BROWSER_PATHS = ("/",)
 NDJSON = "application/x-ndjson"
 
 _encode = msgspec.json.Encoder().encode

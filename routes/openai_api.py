@@ -28,6 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from access.identity import check_model
+from access.origins import OLLAMA_DEFAULTS
 from calls.errors import CallError
 from calls.pipeline import CallInfo, Done, Event, Failed, Pieces
 from calls.types import (
@@ -59,6 +60,9 @@ from .streaming import CallStreamResponse
 
 FRONT = "openai"
 PREFIX = "/v1/"
+# Browser origins this front takes besides --cors-origins: Ollama's defaults, as Ollama's own
+# OpenAI-compatible API does (access/origins.py).
+BROWSER_ORIGINS = OLLAMA_DEFAULTS
 DONE = b"data: [DONE]\n\n"
 
 _encode = msgspec.json.Encoder().encode

@@ -3,7 +3,8 @@ machine's server.
 
 `cut()` closes the listening socket and every connection through it (the client sees its
 connection reset, then connections refused), as when the server goes away; `restore()`
-listens again on the same port.
+listens again on the same port. `reset()` resets the connections open now and goes on
+listening, as a server restarted between two calls, or a middlebox dropping its state.
 """
 
 from __future__ import annotations
@@ -42,11 +43,16 @@ class TcpProxy:
         """Stop listening and drop every connection, as a server that went away."""
         with self._lock:
             listener, self._listener = self._listener, None
-            conns, self._conns = self._conns, []
         if listener is not None:
             with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
+        self.reset()
+
+    def reset(self) -> int:
+        """Reset every connection open now (the listener stays); how many there were."""
+        with self._lock:
+            conns, self._conns = self._conns, []
         for conn in conns:
             with contextlib.suppress(OSError):
                 # RST rather than FIN: the peer learns at once that the connection is gone.
@@ -54,6 +60,7 @@ class TcpProxy:
                     socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
                 )
             conn.close()
+        return len(conns) // 2
 
     def _accept(self, listener: socket.socket) -> None:
         while True:

@@ -275,4 +275,6 @@ async def test_health_says_where_limits_are_counted(two: tuple[Local, Local]) ->
         "status": "ok",
         "shared": redis_server.URL,
         "error": None,
+        "local_admissions": 0,
+        "last_local_admission": None,
     }
