@@ -29,8 +29,8 @@ from ollama_host.server import serve  # noqa: E402
 from ollama_host.settings import parse_settings  # noqa: E402
 from store import Stats, StoreHealth, UsageQuery, UsageRecord  # noqa: E402
 from store.base import export_pages  # noqa: E402
-from store.reading import Filter  # noqa: E402
 from store.stats import StatsBuilder  # noqa: E402
+from store.tinydb.reading import Filter  # noqa: E402
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(UsageRecord).decode

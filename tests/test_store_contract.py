@@ -19,9 +19,10 @@ import msgspec
 import pytest
 from tinydb import TinyDB
 
-from store import Stats, UsageQuery, UsageRecord, UsageStore, base, files, iso, open_store
-from store import tinydb as tinydb_store
+from store import Stats, UsageQuery, UsageRecord, UsageStore, base, iso, open_store
 from store.stats import compute_stats
+from store.tinydb import files
+from store.tinydb import store as tinydb_store
 from tests import pg
 from tests.store_helpers import (
     BASE,

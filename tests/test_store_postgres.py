@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from store import StoreError, TinyDBStore, UsageStore, open_store, pg
-from store import postgres as pg_store
+from store import StoreError, TinyDBStore, UsageStore, open_store
+from store.postgres import database as pg
+from store.postgres import store as pg_store
 from tests import pg as testpg
 from tests.gateway_proc import ROOT, free_port
 from tests.store_helpers import fill, newest_first, query, record, stats

@@ -2,7 +2,7 @@
 
 append() only queues a record. A writer thread takes whatever has queued up (waiting
 GROUP_COMMIT for more after the first) and sends it as one binary COPY, adds it to the
-hourly and daily sums stats() reads (store/pg_stats.py), then moves the shared change
+hourly and daily sums stats() reads (store/postgres/rollups.py), then moves the shared change
 counter, in one transaction: that is when a record is safe. A batch the database saw already
 (its commit was lost with the connection) would break the primary key: that batch is sent
 again through a staging table with ON CONFLICT DO NOTHING, and only the records it added are
@@ -34,11 +34,11 @@ import psycopg
 import psycopg_pool
 from psycopg import sql
 
-from . import pg, pg_stats
-from .base import StoreError, StoreHealth, export_pages
-from .pg import SCHEMA, DatabaseUnavailable
-from .pg_stats import text
-from .records import Stats, UsageQuery, UsageRecord
+from ..base import StoreError, StoreHealth, export_pages
+from ..records import Stats, UsageQuery, UsageRecord
+from . import database, rollups
+from .database import SCHEMA, DatabaseUnavailable
+from .rollups import text
 
 log = logging.getLogger("ollama_host.store")
 T = TypeVar("T")
@@ -108,10 +108,10 @@ class PostgresStore:
     """Usage records in a PostgreSQL database (a `store.base.UsageStore`)."""
 
     def __init__(self, dsn: str, *, retention_days: float | None = None) -> None:
-        self.params = pg.parse(dsn)
-        self.address = pg.where(self.params)
-        pg.migrate(self.params)
-        self._conn: psycopg.Connection[Any] | None = pg.connect(self.params, purpose="writer")
+        self.params = database.parse(dsn)
+        self.address = database.where(self.params)
+        database.migrate(self.params)
+        self._conn: psycopg.Connection[Any] | None = database.connect(self.params, purpose="writer")
         self.retention_days = retention_days
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -126,7 +126,7 @@ class PostgresStore:
         self._retry_at = 0.0
         self._retention_at = 0.0
         self._changes = 0
-        self._watch = pg.Watch(
+        self._watch = database.Watch(
             self.params,
             sql.SQL("SELECT usage_changes FROM {}").format(STATE),
             self._seen,
@@ -263,7 +263,7 @@ class PostgresStore:
         rows = self._rows(batch)
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = pg.connect(self.params, purpose="writer")
+                self._conn = database.connect(self.params, purpose="writer")
             moved = self._send(self._conn, rows)
         except (psycopg.OperationalError, DatabaseUnavailable) as exc:
             self._failed(batch, exc)
@@ -315,7 +315,7 @@ class PostgresStore:
                 )
                 new = {found for (found,) in cur.fetchall()}
                 added = [record for record in added if record.id in new]
-            pg_stats.add(cur, added)
+            rollups.add(cur, added)
             cur.execute(
                 sql.SQL(
                     "UPDATE {} SET usage_changes = usage_changes + %s RETURNING usage_changes"
@@ -345,7 +345,7 @@ class PostgresStore:
                 self._dropped += over
             self._committing = 0
         self._retry_at = time.monotonic() + RETRY_SECONDS
-        error = str(exc) if isinstance(exc, StoreError) else pg.unreachable(self.params, exc)
+        error = str(exc) if isinstance(exc, StoreError) else database.unreachable(self.params, exc)
         if error != self._write_error:
             log.error("%s; %d usage records wait in memory and will be retried", error, len(batch))
         self._write_error = error
@@ -355,9 +355,9 @@ class PostgresStore:
         cutoff = datetime.now(UTC) - timedelta(days=self.retention_days)
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = pg.connect(self.params, purpose="writer")
+                self._conn = database.connect(self.params, purpose="writer")
             with self._conn.transaction(), self._conn.cursor() as cur:
-                removed = pg_stats.retain(cur, cutoff)
+                removed = rollups.retain(cur, cutoff)
                 if removed:
                     cur.execute(
                         sql.SQL(
@@ -402,7 +402,7 @@ class PostgresStore:
                 return work(cur)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             reason = (
-                pg.unreachable(self.params, exc)
+                database.unreachable(self.params, exc)
                 if isinstance(exc, psycopg.Error)
                 else f"cannot reach PostgreSQL at {self.address}: no connection within "
                 f"{self._pool.timeout:g} s"
@@ -410,7 +410,7 @@ class PostgresStore:
             raise StoreUnavailable(reason) from None
 
     async def query(self, q: UsageQuery) -> list[UsageRecord]:
-        where, params = pg_stats.where(q, paging=True)
+        where, params = rollups.where(q, paging=True)
         statement = sql.SQL(
             "SELECT doc::text FROM {} {} ORDER BY id DESC LIMIT %s OFFSET %s"
         ).format(USAGE, where)
@@ -423,7 +423,7 @@ class PostgresStore:
         return await self._read(run)
 
     async def stats(self, q: UsageQuery, *, bucket_seconds: int) -> Stats:
-        return await self._read(lambda cur: pg_stats.stats(cur, q, bucket_seconds))
+        return await self._read(lambda cur: rollups.stats(cur, q, bucket_seconds))
 
     def export(self, q: UsageQuery) -> AsyncIterator[list[UsageRecord]]:
         return export_pages(self, q)

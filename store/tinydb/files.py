@@ -27,8 +27,8 @@ from typing import NamedTuple
 
 import msgspec
 
-from .records import UsageRecord
-from .stats import Cell, Dist, aggregate
+from ..records import UsageRecord
+from ..stats import Cell, Dist, aggregate
 
 log = logging.getLogger("ollama_host.store")
 

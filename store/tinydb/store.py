@@ -6,7 +6,7 @@ commit): that is when a record is safe. From time to time the same thread folds
 the journaled records into the newest TinyDB file (data/usage/DAY-NNNN.json,
 rewritten whole by atomic replace, at most SEGMENT_RECORDS records), then empties
 the journal. Full files are closed for good, with a summary and a row index
-beside them (store/files.py), so no write ever touches more than one file's worth
+beside them (store/tinydb/files.py), so no write ever touches more than one file's worth
 of history.
 
 Queries and stats run on a second thread. They see every appended record: the
@@ -35,10 +35,10 @@ from pathlib import Path
 
 import msgspec
 
+from ..base import FolderInUse, StoreError, StoreHealth, export_pages
+from ..records import Stats, UsageQuery, UsageRecord, iso
 from . import files, reading, spill
-from .base import FolderInUse, StoreError, StoreHealth, export_pages
 from .files import Row, SegmentMeta
-from .records import Stats, UsageQuery, UsageRecord, iso
 
 log = logging.getLogger("ollama_host.store")
 
@@ -127,7 +127,7 @@ class TinyDBStore:
         self.folder = folder
         self.path = folder / "usage"
         self.retention_days = retention_days
-        # Whether records the disk refuses at close are spilled (store/spill.py).
+        # Whether records the disk refuses at close are spilled (store/tinydb/spill.py).
         self.spill = spill
         # Records appended (by the event loop) and deleted by retention (by the writer)
         # since startup: `changes`, the dashboard's ETag, is their sum, so a page polling
