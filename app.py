@@ -11,7 +11,6 @@ exports `PREFIX` and `error_response`.
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -32,19 +31,26 @@ from access.limits import Limits
 from calls.errors import CallError, UpstreamError, call_error, internal
 from calls.pipeline import Gateway
 from calls.upstream import Upstream
-from ollama_host import __version__, requestlog, startup
+from ollama_host import __version__, program
 from ollama_host.backends import open_access, open_shared
-from ollama_host.requestlog import RequestLog, configure_logging
-from ollama_host.server import serve, show_new_token
-from ollama_host.settings import Settings, parse_settings
-from ollama_host.workers import run_workers
-from routes import admin, docs, health, keys, ollama_api, openai_api, openapi, page, seed
+from ollama_host.requestlog import RequestLog
+from ollama_host.settings import Settings
+from routes import (
+    admin,
+    docs,
+    health,
+    keys,
+    ollama_api,
+    openai_api,
+    openapi,
+    page,
+    request_id,
+    seed,
+)
 from routes.common import encoder, error_response, with_request_id
 from routes.dispatch import StaticFirstRouter
 from routes.streaming import SERVER_SEND
 from store import StoreError, UsageStore, open_store
-
-log = logging.getLogger("ollama_host")
 
 # Each module exports `routes` and an `openapi` description of them.
 # The router tries routes in this order, a regex each: the fronts first, the one with the
@@ -166,7 +172,7 @@ def create_app(
                     max_prompt=settings.max_prompt,
                     max_output=settings.max_record_output,
                 )
-                gateway.observers.append(requestlog.note_record)
+                gateway.observers.append(request_id.note_record)
                 # For the routes, and for GatewayServer.shutdown, which must reach it before
                 # connections close.
                 app.state.gateway = gateway
@@ -203,6 +209,7 @@ def create_app(
         },
     )
     app.state.settings = settings
+    app.state.version = __version__
     app.state.openapi = encoder.encode(
         openapi.document(
             (module.openapi for module in modules),
@@ -216,32 +223,10 @@ def create_app(
     return app
 
 
-def main(argv: Sequence[str] | None = None, *, worker_fd: int | None = None) -> int:
-    """Run the gateway; with worker_fd, as one of --workers N on that listening socket."""
-    settings = parse_settings(argv)
-    configure_logging(settings)
-    try:
-        store, access, new_token = startup.open_parts(settings, worker=worker_fd is not None)
-    except startup.Refused as exc:
-        log.error("%s", exc)
-        return 1
-    if new_token:
-        show_new_token(settings, new_token)
-    if settings.workers > 1 and worker_fd is None:
-        # Each worker opens the store and the keys itself; this process only watches them.
-        startup.close_parts(store, access)
-        return run_workers(settings, argv)
-    where = store.health().path
-    app = create_app(settings, store=store, access=access)
-    if worker_fd is None:
-        log.info(
-            "Ollama Host on http://%s:%d, asking %s, usage in %s",
-            settings.host,
-            settings.port,
-            upstreams.describe(settings),
-            where,
-        )
-    return serve(app, settings, fd=worker_fd)
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python app.py`, `ollama-host` and `python -m ollama_host`: the program
+    (ollama_host/program.py), given this app."""
+    return program.main(argv, create_app=create_app)
 
 
 if __name__ == "__main__":

@@ -89,3 +89,15 @@ class Upstream(Protocol):
     async def embed(self, request: EmbedRequest) -> Embeddings: ...
 
     async def aclose(self) -> None: ...
+
+
+class ModelServer(Upstream, Protocol):
+    """One model server of some kind (each upstream kind's class is one): an Upstream with a
+    name and an address, which a router can hold among several."""
+
+    name: str
+    kind: str
+    address: str
+    # True when the server knows a model only by its exact id (an OpenAI-compatible one):
+    # a router then sends the model under the name the server listed it by.
+    exact_model_names: bool

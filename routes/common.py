@@ -17,8 +17,8 @@ from access.identity import Caller, Credentials
 from calls.errors import CallError, call_error
 from calls.pipeline import CallInfo
 from calls.types import Labels
-from ollama_host import requestlog
 
+from . import request_id
 from .schemas import ErrorBody, ErrorDetail
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def error_body(error: CallError) -> ErrorBody:
 
 def with_request_id(error: CallError) -> CallError:
     """The error, naming the request it ended (the id of its record, for an ask)."""
-    if error.request_id is None and (info := requestlog.current.get()) is not None:
+    if error.request_id is None and (info := request_id.current.get()) is not None:
         error.request_id = info.id
     return error
 
@@ -72,8 +72,8 @@ def gateway_of(request: Request) -> Gateway:
 def call_info(request: Request, front: str) -> CallInfo:
     """A call's identity: the request's id (so header, log line and record agree), the front,
     and the path it came in by."""
-    info = requestlog.current.get()
-    call_id = info.id if info is not None else requestlog.new_id()
+    info = request_id.current.get()
+    call_id = info.id if info is not None else request_id.new_id()
     # The scope's path, not request.url.path: building the URL object cost 8 µs an ask.
     return CallInfo(id=call_id, front=front, endpoint=request.scope["path"])
 

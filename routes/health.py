@@ -7,8 +7,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ollama_host import __version__
-
 from .common import JSON, gateway_of
 from .openapi import Operation, Paths, Reply
 from .schemas import Health, OllamaHealth, StoreHealthReply
@@ -29,7 +27,7 @@ async def health(request: Request) -> Response:
         Health(
             status="ok" if ok else "degraded",
             gateway="up",
-            version=__version__,
+            version=request.app.state.version,
             ollama=ollama,
             store=StoreHealthReply(
                 status=store.status, pending=store.pending, error=store.error, damaged=store.damaged

@@ -21,8 +21,8 @@ from access.limits import Limits
 from calls.errors import CallError, ModelNotFound, UpstreamFailed, UpstreamTimeout
 from calls.pipeline import CallInfo, CallStream, Done, Event, Failed, Gateway, Pieces, Started
 from calls.types import CallRequest, EmbedRequest, Labels, Message, Piece
-from ollama_host.requestlog import new_id
 from ollama_host.settings import parse_settings
+from routes.request_id import new_id
 from store import TinyDBStore, UsageQuery, UsageRecord
 from tests.fakes import HOLD, FakeUpstream
 

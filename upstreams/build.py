@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from calls.upstream import ModelServer
 from http_transport import KeepAliveTransport
 
 from .config import UpstreamSpec, specs
 from .kinds import KINDS
-from .router import Member, MemberUpstream, Router
+from .router import Member, Router
 
 if TYPE_CHECKING:
     from ollama_host.settings import Settings
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 def member_upstream(
     spec: UpstreamSpec, settings: Settings, env: Mapping[str, str] | None = None
-) -> MemberUpstream:
+) -> ModelServer:
     """One server of the kind its spec names, with the settings' timeouts and bounds."""
     # The lean transport replaces httpcore's pool, whose cost grows with concurrency, and the
     # kinds hand it httpx requests without AsyncClient's layers (docs/performance.md). No

@@ -29,7 +29,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -49,7 +49,7 @@ from calls.errors import (
 )
 from calls.models import canonical, is_cloud
 from calls.types import Answer, CallRequest, Embeddings, EmbedRequest, Metrics, ModelInfo, Piece
-from calls.upstream import AnswerStream, Upstream, UpstreamHealth
+from calls.upstream import AnswerStream, ModelServer, UpstreamHealth
 
 from .breaker import Breaker
 from .config import UpstreamSpec
@@ -75,17 +75,6 @@ _UNWELL = (
 _FINAL = (UpstreamRejected, CloudModelRefused)
 
 
-class MemberUpstream(Upstream, Protocol):
-    """An upstream kind as the router needs it: an Upstream with a name and an address."""
-
-    name: str
-    kind: str
-    address: str
-    # True when the server knows a model only by its exact id (an OpenAI-compatible one):
-    # the router then sends the model under the name the server listed it by.
-    exact_model_names: bool
-
-
 @functools.lru_cache(maxsize=4096)
 def _key(model: str) -> str:
     return canonical(model)
@@ -100,7 +89,7 @@ def _is_remote(info: ModelInfo) -> bool:
 class Member:
     """One upstream in the router: its server, its configuration, and what is known of it."""
 
-    def __init__(self, spec: UpstreamSpec, upstream: MemberUpstream, cooldown: float) -> None:
+    def __init__(self, spec: UpstreamSpec, upstream: ModelServer, cooldown: float) -> None:
         self.spec = spec
         self.upstream = upstream
         self.name = spec.name
