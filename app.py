@@ -4,8 +4,9 @@ python app.py --help
 
 `create_app` builds the app from its parts: an upstream (`calls.upstream.Upstream`), a usage
 store (`store.base.UsageStore`) and the access state; each defaults to what the settings
-describe. A front is a module in `MODULES`; one that answers errors in a shape of its own
-exports `PREFIX` and `error_response`.
+describe. A front is a package in `MODULES` (routes/seed/, routes/ollama/, routes/openai/), and
+a resource a module; each exports `routes` and `openapi`, and one that answers errors in a shape
+of its own exports `PREFIX` and `error_response` too.
 """
 
 from __future__ import annotations
@@ -35,27 +36,17 @@ from ollama_host import __version__, program
 from ollama_host.backends import open_access, open_shared
 from ollama_host.requestlog import RequestLog
 from ollama_host.settings import Settings
-from routes import (
-    admin,
-    docs,
-    health,
-    keys,
-    ollama_api,
-    openai_api,
-    openapi,
-    page,
-    request_id,
-    seed,
-)
-from routes.common import encoder, error_response, with_request_id
+from routes import admin, docs, health, keys, ollama, openai, openapi, page, request_id, seed
+from routes.common import encoder
 from routes.dispatch import StaticFirstRouter
+from routes.errors import error_response, with_request_id
 from routes.streaming import SERVER_SEND
 from store import StoreError, UsageStore, open_store
 
 # Each module exports `routes` and an `openapi` description of them.
 # The router tries routes in this order, a regex each: the fronts first, the one with the
 # fewest routes before the one with the most.
-MODULES: tuple[ModuleType, ...] = (seed, openai_api, ollama_api, admin, keys, health, docs, page)
+MODULES: tuple[ModuleType, ...] = (seed, openai, ollama, admin, keys, health, docs, page)
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
@@ -171,6 +162,7 @@ def create_app(
                     Limits(settings, shared),
                     max_prompt=settings.max_prompt,
                     max_output=settings.max_record_output,
+                    open_wait=settings.open_wait,
                 )
                 gateway.observers.append(request_id.note_record)
                 # For the routes, and for GatewayServer.shutdown, which must reach it before

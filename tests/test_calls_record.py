@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from access.identity import Caller
-from calls.record import Call
+from calls.record import Account
 from calls.types import CallRequest, Labels, Message, Metrics, Piece
 
 
-def call(max_output: int = 1000) -> Call:
+def call(max_output: int = 1000) -> Account:
     request = CallRequest(model="llama3", messages=[Message("user", "hi")])
-    return Call(
+    return Account(
         "0661",
         request,
         Caller(),
