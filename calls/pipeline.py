@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import msgspec
 
@@ -48,6 +48,7 @@ from .types import (
     Embeddings,
     EmbedRequest,
     Labels,
+    LoadedModel,
     Message,
     Metrics,
     ModelInfo,
@@ -231,12 +232,12 @@ class Gateway:
     async def models(self) -> list[ModelInfo]:
         return await self.upstream.models()
 
-    async def loaded(self) -> list[dict[str, Any]]:
-        """The models loaded in memory now, as the upstream describes them."""
+    async def loaded(self) -> list[LoadedModel]:
+        """The models loaded in memory now."""
         return await self.upstream.loaded()
 
-    async def show(self, model: str) -> dict[str, Any]:
-        """What the upstream says of one model."""
+    async def show(self, model: str) -> ModelInfo:
+        """Everything the upstream says of one model."""
         return await self.upstream.show(model)
 
     async def version(self) -> str:

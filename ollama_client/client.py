@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import msgspec
@@ -34,6 +34,7 @@ from calls.types import (
     CallRequest,
     Embeddings,
     EmbedRequest,
+    LoadedModel,
     Metrics,
     ModelInfo,
     Piece,
@@ -55,6 +56,7 @@ _decode_version = msgspec.json.Decoder(wire.Version).decode
 _decode_embed = msgspec.json.Decoder(wire.EmbedReply).decode
 _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
 log = logging.getLogger("ollama_host.upstream")
+T = TypeVar("T")
 
 # /health must answer quickly even when Ollama hangs.
 PROBE_SECONDS = 3.0
@@ -77,6 +79,44 @@ def _metrics(chunk: wire.ChatChunk | wire.GenerateChunk) -> Metrics:
         eval_seconds=_seconds(chunk.eval_duration),
         context=chunk.context if isinstance(chunk, wire.GenerateChunk) else None,
     )
+
+
+def _convert(entry: Any, kind: type[T]) -> T:
+    return msgspec.convert(entry, kind)
+
+
+def _details(details: wire.Details | None) -> dict[str, Any]:
+    """A model's details as ModelInfo's fields; what Ollama leaves empty stays unknown."""
+    if details is None:
+        return {}
+    return {
+        "family": details.family or None,
+        "families": details.families or None,
+        "parameter_size": details.parameter_size or None,
+        "quantization": details.quantization_level or None,
+        "format": details.format or None,
+    }
+
+
+def _model(listed: wire.Listed, entry: dict[str, Any]) -> ModelInfo:
+    return ModelInfo(
+        name=listed.name or listed.model,
+        **_details(listed.details),
+        size=listed.size,
+        digest=listed.digest or None,
+        modified_at=listed.modified_at or None,
+        remote_host=listed.remote_host or None,
+        remote_model=listed.remote_model or None,
+        raw=entry,
+    )
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _fields(info: ModelInfo) -> dict[str, Any]:
+    return {f: getattr(info, f) for f in info.__struct_fields__}
 
 
 def _status_error(status: int, body: bytes, model: str, address: str, path: str) -> UpstreamError:
@@ -368,29 +408,60 @@ class OllamaUpstream:
 
     # -- the Upstream interface --------------------------------------------------------------
 
-    async def models(self) -> list[ModelInfo]:
-        body = await self._call("GET", "/api/tags")
+    async def _listed(self, path: str) -> list[tuple[wire.Listed, dict[str, Any]]]:
+        """Each model of /api/tags or /api/ps, typed and as the server wrote it."""
+        body = await self._call("GET", path)
         try:
             entries = _decode_tags(body).models
-            return [ModelInfo(name=entry["name"], details=entry) for entry in entries]
-        except (msgspec.DecodeError, KeyError, TypeError) as exc:
-            raise UpstreamBadResponse(
-                f"Ollama's /api/tags answer is not a model list: {exc}"
-            ) from exc
+            found = [(_convert(entry, wire.Listed), entry) for entry in entries]
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise UpstreamBadResponse(f"Ollama's {path} answer is not a model list: {exc}") from exc
+        if not all(listed.name or listed.model for listed, _ in found):
+            raise UpstreamBadResponse(f"Ollama's {path} answer lists a model without a name")
+        return found
 
-    async def loaded(self) -> list[dict[str, Any]]:
-        body = await self._call("GET", "/api/ps")
-        try:
-            return _decode_tags(body).models
-        except msgspec.DecodeError as exc:
-            raise UpstreamBadResponse(f"Ollama's /api/ps answer is unreadable: {exc}") from exc
+    async def models(self) -> list[ModelInfo]:
+        return [_model(listed, entry) for listed, entry in await self._listed("/api/tags")]
 
-    async def show(self, model: str) -> dict[str, Any]:
+    async def loaded(self) -> list[LoadedModel]:
+        return [
+            LoadedModel(
+                **_fields(_model(listed, entry)),
+                loaded=True,
+                memory=listed.size,
+                vram=listed.size_vram,
+                expires_at=listed.expires_at,
+                loaded_context=listed.context_length,
+            )
+            for listed, entry in await self._listed("/api/ps")
+        ]
+
+    async def show(self, model: str) -> ModelInfo:
         body = await self._call("POST", "/api/show", _encode(wire.ShowRequest(model)), model)
         try:
-            return _decode_object(body)
-        except msgspec.DecodeError as exc:
+            raw = _decode_object(body)
+            shown = _convert(raw, wire.Shown)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise UpstreamBadResponse(f"Ollama's /api/show answer is unreadable: {exc}") from exc
+        info = shown.model_info or {}
+        architecture = info.get("general.architecture")
+        context = info.get(f"{architecture}.context_length") if architecture else None
+        return ModelInfo(
+            name=model,
+            **_details(shown.details),
+            modified_at=shown.modified_at,
+            context_length=_count(context),
+            parameter_count=_count(info.get("general.parameter_count")),
+            capabilities=shown.capabilities,
+            remote_host=shown.remote_host or None,
+            remote_model=shown.remote_model or None,
+            metadata=shown.model_info,
+            template=shown.template,
+            parameters=shown.parameters,
+            modelfile=shown.modelfile,
+            license=shown.license,
+            raw=raw,
+        )
 
     async def version(self) -> str:
         body = await self._call("GET", "/api/version")

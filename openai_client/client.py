@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -46,6 +47,7 @@ from calls.types import (
     Embeddings,
     EmbedRequest,
     Generation,
+    LoadedModel,
     Message,
     Metrics,
     ModelInfo,
@@ -183,6 +185,54 @@ def _status_error(status: int, body: bytes, address: str, path: str) -> Upstream
     if status in (400, 413, 422):
         return UpstreamRejected(message)
     return UpstreamFailed(told)
+
+
+def human_number(n: int) -> str:
+    """A parameter count as Ollama writes it (format.HumanNumber): 8.0B, 134.52M, 500K."""
+    for unit, scale, digits in (("B", 10**9, 1), ("M", 10**6, 2), ("K", 10**3, 0)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.0f}{unit}" if value == int(value) else f"{value:.{digits}f}{unit}"
+    return str(n)
+
+
+_NO_META = wire.Meta()
+
+
+def _meta(info: ModelInfo) -> wire.Meta:
+    raw = (info.raw or {}).get("meta")
+    return msgspec.convert(raw, wire.Meta) if isinstance(raw, dict) else _NO_META
+
+
+def _model(entry: wire.ModelEntry, raw: dict[str, Any], said: list[str] | None) -> ModelInfo:
+    """A /v1/models entry in the gateway's terms. OpenAI's own fields say only the id and
+    when it was made; llama-server's `meta` adds the weights (their parameter count, size,
+    quantization and trained context), vLLM's `max_model_len` the context; a model with a
+    `status` (llama-server's router mode) is loaded when it says so, and one without is the
+    one the server started with, always loaded. Capabilities: llama-server's own, else a
+    model that answers chat and completions, seeing images if it takes them as input."""
+    meta = entry.meta or _NO_META
+    capabilities = said
+    if capabilities is None:
+        inputs = entry.architecture.input_modalities if entry.architecture else None
+        capabilities = ["completion", *(["vision"] if "image" in (inputs or ()) else [])]
+    return ModelInfo(
+        name=exposed_name(entry.id),
+        parameter_size=human_number(meta.n_params) if meta.n_params else None,
+        parameter_count=meta.n_params,
+        quantization=meta.ftype or None,
+        format="gguf" if entry.meta is not None else None,
+        size=meta.size,
+        modified_at=(
+            datetime.fromtimestamp(entry.created, UTC).isoformat().replace("+00:00", "Z")
+            if entry.created
+            else None
+        ),
+        context_length=meta.n_ctx_train or entry.max_model_len,
+        capabilities=capabilities,
+        loaded=entry.status is None or entry.status.value == "loaded",
+        raw=raw,
+    )
 
 
 def exposed_name(model_id: str) -> str:
@@ -453,42 +503,47 @@ class OpenAIUpstream:
 
     # -- the Upstream interface --------------------------------------------------------------
 
-    async def _model_list(self) -> list[dict[str, Any]]:
+    async def _model_list(self) -> list[ModelInfo]:
         body = await self._call(self._request("GET", self._models_url))
         try:
-            entries = _decode_models(body).data
-        except msgspec.DecodeError as exc:
-            raise UpstreamBadResponse(f"/v1/models at {self.address} is unreadable: {exc}") from exc
-        if not all(isinstance(entry.get("id"), str) for entry in entries):
-            raise UpstreamBadResponse(f"/v1/models at {self.address} lists a model without id")
+            listed = _decode_models(body)
+            entries = [(msgspec.convert(raw, wire.ModelEntry), raw) for raw in listed.data]
+            capable = [msgspec.convert(raw, wire.Capable) for raw in listed.models or ()]
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise UpstreamBadResponse(
+                f"/v1/models at {self.address} is not a model list: {exc}"
+            ) from exc
         # What clients call each model, and the server's own id for it (see exposed_name).
-        self._server_ids = {exposed_name(entry["id"]): entry["id"] for entry in entries}
-        return entries
+        self._server_ids = {exposed_name(entry.id): entry.id for entry, _ in entries}
+        capabilities = {c.model: c.capabilities for c in capable if c.capabilities}
+        return [_model(entry, raw, capabilities.get(entry.id)) for entry, raw in entries]
 
     def _server_id(self, model: str) -> str:
         """The server's id for a model as the gateway names it."""
         return self._server_ids.get(model, model)
 
     async def models(self) -> list[ModelInfo]:
-        return [
-            ModelInfo(name=exposed_name(entry["id"]), details=entry)
-            for entry in await self._model_list()
-        ]
+        return await self._model_list()
 
-    async def loaded(self) -> list[dict[str, Any]]:
+    async def loaded(self) -> list[LoadedModel]:
+        """The models loaded now, with what llama-server's `meta` says of their memory."""
         loaded = []
-        for entry in await self._model_list():
-            status = entry.get("status")
-            value = status.get("value") if isinstance(status, dict) else None
-            if status is None or value == "loaded":
-                name = exposed_name(entry["id"])
-                loaded.append({"name": name, "model": name})
+        for info in await self._model_list():
+            if info.loaded:
+                meta = _meta(info)
+                loaded.append(
+                    LoadedModel(
+                        **{f: getattr(info, f) for f in info.__struct_fields__},
+                        memory=meta.size,
+                        loaded_context=meta.n_ctx,
+                    )
+                )
         return loaded
 
-    async def show(self, model: str) -> dict[str, Any]:
-        for entry in await self._model_list():
-            if exposed_name(entry["id"]) == model:
-                return entry
+    async def show(self, model: str) -> ModelInfo:
+        for info in await self._model_list():
+            if info.name == model:
+                return info
         raise ModelNotFound(f"the server at {self.address} has no model {model!r}")
 
     async def version(self) -> str:

@@ -323,7 +323,8 @@ async def test_models_are_ollamas_tags_with_their_details() -> None:
     models = await ollama(handler).models()
 
     assert [m.name for m in models] == ["llama3:latest", "qwen:7b"]
-    assert models[0].details == {"name": "llama3:latest", "size": 1}
+    assert models[0].raw == {"name": "llama3:latest", "size": 1}
+    assert models[0].size == 1
 
 
 @pytest.mark.parametrize("body", [b"[]", b'{"models": [{"size": 1}]}', b'{"models": 5}'])

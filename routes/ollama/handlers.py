@@ -6,21 +6,19 @@ must not let one client change the models every other client uses.
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from access.identity import check_model
 from calls.errors import CallError
-from calls.types import ModelInfo
 
 from ..asking import allowed, ask_of, credentials_of, whole
 from ..common import JSON, decode_body, gateway_of
 from ..streaming import CallStreamResponse, stream_response
 from .errors import PREFIX, bad
 from .framing import ChatLines, GenerateLines, chat_reply, generate_reply, ns
+from .models import listed, running, shown
 from .schemas import (
     ChatRequest,
     EmbedBody,
@@ -29,6 +27,7 @@ from .schemas import (
     EmbedReply,
     GenerateRequest,
     Models,
+    Running,
     ShowBody,
     VersionReply,
 )
@@ -88,24 +87,15 @@ async def embeddings(request: Request) -> Response:
 async def tags(request: Request) -> Response:
     gateway = gateway_of(request)
     caller = await gateway.identify(credentials_of(request))
-    entries = [_tag(model) for model in await gateway.models() if allowed(caller, model.name)]
+    entries = [listed(model) for model in await gateway.models() if allowed(caller, model.name)]
     return JSON(Models(entries))
-
-
-def _tag(model: ModelInfo) -> dict[str, Any]:
-    """A model as Ollama's /api/tags lists it. An Ollama upstream's own entry goes as it
-    came; another kind describes a model in its own terms (an OpenAI model object: id,
-    object, owned_by), none of them Ollama's, so its entry is the name clients call it by."""
-    if model.details and "name" in model.details:
-        return model.details
-    return {"name": model.name, "model": model.name}
 
 
 async def ps(request: Request) -> Response:
     gateway = gateway_of(request)
     caller = await gateway.identify(credentials_of(request))
-    loaded = [m for m in await gateway.loaded() if allowed(caller, str(m.get("name", "")))]
-    return JSON(Models(loaded))
+    entries = [running(m) for m in await gateway.loaded() if allowed(caller, m.name)]
+    return JSON(Running(entries))
 
 
 async def show(request: Request) -> Response:
@@ -115,20 +105,7 @@ async def show(request: Request) -> Response:
         raise bad("model is required")
     gateway = gateway_of(request)
     check_model(await gateway.identify(credentials_of(request)), model)
-    return JSON(_shown(await gateway.show(model)))
-
-
-# What an Ollama upstream's /api/show has, and another kind's description of a model has not.
-_SHOW_FIELDS = ("model_info", "details", "modelfile")
-
-
-def _shown(described: dict[str, Any]) -> dict[str, Any]:
-    """A model as Ollama's /api/show describes it. An Ollama upstream's answer goes as it
-    came; another kind's (an OpenAI model object) has none of Ollama's fields, and the
-    `ollama` library refuses an answer without `model_info`: it gets Ollama's fields, empty."""
-    if any(field in described for field in _SHOW_FIELDS):
-        return described
-    return {"modelfile": "", "parameters": "", "template": "", "details": {}, "model_info": {}}
+    return JSON(shown(await gateway.show(model)))
 
 
 async def version(request: Request) -> Response:

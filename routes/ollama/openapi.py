@@ -20,7 +20,9 @@ from .schemas import (
     GenerateRequest,
     Models,
     OllamaError,
+    Running,
     ShowBody,
+    ShowReply,
     VersionReply,
 )
 
@@ -136,7 +138,7 @@ openapi: Paths = {
             summary="The models loaded now (that this key may use)",
             tag="ollama",
             auth=CALLER,
-            replies={200: Reply(description="Ollama's /api/ps.", json=Models), **_LIST_ERRORS},
+            replies={200: Reply(description="Ollama's /api/ps.", json=Running), **_LIST_ERRORS},
         )
     },
     "/api/show": {
@@ -146,7 +148,7 @@ openapi: Paths = {
             body=ShowBody,
             auth=CALLER,
             replies={
-                200: Reply(description="Ollama's /api/show.", json=dict[str, Any]),
+                200: Reply(description="Ollama's /api/show.", json=ShowReply),
                 400: _ASK_ERRORS[400],
                 403: _ASK_ERRORS[403],
                 404: _ASK_ERRORS[404],

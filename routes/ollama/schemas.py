@@ -213,10 +213,66 @@ class EmbeddingReply(msgspec.Struct):
     embedding: list[float]
 
 
-class Models(msgspec.Struct):
-    """/api/tags and /api/ps: each model as Ollama describes it."""
+class ModelDetails(msgspec.Struct, kw_only=True):
+    parent_model: str
+    format: str
+    family: str
+    families: list[str] | None
+    parameter_size: str
+    quantization_level: str
 
-    models: list[dict[str, Any]]
+
+class ListedModel(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One model of /api/tags, every field Ollama's own list has."""
+
+    name: str
+    model: str
+    modified_at: str
+    size: int
+    digest: str
+    details: ModelDetails
+    remote_model: str | None = None
+    remote_host: str | None = None
+
+
+class Models(msgspec.Struct):
+    """/api/tags."""
+
+    models: list[ListedModel]
+
+
+class RunningModel(msgspec.Struct, kw_only=True):
+    """One model of /api/ps, every field Ollama's own list has."""
+
+    name: str
+    model: str
+    size: int
+    digest: str
+    details: ModelDetails
+    expires_at: str
+    size_vram: int
+    context_length: int
+
+
+class Running(msgspec.Struct):
+    """/api/ps."""
+
+    models: list[RunningModel]
+
+
+class ShowReply(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """/api/show, every field Ollama's own answer has for a local model."""
+
+    modelfile: str
+    parameters: str
+    template: str
+    details: ModelDetails
+    model_info: dict[str, Any]
+    capabilities: list[str]
+    modified_at: str
+    license: str | None = None
+    remote_model: str | None = None
+    remote_host: str | None = None
 
 
 class VersionReply(msgspec.Struct):

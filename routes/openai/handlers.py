@@ -6,7 +6,6 @@ from __future__ import annotations
 import struct
 from base64 import b64encode
 from datetime import datetime
-from typing import Any
 
 import msgspec
 from starlette.requests import Request
@@ -81,11 +80,11 @@ async def embeddings(request: Request) -> Response:
 # -- the models --------------------------------------------------------------------------------
 
 
-def _created(described: dict[str, Any] | None) -> int:
-    when = (described or {}).get("modified_at")
-    if isinstance(when, str):
+def _created(when: str | None) -> int:
+    """A model's time as a Unix timestamp (0 when unknown)."""
+    if when:
         try:
-            return int(datetime.fromisoformat(when).timestamp())
+            return max(0, int(datetime.fromisoformat(when).timestamp()))
         except ValueError:
             pass
     return 0
@@ -101,7 +100,7 @@ async def models(request: Request) -> Response:
     gateway = gateway_of(request)
     caller = await gateway.identify(credentials_of(request))
     data = [
-        Model(id=m.name, created=_created(m.details), owned_by=_owner(m.name))
+        Model(id=m.name, created=_created(m.modified_at), owned_by=_owner(m.name))
         for m in await gateway.models()
         if allowed(caller, m.name)
     ]
@@ -117,7 +116,7 @@ async def model(request: Request) -> Response:
     gateway = gateway_of(request)
     check_model(await gateway.identify(credentials_of(request)), name)
     shown = await gateway.show(name)
-    return JSON(Model(id=name, created=_created(shown), owned_by=_owner(name)))
+    return JSON(Model(id=name, created=_created(shown.modified_at), owned_by=_owner(name)))
 
 
 routes = [
