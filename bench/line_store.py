@@ -39,6 +39,8 @@ _decode = msgspec.json.Decoder(UsageRecord).decode
 class LineStore:
     """A `store.base.UsageStore` that appends JSON lines and reads them back by scanning."""
 
+    shared = False
+
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / "usage.jsonl"

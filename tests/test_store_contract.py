@@ -354,3 +354,14 @@ def test_an_unknown_address_scheme_is_refused() -> None:
 
     with pytest.raises(StoreError, match="postgresql://"):
         open_store("mysql://somewhere/db")
+
+
+def test_each_store_says_whether_gateways_can_share_it() -> None:
+    """A property each store declares, not a scheme known by name elsewhere."""
+    from store import TinyDBStore, kind_of, shared
+
+    assert (TinyDBStore.shared, kind_of("postgresql://u@localhost/db").shared) == (False, True)
+    assert shared("postgresql://u@localhost/db")
+    assert not shared("/var/lib/ollama-host")
+    assert not shared(None)
+    assert not shared("nosuch://x")

@@ -107,6 +107,9 @@ class StoreUnavailable(StoreError):
 class PostgresStore:
     """Usage records in a PostgreSQL database (a `store.base.UsageStore`)."""
 
+    # Every gateway pointed at the database writes and reads the same log.
+    shared = True
+
     def __init__(self, dsn: str, *, retention_days: float | None = None) -> None:
         self.params = database.parse(dsn)
         self.address = database.where(self.params)

@@ -116,6 +116,9 @@ class _Open:
 class TinyDBStore:
     """Append usage records and read them back, newest first (a `store.base.UsageStore`)."""
 
+    # One process writes the folder, under a lock.
+    shared = False
+
     def __init__(
         self, folder: Path, *, retention_days: float | None = None, spill: bool = True
     ) -> None:
