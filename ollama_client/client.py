@@ -426,8 +426,7 @@ class OllamaUpstream:
     async def loaded(self) -> list[LoadedModel]:
         return [
             LoadedModel(
-                **_fields(_model(listed, entry)),
-                loaded=True,
+                **{**_fields(_model(listed, entry)), "loaded": True},
                 memory=listed.size,
                 vram=listed.size_vram,
                 expires_at=listed.expires_at,
