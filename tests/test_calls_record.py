@@ -44,7 +44,7 @@ def test_a_long_answer_keeps_its_head_and_says_how_long_it_was() -> None:
 
 def test_chunks_count_when_the_upstream_never_said_how_many_tokens() -> None:
     """Thinking-only and tool-call-only chunks count too: a stream cancelled while the model
-    thinks is charged for what it generated (issue 14)."""
+    thinks is charged for what it generated."""
     account = call()
     account.add([Piece("", thinking="let me see"), Piece("", thinking="more"), Piece("hi")])
 

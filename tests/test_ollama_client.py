@@ -2,7 +2,7 @@
 
 What goes out (Ollama's wire format), what comes back (seconds, not nanoseconds), and every
 failure leaving as the gateway's own UpstreamError, never as an httpx exception. The same
-client over the real transport and sockets is in test_ollama_transport.py.
+client over the real transport and sockets is in test_http_transport_transport.py.
 """
 
 from __future__ import annotations

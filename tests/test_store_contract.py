@@ -3,7 +3,7 @@
 Each test runs once per store. The TinyDB store gets files of 50 records here, so that a few
 hundred records cross many files; the PostgreSQL store gets a database of its own (tests/pg.py).
 What only one store does (TinyDB's files and journal, PostgreSQL's schema and outages) is
-tested beside it: tests/test_store_tinydb.py, tests/test_store_postgres.py.
+tested beside it: tests/test_store_tinydb_store.py, tests/test_store_postgres_store.py.
 """
 
 from __future__ import annotations

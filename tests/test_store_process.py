@@ -1,7 +1,7 @@
 """The store's promises, kept by the real gateway process: kill -9, clean stops,
 a full disk, damaged files, and a second gateway on the same folder.
 
-The tests marked `faults` are rows of the fault catalogue (issue 11; see tests/test_faults.py).
+The tests marked `faults` are rows of the fault catalogue (see tests/test_faults.py).
 """
 
 from __future__ import annotations
