@@ -34,12 +34,10 @@ from calls.errors import (
     UpstreamError,
     UpstreamFailed,
     UpstreamRejected,
-    UpstreamTimeout,
     UpstreamUnauthorized,
-    UpstreamUnavailable,
-    UpstreamUnreachable,
     UpstreamWrongAddress,
 )
+from calls.exchange import Server
 from calls.types import (
     MODEL_PATTERN,
     Answer,
@@ -56,7 +54,7 @@ from calls.types import (
     ToolFunction,
 )
 from calls.upstream import UpstreamHealth
-from http_transport import LineTooLong, body_stream, exchange, split_lines
+from http_transport import LineTooLong, body_stream, split_lines
 
 from . import wire
 
@@ -297,10 +295,11 @@ class OpenAIStream:
     """An open streamed answer (`calls.upstream.AnswerStream`) in Server-Sent Events."""
 
     def __init__(
-        self, response: httpx.Response, address: str, name: str, completion: bool, max_line: int
+        self, response: httpx.Response, server: Server, name: str, completion: bool, max_line: int
     ) -> None:
         self._response = response
-        self._address = address
+        self._server = server
+        self._address = server.address
         self._completion = completion
         self._max_line = max_line
         self._tools = _ToolCalls(max_line)
@@ -320,21 +319,10 @@ class OpenAIStream:
                     yield pieces
                 if failure is not None:
                     raise failure
-        except LineTooLong as exc:
-            raise UpstreamBadResponse(
-                f"the server at {self._address} sent a line longer than {exc.limit} bytes "
-                "(--max-upstream-line); the answer was cut off there"
-            ) from None
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(
-                f"the server at {self._address} sent nothing for too long mid-answer"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise UpstreamUnavailable(
-                f"the connection to the server at {self._address} broke mid-answer: {exc}"
-            ) from exc
-        except httpx.DecodingError as exc:
-            raise UpstreamBadResponse(f"the server's answer could not be decoded: {exc}") from exc
+        except (LineTooLong, httpx.HTTPError) as exc:
+            if (failure := self._server.broken(exc)) is None:
+                raise
+            raise failure from exc
         last = self.end()
         if last is not None:
             yield [last]
@@ -437,66 +425,36 @@ class OpenAIUpstream:
         max_body: int = MAX_BODY,
         api_key: str | None = None,
     ) -> None:
-        self._transport = transport
         self.name = name
         address = base_url.rstrip("/")
         # OpenAI's own clients take the base URL with /v1; the root is accepted too.
         self.address = address.removesuffix("/v1")
-        self._timeout = (timeout or httpx.Timeout(300.0)).as_dict()
         self.max_line = max_line
         self.max_body = max_body
-        self._headers = exchange.json_headers(api_key)
+        self._server = Server(
+            transport,
+            self.address,
+            timeout,
+            who=f"the OpenAI-compatible server at {self.address}",
+            max_body=max_body,
+            api_key=api_key,
+        )
         self._chat_url = httpx.URL(self.address + "/v1/chat/completions")
         self._completions_url = httpx.URL(self.address + "/v1/completions")
         self._models_url = httpx.URL(self.address + "/v1/models")
         self._server_ids: dict[str, str] = {}
 
     async def aclose(self) -> None:
-        await self._transport.aclose()
+        await self._server.aclose()
 
     # -- HTTP --------------------------------------------------------------------------------
 
     def _request(self, method: str, url: httpx.URL, body: bytes | None = None) -> httpx.Request:
-        return exchange.request(method, url, self._headers, body, self._timeout)
-
-    def _failure(self, exc: httpx.HTTPError) -> UpstreamError | None:
-        if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
-            return UpstreamUnreachable(
-                f"cannot reach the OpenAI-compatible server at {self.address} "
-                f"({exc or type(exc).__name__}); is it running?"
-            )
-        if isinstance(exc, httpx.TimeoutException):
-            return UpstreamTimeout(f"the server at {self.address} did not answer in time")
-        if isinstance(exc, httpx.TransportError):
-            return UpstreamUnavailable(f"the connection to {self.address} failed: {exc}")
-        if isinstance(exc, httpx.DecodingError):
-            return UpstreamBadResponse(f"the server's answer could not be decoded: {exc}")
-        return None
-
-    async def _send(self, request: httpx.Request) -> httpx.Response:
-        try:
-            return await self._transport.handle_async_request(request)
-        except httpx.HTTPError as exc:
-            if (failure := self._failure(exc)) is None:
-                raise
-            raise failure from exc
-
-    async def _read(self, response: httpx.Response) -> bytes:
-        try:
-            return await exchange.read_body(response, self.max_body)
-        except exchange.BodyTooLarge:
-            raise UpstreamBadResponse(
-                f"the server at {self.address} sent an answer larger than "
-                f"{self.max_body} bytes (--max-upstream-body)"
-            ) from None
-        except httpx.HTTPError as exc:
-            if (failure := self._failure(exc)) is None:
-                raise
-            raise failure from exc
+        return self._server.request(method, url, body)
 
     async def _call(self, request: httpx.Request) -> bytes:
-        response = await self._send(request)
-        data = await self._read(response)
+        response = await self._server.send(request)
+        data = await self._server.read(response)
         if response.status_code != 200:
             raise _status_error(response.status_code, data, self.address, request.url.path)
         return data
@@ -597,24 +555,24 @@ class OpenAIUpstream:
         """A whole answer, asked for as a stream (calls/collect.py), read whole within
         max_body, and taken apart at once."""
         ask = self._ask(request)
-        response = await self._send(ask)
-        body = await self._read(response)
+        response = await self._server.send(ask)
+        body = await self._server.read(response)
         if response.status_code != 200:
             raise _status_error(response.status_code, body, self.address, ask.url.path)
         parser = OpenAIStream(
-            response, self.address, self.name, request.completion is not None, self.max_line
+            response, self._server, self.name, request.completion is not None, self.max_line
         )
         return parser.whole(body)
 
     async def open_stream(self, request: CallRequest) -> OpenAIStream:
         """Start a streamed answer; returns once the server has accepted it (status 200)."""
         ask = self._ask(request)
-        response = await self._send(ask)
+        response = await self._server.send(ask)
         if response.status_code != 200:
-            body = await self._read(response)
+            body = await self._server.read(response)
             raise _status_error(response.status_code, body, self.address, ask.url.path)
         return OpenAIStream(
-            response, self.address, self.name, request.completion is not None, self.max_line
+            response, self._server, self.name, request.completion is not None, self.max_line
         )
 
     async def embed(self, request: EmbedRequest) -> Embeddings:
