@@ -16,7 +16,7 @@ import pytest
 from tinydb import TinyDB
 
 from ollama_host.settings import parse_settings
-from store import FolderInUse, StoreError, TinyDBStore, UsageRecord
+from store import FolderInUse, StoreError, TinyDBStore, UsageRecord, writer
 from store.tinydb import files, import_spill, spill
 from store.tinydb import store as usage_store
 from tests.store_helpers import check_stats, fill, query, record, stats
@@ -330,7 +330,7 @@ def test_records_held_while_the_disk_refuses_are_bounded(
     def full(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(usage_store, "MAX_PENDING", 5)
+    monkeypatch.setattr(writer, "MAX_PENDING", 5)
     monkeypatch.setattr(os, "fsync", full)
 
     fill(store, [record(n) for n in range(8)])

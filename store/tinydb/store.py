@@ -37,6 +37,7 @@ import msgspec
 
 from ..base import FolderInUse, StoreError, StoreHealth, export_pages
 from ..records import Stats, UsageQuery, UsageRecord, iso
+from ..writer import Queue
 from . import files, reading, spill
 from .files import Row, SegmentMeta
 
@@ -56,8 +57,6 @@ RETRY_SECONDS = 1.0
 # How long the first record of a batch waits for more before the journal write and fsync.
 GROUP_COMMIT = 0.01
 RETENTION_EVERY = 3600.0
-# Records held in memory while the disk refuses them; beyond this the newest are dropped.
-MAX_PENDING = 100_000
 # Closed files whose rows queries keep decoded (about 1 MB each).
 CACHED_SEGMENTS = 16
 # How often a query is asked again when files change under it, at most.
@@ -138,13 +137,13 @@ class TinyDBStore:
         # by one thread only, so neither update can be lost.
         self.appended = 0
         self.deleted = 0
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
+        # Records appended, not yet in the journal, and the writer thread (store/writer.py);
+        # its lock guards everything below too, so a query sees each record in one place.
+        self._queue = Queue(waits_for="the disk")
+        self._lock = self._queue.lock
         # Notified whenever the closed files change (a fold, a repair, retention).
         self._changed = threading.Condition(self._lock)
         # Appended, not yet in the journal / being written to it / in the journal, not yet folded.
-        self._pending: list[UsageRecord] = []
-        self._pending_since = 0.0  # when the first of them was appended
         self._committing: list[UsageRecord] = []
         self._unfolded: list[tuple[UsageRecord, bytes]] = []
         self._metas: list[SegmentMeta] = []
@@ -154,10 +153,6 @@ class TinyDBStore:
         self._damage: dict[str, Damage] = {}
         self._suspect: set[tuple[str, int]] = set()
         self._repairs: list[str] = []
-        self._flushes: list[Future[None]] = []
-        self._closing = False
-        self._stopped = False
-        self._dropped = 0
         self._journal_error: str | None = None
         self._fold_error: str | None = None
         self._retry_at = 0.0
@@ -172,8 +167,7 @@ class TinyDBStore:
             os.close(self._lock_fd)
             raise StoreError(f"cannot open the usage files in {self.path}: {exc}") from None
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-reader")
-        self._writer = threading.Thread(target=self._run, name="usage-writer", daemon=True)
-        self._writer.start()
+        self._queue.start(self._loop)
 
     # -- startup ---------------------------------------------------------------
 
@@ -356,54 +350,29 @@ class TinyDBStore:
     def append(self, record: UsageRecord) -> None:
         """Queue a record. Never blocks on the disk; safe to call from the event loop."""
         self.appended += 1
-        with self._lock:
-            if len(self._pending) >= MAX_PENDING:
-                self._dropped += 1
-                if self._dropped == 1 or self._dropped % 1000 == 0:
-                    log.error(
-                        "USAGE RECORDS DROPPED: %d records wait for the disk already; "
-                        "%d dropped so far",
-                        MAX_PENDING,
-                        self._dropped,
-                    )
-                return
-            self._pending.append(record)
-            if len(self._pending) == 1:
-                self._pending_since = time.monotonic()
-                self._wake.notify()
-
-    def _run(self) -> None:
-        try:
-            self._loop()
-        finally:
-            # Normally at close; if a bug ended the thread, nobody may wait on it forever.
-            with self._lock:
-                self._stopped = True
-                flushes, self._flushes = self._flushes, []
-            for flushed in flushes:
-                flushed.set_result(None)
+        self._queue.append(record)
 
     def _loop(self) -> None:
         while True:
-            with self._wake:
+            with self._queue.wake:
                 while True:
                     now = time.monotonic()
-                    if self._closing or self._flushes or self._repairs:
+                    if self._queue.closing or self._queue.flushes or self._repairs:
                         break
-                    if self._pending and now >= self._commit_at():
+                    if self._queue.pending and now >= self._commit_at():
                         break
                     due = self._next_due(now)
                     if due <= now:
                         break
-                    self._wake.wait(due - now)
-                ready = now >= self._retry_at or self._closing or self._flushes
-                batch = self._pending if ready else []
+                    self._queue.wake.wait(due - now)
+                ready = now >= self._retry_at or self._queue.closing or self._queue.flushes
+                batch = self._queue.pending if ready else []
                 if batch:
-                    self._pending = []
+                    self._queue.pending = []
                     self._committing = batch
-                flushes, self._flushes = self._flushes, []
+                flushes, self._queue.flushes = self._queue.flushes, []
                 repairs, self._repairs = self._repairs, []
-                closing = self._closing
+                closing = self._queue.closing
             if batch:
                 self._commit(batch)
             for name in repairs:
@@ -424,15 +393,15 @@ class TinyDBStore:
                 flushed.set_result(None)
             if closing:
                 with self._lock:
-                    if not self._pending:
+                    if not self._queue.pending:
                         return
-                    refused, self._pending = self._pending, []
+                    refused, self._queue.pending = self._queue.pending, []
                     error = self._journal_error
                 if error:
                     self._spill(refused, error)
                     return
                 with self._lock:  # appended while this batch was written: one more round
-                    self._pending[:0] = refused
+                    self._queue.pending[:0] = refused
 
     def _spill(self, records: list[UsageRecord], error: str) -> None:
         """The disk refuses the records left at close: write them somewhere else, and say
@@ -488,11 +457,11 @@ class TinyDBStore:
         # Group commit: the first record of a batch waits GROUP_COMMIT seconds for others,
         # so a steady trickle of calls costs one journal write and fsync per window, not
         # per call (at one client, per-call fsyncs took a seventh of the gateway's core).
-        return max(self._retry_at, self._pending_since + GROUP_COMMIT)
+        return max(self._retry_at, self._queue.since + GROUP_COMMIT)
 
     def _next_due(self, now: float) -> float:
         due = now + 3600.0
-        if self._pending:
+        if self._queue.pending:
             due = min(due, self._commit_at())
         if self._unfolded:
             fold_at = min(self._unfolded_since + FOLD_MAX_SECONDS, self._fold_by_size_at())
@@ -520,11 +489,7 @@ class TinyDBStore:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._journal_fd, self._journal_size)
             with self._lock:
-                self._pending[:0] = batch
-                over = len(self._pending) - MAX_PENDING
-                if over > 0:  # appends arrived meanwhile: keep the oldest, as append() does
-                    del self._pending[MAX_PENDING:]
-                    self._dropped += over
+                self._queue.put_back(batch)
                 self._committing = []
             self._retry_at = time.monotonic() + RETRY_SECONDS
             error = f"cannot write the usage journal: {exc}"
@@ -674,14 +639,7 @@ class TinyDBStore:
         self._flush().result()
 
     def _flush(self) -> Future[None]:
-        done: Future[None] = Future()
-        with self._wake:
-            if self._stopped:
-                done.set_result(None)
-            else:
-                self._flushes.append(done)
-                self._wake.notify()
-        return done
+        return self._queue.flush()
 
     # -- reading ---------------------------------------------------------------
 
@@ -691,7 +649,7 @@ class TinyDBStore:
             metas = self._metas
             recent = [*self._open.records, *(r for r, _ in self._unfolded)]
             recent += self._committing
-            recent += self._pending
+            recent += self._queue.pending
         return metas, recent
 
     def _cache_put(self, meta: SegmentMeta, rows: list[Row]) -> None:
@@ -736,7 +694,7 @@ class TinyDBStore:
     def _found_damage(self, metas: list[SegmentMeta]) -> None:
         """A query found documents that do not read: read around them, and have the writer
         repair the files (it logs, once per file)."""
-        with self._wake:
+        with self._queue.wake:
             for meta in metas:
                 key = (meta.name, meta.size)
                 if key in self._suspect:
@@ -745,7 +703,7 @@ class TinyDBStore:
                 self._cache.pop(key, None)
                 self._damage.setdefault(meta.name, Damage(meta.name, lost=0))
                 self._repairs.append(meta.name)
-            self._wake.notify()
+            self._queue.wake.notify()
 
     def _salvaged_rows(self, meta: SegmentMeta) -> list[Row]:
         """Rows of the documents of a damaged file that still read, pointing into it as is."""
@@ -819,10 +777,9 @@ class TinyDBStore:
     # -- state -----------------------------------------------------------------
 
     def health(self) -> StoreHealth:
+        waiting, dropped, stopped = self._queue.held()
         with self._lock:
-            pending = len(self._pending) + len(self._committing)
-            dropped = self._dropped
-            stopped = self._stopped and not self._closing
+            pending = waiting + len(self._committing)
             damage = sorted(self._damage.values(), key=lambda d: d.name)
         error = self._journal_error or self._fold_error
         if stopped:
@@ -841,12 +798,8 @@ class TinyDBStore:
 
     def close(self) -> None:
         """Write everything out and release the folder (blocks until done)."""
-        with self._wake:
-            if self._closing:
-                return
-            self._closing = True
-            self._wake.notify()
-        self._writer.join()
+        if not self._queue.close():
+            return
         self._reader.shutdown(wait=True)
         os.close(self._journal_fd)
         os.close(self._lock_fd)
