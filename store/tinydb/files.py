@@ -50,6 +50,20 @@ _decode_table = msgspec.json.Decoder(dict[str, UsageRecord]).decode
 decode_line = msgspec.json.Decoder(UsageRecord).decode
 
 
+class OpenSegment:
+    """The newest TinyDB file, whole, in memory: the one the writer still adds to."""
+
+    __slots__ = ("lines", "name", "records", "size")
+
+    def __init__(
+        self, name: str, records: list[UsageRecord], lines: list[bytes], size: int
+    ) -> None:
+        self.name = name
+        self.records = records
+        self.lines = lines
+        self.size = size
+
+
 class SegmentMeta(msgspec.Struct, array_like=True, kw_only=True):
     """What the store keeps in memory about one closed TinyDB file."""
 
@@ -423,3 +437,10 @@ def set_aside(path: Path, why: str) -> Path:
         aside,
     )
     return aside
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data`, however many writes it takes (a write may take part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

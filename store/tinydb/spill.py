@@ -67,7 +67,7 @@ def spill(lines: list[bytes], *, env: Mapping[str, str] = os.environ) -> tuple[s
             continue
         try:
             try:
-                _write_all(fd, data)
+                files.write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -78,7 +78,7 @@ def spill(lines: list[bytes], *, env: Mapping[str, str] = os.environ) -> tuple[s
             continue
         files.fsync_dir(folder)
         return str(path), refused
-    _write_all(2, b"".join(_PREFIX + line + b"\n" for line in lines))
+    files.write_all(2, b"".join(_PREFIX + line + b"\n" for line in lines))
     return STDERR, refused
 
 
@@ -122,9 +122,3 @@ def read_spill(paths: Iterable[Path]) -> SpillLines:
             except (msgspec.DecodeError, msgspec.ValidationError):
                 unreadable += 1
     return SpillLines(records, unreadable)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
