@@ -133,8 +133,10 @@ class Gateway:
         """Admit `ask` and start it (see the module's docstring). Raises CallError."""
         caller = await self.admit(ask)
         request = ask.request
+        inputs = None
         if isinstance(request, EmbedRequest):
             # The record keeps the texts as the prompt, never the vectors.
+            inputs = len(request.input)
             asked = CallRequest(
                 model=request.model, messages=[Message("user", t) for t in request.input]
             )
@@ -150,8 +152,8 @@ class Gateway:
             streamed=ask.stream,
             max_output=self.max_output,
         )
-        if isinstance(request, EmbedRequest):
-            account.input_count = len(request.input)
+        if inputs is not None:
+            account.input_count = inputs
         if not ask.stream:
             return Call(self, ask, caller, account)
         held = await self.limits.open_stream(caller.key)
@@ -253,6 +255,21 @@ def _tried(account: Account, source: AnswerStream | UpstreamError) -> None:
 
 class Call(Generic[Q]):
     """One admitted call: its whole result, or its stream of events; always closed."""
+
+    # One is made per call: slots make it cheaper to make.
+    __slots__ = (
+        "_held",
+        "_opening",
+        "_stream",
+        "account",
+        "ask",
+        "caller",
+        "gateway",
+        "gone",
+        "id",
+        "model",
+        "reason",
+    )
 
     def __init__(
         self,

@@ -49,7 +49,9 @@ class Queue:
         """Queue a record; never blocks on storage. Past the bound, the record is dropped,
         counted, and logged (once, then every thousandth)."""
         with self.lock:
-            if len(self.pending) >= (limit := self.max_pending):
+            # Not the property: this runs on every call.
+            limit = self._max_pending or MAX_PENDING
+            if len(self.pending) >= limit:
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 1000 == 0:
                     log.error(
