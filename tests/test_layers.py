@@ -34,6 +34,8 @@ VOCABULARY = {
     "calls.types",
     "calls.errors",
     "calls.upstream",
+    # What a streamed call yields, which fronts frame.
+    "calls.events",
     # Model names as Ollama reads them, and a whole answer out of pieces: pure functions of
     # the types above.
     "calls.models",
@@ -164,7 +166,7 @@ def vocabulary_only(paths: list[Path], *, own: str) -> dict[str, list[str]]:
 
 
 def test_the_vocabulary_imports_nothing_above_it() -> None:
-    names = ("types", "errors", "upstream", "models", "collect", "exchange")
+    names = ("types", "errors", "upstream", "events", "models", "collect", "exchange")
     paths = [ROOT / "calls" / f"{name}.py" for name in names]
     paths += [ROOT / "store" / f"{name}.py" for name in ("base", "records")]
 
