@@ -4,15 +4,15 @@ python app.py --help
 
 `create_app` builds the app from its parts: an upstream (`calls.upstream.Upstream`), a usage
 store (`store.base.UsageStore`) and the access state; each defaults to what the settings
-describe. A front is a module in `MODULES`; one that answers errors in a shape of its own
-exports `PREFIX` and `error_response`, and one whose clients' browsers use Ollama's default
-origins exports `BROWSER_ORIGINS = access.origins.OLLAMA_DEFAULTS` (see origin_policy).
+describe. A front is a package in `MODULES` (routes/seed/, routes/ollama/, routes/openai/), and
+a resource a module; each exports `routes` and `openapi`, and one that answers errors in a shape
+of its own exports `PREFIX` and `error_response` too. One whose clients' browsers use Ollama's
+default origins exports `BROWSER_ORIGINS = access.origins.OLLAMA_DEFAULTS` (see origin_policy).
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -34,24 +34,21 @@ from access.origins import OriginPolicy, Origins, parse_patterns
 from calls.errors import CallError, UpstreamError, call_error, internal
 from calls.pipeline import Gateway
 from calls.upstream import Upstream
-from ollama_host import __version__, requestlog, startup
+from ollama_host import __version__, program
 from ollama_host.backends import open_access, open_shared
-from ollama_host.requestlog import RequestLog, configure_logging
-from ollama_host.server import serve, show_new_token
-from ollama_host.settings import Settings, parse_settings
-from ollama_host.workers import run_workers
-from routes import admin, docs, health, keys, ollama_api, openai_api, openapi, page, seed
-from routes.common import encoder, error_response, with_request_id
+from ollama_host.requestlog import RequestLog
+from ollama_host.settings import Settings
+from routes import admin, docs, health, keys, ollama, openai, openapi, page, request_id, seed
+from routes.common import encoder
 from routes.dispatch import StaticFirstRouter
+from routes.errors import error_response, with_request_id
 from routes.streaming import SERVER_SEND
 from store import StoreError, UsageStore, open_store
-
-log = logging.getLogger("ollama_host")
 
 # Each module exports `routes` and an `openapi` description of them.
 # The router tries routes in this order, a regex each: the fronts first, the one with the
 # fewest routes before the one with the most.
-MODULES: tuple[ModuleType, ...] = (seed, openai_api, ollama_api, admin, keys, health, docs, page)
+MODULES: tuple[ModuleType, ...] = (seed, openai, ollama, admin, keys, health, docs, page)
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
@@ -186,9 +183,10 @@ def create_app(
                     Limits(settings, shared),
                     max_prompt=settings.max_prompt,
                     max_output=settings.max_record_output,
+                    open_wait=settings.open_wait,
                 )
-                gateway.observers.append(requestlog.note_record)
-                gateway.limits.observers.append(requestlog.note_local_admission)
+                gateway.observers.append(request_id.note_record)
+                gateway.limits.observers.append(request_id.note_local_admission)
                 # For the routes, and for GatewayServer.shutdown, which must reach it before
                 # connections close.
                 app.state.gateway = gateway
@@ -225,6 +223,7 @@ def create_app(
         },
     )
     app.state.settings = settings
+    app.state.version = __version__
     app.state.openapi = encoder.encode(
         openapi.document(
             (module.openapi for module in modules),
@@ -238,32 +237,10 @@ def create_app(
     return app
 
 
-def main(argv: Sequence[str] | None = None, *, worker_fd: int | None = None) -> int:
-    """Run the gateway; with worker_fd, as one of --workers N on that listening socket."""
-    settings = parse_settings(argv)
-    configure_logging(settings)
-    try:
-        store, access, new_token = startup.open_parts(settings, worker=worker_fd is not None)
-    except startup.Refused as exc:
-        log.error("%s", exc)
-        return 1
-    if new_token:
-        show_new_token(settings, new_token)
-    if settings.workers > 1 and worker_fd is None:
-        # Each worker opens the store and the keys itself; this process only watches them.
-        startup.close_parts(store, access)
-        return run_workers(settings, argv)
-    where = store.health().path
-    app = create_app(settings, store=store, access=access)
-    if worker_fd is None:
-        log.info(
-            "Ollama Host on http://%s:%d, asking %s, usage in %s",
-            settings.host,
-            settings.port,
-            upstreams.describe(settings),
-            where,
-        )
-    return serve(app, settings, fd=worker_fd)
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python app.py`, `ollama-host` and `python -m ollama_host`: the program
+    (ollama_host/program.py), given this app."""
+    return program.main(argv, create_app=create_app)
 
 
 if __name__ == "__main__":

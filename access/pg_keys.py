@@ -12,7 +12,7 @@ database cannot be reached, the keys last read stay in force, a key not among th
 answered 503, and changing a key fails with 503.
 
 The database itself (connections, the schema, watches) is handed in as a `Database`
-(store.pg makes one): this module only knows the tables of the keys and secrets.
+(store.postgres.database makes one): this module only knows the tables of the keys and secrets.
 
 Requires the `postgres` extra (psycopg 3).
 """
@@ -53,7 +53,7 @@ log = logging.getLogger("ollama_host.access")
 T = TypeVar("T")
 
 WATCH_SECONDS = 0.25
-SCHEMA = "ollama_host"  # made by store.pg's migrations
+SCHEMA = "ollama_host"  # made by store.postgres.database's migrations
 FINGERPRINT = "fingerprint"
 ADMIN_TOKEN = "admin_token"  # noqa: S105 (the name of the row holding the token's hash)
 
@@ -73,7 +73,7 @@ class Watcher(Protocol):
 
 
 class Database(Protocol):
-    """What the keys need of their database (store.pg.Database is one)."""
+    """What the keys need of their database (store.postgres.database.Database is one)."""
 
     where: str
 

@@ -29,8 +29,8 @@ from ollama_host.server import serve  # noqa: E402
 from ollama_host.settings import parse_settings  # noqa: E402
 from store import Stats, StoreHealth, UsageQuery, UsageRecord  # noqa: E402
 from store.base import export_pages  # noqa: E402
-from store.reading import Filter  # noqa: E402
 from store.stats import StatsBuilder  # noqa: E402
+from store.tinydb.reading import Filter  # noqa: E402
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(UsageRecord).decode
@@ -38,6 +38,8 @@ _decode = msgspec.json.Decoder(UsageRecord).decode
 
 class LineStore:
     """A `store.base.UsageStore` that appends JSON lines and reads them back by scanning."""
+
+    shared = False
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

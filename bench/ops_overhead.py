@@ -6,7 +6,7 @@
    against the same app without it; the log goes to a StreamHandler on /dev/null, so
    formatting and writing the line are counted.
 2. The shutdown watch every await on an upstream goes through: Drain.guard (once per
-   ask) and its inlined form in CallStream.events (once per upstream read of a stream),
+   ask) and its inlined form in Call.events (once per upstream read of a stream),
    against a bare await.
 
 Numbers are µs per call, best of 5 rounds; the machine is shared, so read ratios.
@@ -87,7 +87,7 @@ async def _per_await(how: str) -> float:
             for _ in range(N):
                 await drain.guard(piece())
         elif how == "inline":
-            # What CallStream.events does around each upstream read.
+            # What Call.events does around each upstream read.
             for _ in range(N):
                 drain.waiting(task)
                 try:

@@ -31,8 +31,9 @@ from pathlib import Path
 import msgspec
 from tinydb import TinyDB
 
-from store import InputMessage, TinyDBStore, UsageQuery, UsageRecord, UsageStore, files, iso
-from store.tinydb import SEGMENT_RECORDS
+from store import InputMessage, TinyDBStore, UsageQuery, UsageRecord, UsageStore, iso
+from store.tinydb import files
+from store.tinydb.store import SEGMENT_RECORDS
 
 PROJECTS = [f"project-{n}" for n in range(8)]
 RARE = "project-rare"  # one record in a thousand

@@ -1,10 +1,18 @@
 """The call pipeline: one neutral call from admission to its usage record.
 
-A front decodes its own body into a `CallRequest`, `Labels` and `Credentials`, then asks the
-`Gateway` for a whole answer (`answer`), a stream (`stream`) or embeddings (`embed`). The
-gateway checks who asks and whether they may (access), asks the upstream, accounts for the call
-(exactly one record, whatever happens) and hands back typed events or results. It knows no
-front and no upstream by name: `Upstream` and `UsageStore` are interfaces it is given.
+A front turns its body into an `Ask` (the neutral request, the credentials, the labels,
+whether it streams) and makes ONE call, `Gateway.call(ask)`. That checks who asks and whether
+they may (401, 403, 413, 429: nothing has reached an upstream yet), and gives back a `Call`:
+
+- `await call.answer()` (or `call.embeddings()`): the whole result and its record;
+- `call.events()`: a stream's typed events (`calls.events`), the upstream request already
+  accepted, or refused with its own status, within `open_wait` seconds;
+- `call.gone = True` / `call.stalled(seconds)`: the front's client left, or stopped reading;
+- `await call.aclose()`: always, at the end; it closes the upstream request if one is open
+  and records the call as `cancelled` if nothing else recorded it.
+
+Every call gets exactly one record, whatever ends it. The pipeline knows no front and no
+upstream by name: `Upstream` and `UsageStore` are interfaces it is given.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Generic, TypeVar
 
 import msgspec
 
@@ -31,7 +39,8 @@ from .errors import (
     internal,
     shutting_down,
 )
-from .record import Call
+from .events import Done, Event, Failed, Pieces, Started
+from .record import Account
 from .shutdown import Drain, ShuttingDown
 from .types import (
     Answer,
@@ -39,15 +48,19 @@ from .types import (
     Embeddings,
     EmbedRequest,
     Labels,
+    LoadedModel,
     Message,
     Metrics,
     ModelInfo,
-    Piece,
 )
 from .upstream import AnswerStream, Upstream
 
 log = logging.getLogger("ollama_host.calls")
 T = TypeVar("T")
+# What is asked: a chat or completion, or embeddings.
+Q = TypeVar("Q", CallRequest, EmbedRequest)
+# What a whole call gives back.
+R = TypeVar("R", Answer, Embeddings)
 
 # With an upstream that is always ahead and a client that is gone (whose sends return at
 # once), a stream could relay without ever suspending, so nothing else would run, not even
@@ -56,53 +69,26 @@ YIELD_EVERY = 32
 # Most texts one embedding call may carry (OpenAI's own limit): a body within --max-body can
 # still hold 100,000 short strings, each of which the upstream would embed.
 MAX_INPUTS = 2048
+NO_LABELS = Labels()
 
 
-# -- the events a stream yields --------------------------------------------------------------
+class Ask(msgspec.Struct, Generic[Q], frozen=True, kw_only=True):
+    """What a front hands the pipeline: the neutral request, who asks, how the call is
+    accounted, whether it streams, and where it came from (its id is its request's)."""
 
-
-class Started(msgspec.Struct):
-    """First: the call exists (its id is its record's), before any answer."""
-
-    id: str
-    model: str
-
-
-class Pieces(msgspec.Struct):
-    """What one upstream read brought: one piece, or several if they came together."""
-
-    pieces: list[Piece]
-
-
-class Done(msgspec.Struct):
-    """Last, when the answer is complete: the upstream's metrics and the call's record."""
-
-    metrics: Metrics
-    record: UsageRecord
-
-
-class Failed(msgspec.Struct):
-    """Last, when the call failed or was cut off after it started."""
-
-    error: CallError
-    record: UsageRecord | None
-
-
-Event = Started | Pieces | Done | Failed
-
-
-class CallInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """Where a call came from: its id (the request's), the front and the path it used."""
-
+    request: Q
+    credentials: Credentials
+    labels: Labels = NO_LABELS
+    stream: bool = False
     id: str
     front: str
     endpoint: str
 
 
-class Finished(msgspec.Struct):
-    """A whole answer and its record."""
+class Finished(msgspec.Struct, Generic[R]):
+    """A whole result (an answer, or embeddings) and the call's record."""
 
-    answer: Answer
+    result: R
     record: UsageRecord
 
 
@@ -115,7 +101,7 @@ def labelled(labels: Labels, caller: Caller) -> Labels:
 
 
 class Gateway:
-    """Asks the upstream and accounts for every call."""
+    """Admits calls, asks the upstream, and accounts for every call."""
 
     def __init__(
         self,
@@ -126,6 +112,7 @@ class Gateway:
         *,
         max_prompt: int,
         max_output: int,
+        open_wait: float = 0.5,
     ) -> None:
         self.upstream = upstream
         self.store = store
@@ -133,35 +120,69 @@ class Gateway:
         self.limits = limits
         self.max_prompt = max_prompt
         self.max_output = max_output
+        # How long a stream waits for its upstream to accept before its response starts, so
+        # that fast failures keep their HTTP status.
+        self.open_wait = open_wait
         self.drain = Drain()
         # Called with each record as it is written (the request log's line uses it).
         self.observers: list[Callable[[UsageRecord], None]] = []
 
-    # -- admission ---------------------------------------------------------------------------
+    # -- the one call ------------------------------------------------------------------------
 
-    async def identify(self, credentials: Credentials) -> Caller:
-        """Who is asking (CallError 401)."""
-        return await identify(self.access, credentials)
+    async def call(self, ask: Ask[Q]) -> Call[Q]:
+        """Admit `ask` and start it (see the module's docstring). Raises CallError."""
+        caller = await self.admit(ask)
+        request = ask.request
+        inputs = None
+        if isinstance(request, EmbedRequest):
+            # The record keeps the texts as the prompt, never the vectors.
+            inputs = len(request.input)
+            asked = CallRequest(
+                model=request.model, messages=[Message("user", t) for t in request.input]
+            )
+        else:
+            asked = request
+        account = Account(
+            ask.id,
+            asked,
+            caller,
+            labelled(ask.labels, caller),
+            front=ask.front,
+            endpoint=ask.endpoint,
+            streamed=ask.stream,
+            max_output=self.max_output,
+        )
+        if inputs is not None:
+            account.input_count = inputs
+        if not ask.stream:
+            return Call(self, ask, caller, account)
+        held = await self.limits.open_stream(caller.key)
+        call = Call(self, ask, caller, account, held)
+        assert isinstance(request, CallRequest)
+        call._opening = asyncio.ensure_future(self.upstream.open_stream(request))
+        try:
+            await call._wait_open(self.open_wait)
+        except BaseException:
+            await call.aclose()
+            raise
+        return call
 
-    async def admit(
-        self,
-        credentials: Credentials,
-        model: str,
-        labels: Labels,
-        prompt_size: int = 0,
-        *,
-        inputs: int = 1,
-    ) -> Caller:
+    async def admit(self, ask: Ask[Q]) -> Caller:
         """Who asks, whether they may use the model, whether the prompt (and, for embeddings,
-        the number of `inputs`) fits, and whether the limits allow it now (401, 403, 413, 429);
+        the number of inputs) fits, and whether the limits allow it now (401, 403, 413, 429);
         nothing has reached an upstream yet."""
-        caller = await identify(self.access, credentials)
-        check_model(caller, model)
-        if prompt_size > self.max_prompt:
+        caller = await identify(self.access, ask.credentials)
+        request = ask.request
+        check_model(caller, request.model)
+        if isinstance(request, EmbedRequest):
+            size, inputs = sum(map(len, request.input)), len(request.input)
+        else:
+            size, inputs = request.prompt_size(), 1
+        if size > self.max_prompt:
             raise CallError(
                 413,
                 "prompt_too_large",
-                f"the prompt has {prompt_size} characters; the limit is {self.max_prompt}",
+                f"the prompt has {size} characters; the limit is {self.max_prompt}",
             )
         if inputs > MAX_INPUTS:
             raise CallError(
@@ -170,52 +191,32 @@ class Gateway:
                 f"the call has {inputs} inputs; the limit is {MAX_INPUTS} a call, "
                 "so split it into several",
             )
-        await self.limits.admit(caller.key, labelled(labels, caller).project)
+        await self.limits.admit(caller.key, labelled(ask.labels, caller).project)
         return caller
-
-    def _call(
-        self,
-        info: CallInfo,
-        request: CallRequest,
-        caller: Caller,
-        labels: Labels,
-        *,
-        streamed: bool,
-    ) -> Call:
-        return Call(
-            info.id,
-            request,
-            caller,
-            labelled(labels, caller),
-            front=info.front,
-            endpoint=info.endpoint,
-            streamed=streamed,
-            max_output=self.max_output,
-        )
 
     async def finish(
         self,
-        call: Call,
+        account: Account,
         status: Status,
         metrics: Metrics | None = None,
         error: CallError | None = None,
     ) -> UsageRecord | None:
         """Write the call's one record (None if it was written already) and charge its tokens."""
-        record = call.finish(status, metrics, error)
+        record = account.finish(status, metrics, error)
         if record is None:
             return None
         self.store.append(record)
         for observer in self.observers:
             observer(record)
         tokens = (record.input_tokens or 0) + (record.output_tokens or 0)
-        if tokens and (call.caller.key is not None or record.project is not None):
-            await self.limits.spend(call.caller.key, record.project, tokens)
+        if tokens and (account.caller.key is not None or record.project is not None):
+            await self.limits.spend(account.caller.key, record.project, tokens)
         log.debug(
             "call %s model=%s status=%s streamed=%s tokens_in=%s tokens_out=%s seconds=%.3f%s",
-            call.id,
+            account.id,
             record.model_name,
             status,
-            call.streamed,
+            account.streamed,
             record.input_tokens,
             record.output_tokens,
             record.total_seconds,
@@ -223,123 +224,141 @@ class Gateway:
         )
         return record
 
-    # -- asking ------------------------------------------------------------------------------
+    # -- what a front may relay of the upstream besides calls ---------------------------------
+    # None of these is a call, so none is recorded; they fail with UpstreamError.
+
+    async def identify(self, credentials: Credentials) -> Caller:
+        """Who is asking (CallError 401)."""
+        return await identify(self.access, credentials)
 
     async def models(self) -> list[ModelInfo]:
         return await self.upstream.models()
 
-    # What a front may relay of the upstream besides calls. None of these is a call, so none
-    # is recorded; like models(), they fail with UpstreamError.
-
-    async def loaded(self) -> list[dict[str, Any]]:
-        """The models loaded in memory now, as the upstream describes them."""
+    async def loaded(self) -> list[LoadedModel]:
+        """The models loaded in memory now."""
         return await self.upstream.loaded()
 
-    async def show(self, model: str) -> dict[str, Any]:
-        """What the upstream says of one model."""
+    async def show(self, model: str) -> ModelInfo:
+        """Everything the upstream says of one model."""
         return await self.upstream.show(model)
 
     async def version(self) -> str:
         return await self.upstream.version()
 
-    async def _whole(self, call: Call, work: Awaitable[T]) -> T:
-        """Await an upstream's whole result for `call`, recording any way it fails."""
-        try:
-            return await self.drain.guard(work)
-        except ShuttingDown:
-            error = shutting_down(call.id)
-            await self.finish(call, "cancelled", error=error)
-            raise error from None
-        except UpstreamError as exc:
-            _tried(call, exc)
-            error = call_error(exc, call.id)
-            await self.finish(call, "error", error=error)
-            raise error from exc
-        except asyncio.CancelledError:
-            # The client hung up; the cancellation has already closed the upstream request.
-            await self.finish(call, "cancelled")
-            raise
-        except BaseException:
-            # Neither an answer nor a failure we know: a bug. Record the call before the
-            # exception reaches the 500 handler, so no call goes unaccounted for.
-            await self.finish(call, "error", error=internal(call.id))
-            raise
 
-    async def answer(
-        self, info: CallInfo, request: CallRequest, caller: Caller, labels: Labels
-    ) -> Finished:
-        """A whole answer at once. Raises CallError; a cancelled call is recorded as such."""
-        call = self._call(info, request, caller, labels, streamed=False)
-        answer = await self._whole(call, self.upstream.answer(request))
-        call.upstream, call.attempts = answer.upstream, answer.attempts
+def _tried(account: Account, source: AnswerStream | UpstreamError) -> None:
+    """Which upstream served or failed the call, and after how many tries, as an answer
+    stream or an upstream failure last said (a router sets both on its failures)."""
+    if source.upstream is not None:
+        account.upstream, account.attempts = source.upstream, source.attempts
+
+
+class Call(Generic[Q]):
+    """One admitted call: its whole result, or its stream of events; always closed."""
+
+    # One is made per call: slots make it cheaper to make.
+    __slots__ = (
+        "_held",
+        "_opening",
+        "_stream",
+        "account",
+        "ask",
+        "caller",
+        "gateway",
+        "gone",
+        "id",
+        "model",
+        "reason",
+    )
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        ask: Ask[Q],
+        caller: Caller,
+        account: Account,
+        held: tuple[str, ...] | None = None,
+    ) -> None:
+        self.gateway = gateway
+        self.ask: Ask[Q] = ask
+        self.id = ask.id
+        self.model = ask.request.model
+        self.caller = caller
+        self.account = account
+        # A stream's places under the concurrency limits, given back once.
+        self._held = held
+        self._opening: asyncio.Future[AnswerStream] | None = None
+        self._stream: AnswerStream | None = None
+        # Set by the front when its client has gone: a stream stops at its next step.
+        self.gone = False
+        # Why the call ends early, when it is not simply a hang-up.
+        self.reason: CallError | None = None
+
+    @property
+    def record(self) -> UsageRecord | None:
+        """The call's record, once written."""
+        return self.account.record
+
+    # -- a whole result ----------------------------------------------------------------------
+
+    async def answer(self: Call[CallRequest]) -> Finished[Answer]:
+        """The whole answer. Raises CallError; a cancelled call is recorded as such."""
+        account = self.account
+        answer = await self._whole(self.gateway.upstream.answer(self.ask.request))
+        account.upstream, account.attempts = answer.upstream, answer.attempts
         if answer.content:
-            call.output.add(answer.content)
+            account.output.add(answer.content)
         if answer.thinking:
-            call.thinking.add(answer.thinking)
+            account.thinking.add(answer.thinking)
         if answer.tool_calls:
-            call.tool_calls.extend(answer.tool_calls)
-        # Not call.add: a whole answer has no first token to time, and it is one answer.
-        call.chunks = 1
-        record = await self.finish(call, "ok", answer.metrics)
+            account.tool_calls.extend(answer.tool_calls)
+        # Not account.add: a whole answer has no first token to time, and it is one answer.
+        account.chunks = 1
+        record = await self.gateway.finish(account, "ok", answer.metrics)
         assert record is not None
         return Finished(answer, record)
 
-    async def stream(
-        self, info: CallInfo, request: CallRequest, caller: Caller, labels: Labels
-    ) -> CallStream:
-        """Open a streamed call, within the concurrent-stream limits (429 past them).
-
-        The upstream request starts at once; iterate `events()`, and `aclose()` it always.
-        """
-        held = await self.limits.open_stream(caller.key)
-        call = self._call(info, request, caller, labels, streamed=True)
-        return CallStream(self, call, held)
-
-    async def embed(
-        self, info: CallInfo, request: EmbedRequest, caller: Caller, labels: Labels
-    ) -> tuple[Embeddings, UsageRecord]:
-        """Embeddings for every input, and the call's record (which keeps no vectors)."""
-        texts = CallRequest(
-            model=request.model, messages=[Message("user", t) for t in request.input]
-        )
-        call = self._call(info, texts, caller, labels, streamed=False)
-        call.input_count = len(request.input)
-        result = await self._whole(call, self.upstream.embed(request))
-        call.upstream, call.attempts = result.upstream, result.attempts
+    async def embeddings(self: Call[EmbedRequest]) -> Finished[Embeddings]:
+        """Embeddings for every input; the record keeps no vectors."""
+        account = self.account
+        result = await self._whole(self.gateway.upstream.embed(self.ask.request))
+        account.upstream, account.attempts = result.upstream, result.attempts
         metrics = Metrics(
             input_tokens=result.input_tokens,
             output_tokens=0,
             upstream_seconds=result.upstream_seconds,
             load_seconds=result.load_seconds,
         )
-        record = await self.finish(call, "ok", metrics)
+        record = await self.gateway.finish(account, "ok", metrics)
         assert record is not None
-        return result, record
+        return Finished(result, record)
 
+    async def _whole(self, work: Awaitable[T]) -> T:
+        """Await an upstream's whole result, recording any way it fails."""
+        account = self.account
+        gateway = self.gateway
+        try:
+            return await gateway.drain.guard(work)
+        except ShuttingDown:
+            error = shutting_down(account.id)
+            await gateway.finish(account, "cancelled", error=error)
+            raise error from None
+        except UpstreamError as exc:
+            _tried(account, exc)
+            error = call_error(exc, account.id)
+            await gateway.finish(account, "error", error=error)
+            raise error from exc
+        except asyncio.CancelledError:
+            # The client hung up; the cancellation has already closed the upstream request.
+            await gateway.finish(account, "cancelled")
+            raise
+        except BaseException:
+            # Neither an answer nor a failure we know: a bug. Record the call before the
+            # exception reaches the 500 handler, so no call goes unaccounted for.
+            await gateway.finish(account, "error", error=internal(account.id))
+            raise
 
-def _tried(call: Call, source: AnswerStream | UpstreamError) -> None:
-    """Which upstream served or failed the call, and after how many tries, as an answer
-    stream or an upstream failure last said (a router sets both on its failures)."""
-    if source.upstream is not None:
-        call.upstream, call.attempts = source.upstream, source.attempts
-
-
-class CallStream:
-    """A streamed call: opens upstream, yields typed events, and is always closed."""
-
-    def __init__(self, gateway: Gateway, call: Call, held: tuple[str, ...]) -> None:
-        self.gateway = gateway
-        self.call = call
-        self.id = call.id
-        self.model = call.request.model
-        # This stream's places under the concurrency limits, given back once.
-        self._held: tuple[str, ...] | None = held
-        self._opening = asyncio.ensure_future(gateway.upstream.open_stream(call.request))
-        self._stream: AnswerStream | None = None
-        # Set by the front when its client has gone: the stream stops at its next step.
-        self.gone = False
-        # Why the call ends early, when it is not simply a hang-up.
-        self.reason: CallError | None = None
+    # -- a stream ------------------------------------------------------------------------------
 
     def stalled(self, seconds: float) -> None:
         """The client took nothing for `seconds`: the stream ends, recorded with this reason."""
@@ -350,32 +369,36 @@ class CallStream:
             request_id=self.id,
         )
 
-    async def wait_open(self, seconds: float) -> None:
+    async def _wait_open(self, seconds: float) -> None:
         """Wait a moment for the upstream to accept, so that fast failures keep their HTTP
         status. Raises CallError (the call is then recorded) if the upstream refused."""
+        assert self._opening is not None
         done, _ = await asyncio.wait({self._opening}, timeout=seconds)
         if not done:
             return
         exc = self._opening.exception()
         if isinstance(exc, UpstreamError):
-            _tried(self.call, exc)
+            _tried(self.account, exc)
             error = call_error(exc, self.id)
-            await self.gateway.finish(self.call, "error", error=error)
+            await self.gateway.finish(self.account, "error", error=error)
             raise error from exc
         if exc is not None:
             raise exc
 
-    async def events(self) -> AsyncIterator[Event]:
-        call = self.call
+    async def events(self: Call[CallRequest]) -> AsyncIterator[Event]:
+        """The stream's events: Started, Pieces as they come, then Done or Failed."""
+        account = self.account
         gateway = self.gateway
         drain = gateway.drain
-        yield Started(call.id, call.request.model)
+        opening = self._opening
+        assert opening is not None, "events() is for an ask with stream=True"
+        yield Started(account.id, account.request.model)
         try:
-            # Not `await self._opening`: a cancelled awaiter cancels the task it awaits, and
-            # the upstream's close must happen in aclose, shielded.
-            await drain.guard(asyncio.wait({self._opening}))
-            self._stream = stream = self._opening.result()
-            call.upstream, call.attempts = stream.upstream, stream.attempts
+            # Not `await opening`: a cancelled awaiter cancels the task it awaits, and the
+            # upstream's close must happen in aclose, shielded.
+            await drain.guard(asyncio.wait({opening}))
+            self._stream = stream = opening.result()
+            account.upstream, account.attempts = stream.upstream, stream.attempts
             batches = stream.batches()
             task = asyncio.current_task()
             assert task is not None
@@ -393,56 +416,65 @@ class CallStream:
                     raise
                 finally:
                     drain.done_waiting(task)
-                call.add(batch)
+                account.add(batch)
                 yield Pieces(batch)
                 reads += 1
                 if reads % YIELD_EVERY == 0:
                     await asyncio.sleep(0)
             # A router may have tried another upstream before the first piece.
-            _tried(call, stream)
+            _tried(account, stream)
             if self.gone:
                 return
             metrics = stream.metrics
             if metrics is None:
                 raise UpstreamBadResponse("the upstream's stream ended without its final account")
-            record = await gateway.finish(call, "ok", metrics)
+            record = await gateway.finish(account, "ok", metrics)
             if record is not None:
                 yield Done(metrics, record)
         except ShuttingDown:
             # The last word before the server goes: the same error shape as any other.
-            error = shutting_down(call.id)
-            yield Failed(error, await gateway.finish(call, "cancelled", error=error))
+            error = shutting_down(account.id)
+            yield Failed(error, await gateway.finish(account, "cancelled", error=error))
         except UpstreamError as exc:
-            _tried(call, self._stream if self._stream is not None else exc)
-            error = call_error(exc, call.id)
-            yield Failed(error, await gateway.finish(call, "error", error=error))
+            _tried(account, self._stream if self._stream is not None else exc)
+            error = call_error(exc, account.id)
+            yield Failed(error, await gateway.finish(account, "error", error=error))
+
+    # -- the end -------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Close upstream (so it stops generating) and record the call if nothing else did."""
+        """Close the upstream request, if one is open (so it stops generating), and record
+        the call as cancelled if nothing else recorded it. Safe to call more than once."""
+        if self._opening is None and self._held is None:
+            if self.account.record is None:
+                await self.gateway.finish(self.account, "cancelled", error=self.reason)
+            return
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(self._close())
 
     async def _close(self) -> None:
         opening = self._opening
-        if not opening.done():
-            opening.cancel()
-            with contextlib.suppress(asyncio.CancelledError, UpstreamError):
-                await opening
         stream = self._stream
-        if (
-            stream is None
-            and opening.done()
-            and not opening.cancelled()
-            and opening.exception() is None
-        ):
-            stream = opening.result()
-        elif opening.done() and not opening.cancelled():
-            opening.exception()  # retrieved: a failure already reported is not "never retrieved"
+        if opening is not None:
+            if not opening.done():
+                opening.cancel()
+                with contextlib.suppress(asyncio.CancelledError, UpstreamError):
+                    await opening
+            if (
+                stream is None
+                and opening.done()
+                and not opening.cancelled()
+                and opening.exception() is None
+            ):
+                stream = opening.result()
+            elif opening.done() and not opening.cancelled():
+                # Retrieved: a failure reported already is not "never retrieved".
+                opening.exception()
         if stream is not None:
-            _tried(self.call, stream)
+            _tried(self.account, stream)
             with contextlib.suppress(UpstreamError, TimeoutError):
                 await asyncio.wait_for(stream.aclose(), 5)
-        await self.gateway.finish(self.call, "cancelled", error=self.reason)
+        await self.gateway.finish(self.account, "cancelled", error=self.reason)
         held, self._held = self._held, None
         if held is not None:
             await self.gateway.limits.close_stream(held)

@@ -1,6 +1,6 @@
 """One call's account: what was asked, what came back so far, the clock, and its one record.
 
-A `Call` is made for every call on every front and finished exactly once, as `ok`, `error` or
+An `Account` is made for every call on every front and finished exactly once, as `ok`, `error` or
 `cancelled`; finishing it builds its usage record. Everything that can end a call (an answer,
 an upstream failure, a client that hangs up, a shutdown) goes through `finish`, and the first
 finish wins.
@@ -76,7 +76,7 @@ class Text:
         return "".join(self.parts)
 
 
-class Call:
+class Account:
     """One call in flight: its request, its caller, the answer so far, and the clock."""
 
     def __init__(

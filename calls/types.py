@@ -161,8 +161,49 @@ class Embeddings(msgspec.Struct, kw_only=True):
 
 
 class ModelInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One model an upstream has: its name, and what the upstream says of it, as it said it."""
+    """One model an upstream has, in the gateway's terms. None: the upstream does not say
+    (each front decides what to show for it). `raw` is the upstream's own description, as it
+    said it, for a front that relays it."""
 
     name: str
-    # The server's own description (Ollama's /api/tags entry), for fronts that relay it.
-    details: dict[str, Any] | None = None
+    family: str | None = None
+    families: list[str] | None = None
+    # As Ollama writes them: "8.0B", "134.52M"; "Q4_K_M".
+    parameter_size: str | None = None
+    parameter_count: int | None = None
+    quantization: str | None = None
+    # The weights' file format ("gguf"), its size in bytes, and a digest that changes with it.
+    format: str | None = None
+    size: int | None = None
+    digest: str | None = None
+    # RFC 3339.
+    modified_at: str | None = None
+    # The longest context the model takes (what it was trained for).
+    context_length: int | None = None
+    # What it can do, in Ollama's words: "completion", "tools", "vision", "embedding", ...
+    capabilities: list[str] | None = None
+    # Whether it is loaded in memory now.
+    loaded: bool | None = None
+    # A model the server runs elsewhere (Ollama's cloud models): where, and under what name.
+    remote_host: str | None = None
+    remote_model: str | None = None
+    # What show() adds: the weights' metadata (GGUF keys), the prompt template, the default
+    # parameters, the recipe and the licence, each as the server gives it.
+    metadata: dict[str, Any] | None = None
+    template: str | None = None
+    parameters: str | None = None
+    modelfile: str | None = None
+    license: str | None = None
+    raw: dict[str, Any] | None = None
+
+
+class LoadedModel(ModelInfo, kw_only=True, omit_defaults=True):
+    """A model loaded in memory now."""
+
+    # Bytes it holds in memory, and how many of them are in GPU memory.
+    memory: int | None = None
+    vram: int | None = None
+    # When the server unloads it (RFC 3339); None: not before it stops.
+    expires_at: str | None = None
+    # The context it is loaded with (at most context_length).
+    loaded_context: int | None = None

@@ -1,20 +1,31 @@
 """The upstream seam: what the pipeline needs from a model server, as a small interface.
 
-`ollama_client.OllamaUpstream` is one implementation. Another kind of server (an
-OpenAI-compatible one, say) is another module implementing this `Protocol`, and several
-servers behind one address are one more implementation that routes among others; the
-pipeline does not know which it has. Every method fails only with `calls.errors.UpstreamError`
-and its subclasses, never with a transport's own exceptions.
+`ollama_client.OllamaUpstream` (Ollama's native API) and `openai_client.OpenAIUpstream` (an
+OpenAI-compatible server: llama-server, vLLM, LM Studio) implement this `Protocol`, and
+`upstreams.Router`, several servers behind one address, is one more that routes among
+others; the pipeline does not know which it has. What crosses it is typed: neutral calls
+and answers, and models as `ModelInfo` and `LoadedModel`, never a server's own wire shape.
+Every method fails only with `calls.errors.UpstreamError` and its subclasses, never with
+a transport's own exceptions.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import msgspec
 
-from .types import Answer, CallRequest, Embeddings, EmbedRequest, Metrics, ModelInfo, Piece
+from .types import (
+    Answer,
+    CallRequest,
+    Embeddings,
+    EmbedRequest,
+    LoadedModel,
+    Metrics,
+    ModelInfo,
+    Piece,
+)
 
 
 class UpstreamHealth(msgspec.Struct, kw_only=True):
@@ -64,12 +75,12 @@ class Upstream(Protocol):
         """The models it has, each once."""
         ...
 
-    async def loaded(self) -> list[dict[str, Any]]:
-        """The models loaded in memory now, as the server describes them (Ollama's /api/ps)."""
+    async def loaded(self) -> list[LoadedModel]:
+        """The models loaded in memory now."""
         ...
 
-    async def show(self, model: str) -> dict[str, Any]:
-        """What the server says of one model (Ollama's /api/show)."""
+    async def show(self, model: str) -> ModelInfo:
+        """Everything the server says of one model (ModelNotFound if it has none such)."""
         ...
 
     async def version(self) -> str: ...
@@ -89,3 +100,15 @@ class Upstream(Protocol):
     async def embed(self, request: EmbedRequest) -> Embeddings: ...
 
     async def aclose(self) -> None: ...
+
+
+class ModelServer(Upstream, Protocol):
+    """One model server of some kind (each upstream kind's class is one): an Upstream with a
+    name and an address, which a router can hold among several."""
+
+    name: str
+    kind: str
+    address: str
+    # True when the server knows a model only by its exact id (an OpenAI-compatible one):
+    # a router then sends the model under the name the server listed it by.
+    exact_model_names: bool

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import msgspec
@@ -23,24 +23,22 @@ from calls.errors import (
     UpstreamError,
     UpstreamFailed,
     UpstreamRejected,
-    UpstreamTimeout,
     UpstreamUnauthorized,
-    UpstreamUnavailable,
-    UpstreamUnreachable,
     UpstreamWrongAddress,
 )
+from calls.exchange import Server
 from calls.types import (
     Answer,
     CallRequest,
     Embeddings,
     EmbedRequest,
+    LoadedModel,
     Metrics,
     ModelInfo,
     Piece,
 )
 from calls.upstream import UpstreamHealth
-from http_transport import Lines, LineTooLong, body_stream, exchange
-from http_transport.transport import MalformedResponse
+from http_transport import Lines, LineTooLong, body_stream
 
 from . import wire
 
@@ -55,6 +53,7 @@ _decode_version = msgspec.json.Decoder(wire.Version).decode
 _decode_embed = msgspec.json.Decoder(wire.EmbedReply).decode
 _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
 log = logging.getLogger("ollama_host.upstream")
+T = TypeVar("T")
 
 # /health must answer quickly even when Ollama hangs.
 PROBE_SECONDS = 3.0
@@ -77,6 +76,44 @@ def _metrics(chunk: wire.ChatChunk | wire.GenerateChunk) -> Metrics:
         eval_seconds=_seconds(chunk.eval_duration),
         context=chunk.context if isinstance(chunk, wire.GenerateChunk) else None,
     )
+
+
+def _convert(entry: Any, kind: type[T]) -> T:
+    return msgspec.convert(entry, kind)
+
+
+def _details(details: wire.Details | None) -> dict[str, Any]:
+    """A model's details as ModelInfo's fields; what Ollama leaves empty stays unknown."""
+    if details is None:
+        return {}
+    return {
+        "family": details.family or None,
+        "families": details.families or None,
+        "parameter_size": details.parameter_size or None,
+        "quantization": details.quantization_level or None,
+        "format": details.format or None,
+    }
+
+
+def _model(listed: wire.Listed, entry: dict[str, Any]) -> ModelInfo:
+    return ModelInfo(
+        name=listed.name or listed.model,
+        **_details(listed.details),
+        size=listed.size,
+        digest=listed.digest or None,
+        modified_at=listed.modified_at or None,
+        remote_host=listed.remote_host or None,
+        remote_model=listed.remote_model or None,
+        raw=entry,
+    )
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _fields(info: ModelInfo) -> dict[str, Any]:
+    return {f: getattr(info, f) for f in info.__struct_fields__}
 
 
 def _status_error(status: int, body: bytes, model: str, address: str, path: str) -> UpstreamError:
@@ -155,10 +192,10 @@ class OllamaStream:
     """
 
     def __init__(
-        self, response: httpx.Response, address: str, name: str, completion: bool, max_line: int
+        self, response: httpx.Response, server: Server, name: str, completion: bool, max_line: int
     ) -> None:
         self._response = response
-        self._address = address
+        self._server = server
         self._completion = completion
         self._max_line = max_line
         self.upstream: str | None = name
@@ -188,25 +225,10 @@ class OllamaStream:
                     yield pieces
                 if failure is not None:
                     raise failure
-        except LineTooLong as exc:
-            raise UpstreamBadResponse(
-                f"Ollama at {self._address} sent a line longer than {exc.limit} bytes "
-                "(--max-upstream-line); the answer was cut off there"
-            ) from None
-        except MalformedResponse as exc:
-            raise UpstreamBadResponse(
-                f"Ollama at {self._address} answered malformed HTTP mid-answer: {exc}"
-            ) from exc
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(
-                f"Ollama at {self._address} sent nothing for too long mid-answer"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise UpstreamUnavailable(
-                f"the connection to Ollama at {self._address} broke mid-answer: {exc}"
-            ) from exc
-        except httpx.DecodingError as exc:
-            raise UpstreamBadResponse(f"Ollama's answer could not be decoded: {exc}") from exc
+        except (LineTooLong, httpx.HTTPError) as exc:
+            if (failure := self._server.broken(exc)) is None:
+                raise
+            raise failure from exc
         self.end()
 
     def end(self) -> Metrics:
@@ -282,21 +304,26 @@ class OllamaUpstream:
         max_body: int = MAX_BODY,
         api_key: str | None = None,
     ) -> None:
-        self._transport = transport
         self.name = name
         self.address = base_url.rstrip("/")
-        self._timeout = (timeout or httpx.Timeout(300.0)).as_dict()
         self.max_line = max_line
         self.max_body = max_body
-        # The key is sent to this server only (an Ollama behind a proxy that wants one, or
-        # ollama.com), held nowhere else: never logged, never in an error.
-        self._headers = exchange.json_headers(api_key)
+        # An Ollama behind a proxy may want a key, and so does ollama.com.
+        self._server = Server(
+            transport,
+            self.address,
+            timeout,
+            who=f"Ollama at {self.address}",
+            max_body=max_body,
+            api_key=api_key,
+            hint=" Set --ollama or OLLAMA_HOST to its address",
+        )
         # Parsed once: a URL string would be parsed again on every request.
         self._chat_url = httpx.URL(self.address + "/api/chat")
         self._generate_url = httpx.URL(self.address + "/api/generate")
 
     async def aclose(self) -> None:
-        await self._transport.aclose()
+        await self._server.aclose()
 
     async def __aenter__(self) -> OllamaUpstream:
         return self
@@ -307,50 +334,7 @@ class OllamaUpstream:
     # -- HTTP --------------------------------------------------------------------------------
 
     def _request(self, method: str, url: httpx.URL, body: bytes | None = None) -> httpx.Request:
-        return exchange.request(method, url, self._headers, body, self._timeout)
-
-    def _failure(self, exc: httpx.HTTPError) -> UpstreamError | None:
-        """The UpstreamError an httpx failure stands for; None for one that is not a failure
-        of talking to Ollama (a bug here, which must surface as it is)."""
-        if isinstance(exc, MalformedResponse):
-            return UpstreamBadResponse(f"Ollama at {self.address} answered malformed HTTP: {exc}")
-        if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
-            return UpstreamUnreachable(
-                f"cannot reach Ollama at {self.address} ({exc or type(exc).__name__}); "
-                "is it running? Set --ollama or OLLAMA_HOST to its address"
-            )
-        if isinstance(exc, httpx.TimeoutException):
-            return UpstreamTimeout(f"Ollama at {self.address} did not answer in time")
-        if isinstance(exc, httpx.TransportError):
-            return UpstreamUnavailable(f"the connection to Ollama at {self.address} failed: {exc}")
-        if isinstance(exc, httpx.DecodingError):
-            # A body its Content-Encoding does not describe (say, gzip that is not gzip).
-            return UpstreamBadResponse(f"Ollama's answer could not be decoded: {exc}")
-        return None
-
-    async def _send(self, request: httpx.Request) -> httpx.Response:
-        """The response, its body still unread (close it, or read it to the end)."""
-        # try/except, not a context manager: this runs on every ask.
-        try:
-            return await self._transport.handle_async_request(request)
-        except httpx.HTTPError as exc:
-            if (failure := self._failure(exc)) is None:
-                raise
-            raise failure from exc
-
-    async def _read(self, response: httpx.Response) -> bytes:
-        """The whole body, at most max_body bytes; the response is closed afterwards."""
-        try:
-            return await exchange.read_body(response, self.max_body)
-        except exchange.BodyTooLarge:
-            raise UpstreamBadResponse(
-                f"Ollama at {self.address} sent an answer larger than {self.max_body} "
-                "bytes (--max-upstream-body)"
-            ) from None
-        except httpx.HTTPError as exc:
-            if (failure := self._failure(exc)) is None:
-                raise
-            raise failure from exc
+        return self._server.request(method, url, body)
 
     async def _call(
         self, method: str, path: str, body: bytes | None = None, model: str = ""
@@ -360,37 +344,67 @@ class OllamaUpstream:
 
     async def _call_request(self, request: httpx.Request, model: str) -> bytes:
         """The whole body of a 200 answer; any other status as its UpstreamError."""
-        response = await self._send(request)
-        data = await self._read(response)
+        response = await self._server.send(request)
+        data = await self._server.read(response)
         if response.status_code != 200:
             raise _status_error(response.status_code, data, model, self.address, request.url.path)
         return data
 
     # -- the Upstream interface --------------------------------------------------------------
 
-    async def models(self) -> list[ModelInfo]:
-        body = await self._call("GET", "/api/tags")
+    async def _listed(self, path: str) -> list[tuple[wire.Listed, dict[str, Any]]]:
+        """Each model of /api/tags or /api/ps, typed and as the server wrote it."""
+        body = await self._call("GET", path)
         try:
             entries = _decode_tags(body).models
-            return [ModelInfo(name=entry["name"], details=entry) for entry in entries]
-        except (msgspec.DecodeError, KeyError, TypeError) as exc:
-            raise UpstreamBadResponse(
-                f"Ollama's /api/tags answer is not a model list: {exc}"
-            ) from exc
+            found = [(_convert(entry, wire.Listed), entry) for entry in entries]
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise UpstreamBadResponse(f"Ollama's {path} answer is not a model list: {exc}") from exc
+        if not all(listed.name or listed.model for listed, _ in found):
+            raise UpstreamBadResponse(f"Ollama's {path} answer lists a model without a name")
+        return found
 
-    async def loaded(self) -> list[dict[str, Any]]:
-        body = await self._call("GET", "/api/ps")
-        try:
-            return _decode_tags(body).models
-        except msgspec.DecodeError as exc:
-            raise UpstreamBadResponse(f"Ollama's /api/ps answer is unreadable: {exc}") from exc
+    async def models(self) -> list[ModelInfo]:
+        return [_model(listed, entry) for listed, entry in await self._listed("/api/tags")]
 
-    async def show(self, model: str) -> dict[str, Any]:
+    async def loaded(self) -> list[LoadedModel]:
+        return [
+            LoadedModel(
+                **{**_fields(_model(listed, entry)), "loaded": True},
+                memory=listed.size,
+                vram=listed.size_vram,
+                expires_at=listed.expires_at,
+                loaded_context=listed.context_length,
+            )
+            for listed, entry in await self._listed("/api/ps")
+        ]
+
+    async def show(self, model: str) -> ModelInfo:
         body = await self._call("POST", "/api/show", _encode(wire.ShowRequest(model)), model)
         try:
-            return _decode_object(body)
-        except msgspec.DecodeError as exc:
+            raw = _decode_object(body)
+            shown = _convert(raw, wire.Shown)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise UpstreamBadResponse(f"Ollama's /api/show answer is unreadable: {exc}") from exc
+        info = shown.model_info or {}
+        architecture = info.get("general.architecture")
+        context = info.get(f"{architecture}.context_length") if architecture else None
+        return ModelInfo(
+            name=model,
+            **_details(shown.details),
+            modified_at=shown.modified_at,
+            context_length=_count(context),
+            parameter_count=_count(info.get("general.parameter_count")),
+            capabilities=shown.capabilities,
+            remote_host=shown.remote_host or None,
+            remote_model=shown.remote_model or None,
+            metadata=shown.model_info,
+            template=shown.template,
+            parameters=shown.parameters,
+            modelfile=shown.modelfile,
+            license=shown.license,
+            raw=raw,
+        )
 
     async def version(self) -> str:
         body = await self._call("GET", "/api/version")
@@ -454,14 +468,14 @@ class OllamaUpstream:
         next byte, would cap the whole answer. The stream is read whole, within max_body, and
         taken apart at once, which costs a fraction of relaying it piece by piece."""
         ask = self._ask(request, stream=True)
-        response = await self._send(ask)
-        body = await self._read(response)
+        response = await self._server.send(ask)
+        body = await self._server.read(response)
         if response.status_code != 200:
             raise _status_error(
                 response.status_code, body, request.model, self.address, ask.url.path
             )
         parser = OllamaStream(
-            response, self.address, self.name, request.completion is not None, self.max_line
+            response, self._server, self.name, request.completion is not None, self.max_line
         )
         return parser.whole(body)
 
@@ -471,14 +485,14 @@ class OllamaUpstream:
         The caller must `aclose()` the returned stream.
         """
         ask = self._ask(request, stream=True)
-        response = await self._send(ask)
+        response = await self._server.send(ask)
         if response.status_code != 200:
-            body = await self._read(response)
+            body = await self._server.read(response)
             raise _status_error(
                 response.status_code, body, request.model, self.address, ask.url.path
             )
         return OllamaStream(
-            response, self.address, self.name, request.completion is not None, self.max_line
+            response, self._server, self.name, request.completion is not None, self.max_line
         )
 
     async def embed(self, request: EmbedRequest) -> Embeddings:

@@ -96,18 +96,52 @@ class ErrorReply(msgspec.Struct):
     signin_url: str = ""
 
 
-class TagModel(msgspec.Struct):
-    name: str
+class Details(msgspec.Struct):
+    """A model's `details` in /api/tags, /api/ps and /api/show."""
+
+    parent_model: str = ""
+    format: str = ""
+    family: str = ""
+    families: list[str] | None = None
+    parameter_size: str = ""
+    quantization_level: str = ""
 
 
-class Tags(msgspec.Struct):
-    models: list[TagModel] = msgspec.field(default_factory=list)
+class Listed(msgspec.Struct):
+    """One model of /api/tags, or (with the last three fields) of /api/ps."""
+
+    name: str = ""
+    model: str = ""
+    modified_at: str | None = None
+    size: int | None = None
+    digest: str | None = None
+    details: Details | None = None
+    remote_model: str | None = None
+    remote_host: str | None = None
+    expires_at: str | None = None
+    size_vram: int | None = None
+    context_length: int | None = None
 
 
 class RawTags(msgspec.Struct):
     """/api/tags and /api/ps with each model as the server described it."""
 
     models: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+class Shown(msgspec.Struct):
+    """/api/show's answer, the fields the gateway has names for."""
+
+    modelfile: str | None = None
+    parameters: str | None = None
+    template: str | None = None
+    license: str | None = None
+    details: Details | None = None
+    model_info: dict[str, Any] | None = None
+    capabilities: list[str] | None = None
+    modified_at: str | None = None
+    remote_model: str | None = None
+    remote_host: str | None = None
 
 
 class Version(msgspec.Struct):

@@ -27,7 +27,7 @@ def open_access(
     """
     if store is not None and shared(store):
         from access.pg_keys import open_access as open_in_database
-        from store.pg import Database
+        from store.postgres.database import Database
 
         return open_in_database(Database(store), admin_token, reset=reset)
     return Access.open(folder, admin_token, reset=reset)
@@ -43,7 +43,7 @@ def keys_exist(
     """
     if store is not None and shared(store):
         from access.pg_keys import keys_exist as in_database
-        from store.pg import Database
+        from store.postgres.database import Database
 
         return in_database(Database(store))
     return check_secrets(folder, admin_token, reset=reset)

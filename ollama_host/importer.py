@@ -26,7 +26,7 @@ log = logging.getLogger("ollama_host")
 def _count(dsn: str) -> int:
     import psycopg
 
-    from store import pg
+    from store.postgres import database as pg
 
     params = pg.parse(dsn)
     pg.migrate(params)
@@ -86,7 +86,7 @@ def import_usage(argv: Sequence[str]) -> int:
         finally:
             source.close()
         from access.pg_keys import import_access
-        from store.pg import Database
+        from store.postgres.database import Database
 
         done = import_access(folder, Database(args.store))
     except StoreError as exc:

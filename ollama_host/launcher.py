@@ -24,10 +24,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ollama_host.program import APP
 from ollama_host.settings import default_data_dir, parse_settings
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = ROOT / "app.py"
+ROOT = APP.parent
+
 NAME = "ollama-host"
 UNIT = f"{NAME}.service"
 # systemd waits this long after the grace period before it sends SIGKILL: enough for

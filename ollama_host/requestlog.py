@@ -1,14 +1,10 @@
-"""Request ids and the request log: one line per request, as text or as JSON.
-
-Every request's id is made here (`new_id`), and a call takes its request's id: the response's
-`X-Request-Id`, the log line and the usage record all carry the same one.
-
+"""The request log: one line per request, as text or as JSON.
 
 `RequestLog` is plain ASGI (no BaseHTTPMiddleware, which would put each response
 through a memory stream): it gives every request an id, adds it to the response
 as `X-Request-Id`, and logs one line when the request ends. An ask uses the same
-id for its usage record (`Call` reads it from `current`), so the header, the log
-line and the record all agree. Prompts, answers and keys stay out of the log
+id for its usage record (a front reads it from `routes.request_id.current`), so the header,
+the log line and the record all agree. Prompts, answers and keys stay out of the log
 unless `--log-content` is given, and even then the user_key is never logged.
 """
 
@@ -18,78 +14,24 @@ import atexit
 import contextlib
 import logging
 import logging.handlers
-import os
 import queue
-import random
 import sys
 import threading
 import time
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from routes.request_id import RequestInfo, current, new_id
+
 if TYPE_CHECKING:
     from ollama_host.settings import Settings
-    from store.records import UsageRecord
 
 log = logging.getLogger("ollama_host.requests")
 _encode = msgspec.json.Encoder().encode
 _HEADER = b"x-request-id"
-
-
-_id_lock = threading.Lock()
-_random = random.Random(os.urandom(16))  # noqa: S311 (ids are not secrets)
-_last_id_us = 0
-
-
-def new_id() -> str:
-    """A request (and record) id that sorts by creation time: 14 hex digits of µs, 6 random.
-
-    Monotonic within the process even if the clock steps back, so newest-first
-    paging by id never skips a record.
-    """
-    global _last_id_us
-    with _id_lock:
-        now = max(time.time_ns() // 1000, _last_id_us + 1)
-        _last_id_us = now
-        # Not os.urandom: an id need not be secret, and a syscall per request showed.
-        tail = _random.getrandbits(24)
-    return f"{now:014x}{tail:06x}"
-
-
-class RequestInfo:
-    """What the log line needs to know about one request, filled in as it runs."""
-
-    __slots__ = ("id", "limits_local", "record")
-
-    def __init__(self, request_id: str) -> None:
-        self.id = request_id
-        # The usage record of the ask this request made, once written.
-        self.record: UsageRecord | None = None
-        # Its admission was decided by this gateway's own counts, the shared store failing.
-        self.limits_local = False
-
-
-# Set for the duration of each HTTP request; tasks the request starts inherit it.
-current: ContextVar[RequestInfo | None] = ContextVar("current_request", default=None)
-
-
-def note_record(record: UsageRecord) -> None:
-    """A pipeline observer: the current request's call was recorded, for its log line."""
-    info = current.get()
-    if info is not None and info.id == record.id:
-        info.record = record
-
-
-def note_local_admission() -> None:
-    """A Limits observer: the current request was admitted (or refused) by this gateway's own
-    counts, the shared ones having failed; its log line says `limits=local`."""
-    info = current.get()
-    if info is not None:
-        info.limits_local = True
 
 
 class RequestLog:

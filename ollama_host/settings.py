@@ -283,7 +283,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ge=1,
         ),
     ] = 262_144
-    # Bounds on what one call may make the gateway hold (issue 11): past each, a clear error,
+    # Bounds on what one call may make the gateway hold: past each, a clear error,
     # a record that says why, and memory that stays flat.
     max_upstream_line: Annotated[
         int,

@@ -1,7 +1,7 @@
 """--workers N: N gateway processes serving one port, for a machine with more than one core.
 
-This process binds the port once and starts N workers (`python -m ollama_host worker FD
-ARGS...`), each a whole gateway (`app.main`) accepting on the same listening socket, so the
+This process binds the port once and starts N workers (`python app.py worker FD PARENT_PID
+ARGS...`), each a whole gateway accepting on the same listening socket, so the
 kernel hands each connection to whichever worker accepts first. Everything the workers must
 agree on is shared outside them: the usage records and keys in the database (--store), the
 limits and stream tickets in Redis (--redis). Hence TinyDB is refused: its data folder is
@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from store import shared
@@ -53,11 +54,11 @@ def refuse_workers(settings: Settings) -> str | None:
 
 
 class _Worker:
-    def __init__(self, argv: list[str], fd: int, number: int) -> None:
+    def __init__(self, script: Path, argv: list[str], fd: int, number: int) -> None:
         self.number = number
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ollama_host", "worker", str(fd), str(os.getpid()), *argv],
+            [sys.executable, str(script), "worker", str(fd), str(os.getpid()), *argv],
             pass_fds=(fd,),
             # Its own process group: a terminal's Ctrl-C reaches this process only, which
             # passes SIGTERM on. (A second signal would make uvicorn skip the grace period.)
@@ -65,8 +66,9 @@ class _Worker:
         )
 
 
-def run_workers(settings: Settings, argv: Sequence[str] | None) -> int:
-    """Serve with settings.workers processes until SIGTERM or Ctrl-C; the exit status."""
+def run_workers(settings: Settings, argv: Sequence[str] | None, *, script: Path) -> int:
+    """Serve with settings.workers processes, each running `script` (app.py), until SIGTERM
+    or Ctrl-C; the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         listener = socket.create_server(
@@ -86,7 +88,7 @@ def run_workers(settings: Settings, argv: Sequence[str] | None) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
-    workers = [_Worker(args, fd, n) for n in range(settings.workers)]
+    workers = [_Worker(script, args, fd, n) for n in range(settings.workers)]
     log.info(
         "Ollama Host on http://%s:%d with %d workers, asking Ollama at %s",
         settings.host,
@@ -107,7 +109,7 @@ def run_workers(settings: Settings, argv: Sequence[str] | None) -> int:
                 stopping.append(0)
                 break
             log.error("worker %d ended (exit status %d); starting it again", n, code)
-            workers[n] = _Worker(args, fd, n)
+            workers[n] = _Worker(script, args, fd, n)
     listener.close()
     for worker in workers:
         if worker.proc.poll() is None:
@@ -125,16 +127,7 @@ def run_workers(settings: Settings, argv: Sequence[str] | None) -> int:
     return status
 
 
-def worker_main(args: Sequence[str]) -> int:
-    """`python -m ollama_host worker FD PARENT_PID ARGS...`: one of the workers."""
-    fd, parent = int(args[0]), int(args[1])
-    _die_with(parent)
-    from app import main
-
-    return main(list(args[2:]), worker_fd=fd)
-
-
-def _die_with(parent: int) -> None:
+def die_with(parent: int) -> None:
     """Have the kernel send SIGTERM here when the parent dies, even by kill -9: a worker
     must not serve on, unseen, after the process that manages it is gone."""
     if sys.platform.startswith("linux"):

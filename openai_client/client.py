@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -33,12 +34,10 @@ from calls.errors import (
     UpstreamError,
     UpstreamFailed,
     UpstreamRejected,
-    UpstreamTimeout,
     UpstreamUnauthorized,
-    UpstreamUnavailable,
-    UpstreamUnreachable,
     UpstreamWrongAddress,
 )
+from calls.exchange import Server
 from calls.types import (
     MODEL_PATTERN,
     Answer,
@@ -46,6 +45,7 @@ from calls.types import (
     Embeddings,
     EmbedRequest,
     Generation,
+    LoadedModel,
     Message,
     Metrics,
     ModelInfo,
@@ -54,7 +54,7 @@ from calls.types import (
     ToolFunction,
 )
 from calls.upstream import UpstreamHealth
-from http_transport import LineTooLong, body_stream, exchange, split_lines
+from http_transport import LineTooLong, body_stream, split_lines
 
 from . import wire
 
@@ -185,6 +185,54 @@ def _status_error(status: int, body: bytes, address: str, path: str) -> Upstream
     return UpstreamFailed(told)
 
 
+def human_number(n: int) -> str:
+    """A parameter count as Ollama writes it (format.HumanNumber): 8.0B, 134.52M, 500K."""
+    for unit, scale, digits in (("B", 10**9, 1), ("M", 10**6, 2), ("K", 10**3, 0)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.0f}{unit}" if value == int(value) else f"{value:.{digits}f}{unit}"
+    return str(n)
+
+
+_NO_META = wire.Meta()
+
+
+def _meta(info: ModelInfo) -> wire.Meta:
+    raw = (info.raw or {}).get("meta")
+    return msgspec.convert(raw, wire.Meta) if isinstance(raw, dict) else _NO_META
+
+
+def _model(entry: wire.ModelEntry, raw: dict[str, Any], said: list[str] | None) -> ModelInfo:
+    """A /v1/models entry in the gateway's terms. OpenAI's own fields say only the id and
+    when it was made; llama-server's `meta` adds the weights (their parameter count, size,
+    quantization and trained context), vLLM's `max_model_len` the context; a model with a
+    `status` (llama-server's router mode) is loaded when it says so, and one without is the
+    one the server started with, always loaded. Capabilities: llama-server's own, else a
+    model that answers chat and completions, seeing images if it takes them as input."""
+    meta = entry.meta or _NO_META
+    capabilities = said
+    if capabilities is None:
+        inputs = entry.architecture.input_modalities if entry.architecture else None
+        capabilities = ["completion", *(["vision"] if "image" in (inputs or ()) else [])]
+    return ModelInfo(
+        name=exposed_name(entry.id),
+        parameter_size=human_number(meta.n_params) if meta.n_params else None,
+        parameter_count=meta.n_params,
+        quantization=meta.ftype or None,
+        format="gguf" if entry.meta is not None else None,
+        size=meta.size,
+        modified_at=(
+            datetime.fromtimestamp(entry.created, UTC).isoformat().replace("+00:00", "Z")
+            if entry.created
+            else None
+        ),
+        context_length=meta.n_ctx_train or entry.max_model_len,
+        capabilities=capabilities,
+        loaded=entry.status is None or entry.status.value == "loaded",
+        raw=raw,
+    )
+
+
 def exposed_name(model_id: str) -> str:
     """The name clients use for a model the server lists as `model_id`.
 
@@ -247,10 +295,11 @@ class OpenAIStream:
     """An open streamed answer (`calls.upstream.AnswerStream`) in Server-Sent Events."""
 
     def __init__(
-        self, response: httpx.Response, address: str, name: str, completion: bool, max_line: int
+        self, response: httpx.Response, server: Server, name: str, completion: bool, max_line: int
     ) -> None:
         self._response = response
-        self._address = address
+        self._server = server
+        self._address = server.address
         self._completion = completion
         self._max_line = max_line
         self._tools = _ToolCalls(max_line)
@@ -270,21 +319,10 @@ class OpenAIStream:
                     yield pieces
                 if failure is not None:
                     raise failure
-        except LineTooLong as exc:
-            raise UpstreamBadResponse(
-                f"the server at {self._address} sent a line longer than {exc.limit} bytes "
-                "(--max-upstream-line); the answer was cut off there"
-            ) from None
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(
-                f"the server at {self._address} sent nothing for too long mid-answer"
-            ) from exc
-        except httpx.TransportError as exc:
-            raise UpstreamUnavailable(
-                f"the connection to the server at {self._address} broke mid-answer: {exc}"
-            ) from exc
-        except httpx.DecodingError as exc:
-            raise UpstreamBadResponse(f"the server's answer could not be decoded: {exc}") from exc
+        except (LineTooLong, httpx.HTTPError) as exc:
+            if (failure := self._server.broken(exc)) is None:
+                raise
+            raise failure from exc
         last = self.end()
         if last is not None:
             yield [last]
@@ -387,108 +425,83 @@ class OpenAIUpstream:
         max_body: int = MAX_BODY,
         api_key: str | None = None,
     ) -> None:
-        self._transport = transport
         self.name = name
         address = base_url.rstrip("/")
         # OpenAI's own clients take the base URL with /v1; the root is accepted too.
         self.address = address.removesuffix("/v1")
-        self._timeout = (timeout or httpx.Timeout(300.0)).as_dict()
         self.max_line = max_line
         self.max_body = max_body
-        self._headers = exchange.json_headers(api_key)
+        self._server = Server(
+            transport,
+            self.address,
+            timeout,
+            who=f"the OpenAI-compatible server at {self.address}",
+            max_body=max_body,
+            api_key=api_key,
+        )
         self._chat_url = httpx.URL(self.address + "/v1/chat/completions")
         self._completions_url = httpx.URL(self.address + "/v1/completions")
         self._models_url = httpx.URL(self.address + "/v1/models")
         self._server_ids: dict[str, str] = {}
 
     async def aclose(self) -> None:
-        await self._transport.aclose()
+        await self._server.aclose()
 
     # -- HTTP --------------------------------------------------------------------------------
 
     def _request(self, method: str, url: httpx.URL, body: bytes | None = None) -> httpx.Request:
-        return exchange.request(method, url, self._headers, body, self._timeout)
-
-    def _failure(self, exc: httpx.HTTPError) -> UpstreamError | None:
-        if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
-            return UpstreamUnreachable(
-                f"cannot reach the OpenAI-compatible server at {self.address} "
-                f"({exc or type(exc).__name__}); is it running?"
-            )
-        if isinstance(exc, httpx.TimeoutException):
-            return UpstreamTimeout(f"the server at {self.address} did not answer in time")
-        if isinstance(exc, httpx.TransportError):
-            return UpstreamUnavailable(f"the connection to {self.address} failed: {exc}")
-        if isinstance(exc, httpx.DecodingError):
-            return UpstreamBadResponse(f"the server's answer could not be decoded: {exc}")
-        return None
-
-    async def _send(self, request: httpx.Request) -> httpx.Response:
-        try:
-            return await self._transport.handle_async_request(request)
-        except httpx.HTTPError as exc:
-            if (failure := self._failure(exc)) is None:
-                raise
-            raise failure from exc
-
-    async def _read(self, response: httpx.Response) -> bytes:
-        try:
-            return await exchange.read_body(response, self.max_body)
-        except exchange.BodyTooLarge:
-            raise UpstreamBadResponse(
-                f"the server at {self.address} sent an answer larger than "
-                f"{self.max_body} bytes (--max-upstream-body)"
-            ) from None
-        except httpx.HTTPError as exc:
-            if (failure := self._failure(exc)) is None:
-                raise
-            raise failure from exc
+        return self._server.request(method, url, body)
 
     async def _call(self, request: httpx.Request) -> bytes:
-        response = await self._send(request)
-        data = await self._read(response)
+        response = await self._server.send(request)
+        data = await self._server.read(response)
         if response.status_code != 200:
             raise _status_error(response.status_code, data, self.address, request.url.path)
         return data
 
     # -- the Upstream interface --------------------------------------------------------------
 
-    async def _model_list(self) -> list[dict[str, Any]]:
+    async def _model_list(self) -> list[ModelInfo]:
         body = await self._call(self._request("GET", self._models_url))
         try:
-            entries = _decode_models(body).data
-        except msgspec.DecodeError as exc:
-            raise UpstreamBadResponse(f"/v1/models at {self.address} is unreadable: {exc}") from exc
-        if not all(isinstance(entry.get("id"), str) for entry in entries):
-            raise UpstreamBadResponse(f"/v1/models at {self.address} lists a model without id")
+            listed = _decode_models(body)
+            entries = [(msgspec.convert(raw, wire.ModelEntry), raw) for raw in listed.data]
+            capable = [msgspec.convert(raw, wire.Capable) for raw in listed.models or ()]
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise UpstreamBadResponse(
+                f"/v1/models at {self.address} is not a model list: {exc}"
+            ) from exc
         # What clients call each model, and the server's own id for it (see exposed_name).
-        self._server_ids = {exposed_name(entry["id"]): entry["id"] for entry in entries}
-        return entries
+        self._server_ids = {exposed_name(entry.id): entry.id for entry, _ in entries}
+        capabilities = {c.model: c.capabilities for c in capable if c.capabilities}
+        return [_model(entry, raw, capabilities.get(entry.id)) for entry, raw in entries]
 
     def _server_id(self, model: str) -> str:
         """The server's id for a model as the gateway names it."""
         return self._server_ids.get(model, model)
 
     async def models(self) -> list[ModelInfo]:
-        return [
-            ModelInfo(name=exposed_name(entry["id"]), details=entry)
-            for entry in await self._model_list()
-        ]
+        return await self._model_list()
 
-    async def loaded(self) -> list[dict[str, Any]]:
+    async def loaded(self) -> list[LoadedModel]:
+        """The models loaded now, with what llama-server's `meta` says of their memory."""
         loaded = []
-        for entry in await self._model_list():
-            status = entry.get("status")
-            value = status.get("value") if isinstance(status, dict) else None
-            if status is None or value == "loaded":
-                name = exposed_name(entry["id"])
-                loaded.append({"name": name, "model": name})
+        for info in await self._model_list():
+            if info.loaded:
+                meta = _meta(info)
+                loaded.append(
+                    LoadedModel(
+                        **{f: getattr(info, f) for f in info.__struct_fields__},
+                        memory=meta.size,
+                        loaded_context=meta.n_ctx,
+                    )
+                )
         return loaded
 
-    async def show(self, model: str) -> dict[str, Any]:
-        for entry in await self._model_list():
-            if exposed_name(entry["id"]) == model:
-                return entry
+    async def show(self, model: str) -> ModelInfo:
+        for info in await self._model_list():
+            if info.name == model:
+                return info
         raise ModelNotFound(f"the server at {self.address} has no model {model!r}")
 
     async def version(self) -> str:
@@ -542,24 +555,24 @@ class OpenAIUpstream:
         """A whole answer, asked for as a stream (calls/collect.py), read whole within
         max_body, and taken apart at once."""
         ask = self._ask(request)
-        response = await self._send(ask)
-        body = await self._read(response)
+        response = await self._server.send(ask)
+        body = await self._server.read(response)
         if response.status_code != 200:
             raise _status_error(response.status_code, body, self.address, ask.url.path)
         parser = OpenAIStream(
-            response, self.address, self.name, request.completion is not None, self.max_line
+            response, self._server, self.name, request.completion is not None, self.max_line
         )
         return parser.whole(body)
 
     async def open_stream(self, request: CallRequest) -> OpenAIStream:
         """Start a streamed answer; returns once the server has accepted it (status 200)."""
         ask = self._ask(request)
-        response = await self._send(ask)
+        response = await self._server.send(ask)
         if response.status_code != 200:
-            body = await self._read(response)
+            body = await self._server.read(response)
             raise _status_error(response.status_code, body, self.address, ask.url.path)
         return OpenAIStream(
-            response, self.address, self.name, request.completion is not None, self.max_line
+            response, self._server, self.name, request.completion is not None, self.max_line
         )
 
     async def embed(self, request: EmbedRequest) -> Embeddings:

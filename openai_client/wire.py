@@ -81,6 +81,48 @@ class ErrorReply(msgspec.Struct):
 
 class ModelList(msgspec.Struct):
     data: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    # llama-server also lists its models in Ollama's shape, with their capabilities.
+    models: list[dict[str, Any]] | None = None
+
+
+class Status(msgspec.Struct):
+    """llama-server's router mode: whether a model is loaded now."""
+
+    value: str | None = None
+
+
+class Meta(msgspec.Struct):
+    """llama-server's `meta` of a model: its weights, as the GGUF file says."""
+
+    n_params: int | None = None
+    size: int | None = None
+    n_ctx_train: int | None = None
+    n_ctx: int | None = None
+    ftype: str | None = None
+
+
+class Architecture(msgspec.Struct):
+    input_modalities: list[str] | None = None
+
+
+class ModelEntry(msgspec.Struct):
+    """One model of /v1/models: OpenAI's id, created and owned_by, and what llama-server
+    (meta, status, architecture) and vLLM (max_model_len) add."""
+
+    id: str
+    created: int | None = None
+    owned_by: str | None = None
+    status: Status | None = None
+    meta: Meta | None = None
+    architecture: Architecture | None = None
+    max_model_len: int | None = None
+
+
+class Capable(msgspec.Struct):
+    """llama-server's Ollama-shaped entry: the capabilities it reports."""
+
+    model: str = ""
+    capabilities: list[str] | None = None
 
 
 class Embedding(msgspec.Struct):

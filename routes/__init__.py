@@ -1,1 +1,2 @@
-"""HTTP routes, one module per resource; each module exports `routes`."""
+"""The web side: the fronts (a package each: `seed`, `ollama`, `openai`) and the resources (a
+module each); each exports `routes` and its `openapi` description."""

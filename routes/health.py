@@ -3,15 +3,44 @@ limits counted where they should be."""
 
 from __future__ import annotations
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ollama_host import __version__
+from access.limits import CountersHealth
+from calls.upstream import UpstreamHealth
 
 from .common import JSON, gateway_of
 from .openapi import Operation, Paths, Reply
-from .schemas import Health, OllamaHealth, StoreHealthReply
+
+
+class OllamaHealth(msgspec.Struct, kw_only=True):
+    status: str  # "up" or "down"
+    address: str
+    version: str | None = None
+    error: str | None = None
+
+
+class StoreHealthReply(msgspec.Struct, kw_only=True):
+    status: str
+    pending: int
+    error: str | None = None
+    # Usage files found damaged since the gateway started; `error` says what became of them.
+    damaged: list[str] = msgspec.field(default_factory=list)
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: str  # "ok" when every upstream answers and the store writes, else "degraded"
+    gateway: str
+    version: str
+    # The (first) upstream, in the shape /health has always had.
+    ollama: OllamaHealth
+    store: StoreHealthReply
+    # Every upstream: its state, calls in flight and models.
+    upstreams: list[UpstreamHealth] = msgspec.field(default_factory=list)
+    # Where limits and stream tickets are counted (--redis), and whether that works.
+    limits: CountersHealth = msgspec.field(default_factory=CountersHealth)
 
 
 async def health(request: Request) -> Response:
@@ -29,7 +58,7 @@ async def health(request: Request) -> Response:
         Health(
             status="ok" if ok else "degraded",
             gateway="up",
-            version=__version__,
+            version=request.app.state.version,
             ollama=ollama,
             store=StoreHealthReply(
                 status=store.status, pending=store.pending, error=store.error, damaged=store.damaged

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from .schemas import ErrorBody
+from .errors import ErrorBody
 
 REF = "#/components/schemas/{name}"
 

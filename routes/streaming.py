@@ -1,7 +1,8 @@
 """The response that streams one call to its client, for every front.
 
-A front gives it the call's `CallStream` and an encoder (event -> bytes in the front's own
-framing: the seed's SSE, Ollama's NDJSON, OpenAI's SSE chunks). The response:
+A front gives `stream_response` the streamed `Call` and its `Framing` (event -> bytes in the
+front's own wire format: the seed's SSE, Ollama's NDJSON, OpenAI's SSE chunks; and the media
+type, headers, keep-alive and last bytes that go with it). The response:
 
 - notices a client that leaves, whatever the upstream's pace: a watcher task waits on
   `receive()` and, on `http.disconnect`, marks the stream gone and cancels the sending task
@@ -15,52 +16,111 @@ framing: the seed's SSE, Ollama's NDJSON, OpenAI's SSE chunks). The response:
 - always closes the call, which closes the upstream request and writes the record.
 
 It is plain ASGI, not sse-starlette's EventSourceResponse: that one notices a hang-up through
-an anyio cancel scope, which never landed while the upstream kept every await ready (issue 11:
-1.1 GB read for a client that had left), and it opens a cancel scope per event sent.
+an anyio cancel scope, which never landed while the upstream kept every await ready (1.1 GB
+read for a client that had left, in the fault catalogue), and it opens a cancel scope per
+event sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from typing import Protocol
 
+from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
-from calls.pipeline import CallStream, Event
+from calls.events import Event
+from calls.pipeline import Call
+from calls.types import CallRequest
 
 # The scope key under which GatewayApp puts the server's own `send`, for stream bodies.
 SERVER_SEND = "ollama_host.server_send"
 
-Encode = Callable[[Event], bytes]
+SSE = "text/event-stream; charset=utf-8"
+NDJSON = "application/x-ndjson"
+
+
+class Framing(Protocol):
+    """A front's wire format for one stream: the bytes of each event (b"" for an event it
+    does not frame), and how the response around them is set up."""
+
+    @property
+    def media_type(self) -> str: ...
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]: ...
+
+    @property
+    def ping(self) -> bytes | None:
+        """Sent while nothing else went out for --keepalive seconds (None: nothing)."""
+        ...
+
+    @property
+    def tail(self) -> bytes:
+        """Bytes after the last event (OpenAI's `data: [DONE]`)."""
+        ...
+
+    def __call__(self, event: Event) -> bytes: ...
+
+
+class SSEFraming:
+    """What every Server-Sent Events framing shares: a subclass frames the events."""
+
+    __slots__ = ()
+    media_type = SSE
+    # No caching, and no buffering by a proxy in between (nginx honours X-Accel-Buffering).
+    headers: tuple[tuple[str, str], ...] = (
+        ("Cache-Control", "no-cache, no-transform"),
+        ("X-Accel-Buffering", "no"),
+    )
+    ping: bytes | None = b": keep-alive\n\n"
+    tail = b""
+
+
+class NDJSONFraming:
+    """What every newline-delimited JSON framing shares (no keep-alive: a line that is not an
+    object would break its clients)."""
+
+    __slots__ = ()
+    media_type = NDJSON
+    headers: tuple[tuple[str, str], ...] = ()
+    ping: bytes | None = None
+    tail = b""
+
+
+def stream_response(
+    request: Request, call: Call[CallRequest], framing: Framing
+) -> CallStreamResponse:
+    """The response that streams `call` in `framing`, with the app's keep-alive and send
+    timeout."""
+    settings = request.app.state.settings
+    return CallStreamResponse(
+        call, framing, keepalive=settings.keepalive, send_timeout=settings.send_timeout
+    )
 
 
 class CallStreamResponse:
-    """Streams one call's events, encoded by its front; closing it always closes the call."""
+    """Streams one call's events, framed by its front; closing it always closes the call."""
 
     def __init__(
         self,
-        stream: CallStream,
-        encode: Encode,
+        stream: Call[CallRequest],
+        encode: Framing,
         *,
-        media_type: str,
-        headers: Iterable[tuple[str, str]] = (),
-        ping: bytes | None = None,
         keepalive: float = 15.0,
         send_timeout: float | None = None,
-        tail: bytes = b"",
     ) -> None:
         self.stream = stream
         self.encode = encode
         self.raw_headers = [
-            (b"content-type", media_type.encode("latin-1")),
+            (b"content-type", encode.media_type.encode("latin-1")),
             (b"x-request-id", stream.id.encode("latin-1")),
-            *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers),
+            *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in encode.headers),
         ]
-        self.ping = ping
+        self.ping = encode.ping
         self.keepalive = keepalive
         self.send_timeout = send_timeout
-        # Bytes after the last event (OpenAI's `data: [DONE]`).
-        self.tail = tail
+        self.tail = encode.tail
         self._last_sent = 0.0
         # A send is under way (the client's socket may be full); the stream is over.
         self._sending = False

@@ -39,6 +39,7 @@ __all__ = [
     "UsageRecord",
     "UsageStore",
     "iso",
+    "kind_of",
     "open_store",
     "shared",
 ]
@@ -51,26 +52,41 @@ STORES: dict[str, tuple[str, str, str]] = {
 }
 
 
-def shared(location: str | None) -> bool:
-    """True if `location` names a store several gateways can share (a database)."""
-    return location is not None and location.split("://", 1)[0] in STORES
-
-
-def open_store(location: Path | str, *, retention_days: float | None = None) -> UsageStore:
-    """The store kept at `location`: a database address with a scheme in STORES, or a folder
-    for TinyDB files. Raises StoreError with what to do when it cannot open."""
+def kind_of(location: Path | str) -> type[UsageStore]:
+    """The store class for `location`: a database address with a scheme in STORES, or a
+    folder for TinyDB files. Raises StoreError with what to do when there is none."""
     scheme = str(location).split("://", 1)[0] if "://" in str(location) else None
     if scheme is None:
-        return TinyDBStore(Path(location), retention_days=retention_days)
+        return TinyDBStore
     if scheme not in STORES:
         known = ", ".join(f"{s}://" for s in STORES)
         raise StoreError(f"--store must be a folder or an address starting {known}")
     module, name, extra = STORES[scheme]
     try:
-        kind = getattr(importlib.import_module(module), name)
+        kind: type[UsageStore] = getattr(importlib.import_module(module), name)
     except ImportError as exc:
         raise StoreError(
             f"the {scheme} store needs its driver ({exc.name}): pip install 'ollama-host[{extra}]'"
         ) from None
-    store: UsageStore = kind(str(location), retention_days=retention_days)
+    return kind
+
+
+def shared(location: str | None) -> bool:
+    """True if the store at `location` declares that several gateways can share it (a
+    database). A location no store takes is not shared (opening it says why)."""
+    if location is None:
+        return False
+    try:
+        return kind_of(location).shared
+    except StoreError:
+        return False
+
+
+def open_store(location: Path | str, *, retention_days: float | None = None) -> UsageStore:
+    """The store kept at `location` (see kind_of). Raises StoreError with what to do when it
+    cannot open."""
+    kind = kind_of(location)
+    if kind is TinyDBStore:
+        return TinyDBStore(Path(location), retention_days=retention_days)
+    store: UsageStore = kind(str(location), retention_days=retention_days)  # type: ignore[call-arg]
     return store

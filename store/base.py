@@ -1,8 +1,9 @@
 """The store seam: what the gateway needs from a place that keeps usage records.
 
 `store.tinydb.TinyDBStore` is one implementation (the default: TinyDB files in the data
-folder). Another (a database server) is another module implementing this `Protocol` and one
-line in `store.open_store`. The app is given a store; nothing above this package knows which.
+folder), `store.postgres.PostgresStore` another (a database server); a third is one more
+sub-package implementing this `Protocol` and one line in `store.STORES`. The app is given a
+store; nothing above this package knows which.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class UsageStore(Protocol):
     Implementations apply their retention (records older than N days are deleted) on their
     own, as configured when opened.
     """
+
+    # Whether several gateways (and the workers of --workers N) can use it at once: then the
+    # keys and secrets live in it too, and --workers is allowed.
+    shared: bool
 
     @property
     def changes(self) -> int:

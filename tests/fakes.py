@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 from calls.errors import UpstreamError
 from calls.types import (
@@ -17,6 +16,7 @@ from calls.types import (
     CallRequest,
     Embeddings,
     EmbedRequest,
+    LoadedModel,
     Metrics,
     ModelInfo,
     Piece,
@@ -105,11 +105,11 @@ class FakeUpstream:
     async def models(self) -> list[ModelInfo]:
         return [ModelInfo(name="llama3:latest"), ModelInfo(name="qwen:latest")]
 
-    async def loaded(self) -> list[dict[str, Any]]:
+    async def loaded(self) -> list[LoadedModel]:
         return []
 
-    async def show(self, model: str) -> dict[str, Any]:
-        return {"model": model}
+    async def show(self, model: str) -> ModelInfo:
+        return ModelInfo(name=model)
 
     async def version(self) -> str:
         return "0.0-fake"

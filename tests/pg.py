@@ -178,6 +178,6 @@ def access_of(
 ) -> tuple[Access, str | None]:
     """Access kept in this database, opened as a gateway opens it at start."""
     from access.pg_keys import open_access
-    from store.pg import Database
+    from store.postgres.database import Database
 
     return open_access(Database(dsn), admin_token, reset=reset)

@@ -1,4 +1,4 @@
-"""Records and checks the store tests share (tests/test_store_tinydb.py and
+"""Records and checks the store tests share (tests/test_store_tinydb_store.py and
 tests/test_store_contract.py)."""
 
 from __future__ import annotations

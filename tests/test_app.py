@@ -18,7 +18,7 @@ from starlette.routing import Route
 from app import GatewayApp, create_app, renderer
 from calls.errors import CallError
 from ollama_host.settings import parse_settings
-from routes.common import error_response
+from routes.errors import error_response
 from routes.streaming import SERVER_SEND
 from tests.asgi import Local
 from tests.helpers import assert_error

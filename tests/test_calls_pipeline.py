@@ -13,16 +13,18 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
-from access.identity import Caller, Credentials
+from access.identity import Credentials
 from access.keys import Access, KeyLimits
 from access.limits import Limits
 from calls.errors import CallError, ModelNotFound, UpstreamFailed, UpstreamTimeout
-from calls.pipeline import CallInfo, CallStream, Done, Event, Failed, Gateway, Pieces, Started
-from calls.types import CallRequest, EmbedRequest, Labels, Message, Piece
-from ollama_host.requestlog import new_id
+from calls.events import Done, Event, Failed, Pieces, Started
+from calls.pipeline import Ask, Call, Finished, Gateway
+from calls.types import Answer, CallRequest, EmbedRequest, Labels, Message, Piece
 from ollama_host.settings import parse_settings
+from routes.request_id import new_id
 from store import TinyDBStore, UsageQuery, UsageRecord
 from tests.fakes import HOLD, FakeUpstream
 
@@ -30,6 +32,7 @@ pytestmark = pytest.mark.anyio
 
 ADMIN_TOKEN = "pipeline-admin-token"
 LABELS = Labels(project="p", process_id="001", subprocess_id="002")
+NOBODY = Credentials()
 
 
 @asynccontextmanager
@@ -48,6 +51,7 @@ async def pipeline(
         Limits(settings),
         max_prompt=settings.max_prompt,
         max_output=settings.max_record_output,
+        open_wait=settings.open_wait,
     )
     try:
         yield gateway, upstream
@@ -61,8 +65,39 @@ def chat(content: str = "hello", model: str = "llama3") -> CallRequest:
     )
 
 
-def info() -> CallInfo:
-    return CallInfo(id=new_id(), front="test", endpoint="/test")
+def ask(
+    request: CallRequest | None = None, *, credentials: Credentials = NOBODY
+) -> Ask[CallRequest]:
+    """A front's ask, as a test front named "test" makes it."""
+    return Ask(
+        request=request or chat(),
+        credentials=credentials,
+        labels=LABELS,
+        id=new_id(),
+        front="test",
+        endpoint="/test",
+    )
+
+
+def streamed(asked: Ask[CallRequest]) -> Ask[CallRequest]:
+    return msgspec.structs.replace(asked, stream=True)
+
+
+def embedding(asked: Ask[CallRequest], request: EmbedRequest) -> Ask[EmbedRequest]:
+    """The same ask, for embeddings."""
+    return Ask(
+        request=request,
+        credentials=asked.credentials,
+        labels=asked.labels,
+        id=asked.id,
+        front=asked.front,
+        endpoint=asked.endpoint,
+    )
+
+
+async def answer(gateway: Gateway, asked: Ask[CallRequest]) -> Finished[Answer]:
+    """The one call, for a whole answer."""
+    return await (await gateway.call(asked)).answer()
 
 
 async def records_of(gateway: Gateway, call_id: str) -> list[UsageRecord]:
@@ -77,7 +112,7 @@ async def the_record(gateway: Gateway, call_id: str) -> UsageRecord:
     return found[0]
 
 
-async def play(stream: CallStream) -> list[Event]:
+async def play(stream: Call[CallRequest]) -> list[Event]:
     """Every event of a stream, which is closed afterwards as the fronts close it."""
     try:
         return [event async for event in stream.events()]
@@ -90,12 +125,12 @@ async def play(stream: CallStream) -> list[Event]:
 
 async def test_an_answer_is_recorded_once_with_its_metrics(tmp_path: Path) -> None:
     async with pipeline(tmp_path) as (gateway, upstream):
-        call = info()
+        call = ask()
 
-        finished = await gateway.answer(call, chat(), Caller(), LABELS)
+        finished = await answer(gateway, call)
 
         record = await the_record(gateway, call.id)
-    assert finished.answer.content == "w0 w1 "
+    assert finished.result.content == "w0 w1 "
     assert finished.record == record
     assert (record.status, record.output, record.streamed) == ("ok", "w0 w1 ", False)
     assert (record.input_tokens, record.output_tokens, record.total_tokens) == (3, 2, 5)
@@ -116,10 +151,10 @@ async def test_an_answer_is_recorded_once_with_its_metrics(tmp_path: Path) -> No
 
 async def test_an_upstream_failure_is_a_call_error_and_one_record(tmp_path: Path) -> None:
     async with pipeline(tmp_path, fail=ModelNotFound('model "x" not found')) as (gateway, _):
-        call = info()
+        call = ask()
 
         with pytest.raises(CallError) as raised:
-            await gateway.answer(call, chat(), Caller(), LABELS)
+            await answer(gateway, call)
 
         record = await the_record(gateway, call.id)
     assert (raised.value.status, raised.value.code) == (404, "model_not_found")
@@ -133,8 +168,8 @@ async def test_an_upstream_failure_is_a_call_error_and_one_record(tmp_path: Path
 
 async def test_a_cancelled_answer_is_recorded_as_cancelled(tmp_path: Path) -> None:
     async with pipeline(tmp_path, hold=True) as (gateway, upstream):
-        call = info()
-        asking = asyncio.ensure_future(gateway.answer(call, chat(), Caller(), LABELS))
+        call = ask()
+        asking = asyncio.ensure_future(answer(gateway, call))
         await upstream.holding.wait()
 
         asking.cancel()
@@ -147,8 +182,8 @@ async def test_a_cancelled_answer_is_recorded_as_cancelled(tmp_path: Path) -> No
 
 async def test_an_answer_cut_by_shutdown_is_503_and_recorded_once(tmp_path: Path) -> None:
     async with pipeline(tmp_path, hold=True) as (gateway, upstream):
-        call = info()
-        asking = asyncio.ensure_future(gateway.answer(call, chat(), Caller(), LABELS))
+        call = ask()
+        asking = asyncio.ensure_future(answer(gateway, call))
         await upstream.holding.wait()
 
         gateway.drain.start(0)
@@ -169,10 +204,10 @@ async def test_an_answer_asked_after_the_grace_period_never_reaches_upstream(
         # Timers run in the order of their time: the grace period's ends before this sleep.
         await asyncio.sleep(0.001)
         assert gateway.drain.cut
-        call = info()
+        call = ask()
 
         with pytest.raises(CallError) as raised:
-            await gateway.answer(call, chat(), Caller(), LABELS)
+            await answer(gateway, call)
 
         record = await the_record(gateway, call.id)
     assert raised.value.code == "server_shutdown"
@@ -182,14 +217,14 @@ async def test_an_answer_asked_after_the_grace_period_never_reaches_upstream(
 
 async def test_a_bug_below_the_pipeline_is_still_recorded(tmp_path: Path) -> None:
     async with pipeline(tmp_path) as (gateway, upstream):
-        call = info()
+        call = ask()
 
         async def broken(request: CallRequest) -> Any:
             raise ZeroDivisionError
 
         upstream.answer = broken  # type: ignore[method-assign]
         with pytest.raises(ZeroDivisionError):
-            await gateway.answer(call, chat(), Caller(), LABELS)
+            await answer(gateway, call)
 
         record = await the_record(gateway, call.id)
     assert (record.status, record.error_code) == ("error", "internal_error")
@@ -200,9 +235,9 @@ async def test_observers_see_each_record_once_and_tokens_are_charged(tmp_path: P
         seen: list[UsageRecord] = []
         gateway.observers.append(seen.append)
 
-        await gateway.answer(info(), chat(), Caller(), LABELS)
+        await answer(gateway, ask())
         with pytest.raises(CallError) as raised:
-            await gateway.admit(Credentials(), "llama3", LABELS)
+            await gateway.call(ask())
 
     assert [r.status for r in seen] == ["ok"]
     assert (raised.value.status, raised.value.code) == (429, "rate_limited")
@@ -213,8 +248,8 @@ async def test_observers_see_each_record_once_and_tokens_are_charged(tmp_path: P
 
 async def test_a_stream_yields_start_pieces_done_and_one_record(tmp_path: Path) -> None:
     async with pipeline(tmp_path) as (gateway, upstream):
-        call = info()
-        stream = await gateway.stream(call, chat(), Caller(), LABELS)
+        call = ask()
+        stream = await gateway.call(streamed(call))
 
         events = await play(stream)
 
@@ -233,8 +268,8 @@ async def test_a_stream_yields_start_pieces_done_and_one_record(tmp_path: Path) 
 async def test_a_failure_mid_stream_is_a_failed_event_and_one_record(tmp_path: Path) -> None:
     steps = [[Piece("w0 ")], UpstreamFailed("runner crashed")]
     async with pipeline(tmp_path, steps=steps) as (gateway, upstream):
-        call = info()
-        stream = await gateway.stream(call, chat(), Caller(), LABELS)
+        call = ask()
+        stream = await gateway.call(streamed(call))
 
         events = await play(stream)
 
@@ -256,8 +291,8 @@ async def test_a_failure_mid_stream_is_a_failed_event_and_one_record(tmp_path: P
 
 async def test_a_stream_that_ends_without_its_account_is_a_bad_response(tmp_path: Path) -> None:
     async with pipeline(tmp_path, metrics=None) as (gateway, _):
-        call = info()
-        stream = await gateway.stream(call, chat(), Caller(), LABELS)
+        call = ask()
+        stream = await gateway.call(streamed(call))
 
         events = await play(stream)
 
@@ -270,12 +305,10 @@ async def test_a_stream_that_ends_without_its_account_is_a_bad_response(tmp_path
 
 async def test_a_stream_the_upstream_refuses_fails_before_it_starts(tmp_path: Path) -> None:
     async with pipeline(tmp_path, fail=ModelNotFound('model "x" not found')) as (gateway, _):
-        call = info()
-        stream = await gateway.stream(call, chat(), Caller(), LABELS)
+        call = ask()
 
         with pytest.raises(CallError) as raised:
-            await stream.wait_open(5)
-        await stream.aclose()
+            await gateway.call(streamed(call))
 
         record = await the_record(gateway, call.id)
     assert (raised.value.status, raised.value.code, raised.value.request_id) == (
@@ -286,14 +319,13 @@ async def test_a_stream_the_upstream_refuses_fails_before_it_starts(tmp_path: Pa
     assert (record.status, record.error_code) == ("error", "model_not_found")
 
 
-async def test_a_stream_whose_upstream_is_slow_to_open_is_not_failed_by_wait_open(
+async def test_a_stream_whose_upstream_is_slow_to_open_is_not_failed_by_the_open_wait(
     tmp_path: Path,
 ) -> None:
-    async with pipeline(tmp_path, hold=True) as (gateway, upstream):
-        call = info()
-        stream = await gateway.stream(call, chat(), Caller(), LABELS)
+    async with pipeline(tmp_path, "--open-wait", "0", hold=True) as (gateway, upstream):
+        call = ask()
+        stream = await gateway.call(streamed(call))
 
-        await stream.wait_open(0)
         upstream.release.set()
         events = await play(stream)
 
@@ -307,8 +339,8 @@ async def test_a_stream_left_by_its_client_is_cancelled_closed_and_recorded_once
 ) -> None:
     steps = [[Piece("w0 ")], HOLD, [Piece("w1 ")]]
     async with pipeline(tmp_path, steps=steps) as (gateway, upstream):
-        call = info()
-        stream = await gateway.stream(call, chat(), Caller(), LABELS)
+        call = ask()
+        stream = await gateway.call(streamed(call))
         events = stream.events()
         seen = [await anext(events), await anext(events)]
         reading = asyncio.ensure_future(anext(events))
@@ -330,8 +362,8 @@ async def test_a_stream_left_by_its_client_is_cancelled_closed_and_recorded_once
 async def test_a_stream_marked_gone_stops_at_its_next_step(tmp_path: Path) -> None:
     steps = [[Piece("w0 ")], [Piece("w1 ")], [Piece("w2 ")]]
     async with pipeline(tmp_path, steps=steps) as (gateway, _):
-        call = info()
-        stream = await gateway.stream(call, chat(), Caller(), LABELS)
+        call = ask()
+        stream = await gateway.call(streamed(call))
         events: list[Event] = []
         async for event in stream.events():
             events.append(event)
@@ -348,8 +380,8 @@ async def test_a_stream_closed_before_the_upstream_opened_is_recorded_once(
     tmp_path: Path,
 ) -> None:
     async with pipeline(tmp_path, hold=True) as (gateway, upstream):
-        call = info()
-        stream = await gateway.stream(call, chat(), Caller(), LABELS)
+        call = ask()
+        stream = await gateway.call(streamed(call))
         await upstream.holding.wait()
 
         await stream.aclose()
@@ -362,8 +394,8 @@ async def test_a_stream_closed_before_the_upstream_opened_is_recorded_once(
 async def test_a_stream_cut_by_shutdown_ends_with_server_shutdown(tmp_path: Path) -> None:
     steps = [[Piece("w0 ")], HOLD, [Piece("w1 ")]]
     async with pipeline(tmp_path, steps=steps) as (gateway, upstream):
-        call = info()
-        stream = await gateway.stream(call, chat(), Caller(), LABELS)
+        call = ask()
+        stream = await gateway.call(streamed(call))
         playing = asyncio.ensure_future(play(stream))
         await upstream.holding.wait()
 
@@ -386,8 +418,8 @@ async def test_a_stream_cut_by_shutdown_ends_with_server_shutdown(tmp_path: Path
 
 async def test_a_stalled_client_is_recorded_with_the_reason(tmp_path: Path) -> None:
     async with pipeline(tmp_path, steps=[[Piece("w0 ")], HOLD]) as (gateway, _):
-        call = info()
-        stream = await gateway.stream(call, chat(), Caller(), LABELS)
+        call = ask()
+        stream = await gateway.call(streamed(call))
         events = stream.events()
         await anext(events)
         await anext(events)
@@ -405,18 +437,16 @@ async def test_a_streams_places_are_given_back_however_it_ends(tmp_path: Path) -
     flags = ("--max-streams", "1")
     async with pipeline(tmp_path, *flags, fail=UpstreamTimeout("slow")) as (gateway, upstream):
         for _ in range(3):
-            stream = await gateway.stream(info(), chat(), Caller(), LABELS)
             with pytest.raises(CallError):
-                await stream.wait_open(5)
-            await stream.aclose()
+                await gateway.call(streamed(ask()))
         upstream.fail = None
-        held = await gateway.stream(info(), chat(), Caller(), LABELS)
+        held = await gateway.call(streamed(ask()))
 
         with pytest.raises(CallError) as refused:
-            await gateway.stream(info(), chat(), Caller(), LABELS)
+            await gateway.call(streamed(ask()))
 
         await play(held)
-        again = await gateway.stream(info(), chat(), Caller(), LABELS)
+        again = await gateway.call(streamed(ask()))
         await play(again)
     assert (refused.value.status, refused.value.code) == (429, "rate_limited")
 
@@ -426,10 +456,11 @@ async def test_a_streams_places_are_given_back_however_it_ends(tmp_path: Path) -
 
 async def test_embeddings_are_recorded_once_without_their_vectors(tmp_path: Path) -> None:
     async with pipeline(tmp_path) as (gateway, _):
-        call = info()
+        call = ask()
         request = EmbedRequest(model="llama3", input=["one", "two"])
 
-        embeddings, record = await gateway.embed(call, request, Caller(), LABELS)
+        finished = await (await gateway.call(embedding(call, request))).embeddings()
+        embeddings, record = finished.result, finished.record
 
         stored = await the_record(gateway, call.id)
     assert embeddings.vectors == [[0.5, 0.25], [0.5, 0.25]]
@@ -445,10 +476,12 @@ async def test_embeddings_are_recorded_once_without_their_vectors(tmp_path: Path
 
 async def test_a_failed_embedding_is_recorded_once(tmp_path: Path) -> None:
     async with pipeline(tmp_path, fail=UpstreamFailed("no")) as (gateway, _):
-        call = info()
+        call = ask()
+
+        failing = await gateway.call(embedding(call, EmbedRequest(model="llama3", input=["x"])))
 
         with pytest.raises(CallError):
-            await gateway.embed(call, EmbedRequest(model="llama3", input=["x"]), Caller(), LABELS)
+            await failing.embeddings()
 
         record = await the_record(gateway, call.id)
     assert (record.status, record.error_code) == ("error", "upstream_error")
@@ -461,16 +494,28 @@ async def test_admission_checks_who_what_and_how_much_before_any_upstream(tmp_pa
     async with pipeline(tmp_path, "--max-prompt", "5") as (gateway, upstream):
         key, plain = await gateway.access.keys.create("team", ["qwen"], KeyLimits())
 
+        key_holder = Credentials(bearer=plain)
+        five, six = [Message("user", "12345")], [Message("user", "123456")]
+
         with pytest.raises(CallError) as nobody:
-            await gateway.admit(Credentials(), "qwen", LABELS)
+            await gateway.call(ask(CallRequest(model="qwen")))
         with pytest.raises(CallError) as wrong_model:
-            await gateway.admit(Credentials(bearer=plain), "llama3", LABELS)
+            await gateway.call(ask(CallRequest(model="llama3"), credentials=key_holder))
         with pytest.raises(CallError) as too_long:
-            await gateway.admit(Credentials(bearer=plain), "qwen", LABELS, prompt_size=6)
-        caller = await gateway.admit(
-            Credentials(bearer=plain), "qwen:latest", LABELS, prompt_size=5
-        )
-        admin = await gateway.admit(Credentials(bearer=ADMIN_TOKEN), "llama3", LABELS, 5)
+            await gateway.call(ask(CallRequest(model="qwen", messages=six), credentials=key_holder))
+        caller = (
+            await gateway.call(
+                ask(CallRequest(model="qwen:latest", messages=five), credentials=key_holder)
+            )
+        ).caller
+        admin = (
+            await gateway.call(
+                ask(
+                    CallRequest(model="llama3", messages=five),
+                    credentials=Credentials(bearer=ADMIN_TOKEN),
+                )
+            )
+        ).caller
 
     assert (nobody.value.status, nobody.value.code) == (401, "unauthorized")
     assert (wrong_model.value.status, wrong_model.value.code) == (403, "model_not_allowed")
@@ -483,10 +528,9 @@ async def test_admission_checks_who_what_and_how_much_before_any_upstream(tmp_pa
 async def test_a_call_by_a_key_is_recorded_under_its_label(tmp_path: Path) -> None:
     async with pipeline(tmp_path) as (gateway, _):
         key, plain = await gateway.access.keys.create("team", None, KeyLimits())
-        caller = await gateway.admit(Credentials(bearer=plain), "llama3", LABELS)
-        call = info()
+        call = ask(credentials=Credentials(bearer=plain))
 
-        await gateway.answer(call, chat(), caller, LABELS)
+        await answer(gateway, call)
 
         record = await the_record(gateway, call.id)
     assert (record.key_id, record.key_label, record.user) == (key.id, "team", key.fingerprint)

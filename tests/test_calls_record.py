@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from access.identity import Caller
-from calls.record import Call
+from calls.record import Account
 from calls.types import CallRequest, Labels, Message, Metrics, Piece
 
 
-def call(max_output: int = 1000) -> Call:
+def call(max_output: int = 1000) -> Account:
     request = CallRequest(model="llama3", messages=[Message("user", "hi")])
-    return Call(
+    return Account(
         "0661",
         request,
         Caller(),
@@ -44,7 +44,7 @@ def test_a_long_answer_keeps_its_head_and_says_how_long_it_was() -> None:
 
 def test_chunks_count_when_the_upstream_never_said_how_many_tokens() -> None:
     """Thinking-only and tool-call-only chunks count too: a stream cancelled while the model
-    thinks is charged for what it generated (issue 14)."""
+    thinks is charged for what it generated."""
     account = call()
     account.add([Piece("", thinking="let me see"), Piece("", thinking="more"), Piece("hi")])
 

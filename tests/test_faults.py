@@ -1,4 +1,4 @@
-"""The fault catalogue (issue 11, "What held, and must keep holding"), black-box.
+"""The fault catalogue ("What held, and must keep holding"), black-box.
 
 The gateway runs as a real process in front of tests/fault_upstream.py, a misbehaving
 Ollama chosen by model name. The rest of the catalogue lives with the code it is about

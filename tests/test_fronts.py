@@ -298,7 +298,8 @@ async def test_api_tags_and_show_are_in_ollamas_form_whatever_the_upstream(
 ) -> None:
     """An OpenAI-kind upstream describes a model as an OpenAI model object (id, object,
     owned_by), with none of Ollama's fields: passed on as it was, the `ollama` library
-    listed it as `model=None`, found using the gateway against llama-server."""
+    listed it as `model=None`, found using the gateway against llama-server. Every model is
+    rendered from its typed description, with every field Ollama's own list has."""
     from calls.types import ModelInfo
     from tests.fakes import FakeUpstream
 
@@ -308,25 +309,32 @@ async def test_api_tags_and_show_are_in_ollamas_form_whatever_the_upstream(
         async def models(self) -> list[ModelInfo]:
             openai_object = {"id": "smollm2", "object": "model", "owned_by": "llamacpp"}
             return [
-                ModelInfo(name="llama3:latest", details=ollama_entry),
-                ModelInfo(name="smollm2", details=openai_object),
+                ModelInfo(name="llama3:latest", size=4_661_224_676, raw=ollama_entry),
+                ModelInfo(name="smollm2", raw=openai_object),
             ]
 
-        async def show(self, model: str) -> dict[str, Any]:
+        async def show(self, model: str) -> ModelInfo:
             if model == "smollm2":
-                return {"id": "smollm2", "object": "model", "owned_by": "llamacpp"}
-            return {"details": {"family": "llama"}, "model_info": {"general.architecture": "x"}}
+                return ModelInfo(name="smollm2")
+            return ModelInfo(name=model, family="llama", metadata={"general.architecture": "x"})
 
     async with in_process(tmp_path / "data", upstream=Mixed()) as local, local.client() as client:
         listed = (await client.get("/api/tags")).json()["models"]
         shown = (await client.post("/api/show", json={"model": "smollm2"})).json()
         native = (await client.post("/api/show", json={"model": "llama3"})).json()
 
-    assert listed == [ollama_entry, {"name": "smollm2", "model": "smollm2"}]
+    fields = {"name", "model", "modified_at", "size", "digest", "details"}
+    assert [set(m) for m in listed] == [fields, fields]
+    assert [(m["name"], m["model"], m["size"]) for m in listed] == [
+        ("llama3:latest", "llama3:latest", 4_661_224_676),
+        ("smollm2", "smollm2", 0),
+    ]
     # /api/show too: the ollama library requires model_info, which an OpenAI model object
     # does not have (it raised a ValidationError against llama-server).
     assert ollama.ShowResponse(**shown).modelinfo == {}
-    assert native == {"details": {"family": "llama"}, "model_info": {"general.architecture": "x"}}
+    assert shown["capabilities"] == ["completion"]
+    assert native["details"]["family"] == "llama"
+    assert native["model_info"] == {"general.architecture": "x"}
 
 
 async def test_keys_label_and_limit_every_front(tmp_path: Any) -> None:

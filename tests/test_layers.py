@@ -1,14 +1,16 @@
-"""The house's dependencies point one way (issue 12), checked on the source itself.
+"""The house's dependencies point one way, checked on the source itself.
 
 Routes sit on the pipeline; the pipeline sits on the interfaces (the neutral vocabulary of
 `calls`, `calls.upstream`, `store.base`) and on access; implementations (an upstream kind, a
 store) sit at the bottom and know only the vocabulary they implement. A module's imports are
-read with `ast`, so a lazy import inside a function counts too.
+read with `ast`, so a lazy import inside a function counts too, and so does one made only for
+the type checker: no module imports another that imports it back, however far round.
 """
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,10 +34,14 @@ VOCABULARY = {
     "calls.types",
     "calls.errors",
     "calls.upstream",
+    # What a streamed call yields, which fronts frame.
+    "calls.events",
     # Model names as Ollama reads them, and a whole answer out of pieces: pure functions of
     # the types above.
     "calls.models",
     "calls.collect",
+    # One HTTP exchange with a model server, for every upstream kind (on http_transport).
+    "calls.exchange",
     "store.base",
     "store.records",
 }
@@ -61,6 +67,74 @@ def project_imports(path: Path, root: Path = ROOT) -> set[str]:
             if name.split(".")[0] in (*PACKAGES, "app"):
                 found.add(name)
     return found
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_files(root: Path = ROOT) -> list[Path]:
+    """Every module of the program: the packages, app.py and launcher.py."""
+    found = [root / "app.py", root / "launcher.py"]
+    for package in PACKAGES:
+        found += sorted((root / package).rglob("*.py"))
+    return [path for path in found if path.exists()]
+
+
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Module -> the project modules it imports. `from store import TinyDBStore` imports the
+    module `store` (its __init__); `from store.tinydb import files` imports the module
+    `store.tinydb.files`: each name goes to the longest module it names."""
+    files = project_files(root)
+    known = {module_name(path, root) for path in files}
+    graph: dict[str, set[str]] = {}
+    for path in files:
+        targets = set()
+        for name in project_imports(path, root):
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name:
+                targets.add(name)
+        graph[module_name(path, root)] = targets - {module_name(path, root)}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other in a loop (Tarjan's strongly connected
+    components of more than one module), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> Iterator[None]:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                yield from visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            for _ in visit(node):
+                pass
+    return sorted(found)
 
 
 def modules(package: str) -> list[Path]:
@@ -92,11 +166,12 @@ def vocabulary_only(paths: list[Path], *, own: str) -> dict[str, list[str]]:
 
 
 def test_the_vocabulary_imports_nothing_above_it() -> None:
-    names = ("types", "errors", "upstream", "models", "collect")
+    names = ("types", "errors", "upstream", "events", "models", "collect", "exchange")
     paths = [ROOT / "calls" / f"{name}.py" for name in names]
     paths += [ROOT / "store" / f"{name}.py" for name in ("base", "records")]
 
-    assert offending(paths, VOCABULARY, own="") == {}
+    # The transport beneath every kind knows nothing of the project (checked below).
+    assert offending(paths, VOCABULARY | {"http_transport"}, own="") == {}
 
 
 @pytest.mark.parametrize("package", ["ollama_client", "openai_client", "store"])
@@ -112,9 +187,9 @@ def test_the_transport_knows_nothing_of_the_project() -> None:
 
 
 def test_the_router_knows_the_kinds_only_through_their_table() -> None:
-    """upstreams/ builds the kinds from settings (kinds.py names each once); the router itself
-    knows only the vocabulary."""
-    allowed = VOCABULARY | {"http_transport", "ollama_host.settings"}
+    """upstreams/ builds the kinds from settings it describes itself (kinds.py names each
+    kind once), never from the program package; the router knows only the vocabulary."""
+    allowed = VOCABULARY | {"http_transport"}
     router = [ROOT / "upstreams" / name for name in ("router.py", "breaker.py", "config.py")]
 
     assert offending(router, VOCABULARY, own="upstreams") == {}
@@ -131,12 +206,14 @@ def test_access_does_not_reach_up_into_the_pipeline_or_the_routes() -> None:
 
 
 def test_the_pipeline_knows_no_front_no_upstream_kind_and_no_store_implementation() -> None:
-    assert offending(modules("calls"), VOCABULARY | {"access"}, own="calls") == {}
+    allowed = VOCABULARY | {"access", "http_transport"}
+
+    assert offending(modules("calls"), allowed, own="calls") == {}
 
 
 def test_routes_do_not_reach_an_implementation() -> None:
     """Fronts work through the Gateway; only app.py picks implementations."""
-    allowed = VOCABULARY | {"access", "calls", "ollama_host"}
+    allowed = VOCABULARY | {"access", "calls"}
 
     assert offending(modules("routes"), allowed, own="routes") == {}
 
@@ -175,3 +252,36 @@ def test_nothing_generic_is_installed_at_the_top_of_site_packages() -> None:
     on_disk = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "bench"}
     assert on_disk <= installed
     assert {p.stem for p in ROOT.glob("*.py")} == {"app", "launcher"}
+
+
+def test_no_module_imports_another_that_imports_it_back() -> None:
+    assert circles(import_graph()) == []
+
+
+def test_the_circle_check_sees_a_lazy_loop(tmp_path: Path) -> None:
+    """A loop closed by an import inside a function, or one made only for the type checker,
+    is a loop all the same."""
+    for package in ("store", "calls"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "store" / "spill.py").write_text(
+        "def load():\n    from .tinydb import TinyDBStore\n    return TinyDBStore\n"
+    )
+    (tmp_path / "store" / "tinydb.py").write_text("from . import spill\n")
+    (tmp_path / "calls" / "a.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from calls.b import B\n"
+    )
+    (tmp_path / "calls" / "b.py").write_text("from calls import a\n")
+
+    assert circles(import_graph(tmp_path)) == [
+        ["calls.a", "calls.b"],
+        ["store.spill", "store.tinydb"],
+    ]
+
+
+def test_nothing_imports_the_composition_root() -> None:
+    """app.py builds the app from every part; the program (ollama_host) is handed its
+    create_app, and runs app.py as a file where it must start it again."""
+    importers = sorted(name for name, targets in import_graph().items() if "app" in targets)
+
+    assert importers == []

@@ -2,7 +2,7 @@
 
 What goes out (Ollama's wire format), what comes back (seconds, not nanoseconds), and every
 failure leaving as the gateway's own UpstreamError, never as an httpx exception. The same
-client over the real transport and sockets is in test_ollama_transport.py.
+client over the real transport and sockets is in test_http_transport_transport.py.
 """
 
 from __future__ import annotations
@@ -323,7 +323,8 @@ async def test_models_are_ollamas_tags_with_their_details() -> None:
     models = await ollama(handler).models()
 
     assert [m.name for m in models] == ["llama3:latest", "qwen:7b"]
-    assert models[0].details == {"name": "llama3:latest", "size": 1}
+    assert models[0].raw == {"name": "llama3:latest", "size": 1}
+    assert models[0].size == 1
 
 
 @pytest.mark.parametrize("body", [b"[]", b'{"models": [{"size": 1}]}', b'{"models": 5}'])
@@ -383,3 +384,35 @@ async def test_a_trailing_slash_in_the_address_is_dropped() -> None:
 
     assert upstream.address == URL
     assert seen == [f"{URL}/api/version"]
+
+
+async def test_loaded_models_are_ollamas_ps_typed() -> None:
+    ps = {
+        "models": [
+            {
+                "name": "llama3:latest",
+                "model": "llama3:latest",
+                "size": 6_000_000_000,
+                "digest": "365c0bd3c000",
+                "details": {"family": "llama", "parameter_size": "8.0B"},
+                "expires_at": "2026-01-01T00:05:00Z",
+                "size_vram": 5_000_000_000,
+                "context_length": 4096,
+            }
+        ]
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert (request.method, request.url.path) == ("GET", "/api/ps")
+        return httpx.Response(200, json=ps)
+
+    (model,) = await ollama(handler).loaded()
+
+    assert (model.name, model.loaded, model.family, model.parameter_size) == (
+        "llama3:latest",
+        True,
+        "llama",
+        "8.0B",
+    )
+    assert (model.memory, model.vram, model.loaded_context) == (6_000_000_000, 5_000_000_000, 4096)
+    assert model.expires_at == "2026-01-01T00:05:00Z"

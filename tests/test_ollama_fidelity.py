@@ -1,5 +1,5 @@
 """Correct against a real Ollama: what a reading of Ollama's Go source found the gateway got
-wrong (issue 14). Each test failed before its fix."""
+wrong. Each test failed before its fix."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""ollama_host/requestlog.py: request ids, the request log's lines (in process through
-httpx.ASGITransport), and its writer thread, which survives a broken stream and loses nothing
-at stop.
+"""ollama_host/requestlog.py: request ids on every response, the request log's lines (in
+process through httpx.ASGITransport), and its writer thread, which survives a broken stream and
+loses nothing at stop.
 
 The log of a real process (--log-json, configure_logging) is in test_operating.py.
 """
@@ -134,31 +134,6 @@ async def test_a_stream_s_request_id_is_its_record_s(aclient: httpx.AsyncClient)
     request_id = response.headers["x-request-id"]
     assert json.loads(events[0].data)["id"] == request_id
     assert (await aonly_record(aclient, project))["id"] == request_id
-
-
-class SteppingClock:
-    """The `time` module as the request log sees it, with a wall clock set by hand."""
-
-    def __init__(self, now_ns: int) -> None:
-        self.now_ns = now_ns
-
-    def time_ns(self) -> int:
-        return self.now_ns
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(time, name)
-
-
-def test_ids_sort_by_time_even_when_the_clock_steps_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = SteppingClock(2_000_000_000_000_000_000)
-    monkeypatch.setattr(requestlog, "time", clock)
-    ids = [requestlog.new_id()]
-    clock.now_ns -= 10**12  # the clock steps back a thousand seconds
-    ids += [requestlog.new_id() for _ in range(3)]
-
-    assert ids == sorted(ids)
-    assert len(set(ids)) == 4
-    assert all(re.fullmatch(r"[0-9a-f]{20}", i) for i in ids)
 
 
 # -- the request log's lines ----------------------------------------------------------------

@@ -134,7 +134,7 @@ async def test_models_and_which_are_loaded() -> None:
     upstream, _ = server(models=["a", "b"], unloaded=["b"])
 
     models = [m.name for m in await upstream.models()]
-    loaded = [m["name"] for m in await upstream.loaded()]
+    loaded = [m.name for m in await upstream.loaded()]
 
     assert (models, loaded) == (["a", "b"], ["a"])
 

@@ -27,6 +27,7 @@ from calls.types import (
     CallRequest,
     Embeddings,
     EmbedRequest,
+    LoadedModel,
     Message,
     Metrics,
     ModelInfo,
@@ -98,12 +99,12 @@ class Fake:
         await asyncio.sleep(self.slow)
         return self.listing
 
-    async def loaded(self) -> list[dict[str, Any]]:
+    async def loaded(self) -> list[LoadedModel]:
         self._check()
-        return [{"name": m} for m in self.loaded_now]
+        return [LoadedModel(name=m) for m in self.loaded_now]
 
-    async def show(self, model: str) -> dict[str, Any]:
-        return {"model": model}
+    async def show(self, model: str) -> ModelInfo:
+        return ModelInfo(name=model)
 
     async def version(self) -> str:
         return "1.0"
@@ -390,7 +391,7 @@ async def test_with_several_a_model_nobody_has_is_not_found() -> None:
 
 async def test_cloud_models_are_refused_unless_allowed() -> None:
     a = Fake("a", ["llama3", "gpt-oss:120b-cloud", "renamed"])
-    a.listing[2] = ModelInfo(name="renamed", details={"remote_host": "https://ollama.com:443"})
+    a.listing[2] = ModelInfo(name="renamed", remote_host="https://ollama.com:443")
     refusing, allowing = router(a), router(Fake("b", ["llama3:cloud"]), allow_cloud=True)
 
     with pytest.raises(CloudModelRefused):

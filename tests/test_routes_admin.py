@@ -13,8 +13,8 @@ import httpx
 import msgspec
 import pytest
 
-from ollama_host.requestlog import new_id
 from routes import admin
+from routes.request_id import new_id
 from store import InputMessage, TinyDBStore, UsageQuery, UsageRecord, iso
 from store import base as store_base
 from tests.helpers import arecords, ask, assert_error, unique

@@ -14,8 +14,9 @@ from starlette.routing import Route
 from app import create_app
 from ollama_host.settings import parse_settings
 from routes.docs import STATIC
+from routes.errors import ErrorBody
 from routes.openapi import Operation, Reply, document, error
-from routes.schemas import AskRequest, ErrorBody
+from routes.seed.schemas import AskRequest
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,14 @@ import pytest
 
 import upstreams
 from calls.errors import CallError
-from calls.pipeline import Done, Failed, Pieces, Started
+from calls.events import Done, Failed, Pieces, Started
 from calls.types import Message, Metrics, Piece
 from ollama_client import OllamaUpstream
 from ollama_host.settings import parse_settings
-from routes.schemas import AskRequest
-from routes.seed import SeedEvents, call_of, wants_json
+from routes.seed.framing import SeedEvents
+from routes.seed.handlers import wants_json
+from routes.seed.schemas import AskRequest
+from routes.seed.translate import call_of
 from store import UsageRecord
 from tests import ollama_standin
 from tests.asgi import STANDIN_URL, Local, gateway_log, in_process, unreachable

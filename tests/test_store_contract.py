@@ -3,7 +3,7 @@
 Each test runs once per store. The TinyDB store gets files of 50 records here, so that a few
 hundred records cross many files; the PostgreSQL store gets a database of its own (tests/pg.py).
 What only one store does (TinyDB's files and journal, PostgreSQL's schema and outages) is
-tested beside it: tests/test_store_tinydb.py, tests/test_store_postgres.py.
+tested beside it: tests/test_store_tinydb_store.py, tests/test_store_postgres_store.py.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import msgspec
 import pytest
 from tinydb import TinyDB
 
-from store import Stats, UsageQuery, UsageRecord, UsageStore, base, files, iso, open_store
-from store import tinydb as tinydb_store
+from store import Stats, UsageQuery, UsageRecord, UsageStore, base, iso, open_store
 from store.stats import compute_stats
+from store.tinydb import files
+from store.tinydb import store as tinydb_store
 from tests import pg
 from tests.store_helpers import (
     BASE,
@@ -353,3 +354,14 @@ def test_an_unknown_address_scheme_is_refused() -> None:
 
     with pytest.raises(StoreError, match="postgresql://"):
         open_store("mysql://somewhere/db")
+
+
+def test_each_store_says_whether_gateways_can_share_it() -> None:
+    """A property each store declares, not a scheme known by name elsewhere."""
+    from store import TinyDBStore, kind_of, shared
+
+    assert (TinyDBStore.shared, kind_of("postgresql://u@localhost/db").shared) == (False, True)
+    assert shared("postgresql://u@localhost/db")
+    assert not shared("/var/lib/ollama-host")
+    assert not shared(None)
+    assert not shared("nosuch://x")

@@ -1,7 +1,7 @@
 """The store's promises, kept by the real gateway process: kill -9, clean stops,
 a full disk, damaged files, and a second gateway on the same folder.
 
-The tests marked `faults` are rows of the fault catalogue (issue 11; see tests/test_faults.py).
+The tests marked `faults` are rows of the fault catalogue (see tests/test_faults.py).
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import httpx
 import pytest
 from tinydb import TinyDB
 
-from ollama_host.requestlog import new_id
-from store import InputMessage, TinyDBStore, UsageRecord, files, iso, spill
-from store import tinydb as usage_store
+from routes.request_id import new_id
+from store import InputMessage, TinyDBStore, UsageRecord, iso
+from store.tinydb import files, spill
+from store.tinydb import store as usage_store
 from tests import disks
 from tests.gateway_proc import ROOT, Gateway, start_gateway
 from tests.helpers import ask, unique

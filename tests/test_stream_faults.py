@@ -1,4 +1,4 @@
-"""Issue 11 §1 and §2: hang-ups against an upstream that never pauses, and bounded buffers.
+"""Hang-ups against an upstream that never pauses, and bounded buffers.
 
 The upstream is tests/fault_upstream.py, which writes as fast as the socket allows and counts
 what it wrote and when its client left; the gateway is a real `python app.py` process. What is

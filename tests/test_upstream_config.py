@@ -132,5 +132,5 @@ async def test_the_key_reaches_only_its_upstream_object(tmp_path: Path) -> None:
 
     assert "sk-secret-123" not in repr(settings)
     assert "sk-secret-123" not in repr(member.spec)
-    assert any(value == b"Bearer sk-secret-123" for _, value in member.upstream._headers)  # type: ignore[attr-defined]
+    assert any(value == b"Bearer sk-secret-123" for _, value in member.upstream._server._headers)  # type: ignore[attr-defined]
     await routed.aclose()

@@ -4,23 +4,49 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httpx
 
+from calls.upstream import ModelServer
 from http_transport import KeepAliveTransport
 
 from .config import UpstreamSpec, specs
 from .kinds import KINDS
-from .router import Member, MemberUpstream, Router
+from .router import Member, Router
 
-if TYPE_CHECKING:
-    from ollama_host.settings import Settings
+
+class Settings(Protocol):
+    """What the router is built from: the program's settings have these (and more), so the
+    upstreams need not know the program."""
+
+    @property
+    def upstream(self) -> tuple[str, ...]: ...
+    @property
+    def upstreams_file(self) -> str | None: ...
+    @property
+    def ollama_url(self) -> str: ...
+    @property
+    def health_interval(self) -> float: ...
+    @property
+    def allow_cloud(self) -> bool: ...
+    @property
+    def upstream_queue(self) -> int: ...
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def connect_timeout(self) -> float: ...
+    @property
+    def stream_buffer(self) -> int: ...
+    @property
+    def max_upstream_line(self) -> int: ...
+    @property
+    def max_upstream_body(self) -> int: ...
 
 
 def member_upstream(
     spec: UpstreamSpec, settings: Settings, env: Mapping[str, str] | None = None
-) -> MemberUpstream:
+) -> ModelServer:
     """One server of the kind its spec names, with the settings' timeouts and bounds."""
     # The lean transport replaces httpcore's pool, whose cost grows with concurrency, and the
     # kinds hand it httpx requests without AsyncClient's layers (docs/performance.md). No

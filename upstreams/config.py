@@ -34,6 +34,8 @@ import msgspec
 from calls.models import canonical
 from calls.types import MODEL_PATTERN
 
+from .kinds import KINDS
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MODEL = re.compile(MODEL_PATTERN)
@@ -184,8 +186,6 @@ def specs(
 ) -> list[UpstreamSpec]:
     """Every configured upstream, checked: names unique, kinds known, keys present. Without
     flags or a file, the one Ollama at `ollama_url`."""
-    from .kinds import KINDS  # the kinds import the clients; the settings need only names
-
     env = os.environ if env is None else env
     found = [parse_flag(flag) for flag in flags]
     if file:

@@ -11,10 +11,9 @@ from typing import Protocol
 
 import httpx
 
+from calls.upstream import ModelServer
 from ollama_client import OllamaUpstream
 from openai_client import OpenAIUpstream
-
-from .router import MemberUpstream
 
 
 class Kind(Protocol):
@@ -28,7 +27,7 @@ class Kind(Protocol):
         max_line: int,
         max_body: int,
         api_key: str | None,
-    ) -> MemberUpstream: ...
+    ) -> ModelServer: ...
 
 
 KINDS: dict[str, Kind] = {

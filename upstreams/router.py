@@ -29,7 +29,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import TypeVar
 
 import msgspec
 
@@ -48,8 +48,17 @@ from calls.errors import (
     UpstreamWrongAddress,
 )
 from calls.models import canonical, is_cloud
-from calls.types import Answer, CallRequest, Embeddings, EmbedRequest, Metrics, ModelInfo, Piece
-from calls.upstream import AnswerStream, Upstream, UpstreamHealth
+from calls.types import (
+    Answer,
+    CallRequest,
+    Embeddings,
+    EmbedRequest,
+    LoadedModel,
+    Metrics,
+    ModelInfo,
+    Piece,
+)
+from calls.upstream import AnswerStream, ModelServer, UpstreamHealth
 
 from .breaker import Breaker
 from .config import UpstreamSpec
@@ -75,17 +84,6 @@ _UNWELL = (
 _FINAL = (UpstreamRejected, CloudModelRefused)
 
 
-class MemberUpstream(Upstream, Protocol):
-    """An upstream kind as the router needs it: an Upstream with a name and an address."""
-
-    name: str
-    kind: str
-    address: str
-    # True when the server knows a model only by its exact id (an OpenAI-compatible one):
-    # the router then sends the model under the name the server listed it by.
-    exact_model_names: bool
-
-
 @functools.lru_cache(maxsize=4096)
 def _key(model: str) -> str:
     return canonical(model)
@@ -94,13 +92,13 @@ def _key(model: str) -> str:
 def _is_remote(info: ModelInfo) -> bool:
     # Ollama lists a cloud model it forwards to ollama.com with its remote host, whatever it
     # was renamed to.
-    return bool(info.details and info.details.get("remote_host"))
+    return info.remote_host is not None
 
 
 class Member:
     """One upstream in the router: its server, its configuration, and what is known of it."""
 
-    def __init__(self, spec: UpstreamSpec, upstream: MemberUpstream, cooldown: float) -> None:
+    def __init__(self, spec: UpstreamSpec, upstream: ModelServer, cooldown: float) -> None:
         self.spec = spec
         self.upstream = upstream
         self.name = spec.name
@@ -224,23 +222,26 @@ class Router:
                     continue
                 if not self.allow_cloud and (key in member.remote or is_cloud(info.name)):
                     continue
+                if info.loaded is None:
+                    # The server's list does not say; its loaded models (read with it) do.
+                    info = msgspec.structs.replace(info, loaded=key in member.loaded)
                 seen[key] = info
         return list(seen.values())
 
-    async def loaded(self) -> list[dict[str, Any]]:
+    async def loaded(self) -> list[LoadedModel]:
         await self._ready()
         up = [m for m in self.members if m.breaker.routable]
         answers = await asyncio.gather(
             *(self._probe(m.upstream.loaded()) for m in up), return_exceptions=True
         )
-        seen: dict[str, dict[str, Any]] = {}
+        seen: dict[str, LoadedModel] = {}
         for answer in answers:
             if isinstance(answer, list):
                 for entry in answer:
-                    seen.setdefault(str(entry.get("name") or entry.get("model")), entry)
+                    seen.setdefault(_key(entry.name), entry)
         return list(seen.values())
 
-    async def show(self, model: str) -> dict[str, Any]:
+    async def show(self, model: str) -> ModelInfo:
         self._refuse_cloud(model)
         await self._ready()
         member = self._any_with(model)
@@ -587,10 +588,7 @@ class Router:
             member.list_models(models)
             # Which models are loaded, and the version: nice to know, not a health matter.
             with contextlib.suppress(UpstreamError, TimeoutError):
-                member.loaded = {
-                    _key(str(e.get("name") or e.get("model")))
-                    for e in await self._probe(upstream.loaded())
-                }
+                member.loaded = {_key(e.name) for e in await self._probe(upstream.loaded())}
             if member.version is None:
                 with contextlib.suppress(UpstreamError, TimeoutError):
                     member.version = await self._probe(upstream.version())

@@ -27,8 +27,8 @@ from typing import NamedTuple
 
 import msgspec
 
-from .records import UsageRecord
-from .stats import Cell, Dist, aggregate
+from ..records import UsageRecord
+from ..stats import Cell, Dist, aggregate
 
 log = logging.getLogger("ollama_host.store")
 
@@ -48,6 +48,20 @@ encode = msgspec.json.Encoder().encode
 _decode_tables = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 _decode_table = msgspec.json.Decoder(dict[str, UsageRecord]).decode
 decode_line = msgspec.json.Decoder(UsageRecord).decode
+
+
+class OpenSegment:
+    """The newest TinyDB file, whole, in memory: the one the writer still adds to."""
+
+    __slots__ = ("lines", "name", "records", "size")
+
+    def __init__(
+        self, name: str, records: list[UsageRecord], lines: list[bytes], size: int
+    ) -> None:
+        self.name = name
+        self.records = records
+        self.lines = lines
+        self.size = size
 
 
 class SegmentMeta(msgspec.Struct, array_like=True, kw_only=True):
@@ -423,3 +437,10 @@ def set_aside(path: Path, why: str) -> Path:
         aside,
     )
     return aside
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data`, however many writes it takes (a write may take part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

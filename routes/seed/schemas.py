@@ -1,7 +1,5 @@
-"""The gateway's own API shapes, as msgspec structs: the seed's ask, its replies and SSE
-event data, the error shape, and /health.
-
-These structs are the schema: requests are decoded straight into them, and the
+"""The seed's API shapes, as msgspec structs: the ask, its replies, and the data of its SSE
+events. These structs are the schema: requests are decoded straight into them, and the
 OpenAPI document is generated from them.
 """
 
@@ -12,9 +10,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from access.limits import CountersHealth
 from calls.types import ModelName
-from calls.upstream import UpstreamHealth
 from store.records import Status, UsageRecord
 
 Tag = Annotated[str, Meta(max_length=200, description="A free label for accounting.")]
@@ -141,42 +137,7 @@ class TokenEvent(msgspec.Struct, omit_defaults=True):
     thinking: str | None = None
 
 
-class ErrorDetail(msgspec.Struct, kw_only=True):
-    status: int
-    code: str
-    message: str
-    request_id: str | None = None
+class StreamQuery(AskRequest, kw_only=True):
+    """The GET stream's query: the ask's fields, and a ticket in place of a header."""
 
-
-class ErrorBody(msgspec.Struct):
-    """Every error, everywhere: HTTP bodies and the SSE `error` event."""
-
-    error: ErrorDetail
-
-
-class OllamaHealth(msgspec.Struct, kw_only=True):
-    status: str  # "up" or "down"
-    address: str
-    version: str | None = None
-    error: str | None = None
-
-
-class StoreHealthReply(msgspec.Struct, kw_only=True):
-    status: str
-    pending: int
-    error: str | None = None
-    # Usage files found damaged since the gateway started; `error` says what became of them.
-    damaged: list[str] = msgspec.field(default_factory=list)
-
-
-class Health(msgspec.Struct, kw_only=True):
-    status: str  # "ok" when every upstream answers and the store writes, else "degraded"
-    gateway: str
-    version: str
-    # The (first) upstream, in the shape /health has always had.
-    ollama: OllamaHealth
-    store: StoreHealthReply
-    # Every upstream: its state, calls in flight and models.
-    upstreams: list[UpstreamHealth] = msgspec.field(default_factory=list)
-    # Where limits and stream tickets are counted (--redis), and whether that works.
-    limits: CountersHealth = msgspec.field(default_factory=CountersHealth)
+    ticket: str | None = None

@@ -1,4 +1,4 @@
-"""store/pg_stats.py without a database: how a batch finds its hours and days.
+"""store/postgres/rollups.py without a database: how a batch finds its hours and days.
 
 The rollups' sums themselves are checked against the records by the store contract suite
 (tests/test_store_contract.py), on PostgreSQL.
@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from store.pg_stats import DAY, HOUR, _prefix, _start, dims_of
+from store.postgres.rollups import DAY, HOUR, _prefix, _start, dims_of
 from store.records import iso
 from tests.store_helpers import record
 

@@ -5,8 +5,8 @@ still queued would be lost. Instead they go, as JSON lines, to the first of thes
 takes them: $XDG_STATE_HOME/ollama-host/spill/ (~/.local/state/ollama-host/spill/), then
 the temp folder's ollama-host-spill/ ($TMPDIR, else the system's), then standard error, one
 record per line after SPILL_PREFIX (systemd's journal keeps it).
-`python -m ollama_host import-spill` brings them back; records carry ids, so importing twice
-adds nothing.
+`python -m ollama_host import-spill` brings them back (import_spill.py); records carry ids,
+so importing twice adds nothing.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import NamedTuple
 
 import msgspec
 
+from ..records import UsageRecord
 from . import files
-from .records import UsageRecord
 
 SPILL_PREFIX = "USAGE RECORD SPILL: "
 STDERR = "standard error"
@@ -67,7 +67,7 @@ def spill(lines: list[bytes], *, env: Mapping[str, str] = os.environ) -> tuple[s
             continue
         try:
             try:
-                _write_all(fd, data)
+                files.write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -78,7 +78,7 @@ def spill(lines: list[bytes], *, env: Mapping[str, str] = os.environ) -> tuple[s
             continue
         files.fsync_dir(folder)
         return str(path), refused
-    _write_all(2, b"".join(_PREFIX + line + b"\n" for line in lines))
+    files.write_all(2, b"".join(_PREFIX + line + b"\n" for line in lines))
     return STDERR, refused
 
 
@@ -122,46 +122,3 @@ def read_spill(paths: Iterable[Path]) -> SpillLines:
             except (msgspec.DecodeError, msgspec.ValidationError):
                 unreadable += 1
     return SpillLines(records, unreadable)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-class Imported(NamedTuple):
-    added: int
-    present: int  # already in the store (imported before, or written after all)
-    unreadable: int
-
-
-def import_spill(paths: Iterable[Path], data: Path) -> Imported:
-    """Add the spilled records to the store in `data` (the gateway must be stopped),
-    each id once. Raises OSError, StoreError, or SpillError if the disk still refuses."""
-    from .tinydb import TinyDBStore
-
-    found = read_spill(paths)
-    store = TinyDBStore(data, spill=False)
-    try:
-        known = store.known({r.id for r in found.records})
-        added = 0
-        for record in found.records:
-            if record.id not in known:
-                known.add(record.id)
-                store.append(record)
-                added += 1
-        store.sync()
-        health = store.health()
-        if health.pending:
-            raise SpillError(
-                f"the disk refused the records ({health.error}); nothing was imported. "
-                "Free some space and run the import again."
-            )
-    finally:
-        store.close()
-    return Imported(added, len(found.records) - added, found.unreadable)
-
-
-class SpillError(Exception):
-    """The import could not write the records."""

@@ -2,13 +2,13 @@
 
 append() only queues a record. A writer thread takes whatever has queued up (waiting
 GROUP_COMMIT for more after the first) and sends it as one binary COPY, adds it to the
-hourly and daily sums stats() reads (store/pg_stats.py), then moves the shared change
+hourly and daily sums stats() reads (store/postgres/rollups.py), then moves the shared change
 counter, in one transaction: that is when a record is safe. A batch the database saw already
 (its commit was lost with the connection) would break the primary key: that batch is sent
 again through a staging table with ON CONFLICT DO NOTHING, and only the records it added are
 summed, so a record is stored and counted once however often it is sent.
 
-While the database cannot be reached, records wait in memory (at most MAX_PENDING), health
+While the database cannot be reached, records wait in memory (at most writer.MAX_PENDING), health
 says `degraded`, and the writer tries again every RETRY_SECONDS; calls are answered
 throughout. Queries and stats run on a small pool of connections, in threads, as SQL: every
 value is a parameter. The `changes` counter, the dashboard's ETag, is the database's own (a
@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -34,11 +33,12 @@ import psycopg
 import psycopg_pool
 from psycopg import sql
 
-from . import pg, pg_stats
-from .base import StoreError, StoreHealth, export_pages
-from .pg import SCHEMA, DatabaseUnavailable
-from .pg_stats import text
-from .records import Stats, UsageQuery, UsageRecord
+from ..base import StoreError, StoreHealth, export_pages
+from ..records import Stats, UsageQuery, UsageRecord
+from ..writer import Queue
+from . import database, rollups
+from .database import SCHEMA, DatabaseUnavailable
+from .rollups import text
 
 log = logging.getLogger("ollama_host.store")
 T = TypeVar("T")
@@ -47,7 +47,6 @@ GROUP_COMMIT = 0.01
 # Records per COPY: big enough to amortize a transaction, small enough that a batch the
 # database refuses costs little to send again.
 MAX_BATCH = 5000
-MAX_PENDING = 100_000
 RETRY_SECONDS = 1.0
 # How often each gateway reads the shared change counter: a dashboard sees another
 # gateway's calls at most this much later than its own (its own once they are written).
@@ -107,26 +106,24 @@ class StoreUnavailable(StoreError):
 class PostgresStore:
     """Usage records in a PostgreSQL database (a `store.base.UsageStore`)."""
 
+    # Every gateway pointed at the database writes and reads the same log.
+    shared = True
+
     def __init__(self, dsn: str, *, retention_days: float | None = None) -> None:
-        self.params = pg.parse(dsn)
-        self.address = pg.where(self.params)
-        pg.migrate(self.params)
-        self._conn: psycopg.Connection[Any] | None = pg.connect(self.params, purpose="writer")
+        self.params = database.parse(dsn)
+        self.address = database.where(self.params)
+        database.migrate(self.params)
+        self._conn: psycopg.Connection[Any] | None = database.connect(self.params, purpose="writer")
         self.retention_days = retention_days
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._pending: list[UsageRecord] = []
-        self._pending_since = 0.0
+        # Records appended and not yet sent, and the writer thread (store/writer.py).
+        self._queue = Queue(waits_for="the database")
+        self._lock = self._queue.lock
         self._committing = 0
-        self._flushes: list[Future[None]] = []
-        self._closing = False
-        self._stopped = False
-        self._dropped = 0
         self._write_error: str | None = None
         self._retry_at = 0.0
         self._retention_at = 0.0
         self._changes = 0
-        self._watch = pg.Watch(
+        self._watch = database.Watch(
             self.params,
             sql.SQL("SELECT usage_changes FROM {}").format(STATE),
             self._seen,
@@ -145,8 +142,7 @@ class PostgresStore:
         )
         self._pool.open(wait=False)
         self._reader = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="usage-reader")
-        self._writer = threading.Thread(target=self._run, name="usage-writer", daemon=True)
-        self._writer.start()
+        self._queue.start(self._loop)
         self._watch.start()
 
     # -- the change counter ----------------------------------------------------------------------
@@ -166,70 +162,51 @@ class PostgresStore:
     # -- writing ---------------------------------------------------------------------------------
 
     def append(self, record: UsageRecord) -> None:
-        with self._lock:
-            if len(self._pending) >= MAX_PENDING:
-                self._dropped += 1
-                if self._dropped == 1 or self._dropped % 1000 == 0:
-                    log.error(
-                        "USAGE RECORDS DROPPED: %d records wait for the database already; "
-                        "%d dropped so far",
-                        MAX_PENDING,
-                        self._dropped,
-                    )
-                return
-            self._pending.append(record)
-            if len(self._pending) == 1:
-                self._pending_since = time.monotonic()
-                self._wake.notify()
+        self._queue.append(record)
 
-    def _run(self) -> None:
+    def _loop(self) -> None:
         try:
-            self._loop()
+            self._write_all()
         finally:
-            with self._lock:
-                self._stopped = True
-                flushes, self._flushes = self._flushes, []
-            for flushed in flushes:
-                flushed.set_result(None)
             if self._conn is not None:
                 self._conn.close()
 
-    def _loop(self) -> None:
+    def _write_all(self) -> None:
         closing_since: float | None = None
         while True:
-            with self._wake:
+            with self._queue.wake:
                 while True:
                     now = time.monotonic()
-                    if self._closing or self._flushes:
+                    if self._queue.closing or self._queue.flushes:
                         break
-                    if self._pending and now >= max(
-                        self._retry_at, self._pending_since + GROUP_COMMIT
+                    if self._queue.pending and now >= max(
+                        self._retry_at, self._queue.since + GROUP_COMMIT
                     ):
                         break
                     due = now + 3600.0
-                    if self._pending:
-                        due = max(self._retry_at, self._pending_since + GROUP_COMMIT)
+                    if self._queue.pending:
+                        due = max(self._retry_at, self._queue.since + GROUP_COMMIT)
                     if self.retention_days is not None:
                         due = min(due, self._retention_at)
                     if due <= now:
                         break
-                    self._wake.wait(due - now)
-                closing = self._closing
-                ready = now >= self._retry_at or closing or self._flushes
-                batch = self._pending[:MAX_BATCH] if ready else []
+                    self._queue.wake.wait(due - now)
+                closing = self._queue.closing
+                ready = now >= self._retry_at or closing or self._queue.flushes
+                batch = self._queue.pending[:MAX_BATCH] if ready else []
                 if batch:
-                    del self._pending[:MAX_BATCH]
+                    del self._queue.pending[:MAX_BATCH]
                     self._committing = len(batch)
             written = self._write(batch) if batch else True
             if self.retention_days is not None and time.monotonic() >= self._retention_at:
                 self._retention_at = time.monotonic() + RETENTION_EVERY
                 self._apply_retention()
             with self._lock:
-                done = not self._pending or not written
-                flushes = self._flushes if done else []
+                done = not self._queue.pending or not written
+                flushes = self._queue.flushes if done else []
                 if done:
-                    self._flushes = []
-                left = len(self._pending)
+                    self._queue.flushes = []
+                left = len(self._queue.pending)
             for flushed in flushes:
                 flushed.set_result(None)
             if closing:
@@ -263,7 +240,7 @@ class PostgresStore:
         rows = self._rows(batch)
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = pg.connect(self.params, purpose="writer")
+                self._conn = database.connect(self.params, purpose="writer")
             moved = self._send(self._conn, rows)
         except (psycopg.OperationalError, DatabaseUnavailable) as exc:
             self._failed(batch, exc)
@@ -315,7 +292,7 @@ class PostgresStore:
                 )
                 new = {found for (found,) in cur.fetchall()}
                 added = [record for record in added if record.id in new]
-            pg_stats.add(cur, added)
+            rollups.add(cur, added)
             cur.execute(
                 sql.SQL(
                     "UPDATE {} SET usage_changes = usage_changes + %s RETURNING usage_changes"
@@ -338,14 +315,10 @@ class PostgresStore:
             self._conn.close()
             self._conn = None
         with self._lock:
-            self._pending[:0] = batch
-            over = len(self._pending) - MAX_PENDING
-            if over > 0:  # appends arrived meanwhile: keep the oldest, as append() does
-                del self._pending[MAX_PENDING:]
-                self._dropped += over
+            self._queue.put_back(batch)
             self._committing = 0
         self._retry_at = time.monotonic() + RETRY_SECONDS
-        error = str(exc) if isinstance(exc, StoreError) else pg.unreachable(self.params, exc)
+        error = str(exc) if isinstance(exc, StoreError) else database.unreachable(self.params, exc)
         if error != self._write_error:
             log.error("%s; %d usage records wait in memory and will be retried", error, len(batch))
         self._write_error = error
@@ -355,9 +328,9 @@ class PostgresStore:
         cutoff = datetime.now(UTC) - timedelta(days=self.retention_days)
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = pg.connect(self.params, purpose="writer")
+                self._conn = database.connect(self.params, purpose="writer")
             with self._conn.transaction(), self._conn.cursor() as cur:
-                removed = pg_stats.retain(cur, cutoff)
+                removed = rollups.retain(cur, cutoff)
                 if removed:
                     cur.execute(
                         sql.SQL(
@@ -380,13 +353,7 @@ class PostgresStore:
             )
 
     async def flush(self) -> None:
-        done: Future[None] = Future()
-        with self._wake:
-            if self._stopped:
-                return
-            self._flushes.append(done)
-            self._wake.notify()
-        await asyncio.wrap_future(done)
+        await asyncio.wrap_future(self._queue.flush())
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -402,7 +369,7 @@ class PostgresStore:
                 return work(cur)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
             reason = (
-                pg.unreachable(self.params, exc)
+                database.unreachable(self.params, exc)
                 if isinstance(exc, psycopg.Error)
                 else f"cannot reach PostgreSQL at {self.address}: no connection within "
                 f"{self._pool.timeout:g} s"
@@ -410,7 +377,7 @@ class PostgresStore:
             raise StoreUnavailable(reason) from None
 
     async def query(self, q: UsageQuery) -> list[UsageRecord]:
-        where, params = pg_stats.where(q, paging=True)
+        where, params = rollups.where(q, paging=True)
         statement = sql.SQL(
             "SELECT doc::text FROM {} {} ORDER BY id DESC LIMIT %s OFFSET %s"
         ).format(USAGE, where)
@@ -423,7 +390,7 @@ class PostgresStore:
         return await self._read(run)
 
     async def stats(self, q: UsageQuery, *, bucket_seconds: int) -> Stats:
-        return await self._read(lambda cur: pg_stats.stats(cur, q, bucket_seconds))
+        return await self._read(lambda cur: rollups.stats(cur, q, bucket_seconds))
 
     def export(self, q: UsageQuery) -> AsyncIterator[list[UsageRecord]]:
         return export_pages(self, q)
@@ -431,10 +398,8 @@ class PostgresStore:
     # -- state -----------------------------------------------------------------------------------
 
     def health(self) -> StoreHealth:
-        with self._lock:
-            pending = len(self._pending) + self._committing
-            dropped = self._dropped
-            stopped = self._stopped and not self._closing
+        waiting, dropped, stopped = self._queue.held()
+        pending = waiting + self._committing
         error = self._write_error or self._watch.error
         if stopped:
             error = "the usage writer stopped unexpectedly (see the log); restart the gateway"
@@ -448,12 +413,8 @@ class PostgresStore:
         )
 
     def close(self) -> None:
-        with self._wake:
-            if self._closing:
-                return
-            self._closing = True
-            self._wake.notify()
-        self._writer.join()
+        if not self._queue.close():
+            return
         self._watch.stop()
         self._reader.shutdown(wait=True)
         self._pool.close()

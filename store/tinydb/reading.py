@@ -21,10 +21,10 @@ from typing import NamedTuple, TypeVar
 
 import msgspec
 
+from ..records import Stats, UsageQuery, UsageRecord, iso
+from ..stats import Cell, Dist, StatsBuilder
 from . import files
 from .files import Row, SegmentMeta
-from .records import Stats, UsageQuery, UsageRecord, iso
-from .stats import Cell, Dist, StatsBuilder
 
 log = logging.getLogger("ollama_host.store")
 

@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from .base import StoreError
+from ..base import StoreError
 
 log = logging.getLogger("ollama_host.store")
 
@@ -154,7 +154,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX usage_process ON ollama_host.usage (process_id, id);
     CREATE INDEX usage_date ON ollama_host.usage (date);
     -- Sums and histograms kept as records arrive, so that stats need not read every record
-    -- (store/pg_stats.py): per UTC hour, and histograms per UTC day too, for each
+    -- (store/postgres/rollups.py): per UTC hour, and histograms per UTC day too, for each
     -- combination of the dimensions the dashboard filters and groups by.
     CREATE TABLE ollama_host.usage_hourly (
         hour timestamptz NOT NULL,

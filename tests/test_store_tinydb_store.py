@@ -16,8 +16,9 @@ import pytest
 from tinydb import TinyDB
 
 from ollama_host.settings import parse_settings
-from store import FolderInUse, StoreError, TinyDBStore, UsageRecord, files, spill
-from store import tinydb as usage_store
+from store import FolderInUse, StoreError, TinyDBStore, UsageRecord, writer
+from store.tinydb import files, import_spill, spill
+from store.tinydb import store as usage_store
 from tests.store_helpers import check_stats, fill, query, record, stats
 
 
@@ -329,7 +330,7 @@ def test_records_held_while_the_disk_refuses_are_bounded(
     def full(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(usage_store, "MAX_PENDING", 5)
+    monkeypatch.setattr(writer, "MAX_PENDING", 5)
     monkeypatch.setattr(os, "fsync", full)
 
     fill(store, [record(n) for n in range(8)])
@@ -510,11 +511,11 @@ def test_records_the_disk_refuses_at_close_are_spilled_where_they_fit(
         spilled = tmp_path / "saved-log.txt"  # what an operator saves from the journal
         spilled.write_text("Nov 30 gateway[1]: some other line\n" + stderr)
 
-    first = spill.import_spill([spilled], data_dir)
-    again = spill.import_spill([spilled], data_dir)
+    first = import_spill.import_spill([spilled], data_dir)
+    again = import_spill.import_spill([spilled], data_dir)
 
-    assert first == spill.Imported(added=5, present=0, unreadable=0)
-    assert again == spill.Imported(added=0, present=5, unreadable=0)
+    assert first == import_spill.Imported(added=5, present=0, unreadable=0)
+    assert again == import_spill.Imported(added=0, present=5, unreadable=0)
     assert read_all(data_dir) == sorted(records, key=lambda r: r.id, reverse=True)
 
 
@@ -525,7 +526,7 @@ def test_an_import_refuses_while_a_gateway_holds_the_folder(
     spilled.write_bytes(files.encode(record(1)) + b"\n")
 
     with pytest.raises(FolderInUse):
-        spill.import_spill([spilled], data_dir)
+        import_spill.import_spill([spilled], data_dir)
 
 
 FRONTS = [("seed", "/api/v1/ai/ask_sync"), ("ollama", "/api/chat"), ("openai", "/v1/embeddings")]

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from store import StoreError, TinyDBStore, UsageStore, open_store, pg
-from store import postgres as pg_store
+from store import StoreError, TinyDBStore, UsageStore, open_store, writer
+from store.postgres import database as pg
+from store.postgres import store as pg_store
 from tests import pg as testpg
 from tests.gateway_proc import ROOT, free_port
 from tests.store_helpers import fill, newest_first, query, record, stats
@@ -268,7 +269,7 @@ def test_records_wait_while_the_database_is_away_and_are_stored_once(
 def test_records_held_while_the_database_is_away_are_bounded(
     dsn: str, proxy: TcpProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pg_store, "MAX_PENDING", 5)
+    monkeypatch.setattr(writer, "MAX_PENDING", 5)
     store = open_store(through(dsn, proxy))
     try:
         proxy.cut()

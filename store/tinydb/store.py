@@ -6,17 +6,15 @@ commit): that is when a record is safe. From time to time the same thread folds
 the journaled records into the newest TinyDB file (data/usage/DAY-NNNN.json,
 rewritten whole by atomic replace, at most SEGMENT_RECORDS records), then empties
 the journal. Full files are closed for good, with a summary and a row index
-beside them (store/files.py), so no write ever touches more than one file's worth
+beside them (store/tinydb/files.py), so no write ever touches more than one file's worth
 of history.
 
 Queries and stats run on a second thread. They see every appended record: the
 queue, the journal's records and the newest file are in memory; closed files
 are read only where their summary says they may hold what is asked.
 
-A file the disk damaged is repaired, never dropped whole: its documents that still read
-are kept (at startup, or by the writer as soon as a query finds the damage, queries
-reading around it meanwhile), the damaged original is kept beside it as
-NAME.corrupt-STAMP, one loud line is logged, and /health says `degraded`, naming it.
+What is done about a damaged file and a crash (repair, the journal's replay) is in
+recovery.py, the deletion of old records in retention.py.
 """
 
 from __future__ import annotations
@@ -30,15 +28,19 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
+from ..base import FolderInUse, StoreError, StoreHealth, export_pages
+from ..records import Stats, UsageQuery, UsageRecord
+from ..writer import Queue
 from . import files, reading, spill
-from .base import FolderInUse, StoreError, StoreHealth, export_pages
-from .files import Row, SegmentMeta
-from .records import Stats, UsageQuery, UsageRecord, iso
+from .files import OpenSegment, Row, SegmentMeta
+from .files import write_all as _write_all
+from .recovery import Damage, Recovery
+from .retention import RETENTION_EVERY, Retention
 
 log = logging.getLogger("ollama_host.store")
 
@@ -55,30 +57,10 @@ FOLD_MAX_SECONDS = 300.0
 RETRY_SECONDS = 1.0
 # How long the first record of a batch waits for more before the journal write and fsync.
 GROUP_COMMIT = 0.01
-RETENTION_EVERY = 3600.0
-# Records held in memory while the disk refuses them; beyond this the newest are dropped.
-MAX_PENDING = 100_000
 # Closed files whose rows queries keep decoded (about 1 MB each).
 CACHED_SEGMENTS = 16
 # How often a query is asked again when files change under it, at most.
 MAX_ASKS = 20
-
-
-class Damage(msgspec.Struct):
-    """A usage file the disk damaged, as found by this process."""
-
-    name: str
-    lost: int | None  # documents that could not be read; None: none could (set aside whole)
-    aside: str | None = None  # where the damaged original is kept, once it is
-
-    def describe(self) -> str:
-        if self.lost is None:
-            return f"usage file {self.name} was unreadable; it is kept as {self.aside}"
-        kept = f"the damaged original is kept as {self.aside}" if self.aside else "repairing it"
-        records = "record" if self.lost == 1 else "records"
-        return (
-            f"usage file {self.name} is damaged: {self.lost} {records} could not be read ({kept})"
-        )
 
 
 def _lock_folder(folder: Path) -> int:
@@ -99,22 +81,11 @@ def _lock_folder(folder: Path) -> int:
     return fd
 
 
-class _Open:
-    """The newest TinyDB file, whole, in memory: the one the writer still adds to."""
-
-    __slots__ = ("lines", "name", "records", "size")
-
-    def __init__(
-        self, name: str, records: list[UsageRecord], lines: list[bytes], size: int
-    ) -> None:
-        self.name = name
-        self.records = records
-        self.lines = lines
-        self.size = size
-
-
-class TinyDBStore:
+class TinyDBStore(Recovery, Retention):
     """Append usage records and read them back, newest first (a `store.base.UsageStore`)."""
+
+    # One process writes the folder, under a lock.
+    shared = False
 
     def __init__(
         self, folder: Path, *, retention_days: float | None = None, spill: bool = True
@@ -127,7 +98,7 @@ class TinyDBStore:
         self.folder = folder
         self.path = folder / "usage"
         self.retention_days = retention_days
-        # Whether records the disk refuses at close are spilled (store/spill.py).
+        # Whether records the disk refuses at close are spilled (store/tinydb/spill.py).
         self.spill = spill
         # Records appended (by the event loop) and deleted by retention (by the writer)
         # since startup: `changes`, the dashboard's ETag, is their sum, so a page polling
@@ -135,13 +106,13 @@ class TinyDBStore:
         # by one thread only, so neither update can be lost.
         self.appended = 0
         self.deleted = 0
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
+        # Records appended, not yet in the journal, and the writer thread (store/writer.py);
+        # its lock guards everything below too, so a query sees each record in one place.
+        self._queue = Queue(waits_for="the disk")
+        self._lock = self._queue.lock
         # Notified whenever the closed files change (a fold, a repair, retention).
         self._changed = threading.Condition(self._lock)
         # Appended, not yet in the journal / being written to it / in the journal, not yet folded.
-        self._pending: list[UsageRecord] = []
-        self._pending_since = 0.0  # when the first of them was appended
         self._committing: list[UsageRecord] = []
         self._unfolded: list[tuple[UsageRecord, bytes]] = []
         self._metas: list[SegmentMeta] = []
@@ -151,10 +122,6 @@ class TinyDBStore:
         self._damage: dict[str, Damage] = {}
         self._suspect: set[tuple[str, int]] = set()
         self._repairs: list[str] = []
-        self._flushes: list[Future[None]] = []
-        self._closing = False
-        self._stopped = False
-        self._dropped = 0
         self._journal_error: str | None = None
         self._fold_error: str | None = None
         self._retry_at = 0.0
@@ -169,8 +136,7 @@ class TinyDBStore:
             os.close(self._lock_fd)
             raise StoreError(f"cannot open the usage files in {self.path}: {exc}") from None
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-reader")
-        self._writer = threading.Thread(target=self._run, name="usage-writer", daemon=True)
-        self._writer.start()
+        self._queue.start(self._loop)
 
     # -- startup ---------------------------------------------------------------
 
@@ -212,16 +178,7 @@ class TinyDBStore:
         indexed = self._reindex(name)
         return indexed[0] if indexed else None
 
-    def _reindex(self, name: str) -> tuple[SegmentMeta, list[Row]] | None:
-        try:
-            return files.reindex(self.path, name)
-        except ValueError as exc:
-            # The summary (if any) was written with the file, before the damage.
-            meta = files.read_meta(files.summary_path(self.path, name))
-            kept = self._salvage(name, str(exc), meta.count if meta else 0)
-            return files.write_segment(self.path, name, *kept) if kept else None
-
-    def _open_newest(self, name: str | None) -> _Open:
+    def _open_newest(self, name: str | None) -> OpenSegment:
         if name is not None:
             try:
                 records = files.read_segment(self.path / name)
@@ -229,40 +186,11 @@ class TinyDBStore:
                 kept = self._salvage(name, str(exc))
                 if kept:
                     files.atomic_write(self.path / name, files.tinydb_bytes(kept[1]))
-                    return _Open(name, *kept, sum(map(len, kept[1])))
+                    return OpenSegment(name, *kept, sum(map(len, kept[1])))
             else:
                 lines = [files.encode(r) for r in records]
-                return _Open(name, records, lines, sum(map(len, lines)))
-        return _Open(self._next_name(name), [], [], 0)
-
-    def _salvage(
-        self, name: str, why: str, count: int = 0
-    ) -> tuple[list[UsageRecord], list[bytes]] | None:
-        """The records of a damaged file that still read, to be written back in its place
-        (the original is kept aside first); None, and the file set aside, if none do.
-        `count`: how many records the file held, if known."""
-        path = self.path / name
-        found = files.salvage(path.read_bytes())
-        lost = max(found.lost, count - len(found.records))
-        if not found.records:
-            aside = files.set_aside(path, why)
-            files.summary_path(self.path, name).unlink(missing_ok=True)
-            files.rows_path(self.path, name).unlink(missing_ok=True)
-            with self._lock:
-                self._damage[name] = Damage(name, lost=None, aside=str(aside))
-            return None
-        aside = files.keep_aside(path)
-        log.error(
-            "USAGE FILE DAMAGED: %s: %d records could not be read and are left out; "
-            "the %d that read are kept in it. The damaged original is kept as %s.",
-            path,
-            lost,
-            len(found.records),
-            aside,
-        )
-        with self._lock:
-            self._damage[name] = Damage(name, lost=lost, aside=str(aside))
-        return found.records, [files.encode(r) for r in found.records]
+                return OpenSegment(name, records, lines, sum(map(len, lines)))
+        return OpenSegment(self._next_name(name), [], [], 0)
 
     def _next_name(self, after: str | None) -> str:
         today = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -271,78 +199,6 @@ class TinyDBStore:
         day, seq = files.segment_key(after)
         # Names must sort in the order written, even if the clock steps back.
         return files.segment_name(day, seq + 1) if day >= today else files.segment_name(today, 1)
-
-    def _import_single_file(self) -> None:
-        """Bring in data/usage.json, the one-file log of earlier versions, through the
-        journal: a crash half-way leaves records the journal replay counts once."""
-        legacy = self.folder / "usage.json"
-        if not legacy.exists():
-            return
-        try:
-            records = files.read_segment(legacy)
-        except ValueError as exc:
-            files.set_aside(legacy, str(exc))
-            return
-        journal = os.pread(self._journal_fd, os.fstat(self._journal_fd).st_size, 0)
-        whole = journal.rfind(b"\n") + 1
-        if whole < len(journal):  # a line a crash cut short: drop it before appending
-            os.ftruncate(self._journal_fd, whole)
-        _write_all(self._journal_fd, b"".join(files.encode(r) + b"\n" for r in records))
-        os.fsync(self._journal_fd)
-        kept = legacy.with_name("usage.json.imported")
-        os.replace(legacy, kept)
-        log.warning(
-            "imported %d usage records from %s (the single-file log of earlier versions); "
-            "the file is kept as %s and can be deleted",
-            len(records),
-            legacy,
-            kept,
-        )
-
-    def _replay_journal(self) -> list[tuple[UsageRecord, bytes]]:
-        """Records a crash left in the journal and not yet in a TinyDB file."""
-        raw = os.pread(self._journal_fd, os.fstat(self._journal_fd).st_size, 0)
-        if not raw:
-            return []
-        lines = raw.split(b"\n")
-        torn = lines.pop()  # after the last newline: empty, or a write a crash cut short
-        found: list[tuple[UsageRecord, bytes]] = []
-        bad = 0
-        for line in lines:
-            try:
-                found.append((files.decode_line(line), line))
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                bad += 1
-        if bad:
-            aside = files.set_aside(self.path / files.JOURNAL, f"{bad} unreadable journal lines")
-            self._damage[files.JOURNAL] = Damage(files.JOURNAL, lost=bad, aside=str(aside))
-            os.close(self._journal_fd)
-            self._journal_fd = os.open(
-                self.path / files.JOURNAL, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600
-            )
-            log.error("the readable lines of %s are kept and folded in", aside)
-        elif torn:
-            log.warning("dropped the last journal line, cut short by a crash (%d bytes)", len(torn))
-            os.ftruncate(self._journal_fd, len(raw) - len(torn))
-        if not found:
-            return []
-        # A crash between writing a TinyDB file and emptying the journal leaves records in
-        # both. Only files holding an id at least as new as the journal's oldest can.
-        oldest = min(r.id for r, _ in found)
-        seen = {r.id for r in self._open.records}
-        for meta in self._metas:
-            if meta.max_id >= oldest:
-                seen.update(r.id for r in self._rows(meta))
-        fresh: list[tuple[UsageRecord, bytes]] = []
-        for r, line in found:
-            if r.id not in seen:
-                seen.add(r.id)
-                fresh.append((r, line))
-        if bad:  # the journal was replaced: put the records back before anything else
-            _write_all(self._journal_fd, b"".join(line + b"\n" for _, line in fresh))
-            os.fsync(self._journal_fd)
-        log.info("recovered %d records from the journal", len(fresh))
-        return fresh
 
     # -- writing ---------------------------------------------------------------
 
@@ -353,54 +209,29 @@ class TinyDBStore:
     def append(self, record: UsageRecord) -> None:
         """Queue a record. Never blocks on the disk; safe to call from the event loop."""
         self.appended += 1
-        with self._lock:
-            if len(self._pending) >= MAX_PENDING:
-                self._dropped += 1
-                if self._dropped == 1 or self._dropped % 1000 == 0:
-                    log.error(
-                        "USAGE RECORDS DROPPED: %d records wait for the disk already; "
-                        "%d dropped so far",
-                        MAX_PENDING,
-                        self._dropped,
-                    )
-                return
-            self._pending.append(record)
-            if len(self._pending) == 1:
-                self._pending_since = time.monotonic()
-                self._wake.notify()
-
-    def _run(self) -> None:
-        try:
-            self._loop()
-        finally:
-            # Normally at close; if a bug ended the thread, nobody may wait on it forever.
-            with self._lock:
-                self._stopped = True
-                flushes, self._flushes = self._flushes, []
-            for flushed in flushes:
-                flushed.set_result(None)
+        self._queue.append(record)
 
     def _loop(self) -> None:
         while True:
-            with self._wake:
+            with self._queue.wake:
                 while True:
                     now = time.monotonic()
-                    if self._closing or self._flushes or self._repairs:
+                    if self._queue.closing or self._queue.flushes or self._repairs:
                         break
-                    if self._pending and now >= self._commit_at():
+                    if self._queue.pending and now >= self._commit_at():
                         break
                     due = self._next_due(now)
                     if due <= now:
                         break
-                    self._wake.wait(due - now)
-                ready = now >= self._retry_at or self._closing or self._flushes
-                batch = self._pending if ready else []
+                    self._queue.wake.wait(due - now)
+                ready = now >= self._retry_at or self._queue.closing or self._queue.flushes
+                batch = self._queue.pending if ready else []
                 if batch:
-                    self._pending = []
+                    self._queue.pending = []
                     self._committing = batch
-                flushes, self._flushes = self._flushes, []
+                flushes, self._queue.flushes = self._queue.flushes, []
                 repairs, self._repairs = self._repairs, []
-                closing = self._closing
+                closing = self._queue.closing
             if batch:
                 self._commit(batch)
             for name in repairs:
@@ -421,15 +252,15 @@ class TinyDBStore:
                 flushed.set_result(None)
             if closing:
                 with self._lock:
-                    if not self._pending:
+                    if not self._queue.pending:
                         return
-                    refused, self._pending = self._pending, []
+                    refused, self._queue.pending = self._queue.pending, []
                     error = self._journal_error
                 if error:
                     self._spill(refused, error)
                     return
                 with self._lock:  # appended while this batch was written: one more round
-                    self._pending[:0] = refused
+                    self._queue.pending[:0] = refused
 
     def _spill(self, records: list[UsageRecord], error: str) -> None:
         """The disk refuses the records left at close: write them somewhere else, and say
@@ -485,11 +316,11 @@ class TinyDBStore:
         # Group commit: the first record of a batch waits GROUP_COMMIT seconds for others,
         # so a steady trickle of calls costs one journal write and fsync per window, not
         # per call (at one client, per-call fsyncs took a seventh of the gateway's core).
-        return max(self._retry_at, self._pending_since + GROUP_COMMIT)
+        return max(self._retry_at, self._queue.since + GROUP_COMMIT)
 
     def _next_due(self, now: float) -> float:
         due = now + 3600.0
-        if self._pending:
+        if self._queue.pending:
             due = min(due, self._commit_at())
         if self._unfolded:
             fold_at = min(self._unfolded_since + FOLD_MAX_SECONDS, self._fold_by_size_at())
@@ -517,11 +348,7 @@ class TinyDBStore:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._journal_fd, self._journal_size)
             with self._lock:
-                self._pending[:0] = batch
-                over = len(self._pending) - MAX_PENDING
-                if over > 0:  # appends arrived meanwhile: keep the oldest, as append() does
-                    del self._pending[MAX_PENDING:]
-                    self._dropped += over
+                self._queue.put_back(batch)
                 self._committing = []
             self._retry_at = time.monotonic() + RETRY_SECONDS
             error = f"cannot write the usage journal: {exc}"
@@ -571,7 +398,7 @@ class TinyDBStore:
         with self._lock:
             self._metas = self._metas + [meta for meta, _ in indexed]
             self._changed.notify_all()
-            self._open = _Open(name, records, lines, size)
+            self._open = OpenSegment(name, records, lines, size)
             self._unfolded = []
             for meta, rows in indexed:
                 self._cache_put(meta, rows)
@@ -586,82 +413,6 @@ class TinyDBStore:
             log.error("%s", error)
         self._fold_error = error
 
-    def _repair(self, name: str) -> None:
-        """Write back the readable records of a closed file a query found damaged."""
-        with self._lock:
-            meta = next((m for m in self._metas if m.name == name), None)
-            if meta is None or (meta.name, meta.size) not in self._suspect:
-                return  # retention removed or rewrote it meanwhile
-        path = self.path / name
-        try:
-            try:
-                # A file that reads whole was not damaged: its rows were wrong. Rebuild them.
-                indexed = files.reindex(self.path, name)
-            except ValueError as exc:
-                kept = self._salvage(name, str(exc), meta.count)
-                indexed = files.write_segment(self.path, name, *kept) if kept else None
-            files.fsync_dir(self.path)
-            files.fsync_dir(self.path / files.INDEX)
-        except OSError as exc:
-            # Queries go on reading around the damage; the next start tries again.
-            log.error("USAGE FILE DAMAGED: %s, and it cannot be repaired now: %s", path, exc)
-            return
-        with self._lock:
-            others = [m for m in self._metas if m.name != name]
-            if indexed is None:  # nothing in it read: it was set aside whole
-                self._metas = others
-            else:
-                self._metas = sorted([*others, indexed[0]], key=lambda m: files.segment_key(m.name))
-                self._cache_put(*indexed)
-            self._changed.notify_all()
-
-    def _apply_retention(self) -> None:
-        assert self.retention_days is not None
-        cutoff = iso(datetime.now(UTC) - timedelta(days=self.retention_days))
-        kept: list[SegmentMeta] = []
-        records: list[UsageRecord]
-        removed = 0
-        for meta in self._metas:
-            if meta.min_date >= cutoff:
-                kept.append(meta)
-                continue
-            path = self.path / meta.name
-            records = []
-            if meta.max_date >= cutoff and path.exists():  # straddles the limit: keep the newer
-                try:
-                    records = files.read_segment(path)
-                except ValueError as exc:
-                    readable = self._salvage(meta.name, str(exc), meta.count)
-                    records = readable[0] if readable else []
-                records = [r for r in records if r.date >= cutoff]
-            removed += meta.count - len(records)
-            if records:
-                lines = [files.encode(r) for r in records]
-                kept.append(files.write_segment(self.path, meta.name, records, lines)[0])
-            else:  # missing_ok: a run the disk interrupted may have deleted it already
-                path.unlink(missing_ok=True)
-                files.summary_path(self.path, meta.name).unlink(missing_ok=True)
-                files.rows_path(self.path, meta.name).unlink(missing_ok=True)
-        current = self._open
-        fresh = [r for r in current.records if r.date >= cutoff]
-        if len(fresh) < len(current.records):
-            removed += len(current.records) - len(fresh)
-            lines = [files.encode(r) for r in fresh]
-            files.atomic_write(self.path / current.name, files.tinydb_bytes(lines))
-            current = _Open(current.name, fresh, lines, sum(map(len, lines)))
-        files.fsync_dir(self.path)
-        with self._lock:
-            self._metas = kept
-            self._changed.notify_all()
-            self._open = current
-            self.deleted += removed
-        if removed:
-            log.info(
-                "retention: deleted %d usage records older than %g days",
-                removed,
-                self.retention_days,
-            )
-
     async def flush(self) -> None:
         """Wait until everything appended so far is in the TinyDB files (or has failed to be)."""
         await asyncio.wrap_future(self._flush())
@@ -671,14 +422,7 @@ class TinyDBStore:
         self._flush().result()
 
     def _flush(self) -> Future[None]:
-        done: Future[None] = Future()
-        with self._wake:
-            if self._stopped:
-                done.set_result(None)
-            else:
-                self._flushes.append(done)
-                self._wake.notify()
-        return done
+        return self._queue.flush()
 
     # -- reading ---------------------------------------------------------------
 
@@ -688,7 +432,7 @@ class TinyDBStore:
             metas = self._metas
             recent = [*self._open.records, *(r for r, _ in self._unfolded)]
             recent += self._committing
-            recent += self._pending
+            recent += self._queue.pending
         return metas, recent
 
     def _cache_put(self, meta: SegmentMeta, rows: list[Row]) -> None:
@@ -727,34 +471,6 @@ class TinyDBStore:
                 return self._salvaged_rows(meta)
             rows = indexed[1] if indexed else []
         with self._lock:
-            self._cache_put(meta, rows)
-        return rows
-
-    def _found_damage(self, metas: list[SegmentMeta]) -> None:
-        """A query found documents that do not read: read around them, and have the writer
-        repair the files (it logs, once per file)."""
-        with self._wake:
-            for meta in metas:
-                key = (meta.name, meta.size)
-                if key in self._suspect:
-                    continue
-                self._suspect.add(key)
-                self._cache.pop(key, None)
-                self._damage.setdefault(meta.name, Damage(meta.name, lost=0))
-                self._repairs.append(meta.name)
-            self._wake.notify()
-
-    def _salvaged_rows(self, meta: SegmentMeta) -> list[Row]:
-        """Rows of the documents of a damaged file that still read, pointing into it as is."""
-        try:
-            rows, lost = files.salvaged_rows(self.path / meta.name)
-        except OSError as exc:
-            log.error("USAGE FILE UNREADABLE, skipped by this query: %s", exc)
-            return []
-        with self._lock:
-            damage = self._damage.get(meta.name)
-            if damage is not None and damage.aside is None:
-                damage.lost = max(lost, meta.count - len(rows))
             self._cache_put(meta, rows)
         return rows
 
@@ -816,10 +532,9 @@ class TinyDBStore:
     # -- state -----------------------------------------------------------------
 
     def health(self) -> StoreHealth:
+        waiting, dropped, stopped = self._queue.held()
         with self._lock:
-            pending = len(self._pending) + len(self._committing)
-            dropped = self._dropped
-            stopped = self._stopped and not self._closing
+            pending = waiting + len(self._committing)
             damage = sorted(self._damage.values(), key=lambda d: d.name)
         error = self._journal_error or self._fold_error
         if stopped:
@@ -838,24 +553,14 @@ class TinyDBStore:
 
     def close(self) -> None:
         """Write everything out and release the folder (blocks until done)."""
-        with self._wake:
-            if self._closing:
-                return
-            self._closing = True
-            self._wake.notify()
-        self._writer.join()
+        if not self._queue.close():
+            return
         self._reader.shutdown(wait=True)
         os.close(self._journal_fd)
         os.close(self._lock_fd)
 
     async def aclose(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.close)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    written = 0
-    while written < len(data):
-        written += os.write(fd, data[written:])
 
 
 def _encodable(record: UsageRecord) -> bool:

@@ -1,6 +1,6 @@
 """http_transport/lines.py: lines out of reads of any size, within a bound.
 
-That each byte is copied at most twice (issue 11 §2: `buffer += data` copied a long line
+That each byte is copied at most twice (`buffer += data` copied a long line
 again on every read) is measured by bench/lines_bench.py, not asserted here.
 """
 

@@ -29,9 +29,9 @@ import msgspec
 import psycopg
 from psycopg import sql
 
-from .pg import SCHEMA
-from .records import Bucket, GroupStats, Stats, Totals, UsageQuery, UsageRecord, iso
-from .stats import ZERO, hist_bucket, hist_percentile
+from ..records import Bucket, GroupStats, Stats, Totals, UsageQuery, UsageRecord, iso
+from ..stats import ZERO, hist_bucket, hist_percentile
+from .database import SCHEMA
 
 USAGE = sql.Identifier(SCHEMA, "usage")
 HOURLY = sql.Identifier(SCHEMA, "usage_hourly")

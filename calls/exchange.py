@@ -1,0 +1,114 @@
+"""One HTTP exchange with a model server, as every upstream kind makes it: a request the
+transport sends as it is, a whole body read within a bound, and every way either fails (or a
+stream breaks mid-answer) as the gateway's own `UpstreamError`, in one mapping. Each kind
+keeps only what is its own: its paths, its wire format, and what its error bodies say.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from http_transport import LineTooLong, MalformedResponse, exchange
+
+from .errors import (
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    UpstreamUnreachable,
+)
+
+
+class Server:
+    """One model server over a transport: how to ask it, and what its failures mean."""
+
+    __slots__ = ("_headers", "_timeout", "address", "hint", "max_body", "transport", "who")
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        address: str,
+        timeout: httpx.Timeout | None,
+        *,
+        who: str,
+        max_body: int,
+        api_key: str | None = None,
+        hint: str = "",
+    ) -> None:
+        self.transport = transport
+        self.address = address
+        # How messages name the server ("Ollama at http://..."), and what to do when it
+        # cannot be reached, beyond "is it running?".
+        self.who = who
+        self.hint = hint
+        self.max_body = max_body
+        self._timeout = (timeout or httpx.Timeout(300.0)).as_dict()
+        # The key is sent to this server only, held nowhere else: never logged, never in an
+        # error.
+        self._headers = exchange.json_headers(api_key)
+
+    def request(self, method: str, url: httpx.URL, body: bytes | None = None) -> httpx.Request:
+        return exchange.request(method, url, self._headers, body, self._timeout)
+
+    def failure(self, exc: Exception) -> UpstreamError | None:
+        """The UpstreamError a failure to send or read stands for; None for one that is not a
+        failure of talking to the server (a bug here, which must surface as it is)."""
+        who = self.who
+        if isinstance(exc, MalformedResponse):
+            return UpstreamBadResponse(f"{who} answered malformed HTTP: {exc}")
+        if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
+            return UpstreamUnreachable(
+                f"cannot reach {who} ({exc or type(exc).__name__}); is it running?{self.hint}"
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return UpstreamTimeout(f"{who} did not answer in time")
+        if isinstance(exc, httpx.TransportError):
+            return UpstreamUnavailable(f"the connection to {who} failed: {exc}")
+        if isinstance(exc, httpx.DecodingError):
+            # A body its Content-Encoding does not describe (say, gzip that is not gzip).
+            return UpstreamBadResponse(f"the answer of {who} could not be decoded: {exc}")
+        return None
+
+    def broken(self, exc: Exception) -> UpstreamError | None:
+        """What a stream's failure mid-answer stands for (None: not one of those)."""
+        who = self.who
+        if isinstance(exc, LineTooLong):
+            return UpstreamBadResponse(
+                f"{who} sent a line longer than {exc.limit} bytes (--max-upstream-line); the "
+                "answer was cut off there"
+            )
+        if isinstance(exc, MalformedResponse):
+            return UpstreamBadResponse(f"{who} answered malformed HTTP mid-answer: {exc}")
+        if isinstance(exc, httpx.TimeoutException):
+            return UpstreamTimeout(f"{who} sent nothing for too long mid-answer")
+        if isinstance(exc, httpx.TransportError):
+            return UpstreamUnavailable(f"the connection to {who} broke mid-answer: {exc}")
+        if isinstance(exc, httpx.DecodingError):
+            return UpstreamBadResponse(f"the answer of {who} could not be decoded: {exc}")
+        return None
+
+    async def send(self, request: httpx.Request) -> httpx.Response:
+        """The response, its body still unread (close it, or read it to the end)."""
+        # try/except, not a context manager: this runs on every ask.
+        try:
+            return await self.transport.handle_async_request(request)
+        except httpx.HTTPError as exc:
+            if (failure := self.failure(exc)) is None:
+                raise
+            raise failure from exc
+
+    async def read(self, response: httpx.Response) -> bytes:
+        """The whole body, at most max_body bytes; the response is closed afterwards."""
+        try:
+            return await exchange.read_body(response, self.max_body)
+        except exchange.BodyTooLarge:
+            raise UpstreamBadResponse(
+                f"{self.who} sent an answer larger than {self.max_body} bytes (--max-upstream-body)"
+            ) from None
+        except httpx.HTTPError as exc:
+            if (failure := self.failure(exc)) is None:
+                raise
+            raise failure from exc
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()

@@ -1,0 +1,166 @@
+"""A front's side of the one pipeline call (calls/pipeline.py): the `Ask` a request makes, and
+a whole result that ends early when the client hangs up. Streams: routes/streaming.py.
+
+    call = await gateway_of(request).call(ask_of(request, FRONT, neutral, stream=...))
+    finished = await whole(request, call.answer())       # or stream_response(...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+from starlette.types import Receive
+
+from access.guard import SESSION_COOKIE
+from access.identity import Caller, Credentials
+from calls.errors import CallError
+from calls.pipeline import Ask, Q
+from calls.types import Labels
+
+from . import request_id
+
+T = TypeVar("T")
+
+
+def credentials_of(
+    request: Request, *, ticket: str | None = None, user_key: str | None = None
+) -> Credentials:
+    """What the request brought to prove who it is: a Bearer token, the admin cookie, a
+    stream ticket, or the seed's user_key."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    bearer = value.strip() if scheme.lower() == "bearer" and value.strip() else None
+    return Credentials(
+        bearer=bearer,
+        session=request.cookies.get(SESSION_COOKIE),
+        ticket=ticket,
+        user_key=user_key,
+    )
+
+
+# The accounting labels of the fronts whose bodies have no place for them, as headers.
+LABEL_HEADERS = {
+    "X-Project": "The project this call is accounted to (default: the API key's project).",
+    "X-Process-Id": "The process this call is accounted to.",
+    "X-Subprocess-Id": "The subprocess this call is accounted to.",
+}
+MAX_LABEL = 200
+_NO_LABELS = Labels()
+
+
+def _label(request: Request, name: str) -> str | None:
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    if len(value) > MAX_LABEL:
+        raise CallError(
+            400,
+            "invalid_request",
+            f"the {name} header has {len(value)} characters; the limit is {MAX_LABEL}",
+        )
+    return value or None
+
+
+def labels_of(request: Request) -> Labels:
+    """The accounting labels from the X-Project, X-Process-Id and X-Subprocess-Id headers."""
+    headers = request.headers
+    if (
+        "x-project" not in headers
+        and "x-process-id" not in headers
+        and ("x-subprocess-id" not in headers)
+    ):
+        return _NO_LABELS
+    return Labels(
+        project=_label(request, "X-Project"),
+        process_id=_label(request, "X-Process-Id"),
+        subprocess_id=_label(request, "X-Subprocess-Id"),
+    )
+
+
+def ask_of(
+    request: Request,
+    front: str,
+    neutral: Q,
+    *,
+    stream: bool = False,
+    credentials: Credentials | None = None,
+    labels: Labels | None = None,
+) -> Ask[Q]:
+    """The Ask this request makes: `neutral` asked by whoever the request's credentials say
+    (a front with credentials of its own passes them), accounted to its labels (by default
+    the X-Project headers), under the request's id (so header, log line and record agree),
+    the front's name and the path it came in by."""
+    info = request_id.current.get()
+    return Ask(
+        request=neutral,
+        credentials=credentials_of(request) if credentials is None else credentials,
+        labels=labels_of(request) if labels is None else labels,
+        stream=stream,
+        id=info.id if info is not None else request_id.new_id(),
+        front=front,
+        # The scope's path, not request.url.path: building the URL object cost 8 µs an ask.
+        endpoint=request.scope["path"],
+    )
+
+
+def allowed(caller: Caller, model: str) -> bool:
+    """Whether the caller's key lets it see and use `model` (every model without a key)."""
+    return caller.key is None or caller.key.allows(model)
+
+
+# How long a whole answer runs before a task starts watching for its client's hang-up.
+WATCH_AFTER = 0.05
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def whole(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` (a call's answer() or embeddings()), but cancel it if the client hangs up
+    first: the upstream request is closed, the call recorded as cancelled, and this raises
+    CallError 499 for a client that is no longer there.
+
+    The work runs in this task. The watcher (a task waiting on `receive()`) starts only once
+    the work has taken WATCH_AFTER seconds: most whole answers from a warm model take longer,
+    but a call that ends sooner never pays for a task of its own (a tenth of a fast ask's
+    cost). A hang-up is then noticed WATCH_AFTER seconds late at most.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    running = True
+    left = False
+    watcher: asyncio.Task[None] | None = None
+
+    def on_watcher_done(done: asyncio.Future[None]) -> None:
+        nonlocal left
+        if done.cancelled() or done.exception() is not None or not running:
+            return
+        left = True
+        task.cancel()
+
+    def watch() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(_disconnected(request.receive))
+        watcher.add_done_callback(on_watcher_done)
+
+    timer = loop.call_later(WATCH_AFTER, watch)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        # Only our own cancel becomes "the client left"; a shutdown's cancel propagates.
+        if left and task.uncancel() == 0:
+            raise CallError(
+                499, "client_gone", "the client closed the connection before the answer"
+            ) from None
+        raise
+    finally:
+        running = False
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()

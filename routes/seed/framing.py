@@ -1,0 +1,50 @@
+"""The seed's event stream: Server-Sent Events `start`, a `token` per chunk, then `done` or
+`error`, every event numbered from 0."""
+
+from __future__ import annotations
+
+import msgspec
+
+from calls.events import Done, Event, Failed, Pieces, Started
+
+from ..errors import error_body
+from ..streaming import SSEFraming
+from .schemas import StartEvent, TokenEvent, Usage
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _event(name: bytes, seq: int, data: msgspec.Struct) -> bytes:
+    # msgspec escapes every newline inside JSON strings, so one `data:` line always suffices.
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (seq, name, _encode(data))
+
+
+class SeedEvents(SSEFraming):
+    """Frames one call's events as the seed's SSE."""
+
+    __slots__ = ("seq",)
+
+    def __init__(self) -> None:
+        self.seq = 0
+
+    def __call__(self, event: Event) -> bytes:
+        if isinstance(event, Pieces):
+            # Every token that one read brought goes out in one write: when the gateway
+            # falls behind, it catches up in fewer, larger sends.
+            seq = self.seq
+            out = []
+            for piece in event.pieces:
+                if piece.content or piece.thinking:
+                    seq += 1
+                    out.append(_event(b"token", seq, TokenEvent(piece.content, piece.thinking)))
+            self.seq = seq
+            return out[0] if len(out) == 1 else b"".join(out)
+        if isinstance(event, Started):
+            return _event(b"start", 0, StartEvent(event.id, event.model))
+        if isinstance(event, Done):
+            self.seq += 1
+            return _event(b"done", self.seq, Usage.of(event.record))
+        if isinstance(event, Failed):
+            self.seq += 1
+            return _event(b"error", self.seq, error_body(event.error))
+        return b""

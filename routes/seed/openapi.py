@@ -1,0 +1,103 @@
+"""The seed's API in the OpenAPI document."""
+
+from __future__ import annotations
+
+from ..errors import ErrorBody
+from ..openapi import CALLER, UNAUTHORIZED, Operation, Paths, Reply, error
+from .schemas import AskReply, AskRequest, StartEvent, StreamQuery, Ticket, TokenEvent, Usage
+
+_ASK_ERRORS = {
+    400: error("The body is not JSON (`invalid_json`), or Ollama refused the request."),
+    401: UNAUTHORIZED,
+    403: error("This API key may not use this model (`model_not_allowed`)."),
+    413: error("The body or the prompt is too large (`body_too_large`, `prompt_too_large`)."),
+    429: error("A rate, token or stream limit is reached (`rate_limited`).", retry=True),
+    404: error("Ollama has no such model (`model_not_found`); `ollama pull` it first."),
+    422: error("The JSON is not a valid ask (`invalid_request`); the message names the field."),
+    502: error("Ollama is unreachable, failed, or answered nonsense (`upstream_*`)."),
+    503: error("Ollama is busy, or the gateway is shutting down.", retry=True),
+    504: error("Ollama sent nothing for `--timeout` seconds (`upstream_timeout`)."),
+}
+_EVENTS = {"start": StartEvent, "token": TokenEvent, "done": Usage, "error": ErrorBody}
+_STREAM = Reply(
+    description="The answer as Server-Sent Events: one `start`, a `token` per chunk, then "
+    "`done` with the call's usage or `error` (also sent when the gateway shuts down "
+    "before the answer ends, with code `server_shutdown`).",
+    events=_EVENTS,
+)
+_STREAM_ABOUT = (
+    "Failures noticed before the stream opens (within `--open-wait` seconds) keep their "
+    "HTTP status; later ones arrive as an `error` event."
+)
+
+openapi: Paths = {
+    "/api/v1/ai/models": {
+        "GET": Operation(
+            summary="List the models Ollama has",
+            tag="ai",
+            replies={
+                200: Reply(description="Model names, as `ollama list` shows them.", json=list[str]),
+                502: _ASK_ERRORS[502],
+                503: _ASK_ERRORS[503],
+                504: _ASK_ERRORS[504],
+            },
+        )
+    },
+    "/api/v1/ai/ask_sync": {
+        "POST": Operation(
+            summary="Ask and wait for the whole answer",
+            tag="ai",
+            description="The answer is plain text, or JSON with its usage when the client "
+            "prefers `application/json` in `Accept`.",
+            body=AskRequest,
+            auth=CALLER,
+            headers={"Accept": "`application/json` for a JSON reply; plain text otherwise."},
+            replies={
+                200: Reply(description="The answer.", text="text/plain", json=AskReply),
+                **_ASK_ERRORS,
+            },
+        )
+    },
+    "/api/v1/ai/ask_async": {
+        "POST": Operation(
+            summary="Ask and stream the answer",
+            tag="ai",
+            description=_STREAM_ABOUT,
+            body=AskRequest,
+            auth=CALLER,
+            replies={200: _STREAM, **_ASK_ERRORS},
+        ),
+        "GET": Operation(
+            summary="Ask and stream the answer (for EventSource)",
+            tag="ai",
+            description="The same ask as POST, with the body's fields as query parameters, "
+            "so a browser's `EventSource` can open it. " + _STREAM_ABOUT,
+            query=StreamQuery,
+            auth=CALLER,
+            headers={
+                "Last-Event-ID": "Sent by a reconnecting EventSource; answered with 204, "
+                "since an answer cannot be resumed."
+            },
+            replies={
+                200: _STREAM,
+                204: Reply(description="A reconnect after the stream ended: stop."),
+                **_ASK_ERRORS,
+            },
+        ),
+    },
+    "/api/v1/ai/tickets": {
+        "POST": Operation(
+            summary="A single-use stream ticket for EventSource",
+            tag="ai",
+            description="A browser EventSource cannot send `Authorization`. Get a ticket with "
+            "your key (or the admin cookie), then open "
+            "`GET /api/v1/ai/ask_async?...&ticket=<ticket>` within `expires_in` seconds; "
+            "it works once.",
+            auth=CALLER,
+            replies={
+                201: Reply(description="The ticket.", json=Ticket),
+                401: UNAUTHORIZED,
+            },
+        )
+    },
+}
