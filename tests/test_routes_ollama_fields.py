@@ -1,4 +1,5 @@
-"""The Ollama front's answers carry every field Ollama's own do, whatever the upstream's kind.
+"""The Ollama front's answers carry every field Ollama's own do, whatever the upstream's kind,
+and it takes the empty fields Ollama's clients send as absent ones, as Ollama does.
 
 Ollama's last line of a chat or completion always has `done_reason`, `total_duration`,
 `load_duration`, `prompt_eval_count`, `prompt_eval_duration`, `eval_count` and
@@ -193,3 +194,32 @@ async def test_an_embedding_has_every_field_whatever_the_upstream(
     assert reply["load_duration"] == 0
     assert response.headers["x-request-id"] == records[0]["id"]
     assert set(native) == EMBED
+
+
+async def test_empty_images_context_and_system_are_absent_ones(
+    openai_kind: tuple[Local, Any],
+) -> None:
+    """Ollama reads `"images": []`, `"system": ""`, ... as absent; LiteLLM's ollama/
+    provider sends `"images": []` with every call, each of which was refused with 400."""
+    local, app = openai_kind
+    empty = {"images": [], "context": [], "system": "", "template": "", "suffix": ""}
+
+    async with local.client() as client:
+        response = await client.post(
+            "/api/generate",
+            json={"model": "smollm2", "prompt": "go [[tokens=2]]", "stream": False, **empty},
+        )
+        refused = await client.post(
+            "/api/generate",
+            json={"model": "smollm2", "prompt": "go", "stream": False, "system": "Be brief."},
+        )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["response"] == "o0 o1 "
+    sent = (await standin_calls(app))[-1]
+    assert sent["path"] == "/v1/completions"
+    assert sent["body"]["prompt"] == "go [[tokens=2]]"
+    assert "suffix" not in sent["body"]
+    # What an OpenAI-compatible server cannot honour is still refused, naming it.
+    assert refused.status_code == 400
+    assert "system" in refused.json()["error"]
