@@ -48,6 +48,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "llama-server"
 # Where Ollama listens unless told otherwise: something there is taken for Ollama.
 OLLAMA_DEFAULT = ("127.0.0.1", 11434)
 READY_SECONDS = 120.0
+MAX_TOKENS = 256
 STOP_SECONDS = 10.0
 PR_SET_PDEATHSIG = 1
 
@@ -97,15 +98,17 @@ class EmbeddedModel:
     def banner(self, settings: Settings) -> str:
         """What the start says, loudly: what runs, and how to use a real server instead."""
         rule = "*" * 78
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
         return (
             f"\n{rule}\n"
             f"  EMBEDDED MODEL: no model server is configured and nothing answers at Ollama's\n"
             f"  default address (http://{OLLAMA_DEFAULT[0]}:{OLLAMA_DEFAULT[1]}), so the "
             f"gateway runs a tiny model for\n"
             f"  trying it out: SmolLM2-135M as {NAME!r}, under llama.cpp's llama-server\n"
-            f"  (pid {self.process.pid}, {self.url}), started and stopped with the gateway.\n"
+            f"  (pid {self.process.pid}, {self.url}), started and stopped with the gateway;\n"
+            f"  its answers stop at {MAX_TOKENS} tokens unless a call asks for more.\n"
             f"  Its log: {self.log_path}\n"
-            f"  Try: curl http://{settings.host}:{settings.port}/api/v1/ai/ask_sync "
+            f"  Try: curl http://{host}:{settings.port}/api/v1/ai/ask_sync "
             f'-d \'{{"agent": "{NAME}", "content": "Say hi."}}\'\n'
             f"  For a real model server, start Ollama and restart the gateway, or name one:\n"
             f"    scripts/run --ollama HOST:PORT\n"
@@ -159,8 +162,9 @@ def _binaries() -> tuple[Path, Path] | None:
         )
         return None
     log.info(
-        "providing the embedded model with scripts/llama-server: built once into a cache "
-        "(about 7 minutes the first time), at once afterwards"
+        "no upstream is named and nothing answers at Ollama's default address: providing "
+        "the embedded model with scripts/llama-server (built once into a cache, about 7 "
+        "minutes the first time)"
     )
     try:
         done = subprocess.run(
@@ -206,6 +210,10 @@ def start(settings: Settings, *, ollama: tuple[str, int] = OLLAMA_DEFAULT) -> Em
     argv = [str(server), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
     # Two slots of 2,048 tokens, and embeddings (mean pooling) besides chat and completions.
     argv += ["--alias", NAME, "-c", "4096", "--parallel", "2", "--embeddings", "--pooling", "mean"]
+    # 256 tokens an answer unless a call asks for more (its num_predict or max_tokens wins): a
+    # model this small often never ends on its own ("Count to five." ran on for 2,014
+    # tokens, two minutes, until its context was full).
+    argv += ["-n", str(MAX_TOKENS)]
     # Half the cores, at most 4: a 135M model gains little from more, the gateway and the
     # rest of the machine keep theirs, and llama.cpp's threads, which spin while they wait
     # for each other, slow to a crawl when they outnumber the free cores (measured on a
