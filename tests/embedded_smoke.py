@@ -9,7 +9,8 @@ nothing reaches beyond the machine. Inside it, this:
 2. runs every command of the README's "Try it" block literally, with `$TOKEN` set;
 3. stops it with SIGTERM;
 4. runs it again and kills it with SIGKILL;
-5. runs it once more with an upstream named (`--ollama` at a port where nothing listens);
+5. runs it again with its port taken, so that it fails once its model runs;
+6. runs it once more with an upstream named (`--ollama` at a port where nothing listens);
 
 and prints one JSON object: each command's output, the log of each run, and the llama-server
 processes each run started and whether any is still alive afterwards.
@@ -21,6 +22,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -160,6 +162,13 @@ def main(clone: Path, folder: Path) -> dict[str, Any]:
         "ended": ended(models),
         "log": second.log(),
     }
+
+    # A gateway that fails after its model started (here: its port is taken) takes it along.
+    with socket.create_server(("127.0.0.1", 5000)):
+        failed = Run(clone, folder, "failed")
+        code = failed.process.wait(300)
+    models = [int(pid) for pid in re.findall(r"\(pid (\d+), http", failed.log())]
+    result["failed"] = {"models": models, "code": code, "ended": ended(models), "log": failed.log()}
 
     named = Run(clone, folder, "named", "--ollama", f"http://127.0.0.1:{free_port()}")
     named.wait_up()

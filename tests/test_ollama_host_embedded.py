@@ -93,8 +93,8 @@ def test_a_fresh_clone_answers_the_readmes_examples_with_the_embedded_model(
 ) -> None:
     """`git clone`, then `scripts/run`: in a network namespace where nothing answers at
     Ollama's address, the README's "Try it" commands, run literally, get real answers and
-    records; SIGTERM and SIGKILL of the gateway both end its llama-server; and with an
-    upstream named, none starts (tests/embedded_smoke.py)."""
+    records; SIGTERM, SIGKILL and a failure of the gateway each end its llama-server; and
+    with an upstream named, none starts (tests/embedded_smoke.py)."""
     binaries()  # built once into the machine's cache, outside the namespace (it needs PyPI)
     if shutil.which("unshare") is None:
         pytest.fail("unshare (util-linux) is needed for a namespace without Ollama")
@@ -156,6 +156,12 @@ def test_a_fresh_clone_answers_the_readmes_examples_with_the_embedded_model(
         assert seen[end]["ended"], seen[end]["log"]
     assert seen["sigterm"]["code"] == 0
     assert "stopped the embedded model" in seen["sigterm"]["log"]
+    # A gateway that fails to serve (its port taken) stops its model on the way out.
+    failed = seen["failed"]
+    assert failed["code"] != 0, failed["log"]
+    assert len(failed["models"]) == 1, failed["log"]
+    assert failed["ended"], failed["log"]
+    assert "stopped the embedded model" in failed["log"]
     # With an upstream named, never.
     assert seen["named"]["models"] == []
     assert "EMBEDDED MODEL" not in seen["named"]["log"]
