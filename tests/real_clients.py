@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -32,7 +33,7 @@ VERCEL_AI = ("ai@6.0.333", "ollama-ai-provider-v2@3.6.0", "zod@4.6.7")
 LITELLM = "litellm==1.110.2"
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI needs {reason}")
     pytest.skip(reason)
@@ -52,7 +53,7 @@ def vercel_ai() -> tuple[Path, Path]:
     if npm is None or shutil.which("node") is None:
         _unavailable("Node.js and npm for the Vercel AI SDK")
     folder.mkdir(parents=True, exist_ok=True)
-    command = [str(npm), "install", "--prefix", str(folder), "--no-audit", "--no-fund", "--silent"]
+    command = [npm, "install", "--prefix", str(folder), "--no-audit", "--no-fund", "--silent"]
     done = subprocess.run(
         [*command, *VERCEL_AI],
         capture_output=True,
@@ -86,3 +87,15 @@ def litellm_python() -> Path:
         _unavailable(f"{LITELLM} from PyPI: {done.stderr[-1000:]}")
     ready.touch()
     return python
+
+
+def loopback_only() -> list[str]:
+    """The command prefix that runs a command in a network namespace of its own, which has
+    nothing but loopback (the command brings `lo` up): `unshare -n`, which needs root."""
+    try:
+        done = subprocess.run(["unshare", "-n", "true"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        _unavailable(f"unshare -n (util-linux, as root): {exc}")
+    if done.returncode != 0:
+        _unavailable(f"unshare -n (util-linux, as root): {done.stderr.decode(errors='replace')}")
+    return ["unshare", "-n"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from tests.gateway_proc import ROOT, Gateway, free_port, start_gateway
 from tests.helpers import records
 from tests.llama import MODEL, LlamaServer, binaries
 from tests.openai_standin import start_openai_standin
-from tests.real_clients import litellm_python, vercel_ai
+from tests.real_clients import litellm_python, loopback_only, vercel_ai
 
 pytestmark = pytest.mark.server
 
@@ -130,11 +129,9 @@ def test_the_vercel_ai_sdk_ollama_provider_works_with_llama_server(llama_kind: K
 
 def check_litellm(folder: Path, *args: str) -> None:
     python = litellm_python()
-    if shutil.which("unshare") is None:
-        pytest.fail("unshare (util-linux) is needed to keep LiteLLM off the network")
     smoke = [sys.executable, "-m", "tests.litellm_smoke", str(python), str(folder), *args]
     done = subprocess.run(
-        ["unshare", "-n", *smoke],
+        [*loopback_only(), *smoke],
         cwd=ROOT,
         capture_output=True,
         text=True,

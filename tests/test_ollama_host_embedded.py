@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from ollama_host import embedded
 from ollama_host.settings import parse_settings
 from tests.gateway_proc import ROOT
 from tests.llama import binaries
+from tests.real_clients import loopback_only
 
 NAMED: list[tuple[list[str], dict[str, str]]] = [
     (["--ollama", "gpu-box"], {}),
@@ -96,8 +96,7 @@ def test_a_fresh_clone_answers_the_readmes_examples_with_the_embedded_model(
     records; SIGTERM, SIGKILL and a failure of the gateway each end its llama-server; and
     with an upstream named, none starts (tests/embedded_smoke.py)."""
     binaries()  # built once into the machine's cache, outside the namespace (it needs PyPI)
-    if shutil.which("unshare") is None:
-        pytest.fail("unshare (util-linux) is needed for a namespace without Ollama")
+    namespace = loopback_only()
     clone = tmp_path / "clone"
     head = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
@@ -110,7 +109,7 @@ def test_a_fresh_clone_answers_the_readmes_examples_with_the_embedded_model(
     subprocess.run([str(clone / "scripts" / "setup")], check=True, timeout=900, env=env)
 
     done = subprocess.run(
-        ["unshare", "-n", sys.executable, "-m", "tests.embedded_smoke", str(clone), str(tmp_path)],
+        [*namespace, sys.executable, "-m", "tests.embedded_smoke", str(clone), str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
