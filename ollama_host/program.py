@@ -58,7 +58,8 @@ def run(argv: Sequence[str] | None, *, create_app: AppFactory, worker_fd: int | 
         log.error("%s", exc)
         return 1
     try:
-        model = embedded.start(settings)
+        # A worker never starts one: the process that runs the workers does, for them all.
+        model = embedded.start(settings) if worker_fd is None else None
     except KeyboardInterrupt:  # while it was built or loaded; it is stopped already
         startup.close_parts(store, access)
         return 130
