@@ -10,7 +10,8 @@ writer, the log thread), so two versions can be compared on a busy machine, one 
 other. The gateway runs under `valgrind --tool=callgrind --instr-atstart=no`; after a warm-up,
 counting is switched on for exactly N calls sent one at a time on one keep-alive connection,
 then off. Reported: instructions per non-streamed ask (the seed's ask_sync), and per streamed
-ask of T tokens, from which the cost of a relayed token follows.
+ask of T tokens, from which the cost of a relayed token follows; and per call of Ollama's
+front (/api/chat whole, and streamed), whose framing differs.
 
 Needs valgrind (Debian's package) and the bench upstream (bench/upstream.py).
 """
@@ -158,13 +159,23 @@ def measure(
             b'{"agent": "llama3", "content": "hi [[tokens=%d]] [[delay=%g]]", "project": "bench"}'
             % (tokens, spacing)
         )
+        # Ollama's front: its own framing (NDJSON, the last line's metrics) on the same call.
+        chat = (
+            b'{"model": "llama3", "messages": [{"role": "user", "content": "hi [[tokens=%d]]"}], '
+            b'"stream": %s}'
+        )
+        chat_whole, chat_streamed = chat % (8, b"false"), chat % (1, b"true")
         for _ in range(30):  # warm-up: caches, first-call paths
             client.post("/api/v1/ai/ask_sync", sync)
             client.post("/api/v1/ai/ask_async", short)
+            client.post("/api/chat", chat_whole)
+            client.post("/api/chat", chat_streamed)
         for name, path, body, n in (
             ("ask_sync", "/api/v1/ai/ask_sync", sync, calls),
             ("ask_async_1", "/api/v1/ai/ask_async", short, calls),
             ("ask_async", "/api/v1/ai/ask_async", stream, max(10, calls // 10)),
+            ("chat_whole", "/api/chat", chat_whole, calls),
+            ("chat_streamed", "/api/chat", chat_streamed, calls),
         ):
             control("-z")
             control("-i", "on")
@@ -211,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             "M instructions / call",
         ),
         ("one more streamed token", result["per_token"] / 1e3, "k instructions"),
+        ("/api/chat (8 tokens, whole)", result["chat_whole"] / 1e6, "M instructions / call"),
+        ("/api/chat, 1 token streamed", result["chat_streamed"] / 1e6, "M instructions / call"),
     ]
     for label, value, unit in rows:
         print(f"  {label:<28} {value:8.3f} {unit}")

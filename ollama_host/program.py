@@ -28,7 +28,7 @@ import upstreams
 from access.keys import Access
 from store import UsageStore
 
-from . import startup
+from . import embedded, startup
 from .requestlog import configure_logging
 from .server import serve, show_new_token
 from .settings import Settings, parse_settings, settings_table
@@ -49,19 +49,47 @@ class AppFactory(Protocol):
 
 def run(argv: Sequence[str] | None, *, create_app: AppFactory, worker_fd: int | None = None) -> int:
     """Run the gateway; with worker_fd, as one of --workers N on that listening socket."""
-    settings = parse_settings(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    settings = parse_settings(args)
     configure_logging(settings)
     try:
         store, access, new_token = startup.open_parts(settings, worker=worker_fd is not None)
     except startup.Refused as exc:
         log.error("%s", exc)
         return 1
+    try:
+        # A worker never starts one: the process that runs the workers does, for them all.
+        model = embedded.start(settings) if worker_fd is None else None
+    except KeyboardInterrupt:  # while it was built or loaded; it is stopped already
+        startup.close_parts(store, access)
+        return 130
+    try:
+        if model is not None:
+            # An upstream like any other, for this process and for each of --workers N.
+            args = [*args, "--upstream", model.upstream]
+            settings = parse_settings(args)
+            log.warning("%s", model.banner(settings))
+        return _serve(settings, args, store, access, new_token, create_app, worker_fd)
+    finally:
+        if model is not None:
+            model.stop()
+
+
+def _serve(
+    settings: Settings,
+    args: list[str],
+    store: UsageStore,
+    access: Access,
+    new_token: str | None,
+    create_app: AppFactory,
+    worker_fd: int | None,
+) -> int:
     if new_token:
         show_new_token(settings, new_token)
     if settings.workers > 1 and worker_fd is None:
         # Each worker opens the store and the keys itself; this process only watches them.
         startup.close_parts(store, access)
-        return run_workers(settings, argv, script=APP)
+        return run_workers(settings, args, script=APP)
     where = store.health().path
     app = create_app(settings, store=store, access=access)
     if worker_fd is None:

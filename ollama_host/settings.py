@@ -95,6 +95,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             metavar="FILE",
         ),
     ] = None
+    embedded_model: Annotated[
+        bool,
+        setting(
+            "--embedded-model",
+            "OLLAMA_GATEWAY_EMBEDDED_MODEL",
+            "with no upstream configured (no `--ollama`, `--upstream`, `--upstreams` nor "
+            "`OLLAMA_HOST`) and nothing answering at Ollama's default address, run the "
+            "embedded model as the upstream: SmolLM2-135M as `smollm2:135m` under llama.cpp's "
+            "`llama-server` (built once by `scripts/llama-server`), a child process started "
+            "and stopped with the gateway. `scripts/run` turns it on",
+        ),
+    ] = False
     health_interval: Annotated[
         float,
         setting(
@@ -631,4 +643,8 @@ def parse_settings(
         specs(settings.upstream, settings.upstreams_file, settings.ollama_url, env)
     except ConfigError as exc:
         parser.error(str(exc))
+    # The embedded model stands in only where no upstream is named at all.
+    named = several or args.get("ollama_url") is not None or bool(env.get("OLLAMA_HOST"))
+    if settings.embedded_model and named:
+        settings = msgspec.structs.replace(settings, embedded_model=False)
     return settings

@@ -535,11 +535,10 @@ class OpenAIUpstream:
         if completion is None:
             body["messages"] = [_message(m) for m in request.messages]
             return self._request("POST", self._chat_url, _encode(body))
-        unsupported = [
-            name
-            for name in ("system", "template", "context", "images")
-            if getattr(completion, name) is not None
-        ]
+        # An empty one is an absent one, as Ollama reads them ("system": "" keeps the model's
+        # own; "images": [] is no image): LiteLLM's ollama/ provider sends "images": [] always.
+        asked = ("system", "template", "context", "images")
+        unsupported = [name for name in asked if getattr(completion, name)]
         if unsupported:
             raise UpstreamRejected(
                 f"an OpenAI-compatible upstream takes a raw prompt only, not "
@@ -547,7 +546,7 @@ class OpenAIUpstream:
             )
         body["prompt"] = completion.prompt
         body.pop("tools", None)
-        if completion.suffix is not None:
+        if completion.suffix:
             body["suffix"] = completion.suffix
         return self._request("POST", self._completions_url, _encode(body))
 

@@ -3,7 +3,9 @@
 scripts/llama-server prints the binary's and the model's paths, building the server once per
 machine into a cache (about 7 minutes on 2 cores; later runs reuse it). Each server runs as
 `llama-server -m GGUF --host 127.0.0.1 --port P -t 1 -c 2048 --parallel 2 --alias smollm2
---metrics`: one thread each, so that two fit this machine's two cores.
+--metrics`: one thread each, so that two fit this machine's two cores. With `embeddings`, it
+also serves /v1/embeddings (`--embeddings --pooling mean`; it still answers chat and
+completions).
 """
 
 from __future__ import annotations
@@ -48,8 +50,17 @@ def binaries() -> tuple[Path, Path]:
 class LlamaServer:
     """One llama-server process on a loopback port; restartable on the same port."""
 
-    def __init__(self, server: Path, model: Path, log: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        server: Path,
+        model: Path,
+        log: Path,
+        port: int | None = None,
+        *,
+        embeddings: bool = False,
+    ) -> None:
         self.server = server
+        self.embeddings = embeddings
         self.model = model
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -61,6 +72,8 @@ class LlamaServer:
         argv = [str(self.server), "-m", str(self.model), "--host", "127.0.0.1"]
         argv += ["--port", str(self.port), "-t", "1", "-c", "2048", "--parallel", "2"]
         argv += ["--alias", MODEL, "--metrics"]
+        if self.embeddings:
+            argv += ["--embeddings", "--pooling", "mean"]
         self._log = open(self._log_path, "ab")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
         return self

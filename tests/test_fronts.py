@@ -6,6 +6,7 @@ and leaves nothing behind: no record, no call upstream.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import httpx
@@ -372,3 +373,46 @@ async def test_keys_label_and_limit_every_front(tmp_path: Any) -> None:
         "openai",
     )
     assert patched.json()["project"] is None
+
+
+async def test_a_call_refused_at_the_door_leaves_no_record_only_its_log_line(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused before it reaches a model (401, 403, 413, 429: README, "Usage records"), a
+    call is no usage: it leaves no record, which a caller without a key could otherwise
+    write at will, only the request log's line with its status and code."""
+    caplog.set_level(logging.INFO)
+    async with in_process(tmp_path / "data", "--max-prompt", "100") as local:
+        async with local.client() as admin:
+            made = await admin.post(
+                "/api/v1/admin/keys",
+                json={"label": "one", "models": ["llama3"], "limits": {"rpm": 1}},
+            )
+        key = made.json()["key"]
+        async with local.client(admin=False) as stranger:
+            no_key = await stranger.post("/api/chat", json=chat())
+            wrong_key = await stranger.post(
+                "/v1/chat/completions", json=chat(), headers={"Authorization": "Bearer ohk_x"}
+            )
+        async with local.client(admin=False, Authorization=f"Bearer {key}") as client:
+            other_model = await client.post("/api/chat", json=chat(model="qwen"))
+            too_long = await client.post(
+                "/api/v1/ai/ask_sync", json={"agent": "llama3", "content": "x" * 101}
+            )
+            first = await client.post(
+                "/api/v1/ai/ask_sync", json={"agent": "llama3", "content": "hi"}
+            )
+            over_limit = await client.post(
+                "/api/v1/ai/ask_sync", json={"agent": "llama3", "content": "hi"}
+            )
+        async with local.client() as admin:
+            stored = (await admin.get("/api/v1/admin/dashboard")).json()
+
+    refused = [no_key, wrong_key, other_model, too_long, over_limit]
+    assert [r.status_code for r in refused] == [401, 401, 403, 413, 429]
+    assert first.status_code == 200
+    assert [r["id"] for r in stored] == [first.headers["x-request-id"]]
+    lines = [r.getMessage() for r in caplog.records if r.name == "ollama_host.requests"]
+    for response in refused:
+        (line,) = [line for line in lines if f"id={response.headers['x-request-id']} " in line]
+        assert f" status={response.status_code} " in line, line

@@ -1,5 +1,20 @@
 """Answers as Ollama writes them: NDJSON lines while streaming, one object otherwise, times in
-RFC 3339 with nanoseconds, durations in nanoseconds."""
+RFC 3339 with nanoseconds, durations in nanoseconds.
+
+The last line (or the whole answer) carries every field Ollama's own does, whatever the
+upstream said: clients validate them (the Vercel AI SDK's Ollama provider requires
+`total_duration`, `load_duration` and `prompt_eval_count` on an embedding). What the upstream
+reported goes as it reported it; what it did not is derived from the gateway's own account of
+the call (its record), as docs/fronts.md lists:
+
+- `total_duration`: the call's time at the gateway;
+- `prompt_eval_duration`: a stream's time to its first piece at the gateway, else 0;
+- `eval_duration`: what of the total the prompt does not take;
+- `load_duration`: what of the total neither the prompt nor the generation takes;
+- `prompt_eval_count`: 0 (the gateway counts no tokens); `eval_count`: the pieces relayed,
+  one token each (the record's estimate);
+- `done_reason`: `stop`; a completion's `context` (unless `raw`): `[]`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +24,8 @@ from typing import Any
 import msgspec
 
 from calls.events import Done, Event, Failed, Pieces
-from calls.types import Answer, Metrics
+from calls.types import Answer, Embeddings, Metrics
+from store.records import UsageRecord
 
 from ..streaming import NDJSONFraming
 from .schemas import ChatChunk, ChatReply, GenerateChunk, GenerateReply, OutMessage
@@ -40,20 +56,45 @@ class _Clock:
 _clock = _Clock()
 
 
-def ns(seconds: float | None) -> int | None:
-    return None if seconds is None else round(seconds * 1e9)
+def _ns(seconds: float) -> int:
+    return round(seconds * 1e9)
 
 
-def _metrics(metrics: Metrics) -> dict[str, Any]:
+def _metrics(metrics: Metrics, record: UsageRecord) -> dict[str, Any]:
+    """The last line's metrics: the upstream's, each one it did not report derived from the
+    call's record (see the module's docstring)."""
+    total = metrics.upstream_seconds
+    if total is None:
+        total = record.total_seconds
+    prompt = metrics.prompt_eval_seconds
+    if prompt is None:
+        prompt = min(record.ttft_seconds or 0.0, total)
+    generation = metrics.eval_seconds
+    if generation is None:
+        generation = max(0.0, total - prompt)
+    load = metrics.load_seconds
+    if load is None:
+        load = max(0.0, total - prompt - generation)
     return {
         "done": True,
-        "done_reason": metrics.done_reason,
-        "total_duration": ns(metrics.upstream_seconds),
-        "load_duration": ns(metrics.load_seconds),
-        "prompt_eval_count": metrics.input_tokens,
-        "prompt_eval_duration": ns(metrics.prompt_eval_seconds),
-        "eval_count": metrics.output_tokens,
-        "eval_duration": ns(metrics.eval_seconds),
+        "done_reason": metrics.done_reason or "stop",
+        "total_duration": _ns(total),
+        "load_duration": _ns(load),
+        "prompt_eval_count": metrics.input_tokens or 0,
+        "prompt_eval_duration": _ns(prompt),
+        "eval_count": record.output_tokens or 0,
+        "eval_duration": _ns(generation),
+    }
+
+
+def embed_metrics(result: Embeddings, record: UsageRecord) -> dict[str, int]:
+    """An embedding's metrics, as `_metrics`: its total, else the call's time at the
+    gateway; its load, else 0; its token count, else 0."""
+    total = result.upstream_seconds
+    return {
+        "total_duration": _ns(record.total_seconds if total is None else total),
+        "load_duration": _ns(result.load_seconds or 0.0),
+        "prompt_eval_count": result.input_tokens or 0,
     }
 
 
@@ -92,7 +133,7 @@ class ChatLines(NDJSONFraming):
                 model=self.model,
                 created_at=_clock.now(),
                 message=OutMessage("assistant", ""),
-                **_metrics(event.metrics),
+                **_metrics(event.metrics, event.record),
             )
             return _encode(final) + b"\n"
         if isinstance(event, Failed):
@@ -103,10 +144,11 @@ class ChatLines(NDJSONFraming):
 class GenerateLines(NDJSONFraming):
     """A completion's events as Ollama's NDJSON; the last line carries the context."""
 
-    __slots__ = ("model",)
+    __slots__ = ("model", "raw")
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, raw: bool | None) -> None:
         self.model = model
+        self.raw = raw
 
     def __call__(self, event: Event) -> bytes:
         if isinstance(event, Pieces):
@@ -120,8 +162,8 @@ class GenerateLines(NDJSONFraming):
                 model=self.model,
                 created_at=_clock.now(),
                 response="",
-                context=event.metrics.context,
-                **_metrics(event.metrics),
+                context=_context(event.metrics, self.raw),
+                **_metrics(event.metrics, event.record),
             )
             return _encode(final) + b"\n"
         if isinstance(event, Failed):
@@ -129,21 +171,33 @@ class GenerateLines(NDJSONFraming):
         return b""
 
 
-def chat_reply(model: str, answer: Answer) -> ChatReply:
+def _context(metrics: Metrics, raw: bool | None) -> list[int] | None:
+    """The tokens a client may pass back to continue: Ollama sends them unless `raw`."""
+    if metrics.context is not None or raw:
+        return metrics.context
+    return []
+
+
+def chat_reply(model: str, answer: Answer, record: UsageRecord) -> ChatReply:
     """A whole chat answer."""
     message = OutMessage("assistant", answer.content, answer.thinking, answer.tool_calls)
     return ChatReply(
-        model=model, created_at=_clock.now(), message=message, **_metrics(answer.metrics)
+        model=model,
+        created_at=_clock.now(),
+        message=message,
+        **_metrics(answer.metrics, record),
     )
 
 
-def generate_reply(model: str, answer: Answer) -> GenerateReply:
+def generate_reply(
+    model: str, answer: Answer, record: UsageRecord, raw: bool | None
+) -> GenerateReply:
     """A whole completion."""
     return GenerateReply(
         model=model,
         created_at=_clock.now(),
         response=answer.content,
         thinking=answer.thinking,
-        context=answer.metrics.context,
-        **_metrics(answer.metrics),
+        context=_context(answer.metrics, raw),
+        **_metrics(answer.metrics, record),
     )

@@ -17,7 +17,7 @@ from ..asking import allowed, ask_of, credentials_of, whole
 from ..common import JSON, decode_body, gateway_of
 from ..streaming import CallStreamResponse, stream_response
 from .errors import PREFIX, bad
-from .framing import ChatLines, GenerateLines, chat_reply, generate_reply, ns
+from .framing import ChatLines, GenerateLines, chat_reply, embed_metrics, generate_reply
 from .models import listed, running, shown
 from .schemas import (
     ChatRequest,
@@ -43,7 +43,8 @@ async def chat(request: Request) -> Response | CallStreamResponse:
     if body.stream:
         return stream_response(request, call, ChatLines(body.model))
     finished = await whole(request, call.answer())
-    return JSON(chat_reply(body.model, finished.result), headers={"X-Request-Id": call.id})
+    reply = chat_reply(body.model, finished.result, finished.record)
+    return JSON(reply, headers={"X-Request-Id": call.id})
 
 
 async def generate(request: Request) -> Response | CallStreamResponse:
@@ -51,23 +52,22 @@ async def generate(request: Request) -> Response | CallStreamResponse:
     ask = ask_of(request, FRONT, generate_call(body), stream=body.stream)
     call = await gateway_of(request).call(ask)
     if body.stream:
-        return stream_response(request, call, GenerateLines(body.model))
+        return stream_response(request, call, GenerateLines(body.model, body.raw))
     finished = await whole(request, call.answer())
-    return JSON(generate_reply(body.model, finished.result), headers={"X-Request-Id": call.id})
+    reply = generate_reply(body.model, finished.result, finished.record, body.raw)
+    return JSON(reply, headers={"X-Request-Id": call.id})
 
 
 async def embed(request: Request) -> Response:
     body = await decode_body(request, EmbedBody)
     call = await gateway_of(request).call(ask_of(request, FRONT, embed_call(body)))
-    result = (await whole(request, call.embeddings())).result
+    finished = await whole(request, call.embeddings())
     reply = EmbedReply(
         model=body.model,
-        embeddings=result.vectors,
-        total_duration=ns(result.upstream_seconds),
-        load_duration=ns(result.load_seconds),
-        prompt_eval_count=result.input_tokens,
+        embeddings=finished.result.vectors,
+        **embed_metrics(finished.result, finished.record),
     )
-    return JSON(reply)
+    return JSON(reply, headers={"X-Request-Id": call.id})
 
 
 async def embeddings(request: Request) -> Response:
