@@ -273,6 +273,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ge=1,
         ),
     ] = 1_048_576
+    max_headers: Annotated[
+        int,
+        setting(
+            "--max-headers",
+            "OLLAMA_GATEWAY_MAX_HEADERS",
+            "largest request line plus headers, in bytes (431 past it); nginx's default "
+            "(4 buffers of 8 KB)",
+            ge=1024,
+        ),
+    ] = 32_768
     max_prompt: Annotated[
         int,
         setting(
