@@ -33,7 +33,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.gateway_bench import ADMIN_TOKEN, PYTHON, cores, free_port, stop, wait_ready
+from bench.gateway_bench import (
+    ADMIN_TOKEN,
+    PYTHON,
+    Setup,
+    cores,
+    free_port,
+    stop,
+    stream_client,
+    wait_ready,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -73,19 +82,10 @@ def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         if args.delay:
             content += f" [[delay={args.delay}]]"
         body = json.dumps({"agent": "llama3", "content": content, "project": "soak"})
-        argv = [PYTHON, str(BENCH / "stream_client.py"), "--port", str(gateway_port)]
-        argv += ["--path", "/api/v1/ai/ask_async", "--body", body]
-        argv += ["--streams", str(args.concurrency), "--calls", str(args.calls)]
-        argv += ["--burst", str(args.burst), "--pause", args.pause, "--timeout", "60"]
-        done = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=ROOT,
-            preexec_fn=lambda: os.sched_setaffinity(0, load_core),
-        )
-        result: dict[str, Any] = json.loads(done.stdout)
+        calls = ["--streams", str(args.concurrency), "--calls", str(args.calls)]
+        calls += ["--burst", str(args.burst), "--pause", args.pause, "--timeout", "60"]
+        setup = Setup(args, workdir, load_core, gateway_core)
+        result = stream_client(setup, url, "/api/v1/ai/ask_async", body, *calls)
     finally:
         if gateway is not None:
             stop(gateway)
