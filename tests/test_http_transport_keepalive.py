@@ -28,11 +28,17 @@ from http_transport.transport import KEEPALIVE_EXPIRY, _Connection
 from ollama_host.settings import Settings
 
 T = TypeVar("T")
-uvloop = pytest.importorskip("uvloop")
+
+
+def uvloop_loop() -> asyncio.AbstractEventLoop:
+    uvloop = pytest.importorskip("uvloop")  # the `speed` extra, which the gateway runs on
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
-    "uvloop": uvloop.new_event_loop,
+    "uvloop": uvloop_loop,
 }
 
 
