@@ -7,6 +7,10 @@ is either the gateway's SSE (`data: {"content":"i:ns "}`) or the upstream's NDJS
 the client measures each token's trip through whatever sits in between.
 
 It prints one JSON object: streams completed, tokens, order violations, and latencies.
+With --calls M, the N streams are N clients that each ask again, on a new connection, as
+soon as their stream ends, until M calls are done (with --burst B, in bursts of B calls
+with a pause between two); it prints the counts, and the reason of each kind of failure (a
+status line, an error event, a connection that closed early).
 
 python bench/stream_client.py --port P --path /api/v1/ai/ask_async --body '{...}' --streams N
 """
@@ -16,9 +20,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import re
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 import uvloop
@@ -43,6 +49,7 @@ class Stream(asyncio.Protocol):
         self.done = False
         self.failed = False
         self.disorder = 0
+        self.reason = ""  # why it failed
         self.finished = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -57,6 +64,9 @@ class Stream(asyncio.Protocol):
             self.status_ok = buffer.startswith(b"HTTP/1.1 200")
             if not self.status_ok:
                 self.failed = True
+                status = buffer.split(b"\r\n", 1)[0]
+                body = buffer.partition(b"\r\n\r\n")[2]
+                self.reason = (status + b" " + body[:200]).decode(errors="replace")
                 self._end()
                 return
         cut = buffer.rfind(b"\n") + 1
@@ -87,6 +97,8 @@ class Stream(asyncio.Protocol):
             self.tokens += 1
         if _ERROR in head:
             self.failed = True
+            event = head[head.index(_ERROR) :]
+            self.reason = event.split(b"\n\n", 1)[0][:300].decode(errors="replace")
             self._end()
         elif _DONE[0] in head or _DONE[1] in head or _DONE[2] in head:
             self.done = True
@@ -104,6 +116,7 @@ class Stream(asyncio.Protocol):
         if not self.finished.done():
             if not self.done:
                 self.failed = not self.client.leaving
+                self.reason = f"the connection closed before the end ({exc!r})"
             self.finished.set_result(None)
 
 
@@ -199,6 +212,65 @@ async def run(args: Any) -> dict[str, Any]:
     }
 
 
+async def calls(args: Any) -> dict[str, Any]:
+    """args.streams clients, each asking again on a new connection when its stream ends,
+    until args.calls calls are done: how many failed, and why. With args.burst, the calls
+    come in bursts of that many, each followed by a pause of args.pause (low, high) seconds,
+    drawn at random, in which nothing is asked."""
+    loop = asyncio.get_running_loop()
+    args.leave_after = 0
+    client = Client(args)
+    left = 0
+    counts = {"completed": 0, "failed": 0, "tokens": 0, "disorder": 0}
+    reasons: Counter[str] = Counter()
+
+    async def ask(stream: Stream) -> None:
+        await loop.create_connection(lambda: stream, args.host, args.port)
+        await asyncio.wait_for(stream.finished, args.timeout)
+
+    async def one_client() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            stream = Stream(client)
+            try:
+                await ask(stream)
+            except (OSError, TimeoutError) as exc:
+                stream.failed = True
+                stream.reason = f"{type(exc).__name__}: {exc}"
+                if stream.transport is not None:
+                    stream.transport.abort()
+            counts["completed"] += stream.done
+            counts["failed"] += stream.failed
+            counts["tokens"] += stream.tokens
+            counts["disorder"] += stream.disorder
+            if stream.failed:
+                reasons[stream.reason] += 1
+            # Nothing here reads them: keep memory flat over 100,000 calls.
+            for kept in (client.latencies, client.steady_latencies, client.gaps, client.lateness):
+                kept.clear()
+
+    started = time.monotonic()
+    pauses: list[float] = []
+    remaining = args.calls
+    while remaining:
+        left = min(remaining, args.burst or remaining)
+        remaining -= left
+        await asyncio.gather(*(one_client() for _ in range(args.streams)))
+        if remaining and args.burst:
+            pauses.append(random.uniform(*args.pause))
+            await asyncio.sleep(pauses[-1])
+    return {
+        "calls": args.calls,
+        "concurrency": args.streams,
+        **counts,
+        "failures": dict(reasons.most_common()),
+        "pauses": len(pauses),
+        "paused_seconds": sum(pauses),
+        "seconds": time.monotonic() - started,
+    }
+
+
 async def ttft(args: Any) -> dict[str, Any]:
     """Sequential streams of one token: the time to the first token, one at a time."""
     times = []
@@ -222,6 +294,16 @@ def main() -> None:
     parser.add_argument("--ramp", type=float, default=1.0, help="seconds to open them all over")
     parser.add_argument("--leave-after", type=int, default=0, help="hang up after K tokens")
     parser.add_argument("--sequential", type=int, default=0, help="measure TTFT one at a time")
+    parser.add_argument(
+        "--calls", type=int, default=0, help="this many calls, --streams at a time, then stop"
+    )
+    parser.add_argument("--burst", type=int, default=0, help="with --calls: calls per burst")
+    parser.add_argument(
+        "--pause",
+        type=lambda text: tuple(float(x) for x in text.split(",")),
+        default=(4.9, 5.1),
+        help="with --burst: seconds between bursts, LOW,HIGH (drawn at random)",
+    )
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument(
         "--interval",
@@ -230,7 +312,10 @@ def main() -> None:
         help="the upstream's seconds between lines: report how late it sent them (steady)",
     )
     args = parser.parse_args()
-    result = uvloop.run(ttft(args) if args.sequential else run(args))
+    if args.calls:
+        result = uvloop.run(calls(args))
+    else:
+        result = uvloop.run(ttft(args) if args.sequential else run(args))
     json.dump(result, sys.stdout)
 
 

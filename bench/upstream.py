@@ -13,7 +13,11 @@ how long each token took to reach it. GET /_standin/calls lists the streamed cal
 a delay, with the stand-in's own field names (`disconnected`, `disconnected_at`, `finished`,
 `tokens_sent`); POST /_standin/reset clears it.
 
-python bench/upstream.py --port P
+With --uvicorn, the same answers come from an ASGI app under uvicorn (httptools, uvloop),
+which closes a keep-alive connection after 5 idle seconds, as vLLM and llama-server close
+theirs: a server that races a pooling client's reuse, where the raw protocol never closes.
+
+python bench/upstream.py --port P [--uvicorn]
 """
 
 from __future__ import annotations
@@ -215,12 +219,81 @@ async def serve(host: str, port: int) -> None:
         await server.serve_forever()
 
 
+# -- the same under uvicorn ------------------------------------------------------------------
+
+_NDJSON_HEAD = [(b"content-type", b"application/x-ndjson")]
+_JSON_HEAD = [(b"content-type", b"application/json")]
+
+
+async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """/api/chat (streamed or whole), /api/version and /api/tags, as the raw protocol answers
+    them; streamed lines go out one `send` each (uvicorn frames them as chunks)."""
+    if scope["type"] != "http":
+        return
+    parts = []
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        parts.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = b"".join(parts)
+    path = scope["path"]
+    if path == "/api/chat" and not _STREAM_FALSE.search(body):
+        found = _TOKENS.search(body)
+        tokens = int(found.group(1)) if found else 8
+        found = _DELAY.search(body)
+        delay = float(found.group(1)) if found else 0.0
+        await send({"type": "http.response.start", "status": 200, "headers": _NDJSON_HEAD})
+        start = time.monotonic()
+        for i in range(tokens):
+            if delay:
+                await asyncio.sleep(max(0.0, start + i * delay - time.monotonic()))
+            line = _LINE % (i, time.monotonic_ns())
+            await send({"type": "http.response.body", "body": line, "more_body": True})
+        await send({"type": "http.response.body", "body": _DONE % tokens})
+        return
+    status, answer = 200, b'{"error":"not found"}'
+    if path == "/api/chat":
+        answer = _WHOLE
+    elif path == "/api/version":
+        answer = b'{"version":"0.12.0"}'
+    elif path == "/api/tags":
+        answer = b'{"models":[{"name":"llama3:latest"}]}'
+    else:
+        status = 404
+    headers = [*_JSON_HEAD, (b"content-length", b"%d" % len(answer))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer})
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address(es), comma-separated")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--uvicorn", action="store_true", help="serve under uvicorn (5 s keep-alive), one host"
+    )
     args: Any = parser.parse_args(argv)
-    uvloop.run(serve(args.host, args.port))
+    if not args.uvicorn:
+        uvloop.run(serve(args.host, args.port))
+        return
+    import uvicorn  # only this mode needs it
+
+    uvicorn.run(
+        asgi_app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        backlog=4096,
+        # uvicorn's default, spelled out: what this mode is for.
+        timeout_keep_alive=5,
+    )
 
 
 if __name__ == "__main__":

@@ -2,10 +2,18 @@
 
 httpx stays the client API; this replaces only the connection handling under it.
 httpcore's pool re-examines every connection for every queued request under one
-lock, and polls each idle socket with a syscall before reusing it, so its cost grows
-with concurrency (shared/PERFORMANCE.md, docs/performance.md). Here an idle connection
-is taken from a stack and put back when its response body has been read to the end:
-no lock, no scan, no syscall beyond the reads and writes themselves.
+lock, so its cost grows with concurrency (shared/PERFORMANCE.md, docs/performance.md).
+Here an idle connection is taken from a stack and put back when its response body has
+been read to the end: no lock, no scan, and one syscall (a poll) per reuse.
+
+Reusing a connection races the server closing it: uvicorn (so vLLM), llama-server and
+Node close a keep-alive connection after 5 idle seconds, and a request written just as
+the server closes is lost, or worse, half-read. So a connection is reused only while it
+has been idle for less than `keepalive_expiry` (under those 5 s by default), counted from
+the last byte the server sent, and only if its socket has nothing to read: an idle
+connection has nothing to say, so anything there (a FIN, a reset, stray bytes) means the
+server is closing it. When a reused connection fails anyway, the request goes out again on
+another connection only as Go's net/http allows (see `_StaleConnection`).
 
 What it does not do, because the gateway talks only to the model servers it is configured
 with and needs none of it: proxies, HTTP/2, `Expect: 100-continue`, connection caps (the
@@ -17,9 +25,10 @@ WriteError, RemoteProtocolError), so callers map them as they would httpx's own.
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import httpx
@@ -35,7 +44,13 @@ READ_BUFFER = 256 << 10
 # every stream whose client does not read (50 such streams held 250 MB). Token streams read
 # far less than this at a time, so they are not affected.
 BODY_READ = 64 << 10
+# Seconds an idle connection stays reusable, from the last byte the server sent on it: under
+# the 5 s after which uvicorn, llama-server and Node close theirs, with a second to spare for
+# the time the last bytes took to arrive. (The gateway's --upstream-idle; Ollama's own server
+# never closes an idle connection, and a new one costs a fraction of a millisecond.)
+KEEPALIVE_EXPIRY = 4.0
 _NO_BODY_STATUS = frozenset({204, 304})
+_POLL_IN = getattr(select, "POLLIN", 0) | getattr(select, "POLLPRI", 0)
 
 
 def _timeout(request: httpx.Request, kind: str) -> float | None:
@@ -53,11 +68,16 @@ class _Connection(asyncio.Protocol):
     one it finds without copying.
     """
 
-    def __init__(self, pause_at: int = READ_BUFFER) -> None:
+    def __init__(
+        self, pause_at: int = READ_BUFFER, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.transport: asyncio.Transport | None = None
         self.pause_at = pause_at
         self.used = False  # has served a request: a failure may be a stale keep-alive
-        self.idle_since = 0.0
+        self._clock = clock
+        # When the server last sent something: its idle timer starts no later than that.
+        self.received_at = 0.0
+        self._poll: Any = None  # a select.poll on the socket, where the platform has one
         self._chunks: list[bytes] = []
         self._size = 0
         self._eof = False
@@ -72,8 +92,13 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A socket transport (uvloop's is not an asyncio.Transport subclass, but is one).
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and hasattr(select, "poll"):
+            self._poll = select.poll()
+            self._poll.register(sock.fileno(), _POLL_IN)
 
     def data_received(self, data: bytes) -> None:
+        self.received_at = self._clock()
         self._chunks.append(data)
         self._size += len(data)
         if self._size > self.pause_at and not self._reading_paused and self.transport is not None:
@@ -114,19 +139,41 @@ class _Connection(asyncio.Protocol):
     # -- what the transport uses ----------------------------------------------------
 
     def usable(self, now: float, expiry: float) -> bool:
-        # _eof: the server closed it while idle (the loop has seen its FIN).
-        return (
-            not self._eof
-            and not self._size
-            and self.transport is not None
-            and not self.transport.is_closing()
-            and now - self.idle_since < expiry
-        )
+        """Whether an idle connection may carry another request. Not if the server closed
+        it (the loop has seen its FIN or a reset), left bytes unread, or may be about to
+        close it (idle too long); nor if its socket has anything to read that the loop has
+        not handed over yet: an idle server has nothing to say, so that is a close (or a
+        reset, or garbage) on its way."""
+        transport = self.transport
+        if (
+            self._eof
+            or self._size
+            or transport is None
+            or transport.is_closing()
+            or now - self.received_at >= expiry
+        ):
+            return False
+        return self._poll is None or not self._poll.poll(0)
+
+    def idle(self) -> None:
+        """Back in the pool: read on, even if a slow reader had paused reading, so the loop
+        sees the server close the connection while it waits."""
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
-        if self._error is not None or self.transport is None or self.transport.is_closing():
+        """Hand the request to the socket. ConnectionResetError if no byte of it left: the
+        connection was closed already, or the socket refused the first send (EPIPE,
+        ECONNRESET). Both loops try that send at once, inside write(), and close the
+        transport if it fails; a send that took some bytes and failed later shows up as
+        connection_lost instead."""
+        transport = self.transport
+        if self._error is not None or self._eof or transport is None or transport.is_closing():
             raise ConnectionResetError("the connection is closed")
-        self.transport.write(data)
+        transport.write(data)
+        if transport.is_closing():
+            raise ConnectionResetError("the socket refused the request")
 
     async def drain(self) -> None:
         """Wait until the socket takes what was written (the loop's write buffer drains)."""
@@ -229,8 +276,8 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-# Methods that may be sent again when a reused connection fails before answering: the server
-# cannot have acted on them in a way a second copy would repeat (Go's isReplayable).
+# Methods that may be sent again when a reused connection fails after the request was
+# written but before any answer: a second copy repeats nothing (Go's isReplayable).
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
@@ -241,9 +288,22 @@ class MalformedResponse(httpx.RemoteProtocolError):
 
 
 class _StaleConnection(Exception):
-    """A reused connection failed before any response byte: the server had closed it.
+    """A reused connection failed before any response byte: the server had closed it, or
+    closed it as the request went out. What happens next follows Go's net/http
+    (Transport.roundTrip, shouldRetryRequest):
 
-    `written`: some of the request may have reached the server before it did.
+    - `written` False, nothing of the request was handed to the socket (Go's
+      nothingWrittenError): the connection turned out closed as the write began, or the
+      socket refused the first send. No byte can have reached the server's application, so
+      the request goes out again on another connection, whatever its method: a POST too.
+    - `written` True, some or all of it was handed to the socket, and then the connection
+      closed or was reset before the first byte of an answer (Go's errServerClosedIdle and
+      transportReadFromServerError), or the rest of the request could not be sent (where Go
+      gives up even on a GET): the server may have read it and acted on it (an Ollama that
+      died mid-generation), so only GET, HEAD, OPTIONS and TRACE go out again; a POST fails.
+
+    Never for a fresh connection (a server that closes one at once will do it again), and
+    never once a byte of the answer has arrived.
     """
 
     def __init__(self, written: bool) -> None:
@@ -259,12 +319,18 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
     """
 
     def __init__(
-        self, *, max_idle: int = 100, keepalive_expiry: float = 60.0, read_buffer: int = READ_BUFFER
+        self,
+        *,
+        max_idle: int = 100,
+        keepalive_expiry: float = KEEPALIVE_EXPIRY,
+        read_buffer: int = READ_BUFFER,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._idle: dict[tuple[bytes, bytes, int], list[_Connection]] = {}
         self._read_buffer = read_buffer
         self._max_idle = max_idle
         self._expiry = keepalive_expiry
+        self._clock = clock
         self._ssl: ssl.SSLContext | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -319,7 +385,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         idle = self._idle.get(key)
         if not idle:
             return None
-        now = time.monotonic()
+        now = self._clock()
         while idle:
             conn = idle.pop()  # the most recently used: the least likely to be stale
             if conn.usable(now, self._expiry):
@@ -329,10 +395,16 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
 
     def _release(self, key: tuple[bytes, bytes, int], conn: _Connection) -> None:
         idle = self._idle.setdefault(key, [])
+        # The oldest wait at the bottom of the stack, reached only when many calls run at
+        # once: drop those past the expiry now, rather than keep their sockets (and the
+        # server's) open until then.
+        now = self._clock()
+        while idle and now - idle[0].received_at >= self._expiry:
+            idle.pop(0).close()
         if len(idle) >= self._max_idle:
             conn.close()
             return
-        conn.idle_since = time.monotonic()
+        conn.idle()
         idle.append(conn)
 
     async def _connect(self, request: httpx.Request, key: tuple[bytes, bytes, int]) -> _Connection:
@@ -343,7 +415,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
                 self._ssl = ssl.create_default_context()
             context = self._ssl
         try:
-            conn = _Connection(self._read_buffer)
+            conn = _Connection(self._read_buffer, self._clock)
             async with asyncio.timeout(_timeout(request, "connect")):
                 await asyncio.get_running_loop().create_connection(
                     lambda: conn, host.decode("ascii"), port, ssl=context
@@ -365,7 +437,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         message: bytes,
     ) -> httpx.Response:
         try:
-            # Raises before writing anything if the connection is known to be closed.
+            # Raises only if no byte of the request left: see _Connection.write.
             conn.write(message)
         except OSError as exc:
             if conn.used:

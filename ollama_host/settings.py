@@ -206,6 +206,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             gt=0,
         ),
     ] = 5.0
+    # Under the 5 s after which uvicorn (vLLM), llama-server and Node close an idle
+    # connection: reusing one as the server closes it loses the call (http_transport).
+    upstream_idle: Annotated[
+        float,
+        setting(
+            "--upstream-idle",
+            "OLLAMA_GATEWAY_UPSTREAM_IDLE",
+            "seconds an idle connection to an upstream is kept for the next call, from the "
+            "last byte the upstream sent; keep it under the upstream's own keep-alive "
+            "timeout (5 s for vLLM and llama-server), or a call may be sent just as the "
+            "server closes the connection; `0`: a new connection for every call",
+            metavar="S",
+            ge=0,
+        ),
+    ] = 4.0
     # Seconds between SSE keep-alive comments, so proxies keep an idle stream open.
     keepalive: Annotated[
         float,
@@ -286,6 +301,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ge=1,
         ),
     ] = 1_048_576
+    max_headers: Annotated[
+        int,
+        setting(
+            "--max-headers",
+            "OLLAMA_GATEWAY_MAX_HEADERS",
+            "largest request line plus headers, in bytes (431 past it); nginx's default "
+            "(4 buffers of 8 KB)",
+            ge=1024,
+        ),
+    ] = 32_768
     max_prompt: Annotated[
         int,
         setting(

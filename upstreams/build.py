@@ -53,7 +53,11 @@ def member_upstream(
     # connection cap (the router caps calls) and no proxy variables, which must never reroute
     # a configured upstream.
     return KINDS[spec.kind](
-        KeepAliveTransport(max_idle=100, read_buffer=settings.stream_buffer),
+        KeepAliveTransport(
+            max_idle=100,
+            keepalive_expiry=settings.upstream_idle,
+            read_buffer=settings.stream_buffer,
+        ),
         spec.url,
         httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
         name=spec.name,
