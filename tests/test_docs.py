@@ -121,6 +121,9 @@ warnings = false
 """
 
 
+# A hundred cases for each of every front's operations: about a minute on a quiet machine,
+# more than the suite's two-minute default on a busy one.
+@pytest.mark.timeout(360)
 def test_schemathesis_finds_no_failure(probed: Gateway, tmp_path: Path) -> None:
     gateway = probed
     config = tmp_path / "schemathesis.toml"
