@@ -218,7 +218,7 @@ async def test_a_body_over_max_body_is_413_in_each_fronts_shape(local: Local) ->
 async def test_unknown_paths_answer_in_each_fronts_shape(local: Local) -> None:
     async with local.client() as client:
         ollama = await client.get("/api/nothing")
-        openai = await client.post("/v1/responses", json={})
+        openai = await client.post("/v1/audio/speech", json={})
         seed = await client.get("/api/v1/nothing")
         wrong_method = await client.get("/api/chat")
 

@@ -42,7 +42,7 @@ _decode_arguments = msgspec.json.Decoder(dict[str, Any]).decode
 _IMAGE_PREFIXES = tuple(f"data:image/{kind};base64," for kind in ("jpeg", "jpg", "png", "webp"))
 
 
-def _image(url: str, where: str) -> str:
+def image_of(url: str, where: str) -> str:
     """The base64 of a data: URL, as Ollama takes images."""
     if url.startswith(("http://", "https://")):
         raise bad(
@@ -98,7 +98,7 @@ def _messages(given: list[ChatMessage]) -> list[Message]:
                     texts.append(part.text)
                 elif isinstance(part, ImagePart):
                     url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
-                    images.append(_image(url, f"{where}.content[{k}].image_url"))
+                    images.append(image_of(url, f"{where}.content[{k}].image_url"))
                 else:
                     texts.append(part.refusal)
         tool_calls = _tool_calls(m.tool_calls, where) if m.tool_calls else None
