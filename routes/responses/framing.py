@@ -43,20 +43,20 @@ from .schemas import (
     ResponseError,
     ResponseLifecycle,
     ResponsesRequest,
+    ResponseTextFormat,
+    ResponseUsage,
     TextDone,
-    TextFormat,
     TextOut,
     ToolOut,
-    Usage,
 )
 
 _encode = msgspec.json.Encoder().encode
 _replace = msgspec.structs.replace
 
 
-def usage_of(metrics: Metrics) -> Usage:
+def usage_of(metrics: Metrics) -> ResponseUsage:
     given, made = metrics.input_tokens or 0, metrics.output_tokens or 0
-    return Usage(input_tokens=given, output_tokens=made, total_tokens=given + made)
+    return ResponseUsage(input_tokens=given, output_tokens=made, total_tokens=given + made)
 
 
 def _status(metrics: Metrics) -> tuple[str, IncompleteDetails | None]:
@@ -336,7 +336,9 @@ class ResponseEvents(SSEFraming):
 
 def template_of(response_id: str, body: ResponsesRequest) -> Response:
     """The response object before any answer: what the request asked, echoed as OpenAI does."""
-    text_format = body.text.format if body.text and body.text.format else TextFormat(type="text")
+    text_format = (
+        body.text.format if body.text and body.text.format else ResponseTextFormat(type="text")
+    )
     return Response(
         id=response_id,
         created_at=int(time.time()),

@@ -66,7 +66,7 @@ class FunctionTool(msgspec.Struct, kw_only=True):
     strict: bool | None = None
 
 
-class TextFormat(msgspec.Struct, kw_only=True, omit_defaults=True):
+class ResponseTextFormat(msgspec.Struct, kw_only=True, omit_defaults=True):
     """`text`, `json_object`, or `json_schema` with the schema the answer must follow."""
 
     type: Literal["text", "json_object", "json_schema"]
@@ -77,17 +77,17 @@ class TextFormat(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class TextOptions(msgspec.Struct, kw_only=True):
-    format: TextFormat | None = None
+    format: ResponseTextFormat | None = None
     verbosity: str | None = None
 
 
-class Reasoning(msgspec.Struct, kw_only=True):
+class ReasoningOptions(msgspec.Struct, kw_only=True):
     effort: Effort | None = None
     summary: str | None = None
     generate_summary: str | None = None
 
 
-class StreamOptions(msgspec.Struct, kw_only=True):
+class ResponseStreamOptions(msgspec.Struct, kw_only=True):
     include_obfuscation: bool | None = None
 
 
@@ -99,7 +99,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     input: str | list[Item] = ""
     instructions: str | None = None
     stream: bool | None = None
-    stream_options: StreamOptions | None = None
+    stream_options: ResponseStreamOptions | None = None
     max_output_tokens: Tokens | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
@@ -107,7 +107,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
     max_tool_calls: int | None = None
-    reasoning: Reasoning | None = None
+    reasoning: ReasoningOptions | None = None
     text: TextOptions | None = None
     store: bool | None = None
     previous_response_id: str | None = None
@@ -173,7 +173,7 @@ class OutputTokensDetails(msgspec.Struct, frozen=True):
     reasoning_tokens: int = 0
 
 
-class Usage(msgspec.Struct, kw_only=True):
+class ResponseUsage(msgspec.Struct, kw_only=True):
     input_tokens: int
     input_tokens_details: InputTokensDetails = InputTokensDetails()
     output_tokens: int
@@ -198,7 +198,7 @@ class ToolOut(msgspec.Struct, kw_only=True, tag_field="type", tag="function"):
 
 
 class TextOut(msgspec.Struct, kw_only=True):
-    format: TextFormat
+    format: ResponseTextFormat
 
 
 class Response(msgspec.Struct, kw_only=True):
@@ -216,7 +216,7 @@ class Response(msgspec.Struct, kw_only=True):
     output: list[OutputItem]
     parallel_tool_calls: bool = True
     previous_response_id: None = None
-    reasoning: Reasoning | None = None
+    reasoning: ReasoningOptions | None = None
     store: bool = False
     temperature: float | None = None
     text: TextOut
@@ -224,7 +224,7 @@ class Response(msgspec.Struct, kw_only=True):
     tools: list[ToolOut]
     top_p: float | None = None
     truncation: str = "disabled"
-    usage: Usage | None = None
+    usage: ResponseUsage | None = None
     user: str | None = None
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
 
