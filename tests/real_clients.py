@@ -99,3 +99,31 @@ def loopback_only() -> list[str]:
     if done.returncode != 0:
         _unavailable(f"unshare -n (util-linux, as root): {done.stderr.decode(errors='replace')}")
     return ["unshare", "-n"]
+
+
+# OpenAI's Codex CLI: the npm package brings its native binary as an optional dependency
+# (@openai/codex-linux-x64); `node bin/codex.js` runs it.
+CODEX = "@openai/codex@0.169.0"
+
+
+def codex() -> Path:
+    """The entry point of Codex (`bin/codex.js`), installed if need be."""
+    folder = CACHE / "npm" / CODEX.removeprefix("@openai/").replace("@", "-")
+    entry = folder / "node_modules" / "@openai" / "codex" / "bin" / "codex.js"
+    if entry.is_file():
+        return entry
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        _unavailable("Node.js and npm for Codex")
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [npm, "install", "--prefix", str(folder), "--no-audit", "--no-fund", "--silent", CODEX],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if done.returncode != 0:
+        _unavailable(f"{CODEX} from the npm registry: {done.stderr[-1000:]}")
+    assert entry.is_file(), f"npm installed no {entry}"
+    return entry

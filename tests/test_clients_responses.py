@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,9 +23,10 @@ import pydantic
 import pytest
 from openai.types.responses import FunctionToolParam
 
-from tests.gateway_proc import Gateway, start_gateway
+from tests.gateway_proc import ROOT, Gateway, start_gateway
 from tests.helpers import calls_with, records, unique
 from tests.ollama_standin import StandIn
+from tests.real_clients import codex, loopback_only
 
 pytestmark = pytest.mark.server
 
@@ -338,3 +342,38 @@ def test_break_mid_stream_cancels_upstream(
     assert call["tokens_sent"] < 1000
     [record] = wait_records(admin, project, 1)
     assert_record(record, project, status="cancelled")
+
+
+def test_codex_exec_answers_through_the_gateway(tmp_path: Path) -> None:
+    """`codex exec` with the gateway as its provider (`wire_api = "responses"`), inside a
+    network namespace with nothing but loopback (tests/codex_smoke.py)."""
+    entry = codex()
+    smoke = [sys.executable, "-m", "tests.codex_smoke", str(entry), str(tmp_path)]
+    done = subprocess.run(
+        [*loopback_only(), *smoke],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr[-4000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["returncode"] == 0, result["stderr"]
+    # Codex prints the agent's last message on stdout: the stand-in's three tokens.
+    assert result["stdout"].strip() == "w0 w1 w2"
+    [record] = result["records"]
+    assert (record["front"], record["endpoint"], record["status"]) == (
+        "responses",
+        "/v1/responses",
+        "ok",
+    )
+    assert record["streamed"] is True
+    assert record["output_tokens"] == 3
+    [call] = result["upstream"]
+    # Codex's developer messages arrive as system ones, its function tools as tools.
+    roles = [m["role"] for m in call["body"]["messages"]]
+    assert roles[0] == "system"
+    assert roles[-1] == "user"
+    assert "exec_command" in [t["function"]["name"] for t in call["body"]["tools"]]

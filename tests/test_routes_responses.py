@@ -69,7 +69,7 @@ BAD: list[tuple[Any, str | None, str]] = [
     (body(text={"format": {"type": "json_schema", "name": "x"}}), "text.format.schema", "schema"),
     (body(text={"format": {"type": "yaml"}}), "text.format.type", "yaml"),
     (body(max_output_tokens=0), "max_output_tokens", ">= 1"),
-    (body(surprise=1), None, "surprise"),
+    (body(surprise=1), "surprise", "surprise"),
     (body(model="../etc/passwd"), "model", "model"),
 ]
 

@@ -4,15 +4,36 @@ the field at fault, as OpenAI's Responses API does."""
 
 from __future__ import annotations
 
+import re
+
+from starlette.responses import Response
+
 from calls.errors import CallError
 
-from ..openai.errors import BROWSER_ORIGINS, bad, error_response
+from ..openai import errors as openai_errors
+from ..openai.errors import BROWSER_ORIGINS, bad
 
 # Longer than the OpenAI front's "/v1/", so the app renders this path's errors here: the same
 # shape today, and a place for the Responses API's own should it ever differ.
 PREFIX = "/v1/responses"
 
 __all__ = ["BROWSER_ORIGINS", "PREFIX", "bad", "error_response", "stateless"]
+
+
+# msgspec's message for a field the struct does not have, and where it was.
+_UNKNOWN = re.compile(r"unknown field `([^`]+)`(?: - at `\$\.?([^`]*)`)?")
+
+
+def error_response(error: CallError) -> Response:
+    """The OpenAI front's error response, with `param` also naming an unknown field, as
+    OpenAI's "Unknown parameter" errors do."""
+    found = _UNKNOWN.search(error.message)
+    if found is not None and getattr(error, "param", None) is None:
+        name, where = found.groups()
+        named = bad(error.message, param=f"{where}.{name}" if where else name)
+        named.code, named.headers, named.request_id = error.code, error.headers, error.request_id
+        error = named
+    return openai_errors.error_response(error)
 
 
 def stateless(what: str, param: str) -> CallError:

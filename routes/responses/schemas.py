@@ -123,6 +123,15 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     service_tier: str | None = None
     prompt_cache_key: str | None = None
     prompt_cache_retention: str | None = None
+    # Newer fields of the `openai` library's Responses API, and Codex's own
+    # `client_metadata`: accepted, and ignored.
+    context_management: Any = None
+    moderation: Any = None
+    prompt_cache_options: Any = None
+    background_options: Any = None
+    access_programs: Any = None
+    image: Any = None
+    client_metadata: dict[str, Any] | None = None
     # Ollama's extension, as on its own /v1/responses.
     seed: int | None = None
 
