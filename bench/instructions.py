@@ -109,7 +109,12 @@ def total_instructions(out_file: Path) -> int:
 
 
 def measure(
-    root: Path, calls: int, tokens: int, spacing: float, keep: Path | None = None
+    root: Path,
+    calls: int,
+    tokens: int,
+    spacing: float,
+    keep: Path | None = None,
+    only: set[str] | None = None,
 ) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="instructions-"))
     up_port, gw_port = free_port(), free_port()
@@ -165,18 +170,30 @@ def measure(
             b'"stream": %s}'
         )
         chat_whole, chat_streamed = chat % (8, b"false"), chat % (1, b"true")
-        for _ in range(30):  # warm-up: caches, first-call paths
-            client.post("/api/v1/ai/ask_sync", sync)
-            client.post("/api/v1/ai/ask_async", short)
-            client.post("/api/chat", chat_whole)
-            client.post("/api/chat", chat_streamed)
-        for name, path, body, n in (
+        # OpenAI's chat completions and its Responses API on the same call (8 tokens), each
+        # streamed with its usage (the Responses stream always ends with it).
+        openai = (
+            b'{"model": "llama3", "messages": [{"role": "user", "content": "hi [[tokens=8]]"}], '
+            b'"stream": %s, "stream_options": {"include_usage": true}}'
+        )
+        responses = b'{"model": "llama3", "input": "hi [[tokens=8]]", "stream": %s}'
+        kinds = (
             ("ask_sync", "/api/v1/ai/ask_sync", sync, calls),
             ("ask_async_1", "/api/v1/ai/ask_async", short, calls),
             ("ask_async", "/api/v1/ai/ask_async", stream, max(10, calls // 10)),
             ("chat_whole", "/api/chat", chat_whole, calls),
             ("chat_streamed", "/api/chat", chat_streamed, calls),
-        ):
+            ("openai_whole", "/v1/chat/completions", openai % b"false", calls),
+            ("openai_streamed", "/v1/chat/completions", openai % b"true", calls),
+            ("responses_whole", "/v1/responses", responses % b"false", calls),
+            ("responses_streamed", "/v1/responses", responses % b"true", calls),
+        )
+        selected = [k for k in kinds if only is None or k[0] in only]
+        for _ in range(30):  # warm-up: caches, first-call paths
+            for _name, path, body, _n in selected:
+                if "[[delay" not in body.decode():
+                    client.post(path, body)
+        for name, path, body, n in selected:
             control("-z")
             control("-i", "on")
             for _ in range(n):
@@ -197,7 +214,8 @@ def measure(
         upstream.terminate()
         gateway.wait(60)
         upstream.wait(10)
-    results["per_token"] = (results["ask_async"] - results["ask_async_1"]) / (tokens - 1)
+    if "ask_async" in results and "ask_async_1" in results:
+        results["per_token"] = (results["ask_async"] - results["ask_async_1"]) / (tokens - 1)
     return results
 
 
@@ -210,23 +228,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep", type=Path, help="keep the callgrind files here (callgrind_annotate)"
     )
+    parser.add_argument(
+        "--only",
+        help="measure only these kinds, comma-separated (ask_sync, ask_async_1, ask_async, "
+        "chat_whole, chat_streamed, openai_whole, openai_streamed, responses_whole, "
+        "responses_streamed)",
+    )
     args = parser.parse_args(argv)
-    result = measure(args.root.resolve(), args.calls, args.tokens, args.spacing, args.keep)
+    only = set(args.only.split(",")) if args.only else None
+    result = measure(args.root.resolve(), args.calls, args.tokens, args.spacing, args.keep, only)
     print(f"checkout {args.root}: {args.calls} calls each")
+    per_call = (1e6, "M instructions / call")
     rows = [
-        ("ask_sync (8 tokens, whole)", result["ask_sync"] / 1e6, "M instructions / call"),
-        ("ask_async, 1 token", result["ask_async_1"] / 1e6, "M instructions / call"),
-        (
-            f"ask_async, {args.tokens} spaced tokens",
-            result["ask_async"] / 1e6,
-            "M instructions / call",
-        ),
-        ("one more streamed token", result["per_token"] / 1e3, "k instructions"),
-        ("/api/chat (8 tokens, whole)", result["chat_whole"] / 1e6, "M instructions / call"),
-        ("/api/chat, 1 token streamed", result["chat_streamed"] / 1e6, "M instructions / call"),
+        ("ask_sync (8 tokens, whole)", "ask_sync", *per_call),
+        ("ask_async, 1 token", "ask_async_1", *per_call),
+        (f"ask_async, {args.tokens} spaced tokens", "ask_async", *per_call),
+        ("one more streamed token", "per_token", 1e3, "k instructions"),
+        ("/api/chat (8 tokens, whole)", "chat_whole", *per_call),
+        ("/api/chat, 1 token streamed", "chat_streamed", *per_call),
+        ("/v1/chat/completions (8, whole)", "openai_whole", *per_call),
+        ("/v1/chat/completions (8, streamed)", "openai_streamed", *per_call),
+        ("/v1/responses (8, whole)", "responses_whole", *per_call),
+        ("/v1/responses (8, streamed)", "responses_streamed", *per_call),
     ]
-    for label, value, unit in rows:
-        print(f"  {label:<28} {value:8.3f} {unit}")
+    for how in ("whole", "streamed"):
+        if f"openai_{how}" in result and f"responses_{how}" in result:
+            result[f"ratio_{how}"] = result[f"responses_{how}"] / result[f"openai_{how}"]
+            rows.append((f"/v1/responses over chat, {how}", f"ratio_{how}", 1.0, "x"))
+    for label, key, scale, unit in rows:
+        if key in result:
+            print(f"  {label:<36} {result[key] / scale:8.3f} {unit}")
     return 0
 
 
