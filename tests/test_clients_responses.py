@@ -290,15 +290,26 @@ def test_refusals_are_the_librarys_own_errors(
         client.responses.create(model="no-such-model", input="hi")
     with pytest.raises(openai.AuthenticationError):
         stranger.responses.create(model="llama3", input="hi")
+    with gw.client() as admin_client:
+        made = admin_client.post(
+            "/api/v1/admin/keys", json={"label": "main", "limits": {"rpm": 1}}
+        ).json()["key"]
+    limited = client_of(gw, made, project, opened)
+    limited.responses.create(model="llama3", input="hi [[tokens=1]]")
+    with pytest.raises(openai.RateLimitError) as slow_down:
+        limited.responses.create(model="llama3", input="hi [[tokens=1]]")
 
     assert previous.value.body["param"] == "previous_response_id"  # type: ignore[index]
     assert "stateless" in previous.value.message
     assert stored.value.body["param"] == "store"  # type: ignore[index]
     assert search.value.body["param"] == "tools[0].type"  # type: ignore[index]
     assert item.value.body["param"] == "input[0].type"  # type: ignore[index]
-    # Refused before reaching the upstream: no record. The missing model is recorded.
-    [record] = wait_records(admin, project, 1)
-    assert_record(record, project, status="error")
+    assert int(slow_down.value.response.headers["retry-after"]) >= 1
+    # Refused before reaching the upstream: no record. The missing model is recorded, and
+    # the limited key's one call.
+    missing, allowed = wait_records(admin, project, 2)
+    assert_record(missing, project, status="error")
+    assert_record(allowed, project, status="ok")
 
 
 def test_a_failure_mid_stream_is_response_failed(
