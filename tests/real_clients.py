@@ -127,3 +127,32 @@ def codex() -> Path:
         _unavailable(f"{CODEX} from the npm registry: {done.stderr[-1000:]}")
     assert entry.is_file(), f"npm installed no {entry}"
     return entry
+
+
+# The Vercel AI SDK with its OpenAI provider, whose default model (`createOpenAI(...)(model)`)
+# asks OpenAI's Responses API; the provider's 3.x line goes with `ai` 6.
+VERCEL_OPENAI = ("ai@6.0.333", "@ai-sdk/openai@3.0.141", "zod@4.6.7")
+
+
+def vercel_openai() -> tuple[Path, Path]:
+    """The entry points of `ai` and of `@ai-sdk/openai`, installed if need be."""
+    folder = CACHE / "npm" / "vercel-openai"
+    modules = folder / "node_modules"
+    entries = (
+        modules / "ai" / "dist" / "index.mjs",
+        modules / "@ai-sdk" / "openai" / "dist" / "index.mjs",
+    )
+    if all(entry.is_file() for entry in entries):
+        return entries
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        _unavailable("Node.js and npm for the Vercel AI SDK")
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [npm, "install", "--prefix", str(folder), "--no-audit", "--no-fund", "--silent"]
+    done = subprocess.run(
+        [*command, *VERCEL_OPENAI], capture_output=True, text=True, timeout=600, check=False
+    )
+    if done.returncode != 0:
+        _unavailable(f"{' '.join(VERCEL_OPENAI)} from the npm registry: {done.stderr[-1000:]}")
+    assert all(entry.is_file() for entry in entries), f"npm installed no {entries}"
+    return entries

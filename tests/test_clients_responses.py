@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from openai.types.responses import FunctionToolParam
 from tests.gateway_proc import ROOT, Gateway, start_gateway
 from tests.helpers import calls_with, records, unique
 from tests.ollama_standin import StandIn
-from tests.real_clients import codex, loopback_only
+from tests.real_clients import codex, loopback_only, vercel_openai
 
 pytestmark = pytest.mark.server
 
@@ -388,3 +389,42 @@ def test_codex_exec_answers_through_the_gateway(tmp_path: Path) -> None:
     assert roles[0] == "system"
     assert roles[-1] == "user"
     assert "exec_command" in [t["function"]["name"] for t in call["body"]["tools"]]
+
+
+def test_the_vercel_ai_sdks_default_openai_provider_works_unchanged(
+    gw: Gateway, key: str, admin: httpx.Client
+) -> None:
+    """`createOpenAI({baseURL})(model)` asks /v1/responses first: whole, streamed, a tool."""
+    ai, provider = vercel_openai()
+    project = unique("rs-vercel")
+    done = subprocess.run(
+        ["node", str(ROOT / "tests" / "vercel_responses_smoke.mjs")],
+        env={
+            **os.environ,
+            "AI": ai.as_uri(),
+            "PROVIDER": provider.as_uri(),
+            "GATEWAY": gw.url,
+            "KEY": key,
+            "PROJECT": project,
+            "MODEL": "llama3",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    seen: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not [name for name, got in seen.items() if "error" in got], seen
+    assert seen["text"]["text"] == "w0 w1 w2 "
+    assert seen["text"]["finishReason"] == "stop"
+    assert seen["text"]["usage"]["outputTokens"] == 3
+    assert seen["text streamed"]["text"] == "w0 w1 w2 w3 "
+    assert seen["text streamed"]["usage"]["outputTokens"] == 4
+    assert seen["tool call"]["toolCalls"] == [{"name": "get_weather", "input": {"city": "w0"}}]
+    assert seen["tool call"]["finishReason"] == "tool-calls"
+    found = wait_records(admin, project, 3)
+    assert {(r["front"], r["endpoint"], r["status"]) for r in found} == {
+        ("responses", "/v1/responses", "ok")
+    }
