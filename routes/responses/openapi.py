@@ -65,6 +65,7 @@ openapi: Paths = {
                         "response.function_call_arguments.delta": ArgumentsDelta,
                         "response.function_call_arguments.done": ArgumentsDone,
                     },
+                    event_ids=False,
                 ),
                 400: _error(
                     "The body is not JSON, has a wrong or unknown field, an input item or "
