@@ -177,6 +177,10 @@ def measure(
             b'"stream": %s, "stream_options": {"include_usage": true}}'
         )
         responses = b'{"model": "llama3", "input": "hi [[tokens=8]]", "stream": %s}'
+        # And streamed with spaced tokens, each in a read of its own: what a relayed token costs.
+        spaced = b"[[tokens=%d]] [[delay=%g]]" % (tokens, spacing)
+        openai_spaced = (openai % b"true").replace(b"[[tokens=8]]", spaced)
+        responses_spaced = (responses % b"true").replace(b"[[tokens=8]]", spaced)
         kinds = (
             ("ask_sync", "/api/v1/ai/ask_sync", sync, calls),
             ("ask_async_1", "/api/v1/ai/ask_async", short, calls),
@@ -187,6 +191,8 @@ def measure(
             ("openai_streamed", "/v1/chat/completions", openai % b"true", calls),
             ("responses_whole", "/v1/responses", responses % b"false", calls),
             ("responses_streamed", "/v1/responses", responses % b"true", calls),
+            ("openai_spaced", "/v1/chat/completions", openai_spaced, max(10, calls // 10)),
+            ("responses_spaced", "/v1/responses", responses_spaced, max(10, calls // 10)),
         )
         selected = [k for k in kinds if only is None or k[0] in only]
         for _ in range(30):  # warm-up: caches, first-call paths
@@ -250,8 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         ("/v1/chat/completions (8, streamed)", "openai_streamed", *per_call),
         ("/v1/responses (8, whole)", "responses_whole", *per_call),
         ("/v1/responses (8, streamed)", "responses_streamed", *per_call),
+        (f"/v1/chat/completions ({args.tokens} spaced)", "openai_spaced", *per_call),
+        (f"/v1/responses ({args.tokens} spaced)", "responses_spaced", *per_call),
     ]
-    for how in ("whole", "streamed"):
+    for how in ("whole", "streamed", "spaced"):
         if f"openai_{how}" in result and f"responses_{how}" in result:
             result[f"ratio_{how}"] = result[f"responses_{how}"] / result[f"openai_{how}"]
             rows.append((f"/v1/responses over chat, {how}", f"ratio_{how}", 1.0, "x"))
