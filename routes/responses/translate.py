@@ -98,10 +98,16 @@ def _messages(body: ResponsesRequest) -> list[Message]:
                 last.thinking, thinking = (last.thinking or "") + "".join(thinking), []
             last.tool_calls = [*(last.tool_calls or ()), call]
         elif item.type == "function_call_output":
-            text, _ = _content(item.output, f"{where}.output")
+            text, images = _content(item.output, f"{where}.output")
             call_id = item.call_id or ""
             messages.append(
-                Message("tool", text, tool_name=names.get(call_id), tool_call_id=item.call_id)
+                Message(
+                    "tool",
+                    text,
+                    images=images or None,
+                    tool_name=names.get(call_id),
+                    tool_call_id=item.call_id,
+                )
             )
         elif item.type == "reasoning":
             # The text of an earlier answer's thinking, if it came with any (an encrypted
