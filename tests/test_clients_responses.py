@@ -289,6 +289,9 @@ def test_refusals_are_the_librarys_own_errors(
         )
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="no-such-model", input="hi")
+    with pytest.raises(openai.NotFoundError):
+        # Streamed: the upstream refused before anything was sent, so it is a status too.
+        client.responses.create(model="no-such-model", input="hi", stream=True)
     with pytest.raises(openai.AuthenticationError):
         stranger.responses.create(model="llama3", input="hi")
     with gw.client() as admin_client:
@@ -306,10 +309,11 @@ def test_refusals_are_the_librarys_own_errors(
     assert search.value.body["param"] == "tools[0].type"  # type: ignore[index]
     assert item.value.body["param"] == "input[0].type"  # type: ignore[index]
     assert int(slow_down.value.response.headers["retry-after"]) >= 1
-    # Refused before reaching the upstream: no record. The missing model is recorded, and
-    # the limited key's one call.
-    missing, allowed = wait_records(admin, project, 2)
+    # Refused before reaching the upstream: no record. The missing model is recorded (twice),
+    # and the limited key's one call.
+    missing, missing_streamed, allowed = wait_records(admin, project, 3)
     assert_record(missing, project, status="error")
+    assert_record(missing_streamed, project, status="error", streamed=True)
     assert_record(allowed, project, status="ok")
 
 
