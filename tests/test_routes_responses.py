@@ -170,6 +170,13 @@ def test_options_format_think_and_tools_reach_the_neutral_call() -> None:
     assert response_call(msgspec.convert(json_mode, ResponsesRequest)).generation.format == "json"
 
 
+def test_tool_choice_none_offers_no_tools() -> None:
+    sent = body(tools=[TOOL], tool_choice="none")
+    assert response_call(msgspec.convert(sent, ResponsesRequest)).generation.tools is None
+    sent = body(tools=[TOOL], tool_choice="auto")
+    assert response_call(msgspec.convert(sent, ResponsesRequest)).generation.tools
+
+
 def test_refusing_store_only_when_asked_to_keep() -> None:
     for store in (None, False):
         response_call(msgspec.convert(body(store=store), ResponsesRequest))

@@ -193,6 +193,7 @@ def response_call(body: ResponsesRequest) -> CallRequest:
         options=options,
         format=format_,
         think=think,
-        tools=_tools(body.tools) if body.tools else None,
+        # tool_choice "none": no tools offered (the upstream cannot be told to leave them).
+        tools=_tools(body.tools) if body.tools and body.tool_choice != "none" else None,
     )
     return CallRequest(model=body.model, messages=_messages(body), generation=generation)
