@@ -88,9 +88,13 @@ async def ask_async(request: Request) -> Response | CallStreamResponse:
         last = request.headers.get("last-event-id")
         if query.ticket is not None:
             found = resumes_of(request).by_ticket(query.ticket)
-            if found is not None:
-                # An EventSource reconnecting: the same URL, with the ticket it opened the
-                # stream with, and the id of the last event it has.
+            # An EventSource reconnecting: the same URL, with the ticket it opened the stream
+            # with, and the id of the last event it has (none if it lost the connection
+            # before the first: then the stream from its start, while it still runs; the
+            # ticket is spent for anything else).
+            if found is not None and (
+                last is not None or (isinstance(found, Resumable) and not found.finished)
+            ):
                 return resume(request, found, last)
         if last is not None:
             # A reconnect that names no stream kept here (one that was not resumable, or
