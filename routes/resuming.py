@@ -39,8 +39,6 @@ from typing import Protocol
 
 from calls.errors import CallError, shutting_down
 from calls.events import Event
-from calls.pipeline import Call
-from calls.types import CallRequest
 
 from .streaming import SSEFraming
 
@@ -52,6 +50,18 @@ EVENT_OVERHEAD = 64
 # rather than nothing: at most this many, for this long.
 MAX_EXPIRED = 10_000
 EXPIRED_SECONDS = 600.0
+
+
+class Producing(Protocol):
+    """What a resumable stream needs of its call (a streamed `calls.pipeline.Call`)."""
+
+    id: str
+    gone: bool
+    reason: CallError | None
+
+    def events(self) -> AsyncIterator[Event]: ...
+
+    async def aclose(self) -> None: ...
 
 
 class Frames(Protocol):
@@ -97,7 +107,7 @@ class Resumable:
     def __init__(
         self,
         owner: Resumes,
-        call: Call[CallRequest],
+        call: Producing,
         framing: Frames,
         *,
         handle: str,
@@ -166,11 +176,17 @@ class Resumable:
         """Let go of events already written to a client, from the front, until `cost` more
         bytes fit; whether they do."""
         limit = self.owner.buffer
-        while self.frames and self.base < self.delivered and self.size + cost > limit:
-            self.size -= len(self.frames[0]) + EVENT_OVERHEAD
-            del self.frames[0]
-            self.base += 1
-        return self.size + cost <= limit or not self.frames
+        frames, size, gone = self.frames, self.size, 0
+        # In one cut, not one event at a time: a list loses its head in one move.
+        sent = min(self.delivered - self.base, len(frames))
+        while gone < sent and size + cost > limit:
+            size -= len(frames[gone]) + EVENT_OVERHEAD
+            gone += 1
+        if gone:
+            del frames[:gone]
+            self.base += gone
+            self.size = size
+        return size + cost <= limit or not frames
 
     def attach(self, after: int) -> Attachment:
         """A client that has every event up to `after` (-1: none) and takes the rest."""
@@ -274,7 +290,7 @@ class Resumes:
 
     def open(
         self,
-        call: Call[CallRequest],
+        call: Producing,
         framing: Frames,
         *,
         handle: str,
