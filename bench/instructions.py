@@ -159,6 +159,10 @@ def measure(
             b'{"agent": "llama3", "content": "hi [[tokens=%d]] [[delay=%g]]", "project": "bench"}'
             % (tokens, spacing)
         )
+        # The same stream, resumable (routes/resuming.py): its events kept, a task of its own.
+        # A checkout without resumable streams ignores the field and streams as above. What
+        # happens --resume-window seconds after each (the events let go) is not counted.
+        resumable = stream[:-1] + b', "resumable": true}'
         # Ollama's front: its own framing (NDJSON, the last line's metrics) on the same call.
         chat = (
             b'{"model": "llama3", "messages": [{"role": "user", "content": "hi [[tokens=%d]]"}], '
@@ -174,6 +178,7 @@ def measure(
             ("ask_sync", "/api/v1/ai/ask_sync", sync, calls),
             ("ask_async_1", "/api/v1/ai/ask_async", short, calls),
             ("ask_async", "/api/v1/ai/ask_async", stream, max(10, calls // 10)),
+            ("ask_async_resumable", "/api/v1/ai/ask_async", resumable, max(10, calls // 10)),
             ("chat_whole", "/api/chat", chat_whole, calls),
             ("chat_streamed", "/api/chat", chat_streamed, calls),
         ):
@@ -212,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     result = measure(args.root.resolve(), args.calls, args.tokens, args.spacing, args.keep)
-    print(f"checkout {args.root}: {args.calls} calls each")
+    print(f"checkout {args.root}: {args.calls} calls each (streams of {args.tokens}: a tenth)")
     rows = [
         ("ask_sync (8 tokens, whole)", result["ask_sync"] / 1e6, "M instructions / call"),
         ("ask_async, 1 token", result["ask_async_1"] / 1e6, "M instructions / call"),
@@ -222,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
             "M instructions / call",
         ),
         ("one more streamed token", result["per_token"] / 1e3, "k instructions"),
+        (
+            f"  the same {args.tokens}, resumable",
+            result["ask_async_resumable"] / 1e6,
+            "M instructions / call",
+        ),
         ("/api/chat (8 tokens, whole)", result["chat_whole"] / 1e6, "M instructions / call"),
         ("/api/chat, 1 token streamed", result["chat_streamed"] / 1e6, "M instructions / call"),
     ]
