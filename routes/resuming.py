@@ -220,6 +220,7 @@ class Resumable:
         self.timer = None
         call = self.call
         if not self.finished:
+            log.info("stream %s: nobody resumed it; ended", self.id)
             call.reason = reason or CallError(
                 499,
                 "client_gone",

@@ -262,3 +262,21 @@ def test_only_the_same_key_resumes(keyed: Gateway, tmp_path: Path) -> None:
     assert_error(guessed, 404, "stream_not_found")
     assert_error(nobody, 401, "unauthorized")
     assert_whole_once(first + rest, 20)
+
+
+def test_a_head_of_a_resume_takes_nothing_over(client: httpx.Client) -> None:
+    body = ask(content="[[tokens=6]] [[delay=0.1]]", project=unique(), resumable=True)
+
+    with client.stream("POST", STREAM, json=body) as response:
+        parser = SSEParser()
+        events: list[SSEEvent] = []
+        head = None
+        for text in response.iter_text():
+            events.extend(parser.feed(text))
+            if head is None and events:
+                handle = data(events[0])["resume"]
+                head = client.head(RESUME, params={"stream": handle})
+
+    assert head is not None
+    assert head.status_code == 200
+    assert_whole_once(events, 6)  # the client streamed on, none missing

@@ -176,6 +176,9 @@ def resume(
             f"Last-Event-ID {after} is beyond this stream's end: its events so far are "
             f"numbered 0 to {end - 1}",
         )
+    if request.method == "HEAD":
+        # Headers only: a HEAD must not take the stream over from its client.
+        return Response(media_type=SSE, headers=dict(SSEFraming.headers))
     if found.finished and after == end - 1:
         # Everything was received: nothing to send, and a browser stops reconnecting.
         return Response(status_code=204)
