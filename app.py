@@ -54,6 +54,7 @@ from routes import (
 from routes.common import encoder
 from routes.dispatch import StaticFirstRouter
 from routes.errors import error_response, with_request_id
+from routes.resuming import Resumes
 from routes.streaming import SERVER_SEND
 from store import StoreError, UsageStore, open_store
 
@@ -202,7 +203,13 @@ def create_app(
                 # For the routes, and for GatewayServer.shutdown, which must reach it before
                 # connections close.
                 app.state.gateway = gateway
-                yield {}
+                resumes = Resumes(window=settings.resume_window, buffer=settings.resume_buffer)
+                app.state.resumes = resumes
+                try:
+                    yield {}
+                finally:
+                    # Streams kept for a client that may come back: not to this process.
+                    await resumes.aclose()
             finally:
                 await up.aclose()
         finally:

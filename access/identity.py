@@ -102,7 +102,12 @@ def check_model(caller: Caller, model: str) -> None:
         raise CallError(403, "model_not_allowed", f"this key may not use the model {model!r}")
 
 
+def holder(caller: Caller) -> str:
+    """Who `caller` is, as a ticket (or a resumable stream) names its holder: a key's id,
+    ADMIN, or ANYONE."""
+    return caller.key.id if caller.key else (ADMIN if caller.admin else ANYONE)
+
+
 async def ticket(access: Access, caller: Caller) -> str:
     """A single-use ticket that lets an EventSource stream as `caller`."""
-    holder = caller.key.id if caller.key else (ADMIN if caller.admin else ANYONE)
-    return await access.tickets.issue(holder)
+    return await access.tickets.issue(holder(caller))

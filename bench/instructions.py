@@ -164,6 +164,10 @@ def measure(
             b'{"agent": "llama3", "content": "hi [[tokens=%d]] [[delay=%g]]", "project": "bench"}'
             % (tokens, spacing)
         )
+        # The same stream, resumable (routes/resuming.py): its events kept, a task of its own.
+        # A checkout without resumable streams ignores the field and streams as above. What
+        # happens --resume-window seconds after each (the events let go) is not counted.
+        resumable = stream[:-1] + b', "resumable": true}'
         # Ollama's front: its own framing (NDJSON, the last line's metrics) on the same call.
         chat = (
             b'{"model": "llama3", "messages": [{"role": "user", "content": "hi [[tokens=%d]]"}], '
@@ -185,6 +189,7 @@ def measure(
             ("ask_sync", "/api/v1/ai/ask_sync", sync, calls),
             ("ask_async_1", "/api/v1/ai/ask_async", short, calls),
             ("ask_async", "/api/v1/ai/ask_async", stream, max(10, calls // 10)),
+            ("ask_async_resumable", "/api/v1/ai/ask_async", resumable, max(10, calls // 10)),
             ("chat_whole", "/api/chat", chat_whole, calls),
             ("chat_streamed", "/api/chat", chat_streamed, calls),
             ("openai_whole", "/v1/chat/completions", openai % b"false", calls),
@@ -237,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         help="measure only these kinds, comma-separated (ask_sync, ask_async_1, ask_async, "
+        "ask_async_resumable, "
         "chat_whole, chat_streamed, openai_whole, openai_streamed, responses_whole, "
         "responses_streamed)",
     )
@@ -250,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         ("ask_async, 1 token", "ask_async_1", *per_call),
         (f"ask_async, {args.tokens} spaced tokens", "ask_async", *per_call),
         ("one more streamed token", "per_token", 1e3, "k instructions"),
+        (f"  the same {args.tokens}, resumable", "ask_async_resumable", *per_call),
         ("/api/chat (8 tokens, whole)", "chat_whole", *per_call),
         ("/api/chat, 1 token streamed", "chat_streamed", *per_call),
         ("/v1/chat/completions (8, whole)", "openai_whole", *per_call),

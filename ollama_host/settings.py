@@ -373,6 +373,34 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             gt=0,
         ),
     ] = 60.0
+    # Resumable streams (routes/resuming.py): the seed's SSE streams that survive a dropped
+    # connection. Both bound what a client that left may still make the gateway hold.
+    resume_window: Annotated[
+        float,
+        setting(
+            "--resume-window",
+            "OLLAMA_GATEWAY_RESUME_WINDOW",
+            "seconds a resumable stream (the seed's `GET ask_async`, or one asked with "
+            "`resumable`) keeps generating after its client left, for a reconnect with "
+            "`Last-Event-ID`; "
+            "nobody back by then: the upstream is closed and the call recorded `cancelled`",
+            metavar="S",
+            gt=0,
+            le=3600,
+        ),
+    ] = 15.0
+    resume_buffer: Annotated[
+        int,
+        setting(
+            "--resume-buffer",
+            "OLLAMA_GATEWAY_RESUME_BUFFER",
+            "bytes of a resumable stream's events the gateway keeps for a reconnect; past it, "
+            "events a client was already sent are let go (a resume from before them gets an "
+            "`events_dropped` error), and while no client is there the upstream is not read "
+            "until one comes back",
+            ge=4096,
+        ),
+    ] = 1 << 20
     # Client connections (ollama_host/connections.py): they cover receiving a request and
     # waiting between requests, never an answer going out.
     header_timeout: Annotated[

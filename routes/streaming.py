@@ -24,14 +24,13 @@ event sent.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
 from calls.events import Event
-from calls.pipeline import Call
-from calls.types import CallRequest
 
 # The scope key under which GatewayApp puts the server's own `send`, for stream bodies.
 SERVER_SEND = "ollama_host.server_send"
@@ -63,6 +62,20 @@ class Framing(Protocol):
     def __call__(self, event: Event) -> bytes: ...
 
 
+class Streamed(Protocol):
+    """What CallStreamResponse streams: a streamed `Call`, or a client's view of a resumable
+    stream (routes/resuming.py)."""
+
+    id: str
+    gone: bool
+
+    def events(self) -> AsyncIterator[Event]: ...
+
+    def stalled(self, seconds: float) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class SSEFraming:
     """What every Server-Sent Events framing shares: a subclass frames the events."""
 
@@ -88,9 +101,7 @@ class NDJSONFraming:
     tail = b""
 
 
-def stream_response(
-    request: Request, call: Call[CallRequest], framing: Framing
-) -> CallStreamResponse:
+def stream_response(request: Request, call: Streamed, framing: Framing) -> CallStreamResponse:
     """The response that streams `call` in `framing`, with the app's keep-alive and send
     timeout."""
     settings = request.app.state.settings
@@ -104,7 +115,7 @@ class CallStreamResponse:
 
     def __init__(
         self,
-        stream: Call[CallRequest],
+        stream: Streamed,
         encode: Framing,
         *,
         keepalive: float = 15.0,

@@ -744,6 +744,9 @@ function startStream(event) {
   const params = new URLSearchParams();
   params.set("agent", form.elements.agent.value);
   params.set("content", form.elements.content.value);
+  // Stop means stop: the playground never resumes, so the model should not go on for
+  // --resume-window seconds after the stream is closed.
+  params.set("resumable", "false");
   if (form.elements.template.value.trim()) params.set("template", form.elements.template.value);
   if (form.elements.project.value.trim()) params.set("project", form.elements.project.value.trim());
   const output = $("pg-output");

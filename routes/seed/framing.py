@@ -1,5 +1,5 @@
 """The seed's event stream: Server-Sent Events `start`, a `token` per chunk, then `done` or
-`error`, every event numbered from 0."""
+`error`, every event numbered from 0 without gaps (what a resume's `Last-Event-ID` names)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,12 @@ def _event(name: bytes, seq: int, data: msgspec.Struct) -> bytes:
 class SeedEvents(SSEFraming):
     """Frames one call's events as the seed's SSE."""
 
-    __slots__ = ("seq",)
+    __slots__ = ("resume", "seq")
 
-    def __init__(self) -> None:
+    def __init__(self, resume: str | None = None) -> None:
         self.seq = 0
+        # A resumable stream's handle, told in its `start` event.
+        self.resume = resume
 
     def __call__(self, event: Event) -> bytes:
         if isinstance(event, Pieces):
@@ -40,7 +42,7 @@ class SeedEvents(SSEFraming):
             self.seq = seq
             return out[0] if len(out) == 1 else b"".join(out)
         if isinstance(event, Started):
-            return _event(b"start", 0, StartEvent(event.id, event.model))
+            return _event(b"start", 0, StartEvent(event.id, event.model, self.resume))
         if isinstance(event, Done):
             self.seq += 1
             return _event(b"done", self.seq, Usage.of(event.record))
@@ -48,3 +50,18 @@ class SeedEvents(SSEFraming):
             self.seq += 1
             return _event(b"error", self.seq, error_body(event.error))
         return b""
+
+    def frames(self, event: Event) -> list[bytes]:
+        """Each SSE event on its own, for a resumable stream, which keeps them apart so that
+        a resume can begin between two that one read brought (routes/resuming.py)."""
+        if isinstance(event, Pieces):
+            out = []
+            for piece in event.pieces:
+                if piece.content or piece.thinking:
+                    self.seq += 1
+                    out.append(
+                        _event(b"token", self.seq, TokenEvent(piece.content, piece.thinking))
+                    )
+            return out
+        data = self(event)
+        return [data] if data else []

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from ..errors import ErrorBody
 from ..openapi import CALLER, UNAUTHORIZED, Operation, Paths, Reply, error
-from .schemas import AskReply, AskRequest, StartEvent, StreamQuery, Ticket, TokenEvent, Usage
+from .schemas import (
+    AskReply,
+    AskRequest,
+    ResumeQuery,
+    StartEvent,
+    StreamQuery,
+    StreamRequest,
+    Ticket,
+    TokenEvent,
+    Usage,
+)
 
 _ASK_ERRORS = {
     400: error("The body is not JSON (`invalid_json`), or Ollama refused the request."),
@@ -27,7 +37,20 @@ _STREAM = Reply(
 )
 _STREAM_ABOUT = (
     "Failures noticed before the stream opens (within `--open-wait` seconds) keep their "
-    "HTTP status; later ones arrive as an `error` event."
+    "HTTP status; later ones arrive as an `error` event. A resumable stream (GET by "
+    'default, POST with `"resumable": true`) goes on for `--resume-window` seconds after '
+    "its client left; its `start` event's `resume` handle resumes it."
+)
+_RESUMED = Reply(
+    description="The events after `Last-Event-ID`, then the live rest; or a single `error` "
+    "event without an id: `invalid_last_event_id` (not a number, or beyond the stream's "
+    "end), `events_dropped` (let go past `--resume-buffer`), `stream_expired` (nobody "
+    "resumed it within `--resume-window`).",
+    events=_EVENTS,
+)
+_LAST_EVENT_ID = (
+    "The id of the last event received (a reconnecting EventSource sends it): the stream "
+    "goes on after it."
 )
 
 openapi: Paths = {
@@ -63,7 +86,7 @@ openapi: Paths = {
             summary="Ask and stream the answer",
             tag="ai",
             description=_STREAM_ABOUT,
-            body=AskRequest,
+            body=StreamRequest,
             auth=CALLER,
             replies={200: _STREAM, **_ASK_ERRORS},
         ),
@@ -75,15 +98,40 @@ openapi: Paths = {
             query=StreamQuery,
             auth=CALLER,
             headers={
-                "Last-Event-ID": "Sent by a reconnecting EventSource; answered with 204, "
-                "since an answer cannot be resumed."
+                "Last-Event-ID": "Sent by a reconnecting EventSource. With the ticket the "
+                "stream was opened with, the stream goes on after that event (see "
+                "`/api/v1/ai/resume`); otherwise, or once everything was sent, 204."
             },
             replies={
                 200: _STREAM,
-                204: Reply(description="A reconnect after the stream ended: stop."),
+                204: Reply(
+                    description="A reconnect with nothing to resume, or nothing left: stop."
+                ),
                 **_ASK_ERRORS,
             },
         ),
+    },
+    "/api/v1/ai/resume": {
+        "GET": Operation(
+            summary="Resume a stream after a dropped connection",
+            tag="ai",
+            description="A resumable stream whose client left goes on generating for "
+            "`--resume-window` seconds, its events kept. Its own caller (the same key, the "
+            "admin, or anyone while no key exists; a fresh `ticket` for an EventSource) gets "
+            "the events after `Last-Event-ID`, then the live rest: none twice, none skipped, "
+            "and the model asked once. The streams are kept by the gateway process that "
+            "streamed them.",
+            query=ResumeQuery,
+            auth=CALLER,
+            headers={"Last-Event-ID": _LAST_EVENT_ID},
+            replies={
+                200: _RESUMED,
+                204: Reply(description="The client has every event already: stop."),
+                401: UNAUTHORIZED,
+                404: error("No stream by this handle for this caller (`stream_not_found`), here."),
+                422: _ASK_ERRORS[422],
+            },
+        )
     },
     "/api/v1/ai/tickets": {
         "POST": Operation(

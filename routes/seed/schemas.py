@@ -123,11 +123,23 @@ class Ticket(msgspec.Struct):
     expires_in: float
 
 
-class StartEvent(msgspec.Struct):
-    """Data of the SSE `start` event: the call's id, known before any token."""
+class StartEvent(msgspec.Struct, omit_defaults=True):
+    """Data of the SSE `start` event: the call's id, known before any token, and a resumable
+    stream's handle."""
 
     id: str
     model: str
+    resume: (
+        Annotated[
+            str,
+            Meta(
+                description="A resumable stream's handle (a secret): "
+                "`GET /api/v1/ai/resume?stream=<resume>` with `Last-Event-ID` and the same "
+                "key gets the events after that one. Absent when the stream is not resumable."
+            ),
+        ]
+        | None
+    ) = None
 
 
 class TokenEvent(msgspec.Struct, omit_defaults=True):
@@ -137,7 +149,48 @@ class TokenEvent(msgspec.Struct, omit_defaults=True):
     thinking: str | None = None
 
 
-class StreamQuery(AskRequest, kw_only=True):
+class StreamRequest(AskRequest, kw_only=True):
+    """ask_async's body: the ask, and whether its stream may be resumed."""
+
+    resumable: (
+        Annotated[
+            bool,
+            Meta(
+                description="Whether the stream survives a dropped connection: the answer "
+                "goes on for `--resume-window` seconds after the client left, for a "
+                "reconnect with `Last-Event-ID` (default: true for GET, false for POST)."
+            ),
+        ]
+        | None
+    ) = None
+
+
+class StreamQuery(StreamRequest, kw_only=True):
     """The GET stream's query: the ask's fields, and a ticket in place of a header."""
 
     ticket: str | None = None
+
+
+class ResumeQuery(msgspec.Struct, kw_only=True):
+    """A resume's query: which stream, and (for an EventSource) a ticket and where to go on."""
+
+    stream: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            max_length=100,
+            description="The stream's handle: `resume` in its `start` event.",
+        ),
+    ]
+    ticket: str | None = None
+    last_event_id: (
+        Annotated[
+            str,
+            Meta(
+                max_length=100,
+                description="The id of the last event received, when the client cannot "
+                "send the `Last-Event-ID` header (a new EventSource); the header wins.",
+            ),
+        ]
+        | None
+    ) = None
