@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import typing
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin, get_type_hints
@@ -605,11 +606,30 @@ def _help(item: Declared) -> str:
     return f"{text}{default} [{item.env}]" if item.env else f"{text}{default}"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is told in one line and a hint: its usage of every flag (23
+    lines) came first and hid the line that matters."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        hint = f"Run `{self.prog} --help` for every setting."
+        self.exit(2, f"{self.prog}: error: {message}\n{hint}\n")
+
+
+def _named(message: str, items: list[Declared]) -> str:
+    """msgspec's message about `$.field`, naming the flag instead (`--port: Expected ...`)."""
+    text, sep, where = message.rpartition(" - at `$.")
+    field = where.rstrip("`").split(".")[0].split("[")[0]
+    for item in items:
+        if sep and item.field == field:
+            return f"{item.flag}: {text}"
+    return message
+
+
 def parse_settings(
     argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
     env = os.environ if env is None else env
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python app.py",
         description="Ollama Host: a gateway in front of Ollama that streams answers as "
         "Server-Sent Events and records the usage of every call.",
@@ -647,7 +667,9 @@ def parse_settings(
         raw["ollama_url"] = ollama_url(str(raw.get("ollama_url", "")))
         raw.setdefault("data_dir", str(default_data_dir(env)))
         settings = msgspec.convert(raw, Settings, strict=False)
-    except (ValueError, msgspec.ValidationError) as exc:
+    except msgspec.ValidationError as exc:
+        parser.error(_named(str(exc), items))
+    except ValueError as exc:
         parser.error(str(exc))
     if settings.log_level not in ("debug", "info", "warning", "error"):
         parser.error(

@@ -22,6 +22,7 @@ key is read from the environment at start and held in memory by that upstream al
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -68,14 +69,30 @@ class ConfigError(ValueError):
     """An upstream that cannot be used as configured; the message names where it came from."""
 
 
-def _url(text: str, where: str) -> str:
+def _url(text: str, where: str, kind: object) -> str:
+    """The URL as the upstream is asked at: scheme, host, port, and for the openai kind the
+    path its API is served under (`/v1`, or a proxy's prefix). An Ollama is asked at its root,
+    as its paths are `/api/...`: a path on one (`/v1`, its OpenAI-compatible API) is the
+    usual mistake, refused here. No kind takes a query or a fragment."""
     text = text.strip()
     scheme, sep, rest = text.partition("://")
     if not sep or scheme not in ("http", "https") or not rest or rest.startswith("/"):
         raise ConfigError(
             f"{where}: the URL must be http://HOST[:PORT] or https://..., not {text!r}"
         )
-    hostport = rest.split("/", 1)[0]
+    rest, hash_, fragment = rest.partition("#")
+    if hash_:
+        raise ConfigError(f"{where}: the URL has a fragment {'#' + fragment!r}; remove it")
+    rest, question, query = rest.partition("?")
+    if question:
+        raise ConfigError(f"{where}: the URL has a query {'?' + query!r}; remove it")
+    hostport, slash, path = rest.partition("/")
+    if slash and kind != "openai":
+        root = f"{scheme}://{hostport}"
+        raise ConfigError(
+            f"{where}: the URL has a path {'/' + path!r}, but an Ollama is asked at its root "
+            f"({root}); an OpenAI-compatible API under a path is an upstream of kind=openai"
+        )
     if "@" in hostport:
         raise ConfigError(f"{where}: no credentials in the URL; name a variable with key_env")
     try:
@@ -84,7 +101,7 @@ def _url(text: str, where: str) -> str:
         raise ConfigError(f"{where}: {exc} in {text!r}") from None
     if port is not None and not 0 < port < 65536:
         raise ConfigError(f"{where}: bad port in {text!r}")
-    return text.rstrip("/")
+    return f"{scheme}://{hostport}{slash}{path}".rstrip("/")
 
 
 def httpx_port(hostport: str) -> int | None:
@@ -125,12 +142,17 @@ def _spec(name: str, values: dict[str, Any], where: str) -> UpstreamSpec:
         raise ConfigError(f"{where}: the url must be a string")
     try:
         spec = msgspec.convert(
-            {**values, "name": name, "url": _url(url, where)}, UpstreamSpec, strict=False
+            {**values, "name": name, "url": _url(url, where, values.get("kind", "ollama"))},
+            UpstreamSpec,
+            strict=False,
         )
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     if spec.cap is not None and spec.cap < 1:
         raise ConfigError(f"{where}: cap must be at least 1")
+    if not math.isfinite(spec.weight):
+        # inf would take every call, and nan compares false with everything.
+        raise ConfigError(f"{where}: weight must be a finite number more than 0")
     if not spec.weight > 0:
         raise ConfigError(f"{where}: weight must be more than 0")
     for model in spec.models or ():
@@ -175,6 +197,11 @@ def load_file(path: Path) -> list[UpstreamSpec]:
     tables = data.get("upstream", {})
     if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
         raise ConfigError(f"{where}: each upstream is a table [upstream.NAME]")
+    if not tables:
+        # Not the default Ollama: a file given and empty is a mistake, not a choice.
+        raise ConfigError(
+            f"{where}: names no upstream; give each a table [upstream.NAME] with its url"
+        )
     return [_spec(name, table, f"{where} [upstream.{name}]") for name, table in tables.items()]
 
 
