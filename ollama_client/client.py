@@ -305,6 +305,7 @@ class OllamaUpstream:
         max_line: int = MAX_LINE,
         max_body: int = MAX_BODY,
         api_key: str | None = None,
+        first_byte: float | None = None,
     ) -> None:
         self.name = name
         self.address = base_url.rstrip("/")
@@ -318,6 +319,7 @@ class OllamaUpstream:
             who=f"Ollama at {self.address}",
             max_body=max_body,
             api_key=api_key,
+            first_byte=first_byte,
             hint=" Set --ollama or OLLAMA_HOST to its address",
         )
         # Parsed once: a URL string would be parsed again on every request.

@@ -222,6 +222,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ge=0,
         ),
     ] = 4.0
+    # -- upfaults (issue 19): a hung upstream's hold on a call --------------------------------
+    # Ollama sends nothing while it loads a model and reads the prompt, so the first byte of
+    # an answer waits for both: 300 s is Ollama's own bound on a load that makes no progress
+    # (OLLAMA_LOAD_TIMEOUT, 5 minutes), and covers a 40 GB model read from a disk at 150 MB/s
+    # (docs/upstreams.md). Half the --timeout default: a hung server frees its calls sooner.
+    first_byte_timeout: Annotated[
+        float,
+        setting(
+            "--first-byte-timeout",
+            "OLLAMA_GATEWAY_FIRST_BYTE_TIMEOUT",
+            "seconds a call waits for the first byte of an upstream's answer (a cold model "
+            "load and the prompt's reading come before it) before it is tried on another "
+            "upstream with the model, if nothing went back to the client yet; at most "
+            "`--timeout`; an upstream's `first_byte=S` option sets its own",
+            metavar="S",
+            gt=0,
+        ),
+    ] = 300.0
+    # -- end upfaults ---------------------------------------------------------------------------
     # Seconds between SSE keep-alive comments, so proxies keep an idle stream open.
     keepalive: Annotated[
         float,

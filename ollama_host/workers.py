@@ -95,18 +95,22 @@ class _Worker:
         os.set_blocking(read, False)
         self._ready_pipe: int | None = read
 
-    def look(self) -> None:
-        """Note whether it said it is ready (a byte on its pipe; the pipe closes with it)."""
+    def look(self) -> bool:
+        """Note whether it said it is ready (a byte on its pipe; the pipe closes with it);
+        True if it said so just now."""
         if self._ready_pipe is None:
-            return
+            return False
         try:
             said = os.read(self._ready_pipe, 16)
         except BlockingIOError:
-            return
-        if said and self.ready_at is None:
-            self.ready_at = time.monotonic()
+            return False
         if not said:  # it closed the pipe: ended, or said all it will
             self.close()
+            return False
+        if self.ready_at is None:
+            self.ready_at = time.monotonic()
+            return True
+        return False
 
     def close(self) -> None:
         if self._ready_pipe is not None:
@@ -166,10 +170,8 @@ def run_workers(settings: Settings, argv: Sequence[str] | None, *, script: Path)
                 if now >= slot.restart_at:
                     slot.worker = _Worker(script, args, fd, n)
                 continue
-            if worker.ready_at is None:
-                worker.look()
-                if worker.ready_at is not None:
-                    log.info("worker %d serves (pid %d)", n, worker.proc.pid)
+            if worker.look():
+                log.info("worker %d serves (pid %d)", n, worker.proc.pid)
             code = worker.proc.poll()
             if code is None:
                 if worker.ready_at is not None:

@@ -427,6 +427,7 @@ class OpenAIUpstream:
         max_line: int = MAX_LINE,
         max_body: int = MAX_BODY,
         api_key: str | None = None,
+        first_byte: float | None = None,
     ) -> None:
         self.name = name
         address = base_url.rstrip("/")
@@ -441,6 +442,7 @@ class OpenAIUpstream:
             who=f"the OpenAI-compatible server at {self.address}",
             max_body=max_body,
             api_key=api_key,
+            first_byte=first_byte,
         )
         self._chat_url = httpx.URL(self.address + "/v1/chat/completions")
         self._completions_url = httpx.URL(self.address + "/v1/completions")

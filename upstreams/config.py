@@ -40,7 +40,7 @@ from .kinds import KINDS
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MODEL = re.compile(MODEL_PATTERN)
-OPTIONS = ("kind", "cap", "weight", "models", "key_env")
+OPTIONS = ("kind", "cap", "weight", "models", "key_env", "first_byte")
 
 
 class UpstreamSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,6 +56,8 @@ class UpstreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     models: tuple[str, ...] | None = None
     # The environment variable holding the upstream's own API key.
     key_env: str | None = None
+    # Seconds a call waits for its answer's first byte here (None: --first-byte-timeout).
+    first_byte: float | None = None
 
     def key(self, env: Mapping[str, str]) -> str | None:
         """The API key for this upstream, from the environment; never stored in the spec."""
@@ -158,6 +160,8 @@ def _spec(name: str, values: dict[str, Any], where: str) -> UpstreamSpec:
     for model in spec.models or ():
         if not _MODEL.fullmatch(model):
             raise ConfigError(f"{where}: {model!r} is not a model name")
+    if spec.first_byte is not None and not (math.isfinite(spec.first_byte) and spec.first_byte > 0):
+        raise ConfigError(f"{where}: first_byte must be a number of seconds more than 0")
     if spec.key_env is not None and not _ENV_NAME.fullmatch(spec.key_env):
         raise ConfigError(f"{where}: key_env must name an environment variable")
     return spec
