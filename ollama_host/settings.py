@@ -78,7 +78,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "Options after the URL, comma-separated: `kind=ollama` or `openai` (any "
             "OpenAI-compatible server: llama.cpp's llama-server, vLLM, LM Studio), `cap=N` "
             "calls at once (the rest wait in the gateway), `weight=W`, `models=a|b` (only "
-            "these), `key_env=VAR` (the variable holding its API key). Example: "
+            "these), `key_env=VAR` (the variable holding its API key), `first_byte=S` (its own "
+            "`--first-byte-timeout`). Example: "
             "`gpu1=http://10.0.0.5:11434,cap=4`; the variable takes several, space-separated",
             shown="none",
             metavar="NAME=URL[,OPTION=VALUE...]",

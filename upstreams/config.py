@@ -2,6 +2,7 @@
 
     --upstream gpu1=http://10.0.0.5:11434
     --upstream gpu2=http://10.0.0.6:8080,kind=openai,cap=4,weight=2,models=llama3|qwen,key_env=GPU2_KEY
+    --upstream gpu3=http://10.0.0.7:11434,first_byte=900
 
 or, with `--upstreams upstreams.toml`:
 
