@@ -75,7 +75,6 @@ class _Worker:
 
     def __init__(self, script: Path, argv: list[str], fd: int, number: int) -> None:
         self.number = number
-        self.started = time.monotonic()
         self.ready_at: float | None = None
         read, write = os.pipe()
         try:
@@ -181,6 +180,7 @@ def run_workers(settings: Settings, argv: Sequence[str] | None, *, script: Path)
                 continue
             worker.look()  # it may have said it was ready just before it died
             worker.close()
+            served = served or worker.ready_at is not None
             if worker.ready_at is None and not served:
                 log.error("worker %d could not start (exit status %d); stopping", n, code)
                 status = code or 1
