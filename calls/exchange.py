@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import httpx
 
-from http_transport import LineTooLong, MalformedResponse, exchange
+from http_transport import FirstByteTimeout, LineTooLong, MalformedResponse, exchange
 
 from .errors import (
     UpstreamBadResponse,
@@ -22,7 +22,16 @@ from .errors import (
 class Server:
     """One model server over a transport: how to ask it, and what its failures mean."""
 
-    __slots__ = ("_headers", "_timeout", "address", "hint", "max_body", "transport", "who")
+    __slots__ = (
+        "_headers",
+        "_timeout",
+        "address",
+        "first_byte",
+        "hint",
+        "max_body",
+        "transport",
+        "who",
+    )
 
     def __init__(
         self,
@@ -34,6 +43,7 @@ class Server:
         max_body: int,
         api_key: str | None = None,
         hint: str = "",
+        first_byte: float | None = None,
     ) -> None:
         self.transport = transport
         self.address = address
@@ -43,6 +53,13 @@ class Server:
         self.hint = hint
         self.max_body = max_body
         self._timeout = (timeout or httpx.Timeout(300.0)).as_dict()
+        # How long a call waits for the first byte of an answer (a head, then a body's first
+        # bytes) before it is failed, so the router can try it elsewhere: a hung server
+        # otherwise holds it for the whole read timeout. Never longer than that timeout.
+        read = self._timeout.get("read")
+        if first_byte is not None and (read is None or first_byte < read):
+            self._timeout["first_byte"] = first_byte
+        self.first_byte = self._timeout.get("first_byte")
         # The key is sent to this server only, held nowhere else: never logged, never in an
         # error.
         self._headers = exchange.json_headers(api_key)
@@ -60,6 +77,8 @@ class Server:
             return UpstreamUnreachable(
                 f"cannot reach {who} ({exc or type(exc).__name__}); is it running?{self.hint}"
             )
+        if isinstance(exc, FirstByteTimeout):
+            return self._no_first_byte()
         if isinstance(exc, httpx.TimeoutException):
             return UpstreamTimeout(f"{who} did not answer in time")
         if isinstance(exc, httpx.TransportError):
@@ -79,6 +98,8 @@ class Server:
             )
         if isinstance(exc, MalformedResponse):
             return UpstreamBadResponse(f"{who} answered malformed HTTP mid-answer: {exc}")
+        if isinstance(exc, FirstByteTimeout):
+            return self._no_first_byte()
         if isinstance(exc, httpx.TimeoutException):
             return UpstreamTimeout(f"{who} sent nothing for too long mid-answer")
         if isinstance(exc, httpx.TransportError):
@@ -86,6 +107,12 @@ class Server:
         if isinstance(exc, httpx.DecodingError):
             return UpstreamBadResponse(f"the answer of {who} could not be decoded: {exc}")
         return None
+
+    def _no_first_byte(self) -> UpstreamTimeout:
+        return UpstreamTimeout(
+            f"{self.who} sent no first byte within {self.first_byte:g} s (its first_byte "
+            "option, or --first-byte-timeout)"
+        )
 
     async def send(self, request: httpx.Request) -> httpx.Response:
         """The response, its body still unread (close it, or read it to the end)."""

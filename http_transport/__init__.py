@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from .bodies import body_stream
 from .lines import Lines, LineTooLong, split_lines
-from .transport import KeepAliveTransport, MalformedResponse
+from .transport import FirstByteTimeout, KeepAliveTransport, MalformedResponse
 
 __all__ = [
+    "FirstByteTimeout",
     "KeepAliveTransport",
     "LineTooLong",
     "Lines",

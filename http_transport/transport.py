@@ -281,6 +281,12 @@ class _Connection(asyncio.Protocol):
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
+class FirstByteTimeout(httpx.ReadTimeout):
+    """No byte of the answer (its head, then its body's first) within the request's
+    `first_byte` timeout: shorter than `read`, it bounds how long a hung server holds a call
+    that could go elsewhere, while `read` still bounds each later wait."""
+
+
 class MalformedResponse(httpx.RemoteProtocolError):
     """The server answered something that is not HTTP/1.1 as it should be: a bad status line,
     header, length or chunk. (A connection closed early is a plain RemoteProtocolError: the
@@ -315,7 +321,9 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 with keep-alive, for `httpx.AsyncClient(transport=...)`.
 
     Timeouts come from the request (the client's `httpx.Timeout`): `connect` for opening a
-    connection, `write` for sending the request, `read` for each wait on the server.
+    connection, `write` for sending the request, `read` for each wait on the server; and,
+    beside httpx's own, `first_byte` for the wait for the head and then for the body's first
+    bytes (FirstByteTimeout), where it takes the place of `read`.
     """
 
     def __init__(
@@ -455,9 +463,17 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             raise httpx.WriteError(str(exc) or type(exc).__name__, request=request) from exc
 
         read_timeout = _timeout(request, "read")
+        first_byte = _timeout(request, "first_byte")
         try:
-            raw = await _within(read_timeout, conn.readuntil(b"\r\n\r\n"))
+            raw = await _within(
+                read_timeout if first_byte is None else first_byte,
+                conn.readuntil(b"\r\n\r\n"),
+            )
         except TimeoutError as exc:
+            if first_byte is not None:
+                raise FirstByteTimeout(
+                    f"the server sent no response within {first_byte:g} s", request=request
+                ) from exc
             raise httpx.ReadTimeout("the server sent no response in time", request=request) from exc
         except asyncio.IncompleteReadError as exc:
             if not exc.partial and conn.used:
@@ -481,7 +497,9 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         status, reason, headers, length, chunked, keep_alive = _parse_head(raw, request)
         if request.method == "HEAD" or status in _NO_BODY_STATUS:
             length, chunked = 0, False
-        body = _Body(self, key, conn, request, read_timeout, length, chunked, keep_alive)
+        body = _Body(
+            self, key, conn, request, read_timeout, first_byte, length, chunked, keep_alive
+        )
         return httpx.Response(
             status,
             headers=headers,
@@ -577,6 +595,7 @@ class _Body(httpx.AsyncByteStream):
         conn: _Connection,
         request: httpx.Request,
         read_timeout: float | None,
+        first_byte: float | None,
         length: int | None,
         chunked: bool,
         keep_alive: bool,
@@ -585,7 +604,10 @@ class _Body(httpx.AsyncByteStream):
         self._key = key
         self._conn: _Connection | None = conn
         self._request = request
-        self._timeout = read_timeout
+        # Each wait's bound: `first_byte` until the body's first bytes came, then `read`.
+        self._timeout = read_timeout if first_byte is None else first_byte
+        self._read_timeout = read_timeout
+        self._first = first_byte is not None
         self._length = length
         self._chunked = chunked
         self._keep_alive = keep_alive
@@ -650,10 +672,18 @@ class _Body(httpx.AsyncByteStream):
                 data = await reading
             finally:
                 self._reader = None
+            if self._first:
+                self._first = False
+                self._timeout = self._read_timeout
             return data
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if self._timed_out and task is not None and task.uncancel() == 0:
+                if self._first:
+                    raise FirstByteTimeout(
+                        f"the server sent no byte of its body within {self._timeout:g} s",
+                        request=self._request,
+                    ) from exc
                 raise httpx.ReadTimeout(
                     "the server sent nothing within the read timeout", request=self._request
                 ) from exc

@@ -124,11 +124,13 @@ def _status_error(status: int, body: bytes, model: str, address: str, path: str)
     text = body[:200].decode("utf-8", "replace").strip()
     message = (reply.error if reply else "") or text or f"HTTP {status}"
     if status == 404:
-        if reply is not None and reply.error:
+        # A missing model only where one was named and Ollama's JSON error speaks of it
+        # (`model "x" not found, ...`). Anything else, gin's plain `404 page not found`
+        # above all, is a path the server has no route for: the address is wrong. A list
+        # names no model, so its 404 is always that, whatever the body says.
+        if model and reply is not None and "model" in reply.error.lower():
             return ModelNotFound(message)
-        # Not Ollama's JSON error: gin's plain `404 page not found` for a path it has no
-        # route for, so the address is wrong, not the model.
-        return UpstreamWrongAddress(_wrong_address(address, path, text))
+        return UpstreamWrongAddress(_wrong_address(address, path, message))
     if status in (401, 403):
         return UpstreamUnauthorized(_unauthorized(address, status, message, reply))
     if status == 503:
@@ -303,6 +305,7 @@ class OllamaUpstream:
         max_line: int = MAX_LINE,
         max_body: int = MAX_BODY,
         api_key: str | None = None,
+        first_byte: float | None = None,
     ) -> None:
         self.name = name
         self.address = base_url.rstrip("/")
@@ -316,6 +319,7 @@ class OllamaUpstream:
             who=f"Ollama at {self.address}",
             max_body=max_body,
             api_key=api_key,
+            first_byte=first_byte,
             hint=" Set --ollama or OLLAMA_HOST to its address",
         )
         # Parsed once: a URL string would be parsed again on every request.

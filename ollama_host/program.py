@@ -47,8 +47,15 @@ class AppFactory(Protocol):
     def __call__(self, settings: Settings, *, store: UsageStore, access: Access) -> Starlette: ...
 
 
-def run(argv: Sequence[str] | None, *, create_app: AppFactory, worker_fd: int | None = None) -> int:
-    """Run the gateway; with worker_fd, as one of --workers N on that listening socket."""
+def run(
+    argv: Sequence[str] | None,
+    *,
+    create_app: AppFactory,
+    worker_fd: int | None = None,
+    ready_fd: int | None = None,
+) -> int:
+    """Run the gateway; with worker_fd, as one of --workers N on that listening socket,
+    saying on ready_fd when it serves."""
     args = list(sys.argv[1:] if argv is None else argv)
     settings = parse_settings(args)
     configure_logging(settings)
@@ -69,7 +76,7 @@ def run(argv: Sequence[str] | None, *, create_app: AppFactory, worker_fd: int | 
             args = [*args, "--upstream", model.upstream]
             settings = parse_settings(args)
             log.warning("%s", model.banner(settings))
-        return _serve(settings, args, store, access, new_token, create_app, worker_fd)
+        return _serve(settings, args, store, access, new_token, create_app, worker_fd, ready_fd)
     finally:
         if model is not None:
             model.stop()
@@ -83,6 +90,7 @@ def _serve(
     new_token: str | None,
     create_app: AppFactory,
     worker_fd: int | None,
+    ready_fd: int | None = None,
 ) -> int:
     if new_token:
         show_new_token(settings, new_token)
@@ -100,7 +108,7 @@ def _serve(
             upstreams.describe(settings),
             where,
         )
-    return serve(app, settings, fd=worker_fd)
+    return serve(app, settings, fd=worker_fd, ready_fd=ready_fd)
 
 
 def _settings_table(argv: Sequence[str]) -> int:
@@ -133,10 +141,11 @@ def main(argv: Sequence[str] | None = None, *, create_app: AppFactory) -> int:
     if args and args[0] in COMMANDS:
         return COMMANDS[args[0]](args[1:])
     if args and args[0] == "worker":
-        # Not for people: how --workers N starts each worker (`worker FD PARENT_PID ARGS...`).
-        fd, parent = int(args[1]), int(args[2])
+        # Not for people: how --workers N starts each worker
+        # (`worker FD PARENT_PID READY_FD ARGS...`).
+        fd, parent, ready = int(args[1]), int(args[2]), int(args[3])
         die_with(parent)
-        return run(args[3:], create_app=create_app, worker_fd=fd)
+        return run(args[4:], create_app=create_app, worker_fd=fd, ready_fd=ready)
     if args and args[0] == "serve":
         args = args[1:]
     return run(args, create_app=create_app)

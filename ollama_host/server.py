@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import ipaddress
 import logging
 import math
+import os
 import signal
 import socket
 import sys
@@ -37,10 +39,20 @@ class GatewayServer(uvicorn.Server):
     at that moment: calls still running at its end finish with `server_shutdown`.
     """
 
-    def __init__(self, config: uvicorn.Config, app: Starlette, grace: float) -> None:
+    def __init__(
+        self, config: uvicorn.Config, app: Starlette, grace: float, ready_fd: int | None = None
+    ) -> None:
         super().__init__(config)
         self.gateway_app = app
         self.grace = grace
+        self.ready_fd = ready_fd
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.ready_fd is not None:
+            # One of --workers N: its process manager learns that it serves (workers.py).
+            fd, self.ready_fd = self.ready_fd, None
+            say_ready(fd)
 
     async def shutdown(self, sockets: list[Any] | None = None) -> None:
         gateway: Gateway | None = getattr(self.gateway_app.state, "gateway", None)
@@ -52,6 +64,17 @@ class GatewayServer(uvicorn.Server):
 
 def _stopping(signum: int, frame: object) -> None:
     """The signal handler left in place after uvicorn's; see serve."""
+
+
+def say_ready(fd: int | None) -> None:
+    """Tell the process that runs --workers N that this worker serves (workers._Worker.look)."""
+    if fd is None:
+        return
+    try:
+        with contextlib.suppress(OSError):  # it is gone; die_with ends this worker
+            os.write(fd, b"r")
+    finally:
+        os.close(fd)
 
 
 def show_new_token(settings: Settings, token: str) -> None:
@@ -83,10 +106,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(app: Starlette, settings: Settings, *, fd: int | None = None) -> int:
+def serve(
+    app: Starlette, settings: Settings, *, fd: int | None = None, ready_fd: int | None = None
+) -> int:
     """Run the app under uvicorn until SIGTERM or Ctrl-C; the exit status.
 
-    With `fd`, serve on that listening socket (one of --workers N) instead of binding one.
+    With `fd`, serve on that listening socket (one of --workers N) instead of binding one,
+    and write a byte on `ready_fd` once serving.
     """
     # A thousand open streams are a few hundred thousand live objects; with the default
     # thresholds a full collection walks them all every few seconds and stalls every stream
@@ -114,7 +140,7 @@ def serve(app: Starlette, settings: Settings, *, fd: int | None = None) -> int:
     # the handlers it restores ignore the signal, and serve returns.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _stopping)
-    server = GatewayServer(config, app, settings.grace)
+    server = GatewayServer(config, app, settings.grace, ready_fd)
     server.run(sockets=None if fd is None else [socket.socket(fileno=fd)])
     # Not started: the port was taken or the startup failed; uvicorn logged why.
     return 0 if server.started else 1

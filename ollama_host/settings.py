@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import typing
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin, get_type_hints
@@ -77,7 +78,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "Options after the URL, comma-separated: `kind=ollama` or `openai` (any "
             "OpenAI-compatible server: llama.cpp's llama-server, vLLM, LM Studio), `cap=N` "
             "calls at once (the rest wait in the gateway), `weight=W`, `models=a|b` (only "
-            "these), `key_env=VAR` (the variable holding its API key). Example: "
+            "these), `key_env=VAR` (the variable holding its API key), `first_byte=S` (its own "
+            "`--first-byte-timeout`). Example: "
             "`gpu1=http://10.0.0.5:11434,cap=4`; the variable takes several, space-separated",
             shown="none",
             metavar="NAME=URL[,OPTION=VALUE...]",
@@ -221,6 +223,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ge=0,
         ),
     ] = 4.0
+    # -- upfaults (issue 19): a hung upstream's hold on a call --------------------------------
+    # Ollama sends nothing while it loads a model and reads the prompt, so the first byte of
+    # an answer waits for both: 300 s is Ollama's own bound on a load that makes no progress
+    # (OLLAMA_LOAD_TIMEOUT, 5 minutes), and covers a 40 GB model read from a disk at 150 MB/s
+    # (docs/upstreams.md). Half the --timeout default: a hung server frees its calls sooner.
+    first_byte_timeout: Annotated[
+        float,
+        setting(
+            "--first-byte-timeout",
+            "OLLAMA_GATEWAY_FIRST_BYTE_TIMEOUT",
+            "seconds a call waits for the first byte of an upstream's answer (a cold model "
+            "load and the prompt's reading come before it) before it is tried on another "
+            "upstream with the model, if nothing went back to the client yet; at most "
+            "`--timeout`; an upstream's `first_byte=S` option sets its own",
+            metavar="S",
+            gt=0,
+        ),
+    ] = 300.0
+    # -- end upfaults ---------------------------------------------------------------------------
     # Seconds between SSE keep-alive comments, so proxies keep an idle stream open.
     keepalive: Annotated[
         float,
@@ -633,11 +654,30 @@ def _help(item: Declared) -> str:
     return f"{text}{default} [{item.env}]" if item.env else f"{text}{default}"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is told in one line and a hint: its usage of every flag (23
+    lines) came first and hid the line that matters."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        hint = f"Run `{self.prog} --help` for every setting."
+        self.exit(2, f"{self.prog}: error: {message}\n{hint}\n")
+
+
+def _named(message: str, items: list[Declared]) -> str:
+    """msgspec's message about `$.field`, naming the flag instead (`--port: Expected ...`)."""
+    text, sep, where = message.rpartition(" - at `$.")
+    field = where.rstrip("`").split(".")[0].split("[")[0]
+    for item in items:
+        if sep and item.field == field:
+            return f"{item.flag}: {text}"
+    return message
+
+
 def parse_settings(
     argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
     env = os.environ if env is None else env
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python app.py",
         description="Ollama Host: a gateway in front of Ollama that streams answers as "
         "Server-Sent Events and records the usage of every call.",
@@ -675,7 +715,9 @@ def parse_settings(
         raw["ollama_url"] = ollama_url(str(raw.get("ollama_url", "")))
         raw.setdefault("data_dir", str(default_data_dir(env)))
         settings = msgspec.convert(raw, Settings, strict=False)
-    except (ValueError, msgspec.ValidationError) as exc:
+    except msgspec.ValidationError as exc:
+        parser.error(_named(str(exc), items))
+    except ValueError as exc:
         parser.error(str(exc))
     if settings.log_level not in ("debug", "info", "warning", "error"):
         parser.error(

@@ -9,8 +9,14 @@ written by one process, under a lock.
 
 SIGTERM or Ctrl-C here is passed on to every worker as SIGTERM: each stops as a single
 gateway does (the same grace period, every record written), and this process waits for
-them. A worker that dies on its own is started again, unless it dies straight after
-starting, which means it cannot start at all: then everything stops, with its exit status.
+them.
+
+A worker says when it is ready (its startup done, accepting) by writing a byte on a pipe of
+its own. One that dies without ever having been ready, before any worker was, cannot start
+at all (a setting, the database): then everything stops, with its exit status. Any other
+worker that dies, whenever, is started again: once at once, and if it keeps dying, after
+1, 2, 4 ... up to 30 s (a worker ready for 30 s starts the count again), so that a crash
+loop costs little and never takes the healthy workers down.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from store import shared
+from upstreams import describe
 
 from .server import SHUTDOWN_MARGIN
 
@@ -36,10 +43,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ollama_host")
 
-# A worker that exits sooner than this after starting is not restarted: it cannot start.
-STARTUP_SECONDS = 10.0
 POLL_SECONDS = 0.1
 PR_SET_PDEATHSIG = 1
+# A worker dying again and again is started again after these waits: the first time at once,
+# then 1, 2, 4 ... seconds, at most MAX_BACKOFF. Ready for STABLE_SECONDS, it is well again.
+FIRST_BACKOFF = 1.0
+MAX_BACKOFF = 30.0
+STABLE_SECONDS = 30.0
+
+
+def restart_delay(crashes: int) -> float:
+    """Seconds before starting a worker again after its `crashes`-th death in a row."""
+    if crashes <= 1:
+        return 0.0
+    return min(MAX_BACKOFF, FIRST_BACKOFF * 2.0 ** (crashes - 2))
 
 
 def refuse_workers(settings: Settings) -> str | None:
@@ -54,16 +71,59 @@ def refuse_workers(settings: Settings) -> str | None:
 
 
 class _Worker:
+    """One worker process, and the pipe on which it says it is ready."""
+
     def __init__(self, script: Path, argv: list[str], fd: int, number: int) -> None:
         self.number = number
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), "worker", str(fd), str(os.getpid()), *argv],
-            pass_fds=(fd,),
-            # Its own process group: a terminal's Ctrl-C reaches this process only, which
-            # passes SIGTERM on. (A second signal would make uvicorn skip the grace period.)
-            start_new_session=True,
-        )
+        self.ready_at: float | None = None
+        read, write = os.pipe()
+        try:
+            command = [sys.executable, str(script), "worker", str(fd), str(os.getpid())]
+            self.proc = subprocess.Popen(
+                [*command, str(write), *argv],
+                pass_fds=(fd, write),
+                # Its own process group: a terminal's Ctrl-C reaches this process only, which
+                # passes SIGTERM on. (A second signal would make uvicorn skip the grace period.)
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(read)
+            raise
+        finally:
+            os.close(write)
+        os.set_blocking(read, False)
+        self._ready_pipe: int | None = read
+
+    def look(self) -> bool:
+        """Note whether it said it is ready (a byte on its pipe; the pipe closes with it);
+        True if it said so just now."""
+        if self._ready_pipe is None:
+            return False
+        try:
+            said = os.read(self._ready_pipe, 16)
+        except BlockingIOError:
+            return False
+        if not said:  # it closed the pipe: ended, or said all it will
+            self.close()
+            return False
+        if self.ready_at is None:
+            self.ready_at = time.monotonic()
+            return True
+        return False
+
+    def close(self) -> None:
+        if self._ready_pipe is not None:
+            os.close(self._ready_pipe)
+            self._ready_pipe = None
+
+
+class _Slot:
+    """Worker number N: the process now, or when the next one starts, and its deaths in a row."""
+
+    def __init__(self, worker: _Worker) -> None:
+        self.worker: _Worker | None = worker
+        self.crashes = 0
+        self.restart_at = 0.0
 
 
 def run_workers(settings: Settings, argv: Sequence[str] | None, *, script: Path) -> int:
@@ -88,40 +148,74 @@ def run_workers(settings: Settings, argv: Sequence[str] | None, *, script: Path)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
-    workers = [_Worker(script, args, fd, n) for n in range(settings.workers)]
+    slots = [_Slot(_Worker(script, args, fd, n)) for n in range(settings.workers)]
     log.info(
-        "Ollama Host on http://%s:%d with %d workers, asking Ollama at %s",
+        "Ollama Host on http://%s:%d with %d workers, asking %s",
         settings.host,
         settings.port,
         settings.workers,
-        settings.ollama_url,
+        describe(settings),
     )
     status = 0
+    served = False  # some worker has been ready: the settings and the parts can start
     while not stopping:
         time.sleep(POLL_SECONDS)
-        for n, worker in enumerate(workers):
-            code = worker.proc.poll()
-            if code is None or stopping:
+        now = time.monotonic()
+        for n, slot in enumerate(slots):
+            if stopping:
+                break
+            worker = slot.worker
+            if worker is None:
+                if now >= slot.restart_at:
+                    slot.worker = _Worker(script, args, fd, n)
                 continue
-            if time.monotonic() - worker.started < STARTUP_SECONDS:
+            if worker.look():
+                log.info("worker %d serves (pid %d)", n, worker.proc.pid)
+            code = worker.proc.poll()
+            if code is None:
+                if worker.ready_at is not None:
+                    served = True
+                    if slot.crashes and now - worker.ready_at >= STABLE_SECONDS:
+                        slot.crashes = 0
+                continue
+            worker.look()  # it may have said it was ready just before it died
+            worker.close()
+            served = served or worker.ready_at is not None
+            if worker.ready_at is None and not served:
                 log.error("worker %d could not start (exit status %d); stopping", n, code)
                 status = code or 1
                 stopping.append(0)
                 break
-            log.error("worker %d ended (exit status %d); starting it again", n, code)
-            workers[n] = _Worker(script, args, fd, n)
+            slot.crashes += 1
+            delay = restart_delay(slot.crashes)
+            slot.worker, slot.restart_at = None, now + delay
+            how = "after serving" if worker.ready_at is not None else "before it was ready"
+            if delay:
+                log.error(
+                    "worker %d ended %s (exit status %d; %d times in a row); starting it again "
+                    "in %g s",
+                    n,
+                    how,
+                    code,
+                    slot.crashes,
+                    delay,
+                )
+            else:
+                log.error("worker %d ended %s (exit status %d); starting it again", n, how, code)
     listener.close()
+    workers = [slot.worker for slot in slots if slot.worker is not None]
     for worker in workers:
         if worker.proc.poll() is None:
             worker.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + settings.grace + 3 * SHUTDOWN_MARGIN + 5
-    for n, worker in enumerate(workers):
+    for worker in workers:
         try:
             code = worker.proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            log.error("worker %d did not stop in time; killing it", n)
+            log.error("worker %d did not stop in time; killing it", worker.number)
             worker.proc.kill()
             code = worker.proc.wait()
+        worker.close()
         if code not in (0, -signal.SIGTERM):
             status = status or 1
     return status

@@ -165,11 +165,14 @@ def _error_text(body: bytes) -> str:
     return reply.error or reply.message or body[:200].decode("utf-8", "replace").strip()
 
 
-def _status_error(status: int, body: bytes, address: str, path: str) -> UpstreamError:
+def _status_error(
+    status: int, body: bytes, address: str, path: str, *, named: bool = True
+) -> UpstreamError:
+    """`named`: the request named a model (a list names none, so its 404 is a wrong path)."""
     message = _error_text(body) or f"HTTP {status}"
     told = f"the OpenAI-compatible server at {address} answered {status} {message}"
     if status == 404:
-        if "model" in message.lower():
+        if named and "model" in message.lower():
             return ModelNotFound(message)
         return UpstreamWrongAddress(
             f"the server at {address} has no {path} (it answered 404 {message[:60]!r}): give "
@@ -424,6 +427,7 @@ class OpenAIUpstream:
         max_line: int = MAX_LINE,
         max_body: int = MAX_BODY,
         api_key: str | None = None,
+        first_byte: float | None = None,
     ) -> None:
         self.name = name
         address = base_url.rstrip("/")
@@ -438,6 +442,7 @@ class OpenAIUpstream:
             who=f"the OpenAI-compatible server at {self.address}",
             max_body=max_body,
             api_key=api_key,
+            first_byte=first_byte,
         )
         self._chat_url = httpx.URL(self.address + "/v1/chat/completions")
         self._completions_url = httpx.URL(self.address + "/v1/completions")
@@ -456,7 +461,14 @@ class OpenAIUpstream:
         response = await self._server.send(request)
         data = await self._server.read(response)
         if response.status_code != 200:
-            raise _status_error(response.status_code, data, self.address, request.url.path)
+            # Only a POST names a model: a GET's 404 (the model list) is a path not served.
+            raise _status_error(
+                response.status_code,
+                data,
+                self.address,
+                request.url.path,
+                named=request.method == "POST",
+            )
         return data
 
     # -- the Upstream interface --------------------------------------------------------------

@@ -5,6 +5,9 @@ machine's server.
 connection reset, then connections refused), as when the server goes away; `restore()`
 listens again on the same port. `reset()` resets the connections open now and goes on
 listening, as a server restarted between two calls, or a middlebox dropping its state.
+`freeze()` stops relaying anything, either way, on every connection, new ones included (they
+are still accepted): a hung server, which takes connections and answers nothing; `thaw()`
+lets what was held go through.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ class TcpProxy:
         self._conns: list[socket.socket] = []
         self._listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
+        self._flowing = threading.Event()
+        self._flowing.set()
         self.port = 0
         self.restore()
 
@@ -62,6 +67,13 @@ class TcpProxy:
             conn.close()
         return len(conns) // 2
 
+    def freeze(self) -> None:
+        """Relay nothing more until thaw(): a server that hangs."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -86,7 +98,9 @@ class TcpProxy:
         pairs = {a: b, b: a}
         try:
             while True:
-                ready, _, _ = select.select(list(pairs), [], [], 1.0)
+                if not self._flowing.wait(0.1):
+                    continue  # frozen: what comes stays in the sockets' buffers
+                ready, _, _ = select.select(list(pairs), [], [], 0.1)
                 for sock in ready:
                     data = sock.recv(65536)
                     if not data:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from calls.errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
 from calls.types import CallRequest, Message
 from http_transport import KeepAliveTransport
-from http_transport.transport import _Dechunker
+from http_transport.transport import FirstByteTimeout, _Dechunker
 from ollama_client import OllamaUpstream
 
 Handler = Callable[["Server", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -582,3 +582,97 @@ def test_bounded_reads_hand_on_the_bytes_in_order_however_they_arrived(
     out = asyncio.run(run())
 
     assert b"".join(out) == b"".join(arrivals)
+
+
+# -- the first-byte bound -------------------------------------------------------------------
+
+
+def first_byte_request(url: str, first_byte: float, read: float = 5.0) -> httpx.Request:
+    """A GET whose timeouts hold a first-byte bound, as the upstream kinds put it there."""
+    timeouts = {"connect": 5.0, "read": read, "write": 5.0, "pool": 5.0, "first_byte": first_byte}
+    return httpx.Request("GET", url, extensions={"timeout": timeouts})
+
+
+async def read_all(transport: KeepAliveTransport, request: httpx.Request) -> bytes:
+    response = await transport.handle_async_request(request)
+    try:
+        return b"".join([part async for part in response.stream])  # type: ignore[union-attr]
+    finally:
+        await response.aclose()
+
+
+@pytest.mark.parametrize("then", ["nothing", "head"])
+def test_no_first_byte_within_its_bound_is_a_first_byte_timeout(then: str) -> None:
+    # A hung server: it takes the request and sends nothing, or only its head (vLLM sends
+    # its head at once and the first chunk after the prompt is read). The first-byte bound
+    # is far under the read timeout: only it can end this wait.
+    async def hung(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        await server.read_request(reader)
+        if then == "head":
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await server.wait_client_close(reader)
+
+    async def scenario() -> BaseException | None:
+        transport = KeepAliveTransport()
+        async with serving(hung) as server:
+            try:
+                await read_all(transport, first_byte_request(server.url, 0.05, read=60.0))
+            except httpx.TimeoutException as exc:
+                return exc
+            finally:
+                await transport.aclose()
+        return None
+
+    failure = run(scenario)
+    assert isinstance(failure, FirstByteTimeout), failure
+    assert isinstance(failure, httpx.ReadTimeout)  # callers that know no better see a timeout
+
+
+def test_the_first_byte_bound_is_for_the_first_byte_only() -> None:
+    # The first chunk comes at once; later ones each take longer than the first-byte bound,
+    # within the read timeout.
+    async def slow_after_the_first(
+        server: Server, reader: asyncio.StreamReader, writer: Any
+    ) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n")
+        for _ in range(3):
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.write(b"1\r\ny\r\n")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async def scenario() -> bytes:
+        transport = KeepAliveTransport()
+        async with serving(slow_after_the_first) as server:
+            try:
+                return await read_all(transport, first_byte_request(server.url, 0.05, read=5.0))
+            finally:
+                await transport.aclose()
+
+    assert run(scenario) == b"xyyy"
+
+
+def test_an_ollama_with_no_first_byte_says_which_bound_ended_the_wait() -> None:
+    async def hung(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
+        await server.read_request(reader)
+        await server.wait_client_close(reader)
+
+    async def scenario() -> UpstreamTimeout | None:
+        async with serving(hung) as server:
+            ollama = OllamaUpstream(
+                KeepAliveTransport(), server.url, httpx.Timeout(60.0), first_byte=0.05
+            )
+            try:
+                await ollama.open_stream(hi())
+            except UpstreamTimeout as exc:
+                return exc
+            finally:
+                await ollama.aclose()
+        return None
+
+    failure = run(scenario)
+    assert failure is not None
+    assert "no first byte within 0.05 s" in failure.message
+    assert "--first-byte-timeout" in failure.message

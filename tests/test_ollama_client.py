@@ -23,6 +23,7 @@ from calls.errors import (
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
+    UpstreamWrongAddress,
 )
 from calls.types import CallRequest, Completion, EmbedRequest, Generation, Message, Piece
 from http_transport.transport import MalformedResponse
@@ -276,6 +277,38 @@ async def test_each_status_is_its_upstream_error_with_ollamas_message(
         await (upstream.open_stream(hi()) if streamed else upstream.answer(hi()))
 
     assert raised.value.message.startswith(message)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"404 page not found", b'{"error": "404 page not found"}', b'{"error": "not found"}'],
+    ids=["gin", "json", "json-short"],
+)
+@pytest.mark.parametrize("asked", ["models", "loaded", "version"])
+async def test_a_404_for_a_list_is_a_wrong_address_whatever_its_body(
+    body: bytes, asked: str
+) -> None:
+    # A list names no model, so its 404 can only be the server's "no such path": with
+    # --ollama http://host:11434/v1 the model list said 404 model_not_found.
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, content=body)
+
+    upstream = OllamaUpstream(httpx.MockTransport(handler), URL + "/v1")
+    with pytest.raises(UpstreamWrongAddress) as raised:
+        await getattr(upstream, asked)()
+
+    assert "the address is probably wrong" in raised.value.message
+    assert f"(e.g. {URL})" in raised.value.message
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_404_for_an_ask_is_a_missing_model_only_if_it_says_model(streamed: bool) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"error": "404 page not found"})
+
+    upstream = OllamaUpstream(httpx.MockTransport(handler), URL + "/v1")
+    with pytest.raises(UpstreamWrongAddress, match="has no /v1/api/chat"):
+        await (upstream.open_stream(hi()) if streamed else upstream.answer(hi()))
 
 
 @pytest.mark.parametrize(

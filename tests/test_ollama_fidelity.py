@@ -104,6 +104,29 @@ async def test_a_wrong_path_is_told_from_a_missing_model(tmp_path: Path, routed:
         assert "http://ollama.test:11434" in error["message"]
 
 
+async def test_a_json_404_for_the_model_list_is_a_wrong_address(tmp_path: Path) -> None:
+    # A server that answers every path it does not serve with a JSON error (a proxy in
+    # front of Ollama, say): the model list names no model, so its 404 is no missing model.
+    # It was 404 model_not_found "404 page not found" on every front's model list.
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"error": "404 page not found"})
+
+    upstream = OllamaUpstream(httpx.MockTransport(handler), "http://ollama.test:11434/v1")
+    async with (
+        in_process(tmp_path / "data", upstream=upstream) as app,
+        app.client() as client,
+    ):
+        replies = [await client.get(path) for path in ("/api/v1/ai/models", "/api/tags")]
+        openai = await client.get("/v1/models")
+
+    assert replies[0].json()["error"]["code"] == "upstream_wrong_address"
+    assert openai.json()["error"]["code"] == "upstream_wrong_address"
+    for response in (*replies, openai):
+        assert response.status_code == 502, response.text
+        assert "the address is probably wrong" in response.text
+        assert "(e.g. http://ollama.test:11434)" in response.text
+
+
 async def test_a_missing_model_is_still_model_not_found(local: Local) -> None:
     async with local.client() as client:
         response = await client.post(SYNC, json=ask("no-such-model"))

@@ -78,6 +78,29 @@ def test_bad_values_exit_with_a_message(
     assert "error:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--port", "x"], "--port"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["--upstream", "a=http://h:1,weight=inf"], "weight must be a finite number"),
+    ],
+)
+def test_a_usage_error_is_one_line_and_a_hint(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Not the 23 lines of usage before the one that matters.
+    with pytest.raises(SystemExit) as exited:
+        parse_settings(argv, {})
+
+    lines = capsys.readouterr().err.splitlines()
+    assert exited.value.code == 2
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("python app.py: error: ")
+    assert says in lines[0]
+    assert lines[1] == "Run `python app.py --help` for every setting."
+
+
 def test_help_names_every_flag_and_variable(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         parse_settings(["--help"], {})

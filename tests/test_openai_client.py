@@ -155,6 +155,17 @@ async def test_a_missing_model_is_told_from_a_wrong_address() -> None:
         await wrong.models()
 
 
+async def test_a_404_for_the_model_list_is_a_wrong_address_whatever_it_says() -> None:
+    # The list names no model: a 404 for it is the server's "no such path", even when its
+    # message happens to speak of models.
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"error": {"message": "no models route here"}})
+
+    upstream = OpenAIUpstream(httpx.MockTransport(handler), "http://llama.test:8080/x")
+    with pytest.raises(UpstreamWrongAddress, match="has no /x/v1/models"):
+        await upstream.models()
+
+
 async def test_the_key_goes_to_the_server_and_a_wrong_one_is_told() -> None:
     upstream, app = server(key="sk-right")
     wrong = OpenAIUpstream(

@@ -496,3 +496,47 @@ async def test_a_server_whose_check_is_reset_as_it_dies_comes_back_by_itself() -
     await eventually(lambda: circuit("closed"), seconds=5)
     assert a.calls == ["llama3"]  # no trial call was needed
     await routed.aclose()
+
+
+async def test_a_health_check_that_times_out_takes_the_upstream_out_at_once() -> None:
+    # A hung server (it takes connections and answers nothing): its check timed out, /health
+    # said down, and its circuit stayed closed for three checks more, while routing went on
+    # preferring it (its model loaded) and each call waited the full --timeout.
+    a = Fake("a", ["llama3"], loaded=["llama3"])
+    b = Fake("b", ["llama3"])
+    routed = router(a, b, interval=5.0, probe_seconds=0.05)
+    await routed.models()
+    a.slow = 60.0  # hung from now on
+
+    await routed._check(routed.members[0])  # one check, as the next interval's
+    states = {h.name: h for h in await routed.health()}
+    answer = await routed.answer(ask())
+
+    assert (states["a"].status, states["a"].circuit) == ("down", "open")
+    assert "did not answer within 0.05 s" in (states["a"].error or "")
+    assert (answer.upstream, answer.attempts) == ("b", 1)
+    assert a.calls == []
+
+    a.slow = 0.0  # it answers again: the next check puts it back, no trial call needed
+
+    async def back() -> bool:
+        return {h.name: h.circuit for h in await routed.health()}["a"] == "closed"
+
+    await eventually(back)
+    await routed.aclose()
+
+
+async def test_calls_that_time_out_are_tried_elsewhere_and_count_against_the_upstream() -> None:
+    # A first-byte timeout (or --timeout) says the upstream is not answering: tried once
+    # elsewhere, and after a few in a row the upstream leaves the routing, as for garbage.
+    a = Fake("a", ["llama3"], loaded=["llama3"])
+    b = Fake("b", ["llama3"], loaded=["llama3"])
+    a.refuse = [UpstreamTimeout("a sent no first byte within 1 s")] * 10
+    routed = router(a, b, weights={"a": 100})
+
+    answers = [await routed.answer(ask()) for _ in range(6)]
+
+    assert [x.attempts for x in answers] == [2, 2, 2, 1, 1, 1]
+    assert {x.upstream for x in answers} == {"b"}
+    assert {h.name: h.circuit for h in await routed.health()}["a"] == "open"
+    await routed.aclose()

@@ -278,3 +278,51 @@ def test_a_client_that_reads_nothing_is_given_up_after_the_send_timeout(
     assert record["status"] == "cancelled"
     assert record["error_code"] == "client_stalled"
     assert "--send-timeout" in record["error"]
+
+
+def open_small_stream(gateway: Gateway, model: str, project: str) -> socket.socket:
+    """open_stream with a small receive buffer, so the gateway's sends block early."""
+    body = msgspec.json.encode({"agent": model, "content": "hi", "project": project})
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", gateway.port))
+    sock.sendall(
+        b"POST /api/v1/ai/ask_async HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    return sock
+
+
+@pytest.mark.parametrize("model", ["flood-1024", "drip-5"])
+def test_clients_that_read_nothing_then_close_free_their_upstream_at_once(
+    plain_gateway: Gateway, upstream: FaultUpstream, model: str
+) -> None:
+    """Issue 19 §6.9: 20 streams whose clients read nothing for 5 s (with flood-1024 the
+    gateway's sends then wait on their full sockets; with drip-5 they do not), then close:
+    each upstream request is closed as the client goes, not after --send-timeout (60 s here;
+    the fault run saw 2 of 20 closed, the rest waiting for it), and each record says
+    `cancelled` (not `client_stalled`, the send timeout's). It held on main as it is."""
+    gateway, clients = plain_gateway, 20
+    projects = [unique("blocked") for _ in range(clients)]
+    before = len(upstream.stats())
+    socks = [open_small_stream(gateway, model, project) for project in projects]
+    deadline = time.monotonic() + DEADLINE
+    while len([c for c in upstream.stats()[before:] if c["model"] == model]) < clients:
+        assert time.monotonic() < deadline, "the streams did not all start"
+        time.sleep(0.05)
+    # Five seconds of reading nothing, as in the fault run: with flood-1024 every socket is
+    # full by then and each send waits on its client.
+    time.sleep(5.0)
+    left_at = time.monotonic()
+    for sock in socks:
+        sock.close()
+
+    deadline = left_at + DEADLINE
+    while any(c["open"] for c in upstream.stats()[before:] if c["model"] == model):
+        assert time.monotonic() < deadline, "the gateway never closed some upstream requests"
+        time.sleep(0.05)
+    with gateway.client() as client:
+        records = [record_of(client, project) for project in projects]
+
+    assert {r["status"] for r in records} == {"cancelled"}
+    assert {r["error_code"] for r in records} == {None}, records[0]

@@ -70,6 +70,14 @@ def test_the_variable_takes_several_separated_by_spaces() -> None:
         (["--upstream", "gpu1=http://h:1,cap=0"], "cap must be at least 1"),
         (["--upstream", "gpu1=http://h:1,cap=many"], "cap"),
         (["--upstream", "gpu1=http://h:1,weight=0"], "weight must be more than 0"),
+        (["--upstream", "gpu1=http://h:1,weight=inf"], "weight must be a finite number"),
+        (["--upstream", "gpu1=http://h:1,weight=nan"], "weight must be a finite number"),
+        (["--upstream", "gpu1=http://h:1/v1"], "has a path '/v1'"),
+        (["--upstream", "gpu1=http://h:1/"], "has a path '/'"),
+        (["--upstream", "gpu1=http://h:1?x=1"], "has a query '?x=1'"),
+        (["--upstream", "gpu1=http://h:1/v1?x=1,kind=openai"], "has a query '?x=1'"),
+        (["--upstream", "gpu1=http://h:1#top"], "has a fragment '#top'"),
+        (["--upstream", "gpu1=http://h:1/v1#top,kind=openai"], "has a fragment '#top'"),
         (["--upstream", "gpu1=http://h:1,kind=grpc"], "unknown kind 'grpc'"),
         (["--upstream", "gpu1=http://h:1,colour=red"], "unknown option 'colour'"),
         (["--upstream", "gpu1=http://h:1,models=../x"], "is not a model name"),
@@ -114,6 +122,40 @@ def test_a_bad_file_stops_the_start_naming_it(
     err = capsys.readouterr().err
     assert f"--upstreams {path}" in err
     assert says in err
+
+
+def test_a_path_is_taken_for_the_openai_kind_only() -> None:
+    # An OpenAI-compatible API is often served under a path (`/v1`, a proxy's prefix); an
+    # Ollama's address is its root, and `.../v1` on one is the common mistake.
+    spec = parse_flag("llama=http://h:8080/v1/,kind=openai")
+
+    assert spec.url == "http://h:8080/v1"
+    with pytest.raises(ConfigError, match=r"kind=openai"):
+        parse_flag("gpu1=http://h:11434/v1")
+
+
+def test_a_weight_of_inf_in_a_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "up.toml"
+    path.write_text("[upstream.a]\nurl = 'http://h:1'\nweight = inf\n")
+
+    with pytest.raises(ConfigError, match=r"\[upstream.a\]: weight must be a finite number"):
+        load_file(path)
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "[upstream]\n"])
+def test_a_file_without_upstreams_stops_the_start(
+    tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Not the default Ollama at 127.0.0.1:11434: an empty file is a mistake, said in one line.
+    path = tmp_path / "up.toml"
+    path.write_text(text)
+
+    with pytest.raises(SystemExit) as exited:
+        parse_settings(["--upstreams", str(path)], {})
+
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert f"--upstreams {path}: names no upstream" in err
 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:

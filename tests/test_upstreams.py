@@ -28,6 +28,7 @@ from tests.helpers import (
 from tests.ollama_standin import StandIn, start_standin
 from tests.openai_standin import OpenAIStandIn, start_openai_standin
 from tests.sse import SSEParser
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.server
 
@@ -371,3 +372,55 @@ def test_an_sse_error_event_is_the_one_error_shape(
 
     error = data(events[-1])["error"]
     assert (error["code"], error["status"]) == ("upstream_error", 502)
+
+
+@pytest.mark.faults
+def test_a_hung_upstream_loses_its_calls_to_another_and_leaves_the_routing(
+    tmp_path: Path,
+) -> None:
+    """Issue 19 §6.5: an upstream that takes connections and answers nothing (a TCP proxy
+    that stops relaying). A call waiting on it for a first byte is tried on the other
+    upstream once the first-byte bound passes, nothing having reached its client; its
+    health check times out, which takes it out of the routing at once; when it answers
+    again, it is back. Before: each call waited the whole --timeout there, the circuit
+    stayed closed while /health said down, and routing kept preferring it."""
+    a, b = start_standin(models=["llama3"]), start_standin(models=["llama3"])
+    proxy = TcpProxy("127.0.0.1", int(a.url.rsplit(":", 1)[1]))
+    project = unique("hung")
+    try:
+        with (
+            gateway_for(
+                tmp_path,
+                f"hung=http://127.0.0.1:{proxy.port},first_byte=1",
+                f"good={b.url}",
+                extra=("--health-interval", "1", "--timeout", "120"),
+            ) as gateway,
+            gateway.client(timeout=60) as client,
+        ):
+            # The first call goes to `hung` (first among equals), and makes its model
+            # loaded there: the rest would follow it.
+            warm = client.post(SYNC, json=ask(content="[[tokens=1]]"))
+            proxy.freeze()
+            asked = client.post(SYNC, json=ask(content="[[tokens=2]]", project=project))
+            record = wait_record(client, project)
+            eventually(lambda: upstreams(gateway)["hung"]["circuit"] == "open")
+            health = upstreams(gateway)["hung"]
+            later = [unique("later") for _ in range(3)]
+            after = [client.post(SYNC, json=ask(content="[[tokens=1]]", project=p)) for p in later]
+            after_records = [wait_record(client, p) for p in later]
+            proxy.thaw()
+            eventually(lambda: upstreams(gateway)["hung"]["circuit"] == "closed")
+    finally:
+        proxy.close()
+        a.stop()
+        b.stop()
+
+    assert (warm.status_code, asked.status_code) == (200, 200), asked.text
+    assert asked.text == "w0 w1 "
+    assert (record["upstream"], record["attempts"], record["status"]) == ("good", 2, "ok")
+    assert health["status"] == "down"
+    # Its check, bounded by its first_byte too, timed out.
+    assert "sent no first byte within 1 s" in health["error"]
+    assert [r.status_code for r in after] == [200, 200, 200]
+    # Out of the routing: straight to `good`, none waiting on `hung` first.
+    assert {(r["upstream"], r["attempts"]) for r in after_records} == {("good", 1)}

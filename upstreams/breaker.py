@@ -1,9 +1,9 @@
 """A circuit breaker: when an upstream keeps failing, stop sending it calls for a while.
 
-- closed: calls go there. A server that cannot be connected to at all, or whose health
-  check's connection fails, opens it at once (it is down); a server error, an unreadable
-  answer, a call's broken connection or a health check that took too long open it after
-  `THRESHOLD` in a row.
+- closed: calls go there. A server that cannot be connected to at all, whose health
+  check's connection fails, or whose health check times out (hung), opens it at once (it is
+  down); a server error, an unreadable answer, a call's broken connection or a call that
+  timed out open it after `THRESHOLD` in a row.
 - open: no calls. After the cooldown the router's health check probes it (half-open).
 - half-open: the probe answered. Opened because it could not be reached, that is enough:
   closed.

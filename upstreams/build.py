@@ -39,6 +39,8 @@ class Settings(Protocol):
     @property
     def upstream_idle(self) -> float: ...
     @property
+    def first_byte_timeout(self) -> float: ...
+    @property
     def stream_buffer(self) -> int: ...
     @property
     def max_upstream_line(self) -> int: ...
@@ -66,6 +68,7 @@ def member_upstream(
         max_line=settings.max_upstream_line,
         max_body=settings.max_upstream_body,
         api_key=spec.key(os.environ if env is None else env),
+        first_byte=settings.first_byte_timeout if spec.first_byte is None else spec.first_byte,
     )
 
 

@@ -2,6 +2,7 @@
 
     --upstream gpu1=http://10.0.0.5:11434
     --upstream gpu2=http://10.0.0.6:8080,kind=openai,cap=4,weight=2,models=llama3|qwen,key_env=GPU2_KEY
+    --upstream gpu3=http://10.0.0.7:11434,first_byte=900
 
 or, with `--upstreams upstreams.toml`:
 
@@ -22,6 +23,7 @@ key is read from the environment at start and held in memory by that upstream al
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -39,7 +41,7 @@ from .kinds import KINDS
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MODEL = re.compile(MODEL_PATTERN)
-OPTIONS = ("kind", "cap", "weight", "models", "key_env")
+OPTIONS = ("kind", "cap", "weight", "models", "key_env", "first_byte")
 
 
 class UpstreamSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,6 +57,8 @@ class UpstreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     models: tuple[str, ...] | None = None
     # The environment variable holding the upstream's own API key.
     key_env: str | None = None
+    # Seconds a call waits for its answer's first byte here (None: --first-byte-timeout).
+    first_byte: float | None = None
 
     def key(self, env: Mapping[str, str]) -> str | None:
         """The API key for this upstream, from the environment; never stored in the spec."""
@@ -68,14 +72,30 @@ class ConfigError(ValueError):
     """An upstream that cannot be used as configured; the message names where it came from."""
 
 
-def _url(text: str, where: str) -> str:
+def _url(text: str, where: str, kind: object) -> str:
+    """The URL as the upstream is asked at: scheme, host, port, and for the openai kind the
+    path its API is served under (`/v1`, or a proxy's prefix). An Ollama is asked at its root,
+    as its paths are `/api/...`: a path on one (`/v1`, its OpenAI-compatible API) is the
+    usual mistake, refused here. No kind takes a query or a fragment."""
     text = text.strip()
     scheme, sep, rest = text.partition("://")
     if not sep or scheme not in ("http", "https") or not rest or rest.startswith("/"):
         raise ConfigError(
             f"{where}: the URL must be http://HOST[:PORT] or https://..., not {text!r}"
         )
-    hostport = rest.split("/", 1)[0]
+    rest, hash_, fragment = rest.partition("#")
+    if hash_:
+        raise ConfigError(f"{where}: the URL has a fragment {'#' + fragment!r}; remove it")
+    rest, question, query = rest.partition("?")
+    if question:
+        raise ConfigError(f"{where}: the URL has a query {'?' + query!r}; remove it")
+    hostport, slash, path = rest.partition("/")
+    if slash and kind != "openai":
+        root = f"{scheme}://{hostport}"
+        raise ConfigError(
+            f"{where}: the URL has a path {'/' + path!r}, but an Ollama is asked at its root "
+            f"({root}); an OpenAI-compatible API under a path is an upstream of kind=openai"
+        )
     if "@" in hostport:
         raise ConfigError(f"{where}: no credentials in the URL; name a variable with key_env")
     try:
@@ -84,7 +104,7 @@ def _url(text: str, where: str) -> str:
         raise ConfigError(f"{where}: {exc} in {text!r}") from None
     if port is not None and not 0 < port < 65536:
         raise ConfigError(f"{where}: bad port in {text!r}")
-    return text.rstrip("/")
+    return f"{scheme}://{hostport}{slash}{path}".rstrip("/")
 
 
 def httpx_port(hostport: str) -> int | None:
@@ -125,17 +145,24 @@ def _spec(name: str, values: dict[str, Any], where: str) -> UpstreamSpec:
         raise ConfigError(f"{where}: the url must be a string")
     try:
         spec = msgspec.convert(
-            {**values, "name": name, "url": _url(url, where)}, UpstreamSpec, strict=False
+            {**values, "name": name, "url": _url(url, where, values.get("kind", "ollama"))},
+            UpstreamSpec,
+            strict=False,
         )
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     if spec.cap is not None and spec.cap < 1:
         raise ConfigError(f"{where}: cap must be at least 1")
+    if not math.isfinite(spec.weight):
+        # inf would take every call, and nan compares false with everything.
+        raise ConfigError(f"{where}: weight must be a finite number more than 0")
     if not spec.weight > 0:
         raise ConfigError(f"{where}: weight must be more than 0")
     for model in spec.models or ():
         if not _MODEL.fullmatch(model):
             raise ConfigError(f"{where}: {model!r} is not a model name")
+    if spec.first_byte is not None and not (math.isfinite(spec.first_byte) and spec.first_byte > 0):
+        raise ConfigError(f"{where}: first_byte must be a number of seconds more than 0")
     if spec.key_env is not None and not _ENV_NAME.fullmatch(spec.key_env):
         raise ConfigError(f"{where}: key_env must name an environment variable")
     return spec
@@ -175,6 +202,11 @@ def load_file(path: Path) -> list[UpstreamSpec]:
     tables = data.get("upstream", {})
     if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
         raise ConfigError(f"{where}: each upstream is a table [upstream.NAME]")
+    if not tables:
+        # Not the default Ollama: a file given and empty is a mistake, not a choice.
+        raise ConfigError(
+            f"{where}: names no upstream; give each a table [upstream.NAME] with its url"
+        )
     return [_spec(name, table, f"{where} [upstream.{name}]") for name, table in tables.items()]
 
 

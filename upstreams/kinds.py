@@ -27,6 +27,7 @@ class Kind(Protocol):
         max_line: int,
         max_body: int,
         api_key: str | None,
+        first_byte: float | None = None,
     ) -> ModelServer: ...
 
 

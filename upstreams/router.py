@@ -73,12 +73,15 @@ PROBE_SECONDS = 3.0
 # A model nobody lists makes the router read every model list again, at most this often.
 MISS_REFRESH = 1.0
 # Failures that say the upstream itself is unwell (they count toward opening its circuit).
+# A timeout too: no first byte within its bound, or nothing for --timeout, is a server not
+# answering, and routing that keeps preferring it (its model loaded) keeps feeding it calls.
 _UNWELL = (
     UpstreamUnavailable,
     UpstreamFailed,
     UpstreamBadResponse,
     UpstreamWrongAddress,
     UpstreamUnauthorized,
+    UpstreamTimeout,
 )
 # Failures another upstream would repeat: not tried elsewhere.
 _FINAL = (UpstreamRejected, CloudModelRefused)
@@ -507,9 +510,12 @@ class Router:
         was = member.breaker.state
         member.breaker.failure(_now(), hard=isinstance(exc, UpstreamUnreachable))
         member.failure = exc.message
-        if isinstance(exc, UpstreamUnavailable) and member.breaker.state != "open":
-            # A connection broke: one connection, or the whole server? A check tells at
-            # once (a server that is gone refuses it), rather than the next call finding out.
+        if isinstance(exc, UpstreamUnavailable | UpstreamTimeout) and (
+            member.breaker.state != "open"
+        ):
+            # A connection broke, or a call got no answer: one connection or call, or the
+            # whole server? A check tells at once (a server that is gone refuses it, a hung
+            # one lets it time out), rather than the next call finding out.
             self._check_soon(member)
         if member.breaker.state == "open" and was != "open":
             log.warning(
@@ -575,11 +581,18 @@ class Router:
             # or taken and reset, as by a server that is dying) finds the server not
             # serving: down, so it comes back on the first check that answers. A call's
             # broken connection may be one connection; a check's says more.
-            ok, hard, error = False, isinstance(exc, UpstreamUnavailable), exc.message
+            # One that timed out (its first-byte bound, shorter than probe_seconds) is a
+            # server not answering, as below.
+            ok, error = False, exc.message
+            hard = isinstance(exc, UpstreamUnavailable | UpstreamTimeout)
             member.checked = exc
         except TimeoutError:
-            # Slow, not gone: a busy server (or a starved gateway) can miss a probe.
-            ok = False
+            # A list of models in more than probe_seconds is a server not answering: hung
+            # (it takes connections and answers nothing), or too busy to take another call.
+            # Out of the routing at once, as if it could not be reached, and back as soon as
+            # a check answers (every second): calls go elsewhere meanwhile, instead of each
+            # waiting for its first-byte bound there. (Alone, it is still tried.)
+            ok, hard = False, True
             error = f"{upstream.address} did not answer within {self.probe_seconds:g} s"
             member.checked = UpstreamTimeout(error)
         else:
