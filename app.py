@@ -38,7 +38,19 @@ from ollama_host import __version__, program
 from ollama_host.backends import open_access, open_shared
 from ollama_host.requestlog import RequestLog
 from ollama_host.settings import Settings
-from routes import admin, docs, health, keys, ollama, openai, openapi, page, request_id, seed
+from routes import (
+    admin,
+    anthropic,
+    docs,
+    health,
+    keys,
+    ollama,
+    openai,
+    openapi,
+    page,
+    request_id,
+    seed,
+)
 from routes.common import encoder
 from routes.dispatch import StaticFirstRouter
 from routes.errors import error_response, with_request_id
@@ -48,7 +60,7 @@ from store import StoreError, UsageStore, open_store
 # Each module exports `routes` and an `openapi` description of them.
 # The router tries routes in this order, a regex each: the fronts first, the one with the
 # fewest routes before the one with the most.
-MODULES: tuple[ModuleType, ...] = (seed, openai, ollama, admin, keys, health, docs, page)
+MODULES: tuple[ModuleType, ...] = (seed, anthropic, openai, ollama, admin, keys, health, docs, page)
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 

@@ -76,6 +76,12 @@ SECURITY_SCHEMES = {
         "description": "A caller's API key (also accepted as the body's `user_key`). "
         "Required to ask once any key exists.",
     },
+    "xApiKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-api-key",
+        "description": "A caller's API key, as the Anthropic SDKs send it (Anthropic's front).",
+    },
 }
 
 
