@@ -110,12 +110,11 @@ class MessageEvents(SSEFraming):
     def _start(self, kind: str, block: bytes) -> bytes:
         self.index += 1
         self.open = kind
-        return (
-            b'event: content_block_start\ndata: {"type":"content_block_start","index":%d,"content_block":%s}\n\n'
-            % (  # noqa: E501
-                self.index,
-                block,
-            )
+        return b"event: content_block_start\ndata: %s%d,%s%s}\n\n" % (
+            b'{"type":"content_block_start","index":',
+            self.index,
+            b'"content_block":',
+            block,
         )
 
     def _stop(self) -> bytes:

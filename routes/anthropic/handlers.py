@@ -23,8 +23,10 @@ from .translate import count_call, message_call
 
 FRONT = "anthropic"
 
-# The versions of the API Anthropic answers (`anthropic-version`, required, as Anthropic's).
-VERSIONS = frozenset({"2023-06-01", "2023-01-01"})
+# The versions of the API Anthropic answers (`anthropic-version`, required, as Anthropic's):
+# 2023-06-01 is Claude Code's and curl's; 2026-10-21 the `anthropic` SDK 2.x's. Each is
+# answered in the same shape (the later one adds no field the gateway could fill).
+VERSIONS = frozenset({"2023-01-01", "2023-06-01", "2026-10-21"})
 
 
 def _check_version(request: Request) -> None:
