@@ -3,6 +3,9 @@ the handlers and their routes."""
 
 from __future__ import annotations
 
+import re
+from typing import TypeVar
+
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,6 +25,7 @@ from .schemas import CountTokensRequest, MessagesRequest, TokenCount
 from .translate import count_call, message_call
 
 FRONT = "anthropic"
+T = TypeVar("T")
 
 # The versions of the API Anthropic answers (`anthropic-version`, required, as Anthropic's):
 # 2023-06-01 is Claude Code's and curl's; 2026-10-21 the `anthropic` SDK 2.x's. Each is
@@ -38,6 +42,24 @@ def _check_version(request: Request) -> None:
             f"anthropic-version: {version!r} is not a version of this API; "
             f"send one of {', '.join(sorted(VERSIONS))}"
         )
+
+
+# msgspec's words for a tagged union's unknown tag (a block's, a source's, a tool choice's).
+_UNKNOWN_TYPE = re.compile(r"^Invalid value (.+) - at `\$\.(.+)\.type`$")
+_BLOCKS = "text, image, tool_use, tool_result, thinking and redacted_thinking"
+
+
+async def _decode(request: Request, kind: type[T]) -> T:
+    """The body, or a 400 whose message names an unknown `type` as Anthropic's do."""
+    try:
+        return await decode_body(request, kind)
+    except CallError as error:
+        found = _UNKNOWN_TYPE.match(error.message)
+        if found is None:
+            raise
+        where = re.sub(r"\[(\d+)\]", r".\1", found[2])
+        takes = f" (content blocks here are {_BLOCKS})" if "content" in where else ""
+        raise bad(f"{where}.type: {found[1]} is not a type this API takes{takes}") from None
 
 
 def _credentials(request: Request, user_id: str | None) -> Credentials:
@@ -72,7 +94,7 @@ async def _call(
 
 async def messages(request: Request) -> Response | CallStreamResponse:
     _check_version(request)
-    body = await decode_body(request, MessagesRequest)
+    body = await _decode(request, MessagesRequest)
     user_id = body.metadata.user_id if body.metadata else None
     stream = bool(body.stream)
     call = await _call(request, message_call(body), _credentials(request, user_id), stream=stream)
@@ -86,7 +108,7 @@ async def messages(request: Request) -> Response | CallStreamResponse:
 
 async def count_tokens(request: Request) -> Response:
     _check_version(request)
-    body = await decode_body(request, CountTokensRequest)
+    body = await _decode(request, CountTokensRequest)
     call = await _call(request, count_call(body), _credentials(request, None), stream=False)
     finished = await whole(request, call.answer())
     tokens = finished.result.metrics.input_tokens

@@ -121,7 +121,21 @@ class ThinkingAdaptive(msgspec.Struct, tag_field="type", tag="adaptive", kw_only
     pass
 
 
-Thinking = ThinkingEnabled | ThinkingDisabled | ThinkingAdaptive
+class ThinkingBetweenTools(msgspec.Struct, tag_field="type", tag="between_tools", kw_only=True):
+    pass
+
+
+Thinking = ThinkingEnabled | ThinkingDisabled | ThinkingAdaptive | ThinkingBetweenTools
+
+
+class JSONOutputFormat(msgspec.Struct, tag_field="type", tag="json_schema", kw_only=True):
+    # The schema the answer must follow: a JSON object.
+    schema: dict[str, Any]
+
+
+class OutputConfig(msgspec.Struct, kw_only=True):
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+    format: JSONOutputFormat | None = None
 
 
 class Metadata(msgspec.Struct, kw_only=True):
@@ -132,7 +146,7 @@ class Metadata(msgspec.Struct, kw_only=True):
 System = str | list[TextBlockParam]
 
 
-class _Prompt(msgspec.Struct, kw_only=True):
+class Prompt(msgspec.Struct, kw_only=True):
     """What a message and a token count share."""
 
     model: ModelName
@@ -141,9 +155,10 @@ class _Prompt(msgspec.Struct, kw_only=True):
     tools: list[ToolParam] | None = None
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
+    output_config: OutputConfig | None = None
 
 
-class MessagesRequest(_Prompt, kw_only=True):
+class MessagesRequest(Prompt, kw_only=True):
     """POST /v1/messages, as Anthropic takes it."""
 
     max_tokens: Annotated[int, Meta(ge=1)]
@@ -156,7 +171,7 @@ class MessagesRequest(_Prompt, kw_only=True):
     service_tier: str | None = None
 
 
-class CountTokensRequest(_Prompt, kw_only=True):
+class CountTokensRequest(Prompt, kw_only=True):
     """POST /v1/messages/count_tokens, as Anthropic takes it."""
 
 

@@ -8,10 +8,10 @@ translates on (Ollama's chat, or Chat Completions for an OpenAI-compatible serve
   images; each `tool_result` block is a `tool` message of its own, naming its tool;
 - an assistant turn's `tool_use` blocks are its tool calls, its `thinking` blocks its thinking;
 - `max_tokens`, `temperature`, `top_p`, `top_k` and `stop_sequences` are options, `tools`
-  Ollama's function tools, `thinking` its `think`.
+  Ollama's function tools, `thinking` its `think`, `output_config.format` its `format`.
 
 What has no place on the other side (a thinking budget, `tool_choice` other than `none`,
-`is_error`, signatures, cache control) is dropped; docs/fronts.md lists it.
+`is_error`, `output_config.effort`, signatures, cache control) is dropped; docs/fronts.md lists it.
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ from .schemas import (
     TextBlockParam,
     ThinkingAdaptive,
     ThinkingBlockParam,
+    ThinkingDisabled,
     ThinkingEnabled,
     ToolChoiceNone,
     ToolParam,
     ToolResultBlockParam,
     ToolUseBlockParam,
-    _Prompt,
+    Prompt,
 )
 
 
@@ -127,7 +128,7 @@ def _turn(
     return out, made
 
 
-def messages_of(body: _Prompt) -> list[Message]:
+def messages_of(body: Prompt) -> list[Message]:
     """The conversation, `system` first."""
     out: list[Message] = []
     if body.system:
@@ -157,16 +158,18 @@ def _tools(tools: list[ToolParam] | None) -> list[dict[str, Any]] | None:
     return out or None
 
 
-def _think(body: _Prompt) -> bool | None:
+def _think(body: Prompt) -> bool | None:
     thinking = body.thinking
     if thinking is None or isinstance(thinking, ThinkingAdaptive):
-        return None
-    return isinstance(thinking, ThinkingEnabled)
+        return None  # the model decides: the upstream's default
+    return not isinstance(thinking, ThinkingDisabled)
 
 
-def _generation(body: _Prompt, options: dict[str, Any]) -> Generation:
+def _generation(body: Prompt, options: dict[str, Any]) -> Generation:
     tools = None if isinstance(body.tool_choice, ToolChoiceNone) else _tools(body.tools)
-    return Generation(options=options, think=_think(body), tools=tools)
+    config = body.output_config
+    format_ = config.format.schema if config is not None and config.format is not None else None
+    return Generation(options=options, format=format_, think=_think(body), tools=tools)
 
 
 def message_call(body: MessagesRequest) -> CallRequest:
@@ -188,7 +191,7 @@ def message_call(body: MessagesRequest) -> CallRequest:
     )
 
 
-def count_call(body: _Prompt) -> CallRequest:
+def count_call(body: Prompt) -> CallRequest:
     """POST /v1/messages/count_tokens as a neutral chat of one token: the upstream reads the
     whole prompt (with the model's own template and tokenizer) and says how long it was."""
     return CallRequest(
