@@ -131,6 +131,10 @@ BAD: list[tuple[Any, str]] = [
     (message("hi", tools=[{"name": "x"}]), "tools.0.input_schema: Field required"),
     (message("hi", tool_choice={"type": "sometimes"}), "tool_choice.type"),
     (message("hi", system=5), "$.system"),
+    (
+        message("hi", messages=[{"role": "system", "content": [IMAGE_BLOCK]}]),
+        "messages.0.content.0: a system message takes text blocks only",
+    ),
 ]
 
 
@@ -405,3 +409,21 @@ async def test_an_openai_kind_upstream_is_asked_by_chat_completions(
     assert sent["messages"][3]["tool_call_id"] == "toolu_1"
     assert sent["tools"][0]["function"]["name"] == "get_weather"
     assert sent["max_tokens"] == 100 or sent.get("max_completion_tokens") == 100
+
+
+async def test_system_messages_among_the_turns_as_claude_code_sends_them(local: Local) -> None:
+    turns = tool_turns({"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"})
+    # Between the call and its result, too.
+    turns.insert(2, {"role": "system", "content": [{"type": "text", "text": "be nice"}]})
+    turns.append({"role": "user", "content": "[[echo=1]]"})
+
+    seen = await echoed(local, message("hi", messages=turns, system="be brief"))
+
+    assert [(m["role"], m.get("content")) for m in seen["messages"]] == [
+        ("system", "be brief"),
+        ("user", "weather?"),
+        ("assistant", None),
+        ("system", "be nice"),
+        ("tool", "sunny"),
+        ("user", "[[echo=1]]"),
+    ]

@@ -74,7 +74,8 @@ ContentBlockParam = (
 
 
 class MessageParam(msgspec.Struct, kw_only=True):
-    role: Literal["user", "assistant"]
+    # A `system` message (text only) may stand between turns, as Claude Code sends them.
+    role: Literal["user", "assistant", "system"]
     content: str | list[ContentBlockParam]
 
 

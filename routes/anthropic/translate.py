@@ -27,6 +27,7 @@ from .schemas import (
     ImageBlockParam,
     MessageParam,
     MessagesRequest,
+    Prompt,
     RedactedThinkingBlockParam,
     TextBlockParam,
     ThinkingAdaptive,
@@ -37,7 +38,6 @@ from .schemas import (
     ToolParam,
     ToolResultBlockParam,
     ToolUseBlockParam,
-    Prompt,
 )
 
 
@@ -138,9 +138,24 @@ def messages_of(body: Prompt) -> list[Message]:
             out.append(Message("system", "\n".join(b.text for b in body.system)))
     made: dict[str, str] = {}
     for n, message in enumerate(body.messages):
+        if message.role == "system":
+            # Between a tool call and its result too: it answers nothing and calls nothing.
+            out.append(_system(message, f"messages.{n}"))
+            continue
         turn, made = _turn(message, made, f"messages.{n}")
         out += turn
     return out
+
+
+def _system(message: MessageParam, where: str) -> Message:
+    if isinstance(message.content, str):
+        return Message("system", message.content)
+    texts = []
+    for k, block in enumerate(message.content):
+        if not isinstance(block, TextBlockParam):
+            raise bad(f"{where}.content.{k}: a system message takes text blocks only")
+        texts.append(block.text)
+    return Message("system", "\n".join(texts))
 
 
 def _tools(tools: list[ToolParam] | None) -> list[dict[str, Any]] | None:
