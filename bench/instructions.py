@@ -77,10 +77,11 @@ class Client:
         out, self.buffer = self.buffer[:n], self.buffer[n:]
         return out
 
-    def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+    def post(self, path: str, body: bytes, extra: bytes = b"") -> tuple[int, bytes]:
+        """`extra`: more header lines, each ending with CRLF."""
         self.sock.sendall(
             b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
+            b"%sContent-Length: %d\r\n\r\n%s" % (path.encode(), extra, len(body), body)
         )
         head = self._read_until(b"\r\n\r\n").decode("latin-1")
         status = int(head.split(" ", 2)[1])
@@ -165,23 +166,45 @@ def measure(
             b'"stream": %s}'
         )
         chat_whole, chat_streamed = chat % (8, b"false"), chat % (1, b"true")
+        # The OpenAI and Anthropic fronts on the same calls: 8 tokens whole, and the same
+        # spaced tokens as ask_async streamed, so the two fronts compare call for call.
+        openai = (
+            b'{"model": "llama3", "messages": [{"role": "user", "content": "hi %s"}], '
+            b'"max_tokens": 100, "stream": %s}'
+        )
+        anthropic = openai.replace(b'"stream"', b'"system": "be brief", "stream"')
+        spaced = b"[[tokens=%d]] [[delay=%g]]" % (tokens, spacing)
+        version = b"anthropic-version: 2023-06-01\r\n"
+        fronts = (
+            ("openai_whole", "/v1/chat/completions", openai % (b"[[tokens=8]]", b"false"), b""),
+            ("openai_streamed", "/v1/chat/completions", openai % (spaced, b"true"), b""),
+            ("anthropic_whole", "/v1/messages", anthropic % (b"[[tokens=8]]", b"false"), version),
+            ("anthropic_streamed", "/v1/messages", anthropic % (spaced, b"true"), version),
+        )
         for _ in range(30):  # warm-up: caches, first-call paths
             client.post("/api/v1/ai/ask_sync", sync)
             client.post("/api/v1/ai/ask_async", short)
             client.post("/api/chat", chat_whole)
             client.post("/api/chat", chat_streamed)
-        for name, path, body, n in (
-            ("ask_sync", "/api/v1/ai/ask_sync", sync, calls),
-            ("ask_async_1", "/api/v1/ai/ask_async", short, calls),
-            ("ask_async", "/api/v1/ai/ask_async", stream, max(10, calls // 10)),
-            ("chat_whole", "/api/chat", chat_whole, calls),
-            ("chat_streamed", "/api/chat", chat_streamed, calls),
+            for _name, path, body, headers in fronts:
+                if b"delay" not in body:
+                    client.post(path, body, headers)
+        for name, path, body, n, headers in (
+            ("ask_sync", "/api/v1/ai/ask_sync", sync, calls, b""),
+            ("ask_async_1", "/api/v1/ai/ask_async", short, calls, b""),
+            ("ask_async", "/api/v1/ai/ask_async", stream, max(10, calls // 10), b""),
+            ("chat_whole", "/api/chat", chat_whole, calls, b""),
+            ("chat_streamed", "/api/chat", chat_streamed, calls, b""),
+            *(
+                (name, path, body, calls if b"delay" not in body else max(10, calls // 10), head)
+                for name, path, body, head in fronts
+            ),
         ):
             control("-z")
             control("-i", "on")
             for _ in range(n):
-                status, _body = client.post(path, body)
-                assert status == 200, status
+                status, _body = client.post(path, body, headers)
+                assert status == 200, (status, _body)
             # Let the store's writer and the log thread do their share of these calls.
             time.sleep(1.0)
             control("-i", "off")
@@ -225,8 +248,17 @@ def main(argv: list[str] | None = None) -> int:
         ("/api/chat (8 tokens, whole)", result["chat_whole"] / 1e6, "M instructions / call"),
         ("/api/chat, 1 token streamed", result["chat_streamed"] / 1e6, "M instructions / call"),
     ]
+    for front, path in (("openai", "/v1/chat/completions"), ("anthropic", "/v1/messages")):
+        for kind, label in (("whole", "8 tokens, whole"), ("streamed", f"{args.tokens} streamed")):
+            value = result.get(f"{front}_{kind}")
+            if value is not None:
+                rows.append((f"{path} ({label})", value / 1e6, "M instructions / call"))
+    if "openai_whole" in result and "anthropic_whole" in result:
+        for kind in ("whole", "streamed"):
+            ratio = result[f"anthropic_{kind}"] / result[f"openai_{kind}"]
+            rows.append((f"anthropic / openai, {kind}", ratio, "x"))
     for label, value, unit in rows:
-        print(f"  {label:<28} {value:8.3f} {unit}")
+        print(f"  {label:<40} {value:8.3f} {unit}")
     return 0
 
 

@@ -88,6 +88,10 @@ BAD: list[tuple[Any, str]] = [
     ),
     (message({"type": "frobnicate"}), "'frobnicate' is not a type"),
     (
+        message({"type": "image", "source": {"type": "file", "file_id": "f"}}),
+        "messages.0.content.0.source.type: 'file' is not a type this API takes",
+    ),
+    (
         message("hi", messages=tool_turns({"type": "tool_result", "tool_use_id": "toolu_9"})),
         "messages.2.content.0: unexpected `tool_use_id` found in `tool_result` blocks: toolu_9",
     ),

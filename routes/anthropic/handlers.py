@@ -46,6 +46,7 @@ def _check_version(request: Request) -> None:
 
 # msgspec's words for a tagged union's unknown tag (a block's, a source's, a tool choice's).
 _UNKNOWN_TYPE = re.compile(r"^Invalid value (.+) - at `\$\.(.+)\.type`$")
+_BLOCK = re.compile(r"content\.\d+$")
 _BLOCKS = "text, image, tool_use, tool_result, thinking and redacted_thinking"
 
 
@@ -58,7 +59,7 @@ async def _decode(request: Request, kind: type[T]) -> T:
         if found is None:
             raise
         where = re.sub(r"\[(\d+)\]", r".\1", found[2])
-        takes = f" (content blocks here are {_BLOCKS})" if "content" in where else ""
+        takes = f" (content blocks here are {_BLOCKS})" if _BLOCK.search(where) else ""
         raise bad(f"{where}.type: {found[1]} is not a type this API takes{takes}") from None
 
 
