@@ -38,6 +38,8 @@ class Reply:
     events: Mapping[str, Any] | None = None
     # SSE: the data of a last event that is not JSON (OpenAI's `[DONE]`).
     last_data: str | None = None
+    # SSE: whether named events carry an `id` (the seed's do, Anthropic's do not).
+    event_ids: bool = True
     headers: Mapping[str, str] = field(default_factory=dict)  # name -> description
 
 
@@ -138,7 +140,9 @@ def document(
         if reply.json is not None:
             content["application/json"] = {"schema": schema_of[reply.json]}
         if reply.events is not None:
-            content["text/event-stream"] = _event_stream(reply.events, schema_of, reply.last_data)
+            content["text/event-stream"] = _event_stream(
+                reply.events, schema_of, reply.last_data, ids=reply.event_ids
+            )
         return content
 
     out_paths: dict[str, Any] = {}
@@ -222,7 +226,11 @@ def _parameter(
 
 
 def _event_stream(
-    events: Mapping[str, Any], schema_of: Mapping[Any, Any], last_data: str | None = None
+    events: Mapping[str, Any],
+    schema_of: Mapping[Any, Any],
+    last_data: str | None = None,
+    *,
+    ids: bool = True,
 ) -> dict[str, Any]:
     """A Server-Sent Events body, described one event at a time.
 
@@ -233,7 +241,7 @@ def _event_stream(
     variants: list[dict[str, Any]] = []
     for name, kinds in events.items():
         for kind in kinds if isinstance(kinds, tuple) else (kinds,):
-            variants.append(_event_variant(name, schema_of[kind]))
+            variants.append(_event_variant(name, schema_of[kind], ids=ids))
     if last_data is not None:
         variants.append(
             {
@@ -246,8 +254,10 @@ def _event_stream(
     if all(events):
         names = ", ".join(f"`{name}`" for name in events)
         about = (
-            f"One Server-Sent Event ({names}). Each has an `id`, an `event` name and one "
-            "`data` line of JSON; lines starting with `:` are keep-alive comments."
+            f"One Server-Sent Event ({names}). Each has "
+            + ("an `id`, " if ids else "")
+            + "an `event` name and one `data` line of JSON; lines starting with `:` are "
+            "keep-alive comments."
         )
     else:
         about = (
@@ -260,8 +270,9 @@ def _event_stream(
     return {"schema": {"description": about, "oneOf" if all(events) else "anyOf": variants}}
 
 
-def _event_variant(name: str, schema: dict[str, Any]) -> dict[str, Any]:
-    """One kind of event: named, with an id (the seed's), or only `data` (OpenAI's)."""
+def _event_variant(name: str, schema: dict[str, Any], *, ids: bool = True) -> dict[str, Any]:
+    """One kind of event: named, with an id (the seed's) or without (Anthropic's), or only
+    `data` (OpenAI's)."""
     data = {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
     if not name:
         return {
@@ -269,6 +280,13 @@ def _event_variant(name: str, schema: dict[str, Any]) -> dict[str, Any]:
             "type": "object",
             "properties": {"data": data},
             "required": ["data"],
+        }
+    if not ids:
+        return {
+            "title": f"{name} event",
+            "type": "object",
+            "properties": {"event": {"const": name}, "data": data},
+            "required": ["event", "data"],
         }
     return {
         "title": f"{name} event",

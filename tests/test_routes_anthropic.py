@@ -135,6 +135,8 @@ BAD: list[tuple[Any, str]] = [
     (message("hi", tools=[{"name": "x"}]), "tools.0.input_schema: Field required"),
     (message("hi", tool_choice={"type": "sometimes"}), "tool_choice.type"),
     (message("hi", system=5), "$.system"),
+    (message("hi", system=[{"text": "x"}]), "$.system[0]"),
+    (message("hi", output_config={"format": {"schema": {}}}), "$.output_config.format"),
     (
         message("hi", messages=[{"role": "system", "content": [IMAGE_BLOCK]}]),
         "messages.0.content.0: a system message takes text blocks only",

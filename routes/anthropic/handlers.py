@@ -112,14 +112,8 @@ async def count_tokens(request: Request) -> Response:
     body = await _decode(request, CountTokensRequest)
     call = await _call(request, count_call(body), _credentials(request, None), stream=False)
     finished = await whole(request, call.answer())
-    tokens = finished.result.metrics.input_tokens
-    if tokens is None:
-        raise CallError(
-            502,
-            "upstream_bad_response",
-            "the upstream did not say how many tokens the prompt has",
-            request_id=call.id,
-        )
+    # As a message's usage says it: Ollama leaves a count of 0 out (Go's omitempty).
+    tokens = finished.result.metrics.input_tokens or 0
     return JSON(TokenCount(tokens), headers={"X-Request-Id": call.id, "request-id": call.id})
 
 

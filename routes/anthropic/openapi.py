@@ -76,6 +76,7 @@ openapi: Paths = {
                         "message_stop": MessageStop,
                         "error": AnthropicError,
                     },
+                    event_ids=False,
                 ),
                 **_ERRORS,
             },

@@ -129,7 +129,9 @@ class ThinkingBetweenTools(msgspec.Struct, tag_field="type", tag="between_tools"
 Thinking = ThinkingEnabled | ThinkingDisabled | ThinkingAdaptive | ThinkingBetweenTools
 
 
-class JSONOutputFormat(msgspec.Struct, tag_field="type", tag="json_schema", kw_only=True):
+# A lone tagged struct does not require its tag when decoded; these name `type` as a field.
+class JSONOutputFormat(msgspec.Struct, kw_only=True):
+    type: Literal["json_schema"]
     # The schema the answer must follow: a JSON object.
     schema: dict[str, Any]
 
@@ -144,7 +146,16 @@ class Metadata(msgspec.Struct, kw_only=True):
     user_id: Annotated[str, Meta(max_length=512)] | None = None
 
 
-System = str | list[TextBlockParam]
+class SystemBlockParam(msgspec.Struct, kw_only=True):
+    """A text block of `system`."""
+
+    type: Literal["text"]
+    text: str
+    cache_control: Any = None
+    citations: Any = None
+
+
+System = str | list[SystemBlockParam]
 
 
 class Prompt(msgspec.Struct, kw_only=True):
