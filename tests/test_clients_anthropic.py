@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -20,7 +21,7 @@ from anthropic.types import MessageParam, ToolParam
 
 from tests.gateway_proc import Gateway, start_gateway
 from tests.helpers import calls_with, unique
-from tests.ollama_standin import StandIn
+from tests.ollama_standin import StandIn, start_standin
 from tests.test_clients import PNG, Keys, assert_record, labels, sent, wait_records
 
 pytestmark = pytest.mark.server
@@ -392,3 +393,25 @@ def test_leaving_a_stream_cancels_the_upstream(
     assert call["tokens_sent"] < 1000
     [record] = wait_records(admin, project, 1)
     assert_record(record, "anthropic", "/v1/messages", project, status="cancelled")
+
+
+def test_a_dead_upstream_is_failed_over_whole_and_streamed(tmp_path: Path) -> None:
+    project = unique("an-failover")
+    with start_standin() as spare, start_standin() as first:
+        flags = ["--upstream", f"a={first.url},weight=100", "--upstream", f"b={spare.url}"]
+        with start_gateway(tmp_path / "data", *flags, "--health-interval", "60") as gw:
+            first.stop()  # a, which the weights prefer, is gone; the gateway has not checked
+            client = client_of(gw, "unused", project)
+            with client:
+                whole = client.messages.create(model="llama3", max_tokens=5, messages=user("hi"))
+                with client.messages.stream(
+                    model="llama3", max_tokens=5, messages=user("hi")
+                ) as stream:
+                    streamed = stream.get_final_message()
+            with gw.client() as admin:
+                found = wait_records(admin, project, 2)
+
+    texts = [m.content[0].text for m in (whole, streamed)]  # type: ignore[union-attr]
+    assert texts == ["w0 w1 w2 w3 w4 "] * 2
+    assert [r["upstream"] for r in found] == ["b", "b"]
+    assert found[0]["attempts"] == 2  # a first, refused, then b
