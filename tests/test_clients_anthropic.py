@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anthropic
 import httpx
+import msgspec
 import pytest
 from anthropic.types import MessageParam, ToolParam
 
@@ -415,3 +417,28 @@ def test_a_dead_upstream_is_failed_over_whole_and_streamed(tmp_path: Path) -> No
     assert texts == ["w0 w1 w2 w3 w4 "] * 2
     assert [r["upstream"] for r in found] == ["b", "b"]
     assert found[0]["attempts"] == 2  # a first, refused, then b
+
+
+def test_a_whole_message_left_by_its_client_is_cancelled(
+    gw: Gateway, keys: Keys, admin: httpx.Client, standin: StandIn
+) -> None:
+    project = unique("an-leave")
+    body = msgspec.json.encode(
+        {"model": "llama3", "max_tokens": 50, "messages": user(f"{project} [[stall=0]]")}
+    )
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"anthropic-version: 2023-06-01\r\nx-api-key: %s\r\nX-Project: %s\r\n"
+            b"Content-Length: %d\r\n\r\n%s"
+            % (keys.main.encode(), project.encode(), len(body), body)
+        )
+        standin.wait_for(lambda calls: bool(calls_with(calls, project)))
+
+    standin.wait_for(lambda calls: all(c["disconnected"] for c in calls_with(calls, project)))
+    [record] = wait_records(admin, project, 1)
+    assert (record["status"], record["front"], record["endpoint"]) == (
+        "cancelled",
+        "anthropic",
+        "/v1/messages",
+    )
