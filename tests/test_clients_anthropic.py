@@ -145,6 +145,8 @@ def test_a_streamed_message_is_anthropics_event_sequence(
     kinds = [event.type for event in raw]
 
     assert text == "w0 w1 w2 w3 "
+    assert final.id == "msg_" + stream.response.headers["x-request-id"]
+    assert stream.response.headers["request-id"] == stream.response.headers["x-request-id"]
     assert final.content[0].text == text  # type: ignore[union-attr]
     assert final.stop_reason == "end_turn"
     assert (final.usage.input_tokens, final.usage.output_tokens) == (2, 4)

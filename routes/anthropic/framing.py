@@ -96,11 +96,13 @@ class MessageEvents(SSEFraming):
     """A call's events as Anthropic's stream: a block is opened when a piece of another kind
     (thinking, text, a tool call) comes, and the one before it closed."""
 
-    __slots__ = ("index", "message_id", "model", "open", "tools_called")
+    __slots__ = ("headers", "index", "message_id", "model", "open", "tools_called")
     ping = PING
 
-    def __init__(self, message_id: str, model: str) -> None:
-        self.message_id = message_id
+    def __init__(self, call_id: str, model: str) -> None:
+        self.message_id = "msg_" + call_id
+        # The call's id where the Anthropic SDKs read it (`_request_id`), besides X-Request-Id.
+        self.headers = (*SSEFraming.headers, ("request-id", call_id))
         self.model = model
         # The index of the block being written (-1: none yet) and its kind (None: closed).
         self.index = -1

@@ -99,11 +99,10 @@ async def messages(request: Request) -> Response | CallStreamResponse:
     user_id = body.metadata.user_id if body.metadata else None
     stream = bool(body.stream)
     call = await _call(request, message_call(body), _credentials(request, user_id), stream=stream)
-    message_id = "msg_" + call.id
     if stream:
-        return stream_response(request, call, MessageEvents(message_id, body.model))
+        return stream_response(request, call, MessageEvents(call.id, body.model))
     finished = await whole(request, call.answer())
-    reply = message_of(message_id, body.model, finished.result)
+    reply = message_of("msg_" + call.id, body.model, finished.result)
     return JSON(reply, headers={"X-Request-Id": call.id, "request-id": call.id})
 
 
