@@ -21,9 +21,10 @@ import msgspec
 import pytest
 from anthropic.types import MessageParam, ToolParam
 
-from tests.gateway_proc import Gateway, start_gateway
+from tests.gateway_proc import Gateway, free_port, start_gateway
 from tests.helpers import calls_with, unique
 from tests.ollama_standin import StandIn, start_standin
+from tests.openai_standin import start_openai_standin
 from tests.test_clients import PNG, Keys, assert_record, labels, sent, wait_records
 
 pytestmark = pytest.mark.server
@@ -444,3 +445,36 @@ def test_a_whole_message_left_by_its_client_is_cancelled(
         "anthropic",
         "/v1/messages",
     )
+
+
+def test_an_openai_compatible_upstream_whole_streamed_tools_and_thinking(tmp_path: Path) -> None:
+    """The same SDK against the OpenAI-compatible stand-in (llama-server, vLLM): asked by
+    Chat Completions, its reasoning as thinking, its tool call as a tool_use block."""
+    project = unique("an-oa")
+    with (
+        start_openai_standin(port=free_port(), models=["smollm2"]) as standin,
+        start_gateway(tmp_path / "data", "--upstream", f"s={standin.url}/v1,kind=openai") as gw,
+        client_of(gw, "unused", project) as client,
+    ):
+        whole = client.messages.create(
+            model="smollm2", max_tokens=50, messages=user("hi [[tokens=3]] [[think=2]]")
+        )
+        with client.messages.stream(
+            model="smollm2", max_tokens=50, tools=[WEATHER], messages=user("[[tool=get_weather]]")
+        ) as stream:
+            called = stream.get_final_message()
+        with gw.client() as admin:
+            found = wait_records(admin, project, 2)
+
+    assert [b.type for b in whole.content] == ["thinking", "text"]
+    assert whole.content[0].thinking == "r0 r1 "  # type: ignore[union-attr]
+    assert whole.content[1].text == "o0 o1 o2 "  # type: ignore[union-attr]
+    text, use = called.content
+    assert text.type == "text"
+    assert use.type == "tool_use"
+    assert (use.name, use.input) == ("get_weather", {"city": "Paris"})
+    assert called.stop_reason == "tool_use"
+    assert [(r["front"], r["upstream"], r["status"]) for r in found] == [
+        ("anthropic", "s", "ok"),
+        ("anthropic", "s", "ok"),
+    ]
