@@ -44,6 +44,16 @@ class Reply:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Header:
+    """A request header that is required, or takes only some values (a plain description
+    documents an optional header of any value)."""
+
+    description: str
+    required: bool = False
+    enum: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Operation:
     summary: str
     tag: str
@@ -51,7 +61,8 @@ class Operation:
     description: str = ""
     query: Any = None  # a Struct whose fields are the query parameters
     body: Any = None  # the type of a JSON request body
-    headers: Mapping[str, str] = field(default_factory=dict)  # request headers -> description
+    # request headers -> a description, or a Header
+    headers: Mapping[str, str | Header] = field(default_factory=dict)
     path: Mapping[str, str] = field(default_factory=dict)  # path parameters -> description
     # Who may call it: ADMIN (the admin token or its cookie), CALLER (an API key once keys
     # exist, or the admin), or nobody in particular (empty).
@@ -157,10 +168,7 @@ def document(
                 _parameter(name, "path", {"type": "string", "description": text}, required=True)
                 for name, text in op.path.items()
             ]
-            parameters += [
-                _parameter(name, "header", {"type": "string", "description": text})
-                for name, text in op.headers.items()
-            ]
+            parameters += [_header(name, about) for name, about in op.headers.items()]
             if op.query is not None:
                 parameters += query_parameters(op.query)
             if parameters:
@@ -203,6 +211,15 @@ def document(
 def _operation_id(method: str, path: str) -> str:
     words = [w for w in path.replace("{", "").replace("}", "").split("/") if w]
     return "_".join([method, *(w.replace(".", "_") for w in words)]) if words else method + "_root"
+
+
+def _header(name: str, about: str | Header) -> dict[str, Any]:
+    if isinstance(about, str):
+        return _parameter(name, "header", {"type": "string", "description": about})
+    schema: dict[str, Any] = {"type": "string", "description": about.description}
+    if about.enum is not None:
+        schema["enum"] = list(about.enum)
+    return _parameter(name, "header", schema, required=about.required)
 
 
 def _parameter(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 
 from ..asking import LABEL_HEADERS
-from ..openapi import CALLER, Operation, Paths, Reply, error
+from ..openapi import CALLER, Header, Operation, Paths, Reply, error
+from .handlers import VERSIONS
 from .schemas import (
     AnthropicError,
     AnthropicMessage,
@@ -23,8 +24,12 @@ from .schemas import (
 
 _error = functools.partial(error, shape=AnthropicError)
 
-_HEADERS = {
-    "anthropic-version": "Required, as Anthropic requires it: `2023-06-01`.",
+_HEADERS: dict[str, str | Header] = {
+    "anthropic-version": Header(
+        description="The API's version, required as Anthropic requires it.",
+        required=True,
+        enum=tuple(sorted(VERSIONS)),
+    ),
     "anthropic-beta": "Accepted and ignored.",
     **LABEL_HEADERS,
 }
