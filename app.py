@@ -4,10 +4,11 @@ python app.py --help
 
 `create_app` builds the app from its parts: an upstream (`calls.upstream.Upstream`), a usage
 store (`store.base.UsageStore`) and the access state; each defaults to what the settings
-describe. A front is a package in `MODULES` (routes/seed/, routes/ollama/, routes/openai/), and
-a resource a module; each exports `routes` and `openapi`, and one that answers errors in a shape
-of its own exports `PREFIX` and `error_response` too. One whose clients' browsers use Ollama's
-default origins exports `BROWSER_ORIGINS = access.origins.OLLAMA_DEFAULTS` (see origin_policy).
+describe. A front is a package in `MODULES` (routes/seed/, routes/ollama/, routes/openai/,
+routes/anthropic/), and a resource a module; each exports `routes` and `openapi`, and one that
+answers errors in a shape of its own exports `PREFIX` and `error_response` too. One whose
+clients' browsers use Ollama's default origins exports
+`BROWSER_ORIGINS = access.origins.OLLAMA_DEFAULTS` (see origin_policy).
 """
 
 from __future__ import annotations
