@@ -4,10 +4,11 @@ python app.py --help
 
 `create_app` builds the app from its parts: an upstream (`calls.upstream.Upstream`), a usage
 store (`store.base.UsageStore`) and the access state; each defaults to what the settings
-describe. A front is a package in `MODULES` (routes/seed/, routes/ollama/, routes/openai/), and
-a resource a module; each exports `routes` and `openapi`, and one that answers errors in a shape
-of its own exports `PREFIX` and `error_response` too. One whose clients' browsers use Ollama's
-default origins exports `BROWSER_ORIGINS = access.origins.OLLAMA_DEFAULTS` (see origin_policy).
+describe. A front is a package in `MODULES` (routes/seed/, routes/ollama/, routes/openai/,
+routes/anthropic/), and a resource a module; each exports `routes` and `openapi`, and one that
+answers errors in a shape of its own exports `PREFIX` and `error_response` too. One whose
+clients' browsers use Ollama's default origins exports
+`BROWSER_ORIGINS = access.origins.OLLAMA_DEFAULTS` (see origin_policy).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ollama_host.requestlog import RequestLog
 from ollama_host.settings import Settings
 from routes import (
     admin,
+    anthropic,
     docs,
     health,
     keys,
@@ -61,7 +63,18 @@ from store import StoreError, UsageStore, open_store
 # Each module exports `routes` and an `openapi` description of them.
 # The router tries routes in this order, a regex each: the fronts first, the one with the
 # fewest routes before the one with the most.
-MODULES: tuple[ModuleType, ...] = (seed, responses, openai, ollama, admin, keys, health, docs, page)
+MODULES: tuple[ModuleType, ...] = (
+    seed,
+    anthropic,
+    responses,
+    openai,
+    ollama,
+    admin,
+    keys,
+    health,
+    docs,
+    page,
+)
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 

@@ -77,10 +77,11 @@ class Client:
         out, self.buffer = self.buffer[:n], self.buffer[n:]
         return out
 
-    def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+    def post(self, path: str, body: bytes, extra: bytes = b"") -> tuple[int, bytes]:
+        """`extra`: more header lines, each ending with CRLF."""
         self.sock.sendall(
             b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
+            b"%sContent-Length: %d\r\n\r\n%s" % (path.encode(), extra, len(body), body)
         )
         head = self._read_until(b"\r\n\r\n").decode("latin-1")
         status = int(head.split(" ", 2)[1])
@@ -185,6 +186,12 @@ def measure(
         spaced = b"[[tokens=%d]] [[delay=%g]]" % (tokens, spacing)
         openai_spaced = (openai % b"true").replace(b"[[tokens=8]]", spaced)
         responses_spaced = (responses % b"true").replace(b"[[tokens=8]]", spaced)
+        # Anthropic's Messages on the same calls, with the header its clients always send.
+        anthropic = (
+            b'{"model": "llama3", "messages": [{"role": "user", "content": "hi %s"}], '
+            b'"max_tokens": 100, "system": "be brief", "stream": %s}'
+        )
+        version = b"anthropic-version: 2023-06-01\r\n"
         kinds = (
             ("ask_sync", "/api/v1/ai/ask_sync", sync, calls),
             ("ask_async_1", "/api/v1/ai/ask_async", short, calls),
@@ -198,18 +205,27 @@ def measure(
             ("responses_streamed", "/v1/responses", responses % b"true", calls),
             ("openai_spaced", "/v1/chat/completions", openai_spaced, max(10, calls // 10)),
             ("responses_spaced", "/v1/responses", responses_spaced, max(10, calls // 10)),
+            ("anthropic_whole", "/v1/messages", anthropic % (b"[[tokens=8]]", b"false"), calls),
+            ("anthropic_streamed", "/v1/messages", anthropic % (b"[[tokens=8]]", b"true"), calls),
+            (
+                "anthropic_spaced",
+                "/v1/messages",
+                anthropic % (spaced, b"true"),
+                max(10, calls // 10),
+            ),
         )
         selected = [k for k in kinds if only is None or k[0] in only]
         for _ in range(30):  # warm-up: caches, first-call paths
             for _name, path, body, _n in selected:
                 if "[[delay" not in body.decode():
-                    client.post(path, body)
+                    client.post(path, body, version if path == "/v1/messages" else b"")
         for name, path, body, n in selected:
             control("-z")
             control("-i", "on")
             for _ in range(n):
-                status, _body = client.post(path, body)
-                assert status == 200, status
+                extra = version if path == "/v1/messages" else b""
+                status, _body = client.post(path, body, extra)
+                assert status == 200, (status, _body)
             # Let the store's writer and the log thread do their share of these calls.
             time.sleep(1.0)
             control("-i", "off")
@@ -244,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         help="measure only these kinds, comma-separated (ask_sync, ask_async_1, ask_async, "
         "ask_async_resumable, "
         "chat_whole, chat_streamed, openai_whole, openai_streamed, responses_whole, "
-        "responses_streamed)",
+        "responses_streamed, anthropic_whole, anthropic_streamed, ...)",
     )
     args = parser.parse_args(argv)
     only = set(args.only.split(",")) if args.only else None
@@ -266,10 +282,17 @@ def main(argv: list[str] | None = None) -> int:
         (f"/v1/chat/completions ({args.tokens} spaced)", "openai_spaced", *per_call),
         (f"/v1/responses ({args.tokens} spaced)", "responses_spaced", *per_call),
     ]
-    for how in ("whole", "streamed", "spaced"):
-        if f"openai_{how}" in result and f"responses_{how}" in result:
-            result[f"ratio_{how}"] = result[f"responses_{how}"] / result[f"openai_{how}"]
-            rows.append((f"/v1/responses over chat, {how}", f"ratio_{how}", 1.0, "x"))
+    rows += [
+        ("/v1/messages (8, whole)", "anthropic_whole", *per_call),
+        ("/v1/messages (8, streamed)", "anthropic_streamed", *per_call),
+        (f"/v1/messages ({args.tokens} spaced)", "anthropic_spaced", *per_call),
+    ]
+    for front in ("responses", "anthropic"):
+        for how in ("whole", "streamed", "spaced"):
+            if f"openai_{how}" in result and f"{front}_{how}" in result:
+                ratio = result[f"{front}_{how}"] / result[f"openai_{how}"]
+                result[f"ratio_{front}_{how}"] = ratio
+                rows.append((f"{front} over chat, {how}", f"ratio_{front}_{how}", 1.0, "x"))
     for label, key, scale, unit in rows:
         if key in result:
             print(f"  {label:<36} {result[key] / scale:8.3f} {unit}")

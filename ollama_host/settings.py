@@ -295,8 +295,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "OLLAMA_GATEWAY_CORS_ORIGINS",
             "browser origins allowed to ask (every front), comma-separated patterns as "
             "`OLLAMA_ORIGINS` takes them: `https://app.example`, `http://192.168.1.5:*`, "
-            "`chrome-extension://*`, `*`; the Ollama and OpenAI fronts also take Ollama's "
-            "defaults (`http://localhost:*`, `http://127.0.0.1:*`, `app://*`, `file://*`, ...). "
+            "`chrome-extension://*`, `*`; the Ollama, OpenAI and Anthropic fronts also take "
+            "Ollama's defaults (`http://localhost:*`, `http://127.0.0.1:*`, `app://*`, "
+            "`file://*`, ...). "
             "Never the admin API or the dashboard",
             shown="none",
         ),

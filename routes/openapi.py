@@ -38,9 +38,20 @@ class Reply:
     events: Mapping[str, Any] | None = None
     # SSE: the data of a last event that is not JSON (OpenAI's `[DONE]`).
     last_data: str | None = None
-    # SSE: whether each named event has an `id` (the seed's do; OpenAI's Responses' do not).
+    """One kind of event: named, with an id (the seed's) or without (Anthropic's, OpenAI's
+    Responses'), or only `data` (OpenAI's chat chunks)."""
     event_ids: bool = True
     headers: Mapping[str, str] = field(default_factory=dict)  # name -> description
+
+
+@dataclass(frozen=True, kw_only=True)
+class Header:
+    """A request header that is required, or takes only some values (a plain description
+    documents an optional header of any value)."""
+
+    description: str
+    required: bool = False
+    enum: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +62,8 @@ class Operation:
     description: str = ""
     query: Any = None  # a Struct whose fields are the query parameters
     body: Any = None  # the type of a JSON request body
-    headers: Mapping[str, str] = field(default_factory=dict)  # request headers -> description
+    # request headers -> a description, or a Header
+    headers: Mapping[str, str | Header] = field(default_factory=dict)
     path: Mapping[str, str] = field(default_factory=dict)  # path parameters -> description
     # Who may call it: ADMIN (the admin token or its cookie), CALLER (an API key once keys
     # exist, or the admin), or nobody in particular (empty).
@@ -77,6 +89,12 @@ SECURITY_SCHEMES = {
         "scheme": "bearer",
         "description": "A caller's API key (also accepted as the body's `user_key`). "
         "Required to ask once any key exists.",
+    },
+    "xApiKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-api-key",
+        "description": "A caller's API key, as the Anthropic SDKs send it (Anthropic's front).",
     },
 }
 
@@ -151,10 +169,7 @@ def document(
                 _parameter(name, "path", {"type": "string", "description": text}, required=True)
                 for name, text in op.path.items()
             ]
-            parameters += [
-                _parameter(name, "header", {"type": "string", "description": text})
-                for name, text in op.headers.items()
-            ]
+            parameters += [_header(name, about) for name, about in op.headers.items()]
             if op.query is not None:
                 parameters += query_parameters(op.query)
             if parameters:
@@ -197,6 +212,15 @@ def document(
 def _operation_id(method: str, path: str) -> str:
     words = [w for w in path.replace("{", "").replace("}", "").split("/") if w]
     return "_".join([method, *(w.replace(".", "_") for w in words)]) if words else method + "_root"
+
+
+def _header(name: str, about: str | Header) -> dict[str, Any]:
+    if isinstance(about, str):
+        return _parameter(name, "header", {"type": "string", "description": about})
+    schema: dict[str, Any] = {"type": "string", "description": about.description}
+    if about.enum is not None:
+        schema["enum"] = list(about.enum)
+    return _parameter(name, "header", schema, required=about.required)
 
 
 def _parameter(
@@ -265,7 +289,8 @@ def _event_stream(
 
 
 def _event_variant(name: str, schema: dict[str, Any], *, ids: bool = True) -> dict[str, Any]:
-    """One kind of event: named, with an id (the seed's), or only `data` (OpenAI's)."""
+    """One kind of event: named, with an id (the seed's) or without (Anthropic's, OpenAI's
+    Responses'), or only `data` (OpenAI's chat chunks)."""
     data = {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
     if not name:
         return {
@@ -273,6 +298,13 @@ def _event_variant(name: str, schema: dict[str, Any], *, ids: bool = True) -> di
             "type": "object",
             "properties": {"data": data},
             "required": ["data"],
+        }
+    if not ids:
+        return {
+            "title": f"{name} event",
+            "type": "object",
+            "properties": {"event": {"const": name}, "data": data},
+            "required": ["event", "data"],
         }
     return {
         "title": f"{name} event",

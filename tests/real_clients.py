@@ -31,6 +31,9 @@ CACHE = ROOT / ".cache"
 # machine has Node.js 20, which the 3.x line supports.
 VERCEL_AI = ("ai@6.0.333", "ollama-ai-provider-v2@3.6.0", "zod@4.6.7")
 LITELLM = "litellm==1.110.2"
+# The Anthropic front's clients: the TypeScript SDK, and Claude Code (tests/test_claude_code.py).
+ANTHROPIC_JS = "@anthropic-ai/sdk@1.17.0"
+CLAUDE_CODE = "@anthropic-ai/claude-code@2.1.332"
 
 
 def _unavailable(reason: str) -> NoReturn:
@@ -65,6 +68,27 @@ def vercel_ai() -> tuple[Path, Path]:
         _unavailable(f"{' '.join(VERCEL_AI)} from the npm registry: {done.stderr[-1000:]}")
     assert all(entry.is_file() for entry in entries), f"npm installed no {entries}"
     return entries
+
+
+def npm_package(spec: str, entry: str) -> Path:
+    """`entry` (a path inside node_modules) of the npm package `spec` (`name@version`),
+    installed into a cache folder of its own if it is not there yet."""
+    folder = CACHE / "npm" / spec.lstrip("@").replace("/", "-").replace("@", "-")
+    found = folder / "node_modules" / entry
+    if found.is_file():
+        return found
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        _unavailable(f"Node.js and npm for {spec}")
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [npm, "install", "--prefix", str(folder), "--no-audit", "--no-fund", "--silent"]
+    done = subprocess.run(
+        [*command, spec], capture_output=True, text=True, timeout=900, check=False
+    )
+    if done.returncode != 0:
+        _unavailable(f"{spec} from the npm registry: {done.stderr[-1000:]}")
+    assert found.is_file(), f"npm installed no {found}"
+    return found
 
 
 def litellm_python() -> Path:

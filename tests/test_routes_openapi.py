@@ -44,7 +44,10 @@ def test_every_route_of_the_app_is_documented(spec: dict[str, Any]) -> None:
 
 def _error_shape(path: str) -> str:
     """Each front's errors keep its clients' shape: Ollama's under /api/ (but the gateway's
-    own /api/v1/), OpenAI's under /v1/, the gateway's everywhere else."""
+    own /api/v1/), Anthropic's under /v1/messages, OpenAI's under the rest of /v1/, the
+    gateway's everywhere else."""
+    if path.startswith("/v1/messages"):
+        return "AnthropicError"
     if path.startswith("/v1/"):
         return "OpenAIError"
     if path.startswith("/api/") and not path.startswith("/api/v1/"):
@@ -66,7 +69,7 @@ def test_every_response_has_a_status_a_request_id_and_errors_one_shape(
                 if int(status) >= 400:
                     assert response["content"] == {"application/json": {"schema": error_ref}}
                     shapes.add(error_ref["$ref"])
-    assert len(shapes) == 3
+    assert len(shapes) == 4
 
 
 def test_components_are_msgspec_schemas(spec: dict[str, Any]) -> None:

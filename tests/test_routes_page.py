@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
+
 import httpx
 import pytest
 
+from app import MODULES
+from routes.page import STATIC
 from tests.asgi import Local
 from tests.helpers import assert_error
 
@@ -50,3 +54,34 @@ async def test_the_page_needs_the_admin_token(local: Local) -> None:
         response = await browser.get("/dashboard")
 
     assert_error(response, 401, "unauthorized")
+
+
+class _FrontOptions(HTMLParser):
+    """The values of the dashboard's front filter (`<select name="front">`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = False
+        self.values: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "select":
+            self.inside = dict(attrs).get("name") == "front"
+        elif tag == "option" and self.inside:
+            self.values.append(dict(attrs).get("value") or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "select":
+            self.inside = False
+
+
+def test_the_front_filter_lists_every_front_the_app_has() -> None:
+    """The filter's one list of fronts is the app's: a front added to MODULES without its
+    option (or an option left for a front that went) fails here."""
+    parser = _FrontOptions()
+    parser.feed((STATIC / "dashboard.html").read_text())
+
+    fronts = [m.FRONT for m in MODULES if hasattr(m, "FRONT")]
+    assert parser.values[0] == ""  # any
+    assert sorted(parser.values[1:]) == sorted(fronts)
+    assert "anthropic" in fronts
