@@ -38,7 +38,19 @@ from ollama_host import __version__, program
 from ollama_host.backends import open_access, open_shared
 from ollama_host.requestlog import RequestLog
 from ollama_host.settings import Settings
-from routes import admin, docs, health, keys, ollama, openai, openapi, page, request_id, seed
+from routes import (
+    admin,
+    docs,
+    health,
+    keys,
+    ollama,
+    openai,
+    openapi,
+    page,
+    queue,
+    request_id,
+    seed,
+)
 from routes.common import encoder
 from routes.dispatch import StaticFirstRouter
 from routes.errors import error_response, with_request_id
@@ -48,7 +60,7 @@ from store import StoreError, UsageStore, open_store
 # Each module exports `routes` and an `openapi` description of them.
 # The router tries routes in this order, a regex each: the fronts first, the one with the
 # fewest routes before the one with the most.
-MODULES: tuple[ModuleType, ...] = (seed, openai, ollama, admin, keys, health, docs, page)
+MODULES: tuple[ModuleType, ...] = (seed, openai, ollama, admin, keys, queue, health, docs, page)
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
@@ -184,12 +196,14 @@ def create_app(
                     max_prompt=settings.max_prompt,
                     max_output=settings.max_record_output,
                     open_wait=settings.open_wait,
+                    share_by=settings.fair_share,
                 )
                 gateway.observers.append(request_id.note_record)
                 gateway.limits.observers.append(request_id.note_local_admission)
                 # For the routes, and for GatewayServer.shutdown, which must reach it before
                 # connections close.
                 app.state.gateway = gateway
+                app.state.queue = up.queue if isinstance(up, upstreams.Router) else None
                 yield {}
             finally:
                 await up.aclose()

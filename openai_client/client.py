@@ -64,6 +64,8 @@ _decode_error = msgspec.json.Decoder(wire.ErrorReply).decode
 _decode_models = msgspec.json.Decoder(wire.ModelList).decode
 _decode_embeddings = msgspec.json.Decoder(wire.EmbeddingReply).decode
 _decode_props = msgspec.json.Decoder(wire.Props).decode
+# More slots than this is not a server's report but a mistake: no cap is taken from it.
+MAX_SLOTS = 4096
 _decode_arguments = msgspec.json.Decoder(dict[str, Any]).decode
 
 PROBE_SECONDS = 3.0
@@ -511,6 +513,16 @@ class OpenAIUpstream:
             return _decode_props(body).build_info or "unknown"
         except (UpstreamWrongAddress, UpstreamRejected, msgspec.DecodeError):
             return "unknown"
+
+    async def capacity(self) -> int | None:
+        """llama-server's slots (GET /props `total_slots`); None from a server that does not
+        say, or says something no server could mean."""
+        try:
+            body = await self._call(self._request("GET", httpx.URL(self.address + "/props")))
+            slots = _decode_props(body).total_slots
+        except (UpstreamWrongAddress, UpstreamRejected, msgspec.DecodeError):
+            return None
+        return slots if slots is not None and 1 <= slots <= MAX_SLOTS else None
 
     async def health(self) -> list[UpstreamHealth]:
         state = UpstreamHealth(name=self.name, kind=self.kind, address=self.address, status="down")

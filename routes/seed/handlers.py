@@ -11,7 +11,7 @@ from starlette.routing import Route
 from access import identity
 from access.tickets import TICKET_SECONDS
 
-from ..asking import ask_of, credentials_of, whole
+from ..asking import answer_headers, ask_of, credentials_of, whole
 from ..common import JSON, decode_body, decode_query, gateway_of
 from ..streaming import CallStreamResponse, stream_response
 from .framing import SeedEvents
@@ -55,7 +55,7 @@ async def ask_sync(request: Request) -> Response:
     call = await gateway_of(request).call(ask)
     finished = await whole(request, call.answer())
     record = finished.record
-    headers = {"X-Request-Id": record.id}
+    headers = answer_headers(call)
     if wants_json(request.headers.get("accept")):
         reply = AskReply(
             id=record.id,
