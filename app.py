@@ -35,7 +35,7 @@ from calls.errors import CallError, UpstreamError, call_error, internal
 from calls.pipeline import Gateway
 from calls.upstream import Upstream
 from ollama_host import __version__, program
-from ollama_host.backends import open_access, open_shared
+from ollama_host.backends import open_access, open_shared, open_shared_queue
 from ollama_host.requestlog import RequestLog
 from ollama_host.settings import Settings
 from routes import (
@@ -187,6 +187,11 @@ def create_app(
             access.tickets = shared
         try:
             up = upstream or upstreams.build(settings)
+            if settings.redis and isinstance(up, upstreams.Router):
+                # Caps and the fair queue shared by every gateway on this Redis.
+                queue = open_shared_queue(settings.redis, access.scope)
+                up.share(queue)
+                await queue.check()
             try:
                 gateway = Gateway(
                     up,

@@ -181,6 +181,17 @@ class Line:
         if held > 0:
             self.cost = _mix(self.cost, held)
 
+    def learn(self, place: Place) -> float:
+        """A call held elsewhere (a shared slot) ended: the seconds it held it, learnt into
+        the average cost of a call."""
+        if place.held_from is None:
+            return 0.0
+        held = max(0.0, self.clock() - place.held_from)
+        place.held_from = None
+        if held > 0:
+            self.cost = _mix(self.cost, held)
+        return held
+
     def _forget(self) -> None:
         """Drop the finishes that are no ahead of their class's clock (as if never seen)."""
         clock = self._clock

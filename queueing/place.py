@@ -62,6 +62,7 @@ class Place:
         "granted",
         "held_from",
         "key_label",
+        "lease",
         "line",
         "loading",
         "model",
@@ -108,6 +109,8 @@ class Place:
         # release by the time it really held the slot).
         self.charged = 0.0
         self.held_from: float | None = None
+        # A slot shared through Redis: (its lease id, its upstream).
+        self.lease: tuple[str, str] | None = None
         # The upstream it runs on, and whether that upstream did not have the model loaded.
         self.upstream: str | None = None
         self.loading = False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,9 +18,10 @@ _EMPTY = QueueView(order="none", shared="local", queues=[])
 
 
 async def queue(request: Request) -> Response:
-    view: Callable[[], QueueView] | None = getattr(request.app.state, "queue", None)
+    view: Callable[[], Awaitable[QueueView]] | None = getattr(request.app.state, "queue", None)
     # No caching: it changes with every call that starts or ends.
-    return JSON(view() if view is not None else _EMPTY, headers={"Cache-Control": "no-store"})
+    now = await view() if view is not None else _EMPTY
+    return JSON(now, headers={"Cache-Control": "no-store"})
 
 
 routes = [Route("/api/v1/admin/queue", queue, methods=["GET"])]

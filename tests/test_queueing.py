@@ -228,7 +228,7 @@ async def test_the_queue_view_lists_running_and_waiting_calls() -> None:
         routed, [place("k:a", order, "a0", project="p1"), place("k:b", order, "b0")]
     )
 
-    view = routed.queue()
+    view = await routed.queue()
 
     assert view.order == "fair"
     [line] = view.queues

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -65,6 +66,9 @@ from calls.types import (
 from calls.upstream import AnswerStream, ModelServer, UpstreamHealth
 from queueing import Line, Place, Waiter, current
 from queueing.line import Order
+from queueing.place import RANK
+from queueing.sharing import Shared as SharedSlots
+from queueing.sharing import SharedDown
 from queueing.view import ModelQueue, QueuedCall, QueueView
 from queueing.view import now as queue_now
 
@@ -211,6 +215,9 @@ class Router:
         # An upstream found down is probed this often; one that is up, every interval.
         self._retry = min(1.0, interval)
         self.line = Line(order=order, max_waiting=max_waiting, per_key=per_key)
+        # Caps and the queue shared through Redis with other gateways (share()); None: local.
+        self.shared: SharedSlots | None = None
+        self._by_name = {m.name: m for m in self.members}
         self._monitor: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Future[None] | None = None
         self._refreshed_at = -MISS_REFRESH
@@ -270,7 +277,16 @@ class Router:
     async def health(self) -> list[UpstreamHealth]:
         await self._ready()
         waiting = self.line.waiting
-        return [m.health(sum(m in w.members for w in waiting)) for m in self.members]
+        shared = None if self.shared is None else self.shared.describe()
+        return [m.health(sum(m in w.members for w in waiting), shared) for m in self.members]
+
+    def share(self, shared: SharedSlots) -> None:
+        """Take slots and queue calls through Redis, with every gateway that shares it."""
+        self.shared = shared
+        shared.watch(self._shared_caps)
+
+    def _shared_caps(self) -> list[tuple[str, int]]:
+        return [(m.name, m.cap) for m in self.members if m.cap is not None]
 
     async def answer(self, request: CallRequest) -> Answer:
         """A whole answer. Nothing of it reaches the client before it is complete, so any
@@ -329,10 +345,50 @@ class Router:
         for waiter in self.line.waiting:
             if not waiter.future.done():
                 waiter.future.set_exception(UpstreamUnavailable("the gateway is stopping"))
+        if self.shared is not None:
+            await self.shared.aclose()
         await asyncio.gather(*(m.upstream.aclose() for m in self.members), return_exceptions=True)
 
-    def queue(self) -> QueueView:
-        """Per upstream and model: the calls running, and those waiting in fair order."""
+    async def queue(self) -> QueueView:
+        """Per upstream and model: the calls running, and those waiting in fair order (of
+        every gateway, when they share Redis)."""
+        if self.shared is not None and self.shared.usable:
+            with contextlib.suppress(SharedDown):
+                return await self._shared_queue(self.shared)
+        return self._local_queue()
+
+    async def _shared_queue(self, shared: SharedSlots) -> QueueView:
+        capped = self._shared_caps()
+        found = await shared.view([name for name, _ in capped])
+        caps = dict(capped)
+        groups: dict[tuple[str, str], ModelQueue] = {}
+        for name, running, waiting, now in found:
+            for kind, entries in (("running", running), ("waiting", waiting)):
+                for position, entry in enumerate(entries, 1):
+                    label, project, priority, since, model = (entry.split("\x1f") + [""] * 5)[:5]
+                    group = groups.get((name, model))
+                    if group is None:
+                        group = groups[(name, model)] = ModelQueue(
+                            upstream=name, model=model, cap=caps.get(name), running=[], waiting=[]
+                        )
+                    seconds = round(max(0.0, time.time() - float(since or 0)), 3)
+                    call = QueuedCall(
+                        key_label=label or None,
+                        project=project or None,
+                        priority=priority or "interactive",
+                        waited_seconds=seconds if kind == "waiting" else 0.0,
+                        running_seconds=seconds if kind == "running" else None,
+                        position=position if kind == "waiting" else None,
+                    )
+                    (group.running if kind == "running" else group.waiting).append(call)
+            del now
+        return QueueView(
+            order=self.line.order,
+            shared=shared.describe(),
+            queues=sorted(groups.values(), key=lambda q: (q.upstream, q.model)),
+        )
+
+    def _local_queue(self) -> QueueView:
         moment = queue_now()
         groups: dict[tuple[str, str], ModelQueue] = {}
 
@@ -354,7 +410,7 @@ class Router:
                     group(member, waiter.place.model).waiting.append(entry)
         return QueueView(
             order=self.line.order,
-            shared="local",
+            shared="local" if self.shared is None else self.shared.describe(),
             queues=sorted(groups.values(), key=lambda q: (q.upstream, q.model)),
         )
 
@@ -464,6 +520,15 @@ class Router:
         line = self.line
         deadline: float | None = None
         place.enqueued = place.granted = None
+        shared = self.shared
+        if shared is not None and shared.usable:
+            up = self._candidates(key, tried)
+            if all(m.cap is not None for m in up):
+                deadline = loop.time() + self.wait_seconds
+                member = await self._acquire_shared(shared, key, up, place, deadline, model)
+                if member is not None:
+                    return member
+                # Redis went away: on in the local line, with the time left.
         while True:
             up = self._candidates(key, tried)
             member = self._choose(key, up)
@@ -499,6 +564,63 @@ class Router:
                 return handed  # its slot came with it
             # Woken to look again: an upstream came back, or the models changed.
 
+    async def _acquire_shared(
+        self,
+        shared: SharedSlots,
+        key: str,
+        up: list[Member],
+        place: Place,
+        deadline: float,
+        model: str,
+    ) -> Member | None:
+        """A slot through Redis (queueing.shared), waiting in the shared fair queue; None if
+        Redis cannot be asked (the local line takes over)."""
+        ordered = sorted(up, key=lambda m: m.rank(key))
+        ups = [(m.name, m.cap or 1) for m in ordered]
+        if shared.waiting_count() >= self.line.max_waiting:
+            busy = UpstreamBusy(
+                f"every upstream with {model!r} is at its cap and {self.line.max_waiting} "
+                "calls wait already (--upstream-queue); try again shortly"
+            )
+            busy.retry_after = self.line.retry_after(shared.waiting_count(), len(ups))
+            raise busy
+        call_id = shared.new_id()
+        cost = self.line.cost
+        try:
+            got = await shared.take(call_id, place, ups, cost=cost, order=self.line.order)
+        except SharedDown:
+            return None
+        if got is None:
+            place.enqueued = time.monotonic()
+            place.line = shared.standing_of(call_id)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    got = await shared.wait(call_id)
+            except BaseException as exc:
+                place.line = None
+                shared.cancel_soon(call_id)
+                if isinstance(exc, TimeoutError):
+                    raise UpstreamTimeout(
+                        f"no upstream with {model!r} had a free slot within "
+                        f"{self.wait_seconds:g} s (--timeout)"
+                    ) from None
+                raise
+            place.line = None
+            if got is None:
+                return None
+        member = self._by_name.get(got)
+        if member is None:
+            # Another gateway's upstream of that name, unknown here: configurations differ.
+            shared.release(call_id, got, rank=0, tenant="", correction=0.0)
+            return None
+        member.in_flight += 1
+        member.running.add(place)
+        place.lease = (call_id, got)
+        place.charged = cost
+        place.held_from = time.monotonic()
+        place.grant(member.name, loading=_key(place.model) not in member.loaded)
+        return member
+
     def _admit(self, line: Line, place: Place, up: list[Member], model: str) -> None:
         """Refuse a call the line has no room for, saying when to try again."""
         full = line.full(place)
@@ -526,6 +648,21 @@ class Router:
 
     def _release(self, member: Member, place: Place) -> None:
         """Give back a slot: to the waiter the fair order names, else to the upstream."""
+        if place.lease is not None and self.shared is not None:
+            call_id, name = place.lease
+            place.lease = None
+            member.running.discard(place)
+            held = self.line.learn(place)
+            self.shared.release(
+                call_id,
+                name,
+                rank=RANK[place.priority],
+                tenant=place.tenant,
+                correction=(held - place.charged) / place.weight,
+            )
+            member.in_flight -= 1
+            self._hand_local(member)
+            return
         if place in member.running:
             member.running.discard(place)
             self.line.release(place)
@@ -538,6 +675,16 @@ class Router:
         member.in_flight -= 1
         if not member.breaker.routable:
             self._wake_all()
+
+    def _hand_local(self, member: Member) -> None:
+        """A slot freed outside the local line (a shared one): to a local waiter, if any
+        waits (only while Redis was away)."""
+        if self.line.waiting and member.breaker.routable and member.free():
+            waiter = self.line.next_for(member)
+            if waiter is not None:
+                member.in_flight += 1
+                self._grant(member, waiter.place, handed=True)
+                waiter.future.set_result(member)
 
     def _wake_all(self) -> None:
         for waiter in self.line.waiting:
