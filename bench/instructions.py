@@ -109,7 +109,12 @@ def total_instructions(out_file: Path) -> int:
 
 
 def measure(
-    root: Path, calls: int, tokens: int, spacing: float, keep: Path | None = None
+    root: Path,
+    calls: int,
+    tokens: int,
+    spacing: float,
+    keep: Path | None = None,
+    cap: int | None = None,
 ) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="instructions-"))
     up_port, gw_port = free_port(), free_port()
@@ -131,8 +136,13 @@ def measure(
             "app.py",
             "--port",
             str(gw_port),
-            "--ollama",
-            f"127.0.0.1:{up_port}",
+            # With a cap, the upstream is configured as one with a cap, so each call takes
+            # and gives back a slot (the calls, one at a time, never wait for one).
+            *(
+                ["--ollama", f"127.0.0.1:{up_port}"]
+                if cap is None
+                else ["--upstream", f"bench=http://127.0.0.1:{up_port},cap={cap}"]
+            ),
             "--data",
             str(work / "data"),
         ],
@@ -210,9 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep", type=Path, help="keep the callgrind files here (callgrind_annotate)"
     )
+    parser.add_argument(
+        "--cap", type=int, help="give the upstream this cap (the fair queue's slot path)"
+    )
     args = parser.parse_args(argv)
-    result = measure(args.root.resolve(), args.calls, args.tokens, args.spacing, args.keep)
-    print(f"checkout {args.root}: {args.calls} calls each")
+    result = measure(
+        args.root.resolve(), args.calls, args.tokens, args.spacing, args.keep, args.cap
+    )
+    capped = "no cap" if args.cap is None else f"cap={args.cap}"
+    print(f"checkout {args.root}: {args.calls} calls each, {capped}")
     rows = [
         ("ask_sync (8 tokens, whole)", result["ask_sync"] / 1e6, "M instructions / call"),
         ("ask_async, 1 token", result["ask_async_1"] / 1e6, "M instructions / call"),
