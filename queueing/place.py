@@ -70,7 +70,6 @@ class Place:
         "priority",
         "project",
         "seq",
-        "started",
         "tenant",
         "upstream",
         "weight",
@@ -97,8 +96,7 @@ class Place:
         self.weight = weight
         self.model = model
         self.on_grant = on_grant
-        # When it asked for a slot, and got one (time.monotonic()); None until then.
-        self.started = time.monotonic()
+        # When it began to wait for a slot, and got one (time.monotonic()); None until then.
         self.enqueued: float | None = None
         self.granted: float | None = None
         # Its arrival number in its line, kept when it looks again (FIFO within a tenant).
@@ -116,11 +114,6 @@ class Place:
         self.loading = False
 
     @property
-    def lowered(self) -> bool:
-        """The caller asked for a class above its key's: it is served at its own."""
-        return self.asked is not None and self.asked != self.priority
-
-    @property
     def queue_seconds(self) -> float | None:
         """Seconds it waited in the gateway for a slot (0 if one was free); None before."""
         if self.granted is None:
@@ -128,14 +121,13 @@ class Place:
         return 0.0 if self.enqueued is None else max(0.0, self.granted - self.enqueued)
 
     def grant(self, upstream: str, *, loading: bool) -> None:
-        self.granted = time.monotonic()
+        self.granted = now = time.monotonic()
         self.line = None
         self.upstream = upstream
         self.loading = loading
         if self.on_grant is not None:
-            seconds = self.queue_seconds
-            assert seconds is not None
-            self.on_grant(seconds)
+            enqueued = self.enqueued
+            self.on_grant(0.0 if enqueued is None else max(0.0, now - enqueued))
 
     def standing(self) -> tuple[int, int] | None:
         """(position, calls ahead) while it waits; None once it has a slot."""

@@ -642,8 +642,10 @@ class Router:
         raise mine
 
     def _grant(self, member: Member, place: Place, *, handed: bool) -> None:
-        member.running.add(place)
-        self.line.charge(place, handed=handed)
+        if member.cap is not None:
+            # Shares and the queue view matter only where calls can wait: not without a cap.
+            member.running.add(place)
+            self.line.charge(place, handed=handed)
         place.grant(member.name, loading=_key(place.model) not in member.loaded)
 
     def _release(self, member: Member, place: Place) -> None:
@@ -666,7 +668,7 @@ class Router:
         if place in member.running:
             member.running.discard(place)
             self.line.release(place)
-        if member.breaker.routable:
+        if self.line.waiting and member.breaker.routable:
             waiter = self.line.next_for(member)
             if waiter is not None:
                 self._grant(member, waiter.place, handed=True)
