@@ -124,6 +124,7 @@ for i = 0, n - 1 do
   if head(u) == nil and free(u, cap) then
     redis.call('ZADD', p .. 'lease:' .. u, now + lease_ms, id)
     redis.call('HSET', p .. 'info', id, info)
+    redis.call('HSET', p .. 'granted', id, now)
     charge(rank, tenant, cost, weight, false)
     return u
   end
@@ -172,6 +173,7 @@ for i = 0, n - 1 do
     local w = redis.call('HMGET', p .. 'w:' .. h, 'rank', 's')
     drop(h)
     redis.call('ZADD', p .. 'lease:' .. u, now + lease_ms, h)
+    redis.call('HSET', p .. 'granted', h, now)
     redis.call('SET', p .. 'g:' .. h, u, 'PX', """
     + str(GRANT_MS)
     + """)
@@ -215,6 +217,7 @@ _CANCEL = (
 local id = ARGV[2]
 local g = redis.call('GET', p .. 'g:' .. id)
 redis.call('HDEL', p .. 'info', id)
+redis.call('HDEL', p .. 'granted', id)
 if g then
   redis.call('DEL', p .. 'g:' .. id)
   redis.call('ZREM', p .. 'lease:' .. g, id)
@@ -256,6 +259,7 @@ _RELEASE = (
     + """
 redis.call('ZREM', p .. 'lease:' .. ARGV[2], ARGV[3])
 redis.call('HDEL', p .. 'info', ARGV[3])
+redis.call('HDEL', p .. 'granted', ARGV[3])
 local key = ARGV[4] .. ':' .. ARGV[5]
 if redis.call('HEXISTS', p .. 'fin', key) == 1 then
   redis.call('HINCRBYFLOAT', p .. 'fin', key, ARGV[6])
@@ -276,7 +280,9 @@ for i = 1, n do
   redis.call('ZREMRANGEBYSCORE', lk, '-inf', now)
   local running = {}
   for _, id in ipairs(redis.call('ZRANGE', lk, 0, -1)) do
-    running[#running + 1] = redis.call('HGET', p .. 'info', id) or ''
+    local info = redis.call('HGET', p .. 'info', id) or ''
+    local at = redis.call('HGET', p .. 'granted', id) or ''
+    running[#running + 1] = info .. string.char(31) .. at
   end
   local waiting = {}
   for r = 0, 1 do

@@ -101,8 +101,12 @@ async def test_the_cap_holds_across_gateways(gateways: tuple[Server, list[Router
     assert server.running == 2
     view = await a.queue()
     assert view.shared.startswith("redis at ")
+    assert len(view.queues) == 1, view
     [line] = view.queues
     assert (len(line.running), len(line.waiting)) == (2, 6)
+    assert all(c.running_seconds is not None for c in line.running)
+    assert [c.position for c in line.waiting] == [1, 2, 3, 4, 5, 6]
+    assert {c.key_label for c in line.running + line.waiting} == {f"c{i}" for i in range(8)}
     server.hold.set()
     await asyncio.gather(*calls)
 

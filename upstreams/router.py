@@ -365,19 +365,27 @@ class Router:
         for name, running, waiting, now in found:
             for kind, entries in (("running", running), ("waiting", waiting)):
                 for position, entry in enumerate(entries, 1):
-                    label, project, priority, since, model = (entry.split("\x1f") + [""] * 5)[:5]
+                    fields = entry.split("\x1f") + [""] * 6
+                    label, project, priority, since, model, granted = fields[:6]
                     group = groups.get((name, model))
                     if group is None:
                         group = groups[(name, model)] = ModelQueue(
                             upstream=name, model=model, cap=caps.get(name), running=[], waiting=[]
                         )
-                    seconds = round(max(0.0, time.time() - float(since or 0)), 3)
+                    # Wall clocks: the asking gateway's, and Redis's at the grant.
+                    asked_at = float(since or 0)
+                    granted_at = float(granted) / 1000 if granted else None
+                    end = granted_at if granted_at is not None else time.time()
                     call = QueuedCall(
                         key_label=label or None,
                         project=project or None,
                         priority=priority or "interactive",
-                        waited_seconds=seconds if kind == "waiting" else 0.0,
-                        running_seconds=seconds if kind == "running" else None,
+                        waited_seconds=round(max(0.0, end - asked_at), 3),
+                        running_seconds=(
+                            None
+                            if granted_at is None
+                            else round(max(0.0, time.time() - granted_at), 3)
+                        ),
                         position=position if kind == "waiting" else None,
                     )
                     (group.running if kind == "running" else group.waiting).append(call)
