@@ -57,6 +57,7 @@ class Place:
 
     __slots__ = (
         "asked",
+        "capped",
         "charged",
         "enqueued",
         "granted",
@@ -112,6 +113,8 @@ class Place:
         # The upstream it runs on, and whether that upstream did not have the model loaded.
         self.upstream: str | None = None
         self.loading = False
+        # It went to an upstream with a cap: where a call can wait, so its wait is told.
+        self.capped = False
 
     @property
     def queue_seconds(self) -> float | None:
@@ -147,8 +150,9 @@ current: contextvars.ContextVar[Place | None] = contextvars.ContextVar("place", 
 
 def timing(place: Place | None) -> str | None:
     """The queue's part of a Server-Timing header (`queue;dur=12.3`, milliseconds), or None
-    when the call never asked for a slot."""
-    if place is None or place.granted is None:
+    when the call never took a slot of a capped upstream (where nothing can wait, there is
+    no wait to tell, and a call does not pay for the header)."""
+    if place is None or not place.capped or place.granted is None:
         return None
     seconds = place.queue_seconds or 0.0
     return f"queue;dur={seconds * 1000:.1f}"

@@ -282,6 +282,9 @@ def test_x_priority_lowers_never_raises() -> None:
 def test_server_timing_names_the_wait_in_milliseconds() -> None:
     p = Place(tenant="")
     assert timing(p) is None
+    p.granted = 10.0
+    assert timing(p) is None  # not at a capped upstream: nothing could wait
+    p.capped = True
     p.enqueued = 10.0
     p.granted = 10.25
     assert timing(p) == "queue;dur=250.0"

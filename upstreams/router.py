@@ -623,6 +623,7 @@ class Router:
             return None
         member.in_flight += 1
         member.running.add(place)
+        place.capped = True
         place.lease = (call_id, got)
         place.charged = cost
         place.held_from = time.monotonic()
@@ -654,6 +655,7 @@ class Router:
             # Shares and the queue view matter only where calls can wait: not without a cap.
             member.running.add(place)
             self.line.charge(place, handed=handed)
+            place.capped = True
         place.grant(member.name, loading=_key(place.model) not in member.loaded)
 
     def _release(self, member: Member, place: Place) -> None:
