@@ -226,3 +226,29 @@ async def test_the_queue_is_admin_only(guarded: Local) -> None:
 
 async def _running(routed: Router) -> bool:
     return (await routed.health())[0].in_flight == 1
+
+
+async def test_ollama_and_openai_fronts_tell_the_queue_in_headers_only(
+    capped: tuple[Local, Fake, Router],
+) -> None:
+    local, fake, routed = capped
+    chat = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
+    async with local.client() as client:
+        first = asyncio.ensure_future(client.post(SYNC, json=seed_ask("first")))
+        await eventually(lambda: _running(routed))
+        ollama = asyncio.ensure_future(client.post("/api/chat", json={**chat, "stream": True}))
+        await waiting(routed, 1)
+        openai = asyncio.ensure_future(client.post("/v1/chat/completions", json=chat))
+        await waiting(routed, 2)
+        await asyncio.sleep(0.3)  # past --open-wait: the Ollama stream's response has begun
+        assert fake.hold is not None
+        fake.hold.set()
+        streamed, whole, _ = await asyncio.gather(ollama, openai, first)
+
+    assert streamed.headers["x-queue-position"] == "1"
+    # NDJSON lines only, as Ollama's clients expect: no queue event in the body.
+    lines = [line for line in streamed.text.splitlines() if line]
+    assert all(line.startswith('{"model":"llama3"') for line in lines)
+    assert whole.status_code == 200
+    assert float(whole.headers["server-timing"].removeprefix("queue;dur=")) > 0
+    assert "x-queue-position" not in whole.headers
