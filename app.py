@@ -36,7 +36,7 @@ from calls.errors import CallError, UpstreamError, call_error, internal
 from calls.pipeline import Gateway
 from calls.upstream import Upstream
 from ollama_host import __version__, program
-from ollama_host.backends import open_access, open_shared
+from ollama_host.backends import open_access, open_shared, open_shared_queue
 from ollama_host.requestlog import RequestLog
 from ollama_host.settings import Settings
 from routes import (
@@ -49,6 +49,7 @@ from routes import (
     openai,
     openapi,
     page,
+    queue,
     request_id,
     responses,
     seed,
@@ -71,6 +72,7 @@ MODULES: tuple[ModuleType, ...] = (
     ollama,
     admin,
     keys,
+    queue,
     health,
     docs,
     page,
@@ -201,6 +203,11 @@ def create_app(
             access.tickets = shared
         try:
             up = upstream or upstreams.build(settings)
+            if settings.redis and isinstance(up, upstreams.Router):
+                # Caps and the fair queue shared by every gateway on this Redis.
+                queue = open_shared_queue(settings.redis, access.scope)
+                up.share(queue)
+                await queue.check()
             try:
                 gateway = Gateway(
                     up,
@@ -210,12 +217,14 @@ def create_app(
                     max_prompt=settings.max_prompt,
                     max_output=settings.max_record_output,
                     open_wait=settings.open_wait,
+                    share_by=settings.fair_share,
                 )
                 gateway.observers.append(request_id.note_record)
                 gateway.limits.observers.append(request_id.note_local_admission)
                 # For the routes, and for GatewayServer.shutdown, which must reach it before
                 # connections close.
                 app.state.gateway = gateway
+                app.state.queue = up.queue if isinstance(up, upstreams.Router) else None
                 resumes = Resumes(window=settings.resume_window, buffer=settings.resume_buffer)
                 app.state.resumes = resumes
                 try:

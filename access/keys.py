@@ -21,7 +21,7 @@ import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Protocol
+from typing import Annotated, Literal, Protocol
 
 import msgspec
 from msgspec import Meta
@@ -187,6 +187,13 @@ class AdminToken:
 # -- API keys --------------------------------------------------------------------
 
 Limit = Annotated[int, Meta(ge=0)]
+# A key's share of a busy upstream against other keys' (docs/queue.md): 1 is an equal share,
+# 4 four times one; beyond these bounds a weight is a typo, not a policy.
+Weight = Annotated[
+    float,
+    Meta(ge=0.01, le=100, description="The key's share of a busy upstream: 1 is an equal share."),
+]
+KeyPriority = Literal["interactive", "batch"]
 
 
 class KeyLimits(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -211,6 +218,10 @@ class ApiKey(msgspec.Struct, kw_only=True):
     limits: KeyLimits = msgspec.field(default_factory=KeyLimits)
     # The accounting project of this key's calls when a call names none.
     project: str | None = None
+    # Its calls' class in the fair queue (a call may lower its own with X-Priority: batch),
+    # and its weight there against other keys.
+    priority: KeyPriority = "interactive"
+    weight: Weight = 1.0
 
     @property
     def fingerprint(self) -> str:
@@ -256,6 +267,8 @@ class Keys(Protocol):
         limits: KeyLimits,
         *,
         project: str | None = None,
+        priority: KeyPriority = "interactive",
+        weight: float = 1.0,
     ) -> tuple[ApiKey, str]:
         """A new key: its stored form and the key itself, which is shown once."""
         ...
@@ -270,7 +283,13 @@ class Keys(Protocol):
 
 
 def new_key(
-    label: str, models: list[str] | None, limits: KeyLimits, *, project: str | None = None
+    label: str,
+    models: list[str] | None,
+    limits: KeyLimits,
+    *,
+    project: str | None = None,
+    priority: KeyPriority = "interactive",
+    weight: float = 1.0,
 ) -> tuple[ApiKey, str]:
     """A new key's stored form and the key itself."""
     key_id = secrets.token_hex(4)
@@ -283,6 +302,8 @@ def new_key(
         models=models,
         limits=limits,
         project=project,
+        priority=priority,
+        weight=weight,
     )
     return key, plain
 
@@ -349,8 +370,12 @@ class KeyRing:
         limits: KeyLimits,
         *,
         project: str | None = None,
+        priority: KeyPriority = "interactive",
+        weight: float = 1.0,
     ) -> tuple[ApiKey, str]:
-        key, plain = new_key(label, models, limits, project=project)
+        key, plain = new_key(
+            label, models, limits, project=project, priority=priority, weight=weight
+        )
         with self._lock:
             self._keys[key.id] = key
             self._save()

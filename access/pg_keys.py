@@ -44,6 +44,7 @@ from .keys import (
     AdminTokenFile,
     ApiKey,
     KeyLimits,
+    KeyPriority,
     new_key,
     sha256,
     verify_key,
@@ -233,8 +234,12 @@ class DatabaseKeyRing:
         limits: KeyLimits,
         *,
         project: str | None = None,
+        priority: KeyPriority = "interactive",
+        weight: float = 1.0,
     ) -> tuple[ApiKey, str]:
-        key, plain = new_key(label, models, limits, project=project)
+        key, plain = new_key(
+            label, models, limits, project=project, priority=priority, weight=weight
+        )
 
         def insert(cur: psycopg.Cursor[Any]) -> None:
             cur.execute(

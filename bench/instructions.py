@@ -116,6 +116,7 @@ def measure(
     spacing: float,
     keep: Path | None = None,
     only: set[str] | None = None,
+    cap: int | None = None,
 ) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="instructions-"))
     up_port, gw_port = free_port(), free_port()
@@ -137,8 +138,13 @@ def measure(
             "app.py",
             "--port",
             str(gw_port),
-            "--ollama",
-            f"127.0.0.1:{up_port}",
+            # With a cap, the upstream is configured as one with a cap, so each call takes
+            # and gives back a slot (the calls, one at a time, never wait for one).
+            *(
+                ["--ollama", f"127.0.0.1:{up_port}"]
+                if cap is None
+                else ["--upstream", f"bench=http://127.0.0.1:{up_port},cap={cap}"]
+            ),
             "--data",
             str(work / "data"),
         ],
@@ -262,10 +268,16 @@ def main(argv: list[str] | None = None) -> int:
         "chat_whole, chat_streamed, openai_whole, openai_streamed, responses_whole, "
         "responses_streamed, anthropic_whole, anthropic_streamed, ...)",
     )
+    parser.add_argument(
+        "--cap", type=int, help="give the upstream this cap (the fair queue's slot path)"
+    )
     args = parser.parse_args(argv)
     only = set(args.only.split(",")) if args.only else None
-    result = measure(args.root.resolve(), args.calls, args.tokens, args.spacing, args.keep, only)
-    print(f"checkout {args.root}: {args.calls} calls each")
+    result = measure(
+        args.root.resolve(), args.calls, args.tokens, args.spacing, args.keep, only, args.cap
+    )
+    capped = "no cap" if args.cap is None else f"cap={args.cap}"
+    print(f"checkout {args.root}: {args.calls} calls each, {capped}")
     per_call = (1e6, "M instructions / call")
     rows = [
         ("ask_sync (8 tokens, whole)", "ask_sync", *per_call),

@@ -80,6 +80,8 @@ class UpstreamError(Exception):
     # Set by an upstream that chose among several: which one failed, after how many tries.
     upstream: str | None = None
     attempts: int | None = None
+    # Seconds after which trying again makes sense, when the gateway measured it.
+    retry_after: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -116,6 +118,13 @@ class UpstreamBusy(UpstreamError):
 
     status = 503
     code = "upstream_busy"
+
+
+class KeyQueueFull(UpstreamError):
+    """The caller's key has as many calls waiting for a slot as it may (--queue-per-key)."""
+
+    status = 429
+    code = "queue_full"
 
 
 class UpstreamRejected(UpstreamError):
@@ -162,7 +171,11 @@ def call_error(exc: Exception, call_id: str | None = None) -> CallError:
     if isinstance(exc, CallError):
         error = exc
     elif isinstance(exc, UpstreamError):
-        headers = {"Retry-After": "5"} if exc.status == 503 else None
+        headers = None
+        if exc.retry_after is not None:
+            headers = {"Retry-After": str(exc.retry_after)}
+        elif exc.status == 503:
+            headers = {"Retry-After": "5"}
         error = CallError(exc.status, exc.code, exc.message, headers=headers)
     elif isinstance(exc, msgspec.ValidationError):
         # ValidationError is a DecodeError: test it first.

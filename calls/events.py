@@ -27,6 +27,21 @@ class Started(Event):
     model: str
 
 
+class Queued(Event):
+    """While the call waits for a slot: its place in the fair queue (1: next), and how many
+    calls would be served before it. Sent again whenever either changes."""
+
+    position: int
+    ahead: int
+
+
+class Loading(Event):
+    """The upstream chosen for the call does not have the model loaded: it loads it first."""
+
+    upstream: str
+    model: str
+
+
 class Pieces(Event):
     """What one upstream read brought: one piece, or several if they came together."""
 

@@ -28,6 +28,9 @@ import msgspec
 from access.identity import Caller, Credentials, check_model, identify
 from access.keys import Access
 from access.limits import Limits
+from queueing import Place, Priority
+from queueing import current as current_place
+from queueing.place import served
 from store.base import UsageStore
 from store.records import Status, UsageRecord
 
@@ -39,7 +42,7 @@ from .errors import (
     internal,
     shutting_down,
 )
-from .events import Done, Event, Failed, Pieces, Started
+from .events import Done, Event, Failed, Loading, Pieces, Queued, Started
 from .record import Account
 from .shutdown import Drain, ShuttingDown
 from .types import (
@@ -70,6 +73,9 @@ YIELD_EVERY = 32
 # still hold 100,000 short strings, each of which the upstream would embed.
 MAX_INPUTS = 2048
 NO_LABELS = Labels()
+# While a stream waits for its slot, it looks at its place in line this often, and a `queued`
+# event goes out when the place changed: at most two a second.
+QUEUE_TICK = 0.5
 
 
 class Ask(msgspec.Struct, Generic[Q], frozen=True, kw_only=True):
@@ -83,6 +89,8 @@ class Ask(msgspec.Struct, Generic[Q], frozen=True, kw_only=True):
     id: str
     front: str
     endpoint: str
+    # The class the caller asked for (X-Priority); served at most at its key's own.
+    priority: Priority | None = None
 
 
 class Finished(msgspec.Struct, Generic[R]):
@@ -113,6 +121,7 @@ class Gateway:
         max_prompt: int,
         max_output: int,
         open_wait: float = 0.5,
+        share_by: str = "key",
     ) -> None:
         self.upstream = upstream
         self.store = store
@@ -123,6 +132,8 @@ class Gateway:
         # How long a stream waits for its upstream to accept before its response starts, so
         # that fast failures keep their HTTP status.
         self.open_wait = open_wait
+        # What the fair queue divides slots among: "key" or "project" (docs/queue.md).
+        self.share_by = share_by
         self.drain = Drain()
         # Called with each record as it is written (the request log's line uses it).
         self.observers: list[Callable[[UsageRecord], None]] = []
@@ -154,18 +165,50 @@ class Gateway:
         )
         if inputs is not None:
             account.input_count = inputs
+        place = self.place_of(ask, caller, account)
         if not ask.stream:
-            return Call(self, ask, caller, account)
+            return Call(self, ask, caller, account, place=place)
         held = await self.limits.open_stream(caller.key)
-        call = Call(self, ask, caller, account, held)
+        call = Call(self, ask, caller, account, held, place=place)
         assert isinstance(request, CallRequest)
-        call._opening = asyncio.ensure_future(self.upstream.open_stream(request))
+        # The task takes a copy of the context, with the place in it, as it is made.
+        token = current_place.set(place)
+        try:
+            call._opening = asyncio.ensure_future(self.upstream.open_stream(request))
+        finally:
+            current_place.reset(token)
         try:
             await call._wait_open(self.open_wait)
         except BaseException:
             await call.aclose()
             raise
         return call
+
+    def place_of(self, ask: Ask[Q], caller: Caller, account: Account) -> Place:
+        """The call's place in the fair queue: its tenant, class and weight."""
+        key = caller.key
+        project = account.labels.project
+        if key is not None:
+            own: Priority = key.priority
+            weight = key.weight
+        else:
+            own, weight = "interactive", 1.0
+        if self.share_by == "project":
+            tenant = f"p:{project}" if project else (f"k:{key.id}" if key else "")
+        else:
+            tenant = f"k:{key.id}" if key else (f"p:{project}" if project else "")
+        priority = served(own, ask.priority)
+        account.priority = priority
+        return Place(
+            tenant=tenant,
+            key_label=caller.label,
+            project=project,
+            priority=priority,
+            asked=ask.priority,
+            weight=weight,
+            model=ask.request.model,
+            on_grant=account.queued,
+        )
 
     async def admit(self, ask: Ask[Q]) -> Caller:
         """Who asks, whether they may use the model, whether the prompt (and, for embeddings,
@@ -268,6 +311,7 @@ class Call(Generic[Q]):
         "gone",
         "id",
         "model",
+        "place",
         "reason",
     )
 
@@ -278,6 +322,8 @@ class Call(Generic[Q]):
         caller: Caller,
         account: Account,
         held: tuple[str, ...] | None = None,
+        *,
+        place: Place | None = None,
     ) -> None:
         self.gateway = gateway
         self.ask: Ask[Q] = ask
@@ -293,6 +339,8 @@ class Call(Generic[Q]):
         self.gone = False
         # Why the call ends early, when it is not simply a hang-up.
         self.reason: CallError | None = None
+        # Its place in the fair queue (who it is accounted to, its class, its wait).
+        self.place = place
 
     @property
     def record(self) -> UsageRecord | None:
@@ -337,6 +385,7 @@ class Call(Generic[Q]):
         """Await an upstream's whole result, recording any way it fails."""
         account = self.account
         gateway = self.gateway
+        token = current_place.set(self.place)
         try:
             return await gateway.drain.guard(work)
         except ShuttingDown:
@@ -357,6 +406,8 @@ class Call(Generic[Q]):
             # exception reaches the 500 handler, so no call goes unaccounted for.
             await gateway.finish(account, "error", error=internal(account.id))
             raise
+        finally:
+            current_place.reset(token)
 
     # -- a stream ------------------------------------------------------------------------------
 
@@ -396,7 +447,11 @@ class Call(Generic[Q]):
         try:
             # Not `await opening`: a cancelled awaiter cancels the task it awaits, and the
             # upstream's close must happen in aclose, shielded.
-            await drain.guard(asyncio.wait({opening}))
+            if self.place is not None:
+                async for event in self._waiting(opening):
+                    yield event
+            elif not opening.done():
+                await drain.guard(asyncio.wait({opening}))
             self._stream = stream = opening.result()
             account.upstream, account.attempts = stream.upstream, stream.attempts
             batches = stream.batches()
@@ -439,6 +494,27 @@ class Call(Generic[Q]):
             _tried(account, self._stream if self._stream is not None else exc)
             error = call_error(exc, account.id)
             yield Failed(error, await gateway.finish(account, "error", error=error))
+
+    async def _waiting(self, opening: asyncio.Future[AnswerStream]) -> AsyncIterator[Event]:
+        """While the stream waits to open: where it stands in the fair queue whenever that
+        changes (looked at every QUEUE_TICK seconds), and whether its upstream must load the
+        model first."""
+        place = self.place
+        assert place is not None
+        guard = self.gateway.drain.guard
+        told: tuple[int, int] | None = None
+        loading_told = False
+        while True:
+            standing = place.standing()
+            if standing is not None and standing != told:
+                told = standing
+                yield Queued(position=standing[0], ahead=standing[1])
+            if place.loading and not loading_told and place.upstream is not None:
+                loading_told = True
+                yield Loading(upstream=place.upstream, model=self.model)
+            if opening.done():
+                return
+            await guard(asyncio.wait({opening}, timeout=QUEUE_TICK))
 
     # -- the end -------------------------------------------------------------------------------
 

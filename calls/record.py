@@ -111,6 +111,14 @@ class Account:
         self.attempts: int | None = None
         self.input_count: int | None = None
         self.record: UsageRecord | None = None
+        # Seconds it waited in the gateway for an upstream slot, set when it got one; and the
+        # class it was served at.
+        self.queue_seconds: float | None = None
+        self.priority: str | None = None
+
+    def queued(self, seconds: float) -> None:
+        """The call got its upstream slot after waiting `seconds` in the gateway."""
+        self.queue_seconds = seconds
 
     def add(self, pieces: list[Piece]) -> None:
         if self.first_token is None:
@@ -179,5 +187,7 @@ class Account:
             output_truncated=truncated,
             output_chars=output.chars if truncated else None,
             input_count=self.input_count,
+            queue_seconds=_seconds(self.queue_seconds),
+            priority=self.priority,
         )
         return self.record

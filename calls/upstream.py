@@ -46,6 +46,10 @@ class UpstreamHealth(msgspec.Struct, kw_only=True):
     circuit: str | None = None
     waiting: int | None = None
     loaded: list[str] | None = None
+    # The fair queue: "on (configured cap)", "on (server cap)", or "off: no cap, ...", and
+    # whether its caps and queue are shared through Redis or kept by this gateway alone.
+    fairness: str | None = None
+    shared: str | None = None
 
 
 class AnswerStream(Protocol):
@@ -112,3 +116,8 @@ class ModelServer(Upstream, Protocol):
     # True when the server knows a model only by its exact id (an OpenAI-compatible one):
     # a router then sends the model under the name the server listed it by.
     exact_model_names: bool
+
+    async def capacity(self) -> int | None:
+        """The calls the server says it runs at once (llama-server's `total_slots`), or None
+        when it does not say."""
+        ...

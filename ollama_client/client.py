@@ -417,6 +417,11 @@ class OllamaUpstream:
         except msgspec.DecodeError as exc:
             raise UpstreamBadResponse(f"Ollama's /api/version answer is unreadable: {exc}") from exc
 
+    async def capacity(self) -> int | None:
+        """Ollama does not say how many calls it runs at once (OLLAMA_NUM_PARALLEL is its
+        own setting): the operator sets `cap` (docs/queue.md)."""
+        return None
+
     async def health(self) -> list[UpstreamHealth]:
         state = UpstreamHealth(name=self.name, kind=self.kind, address=self.address, status="down")
         try:

@@ -11,6 +11,7 @@ from typing import Protocol
 from access.keys import Access, check_secrets
 from access.limits import Counters
 from access.tickets import Tickets
+from queueing.sharing import Shared as SharedQueue
 from store import shared
 
 
@@ -68,3 +69,15 @@ def open_shared(url: str, scope: str) -> Shared:
     if (why := check_url(url)) is not None:
         raise SetupError(why)
     return RedisShared(url, scope)
+
+
+def open_shared_queue(url: str, scope: str) -> SharedQueue:
+    """Upstream caps and the fair queue in the Redis at `url`, under `scope` (the access
+    scope, as the limits use). SetupError if unusable."""
+    try:
+        from queueing.shared import SharedSlots
+    except ImportError as exc:
+        raise SetupError(
+            f"--redis needs the Redis client ({exc.name}): pip install 'ollama-host[redis]'"
+        ) from None
+    return SharedSlots(url, scope)

@@ -13,7 +13,7 @@ import os
 import typing
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 import msgspec
 from msgspec import Meta
@@ -131,6 +131,38 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ge=0,
         ),
     ] = 512
+    # -- the fair queue (queueing/, docs/queue.md) --
+    queue_per_key: Annotated[
+        int,
+        setting(
+            "--queue-per-key",
+            "OLLAMA_GATEWAY_QUEUE_PER_KEY",
+            "calls one key (or project, see `--fair-share`) may have waiting for a slot; past "
+            "it 429 with a Retry-After from the rate the queue drains",
+            metavar="N",
+            ge=0,
+        ),
+    ] = 256
+    queue_order: Annotated[
+        Literal["fair", "fifo"],
+        setting(
+            "--queue-order",
+            "OLLAMA_GATEWAY_QUEUE_ORDER",
+            "the order calls waiting for a slot are served in: `fair` (interactive before "
+            "batch, then deficit round-robin across keys by weight) or `fifo` (arrival order)",
+            metavar="ORDER",
+        ),
+    ] = "fair"
+    fair_share: Annotated[
+        Literal["key", "project"],
+        setting(
+            "--fair-share",
+            "OLLAMA_GATEWAY_FAIR_SHARE",
+            "what the fair queue divides a busy upstream among: `key` (each API key; calls "
+            "without one by their project) or `project` (each project label)",
+            metavar="BY",
+        ),
+    ] = "key"
     allow_cloud: Annotated[
         bool,
         setting(

@@ -64,6 +64,8 @@ _decode_error = msgspec.json.Decoder(wire.ErrorReply).decode
 _decode_models = msgspec.json.Decoder(wire.ModelList).decode
 _decode_embeddings = msgspec.json.Decoder(wire.EmbeddingReply).decode
 _decode_props = msgspec.json.Decoder(wire.Props).decode
+# More slots than this is not a server's report but a mistake: no cap is taken from it.
+MAX_SLOTS = 4096
 _decode_arguments = msgspec.json.Decoder(dict[str, Any]).decode
 
 PROBE_SECONDS = 3.0
@@ -524,6 +526,16 @@ class OpenAIUpstream:
         except (UpstreamWrongAddress, UpstreamRejected, msgspec.DecodeError):
             return "unknown"
 
+    async def capacity(self) -> int | None:
+        """llama-server's slots (GET /props `total_slots`); None from a server that does not
+        say, or says something no server could mean."""
+        try:
+            body = await self._call(self._request("GET", httpx.URL(self.address + "/props")))
+            slots = _decode_props(body).total_slots
+        except (UpstreamWrongAddress, UpstreamRejected, msgspec.DecodeError):
+            return None
+        return slots if slots is not None and 1 <= slots <= MAX_SLOTS else None
+
     async def health(self) -> list[UpstreamHealth]:
         state = UpstreamHealth(name=self.name, kind=self.kind, address=self.address, status="down")
         try:
@@ -537,6 +549,17 @@ class OpenAIUpstream:
         return [state]
 
     def _ask(self, request: CallRequest) -> httpx.Request:
+        ask = self._ask_body(request)
+        # llama-server closes the connection after every streamed answer without saying so
+        # (no `Connection: close`; the next request on it reads EOF). Pooled, such a
+        # connection is dead on reuse, and a POST is never sent twice: a call handed a slot
+        # the moment another ended (the fair queue hands slots over at once) failed 502 on
+        # the real model, 3-5 calls in 40. Asking for the close makes the server say it, so
+        # the connection is never pooled; a call then opens its own (a connect, ~0.1 ms).
+        ask.headers["Connection"] = "close"
+        return ask
+
+    def _ask_body(self, request: CallRequest) -> httpx.Request:
         body: dict[str, Any] = {
             "model": self._server_id(request.model),
             "stream": True,

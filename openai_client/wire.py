@@ -139,3 +139,5 @@ class Props(msgspec.Struct):
     """llama-server's GET /props, for its build as a version."""
 
     build_info: str | None = None
+    # The requests it serves at once (its --parallel): the gateway's default cap for it.
+    total_slots: int | None = None

@@ -17,8 +17,10 @@ from starlette.types import Receive
 from access.guard import SESSION_COOKIE
 from access.identity import Caller, Credentials
 from calls.errors import CallError
-from calls.pipeline import Ask, Q
+from calls.pipeline import Ask, Call, Q
 from calls.types import Labels
+from queueing import Priority, priority_of, timing
+from queueing.place import PriorityError
 
 from . import request_id
 
@@ -80,6 +82,49 @@ def labels_of(request: Request) -> Labels:
     )
 
 
+PRIORITY_HEADER = {
+    "X-Priority": "`batch` lowers the call's class in the fair queue below its key's own "
+    "(`interactive` asks for no more than the key has); any other value is refused (400)."
+}
+
+
+def asked_priority(request: Request) -> Priority | None:
+    """The class the X-Priority header asks for; CallError 400 for one that is no class."""
+    try:
+        return priority_of(request.headers.get("x-priority"))
+    except PriorityError as exc:
+        raise CallError(400, "invalid_priority", str(exc)) from None
+
+
+def queue_headers(call: Call[Any]) -> dict[str, str]:
+    """What a response tells of the call's queueing, where a header can: the class it was
+    served at (when the caller asked for one: a class above its key's is not given), and its
+    place in line when the response starts while it still waits."""
+    place = call.place
+    if place is None:
+        return {}
+    headers: dict[str, str] = {}
+    if place.asked is not None:
+        headers["X-Priority"] = place.priority
+    standing = place.standing()
+    if standing is not None:
+        headers["X-Queue-Position"] = str(standing[0])
+    return headers
+
+
+def answer_headers(call: Call[Any]) -> dict[str, str]:
+    """A whole answer's headers: its id, and how long it waited for a slot (Server-Timing)."""
+    headers = {"X-Request-Id": call.id}
+    place = call.place
+    if place is not None:
+        if place.asked is not None:
+            headers["X-Priority"] = place.priority
+        queue = timing(place)
+        if queue is not None:
+            headers["Server-Timing"] = queue
+    return headers
+
+
 def ask_of(
     request: Request,
     front: str,
@@ -103,6 +148,7 @@ def ask_of(
         front=front,
         # The scope's path, not request.url.path: building the URL object cost 8 µs an ask.
         endpoint=request.scope["path"],
+        priority=asked_priority(request) if "x-priority" in request.headers else None,
     )
 
 

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from access.keys import ApiKey, KeyLimits
+from access.keys import ApiKey, KeyLimits, KeyPriority, Weight
 from calls.errors import CallError as ApiError
 from calls.types import ModelName
 
@@ -43,6 +43,8 @@ class KeyCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     models: Models | None = None
     limits: KeyLimits = msgspec.field(default_factory=KeyLimits)
     project: Project | None = None
+    priority: KeyPriority = "interactive"
+    weight: Weight = 1.0
 
 
 class KeyUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -52,6 +54,8 @@ class KeyUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     limits: KeyLimits | None = None
     # Absent: unchanged; null: no default project.
     project: Project | msgspec.UnsetType | None = msgspec.UNSET
+    priority: KeyPriority | None = None
+    weight: Weight | None = None
 
 
 class KeyView(msgspec.Struct, kw_only=True):
@@ -65,6 +69,8 @@ class KeyView(msgspec.Struct, kw_only=True):
     models: list[str] | None
     limits: KeyLimits
     project: str | None = None
+    priority: str = "interactive"
+    weight: float = 1.0
 
     @classmethod
     def of(cls, key: ApiKey) -> KeyView:
@@ -77,6 +83,8 @@ class KeyView(msgspec.Struct, kw_only=True):
             models=key.models,
             limits=key.limits,
             project=key.project,
+            priority=key.priority,
+            weight=key.weight,
         )
 
 
@@ -112,7 +120,12 @@ async def list_keys(request: Request) -> Response:
 async def create_key(request: Request) -> Response:
     body = await decode_body(request, KeyCreate)
     key, plain = await gateway_of(request).access.keys.create(
-        body.label, body.models, body.limits, project=body.project
+        body.label,
+        body.models,
+        body.limits,
+        project=body.project,
+        priority=body.priority,
+        weight=body.weight,
     )
     return JSON(NewKey(key=plain, info=KeyView.of(key)), status_code=201)
 
@@ -128,6 +141,8 @@ async def update_key(request: Request) -> Response:
         models=key.models if body.models is msgspec.UNSET else body.models,
         limits=body.limits if body.limits is not None else key.limits,
         project=key.project if body.project is msgspec.UNSET else body.project,
+        priority=body.priority if body.priority is not None else key.priority,
+        weight=body.weight if body.weight is not None else key.weight,
     )
     await gateway_of(request).access.keys.update(changed)
     return JSON(KeyView.of(changed))
@@ -183,7 +198,7 @@ openapi: Paths = {
     },
     "/api/v1/admin/keys/{key_id}": {
         "PATCH": Operation(
-            summary="Change a key's label, models, limits or project",
+            summary="Change a key's label, models, limits, project, class or weight",
             tag="keys",
             path=_KEY_ID,
             body=KeyUpdate,

@@ -32,6 +32,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from calls.events import Event
 
+from .asking import queue_headers
+
 # The scope key under which GatewayApp puts the server's own `send`, for stream bodies.
 SERVER_SEND = "ollama_host.server_send"
 
@@ -128,6 +130,12 @@ class CallStreamResponse:
             (b"x-request-id", stream.id.encode("latin-1")),
             *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in encode.headers),
         ]
+        if stream.place is not None:
+            # Where it stands in the fair queue as the response starts, before the body.
+            self.raw_headers.extend(
+                (k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in queue_headers(stream).items()
+            )
         self.ping = encode.ping
         self.keepalive = keepalive
         self.send_timeout = send_timeout

@@ -764,6 +764,16 @@ function startStream(event) {
     const data = parseData(e);
     $("pg-status").textContent = data ? `answering (call ${data.id})…` : "answering…";
   });
+  // The fair queue (docs/queue.md): where the call stands while it waits for a slot, and a
+  // model load on the way.
+  source.addEventListener("queued", (e) => {
+    const data = parseData(e);
+    if (data) $("pg-status").textContent = `queued: position ${data.position} (${data.ahead} ahead)…`;
+  });
+  source.addEventListener("loading", (e) => {
+    const data = parseData(e);
+    if (data) $("pg-status").textContent = `loading ${data.model} on ${data.upstream}…`;
+  });
   source.addEventListener("token", (e) => {
     const data = parseData(e);
     if (!data) return;

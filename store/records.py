@@ -67,6 +67,10 @@ class UsageRecord(msgspec.Struct, kw_only=True):
     output_chars: int | None = None
     # Embeddings: how many inputs were embedded (their vectors are never stored).
     input_count: int | None = None
+    # The fair queue: seconds the call waited in the gateway for an upstream slot (0: one was
+    # free; None: it never reached one), and the class it was served at.
+    queue_seconds: float | None = None
+    priority: str | None = None
 
 
 class UsageQuery(msgspec.Struct, kw_only=True, frozen=True):

@@ -335,6 +335,9 @@ class _State:
         self.calls: list[CallRecord] = []
         self.next_n = 1
         self.open_streams = 0
+        # The most requests it served at once since the start (or the last reset): what a
+        # gateway's cap must bound, seen from the server's side.
+        self.peak_streams = 0
         self.loaded: dict[str, float] = {}  # model name -> epoch when it expires (for /api/ps)
         # Pre-encoded answers for the endpoints that never change.
         self.tags_body = _encode({"models": [m.tag_entry() for m in self.models.values()]})
@@ -349,6 +352,7 @@ class _State:
     def reset(self) -> None:
         self.calls = []
         self.next_n = 1
+        self.peak_streams = self.open_streams
 
 
 # --------------------------------------------------------------------------------------------
@@ -605,6 +609,7 @@ class _AskEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter_ns()
         self.state.open_streams += 1
+        self.state.peak_streams = max(self.state.peak_streams, self.state.open_streams)
         exchange = _Exchange(self.state, self.state.new_call(), send)
         exchange.record.path = scope["path"]
         try:
@@ -1038,7 +1043,9 @@ def create_app(models: list[str] | None = None, *, delay: float = 0.0) -> Starle
         return json_response(b"{}")
 
     async def open_streams(request: Request) -> Response:
-        return json_response(_encode({"open_streams": state.open_streams}))
+        return json_response(
+            _encode({"open_streams": state.open_streams, "peak_streams": state.peak_streams})
+        )
 
     routes = [
         Route("/", root, methods=["GET", "HEAD"]),
@@ -1118,6 +1125,13 @@ class StandIn:
         response.raise_for_status()
         count: int = response.json()["open_streams"]
         return count
+
+    def peak_streams(self) -> int:
+        """The most requests it served at once since it started or was last reset."""
+        response = self._client.get("/_standin/open")
+        response.raise_for_status()
+        peak: int = response.json()["peak_streams"]
+        return peak
 
     def reset(self) -> None:
         self._client.post("/_standin/reset").raise_for_status()

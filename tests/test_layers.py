@@ -23,6 +23,7 @@ PACKAGES = (
     "ollama_client",
     "ollama_host",
     "openai_client",
+    "queueing",
     "routes",
     "store",
     "upstreams",
@@ -44,6 +45,10 @@ VOCABULARY = {
     "calls.exchange",
     "store.base",
     "store.records",
+    # Who waits for an upstream slot, in what order (the fair queue): the router keeps the
+    # line, the pipeline hands each call's place to it, the fronts tell the caller. It knows
+    # nothing of the project (checked below).
+    "queueing",
 }
 
 
@@ -184,6 +189,10 @@ def test_implementations_know_only_the_vocabulary(package: str) -> None:
 
 def test_the_transport_knows_nothing_of_the_project() -> None:
     assert offending(modules("http_transport"), set(), own="http_transport") == {}
+
+
+def test_the_fair_queue_knows_nothing_of_the_project() -> None:
+    assert offending(modules("queueing"), set(), own="queueing") == {}
 
 
 def test_the_router_knows_the_kinds_only_through_their_table() -> None:

@@ -87,6 +87,8 @@ class Fake:
         self.hold: asyncio.Event | None = None
         # Seconds its model list takes (a busy server).
         self.slow = 0.0
+        # The slots it reports (llama-server's total_slots); None: it does not say.
+        self.slots: int | None = None
 
     def _check(self) -> None:
         if self.down:
@@ -108,6 +110,9 @@ class Fake:
 
     async def version(self) -> str:
         return "1.0"
+
+    async def capacity(self) -> int | None:
+        return self.slots
 
     async def health(self) -> list[UpstreamHealth]:
         return []

@@ -101,6 +101,8 @@ def test_stream_documents_each_event_and_its_data(spec: dict[str, Any]) -> None:
             name: {"$ref": f"#/components/schemas/{kind}"}
             for name, kind in [
                 ("start", "StartEvent"),
+                ("queued", "QueuedEvent"),
+                ("loading", "LoadingEvent"),
                 ("token", "TokenEvent"),
                 ("done", "Usage"),
                 ("error", "ErrorBody"),

@@ -438,7 +438,8 @@ async def test_a_stream_whose_ollama_falls_silent_ends_with_a_timeout_event(
 
         record = await aonly_record(client, project)
     events = parse_sse(response.text)
-    assert [e.event for e in events] == ["start", "token", "token", "error"]
+    # The stand-in starts with nothing loaded: the upstream loads the model first.
+    assert [e.event for e in events] == ["start", "loading", "token", "token", "error"]
     assert data(events[-1])["error"]["code"] == "upstream_timeout"
     assert (record["status"], record["error_code"], record["output"]) == (
         "error",

@@ -233,7 +233,10 @@ def test_failover_before_the_first_byte_and_never_after(
     assert (first["upstream"], first["attempts"], first["status"]) == ("b", 2, "error")
     assert [len(calls_with(calls, "error_after=0")) for calls in tried.values()] == [1, 1, 0]
     # Two tokens reached the client: the failure after them is final, where it happened.
-    assert [e.event for e in events] == ["start", "token", "token", "error"]
+    # (A `loading` event comes first if the upstream chosen had not loaded llama3 by its
+    # last health check: which one that is depends on the checks' timing.)
+    kinds = [e.event for e in events if e.event != "loading"]
+    assert kinds == ["start", "token", "token", "error"]
     assert (second["attempts"], second["status"], second["output"]) == (1, "error", "w0 w1 ")
     assert len(calls_with(tried[second["upstream"]], "error_after=2")) == 1
     assert sum(len(calls_with(calls, "error_after=2")) for calls in tried.values()) == 1

@@ -10,6 +10,7 @@ import httpx
 
 from calls.upstream import ModelServer
 from http_transport import KeepAliveTransport
+from queueing.line import Order
 
 from .config import UpstreamSpec, specs
 from .kinds import KINDS
@@ -32,6 +33,10 @@ class Settings(Protocol):
     def allow_cloud(self) -> bool: ...
     @property
     def upstream_queue(self) -> int: ...
+    @property
+    def queue_per_key(self) -> int: ...
+    @property
+    def queue_order(self) -> Order: ...
     @property
     def timeout(self) -> float: ...
     @property
@@ -83,6 +88,8 @@ def build(settings: Settings, env: Mapping[str, str] | None = None) -> Router:
         allow_cloud=settings.allow_cloud,
         max_waiting=settings.upstream_queue,
         wait_seconds=settings.timeout,
+        per_key=settings.queue_per_key,
+        order=settings.queue_order,
     )
 
 

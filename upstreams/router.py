@@ -7,11 +7,14 @@ so the pipeline never knows it has more than one.
   one where the model is loaded already (a cold load costs seconds to minutes), then the
   least busy against its cap, then by weight (smooth weighted round robin, so calls spread
   in proportion and a test can tell where the next one goes).
-- Caps: an upstream runs at most `cap` calls at once. A call that finds every upstream with
-  its model at its cap waits here, in line, for a slot: at most `max_waiting` calls wait
-  (then 503 `upstream_busy`), each at most `wait_seconds` (the `--timeout`: nothing came from
-  an upstream meanwhile; then 504 `upstream_timeout`). A freed slot goes straight to the
-  first waiter that can use it, so a newcomer never overtakes the line.
+- Caps: an upstream runs at most `cap` calls at once (configured, or else the slots an
+  OpenAI-compatible server reports: llama-server's `/props` `total_slots`). A call that finds
+  every upstream with its model at its cap waits here, in the fair queue (queueing.Line): at
+  most `max_waiting` calls wait (then 503 `upstream_busy`), at most `per_key` of one key
+  (then 429 `queue_full`), each with a Retry-After from the rate the line drains, each at
+  most `wait_seconds` (the `--timeout`: nothing came from an upstream meanwhile; then 504
+  `upstream_timeout`). A freed slot goes straight to the waiter the fair order names, so a
+  newcomer never overtakes the line. Who asks comes with the call as a `queueing.Place`.
 - Health: see breaker.py. An upstream that is down leaves the routing at once and comes
   back by itself when its health check answers again.
 - Failover: a stream whose upstream fails before the first piece of its answer has reached
@@ -28,6 +31,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -35,6 +39,7 @@ import msgspec
 
 from calls.errors import (
     CloudModelRefused,
+    KeyQueueFull,
     ModelNotFound,
     UpstreamBadResponse,
     UpstreamBusy,
@@ -59,6 +64,13 @@ from calls.types import (
     Piece,
 )
 from calls.upstream import AnswerStream, ModelServer, UpstreamHealth
+from queueing import Line, Place, Waiter, current
+from queueing.line import Order
+from queueing.place import RANK
+from queueing.sharing import Shared as SharedSlots
+from queueing.sharing import SharedDown
+from queueing.view import ModelQueue, QueuedCall, QueueView
+from queueing.view import now as queue_now
 
 from .breaker import Breaker
 from .config import UpstreamSpec
@@ -109,6 +121,11 @@ class Member:
         self.weight = spec.weight
         self.allowed = spec.allowed()
         self.in_flight = 0
+        # The calls holding its slots now.
+        self.running: set[Place] = set()
+        # Where its cap came from: the configuration, or the server's own report.
+        self.cap_source: str | None = None if spec.cap is None else "configured"
+        self.asked_cap = False
         # Canonical name -> the model as this server lists it.
         self.models: dict[str, ModelInfo] = {}
         self.remote: set[str] = set()
@@ -144,7 +161,7 @@ class Member:
         self.remote = {key for key, info in self.models.items() if _is_remote(info)}
         self.listed = True
 
-    def health(self, waiting: int) -> UpstreamHealth:
+    def health(self, waiting: int, shared: str | None = None) -> UpstreamHealth:
         closed = self.breaker.state == "closed"
         allowed = [key for key in self.models if self.allowed is None or key in self.allowed]
         return UpstreamHealth(
@@ -162,15 +179,13 @@ class Member:
             loaded=sorted(
                 self.models[key].name if key in self.models else key for key in self.loaded
             ),
+            fairness=(
+                f"on ({self.cap_source} cap)"
+                if self.cap is not None
+                else "off: no cap, calls are forwarded as they come"
+            ),
+            shared=shared,
         )
-
-
-class _Waiter:
-    __slots__ = ("future", "members")
-
-    def __init__(self, members: frozenset[Member], future: asyncio.Future[Member | None]) -> None:
-        self.members = members
-        self.future = future
 
 
 class _NoOther(Exception):
@@ -189,6 +204,8 @@ class Router:
         max_waiting: int = 512,
         wait_seconds: float = 600.0,
         probe_seconds: float = PROBE_SECONDS,
+        per_key: int = 256,
+        order: Order = "fair",
     ) -> None:
         if not members:
             raise ValueError("a router needs at least one upstream")
@@ -200,7 +217,10 @@ class Router:
         self.probe_seconds = probe_seconds
         # An upstream found down is probed this often; one that is up, every interval.
         self._retry = min(1.0, interval)
-        self._waiters: list[_Waiter] = []
+        self.line = Line(order=order, max_waiting=max_waiting, per_key=per_key)
+        # Caps and the queue shared through Redis with other gateways (share()); None: local.
+        self.shared: SharedSlots | None = None
+        self._by_name = {m.name: m for m in self.members}
         self._monitor: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Future[None] | None = None
         self._refreshed_at = -MISS_REFRESH
@@ -259,7 +279,17 @@ class Router:
 
     async def health(self) -> list[UpstreamHealth]:
         await self._ready()
-        return [m.health(sum(m in w.members for w in self._waiters)) for m in self.members]
+        waiting = self.line.waiting
+        shared = None if self.shared is None else self.shared.describe()
+        return [m.health(sum(m in w.members for w in waiting), shared) for m in self.members]
+
+    def share(self, shared: SharedSlots) -> None:
+        """Take slots and queue calls through Redis, with every gateway that shares it."""
+        self.shared = shared
+        shared.watch(self._shared_caps)
+
+    def _shared_caps(self) -> list[tuple[str, int]]:
+        return [(m.name, m.cap) for m in self.members if m.cap is not None]
 
     async def answer(self, request: CallRequest) -> Answer:
         """A whole answer. Nothing of it reaches the client before it is complete, so any
@@ -272,8 +302,9 @@ class Router:
         self._refuse_cloud(request.model)
         await self._ready()
         tried: list[Member] = []
-        member, inner = await self._open_on(request, tried, None)
-        return RoutedStream(self, request, tried, member, inner)
+        place = _place_of(request.model)
+        member, inner = await self._open_on(request, tried, None, place)
+        return RoutedStream(self, request, tried, member, inner, place)
 
     async def embed(self, request: EmbedRequest) -> Embeddings:
         def ask(member: Member) -> Awaitable[Embeddings]:
@@ -291,8 +322,9 @@ class Router:
         await self._ready()
         tried: list[Member] = []
         failure: UpstreamError | None = None
+        place = _place_of(model)
         while True:
-            member = await self._next(model, tried, failure)
+            member = await self._next(model, tried, failure, place)
             try:
                 result = await ask(member)
             except UpstreamError as exc:
@@ -300,7 +332,7 @@ class Router:
                 failure = exc
                 continue
             finally:
-                self._release(member)
+                self._release(member, place)
             self._succeeded(member, _key(model))
             result.upstream, result.attempts = member.name, len(tried)
             return result
@@ -313,10 +345,85 @@ class Router:
                 await self._monitor
         for task in list(self._checks.values()):
             task.cancel()
-        for waiter in self._waiters:
+        for waiter in self.line.waiting:
             if not waiter.future.done():
                 waiter.future.set_exception(UpstreamUnavailable("the gateway is stopping"))
+        if self.shared is not None:
+            await self.shared.aclose()
         await asyncio.gather(*(m.upstream.aclose() for m in self.members), return_exceptions=True)
+
+    async def queue(self) -> QueueView:
+        """Per upstream and model: the calls running, and those waiting in fair order (of
+        every gateway, when they share Redis)."""
+        if self.shared is not None and self.shared.usable:
+            with contextlib.suppress(SharedDown):
+                return await self._shared_queue(self.shared)
+        return self._local_queue()
+
+    async def _shared_queue(self, shared: SharedSlots) -> QueueView:
+        capped = self._shared_caps()
+        found = await shared.view([name for name, _ in capped])
+        caps = dict(capped)
+        groups: dict[tuple[str, str], ModelQueue] = {}
+        for name, running, waiting, now in found:
+            for kind, entries in (("running", running), ("waiting", waiting)):
+                for position, entry in enumerate(entries, 1):
+                    fields = entry.split("\x1f") + [""] * 6
+                    label, project, priority, since, model, granted = fields[:6]
+                    group = groups.get((name, model))
+                    if group is None:
+                        group = groups[(name, model)] = ModelQueue(
+                            upstream=name, model=model, cap=caps.get(name), running=[], waiting=[]
+                        )
+                    # Wall clocks: the asking gateway's, and Redis's at the grant.
+                    asked_at = float(since or 0)
+                    granted_at = float(granted) / 1000 if granted else None
+                    end = granted_at if granted_at is not None else time.time()
+                    call = QueuedCall(
+                        key_label=label or None,
+                        project=project or None,
+                        priority=priority or "interactive",
+                        waited_seconds=round(max(0.0, end - asked_at), 3),
+                        running_seconds=(
+                            None
+                            if granted_at is None
+                            else round(max(0.0, time.time() - granted_at), 3)
+                        ),
+                        position=position if kind == "waiting" else None,
+                    )
+                    (group.running if kind == "running" else group.waiting).append(call)
+            del now
+        return QueueView(
+            order=self.line.order,
+            shared=shared.describe(),
+            queues=sorted(groups.values(), key=lambda q: (q.upstream, q.model)),
+        )
+
+    def _local_queue(self) -> QueueView:
+        moment = queue_now()
+        groups: dict[tuple[str, str], ModelQueue] = {}
+
+        def group(member: Member, model: str) -> ModelQueue:
+            found = groups.get((member.name, model))
+            if found is None:
+                found = groups[(member.name, model)] = ModelQueue(
+                    upstream=member.name, model=model, cap=member.cap, running=[], waiting=[]
+                )
+            return found
+
+        for member in self.members:
+            for place in sorted(member.running, key=lambda p: p.granted or 0.0):
+                group(member, place.model).running.append(QueuedCall.of(place, moment))
+        for position, waiter in enumerate(self.line.ranked(), 1):
+            for member in self.members:
+                if member in waiter.members:
+                    entry = QueuedCall.of(waiter.place, moment, position)
+                    group(member, waiter.place.model).waiting.append(entry)
+        return QueueView(
+            order=self.line.order,
+            shared="local" if self.shared is None else self.shared.describe(),
+            queues=sorted(groups.values(), key=lambda q: (q.upstream, q.model)),
+        )
 
     # -- routing ------------------------------------------------------------------------------
 
@@ -325,29 +432,35 @@ class Router:
             raise CloudModelRefused(_cloud_message(model))
 
     async def _open_on(
-        self, request: CallRequest, tried: list[Member], failure: UpstreamError | None
+        self,
+        request: CallRequest,
+        tried: list[Member],
+        failure: UpstreamError | None,
+        place: Place,
     ) -> tuple[Member, AnswerStream]:
         """A stream opened on an upstream not tried yet (after `failure`, if one came)."""
         while True:
-            member = await self._next(request.model, tried, failure)
+            member = await self._next(request.model, tried, failure, place)
             try:
                 return member, await member.upstream.open_stream(self._own(member, request))
             except UpstreamError as exc:
                 self._failed(member, exc, request.model)
-                self._release(member)
+                self._release(member, place)
                 failure = exc
             except BaseException:
-                self._release(member)
+                self._release(member, place)
                 raise
 
-    async def _next(self, model: str, tried: list[Member], failure: UpstreamError | None) -> Member:
+    async def _next(
+        self, model: str, tried: list[Member], failure: UpstreamError | None, place: Place
+    ) -> Member:
         """The upstream to ask now, its slot taken and it added to `tried`; after a failure,
         another one, or the failure itself (naming where it happened) if none may be tried."""
         if failure is not None:
             if len(tried) >= 2 or isinstance(failure, _FINAL):
                 raise _named(failure, tried)
             try:
-                member = await self._acquire(model, tried)
+                member = await self._acquire(model, tried, place)
             except (_NoOther, UpstreamError):
                 raise _named(failure, tried) from None
             log.info(
@@ -358,11 +471,11 @@ class Router:
             )
         else:
             try:
-                member = await self._acquire(model, tried)
+                member = await self._acquire(model, tried, place)
             except _NoOther:
                 await self._refresh(miss=True)
                 try:
-                    member = await self._acquire(model, tried)
+                    member = await self._acquire(model, tried, place)
                 except _NoOther:
                     names = ", ".join(m.name for m in self.members)
                     raise ModelNotFound(
@@ -410,27 +523,35 @@ class Router:
         pick.current -= total
         return pick
 
-    async def _acquire(self, model: str, tried: list[Member]) -> Member:
-        """Take a slot on the best upstream for the model, waiting in line while every one
-        that has it is at its cap."""
+    async def _acquire(self, model: str, tried: list[Member], place: Place) -> Member:
+        """Take a slot on the best upstream for the model, waiting in the fair queue while
+        every one that has it is at its cap."""
         key = _key(model)
         loop = asyncio.get_running_loop()
+        line = self.line
         deadline: float | None = None
+        place.enqueued = place.granted = None
+        shared = self.shared
+        if shared is not None and shared.usable:
+            up = self._candidates(key, tried)
+            if all(m.cap is not None for m in up):
+                deadline = loop.time() + self.wait_seconds
+                member = await self._acquire_shared(shared, key, up, place, deadline, model)
+                if member is not None:
+                    return member
+                # Redis went away: on in the local line, with the time left.
         while True:
             up = self._candidates(key, tried)
             member = self._choose(key, up)
             if member is not None:
                 member.in_flight += 1
+                self._grant(member, place, handed=False)
                 return member
             if deadline is None:
-                if len(self._waiters) >= self.max_waiting:
-                    raise UpstreamBusy(
-                        f"every upstream with {model!r} is at its cap and {self.max_waiting} "
-                        "calls wait already (--upstream-queue); try again shortly"
-                    )
+                self._admit(line, place, up, model)
                 deadline = loop.time() + self.wait_seconds
-            waiter = _Waiter(frozenset(up), loop.create_future())
-            self._waiters.append(waiter)
+            waiter = Waiter(frozenset(up), loop.create_future(), place)
+            line.join(waiter)
             try:
                 async with asyncio.timeout_at(deadline):
                     handed = await waiter.future
@@ -440,9 +561,8 @@ class Router:
                 handed_over = (
                     future.done() and not future.cancelled() and future.exception() is None
                 )
-                if handed_over and (got := future.result()) is not None:
-                    self._waiters.remove(waiter)
-                    self._release(got)
+                if handed_over and isinstance(got := future.result(), Member):
+                    self._release(got, place)
                 if isinstance(exc, TimeoutError):
                     raise UpstreamTimeout(
                         f"no upstream with {model!r} had a free slot within "
@@ -450,25 +570,139 @@ class Router:
                     ) from None
                 raise
             finally:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
-            if handed is not None:
+                line.leave(waiter)
+            if isinstance(handed, Member):
                 return handed  # its slot came with it
             # Woken to look again: an upstream came back, or the models changed.
 
-    def _release(self, member: Member) -> None:
-        """Give back a slot: to the first waiter that can use it, else to the upstream."""
-        if member.breaker.routable:
-            for waiter in self._waiters:
-                if member in waiter.members and not waiter.future.done():
-                    waiter.future.set_result(member)  # the slot passes on, still taken
-                    return
+    async def _acquire_shared(
+        self,
+        shared: SharedSlots,
+        key: str,
+        up: list[Member],
+        place: Place,
+        deadline: float,
+        model: str,
+    ) -> Member | None:
+        """A slot through Redis (queueing.shared), waiting in the shared fair queue; None if
+        Redis cannot be asked (the local line takes over)."""
+        ordered = sorted(up, key=lambda m: m.rank(key))
+        ups = [(m.name, m.cap or 1) for m in ordered]
+        if shared.waiting_count() >= self.line.max_waiting:
+            busy = UpstreamBusy(
+                f"every upstream with {model!r} is at its cap and {self.line.max_waiting} "
+                "calls wait already (--upstream-queue); try again shortly"
+            )
+            busy.retry_after = self.line.retry_after(shared.waiting_count(), len(ups))
+            raise busy
+        call_id = shared.new_id()
+        cost = self.line.cost
+        try:
+            got = await shared.take(call_id, place, ups, cost=cost, order=self.line.order)
+        except SharedDown:
+            return None
+        if got is None:
+            place.enqueued = time.monotonic()
+            place.line = shared.standing_of(call_id)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    got = await shared.wait(call_id)
+            except BaseException as exc:
+                place.line = None
+                shared.cancel_soon(call_id)
+                if isinstance(exc, TimeoutError):
+                    raise UpstreamTimeout(
+                        f"no upstream with {model!r} had a free slot within "
+                        f"{self.wait_seconds:g} s (--timeout)"
+                    ) from None
+                raise
+            place.line = None
+            if got is None:
+                return None
+        member = self._by_name.get(got)
+        if member is None:
+            # Another gateway's upstream of that name, unknown here: configurations differ.
+            shared.release(call_id, got, rank=0, tenant="", correction=0.0)
+            return None
+        member.in_flight += 1
+        member.running.add(place)
+        place.capped = True
+        place.lease = (call_id, got)
+        place.charged = cost
+        place.held_from = time.monotonic()
+        place.grant(member.name, loading=_key(place.model) not in member.loaded)
+        return member
+
+    def _admit(self, line: Line, place: Place, up: list[Member], model: str) -> None:
+        """Refuse a call the line has no room for, saying when to try again."""
+        full = line.full(place)
+        if full is None:
+            return
+        slots = sum(m.cap or 1 for m in up)
+        if full == "line":
+            busy = UpstreamBusy(
+                f"every upstream with {model!r} is at its cap and {line.max_waiting} "
+                "calls wait already (--upstream-queue); try again shortly"
+            )
+            busy.retry_after = line.retry_after(len(line.waiting), slots)
+            raise busy
+        mine = KeyQueueFull(
+            f"{line.per_key} calls of yours wait already for {model!r} (--queue-per-key); "
+            "try again when some have been served"
+        )
+        mine.retry_after = line.retry_after(line.tenant_waiting(place.tenant), slots)
+        raise mine
+
+    def _grant(self, member: Member, place: Place, *, handed: bool) -> None:
+        if member.cap is not None:
+            # Shares and the queue view matter only where calls can wait: not without a cap.
+            member.running.add(place)
+            self.line.charge(place, handed=handed)
+            place.capped = True
+        place.grant(member.name, loading=_key(place.model) not in member.loaded)
+
+    def _release(self, member: Member, place: Place) -> None:
+        """Give back a slot: to the waiter the fair order names, else to the upstream."""
+        if place.lease is not None and self.shared is not None:
+            call_id, name = place.lease
+            place.lease = None
+            member.running.discard(place)
+            held = self.line.learn(place)
+            self.shared.release(
+                call_id,
+                name,
+                rank=RANK[place.priority],
+                tenant=place.tenant,
+                correction=(held - place.charged) / place.weight,
+            )
+            member.in_flight -= 1
+            self._hand_local(member)
+            return
+        if place in member.running:
+            member.running.discard(place)
+            self.line.release(place)
+        if self.line.waiting and member.breaker.routable:
+            waiter = self.line.next_for(member)
+            if waiter is not None:
+                self._grant(member, waiter.place, handed=True)
+                waiter.future.set_result(member)  # the slot passes on, still taken
+                return
         member.in_flight -= 1
         if not member.breaker.routable:
             self._wake_all()
 
+    def _hand_local(self, member: Member) -> None:
+        """A slot freed outside the local line (a shared one): to a local waiter, if any
+        waits (only while Redis was away)."""
+        if self.line.waiting and member.breaker.routable and member.free():
+            waiter = self.line.next_for(member)
+            if waiter is not None:
+                member.in_flight += 1
+                self._grant(member, waiter.place, handed=True)
+                waiter.future.set_result(member)
+
     def _wake_all(self) -> None:
-        for waiter in self._waiters:
+        for waiter in self.line.waiting:
             if not waiter.future.done():
                 waiter.future.set_result(None)
 
@@ -605,6 +839,14 @@ class Router:
             if member.version is None:
                 with contextlib.suppress(UpstreamError, TimeoutError):
                     member.version = await self._probe(upstream.version())
+            if member.cap is None and not member.asked_cap:
+                # Read once: a server's slots are fixed at its start.
+                with contextlib.suppress(UpstreamError, TimeoutError):
+                    member.cap = await self._probe(upstream.capacity())
+                    member.asked_cap = True
+                    if member.cap is not None:
+                        member.cap_source = "server"
+                        log.info("upstream %s runs %d calls at once", member.name, member.cap)
         now = _now()
         member.next_check = now + self.interval
         member.error = error
@@ -625,6 +867,17 @@ class Router:
 
 def _now() -> float:
     return asyncio.get_running_loop().time()
+
+
+def _place_of(model: str) -> Place:
+    """Who asks, as the pipeline said (queueing.current); a call made without it (a test,
+    a tool) waits as one anonymous tenant."""
+    place = current.get()
+    if place is None:
+        place = Place(tenant="", model=model)
+    elif not place.model:
+        place.model = model
+    return place
 
 
 def _monitor_ended(task: asyncio.Task[None]) -> None:
@@ -660,8 +913,10 @@ class RoutedStream:
         tried: list[Member],
         member: Member,
         inner: AnswerStream,
+        place: Place,
     ) -> None:
         self._router = router
+        self._place = place
         self._request = request
         self._tried = tried
         self._member = member
@@ -683,7 +938,9 @@ class RoutedStream:
                 # Nothing has reached the pipeline yet: once more, elsewhere.
                 router._failed(self._member, exc, self._request.model)
                 await self._let_go()
-                self._member, self._inner = await router._open_on(self._request, self._tried, exc)
+                self._member, self._inner = await router._open_on(
+                    self._request, self._tried, exc, self._place
+                )
                 self._held = self._member
                 self.upstream, self.attempts = self._member.name, len(self._tried)
                 continue
@@ -708,7 +965,7 @@ class RoutedStream:
             await self._inner.aclose()
         finally:
             if held is not None:
-                self._router._release(held)
+                self._router._release(held, self._place)
 
     async def aclose(self) -> None:
         await self._let_go()

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from access.identity import check_model
 from calls.errors import CallError
 
-from ..asking import allowed, ask_of, credentials_of, whole
+from ..asking import allowed, answer_headers, ask_of, credentials_of, whole
 from ..common import JSON, decode_body, gateway_of
 from ..streaming import CallStreamResponse, stream_response
 from .errors import PREFIX, bad
@@ -44,7 +44,7 @@ async def chat(request: Request) -> Response | CallStreamResponse:
         return stream_response(request, call, ChatLines(body.model))
     finished = await whole(request, call.answer())
     reply = chat_reply(body.model, finished.result, finished.record)
-    return JSON(reply, headers={"X-Request-Id": call.id})
+    return JSON(reply, headers=answer_headers(call))
 
 
 async def generate(request: Request) -> Response | CallStreamResponse:
@@ -55,7 +55,7 @@ async def generate(request: Request) -> Response | CallStreamResponse:
         return stream_response(request, call, GenerateLines(body.model, body.raw))
     finished = await whole(request, call.answer())
     reply = generate_reply(body.model, finished.result, finished.record, body.raw)
-    return JSON(reply, headers={"X-Request-Id": call.id})
+    return JSON(reply, headers=answer_headers(call))
 
 
 async def embed(request: Request) -> Response:
@@ -67,7 +67,7 @@ async def embed(request: Request) -> Response:
         embeddings=finished.result.vectors,
         **embed_metrics(finished.result, finished.record),
     )
-    return JSON(reply, headers={"X-Request-Id": call.id})
+    return JSON(reply, headers=answer_headers(call))
 
 
 async def embeddings(request: Request) -> Response:

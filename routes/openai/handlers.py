@@ -15,7 +15,7 @@ from starlette.routing import Route
 from access.identity import check_model
 from calls.types import ModelName
 
-from ..asking import allowed, ask_of, credentials_of, whole
+from ..asking import allowed, answer_headers, ask_of, credentials_of, whole
 from ..common import JSON, decode_body, gateway_of
 from ..streaming import CallStreamResponse, stream_response
 from .errors import bad
@@ -44,7 +44,7 @@ async def chat_completions(request: Request) -> Response | CallStreamResponse:
         return stream_response(request, call, ChatChunks(chunk_id, body.model, body.include_usage))
     finished = await whole(request, call.answer())
     reply = chat_completion(chunk_id, body.model, finished.result)
-    return JSON(reply, headers={"X-Request-Id": call.id})
+    return JSON(reply, headers=answer_headers(call))
 
 
 async def completions(request: Request) -> Response | CallStreamResponse:
@@ -56,7 +56,7 @@ async def completions(request: Request) -> Response | CallStreamResponse:
         return stream_response(request, call, TextChunks(chunk_id, body.model, body.include_usage))
     finished = await whole(request, call.answer())
     reply = text_completion(chunk_id, body.model, finished.result)
-    return JSON(reply, headers={"X-Request-Id": call.id})
+    return JSON(reply, headers=answer_headers(call))
 
 
 def _base64(vector: list[float]) -> str:
@@ -74,7 +74,7 @@ async def embeddings(request: Request) -> Response:
     ]
     tokens = result.input_tokens or 0
     reply = EmbeddingList(data=data, model=body.model, usage=EmbeddingUsage(tokens, tokens))
-    return JSON(reply, headers={"X-Request-Id": call.id})
+    return JSON(reply, headers=answer_headers(call))
 
 
 # -- the models --------------------------------------------------------------------------------

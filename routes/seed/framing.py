@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import msgspec
 
-from calls.events import Done, Event, Failed, Pieces, Started
+from calls.events import Done, Event, Failed, Loading, Pieces, Queued, Started
 
 from ..errors import error_body
 from ..streaming import SSEFraming
-from .schemas import StartEvent, TokenEvent, Usage
+from .schemas import LoadingEvent, QueuedEvent, StartEvent, TokenEvent, Usage
 
 _encode = msgspec.json.Encoder().encode
 
@@ -49,6 +49,12 @@ class SeedEvents(SSEFraming):
         if isinstance(event, Failed):
             self.seq += 1
             return _event(b"error", self.seq, error_body(event.error))
+        if isinstance(event, Queued):
+            self.seq += 1
+            return _event(b"queued", self.seq, QueuedEvent(event.position, event.ahead))
+        if isinstance(event, Loading):
+            self.seq += 1
+            return _event(b"loading", self.seq, LoadingEvent(event.upstream, event.model))
         return b""
 
     def frames(self, event: Event) -> list[bytes]:

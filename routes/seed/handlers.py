@@ -12,7 +12,7 @@ from access import identity
 from access.tickets import TICKET_SECONDS
 from calls.errors import CallError
 
-from ..asking import ask_of, credentials_of, whole
+from ..asking import answer_headers, ask_of, credentials_of, whole
 from ..common import JSON, decode_body, decode_query, encoder, gateway_of
 from ..errors import error_body, with_request_id
 from ..resuming import Expired, Relay, Resumable, Resumes
@@ -66,7 +66,7 @@ async def ask_sync(request: Request) -> Response:
     call = await gateway_of(request).call(ask)
     finished = await whole(request, call.answer())
     record = finished.record
-    headers = {"X-Request-Id": record.id}
+    headers = answer_headers(call)
     if wants_json(request.headers.get("accept")):
         reply = AskReply(
             id=record.id,

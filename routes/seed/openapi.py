@@ -7,6 +7,8 @@ from ..openapi import CALLER, UNAUTHORIZED, Operation, Paths, Reply, error
 from .schemas import (
     AskReply,
     AskRequest,
+    LoadingEvent,
+    QueuedEvent,
     ResumeQuery,
     StartEvent,
     StreamQuery,
@@ -17,22 +19,38 @@ from .schemas import (
 )
 
 _ASK_ERRORS = {
-    400: error("The body is not JSON (`invalid_json`), or Ollama refused the request."),
     401: UNAUTHORIZED,
     403: error("This API key may not use this model (`model_not_allowed`)."),
     413: error("The body or the prompt is too large (`body_too_large`, `prompt_too_large`)."),
-    429: error("A rate, token or stream limit is reached (`rate_limited`).", retry=True),
+    400: error(
+        "The body is not JSON (`invalid_json`), X-Priority names no class "
+        "(`invalid_priority`), or Ollama refused the request."
+    ),
+    429: error(
+        "A rate, token or stream limit is reached (`rate_limited`), or the key has "
+        "`--queue-per-key` calls waiting already (`queue_full`).",
+        retry=True,
+    ),
     404: error("Ollama has no such model (`model_not_found`); `ollama pull` it first."),
     422: error("The JSON is not a valid ask (`invalid_request`); the message names the field."),
     502: error("Ollama is unreachable, failed, or answered nonsense (`upstream_*`)."),
     503: error("Ollama is busy, or the gateway is shutting down.", retry=True),
     504: error("Ollama sent nothing for `--timeout` seconds (`upstream_timeout`)."),
 }
-_EVENTS = {"start": StartEvent, "token": TokenEvent, "done": Usage, "error": ErrorBody}
+_EVENTS = {
+    "start": StartEvent,
+    "queued": QueuedEvent,
+    "loading": LoadingEvent,
+    "token": TokenEvent,
+    "done": Usage,
+    "error": ErrorBody,
+}
 _STREAM = Reply(
-    description="The answer as Server-Sent Events: one `start`, a `token` per chunk, then "
-    "`done` with the call's usage or `error` (also sent when the gateway shuts down "
-    "before the answer ends, with code `server_shutdown`).",
+    description="The answer as Server-Sent Events: one `start`; while the call waits for a "
+    "free upstream slot, `queued` with its place in line whenever it changes; `loading` if "
+    "its upstream loads the model first; a `token` per chunk; then `done` with the call's "
+    "usage or `error` (also sent when the gateway shuts down before the answer ends, with "
+    "code `server_shutdown`).",
     events=_EVENTS,
 )
 _STREAM_ABOUT = (

@@ -142,6 +142,23 @@ class StartEvent(msgspec.Struct, omit_defaults=True):
     ) = None
 
 
+class QueuedEvent(msgspec.Struct):
+    """Data of the SSE `queued` event: the call waits for a free upstream slot. `position` 1
+    is next; `ahead` calls would be served before it. Sent again whenever either changes, at
+    most twice a second."""
+
+    position: int
+    ahead: int
+
+
+class LoadingEvent(msgspec.Struct):
+    """Data of the SSE `loading` event: the upstream the call goes to does not have the model
+    loaded, and loads it first (seconds to minutes)."""
+
+    upstream: str
+    model: str
+
+
 class TokenEvent(msgspec.Struct, omit_defaults=True):
     """Data of an SSE `token` event: one chunk exactly as Ollama sent it."""
 
