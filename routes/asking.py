@@ -19,7 +19,7 @@ from access.identity import Caller, Credentials
 from calls.errors import CallError
 from calls.pipeline import Ask, Call, Q
 from calls.types import Labels
-from queueing import Priority, priority_of, timing
+from queueing import Place, Priority, priority_of, timing
 from queueing.place import PriorityError
 
 from . import request_id
@@ -96,11 +96,10 @@ def asked_priority(request: Request) -> Priority | None:
         raise CallError(400, "invalid_priority", str(exc)) from None
 
 
-def queue_headers(call: Call[Any]) -> dict[str, str]:
-    """What a response tells of the call's queueing, where a header can: the class it was
+def queue_headers(place: Place | None) -> dict[str, str]:
+    """What a response tells of a call's queueing, where a header can: the class it was
     served at (when the caller asked for one: a class above its key's is not given), and its
     place in line when the response starts while it still waits."""
-    place = call.place
     if place is None:
         return {}
     headers: dict[str, str] = {}

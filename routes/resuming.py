@@ -39,6 +39,7 @@ from typing import Protocol
 
 from calls.errors import CallError, shutting_down
 from calls.events import Event
+from queueing import Place
 
 from .streaming import SSEFraming
 
@@ -58,6 +59,7 @@ class Producing(Protocol):
     id: str
     gone: bool
     reason: CallError | None
+    place: Place | None
 
     def events(self) -> AsyncIterator[Event]: ...
 
@@ -242,11 +244,13 @@ class Attachment:
     """One client's view of a resumable stream, streamed by CallStreamResponse as it streams
     a call: `events()` yields the kept events from `cursor` on, then the live ones."""
 
-    __slots__ = ("cursor", "gone", "id", "stream", "taken_over")
+    __slots__ = ("cursor", "gone", "id", "place", "stream", "taken_over")
 
     def __init__(self, stream: Resumable, cursor: int) -> None:
         self.stream = stream
         self.id = stream.id
+        # The call's place in the fair queue: its first client learns where it stands.
+        self.place = stream.call.place if cursor == 0 else None
         self.cursor = cursor
         self.gone = False
         self.taken_over = False

@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
 from calls.events import Event
+from queueing import Place
 
 from .asking import queue_headers
 
@@ -70,6 +71,8 @@ class Streamed(Protocol):
 
     id: str
     gone: bool
+    # Its place in the fair queue (queueing/), if it waits or waited at a capped upstream.
+    place: Place | None
 
     def events(self) -> AsyncIterator[Event]: ...
 
@@ -134,7 +137,7 @@ class CallStreamResponse:
             # Where it stands in the fair queue as the response starts, before the body.
             self.raw_headers.extend(
                 (k.lower().encode("latin-1"), v.encode("latin-1"))
-                for k, v in queue_headers(stream).items()
+                for k, v in queue_headers(stream.place).items()
             )
         self.ping = encode.ping
         self.keepalive = keepalive

@@ -11,6 +11,7 @@ import pytest
 from calls.errors import CallError
 from calls.events import Event, Pieces, Started
 from calls.types import Piece
+from queueing import Place
 from routes.resuming import Attachment, Expired, Framed, Resumable, Resumes
 from routes.seed.framing import SeedEvents
 from tests.sse import SSEParser
@@ -25,6 +26,7 @@ class ScriptedCall:
         self.id = "call-1"
         self.gone = False
         self.reason: CallError | None = None
+        self.place: Place | None = None
         self.feed: asyncio.Queue[str | None] = asyncio.Queue()
         self.closed = False
 
