@@ -16,7 +16,7 @@ from calls.errors import CallError, unauthorized
 from calls.pipeline import Call
 from calls.types import CallRequest
 
-from ..asking import ask_of, credentials_of, whole
+from ..asking import answer_headers, ask_of, credentials_of, whole
 from ..common import JSON, decode_body, gateway_of
 from ..streaming import CallStreamResponse, stream_response
 from .errors import bad
@@ -103,7 +103,7 @@ async def messages(request: Request) -> Response | CallStreamResponse:
         return stream_response(request, call, MessageEvents(call.id, body.model))
     finished = await whole(request, call.answer())
     reply = message_of("msg_" + call.id, body.model, finished.result)
-    return JSON(reply, headers={"X-Request-Id": call.id, "request-id": call.id})
+    return JSON(reply, headers={**answer_headers(call), "request-id": call.id})
 
 
 async def count_tokens(request: Request) -> Response:
@@ -113,7 +113,7 @@ async def count_tokens(request: Request) -> Response:
     finished = await whole(request, call.answer())
     # As a message's usage says it: Ollama leaves a count of 0 out (Go's omitempty).
     tokens = finished.result.metrics.input_tokens or 0
-    return JSON(TokenCount(tokens), headers={"X-Request-Id": call.id, "request-id": call.id})
+    return JSON(TokenCount(tokens), headers={**answer_headers(call), "request-id": call.id})
 
 
 routes = [

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..asking import ask_of, whole
+from ..asking import answer_headers, ask_of, whole
 from ..common import JSON, decode_body, gateway_of
 from ..streaming import CallStreamResponse, stream_response
 from .framing import ResponseEvents, response_reply, template_of
@@ -24,7 +24,7 @@ async def responses(request: Request) -> Response | CallStreamResponse:
     if body.stream:
         return stream_response(request, call, ResponseEvents(template))
     finished = await whole(request, call.answer())
-    return JSON(response_reply(template, finished.result), headers={"X-Request-Id": call.id})
+    return JSON(response_reply(template, finished.result), headers=answer_headers(call))
 
 
 routes = [Route("/v1/responses", responses, methods=["POST"])]
