@@ -16,6 +16,8 @@ import math
 
 import msgspec
 
+from .types import GpuUse
+
 
 class CallError(Exception):
     """A failure as the client sees it: status, a stable code, a message saying what to do."""
@@ -80,6 +82,8 @@ class UpstreamError(Exception):
     # Set by an upstream that chose among several: which one failed, after how many tries.
     upstream: str | None = None
     attempts: int | None = None
+    # Set by a router: the GPU time the failed call used on that upstream.
+    gpu: GpuUse | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -251,6 +251,8 @@ def _tried(account: Account, source: AnswerStream | UpstreamError) -> None:
     stream or an upstream failure last said (a router sets both on its failures)."""
     if source.upstream is not None:
         account.upstream, account.attempts = source.upstream, source.attempts
+    if source.gpu is not None:
+        account.gpu = source.gpu
 
 
 class Call(Generic[Q]):
@@ -328,6 +330,7 @@ class Call(Generic[Q]):
             output_tokens=0,
             upstream_seconds=result.upstream_seconds,
             load_seconds=result.load_seconds,
+            gpu=result.gpu,
         )
         record = await self.gateway.finish(account, "ok", metrics)
         assert record is not None
@@ -474,6 +477,8 @@ class Call(Generic[Q]):
             _tried(self.account, stream)
             with contextlib.suppress(UpstreamError, TimeoutError):
                 await asyncio.wait_for(stream.aclose(), 5)
+            if stream.gpu is not None:
+                self.account.gpu = stream.gpu  # charged as it closed
         await self.gateway.finish(self.account, "cancelled", error=self.reason)
         held, self._held = self._held, None
         if held is not None:

@@ -21,6 +21,7 @@ from .types import (
     CallRequest,
     Embeddings,
     EmbedRequest,
+    GpuUse,
     LoadedModel,
     Metrics,
     ModelInfo,
@@ -60,6 +61,9 @@ class AnswerStream(Protocol):
     attempts: int
     # The upstream's final account, set when the stream has ended normally.
     metrics: Metrics | None
+    # The GPU time the stream used, set by a router once it has ended or been closed
+    # (whatever ended it); None from a single server, which cannot tell.
+    gpu: GpuUse | None
 
     def batches(self) -> AsyncIterator[list[Piece]]:
         """The pieces as they arrive, a list per read: never empty."""

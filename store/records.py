@@ -67,6 +67,11 @@ class UsageRecord(msgspec.Struct, kw_only=True):
     output_chars: int | None = None
     # Embeddings: how many inputs were embedded (their vectors are never stored).
     input_count: int | None = None
+    # GPU time the call used on its upstream (upstreams.gputime: the upstream's own figure,
+    # or the time it held a slot, shared among the calls running beside it), and its price
+    # at the upstream's `cost` per GPU-hour (None: not priced).
+    gpu_seconds: float | None = None
+    cost: float | None = None
 
 
 class UsageQuery(msgspec.Struct, kw_only=True, frozen=True):

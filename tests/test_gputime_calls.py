@@ -1,0 +1,108 @@
+"""GPU time in the records: every call through the router is charged by the rule of
+upstreams.gputime, and under load an upstream's calls never add up to more GPU-seconds than
+the elapsed time times its GPUs, however much its server claims."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ollama_client import OllamaUpstream
+from tests import ollama_standin
+from tests.asgi import STANDIN_URL, Local, in_process
+from tests.helpers import arecords, ask, unique
+from upstreams.config import UpstreamSpec
+from upstreams.router import Member, Router
+
+pytestmark = pytest.mark.anyio
+SYNC = "/api/v1/ai/ask_sync"
+
+
+def routed(gpus: int = 1, cost: float | None = None) -> Router:
+    """A router over the in-process stand-in, as `--upstream gpu=...,gpus=N,cost=C` makes."""
+    transport = httpx.ASGITransport(app=ollama_standin.create_app())
+    spec = UpstreamSpec(name="gpu", url=STANDIN_URL, gpus=gpus, cost=cost)
+    return Router([Member(spec, OllamaUpstream(transport, STANDIN_URL, name="gpu"), 5.0)])
+
+
+@asynccontextmanager
+async def gateway(folder: Path, router: Router) -> AsyncIterator[Local]:
+    async with in_process(folder, upstream=router) as local:
+        yield local
+
+
+async def test_a_call_alone_is_charged_the_upstreams_own_time(tmp_path: Path) -> None:
+    async with gateway(tmp_path / "data", routed(cost=3.6)) as local, local.client() as client:
+        project = unique()
+        response = await client.post(
+            SYNC, json=ask(content="[[tokens=3]] [[load=0.05]]", project=project)
+        )
+        assert response.status_code == 200
+        (record,) = await arecords(client, project=project)
+
+    own = record["load_seconds"] + record["prompt_eval_seconds"] + record["eval_seconds"]
+    assert record["load_seconds"] >= 0.05
+    assert record["gpu_seconds"] == pytest.approx(own, rel=1e-3, abs=2e-6)
+    assert record["cost"] == pytest.approx(record["gpu_seconds"] / 1000, abs=1e-9)
+
+
+async def test_without_a_price_the_cost_is_unknown_not_zero(tmp_path: Path) -> None:
+    async with gateway(tmp_path / "data", routed()) as local, local.client() as client:
+        project = unique()
+        await client.post(SYNC, json=ask(content="[[load=0.02]]", project=project))
+        (record,) = await arecords(client, project=project)
+
+    assert record["gpu_seconds"] >= 0.02
+    assert record["cost"] is None
+
+
+async def test_a_claim_beyond_the_call_counts_as_the_time_it_held_its_slot(
+    tmp_path: Path,
+) -> None:
+    async with gateway(tmp_path / "data", routed()) as local, local.client() as client:
+        project = unique()
+        started = time.monotonic()
+        await client.post(SYNC, json=ask(content="[[report=3600]] [[delay=0.01]]", project=project))
+        elapsed = time.monotonic() - started
+        (record,) = await arecords(client, project=project)
+
+    assert record["eval_seconds"] == 3600.0  # as the server said it
+    assert 0 < record["gpu_seconds"] <= elapsed
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+async def test_under_load_an_upstream_never_gives_more_than_its_gpus(
+    tmp_path: Path, gpus: int
+) -> None:
+    """48 calls at once (whole answers and streams, some cut short), each claiming 100 s of
+    generation: their GPU-seconds add up to at most the elapsed time times the GPUs."""
+    async with gateway(tmp_path / "data", routed(gpus=gpus)) as local, local.client() as client:
+        project = unique()
+        body = "[[report=100]] [[delay=0.005]] [[tokens=6]]"
+
+        async def one(i: int) -> None:
+            if i % 3 == 0:
+                url = "/api/v1/ai/ask_async"
+                async with client.stream("POST", url, json=ask(content=body, project=project)):
+                    pass  # gone before the answer: cancelled, charged its share
+            else:
+                await client.post(SYNC, json=ask(content=body, project=project))
+
+        started = time.monotonic()
+        await asyncio.gather(*(one(i) for i in range(48)))
+        elapsed = time.monotonic() - started
+        found = await arecords(client, project=project, limit=100)
+
+    assert len(found) == 48
+    charged = [r["gpu_seconds"] for r in found]
+    assert all(seconds is not None and seconds >= 0 for seconds in charged)
+    claimed = sum(r["eval_seconds"] or 0 for r in found)
+    assert claimed >= 100 * 32  # what summing the server's figures would have said
+    assert sum(charged) <= elapsed * gpus
+    assert sum(charged) > 0
