@@ -50,6 +50,14 @@ class RateLimited(CallError):
         )
 
 
+class OverBudget(RateLimited):
+    """A GPU budget (per day or per month) is spent; `Retry-After` says when it resets."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, retry_after)
+        self.code = "gpu_budget_spent"
+
+
 def unauthorized(message: str) -> CallError:
     return CallError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
 
