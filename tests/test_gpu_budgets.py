@@ -28,7 +28,7 @@ pytestmark = pytest.mark.anyio
 SYNC = "/api/v1/ai/ask_sync"
 
 
-def key(**own: float | None) -> ApiKey:
+def key(**own: Any) -> ApiKey:
     return ApiKey(id="k1", label="team", sha256="0" * 64, created="now", limits=KeyLimits(**own))
 
 
