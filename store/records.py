@@ -105,6 +105,11 @@ class Totals(msgspec.Struct, kw_only=True):
     model_seconds: float = 0.0
     errors: int = 0
     cancelled: int = 0
+    # GPU time (upstreams.gputime), the part of it that was model loading, and the cost of
+    # the calls on priced upstreams.
+    gpu_seconds: float = 0.0
+    gpu_load_seconds: float = 0.0
+    cost: float = 0.0
 
 
 class GroupStats(msgspec.Struct, kw_only=True):
@@ -123,6 +128,10 @@ class GroupStats(msgspec.Struct, kw_only=True):
     p50_ttft_seconds: float | None
     # Generation speed: output tokens over Ollama's eval time, for calls that report both.
     tokens_per_second: float | None
+    # GPU time, the part of it that was model loading, and its cost (priced upstreams).
+    gpu_seconds: float = 0.0
+    gpu_load_seconds: float = 0.0
+    cost: float = 0.0
 
 
 class Bucket(msgspec.Struct, kw_only=True):
@@ -145,3 +154,5 @@ class Stats(msgspec.Struct, kw_only=True):
     by_front: list[GroupStats] = msgspec.field(default_factory=list)
     by_endpoint: list[GroupStats] = msgspec.field(default_factory=list)
     by_upstream: list[GroupStats] = msgspec.field(default_factory=list)
+    # By API key, as its label was when the call was made ("admin": the page's playground).
+    by_key: list[GroupStats] = msgspec.field(default_factory=list)
