@@ -172,11 +172,13 @@ class MemoryCounters:
             del self._open[name]
 
     def _gpu(self) -> tuple[dict[str, int], dict[str, int]]:
-        day, month = utc_day(), utc_month()
+        day = utc_day()
         if day != self._gpu_day:
+            # A month only turns with a day: the calendar is read once a day.
             self._gpu_day, self._gpu_today = day, defaultdict(int)
-        if month != self._gpu_month:
-            self._gpu_month, self._gpu_this_month = month, defaultdict(int)
+            month = utc_month()
+            if month != self._gpu_month:
+                self._gpu_month, self._gpu_this_month = month, defaultdict(int)
         return self._gpu_today, self._gpu_this_month
 
     async def gpu_used(self, name: str) -> tuple[float, float]:
@@ -227,6 +229,7 @@ class Limits:
             settings.project_gpu_seconds_per_day,
             settings.project_gpu_seconds_per_month,
         )
+        self._project_gpu_on = any(self._project_gpu)
         # Counted by this process alone by design: no admission is then "decided locally".
         self._shared = self.counters.health().shared is not None
         self._alone = 0
@@ -287,12 +290,11 @@ class Limits:
                 if gpu_day or gpu_month:
                     await self._gpu(f"key:{key.id}", gpu_day, gpu_month, what)
                 await self._minute(f"key:{key.id}", rpm, what)
-            if project is not None:
-                what = f"the project {project!r}"
-                if any(self._project_gpu):
-                    await self._gpu(f"project:{project}", *self._project_gpu, what)
+            if project is not None and (self._project_limits or self._project_gpu_on):
+                name, what = f"project:{project}", f"the project {project!r}"
+                if self._project_gpu_on:
+                    await self._gpu(name, *self._project_gpu, what)
                 if self._project_limits:
-                    name = f"project:{project}"
                     await self._day(name, self.settings.project_tokens_per_day, what)
                     await self._minute(name, self.settings.project_rpm, what)
         finally:

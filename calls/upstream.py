@@ -47,6 +47,9 @@ class UpstreamHealth(msgspec.Struct, kw_only=True):
     circuit: str | None = None
     waiting: int | None = None
     loaded: list[str] | None = None
+    # Its GPUs and its price per GPU-hour (upstreams.gputime), for one of several.
+    gpus: int | None = None
+    cost: float | None = None
 
 
 class AnswerStream(Protocol):

@@ -45,7 +45,10 @@ async def test_a_call_alone_is_charged_the_upstreams_own_time(tmp_path: Path) ->
         )
         assert response.status_code == 200
         (record,) = await arecords(client, project=project)
+        health = (await client.get("/health")).json()
 
+    (upstream,) = health["upstreams"]
+    assert (upstream["name"], upstream["gpus"], upstream["cost"]) == ("gpu", 1, 3.6)
     own = record["load_seconds"] + record["prompt_eval_seconds"] + record["eval_seconds"]
     assert record["load_seconds"] >= 0.05
     assert record["gpu_seconds"] == pytest.approx(own, rel=1e-3, abs=2e-6)

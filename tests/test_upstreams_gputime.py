@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from calls.types import Metrics
+from ollama_host.settings import parse_settings
 from upstreams.config import ConfigError, load_file, parse_flag
 from upstreams.gputime import GpuClock, Lease, charge, reported
 
@@ -160,3 +161,16 @@ def test_a_cost_that_is_not_a_number_in_a_file_is_named(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"\[upstream.gpu1\]: cost must be a price"):
         load_file(path)
+
+
+def test_the_start_is_refused_in_one_line_naming_the_upstream(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_settings(["--upstream", "gpu1=http://10.0.0.5:11434,cost=cheap"], {})
+
+    assert exited.value.code == 2
+    said = [line for line in capsys.readouterr().err.splitlines() if "cost" in line]
+    assert len(said) == 1
+    assert "gpu1=http://10.0.0.5:11434,cost=cheap" in said[0]
+    assert "cost must be a price per GPU-hour" in said[0]

@@ -170,6 +170,8 @@ class Member:
             loaded=sorted(
                 self.models[key].name if key in self.models else key for key in self.loaded
             ),
+            gpus=self.clock.gpus,
+            cost=self.cost,
         )
 
 
