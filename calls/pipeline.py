@@ -47,13 +47,14 @@ from .types import (
     CallRequest,
     Embeddings,
     EmbedRequest,
+    GpuUse,
     Labels,
     LoadedModel,
     Message,
     Metrics,
     ModelInfo,
 )
-from .upstream import AnswerStream, Upstream
+from .upstream import AnswerStream, Upstream, gpu_tab
 
 log = logging.getLogger("ollama_host.calls")
 T = TypeVar("T")
@@ -159,7 +160,12 @@ class Gateway:
         held = await self.limits.open_stream(caller.key)
         call = Call(self, ask, caller, account, held)
         assert isinstance(request, CallRequest)
-        call._opening = asyncio.ensure_future(self.upstream.open_stream(request))
+        # The opening runs in a task of its own, which takes the tab with it.
+        token = gpu_tab.set(call._tab)
+        try:
+            call._opening = asyncio.ensure_future(self.upstream.open_stream(request))
+        finally:
+            gpu_tab.reset(token)
         try:
             await call._wait_open(self.open_wait)
         except BaseException:
@@ -265,6 +271,7 @@ class Call(Generic[Q]):
         "_held",
         "_opening",
         "_stream",
+        "_tab",
         "account",
         "ask",
         "caller",
@@ -292,6 +299,8 @@ class Call(Generic[Q]):
         # A stream's places under the concurrency limits, given back once.
         self._held = held
         self._opening: asyncio.Future[AnswerStream] | None = None
+        # GPU time a router charged for a stream closed while it was still opening.
+        self._tab: list[GpuUse] = []
         self._stream: AnswerStream | None = None
         # Set by the front when its client has gone: a stream stops at its next step.
         self.gone = False
@@ -342,9 +351,12 @@ class Call(Generic[Q]):
         """Await an upstream's whole result, recording any way it fails."""
         account = self.account
         gateway = self.gateway
+        tab: list[GpuUse] = []
+        token = gpu_tab.set(tab)
         try:
             return await gateway.drain.guard(work)
         except ShuttingDown:
+            account.gpu = tab[-1] if tab else None
             error = shutting_down(account.id)
             await gateway.finish(account, "cancelled", error=error)
             raise error from None
@@ -355,13 +367,17 @@ class Call(Generic[Q]):
             raise error from exc
         except asyncio.CancelledError:
             # The client hung up; the cancellation has already closed the upstream request.
+            account.gpu = tab[-1] if tab else None
             await gateway.finish(account, "cancelled")
             raise
         except BaseException:
             # Neither an answer nor a failure we know: a bug. Record the call before the
             # exception reaches the 500 handler, so no call goes unaccounted for.
+            account.gpu = tab[-1] if tab else None
             await gateway.finish(account, "error", error=internal(account.id))
             raise
+        finally:
+            gpu_tab.reset(token)
 
     # -- a stream ------------------------------------------------------------------------------
 
@@ -481,6 +497,8 @@ class Call(Generic[Q]):
                 await asyncio.wait_for(stream.aclose(), 5)
             if stream.gpu is not None:
                 self.account.gpu = stream.gpu  # charged as it closed
+        if self.account.gpu is None and self._tab:
+            self.account.gpu = self._tab[-1]
         await self.gateway.finish(self.account, "cancelled", error=self.reason)
         held, self._held = self._held, None
         if held is not None:

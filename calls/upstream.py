@@ -12,6 +12,7 @@ a transport's own exceptions.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from typing import Literal, Protocol
 
 import msgspec
@@ -27,6 +28,11 @@ from .types import (
     ModelInfo,
     Piece,
 )
+
+# Where a router leaves the GPU time of a whole call (an answer, embeddings) that ends without
+# a result or an UpstreamError to carry it: one cancelled by its client, or cut by a shutdown.
+# The pipeline sets a list here for each whole call (it runs in the caller's own task).
+gpu_tab: ContextVar[list[GpuUse] | None] = ContextVar("gpu_tab", default=None)
 
 
 class UpstreamHealth(msgspec.Struct, kw_only=True):

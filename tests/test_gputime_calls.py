@@ -13,7 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from access.identity import Credentials
+from calls.pipeline import Ask
+from calls.types import CallRequest, Message
 from ollama_client import OllamaUpstream
+from routes.request_id import new_id
+from store import UsageQuery
 from tests import ollama_standin
 from tests.asgi import STANDIN_URL, Local, in_process
 from tests.helpers import arecords, ask, unique
@@ -109,3 +114,51 @@ async def test_under_load_an_upstream_never_gives_more_than_its_gpus(
     assert claimed >= 100 * 32  # what summing the server's figures would have said
     assert sum(charged) <= elapsed * gpus
     assert sum(charged) > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_call_whose_client_hangs_up_is_charged_what_it_used(
+    tmp_path: Path, stream: bool
+) -> None:
+    """Hanging up before the answer is complete is no way around a budget: the GPU worked
+    for the time the call held its slot, whole answer or stream."""
+    router = routed()
+    async with gateway(tmp_path / "data", router) as local:
+        pipeline = local.gateway
+        asked = Ask(
+            # The in-process stand-in's answer arrives whole after its load: a stream is
+            # still opening when its client goes.
+            request=CallRequest(model="llama3", messages=[Message("user", "[[load=1.5]]")]),
+            credentials=Credentials(),
+            id=new_id(),
+            front="test",
+            endpoint="/test",
+            stream=stream,
+        )
+        call = await pipeline.call(asked)
+
+        async def read() -> None:
+            if stream:
+                async for _ in call.events():
+                    pass
+            else:
+                await call.answer()
+
+        reading = asyncio.ensure_future(read())
+        (member,) = router.members
+        for _ in range(2000):  # until its slot is taken and its GPU clock runs
+            if member.in_flight:
+                break
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.2)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        await call.aclose()
+        await pipeline.store.flush()
+        found = [r for r in await pipeline.store.query(UsageQuery(limit=10)) if r.id == asked.id]
+
+    (record,) = found
+    assert record.status == "cancelled"
+    assert record.gpu_seconds is not None
+    assert record.gpu_seconds >= 0.2

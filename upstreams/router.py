@@ -59,7 +59,7 @@ from calls.types import (
     ModelInfo,
     Piece,
 )
-from calls.upstream import AnswerStream, ModelServer, UpstreamHealth
+from calls.upstream import AnswerStream, ModelServer, UpstreamHealth, gpu_tab
 
 from .breaker import Breaker
 from .config import UpstreamSpec
@@ -312,7 +312,10 @@ class Router:
                 failure = exc
                 continue
             except BaseException:
-                member.charge(lease, None)
+                # Cancelled: the GPU worked all the same, and the call is charged for it.
+                use = member.charge(lease, None)
+                if (tab := gpu_tab.get()) is not None:
+                    tab.append(use)
                 raise
             finally:
                 self._release(member)
@@ -360,7 +363,9 @@ class Router:
                 self._release(member)
                 failure = exc
             except BaseException:
-                member.charge(lease, None)
+                use = member.charge(lease, None)
+                if (tab := gpu_tab.get()) is not None:
+                    tab.append(use)
                 self._release(member)
                 raise
             else:
