@@ -85,31 +85,28 @@ class GpuClock:
         return max(0.0, now - lease.at), max(0.0, self.virtual - lease.virtual)
 
 
-def _finite(value: float | None) -> float | None:
-    # An upstream's figure is untrusted: one that is not a finite non-negative number is
-    # ignored (NaN fails every comparison), and any is bounded by the time the slot was held.
-    if value is None or not 0.0 <= value < float("inf"):
-        return None
-    return value
+_INF = float("inf")
 
 
 def reported(metrics: Metrics | None) -> float | None:
     """The upstream's own time for a call: load + prompt evaluation + generation, as far as
-    it reports them; else its total (an Ollama embedding reports only that); else None."""
+    it reports them; else its total (an Ollama embedding reports only that); else None.
+
+    An upstream's figures are untrusted: one that is not a finite non-negative number is
+    ignored (NaN fails every comparison), and any is bounded later by the time the slot was
+    held. (Plain code, not a comprehension: this runs on every call.)"""
     if metrics is None:
         return None
-    parts = [
-        v
-        for v in (
-            _finite(metrics.load_seconds),
-            _finite(metrics.prompt_eval_seconds),
-            _finite(metrics.eval_seconds),
-        )
-        if v is not None
-    ]
-    if parts:
-        return sum(parts)
-    return _finite(metrics.upstream_seconds)
+    total = 0.0
+    found = False
+    for value in (metrics.load_seconds, metrics.prompt_eval_seconds, metrics.eval_seconds):
+        if value is not None and 0.0 <= value < _INF:
+            total += value
+            found = True
+    if found:
+        return total
+    value = metrics.upstream_seconds
+    return value if value is not None and 0.0 <= value < _INF else None
 
 
 def charge(own: float | None, held: float, share: float, cost: float | None) -> GpuUse:
