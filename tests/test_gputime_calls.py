@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from routes.request_id import new_id
 from store import UsageQuery
 from tests import ollama_standin
 from tests.asgi import STANDIN_URL, Local, in_process
-from tests.helpers import arecords, ask, unique
+from tests.gateway_proc import start_gateway
+from tests.helpers import arecords, ask, records, unique
+from tests.ollama_standin import StandIn
 from upstreams.config import UpstreamSpec
 from upstreams.router import Member, Router
 
@@ -162,3 +165,54 @@ async def test_a_call_whose_client_hangs_up_is_charged_what_it_used(
     assert record.status == "cancelled"
     assert record.gpu_seconds is not None
     assert record.gpu_seconds >= 0.2
+
+
+def test_under_load_through_a_real_gateway_the_gpus_are_never_exceeded(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """A gateway process over one server as two upstreams (gpus=1 and gpus=2): 64 calls at
+    once, whole and streamed on two fronts, each claiming 100 s of generation. Per upstream,
+    the calls' GPU-seconds add up to at most the elapsed time times its GPUs."""
+    project = unique("load")
+    with start_gateway(
+        tmp_path / "data",
+        "--upstream",
+        f"one={standin.url},gpus=1,models=llama3",
+        "--upstream",
+        f"two={standin.url},gpus=2,models=qwen",
+    ) as site:
+        content = "[[report=100]] [[delay=0.01]] [[tokens=8]]"
+
+        def one(i: int) -> int:
+            model = ("llama3", "qwen")[i % 2]
+            with httpx.Client(base_url=site.url, timeout=60) as client:
+                if i % 4 < 2:
+                    body = ask(model, content, project=project)
+                    return client.post("/api/v1/ai/ask_sync", json=body).status_code
+                chat = {
+                    "model": model,
+                    "messages": [{"role": "user", "content": content}],
+                    "stream": True,
+                }
+                with client.stream(
+                    "POST", "/api/chat", json=chat, headers={"X-Project": project}
+                ) as response:
+                    for _ in response.iter_lines():
+                        pass
+                    return response.status_code
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(32) as pool:
+            statuses = list(pool.map(one, range(64)))
+        elapsed = time.monotonic() - started
+        with site.client() as client:
+            found = records(client, project=project, limit=200)
+
+    assert statuses == [200] * 64
+    assert len(found) == 64
+    for upstream, gpus in (("one", 1), ("two", 2)):
+        mine = [r for r in found if r["upstream"] == upstream]
+        assert len(mine) == 32
+        assert sum(r["eval_seconds"] for r in mine) == pytest.approx(3200)  # as claimed
+        charged = sum(r["gpu_seconds"] for r in mine)
+        assert 0 < charged <= elapsed * gpus
