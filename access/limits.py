@@ -337,10 +337,13 @@ class Limits:
             )
 
     async def spend_gpu(self, key: ApiKey | None, project: str | None, seconds: float) -> None:
-        """Count a finished call's GPU-seconds against its key's and project's budgets."""
+        """Count a finished call's GPU-seconds against its key's and project's budgets.
+
+        A key's are always counted, since its budget may be set later in the day; a project's
+        only when the settings give projects a budget, which cannot change while running."""
         if key is not None:
             await self.counters.gpu_spend(f"key:{key.id}", seconds)
-        if project is not None:
+        if project is not None and self._project_gpu_on:
             await self.counters.gpu_spend(f"project:{project}", seconds)
 
     async def spend(self, key: ApiKey | None, project: str | None, tokens: int) -> None:
