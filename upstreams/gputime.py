@@ -112,9 +112,14 @@ def reported(metrics: Metrics | None) -> float | None:
 def charge(own: float | None, held: float, share: float, cost: float | None) -> GpuUse:
     """What a call used: the upstream's own time `own` (None: unknown), bounded by the time
     it `held` its slot and scaled to its `share`; its cost at `cost` per GPU-hour."""
-    seconds = share if own is None or held <= 0.0 else min(own, held) * (share / held)
-    seconds = round(seconds, 6)
+    if own is None or held <= 0.0:
+        seconds = share
+    else:
+        seconds = (own if own < held else held) * (share / held)
+    # To the microsecond (and the cost to 1e-9), by arithmetic: round() formats the float
+    # as decimal digits and parses them back, a few thousand instructions on every call.
+    seconds = int(seconds * 1e6 + 0.5) / 1e6
     return GpuUse(
         seconds=seconds,
-        cost=None if cost is None else round(seconds * cost / _HOUR, 9),
+        cost=None if cost is None else int(seconds * cost / _HOUR * 1e9 + 0.5) / 1e9,
     )
