@@ -194,6 +194,18 @@ Weight = Annotated[
     Meta(ge=0.01, le=100, description="The key's share of a busy upstream: 1 is an equal share."),
 ]
 KeyPriority = Literal["interactive", "batch"]
+# GPU budgets, in GPU-seconds. More than a day (or a 31-day month) of 4,096 GPUs, the most an
+# upstream may have (upstreams.config.MAX_GPUS), is a mistake, not a budget.
+MAX_GPU_DAY = 86_400 * 4096
+MAX_GPU_MONTH = 31 * MAX_GPU_DAY
+GpuDay = Annotated[
+    float,
+    Meta(ge=0, le=MAX_GPU_DAY, description="GPU-seconds per UTC day; 0: none."),
+]
+GpuMonth = Annotated[
+    float,
+    Meta(ge=0, le=MAX_GPU_MONTH, description="GPU-seconds per UTC calendar month; 0: none."),
+]
 
 
 class KeyLimits(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
@@ -202,6 +214,9 @@ class KeyLimits(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown
     rpm: Limit | None = None
     tokens_per_day: Limit | None = None
     streams: Limit | None = None
+    # GPU budgets, in GPU-seconds as the records count them (upstreams.gputime).
+    gpu_seconds_per_day: GpuDay | None = None
+    gpu_seconds_per_month: GpuMonth | None = None
 
 
 class ApiKey(msgspec.Struct, kw_only=True):

@@ -1,4 +1,5 @@
-"""Limits on asking: requests per minute, tokens per day, concurrent streams.
+"""Limits on asking: requests per minute, tokens per day, GPU-seconds per day and per month,
+concurrent streams.
 
 `Limits` applies the gateway's settings and each key's own limits to a call; the counting
 itself is done by a `Counters` implementation. `MemoryCounters`, the default, counts in the
@@ -24,7 +25,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from calls.errors import RateLimited
+from calls.errors import OverBudget, RateLimited
 
 from .keys import ApiKey
 
@@ -79,6 +80,12 @@ class Counters(Protocol):
 
     async def leave(self, name: str) -> None: ...
 
+    async def gpu_used(self, name: str) -> tuple[float, float]:
+        """GPU-seconds `name` has used in the current UTC day and calendar month."""
+        ...
+
+    async def gpu_spend(self, name: str, seconds: float) -> None: ...
+
 
 def utc_day() -> int:
     # time.time() counts no leap seconds, so UTC days are 86,400 s long. (A datetime and an
@@ -92,6 +99,28 @@ def seconds_to_midnight() -> float:
     return (midnight - now).total_seconds()
 
 
+def utc_month() -> int:
+    """The current UTC calendar month, as a number that grows by one a month."""
+    now = time.gmtime()
+    return now.tm_year * 12 + now.tm_mon - 1
+
+
+def next_month() -> datetime:
+    """When the current UTC calendar month ends."""
+    now = datetime.now(UTC)
+    year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
+    return datetime(year, month, 1, tzinfo=UTC)
+
+
+def next_midnight() -> datetime:
+    now = datetime.now(UTC)
+    return datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+
+
+# GPU-seconds are counted in whole microseconds: exact sums, in Redis too (INCRBY).
+MICROS = 1_000_000
+
+
 class MemoryCounters:
     """Counters in this process's memory: a token bucket per name, tokens per UTC day, and
     streams open now."""
@@ -101,6 +130,10 @@ class MemoryCounters:
         self._day = -1
         self._spent: dict[str, int] = defaultdict(int)
         self._open: dict[str, int] = defaultdict(int)
+        # GPU microseconds by name, for the current day and month.
+        self._gpu_day = self._gpu_month = -1
+        self._gpu_today: dict[str, int] = defaultdict(int)
+        self._gpu_this_month: dict[str, int] = defaultdict(int)
 
     def health(self) -> CountersHealth:
         return CountersHealth()
@@ -138,6 +171,26 @@ class MemoryCounters:
         if self._open[name] <= 0:
             del self._open[name]
 
+    def _gpu(self) -> tuple[dict[str, int], dict[str, int]]:
+        day = utc_day()
+        if day != self._gpu_day:
+            # A month only turns with a day: the calendar is read once a day.
+            self._gpu_day, self._gpu_today = day, defaultdict(int)
+            month = utc_month()
+            if month != self._gpu_month:
+                self._gpu_month, self._gpu_this_month = month, defaultdict(int)
+        return self._gpu_today, self._gpu_this_month
+
+    async def gpu_used(self, name: str) -> tuple[float, float]:
+        today, month = self._gpu()
+        return today[name] / MICROS, month[name] / MICROS
+
+    async def gpu_spend(self, name: str, seconds: float) -> None:
+        today, month = self._gpu()
+        micros = round(seconds * MICROS)
+        today[name] += micros
+        month[name] += micros
+
 
 class LimitSettings(Protocol):
     """The settings Limits reads (ollama_host.settings.Settings has them)."""
@@ -154,6 +207,14 @@ class LimitSettings(Protocol):
     def project_tokens_per_day(self) -> int: ...
     @property
     def max_streams(self) -> int: ...
+    @property
+    def key_gpu_seconds_per_day(self) -> float: ...
+    @property
+    def key_gpu_seconds_per_month(self) -> float: ...
+    @property
+    def project_gpu_seconds_per_day(self) -> float: ...
+    @property
+    def project_gpu_seconds_per_month(self) -> float: ...
 
 
 class Limits:
@@ -164,6 +225,11 @@ class Limits:
         self.counters: Counters = counters or MemoryCounters()
         # Checked once: with no limit set anywhere, admitting a call costs one test.
         self._project_limits = bool(settings.project_rpm or settings.project_tokens_per_day)
+        self._project_gpu = (
+            settings.project_gpu_seconds_per_day,
+            settings.project_gpu_seconds_per_month,
+        )
+        self._project_gpu_on = any(self._project_gpu)
         # Counted by this process alone by design: no admission is then "decided locally".
         self._shared = self.counters.health().shared is not None
         self._alone = 0
@@ -211,11 +277,26 @@ class Limits:
                 )
                 what = f"the key {key.label!r}"
                 await self._day(f"key:{key.id}", per_day, what)
+                gpu_day = (
+                    s.key_gpu_seconds_per_day
+                    if limits.gpu_seconds_per_day is None
+                    else limits.gpu_seconds_per_day
+                )
+                gpu_month = (
+                    s.key_gpu_seconds_per_month
+                    if limits.gpu_seconds_per_month is None
+                    else limits.gpu_seconds_per_month
+                )
+                if gpu_day or gpu_month:
+                    await self._gpu(f"key:{key.id}", gpu_day, gpu_month, what)
                 await self._minute(f"key:{key.id}", rpm, what)
-            if project is not None and self._project_limits:
+            if project is not None and (self._project_limits or self._project_gpu_on):
                 name, what = f"project:{project}", f"the project {project!r}"
-                await self._day(name, self.settings.project_tokens_per_day, what)
-                await self._minute(name, self.settings.project_rpm, what)
+                if self._project_gpu_on:
+                    await self._gpu(name, *self._project_gpu, what)
+                if self._project_limits:
+                    await self._day(name, self.settings.project_tokens_per_day, what)
+                    await self._minute(name, self.settings.project_rpm, what)
         finally:
             if token is not None:
                 self._watched(token)
@@ -235,6 +316,35 @@ class Limits:
             raise RateLimited(
                 f"{what} has used its {limit} tokens for today (UTC)", seconds_to_midnight()
             )
+
+    async def _gpu(self, name: str, per_day: float, per_month: float, what: str) -> None:
+        """Refuse if `name` has spent its GPU budget: the month's first, since then waiting
+        for midnight would not help."""
+        today, month = await self.counters.gpu_used(name)
+        if per_month and month >= per_month:
+            reset = next_month()
+            raise OverBudget(
+                f"{what} has used {month:,.0f} of its {per_month:,g} GPU-seconds for this "
+                f"month (UTC); the budget resets at {reset.isoformat()}",
+                (reset - datetime.now(UTC)).total_seconds(),
+            )
+        if per_day and today >= per_day:
+            reset = next_midnight()
+            raise OverBudget(
+                f"{what} has used {today:,.0f} of its {per_day:,g} GPU-seconds for today "
+                f"(UTC); the budget resets at {reset.isoformat()}",
+                (reset - datetime.now(UTC)).total_seconds(),
+            )
+
+    async def spend_gpu(self, key: ApiKey | None, project: str | None, seconds: float) -> None:
+        """Count a finished call's GPU-seconds against its key's and project's budgets.
+
+        A key's are always counted, since its budget may be set later in the day; a project's
+        only when the settings give projects a budget, which cannot change while running."""
+        if key is not None:
+            await self.counters.gpu_spend(f"key:{key.id}", seconds)
+        if project is not None and self._project_gpu_on:
+            await self.counters.gpu_spend(f"project:{project}", seconds)
 
     async def spend(self, key: ApiKey | None, project: str | None, tokens: int) -> None:
         """Count a finished call's tokens against its key's and project's daily budgets."""

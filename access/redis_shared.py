@@ -6,6 +6,8 @@ step is atomic in Redis, so two gateways never both admit the last request of a 
 - requests per minute: the same token bucket as MemoryCounters, in a Lua script that reads
   Redis's clock, so every gateway refills it alike;
 - tokens per UTC day: INCRBY in a MULTI with the key's expiry;
+- GPU-seconds per UTC day and calendar month: whole microseconds, INCRBY on both in one MULTI
+  with their expiries, read back with one MGET;
 - open streams: a hash per name, one field per gateway process holding its own count; a Lua
   script admits a stream if the live gateways' counts leave room. A gateway's fields count
   only while its heartbeat key lives (HEARTBEAT_SECONDS), so a gateway killed with streams
@@ -38,7 +40,7 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .limits import CountersHealth, MemoryCounters, counted_alone, utc_day
+from .limits import MICROS, CountersHealth, MemoryCounters, counted_alone, utc_day, utc_month
 from .tickets import TICKET_SECONDS, MemoryTickets
 
 log = logging.getLogger("ollama_host.limits")
@@ -58,6 +60,7 @@ RETRY_SECONDS = 1.0
 HEARTBEAT_SECONDS = 5.0
 ALIVE_MS = 15_000
 DAY_MS = 2 * 86_400_000
+MONTH_MS = 32 * 86_400_000
 
 _TAKE = """
 local rate = tonumber(ARGV[1])
@@ -227,6 +230,35 @@ class RedisShared:
 
         # Counted locally too: if Redis goes away, the local count carries on from here.
         await self.local.spend(name, tokens)
+        await self._shared(remote, _nothing)
+
+    def _gpu_keys(self, name: str) -> tuple[str, str]:
+        return (
+            self._key("gpu-day", str(utc_day()), name),
+            self._key("gpu-month", str(utc_month()), name),
+        )
+
+    async def gpu_used(self, name: str) -> tuple[float, float]:
+        async def remote() -> tuple[float, float]:
+            day, month = await self._client.mget(self._gpu_keys(name))
+            return int(day or 0) / MICROS, int(month or 0) / MICROS
+
+        return await self._shared(remote, lambda: self.local.gpu_used(name))
+
+    async def gpu_spend(self, name: str, seconds: float) -> None:
+        micros = round(seconds * MICROS)
+
+        async def remote() -> None:
+            day, month = self._gpu_keys(name)
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.incrby(day, micros)
+                pipe.pexpire(day, DAY_MS)
+                pipe.incrby(month, micros)
+                pipe.pexpire(month, MONTH_MS)
+                await pipe.execute()
+
+        # Counted locally too, as tokens are: if Redis goes away, the local count carries on.
+        await self.local.gpu_spend(name, seconds)
         await self._shared(remote, _nothing)
 
     async def enter(self, name: str, limit: int) -> bool:

@@ -34,6 +34,7 @@ from calls.types import (
     CallRequest,
     Embeddings,
     EmbedRequest,
+    GpuUse,
     LoadedModel,
     Metrics,
     ModelInfo,
@@ -54,6 +55,7 @@ class SimStream:
         self.upstream: str | None = server.name
         self.attempts = 1
         self.metrics: Metrics | None = None
+        self.gpu: GpuUse | None = None
 
     async def batches(self) -> AsyncIterator[list[Piece]]:
         await asyncio.sleep(self.server.service)

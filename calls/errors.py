@@ -16,6 +16,8 @@ import math
 
 import msgspec
 
+from .types import GpuUse
+
 
 class CallError(Exception):
     """A failure as the client sees it: status, a stable code, a message saying what to do."""
@@ -46,6 +48,14 @@ class RateLimited(CallError):
         super().__init__(
             429, "rate_limited", message, headers={"Retry-After": str(self.retry_after)}
         )
+
+
+class OverBudget(RateLimited):
+    """A GPU budget (per day or per month) is spent; `Retry-After` says when it resets."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, retry_after)
+        self.code = "gpu_budget_spent"
 
 
 def unauthorized(message: str) -> CallError:
@@ -82,6 +92,8 @@ class UpstreamError(Exception):
     attempts: int | None = None
     # Seconds after which trying again makes sense, when the gateway measured it.
     retry_after: int | None = None
+    # Set by a router: the GPU time the failed call used on that upstream.
+    gpu: GpuUse | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

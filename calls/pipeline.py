@@ -50,13 +50,14 @@ from .types import (
     CallRequest,
     Embeddings,
     EmbedRequest,
+    GpuUse,
     Labels,
     LoadedModel,
     Message,
     Metrics,
     ModelInfo,
 )
-from .upstream import AnswerStream, Upstream
+from .upstream import AnswerStream, Upstream, gpu_tab
 
 log = logging.getLogger("ollama_host.calls")
 T = TypeVar("T")
@@ -171,12 +172,15 @@ class Gateway:
         held = await self.limits.open_stream(caller.key)
         call = Call(self, ask, caller, account, held, place=place)
         assert isinstance(request, CallRequest)
-        # The task takes a copy of the context, with the place in it, as it is made.
-        token = current_place.set(place)
+        # The opening runs in a task of its own, which takes a copy of the context as it is
+        # made: the place in line and the GPU tab go with it.
+        place_token = current_place.set(place)
+        token = gpu_tab.set(call._tab)
         try:
             call._opening = asyncio.ensure_future(self.upstream.open_stream(request))
         finally:
-            current_place.reset(token)
+            gpu_tab.reset(token)
+            current_place.reset(place_token)
         try:
             await call._wait_open(self.open_wait)
         except BaseException:
@@ -254,6 +258,8 @@ class Gateway:
         tokens = (record.input_tokens or 0) + (record.output_tokens or 0)
         if tokens and (account.caller.key is not None or record.project is not None):
             await self.limits.spend(account.caller.key, record.project, tokens)
+        if record.gpu_seconds and (account.caller.key is not None or record.project is not None):
+            await self.limits.spend_gpu(account.caller.key, record.project, record.gpu_seconds)
         log.debug(
             "call %s model=%s status=%s streamed=%s tokens_in=%s tokens_out=%s seconds=%.3f%s",
             account.id,
@@ -294,6 +300,8 @@ def _tried(account: Account, source: AnswerStream | UpstreamError) -> None:
     stream or an upstream failure last said (a router sets both on its failures)."""
     if source.upstream is not None:
         account.upstream, account.attempts = source.upstream, source.attempts
+    if source.gpu is not None:
+        account.gpu = source.gpu
 
 
 class Call(Generic[Q]):
@@ -304,6 +312,7 @@ class Call(Generic[Q]):
         "_held",
         "_opening",
         "_stream",
+        "_tab",
         "account",
         "ask",
         "caller",
@@ -334,6 +343,8 @@ class Call(Generic[Q]):
         # A stream's places under the concurrency limits, given back once.
         self._held = held
         self._opening: asyncio.Future[AnswerStream] | None = None
+        # GPU time a router charged for a stream closed while it was still opening.
+        self._tab: list[GpuUse] = []
         self._stream: AnswerStream | None = None
         # Set by the front when its client has gone: a stream stops at its next step.
         self.gone = False
@@ -376,6 +387,7 @@ class Call(Generic[Q]):
             output_tokens=0,
             upstream_seconds=result.upstream_seconds,
             load_seconds=result.load_seconds,
+            gpu=result.gpu,
         )
         record = await self.gateway.finish(account, "ok", metrics)
         assert record is not None
@@ -385,10 +397,13 @@ class Call(Generic[Q]):
         """Await an upstream's whole result, recording any way it fails."""
         account = self.account
         gateway = self.gateway
-        token = current_place.set(self.place)
+        place_token = current_place.set(self.place)
+        tab: list[GpuUse] = []
+        token = gpu_tab.set(tab)
         try:
             return await gateway.drain.guard(work)
         except ShuttingDown:
+            account.gpu = tab[-1] if tab else None
             error = shutting_down(account.id)
             await gateway.finish(account, "cancelled", error=error)
             raise error from None
@@ -399,15 +414,18 @@ class Call(Generic[Q]):
             raise error from exc
         except asyncio.CancelledError:
             # The client hung up; the cancellation has already closed the upstream request.
+            account.gpu = tab[-1] if tab else None
             await gateway.finish(account, "cancelled")
             raise
         except BaseException:
             # Neither an answer nor a failure we know: a bug. Record the call before the
             # exception reaches the 500 handler, so no call goes unaccounted for.
+            account.gpu = tab[-1] if tab else None
             await gateway.finish(account, "error", error=internal(account.id))
             raise
         finally:
-            current_place.reset(token)
+            gpu_tab.reset(token)
+            current_place.reset(place_token)
 
     # -- a stream ------------------------------------------------------------------------------
 
@@ -550,6 +568,10 @@ class Call(Generic[Q]):
             _tried(self.account, stream)
             with contextlib.suppress(UpstreamError, TimeoutError):
                 await asyncio.wait_for(stream.aclose(), 5)
+            if stream.gpu is not None:
+                self.account.gpu = stream.gpu  # charged as it closed
+        if self.account.gpu is None and self._tab:
+            self.account.gpu = self._tab[-1]
         await self.gateway.finish(self.account, "cancelled", error=self.reason)
         held, self._held = self._held, None
         if held is not None:

@@ -17,7 +17,7 @@ from access.identity import Caller
 from store.records import InputMessage, Status, UsageRecord, iso
 
 from .errors import CallError
-from .types import CallRequest, Labels, Message, Metrics, Piece, ToolCall
+from .types import CallRequest, GpuUse, Labels, Message, Metrics, Piece, ToolCall
 
 _to_builtins = msgspec.to_builtins
 
@@ -110,6 +110,9 @@ class Account:
         self.upstream: str | None = None
         self.attempts: int | None = None
         self.input_count: int | None = None
+        # The GPU time it used, when the upstream's final account did not bring it (a call
+        # that failed or was cancelled).
+        self.gpu: GpuUse | None = None
         self.record: UsageRecord | None = None
         # Seconds it waited in the gateway for an upstream slot, set when it got one; and the
         # class it was served at.
@@ -149,6 +152,7 @@ class Account:
         labels = self.labels
         output, thinking = self.output, self.thinking
         truncated = output.truncated or thinking.truncated
+        gpu = metrics.gpu or self.gpu
         self.record = UsageRecord(
             id=self.id,
             date=self.date,
@@ -189,5 +193,7 @@ class Account:
             input_count=self.input_count,
             queue_seconds=_seconds(self.queue_seconds),
             priority=self.priority,
+            gpu_seconds=gpu.seconds if gpu else None,
+            cost=gpu.cost if gpu else None,
         )
         return self.record

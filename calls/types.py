@@ -118,6 +118,14 @@ class Labels(msgspec.Struct, frozen=True, kw_only=True):
 # -- what comes back ------------------------------------------------------------------------
 
 
+class GpuUse(msgspec.Struct, frozen=True, kw_only=True):
+    """The GPU time a call used on the upstream that served it, and its price (None: the
+    upstream has no `cost`); upstreams.gputime says by which rule."""
+
+    seconds: float
+    cost: float | None = None
+
+
 class Metrics(msgspec.Struct, kw_only=True):
     """The upstream's own account of one answer, durations in seconds; None when unknown."""
 
@@ -130,6 +138,8 @@ class Metrics(msgspec.Struct, kw_only=True):
     eval_seconds: float | None = None
     # A completion's context, which a client may pass back to continue it.
     context: list[int] | None = None
+    # Set by the router that ran the call: the GPU time it used there.
+    gpu: GpuUse | None = None
 
 
 class Piece(msgspec.Struct):
@@ -158,6 +168,7 @@ class Embeddings(msgspec.Struct, kw_only=True):
     load_seconds: float | None = None
     upstream: str | None = None
     attempts: int = 1
+    gpu: GpuUse | None = None
 
 
 class ModelInfo(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -12,6 +12,7 @@ a transport's own exceptions.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from typing import Literal, Protocol
 
 import msgspec
@@ -21,11 +22,17 @@ from .types import (
     CallRequest,
     Embeddings,
     EmbedRequest,
+    GpuUse,
     LoadedModel,
     Metrics,
     ModelInfo,
     Piece,
 )
+
+# Where a router leaves the GPU time of a whole call (an answer, embeddings) that ends without
+# a result or an UpstreamError to carry it: one cancelled by its client, or cut by a shutdown.
+# The pipeline sets a list here for each whole call (it runs in the caller's own task).
+gpu_tab: ContextVar[list[GpuUse] | None] = ContextVar("gpu_tab", default=None)
 
 
 class UpstreamHealth(msgspec.Struct, kw_only=True):
@@ -50,6 +57,9 @@ class UpstreamHealth(msgspec.Struct, kw_only=True):
     # whether its caps and queue are shared through Redis or kept by this gateway alone.
     fairness: str | None = None
     shared: str | None = None
+    # Its GPUs and its price per GPU-hour (upstreams.gputime), for one of several.
+    gpus: int | None = None
+    cost: float | None = None
 
 
 class AnswerStream(Protocol):
@@ -64,6 +74,9 @@ class AnswerStream(Protocol):
     attempts: int
     # The upstream's final account, set when the stream has ended normally.
     metrics: Metrics | None
+    # The GPU time the stream used, set by a router once it has ended or been closed
+    # (whatever ended it); None from a single server, which cannot tell.
+    gpu: GpuUse | None
 
     def batches(self) -> AsyncIterator[list[Piece]]:
         """The pieces as they arrive, a list per read: never empty."""

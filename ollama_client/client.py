@@ -32,6 +32,7 @@ from calls.types import (
     CallRequest,
     Embeddings,
     EmbedRequest,
+    GpuUse,
     LoadedModel,
     Metrics,
     ModelInfo,
@@ -203,6 +204,7 @@ class OllamaStream:
         self.upstream: str | None = name
         self.attempts = 1
         self.metrics: Metrics | None = None
+        self.gpu: GpuUse | None = None
 
     async def batches(self) -> AsyncIterator[list[Piece]]:
         lines = Lines(self._max_line)

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 import msgspec
 from msgspec import Meta
 
+from access.keys import MAX_GPU_DAY, MAX_GPU_MONTH
 from access.origins import OriginError, parse_patterns
 from ollama_host import __version__
 from ollama_host.envhost import ollama_url
@@ -550,6 +551,56 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "tokens per UTC day per `project`",
             shown=NONE,
             ge=0,
+        ),
+    ] = 0
+    # GPU budgets (access/limits.py), in GPU-seconds as records count them; 0 means none. A
+    # key's own budgets override the per-key defaults.
+    key_gpu_seconds_per_day: Annotated[
+        float,
+        setting(
+            "--key-gpu-seconds-per-day",
+            "OLLAMA_GATEWAY_KEY_GPU_SECONDS_PER_DAY",
+            "GPU-seconds per UTC day per API key",
+            shown=NONE,
+            metavar="S",
+            ge=0,
+            le=MAX_GPU_DAY,
+        ),
+    ] = 0
+    key_gpu_seconds_per_month: Annotated[
+        float,
+        setting(
+            "--key-gpu-seconds-per-month",
+            "OLLAMA_GATEWAY_KEY_GPU_SECONDS_PER_MONTH",
+            "GPU-seconds per UTC calendar month per API key",
+            shown=NONE,
+            metavar="S",
+            ge=0,
+            le=MAX_GPU_MONTH,
+        ),
+    ] = 0
+    project_gpu_seconds_per_day: Annotated[
+        float,
+        setting(
+            "--project-gpu-seconds-per-day",
+            "OLLAMA_GATEWAY_PROJECT_GPU_SECONDS_PER_DAY",
+            "GPU-seconds per UTC day per `project`",
+            shown=NONE,
+            metavar="S",
+            ge=0,
+            le=MAX_GPU_DAY,
+        ),
+    ] = 0
+    project_gpu_seconds_per_month: Annotated[
+        float,
+        setting(
+            "--project-gpu-seconds-per-month",
+            "OLLAMA_GATEWAY_PROJECT_GPU_SECONDS_PER_MONTH",
+            "GPU-seconds per UTC calendar month per `project`",
+            shown=NONE,
+            metavar="S",
+            ge=0,
+            le=MAX_GPU_MONTH,
         ),
     ] = 0
     max_streams: Annotated[

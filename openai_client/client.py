@@ -45,6 +45,7 @@ from calls.types import (
     Embeddings,
     EmbedRequest,
     Generation,
+    GpuUse,
     LoadedModel,
     Message,
     Metrics,
@@ -315,6 +316,7 @@ class OpenAIStream:
         self.upstream: str | None = name
         self.attempts = 1
         self.metrics: Metrics | None = None
+        self.gpu: GpuUse | None = None
 
     async def batches(self) -> AsyncIterator[list[Piece]]:
         try:

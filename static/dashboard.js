@@ -3,6 +3,8 @@
 // Everything that came from a caller (prompts, answers, tags, model names) reaches
 // the page through textContent or an attribute, never as HTML.
 
+import { renderGpu } from "./gpu.js";
+
 const POLL_MS = 3000;
 const PAGE_SIZE = 50;
 const MAX_ROWS = 500;
@@ -356,6 +358,7 @@ function fillDatalist(id, values) {
 }
 
 function renderStats(stats) {
+  renderGpu(stats, setFilter);
   renderTotals(stats.totals);
   renderCharts(stats);
   renderBreakdown($("by-model"), stats.by_model, "Model");
@@ -576,6 +579,9 @@ function showDetail(record) {
     ["Streamed", record.streamed ? "yes" : "no"],
   ];
   if (record.upstream) facts.push(["Upstream", record.upstream + (record.attempts > 1 ? ` (${record.attempts} tries)` : "")]);
+  if (record.gpu_seconds !== null && record.gpu_seconds !== undefined) {
+    facts.push(["GPU time", fmtSeconds(record.gpu_seconds) + (record.cost ? ` (cost ${record.cost.toFixed(4)})` : "")]);
+  }
   if (record.input_count !== null && record.input_count !== undefined) facts.push(["Inputs embedded", fmtInt(record.input_count)]);
   if (record.user) facts.push(["User", record.user]);
   for (const [term, value] of facts) meta.append(el("dt", term), el("dd", value));

@@ -71,6 +71,11 @@ class UsageRecord(msgspec.Struct, kw_only=True):
     # free; None: it never reached one), and the class it was served at.
     queue_seconds: float | None = None
     priority: str | None = None
+    # GPU time the call used on its upstream (upstreams.gputime: the upstream's own figure,
+    # or the time it held a slot, shared among the calls running beside it), and its price
+    # at the upstream's `cost` per GPU-hour (None: not priced).
+    gpu_seconds: float | None = None
+    cost: float | None = None
 
 
 class UsageQuery(msgspec.Struct, kw_only=True, frozen=True):
@@ -104,6 +109,11 @@ class Totals(msgspec.Struct, kw_only=True):
     model_seconds: float = 0.0
     errors: int = 0
     cancelled: int = 0
+    # GPU time (upstreams.gputime), the part of it that was model loading, and the cost of
+    # the calls on priced upstreams.
+    gpu_seconds: float = 0.0
+    gpu_load_seconds: float = 0.0
+    cost: float = 0.0
 
 
 class GroupStats(msgspec.Struct, kw_only=True):
@@ -122,6 +132,10 @@ class GroupStats(msgspec.Struct, kw_only=True):
     p50_ttft_seconds: float | None
     # Generation speed: output tokens over Ollama's eval time, for calls that report both.
     tokens_per_second: float | None
+    # GPU time, the part of it that was model loading, and its cost (priced upstreams).
+    gpu_seconds: float = 0.0
+    gpu_load_seconds: float = 0.0
+    cost: float = 0.0
 
 
 class Bucket(msgspec.Struct, kw_only=True):
@@ -144,3 +158,5 @@ class Stats(msgspec.Struct, kw_only=True):
     by_front: list[GroupStats] = msgspec.field(default_factory=list)
     by_endpoint: list[GroupStats] = msgspec.field(default_factory=list)
     by_upstream: list[GroupStats] = msgspec.field(default_factory=list)
+    # By API key, as its label was when the call was made ("admin": the page's playground).
+    by_key: list[GroupStats] = msgspec.field(default_factory=list)

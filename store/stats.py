@@ -1,8 +1,9 @@
 """Aggregates over usage records, built from mergeable cells.
 
 A cell sums the records that share a time bucket and the dimensions the dashboard
-filters and groups by (model, project, process, subprocess, status, and the front,
-endpoint and upstream a call took); a dist holds the duration histograms of one
+filters and groups by (model, project, process, subprocess, status, the front,
+endpoint and upstream a call took, and its key's label); a dist holds the duration
+histograms of one
 combination of dimensions. Both merge,
 so the store keeps hourly cells and dists beside each closed file and answers
 stats() from those instead of re-reading every record.
@@ -29,9 +30,17 @@ _LOG_RATIO = math.log(RATIO)
 ZERO = -(10**6)
 _ZERO_BELOW = 1e-6
 
-# model, project, process_id, subprocess_id, status, front, endpoint, upstream
+# model, project, process_id, subprocess_id, status, front, endpoint, upstream, key_label
 DimsKey = tuple[
-    str | None, str | None, str | None, str | None, str, str | None, str | None, str | None
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+    str,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
 ]
 
 
@@ -70,6 +79,27 @@ class Measured(Protocol):
     def endpoint(self) -> str | None: ...
     @property
     def upstream(self) -> str | None: ...
+    @property
+    def key_label(self) -> str | None: ...
+    @property
+    def gpu_seconds(self) -> float | None: ...
+    @property
+    def cost(self) -> float | None: ...
+    @property
+    def load_seconds(self) -> float | None: ...
+    @property
+    def prompt_eval_seconds(self) -> float | None: ...
+
+
+def gpu_load_seconds(record: Measured) -> float:
+    """The part of a call's GPU time that was model loading: its GPU-seconds split as the
+    upstream's own report splits its time (load against prompt evaluation and generation).
+    0 when the upstream reports no load (llama-server, vLLM)."""
+    gpu, load = record.gpu_seconds, record.load_seconds
+    if not gpu or not load or load < 0:
+        return 0.0
+    own = load + max(0.0, record.prompt_eval_seconds or 0.0) + max(0.0, record.eval_seconds or 0.0)
+    return gpu * load / own
 
 
 def hist_bucket(value: float) -> int:
@@ -122,6 +152,11 @@ class Cell(msgspec.Struct, array_like=True, kw_only=True):
     front: str | None = None
     endpoint: str | None = None
     upstream: str | None = None
+    # GPU time (upstreams.gputime), the part of it that was model loading, and its price.
+    key_label: str | None = None
+    gpu_seconds: float = 0.0
+    gpu_load_seconds: float = 0.0
+    cost: float = 0.0
 
     def add(self, record: Measured) -> None:
         self.calls += 1
@@ -132,6 +167,10 @@ class Cell(msgspec.Struct, array_like=True, kw_only=True):
         if record.eval_seconds and record.output_tokens and not record.tokens_estimated:
             self.eval_seconds += record.eval_seconds
             self.eval_tokens += record.output_tokens
+        if record.gpu_seconds:
+            self.gpu_seconds += record.gpu_seconds
+            self.gpu_load_seconds += gpu_load_seconds(record)
+            self.cost += record.cost or 0.0
 
 
 class Dist(msgspec.Struct, array_like=True, kw_only=True):
@@ -151,6 +190,7 @@ class Dist(msgspec.Struct, array_like=True, kw_only=True):
     front: str | None = None
     endpoint: str | None = None
     upstream: str | None = None
+    key_label: str | None = None
 
     def add(self, record: Measured) -> None:
         bucket = hist_bucket(record.total_seconds or 0.0)
@@ -175,11 +215,12 @@ def dims_of(item: Cell | Dist) -> DimsKey:
         item.front,
         item.endpoint,
         item.upstream,
+        item.key_label,
     )
 
 
 def _cell(start: int, dims: DimsKey) -> Cell:
-    model, project, process_id, subprocess_id, status, front, endpoint, upstream = dims
+    model, project, process_id, subprocess_id, status, front, endpoint, upstream, key = dims
     return Cell(
         start=start,
         model=model,
@@ -190,11 +231,12 @@ def _cell(start: int, dims: DimsKey) -> Cell:
         front=front,
         endpoint=endpoint,
         upstream=upstream,
+        key_label=key,
     )
 
 
 def _dist(dims: DimsKey) -> Dist:
-    model, project, process_id, subprocess_id, status, front, endpoint, upstream = dims
+    model, project, process_id, subprocess_id, status, front, endpoint, upstream, key = dims
     return Dist(
         model=model,
         project=project,
@@ -204,6 +246,7 @@ def _dist(dims: DimsKey) -> Dist:
         front=front,
         endpoint=endpoint,
         upstream=upstream,
+        key_label=key,
     )
 
 
@@ -221,6 +264,7 @@ def aggregate(records: Iterable[Measured], bucket_seconds: int) -> tuple[list[Ce
             record.front,
             record.endpoint,
             record.upstream,
+            record.key_label,
         )
         start = record_start(record, bucket_seconds)
         cell = cells.get((start, dims))
@@ -237,9 +281,12 @@ def aggregate(records: Iterable[Measured], bucket_seconds: int) -> tuple[list[Ce
 class _Group:
     __slots__ = (
         "calls",
+        "cost",
         "errors",
         "eval_seconds",
         "eval_tokens",
+        "gpu",
+        "gpu_load",
         "input",
         "model",
         "output",
@@ -251,6 +298,7 @@ class _Group:
     def __init__(self) -> None:
         self.calls = self.errors = self.input = self.output = self.eval_tokens = 0
         self.model = self.eval_seconds = self.seconds = 0.0
+        self.gpu = self.gpu_load = self.cost = 0.0
         self.seconds_hist: dict[int, int] = {}
         self.ttft_hist: dict[int, int] = {}
 
@@ -263,6 +311,9 @@ class _Group:
         self.seconds += cell.total_seconds
         self.eval_seconds += cell.eval_seconds
         self.eval_tokens += cell.eval_tokens
+        self.gpu += cell.gpu_seconds
+        self.gpu_load += cell.gpu_load_seconds
+        self.cost += cell.cost
 
     def row(self, key: str) -> GroupStats:
         return GroupStats(
@@ -279,14 +330,17 @@ class _Group:
             tokens_per_second=(
                 round(self.eval_tokens / self.eval_seconds, 3) if self.eval_seconds else None
             ),
+            gpu_seconds=round(self.gpu, 6),
+            gpu_load_seconds=round(self.gpu_load, 6),
+            cost=round(self.cost, 9),
         )
 
 
-GROUPS = ("model", "project", "process", "front", "endpoint", "upstream")
+GROUPS = ("model", "project", "process", "front", "endpoint", "upstream", "key")
 
 
 def _group_keys(dims: DimsKey) -> tuple[tuple[str, str], ...]:
-    model, project, process, sub, _, front, endpoint, upstream = dims
+    model, project, process, sub, _, front, endpoint, upstream, key = dims
     return (
         ("model", model or "-"),
         ("project", project or "-"),
@@ -294,6 +348,7 @@ def _group_keys(dims: DimsKey) -> tuple[tuple[str, str], ...]:
         ("front", front or "-"),
         ("endpoint", endpoint or "-"),
         ("upstream", upstream or "-"),
+        ("key", key or "-"),
     )
 
 
@@ -321,6 +376,9 @@ class StatsBuilder:
         totals.input_tokens += cell.input_tokens
         totals.output_tokens += cell.output_tokens
         totals.model_seconds += cell.upstream_seconds
+        totals.gpu_seconds += cell.gpu_seconds
+        totals.gpu_load_seconds += cell.gpu_load_seconds
+        totals.cost += cell.cost
         if cell.status == "error":
             totals.errors += cell.calls
         elif cell.status == "cancelled":
@@ -352,7 +410,11 @@ class StatsBuilder:
             self.add_dist(dist)
 
     def build(self) -> Stats:
-        self.totals.model_seconds = round(self.totals.model_seconds, 6)
+        totals = self.totals
+        totals.model_seconds = round(totals.model_seconds, 6)
+        totals.gpu_seconds = round(totals.gpu_seconds, 6)
+        totals.gpu_load_seconds = round(totals.gpu_load_seconds, 6)
+        totals.cost = round(totals.cost, 9)
         for dims, (seconds, ttft) in self.dists.items():
             for kind, key in _group_keys(dims):
                 group = self._group(kind, key)
@@ -381,6 +443,7 @@ class StatsBuilder:
             by_front=rows("front"),
             by_endpoint=rows("endpoint"),
             by_upstream=rows("upstream"),
+            by_key=rows("key"),
         )
 
 

@@ -16,6 +16,7 @@ from calls.types import (
     CallRequest,
     Embeddings,
     EmbedRequest,
+    GpuUse,
     LoadedModel,
     Metrics,
     ModelInfo,
@@ -49,6 +50,7 @@ class FakeStream:
         self.upstream: str | None = "fake"
         self.attempts = 2
         self.metrics: Metrics | None = None
+        self.gpu: GpuUse | None = None
         self.closed = False
 
     async def batches(self) -> AsyncIterator[list[Piece]]:

@@ -21,6 +21,8 @@ status=CODE    answer at once with that status and Ollama's error message for it
 garbage=1      stream: one token line, then a line that is not JSON, then end;
                non-stream: 200 with body ``not json``
 nometrics=1    omit every metric field from the done line / reply (Go ``omitempty``)
+report=S       report S seconds of generation (eval_duration) whatever it took: a server whose
+               calls overlap on one GPU, each timing its own, or one that claims too much
 think=1        the first two chunks' messages also carry ``"thinking": "hmm "``
 thinking=N     stream: N chunks carrying only ``"thinking": "t{i} "`` (empty content) before the
                answer; with stall=0 the stream stalls right after them (a model still thinking)
@@ -246,6 +248,7 @@ _PARSERS: Final[dict[str, Callable[[str], object]]] = {
     "status": _status_code,
     "garbage": _flag,
     "nometrics": _flag,
+    "report": _non_negative_float,
     "think": _flag,
     "thinking": _non_negative_int,
     "tool_calls": _flag,
@@ -266,6 +269,7 @@ class Plan:
     status: int | None = None
     garbage: bool = False
     nometrics: bool = False
+    report: float | None = None
     think: bool = False
     thinking: int = 0
     tool_calls: bool = False
@@ -782,6 +786,8 @@ class _Turn:
         # even when a timer fired a little early.
         planned_ns = int(self.plan.delay * 1e9) * len(self.tokens)
         eval_ns = max(1, time.perf_counter_ns() - gen_start, planned_ns)
+        if self.plan.report is not None:
+            eval_ns = int(self.plan.report * 1e9)
         final: dict[str, Any] = {"model": self.model, "created_at": _clock.now().decode()}
         if self.generate:
             final["response"] = message["content"]

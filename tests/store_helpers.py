@@ -4,6 +4,7 @@ tests/test_store_contract.py)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -34,7 +35,15 @@ def record(n: int, *, at: datetime | None = None, **fields: object) -> UsageReco
         "ttft_seconds": None if n % 6 == 0 else 0.01 * (1 + n % 13),
         "eval_seconds": 0.5 + n % 3,
         "upstream_seconds": 1.0 + n % 4,
+        # GPU time: most calls have some, every other is priced, every fourth loaded its model.
+        "key_label": ["team", "batch", None, "admin", "team"][n % 5],
+        "gpu_seconds": None if n % 7 == 0 else round(0.2 + (n * 31 % 100) / 50, 6),
+        "load_seconds": 0.75 if n % 4 == 0 else None,
+        "prompt_eval_seconds": 0.25,
     }
+    gpu = values["gpu_seconds"]
+    if isinstance(gpu, float) and n % 2 == 0:
+        values["cost"] = round(gpu * 2.5 / 3600, 9)
     values.update(fields)
     return msgspec.convert(values, UsageRecord)
 
@@ -75,7 +84,18 @@ def _exact(records: list[UsageRecord], bucket: int) -> dict[str, object]:
         "cancelled": sum(r.status == "cancelled" for r in records),
         "series": [(iso(datetime.fromtimestamp(k, UTC)), *v) for k, v in sorted(series.items())],
         "models": {k: (len(v), round(sum(v), 6), sorted(v)) for k, v in models.items()},
+        "gpu": sum(r.gpu_seconds or 0 for r in records),
+        "cost": sum(r.cost or 0 for r in records),
+        "gpu_by_key": _sums((r.key_label or "-", r.gpu_seconds or 0) for r in records),
+        "gpu_by_upstream": _sums((r.upstream or "-", r.gpu_seconds or 0) for r in records),
     }
+
+
+def _sums(pairs: Iterable[tuple[str, float]]) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for key, value in pairs:
+        found[key] = found.get(key, 0.0) + value
+    return found
 
 
 def check_stats(found: Stats, records: list[UsageRecord], bucket: int) -> None:
@@ -88,6 +108,15 @@ def check_stats(found: Stats, records: list[UsageRecord], bucket: int) -> None:
     assert [(b.start, b.calls, b.input_tokens, b.output_tokens) for b in found.series] == exact[
         "series"
     ]
+    # GPU time, its cost, and who used it on which upstream.
+    assert found.totals.gpu_seconds == pytest.approx(exact["gpu"], abs=1e-5)
+    assert found.totals.cost == pytest.approx(exact["cost"], abs=1e-8)
+    if any(r.gpu_seconds and r.load_seconds for r in records):
+        assert 0 < found.totals.gpu_load_seconds < found.totals.gpu_seconds
+    assert {row.key: row.gpu_seconds for row in found.by_key} == pytest.approx(exact["gpu_by_key"])
+    assert {row.key: row.gpu_seconds for row in found.by_upstream} == pytest.approx(
+        exact["gpu_by_upstream"]
+    )
     models = exact["models"]
     assert isinstance(models, dict)
     assert {row.key for row in found.by_model} == set(models)

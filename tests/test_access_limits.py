@@ -31,6 +31,10 @@ class Settings:
     project_rpm: int = 0
     project_tokens_per_day: int = 0
     max_streams: int = 0
+    key_gpu_seconds_per_day: float = 0
+    key_gpu_seconds_per_month: float = 0
+    project_gpu_seconds_per_day: float = 0
+    project_gpu_seconds_per_month: float = 0
 
 
 def key(**own: int | None) -> ApiKey:

@@ -27,6 +27,7 @@ from calls.types import (
     CallRequest,
     Embeddings,
     EmbedRequest,
+    GpuUse,
     LoadedModel,
     Message,
     Metrics,
@@ -48,6 +49,7 @@ class FakeStream:
         self.upstream: str | None = server.name
         self.attempts = 1
         self.metrics: Metrics | None = None
+        self.gpu: GpuUse | None = None
         self.closed = False
 
     async def batches(self) -> AsyncIterator[list[Piece]]:

@@ -41,7 +41,11 @@ from .kinds import KINDS
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MODEL = re.compile(MODEL_PATTERN)
-OPTIONS = ("kind", "cap", "weight", "models", "key_env", "first_byte")
+OPTIONS = ("kind", "cap", "weight", "models", "key_env", "first_byte", "gpus", "cost")
+# More GPUs than any one server has: a typo, not a machine.
+MAX_GPUS = 4096
+# A price per GPU-hour beyond this is a typo (cents for dollars, or a missing point).
+MAX_COST = 1_000_000.0
 
 
 class UpstreamSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,8 +61,13 @@ class UpstreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     models: tuple[str, ...] | None = None
     # The environment variable holding the upstream's own API key.
     key_env: str | None = None
-    # Seconds a call waits for its answer's first byte here (None: --first-byte-timeout).
+    # Seconds a call waits there for a first byte before it is tried elsewhere; None: the
+    # gateway's --first-byte-timeout.
     first_byte: float | None = None
+    # GPU time (upstreams.gputime): how many GPUs the server has, so that its calls are never
+    # charged more than gpus x the time; and its price per GPU-hour, None: not priced.
+    gpus: int = 1
+    cost: float | None = None
 
     def key(self, env: Mapping[str, str]) -> str | None:
         """The API key for this upstream, from the environment; never stored in the spec."""
@@ -140,6 +149,7 @@ def _spec(name: str, values: dict[str, Any], where: str) -> UpstreamSpec:
         raise ConfigError(f"{where}: unknown option {unknown[0]!r}; known: {', '.join(OPTIONS)}")
     if "url" not in values:
         raise ConfigError(f"{where}: no url")
+    _gpu_options(values, where)
     url = values["url"]
     if not isinstance(url, str):
         raise ConfigError(f"{where}: the url must be a string")
@@ -166,6 +176,35 @@ def _spec(name: str, values: dict[str, Any], where: str) -> UpstreamSpec:
     if spec.key_env is not None and not _ENV_NAME.fullmatch(spec.key_env):
         raise ConfigError(f"{where}: key_env must name an environment variable")
     return spec
+
+
+def _gpu_options(values: dict[str, Any], where: str) -> None:
+    """`gpus` and `cost`, checked with messages that say what is wanted (msgspec's would
+    name `$.cost`, not what a price is)."""
+    if "cost" in values:
+        cost = values["cost"]
+        try:
+            price = float(cost) if isinstance(cost, (str, int, float)) else None
+        except ValueError:
+            price = None
+        if isinstance(cost, bool) or price is None or not 0.0 <= price <= MAX_COST:
+            raise ConfigError(
+                f"{where}: cost must be a price per GPU-hour, a number from 0 to "
+                f"{MAX_COST:,.0f} (cost=2.50), not {cost!r}"
+            )
+        values["cost"] = price
+    if "gpus" in values:
+        gpus = values["gpus"]
+        try:
+            count = int(gpus) if isinstance(gpus, (str, int)) else None
+        except ValueError:
+            count = None
+        if isinstance(gpus, bool) or count is None or not 1 <= count <= MAX_GPUS:
+            raise ConfigError(
+                f"{where}: gpus must be how many GPUs the server has, a whole number from 1 "
+                f"to {MAX_GPUS}, not {gpus!r}"
+            )
+        values["gpus"] = count
 
 
 def parse_flag(text: str) -> UpstreamSpec:

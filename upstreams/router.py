@@ -58,12 +58,13 @@ from calls.types import (
     CallRequest,
     Embeddings,
     EmbedRequest,
+    GpuUse,
     LoadedModel,
     Metrics,
     ModelInfo,
     Piece,
 )
-from calls.upstream import AnswerStream, ModelServer, UpstreamHealth
+from calls.upstream import AnswerStream, ModelServer, UpstreamHealth, gpu_tab
 from queueing import Line, Place, Waiter, current
 from queueing.line import Order
 from queueing.place import RANK
@@ -74,6 +75,7 @@ from queueing.view import now as queue_now
 
 from .breaker import Breaker
 from .config import UpstreamSpec
+from .gputime import GpuClock, Lease, charge, reported
 
 log = logging.getLogger("ollama_host.upstreams")
 T = TypeVar("T")
@@ -139,6 +141,15 @@ class Member:
         self.breaker = Breaker(cooldown, retry=min(1.0, cooldown))
         self.next_check = 0.0
         self.current = 0.0  # smooth weighted round robin
+        # Its GPUs, shared by the calls running on it (upstreams.gputime), and their price.
+        self.clock = GpuClock(spec.gpus)
+        self.cost = spec.cost
+
+    def charge(self, lease: Lease, metrics: Metrics | None) -> GpuUse:
+        """The GPU time of a call that ran from `lease` until now, by the upstream's own
+        account in `metrics` where it gave one."""
+        held, share = self.clock.stop(lease)
+        return charge(reported(metrics), held, share, self.cost)
 
     def serves(self, key: str) -> bool:
         return key in self.models and (self.allowed is None or key in self.allowed)
@@ -185,6 +196,8 @@ class Member:
                 else "off: no cap, calls are forwarded as they come"
             ),
             shared=shared,
+            gpus=self.clock.gpus,
+            cost=self.cost,
         )
 
 
@@ -303,8 +316,8 @@ class Router:
         await self._ready()
         tried: list[Member] = []
         place = _place_of(request.model)
-        member, inner = await self._open_on(request, tried, None, place)
-        return RoutedStream(self, request, tried, member, inner, place)
+        member, inner, lease = await self._open_on(request, tried, None, place)
+        return RoutedStream(self, request, tried, member, inner, place, lease)
 
     async def embed(self, request: EmbedRequest) -> Embeddings:
         def ask(member: Member) -> Awaitable[Embeddings]:
@@ -325,16 +338,29 @@ class Router:
         place = _place_of(model)
         while True:
             member = await self._next(model, tried, failure, place)
+            lease = member.clock.start()
             try:
                 result = await ask(member)
             except UpstreamError as exc:
+                exc.gpu = member.charge(lease, None)
                 self._failed(member, exc, model)
                 failure = exc
                 continue
+            except BaseException:
+                # Cancelled: the GPU worked all the same, and the call is charged for it.
+                use = member.charge(lease, None)
+                if (tab := gpu_tab.get()) is not None:
+                    tab.append(use)
+                raise
             finally:
                 self._release(member, place)
             self._succeeded(member, _key(model))
             result.upstream, result.attempts = member.name, len(tried)
+            if isinstance(result, Answer):
+                result.metrics.gpu = member.charge(lease, result.metrics)
+            else:
+                own = Metrics(upstream_seconds=result.upstream_seconds)
+                result.gpu = member.charge(lease, own)
             return result
 
     async def aclose(self) -> None:
@@ -437,19 +463,27 @@ class Router:
         tried: list[Member],
         failure: UpstreamError | None,
         place: Place,
-    ) -> tuple[Member, AnswerStream]:
-        """A stream opened on an upstream not tried yet (after `failure`, if one came)."""
+    ) -> tuple[Member, AnswerStream, Lease]:
+        """A stream opened on an upstream not tried yet (after `failure`, if one came), and
+        its lease on that upstream's GPU clock, which starts when the slot is granted."""
         while True:
             member = await self._next(request.model, tried, failure, place)
+            lease = member.clock.start()
             try:
-                return member, await member.upstream.open_stream(self._own(member, request))
+                opened = await member.upstream.open_stream(self._own(member, request))
             except UpstreamError as exc:
+                exc.gpu = member.charge(lease, None)
                 self._failed(member, exc, request.model)
                 self._release(member, place)
                 failure = exc
             except BaseException:
+                use = member.charge(lease, None)
+                if (tab := gpu_tab.get()) is not None:
+                    tab.append(use)
                 self._release(member, place)
                 raise
+            else:
+                return member, opened, lease
 
     async def _next(
         self, model: str, tried: list[Member], failure: UpstreamError | None, place: Place
@@ -914,6 +948,7 @@ class RoutedStream:
         member: Member,
         inner: AnswerStream,
         place: Place,
+        lease: Lease,
     ) -> None:
         self._router = router
         self._place = place
@@ -922,9 +957,13 @@ class RoutedStream:
         self._member = member
         self._inner = inner
         self._held: Member | None = member
+        self._lease = lease
         self.upstream: str | None = member.name
         self.attempts = len(tried)
         self.metrics: Metrics | None = None
+        # Only the try that answers is charged to the call (the record names its upstream);
+        # a try that failed before the first piece is charged to nobody.
+        self.gpu: GpuUse | None = None
 
     async def batches(self) -> AsyncIterator[list[Piece]]:
         router = self._router
@@ -938,7 +977,7 @@ class RoutedStream:
                 # Nothing has reached the pipeline yet: once more, elsewhere.
                 router._failed(self._member, exc, self._request.model)
                 await self._let_go()
-                self._member, self._inner = await router._open_on(
+                self._member, self._inner, self._lease = await router._open_on(
                     self._request, self._tried, exc, self._place
                 )
                 self._held = self._member
@@ -954,10 +993,15 @@ class RoutedStream:
             except UpstreamError as exc:
                 router._failed(self._member, exc, self._request.model)
                 _named(exc, self._tried)
+                with contextlib.suppress(UpstreamError):
+                    await self._let_go()
+                exc.gpu = self.gpu
                 raise
             break
         self.metrics = self._inner.metrics
         await self._let_go()
+        if self.metrics is not None:
+            self.metrics.gpu = self.gpu
 
     async def _let_go(self) -> None:
         held, self._held = self._held, None
@@ -965,6 +1009,9 @@ class RoutedStream:
             await self._inner.aclose()
         finally:
             if held is not None:
+                # The inner stream's final account, if it ended with one: a stream closed
+                # early is charged its share of the time it held the slot.
+                self.gpu = held.charge(self._lease, self._inner.metrics)
                 self._router._release(held, self._place)
 
     async def aclose(self) -> None:

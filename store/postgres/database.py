@@ -215,6 +215,39 @@ MIGRATIONS: list[str] = [
         created timestamptz NOT NULL DEFAULT now()
     );
     """,
+    # 2: GPU time. Each record's GPU-seconds, the part that was model loading, its cost, and
+    # its key's label, as columns the sums read; the hourly sums gain the GPU figures, and
+    # both rollups the key's label as a dimension (the dashboard's breakdown by key). Rows
+    # written before hold none of these (no record had GPU time; their key shows as "-").
+    """
+    ALTER TABLE ollama_host.usage
+        ADD COLUMN key_label text,
+        ADD COLUMN gpu_seconds double precision,
+        ADD COLUMN gpu_load_seconds double precision,
+        ADD COLUMN cost double precision;
+    ALTER TABLE ollama_host.usage_hourly
+        ADD COLUMN key_label text,
+        ADD COLUMN gpu_seconds double precision NOT NULL DEFAULT 0,
+        ADD COLUMN gpu_load_seconds double precision NOT NULL DEFAULT 0,
+        ADD COLUMN cost double precision NOT NULL DEFAULT 0;
+    ALTER TABLE ollama_host.usage_daily_hist ADD COLUMN key_label text;
+    DO $$
+    DECLARE found record;
+    BEGIN
+        FOR found IN
+            SELECT conname, conrelid::regclass AS tab FROM pg_constraint
+            WHERE contype = 'u' AND conrelid IN (
+                'ollama_host.usage_hourly'::regclass, 'ollama_host.usage_daily_hist'::regclass)
+        LOOP
+            EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', found.tab, found.conname);
+        END LOOP;
+    END
+    $$;
+    ALTER TABLE ollama_host.usage_hourly ADD UNIQUE NULLS NOT DISTINCT (hour, model_name,
+        project, process_id, subprocess_id, status, front, endpoint, upstream, key_label);
+    ALTER TABLE ollama_host.usage_daily_hist ADD UNIQUE NULLS NOT DISTINCT (day, model_name,
+        project, process_id, subprocess_id, status, front, endpoint, upstream, key_label);
+    """,
 ]
 
 LATEST = len(MIGRATIONS)

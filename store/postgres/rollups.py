@@ -30,7 +30,7 @@ import psycopg
 from psycopg import sql
 
 from ..records import Bucket, GroupStats, Stats, Totals, UsageQuery, UsageRecord, iso
-from ..stats import ZERO, hist_bucket, hist_percentile
+from ..stats import ZERO, gpu_load_seconds, hist_bucket, hist_percentile
 from .database import SCHEMA
 
 USAGE = sql.Identifier(SCHEMA, "usage")
@@ -50,6 +50,7 @@ DIMS = (
     "front",
     "endpoint",
     "upstream",
+    "key_label",
 )
 
 # The equality filters: UsageQuery field -> column. A filter added to UsageQuery is one line
@@ -76,6 +77,7 @@ BREAKDOWNS: list[tuple[str, tuple[str, ...]]] = [
     ("by_front", ("front",)),
     ("by_endpoint", ("endpoint",)),
     ("by_upstream", ("upstream",)),
+    ("by_key", ("key_label",)),
 ]
 BREAKDOWNS = [b for b in BREAKDOWNS if b[0] in {f.name for f in msgspec.structs.fields(Stats)}]
 
@@ -94,6 +96,9 @@ SUMS = (
     "upstream_seconds",
     "eval_seconds",
     "eval_tokens",
+    "gpu_seconds",
+    "gpu_load_seconds",
+    "cost",
 )
 HOURLY_COLUMNS = ("hour", *DIMS, *SUMS, "seconds_hist", "ttft_hist")
 DAILY_COLUMNS = ("day", *DIMS, "seconds_hist", "ttft_hist")
@@ -194,7 +199,7 @@ def add(cur: psycopg.Cursor[Any], records: Iterable[UsageRecord], *, sign: int =
     for r in records:
         dims = dims_of(r)
         cell_hour = start(r.date, HOUR)
-        cell = cells.setdefault((cell_hour, *dims), [0, 0, 0, 0.0, 0.0, 0.0, 0])
+        cell = cells.setdefault((cell_hour, *dims), [0, 0, 0, 0.0, 0.0, 0.0, 0, 0.0, 0.0, 0.0])
         cell[0] += 1
         cell[1] += r.input_tokens or 0
         cell[2] += r.output_tokens or 0
@@ -203,6 +208,10 @@ def add(cur: psycopg.Cursor[Any], records: Iterable[UsageRecord], *, sign: int =
         if r.eval_seconds and r.output_tokens and not r.tokens_estimated:
             cell[5] += r.eval_seconds
             cell[6] += r.output_tokens
+        if r.gpu_seconds:
+            cell[7] += r.gpu_seconds
+            cell[8] += gpu_load_seconds(r)
+            cell[9] += r.cost or 0.0
         seconds_bucket = hist_bucket(r.total_seconds or 0.0)
         ttft_bucket = None if r.ttft_seconds is None else hist_bucket(r.ttft_seconds)
         for into, key in ((hourly, (cell_hour, *dims)), (hists, (start(r.date, DAY), *dims))):
@@ -410,13 +419,14 @@ def _sums_source(
     raw, raw_params = _ranges(segments, None, "date")
     source = sql.SQL(
         """SELECT hour AS at, {dims}, calls, input_tokens, output_tokens, total_seconds,
-            upstream_seconds, eval_seconds, eval_tokens
+            upstream_seconds, eval_seconds, eval_tokens, gpu_seconds, gpu_load_seconds, cost
         FROM {hourly} WHERE {filters} AND {rolled}
         UNION ALL
         SELECT date, {dims}, 1, coalesce(input_tokens, 0), coalesce(output_tokens, 0),
             coalesce(total_seconds, 0), coalesce(upstream_seconds, 0),
             CASE WHEN {ev} THEN eval_seconds ELSE 0 END,
-            CASE WHEN {ev} THEN output_tokens ELSE 0 END
+            CASE WHEN {ev} THEN output_tokens ELSE 0 END,
+            coalesce(gpu_seconds, 0), coalesce(gpu_load_seconds, 0), coalesce(cost, 0)
         FROM {usage} WHERE {filters} AND {raw}"""
     ).format(
         dims=_DIMS_SQL,
@@ -443,13 +453,16 @@ def stats(cur: psycopg.Cursor[Any], q: UsageQuery, bucket: int) -> Stats:
         source = sql.SQL(
             """SELECT date AS at, status, 1 AS calls, coalesce(input_tokens, 0) AS input_tokens,
                 coalesce(output_tokens, 0) AS output_tokens,
-                coalesce(upstream_seconds, 0) AS upstream_seconds
+                coalesce(upstream_seconds, 0) AS upstream_seconds,
+                coalesce(gpu_seconds, 0) AS gpu_seconds,
+                coalesce(gpu_load_seconds, 0) AS gpu_load_seconds, coalesce(cost, 0) AS cost
             FROM {} WHERE {} AND {}"""
         ).format(USAGE, dims, _join(_range(q.since, q.until, params)))
     cur.execute(
         sql.SQL(
             """SELECT extract(epoch FROM bk)::bigint, status, sum(calls)::bigint,
-                sum(input_tokens)::bigint, sum(output_tokens)::bigint, sum(upstream_seconds)
+                sum(input_tokens)::bigint, sum(output_tokens)::bigint, sum(upstream_seconds),
+                sum(gpu_seconds), sum(gpu_load_seconds), sum(cost)
             FROM (SELECT date_bin(make_interval(secs => %s), at,
                     timestamptz '1970-01-01 00:00:00+00') AS bk, * FROM ({}) AS s) AS b
             GROUP BY 1, 2 ORDER BY 1"""
@@ -458,8 +471,8 @@ def stats(cur: psycopg.Cursor[Any], q: UsageQuery, bucket: int) -> Stats:
     )
     totals = Totals()
     series: dict[int, list[int]] = {}
-    model_seconds = 0.0
-    for start, status, calls, input_, output, model in cur.fetchall():
+    model_seconds = gpu = gpu_load = cost = 0.0
+    for start, status, calls, input_, output, model, gpu_s, load_s, cost_s in cur.fetchall():
         row = series.setdefault(start, [0, 0, 0])
         row[0] += calls
         row[1] += int(input_)
@@ -468,11 +481,17 @@ def stats(cur: psycopg.Cursor[Any], q: UsageQuery, bucket: int) -> Stats:
         totals.input_tokens += int(input_)
         totals.output_tokens += int(output)
         model_seconds += model
+        gpu += gpu_s
+        gpu_load += load_s
+        cost += cost_s
         if status == "error":
             totals.errors += calls
         elif status == "cancelled":
             totals.cancelled += calls
     totals.model_seconds = round(model_seconds, 6)
+    totals.gpu_seconds = round(gpu, 6)
+    totals.gpu_load_seconds = round(gpu_load, 6)
+    totals.cost = round(cost, 9)
 
     # The breakdowns' sums: every combination of dimensions, whatever the time.
     source, params = _sums_source(dims, dim_params, hours)
@@ -480,7 +499,8 @@ def stats(cur: psycopg.Cursor[Any], q: UsageQuery, bucket: int) -> Stats:
         sql.SQL(
             """SELECT {dims}, sum(calls)::bigint, sum(input_tokens)::bigint,
                 sum(output_tokens)::bigint, sum(total_seconds), sum(upstream_seconds),
-                sum(eval_seconds), sum(eval_tokens)::bigint
+                sum(eval_seconds), sum(eval_tokens)::bigint, sum(gpu_seconds),
+                sum(gpu_load_seconds), sum(cost)
             FROM ({source}) AS s GROUP BY {dims}"""
         ).format(dims=_DIMS_SQL, source=source),
         params,
@@ -488,13 +508,15 @@ def stats(cur: psycopg.Cursor[Any], q: UsageQuery, bucket: int) -> Stats:
     groups: dict[str, dict[str, list[float]]] = {name: {} for name, _ in BREAKDOWNS}
     for row in cur.fetchall():
         values = dict(zip(DIMS, row[: len(DIMS)], strict=True))
-        calls, input_, output, total, model, eval_s, eval_t = row[len(DIMS) :]
+        calls, input_, output, total, model, eval_s, eval_t, gpu_s, load_s, cost_s = row[
+            len(DIMS) :
+        ]
         errors = calls if values["status"] == "error" else 0
         for name, cols in BREAKDOWNS:
             key = "/".join(values[c] or "-" for c in cols)
-            g = groups[name].setdefault(key, [0, 0, 0, 0, 0.0, 0.0, 0.0, 0])
+            g = groups[name].setdefault(key, [0, 0, 0, 0, 0.0, 0.0, 0.0, 0, 0.0, 0.0, 0.0])
             for i, value in enumerate(
-                (calls, errors, input_, output, total, model, eval_s, eval_t)
+                (calls, errors, input_, output, total, model, eval_s, eval_t, gpu_s, load_s, cost_s)
             ):
                 g[i] += value
 
@@ -564,7 +586,7 @@ def stats(cur: psycopg.Cursor[Any], q: UsageQuery, bucket: int) -> Stats:
     for name, _ in BREAKDOWNS:
         rows = []
         for key, g in groups[name].items():
-            calls, errors, input_, output, total, model, eval_s, eval_t = g
+            calls, errors, input_, output, total, model, eval_s, eval_t, gpu_s, load_s, cost_s = g
             if not calls:
                 continue
             rows.append(
@@ -580,6 +602,9 @@ def stats(cur: psycopg.Cursor[Any], q: UsageQuery, bucket: int) -> Stats:
                     p95_seconds=hist_percentile(_live(seconds[name].get(key)), 0.95),
                     p50_ttft_seconds=hist_percentile(_live(ttft[name].get(key)), 0.50),
                     tokens_per_second=round(eval_t / eval_s, 3) if eval_s else None,
+                    gpu_seconds=round(gpu_s, 6),
+                    gpu_load_seconds=round(load_s, 6),
+                    cost=round(cost_s, 9),
                 )
             )
         breakdowns[name] = sorted(rows, key=lambda row: (-row.calls, row.key))

@@ -35,6 +35,7 @@ from psycopg import sql
 
 from ..base import StoreError, StoreHealth, export_pages
 from ..records import Stats, UsageQuery, UsageRecord
+from ..stats import gpu_load_seconds
 from ..writer import Queue
 from . import database, rollups
 from .database import SCHEMA, DatabaseUnavailable
@@ -88,6 +89,10 @@ COLUMNS: list[tuple[str, str, Callable[[UsageRecord], Any]]] = [
     ("front", _TEXT, lambda r: text(r.front)),
     ("endpoint", _TEXT, lambda r: text(r.endpoint)),
     ("upstream", _TEXT, lambda r: text(r.upstream)),
+    ("key_label", _TEXT, lambda r: text(r.key_label)),
+    ("gpu_seconds", "float8", lambda r: r.gpu_seconds),
+    ("gpu_load_seconds", "float8", lambda r: gpu_load_seconds(r) if r.gpu_seconds else None),
+    ("cost", "float8", lambda r: r.cost),
 ]
 _COLUMN_LIST = sql.SQL(", ").join(sql.Identifier(name) for name, _, _ in [*COLUMNS, ("doc", "", 0)])
 # The record goes as its JSON text: in binary COPY a json value is sent as its text.

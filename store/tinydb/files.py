@@ -41,8 +41,9 @@ SEGMENT_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})-(\d{4,})\.json")
 MAX_VALUES = 64
 SUMMARY_SECONDS = 3600
 # The form of the rows and summaries. A summary of another form is rebuilt from its file at
-# startup, with its rows (2: the front, endpoint and upstream joined the filters).
-INDEX_VERSION = 2
+# startup, with its rows (2: the front, endpoint and upstream joined the filters; 3: the key's
+# label and GPU time joined the sums).
+INDEX_VERSION = 3
 
 encode = msgspec.json.Encoder().encode
 _decode_tables = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
@@ -109,6 +110,11 @@ class Row(msgspec.Struct, array_like=True, kw_only=True):
     front: str | None = None
     endpoint: str | None = None
     upstream: str | None = None
+    key_label: str | None = None
+    gpu_seconds: float | None = None
+    cost: float | None = None
+    load_seconds: float | None = None
+    prompt_eval_seconds: float | None = None
 
 
 class Summary(msgspec.Struct, array_like=True):
@@ -322,6 +328,11 @@ def _row(r: UsageRecord, span: tuple[int, int]) -> Row:
         front=r.front,
         endpoint=r.endpoint,
         upstream=r.upstream,
+        key_label=r.key_label,
+        gpu_seconds=r.gpu_seconds,
+        cost=r.cost,
+        load_seconds=r.load_seconds,
+        prompt_eval_seconds=r.prompt_eval_seconds,
     )
 
 
