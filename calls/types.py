@@ -13,6 +13,8 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from . import bounds
+
 # Ollama model names: `name`, `name:tag`, `namespace/name:tag` or `host/namespace/name:tag`.
 # Each part starts with a letter or digit, so `../x`, `/x` and `host:port/x` never reach an
 # upstream.
@@ -131,6 +133,15 @@ class Metrics(msgspec.Struct, kw_only=True):
     # A completion's context, which a client may pass back to continue it.
     context: list[int] | None = None
 
+    def __post_init__(self) -> None:
+        # Untrusted: bounded as they enter (calls/bounds.py), whichever upstream sent them.
+        self.input_tokens = bounds.tokens(self.input_tokens, "input_tokens")
+        self.output_tokens = bounds.tokens(self.output_tokens, "output_tokens")
+        self.upstream_seconds = bounds.seconds(self.upstream_seconds, "upstream_seconds")
+        self.load_seconds = bounds.seconds(self.load_seconds, "load_seconds")
+        self.prompt_eval_seconds = bounds.seconds(self.prompt_eval_seconds, "prompt_eval_seconds")
+        self.eval_seconds = bounds.seconds(self.eval_seconds, "eval_seconds")
+
 
 class Piece(msgspec.Struct):
     """One streamed chunk of the answer."""
@@ -158,6 +169,12 @@ class Embeddings(msgspec.Struct, kw_only=True):
     load_seconds: float | None = None
     upstream: str | None = None
     attempts: int = 1
+
+    def __post_init__(self) -> None:
+        # Untrusted: bounded as they enter (calls/bounds.py).
+        self.input_tokens = bounds.tokens(self.input_tokens, "input_tokens")
+        self.upstream_seconds = bounds.seconds(self.upstream_seconds, "upstream_seconds")
+        self.load_seconds = bounds.seconds(self.load_seconds, "load_seconds")
 
 
 class ModelInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
