@@ -5,6 +5,9 @@ machine's server.
 connection reset, then connections refused), as when the server goes away; `restore()`
 listens again on the same port. `reset()` resets the connections open now and goes on
 listening, as a server restarted between two calls, or a middlebox dropping its state.
+`hang()` keeps every connection, and takes new ones, but passes nothing on: a server that
+holds the connection open and answers nothing (TCP itself stays healthy, so keepalives
+cannot tell).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
         self.port = 0
+        self.hung = False
         self.restore()
 
     def restore(self) -> None:
@@ -62,12 +66,20 @@ class TcpProxy:
             conn.close()
         return len(conns) // 2
 
+    def hang(self) -> None:
+        """From now on pass nothing on, either way, on old connections and new ones."""
+        self.hung = True
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self.hung:  # accepted, and never answered
+                with self._lock:
+                    self._conns.append(client)
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -91,7 +103,8 @@ class TcpProxy:
                     data = sock.recv(65536)
                     if not data:
                         return
-                    pairs[sock].sendall(data)
+                    if not self.hung:
+                        pairs[sock].sendall(data)
         except (OSError, ValueError):
             return
         finally:

@@ -281,7 +281,7 @@ def test_records_held_while_the_database_is_away_are_bounded(
 
     assert (health.status, health.pending) == ("degraded", 5)
     assert health.error is not None
-    assert "3 records dropped" in health.error
+    assert "3 usage records dropped" in health.error
     assert count(dsn) == 5  # the five held were written at the stop
 
 

@@ -16,8 +16,8 @@ import pytest
 from tinydb import TinyDB
 
 from ollama_host.settings import parse_settings
-from store import FolderInUse, StoreError, TinyDBStore, UsageRecord, writer
-from store.tinydb import files, import_spill, spill
+from store import FolderInUse, StoreError, TinyDBStore, UsageRecord, spill, writer
+from store.tinydb import files, import_spill
 from store.tinydb import store as usage_store
 from tests.store_helpers import check_stats, fill, query, record, stats
 
@@ -338,7 +338,7 @@ def test_records_held_while_the_disk_refuses_are_bounded(
     health = store.health()
     assert (health.status, health.pending) == ("degraded", 5)
     assert health.error is not None
-    assert "3 records dropped" in health.error
+    assert "3 usage records dropped" in health.error
 
 
 def test_the_single_file_log_of_earlier_versions_is_imported(
