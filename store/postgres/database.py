@@ -359,6 +359,78 @@ MIGRATIONS: list[str] = [
 ]
 
 LATEST = len(MIGRATIONS)
+
+# What the migrations make, as the gateway reads and writes it: checked at every start, so
+# that a schema someone changed since (a table dropped or replaced, a column gone) stops the
+# start with one line instead of failing record by record. A migration that adds a table or
+# a column the gateway needs adds it here too.
+TABLES: dict[str, frozenset[str]] = {
+    "migrations": frozenset({"version", "applied"}),
+    "state": frozenset({"one", "instance", "usage_changes", "keys_version"}),
+    "usage": frozenset(
+        {
+            "id",
+            "date",
+            "model_name",
+            "project",
+            "process_id",
+            "subprocess_id",
+            "status",
+            "input_tokens",
+            "output_tokens",
+            "total_seconds",
+            "ttft_seconds",
+            "eval_seconds",
+            "upstream_seconds",
+            "tokens_estimated",
+            "key_id",
+            "user",
+            "front",
+            "endpoint",
+            "upstream",
+            "doc",
+        }
+    ),
+    "usage_hourly": frozenset(
+        {
+            "hour",
+            "model_name",
+            "project",
+            "process_id",
+            "subprocess_id",
+            "status",
+            "front",
+            "endpoint",
+            "upstream",
+            "calls",
+            "input_tokens",
+            "output_tokens",
+            "total_seconds",
+            "upstream_seconds",
+            "eval_seconds",
+            "eval_tokens",
+            "seconds_hist",
+            "ttft_hist",
+        }
+    ),
+    "usage_daily_hist": frozenset(
+        {
+            "day",
+            "model_name",
+            "project",
+            "process_id",
+            "subprocess_id",
+            "status",
+            "front",
+            "endpoint",
+            "upstream",
+            "seconds_hist",
+            "ttft_hist",
+        }
+    ),
+    "keys": frozenset({"id", "doc"}),
+    "secrets": frozenset({"name", "value", "created"}),
+}
 assert SCHEMA in MIGRATIONS[0]
 assert MARKER in MIGRATIONS[0]
 
@@ -396,6 +468,34 @@ def _version(cur: psycopg.Cursor[Any], place: str) -> int:
     return int(row[0]) if row else 0
 
 
+def _check(cur: psycopg.Cursor[Any], place: str) -> None:
+    """SchemaError, in one line, if the schema lacks what the migrations made (TABLES)."""
+    cur.execute(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = %s",
+        (SCHEMA,),
+    )
+    found: dict[str, set[str]] = {}
+    for table, column in cur.fetchall():
+        found.setdefault(str(table), set()).add(str(column))
+    wrong: list[str] = []
+    for table, columns in TABLES.items():
+        if table not in found:
+            wrong.append(f"no table {table}")
+        elif missing := sorted(columns - found[table]):
+            wrong.append(f"{table} lacks {', '.join(missing)}")
+    if "state" in found and not wrong:
+        cur.execute(sql.SQL("SELECT count(*) FROM {}.state").format(sql.Identifier(SCHEMA)))
+        rows = cur.fetchone()
+        if not rows or rows[0] != 1:
+            wrong.append("its state table does not hold its one row")
+    if wrong:
+        raise SchemaError(
+            f"the database {place} holds the gateway's schema {SCHEMA!r}, but not as its "
+            f"migrations made it ({'; '.join(wrong)}): something changed it since. Restore it "
+            "from a backup, or point --store at a database of its own"
+        )
+
+
 def migrate(params: Params) -> int:
     """Bring the schema to LATEST (under the advisory lock); returns the version found."""
     place = where(params)
@@ -419,6 +519,7 @@ def migrate(params: Params) -> int:
                         (version,),
                     )
                     log.info("database %s: applied schema migration %d", place, version)
+                _check(cur, place)
         except psycopg.errors.InsufficientPrivilege as exc:
             raise SchemaError(
                 f"the database {place} refused to make the gateway's schema: {_reason(exc)}; "
