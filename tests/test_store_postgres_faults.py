@@ -26,11 +26,16 @@ from store.postgres import pending
 from store.postgres import store as pg_store
 from store.spill import read_spill
 from tests import pg as testpg
-from tests.gateway_proc import ROOT
+from tests.gateway_proc import ROOT, start_gateway
+from tests.helpers import ask
+from tests.ollama_standin import StandIn
 from tests.store_helpers import fill, newest_first, query, record
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.postgres, pytest.mark.faults]
+
+SYNC = "/api/v1/ai/ask_sync"
+JSON_REPLY = {"Accept": "application/json"}
 
 
 @pytest.fixture
@@ -321,3 +326,57 @@ def test_records_dropped_for_a_full_queue_name_the_bound_and_health_recovers(
     assert "cannot reach" not in after.error  # the database is back: not blamed
     assert (later.status, later.error) == ("ok", None)
     assert count(dsn) == 5
+
+
+# -- the same through a gateway process, stopped with SIGTERM (6.3, 6.8) ---------------------
+
+
+@pytest.mark.server
+def test_a_gateway_on_a_silent_database_is_degraded_and_stops_within_its_grace(
+    dsn: str, proxy: TcpProxy, standin: StandIn, tmp_path: Path
+) -> None:
+    spill_dir = tmp_path / "state" / "ollama-host" / "spill"
+    gateway = start_gateway(
+        tmp_path / "data",
+        "--store",
+        through(dsn, proxy),
+        "--ollama",
+        standin.url,
+        "--grace",
+        "1",
+        env={"XDG_STATE_HOME": str(tmp_path / "state")},
+    )
+    try:
+        with gateway.client() as client:
+            for _n in range(3):
+                answer = client.post(SYNC, json=ask(project="before"), headers=JSON_REPLY)
+                assert answer.status_code == 200, answer.text
+            eventually(lambda: count(dsn) == 3, "the first records are written")
+            proxy.hang()
+            for _n in range(20):
+                answer = client.post(SYNC, json=ask(project="during"), headers=JSON_REPLY)
+                assert answer.status_code == 200, answer.text
+            eventually(
+                lambda: client.get("/health").json()["store"]["status"] == "degraded",
+                "health says the store is degraded",
+            )
+            health = client.get("/health").json()["store"]
+            read = client.get("/api/v1/admin/stats")
+        gateway.signal(signal.SIGTERM)
+        # Within its grace (1 s), uvicorn's margin and the store's CLOSE_WAIT: far less than
+        # systemd's TimeoutStopSec (grace + 10 s) gives it before SIGKILL.
+        returncode = gateway.wait(timeout=1 + 4 + pg_store.CLOSE_WAIT + 5)
+    finally:
+        gateway.stop()
+    logs = gateway.logs()
+
+    assert returncode in (0, -signal.SIGTERM), logs
+    assert health["pending"] >= 20
+    assert f"127.0.0.1:{proxy.port}" in health["error"]
+    assert read.status_code == 503, read.text
+    assert "USAGE RECORDS SPILLED: 20 records" in logs
+    assert "Traceback" not in logs
+    assert len(spilled(spill_dir)) == 20
+    done = import_spill(spill_dir, dsn)
+    assert done.returncode == 0, done.stderr
+    assert count(dsn) == 23
