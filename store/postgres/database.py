@@ -501,7 +501,7 @@ def migrate(params: Params) -> int:
     place = where(params)
     with connect(params, purpose="migrations") as conn:
         try:
-            with conn.transaction(), conn.cursor() as cur:
+            with bounded(conn, params), conn.transaction(), conn.cursor() as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
                 found = _version(cur, place)
                 if found > LATEST:
