@@ -380,3 +380,23 @@ def test_a_gateway_on_a_silent_database_is_degraded_and_stops_within_its_grace(
     done = import_spill(spill_dir, dsn)
     assert done.returncode == 0, done.stderr
     assert count(dsn) == 23
+
+
+def test_a_key_change_on_a_silent_database_fails_in_time(
+    dsn: str, proxy: TcpProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from access.keys import KeyLimits
+    from calls.errors import CallError
+
+    monkeypatch.setattr(pg, "OPERATION_SECONDS", 1.0)
+    access, _ = testpg.access_of(through(dsn, proxy), "token")
+    try:
+        asyncio.run(access.keys.create("first", None, KeyLimits()))  # its connection is open
+        proxy.hang()
+        with pytest.raises(CallError) as refused:
+            asyncio.run(access.keys.create("late", None, KeyLimits()))
+    finally:
+        access.close()
+
+    assert refused.value.status == 503
+    assert "did not answer within 1 s" in refused.value.message

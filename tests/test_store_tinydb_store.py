@@ -514,8 +514,8 @@ def test_records_the_disk_refuses_at_close_are_spilled_where_they_fit(
     first = import_spill.import_spill([spilled], data_dir)
     again = import_spill.import_spill([spilled], data_dir)
 
-    assert first == import_spill.Imported(added=5, present=0, unreadable=0)
-    assert again == import_spill.Imported(added=0, present=5, unreadable=0)
+    assert first == spill.Imported(added=5, present=0, unreadable=0)
+    assert again == spill.Imported(added=0, present=5, unreadable=0)
     assert read_all(data_dir) == sorted(records, key=lambda r: r.id, reverse=True)
 
 

@@ -622,6 +622,10 @@ class Database:
     def unreachable(self, exc: psycopg.Error) -> str:
         return unreachable(self.params, exc)
 
+    def bounded(self, conn: psycopg.Connection[Any]) -> contextlib.AbstractContextManager[Any]:
+        """One operation on `conn` within OPERATION_SECONDS (TimedOut, a StoreError, past it)."""
+        return bounded(conn, self.params)
+
     def migrate(self) -> int:
         return migrate(self.params)
 
