@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -596,3 +597,12 @@ def test_an_index_of_an_older_version_is_rebuilt_at_startup(
         "ollama": 40,
         "openai": 40,
     }
+
+
+def test_the_logged_import_command_runs_from_the_gateways_folder() -> None:
+    command = spill.import_command("/spill/usage-1.jsonl", ["--data", "/var/lib/gateway"])
+
+    words = shlex.split(command)
+    assert words[0] == "cd"
+    assert (Path(words[1]) / "app.py").is_file()  # where `python -m ollama_host` runs
+    assert words[-4:] == ["import-spill", "/spill/usage-1.jsonl", "--data", "/var/lib/gateway"]
