@@ -25,7 +25,7 @@ MAX_TOKENS = 2**31 - 1
 MAX_SECONDS = 7 * 86400.0
 
 
-def tokens(value: int | None, what: str) -> int | None:
+def tokens_or_none(value: int | None, what: str) -> int | None:
     """A token count as reported, or None if no call could have it."""
     if value is None or 0 <= value <= MAX_TOKENS:
         return value
@@ -35,7 +35,7 @@ def tokens(value: int | None, what: str) -> int | None:
     return None
 
 
-def seconds(value: float | None, what: str) -> float | None:
+def seconds_or_none(value: float | None, what: str) -> float | None:
     """A duration in seconds as reported, or None if no call could take it."""
     if value is None or (math.isfinite(value) and 0 <= value <= MAX_SECONDS):
         return value
