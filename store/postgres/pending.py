@@ -63,14 +63,25 @@ class PendingFile:
         refused: list[str] = []
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         for folder in spill.places(env):
-            path = folder / f"{PREFIX}{stamp}-{os.getpid()}.jsonl"
+            name = f"{PREFIX}{stamp}-{os.getpid()}.jsonl"
+            path, making = folder / name, folder / f".{name}"
             try:
                 folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+                fd = os.open(making, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
             except OSError as exc:
                 refused.append(f"{folder}: {exc.strerror or exc}")
                 continue
+            # Locked before it has the name others look for: a gateway starting meanwhile
+            # must never take it for a dead one's.
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                os.rename(making, path)
+            except OSError as exc:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    making.unlink()
+                refused.append(f"{folder}: {exc.strerror or exc}")
+                continue
             self.path, self._fd = path, fd
             return
         self.error = "no folder takes the file of pending records (" + "; ".join(refused) + ")"

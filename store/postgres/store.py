@@ -244,7 +244,11 @@ class PostgresStore:
                     due = now + 3600.0
                     if pending_:
                         due = max(self._retry_at, self._queue.since + GROUP_COMMIT)
-                        if len(pending_) > self._journaled and self._pending is not None:
+                        if (
+                            self._retry_at > now
+                            and len(pending_) > self._journaled
+                            and self._pending is not None
+                        ):
                             # Waiting for the database: what queues up goes to the file.
                             journal_at = self._journaled_at + pending.JOURNAL_EVERY
                             if now >= journal_at:
@@ -420,14 +424,15 @@ class PostgresStore:
         """Records the database will not take: spilled, counted, and said in health."""
         why = refused[-1][1]
         records = [record for record, _ in refused]
-        where = "nowhere (the store does not spill)"
-        if self._pending is not None:
+        for record, reason in refused:
+            log.error("USAGE RECORD REFUSED: call %s: %s", record.id, reason)
+        if self._pending is None:  # the import's store: they are still in its files
+            where = "the files being imported"
+        else:
             try:
                 where, _ = spill.spill(pending.encodable(records))
             except OSError as exc:
                 where = f"nowhere (standard error refused them too: {exc})"
-        for record, reason in refused:
-            log.error("USAGE RECORD REFUSED: call %s: %s", record.id, reason)
         log.error(
             "USAGE RECORDS SPILLED: PostgreSQL at %s refused %d records (%s); they are in %s. "
             "Once the cause is fixed, import them with: %s",
