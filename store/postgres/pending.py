@@ -91,9 +91,14 @@ class PendingFile:
 
     def write(self, records: list[UsageRecord]) -> None:
         """Append these records (before they are sent)."""
-        if self._fd is None or not records:
+        if self._fd is not None and records:
+            self.write_lines(encodable(records))
+
+    def write_lines(self, lines: list[bytes]) -> None:
+        """Append these records, encoded as JSON already."""
+        if self._fd is None or not lines:
             return
-        data = b"".join(line + b"\n" for line in encodable(records))
+        data = b"".join(line + b"\n" for line in lines)
         try:
             spill.write_all(self._fd, data)
         except OSError as exc:

@@ -109,6 +109,14 @@ def _moment(date: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _doc(record: UsageRecord) -> bytes | None:
+    """The record as JSON, or None if it cannot be encoded (a lone surrogate)."""
+    try:
+        return _encode(record)
+    except (UnicodeEncodeError, msgspec.EncodeError):
+        return None
+
+
 class StoreUnavailable(StoreError):
     """A read could not reach the database; the message says where and why."""
 
@@ -262,21 +270,29 @@ class PostgresStore:
                 closing = self._queue.closing
                 ready = now >= self._retry_at or closing or self._queue.flushes
                 batch = self._queue.pending[:MAX_BATCH] if ready else []
+                known = 0
                 if batch:
                     del self._queue.pending[:MAX_BATCH]
                     self._committing = len(batch)
                     known = min(self._journaled, len(batch))
                     self._journaled -= known
-                    fresh = batch[known:]
+                    waiting = []
                 else:
-                    fresh = self._queue.pending[self._journaled :]
-            if self._pending is not None and fresh:
-                self._pending.write(fresh)
-                self._journaled_at = time.monotonic()
-                if not batch:
+                    waiting = self._queue.pending[self._journaled :]
+            if batch:
+                # Each record is encoded once, for the file of pending records and for COPY.
+                docs = [_doc(record) for record in batch]
+                if self._pending is not None:
+                    self._pending.write_lines([doc for doc in docs[known:] if doc is not None])
+                    self._journaled_at = time.monotonic()
+                written = self._write(batch, docs)
+            else:
+                if self._pending is not None and waiting:
+                    self._pending.write(waiting)
+                    self._journaled_at = time.monotonic()
                     with self._lock:
-                        self._journaled += len(fresh)
-            written = self._write(batch) if batch else True
+                        self._journaled += len(waiting)
+                written = True
             if self.retention_days is not None and time.monotonic() >= self._retention_at:
                 self._retention_at = time.monotonic() + RETENTION_EVERY
                 self._apply_retention()
@@ -336,19 +352,20 @@ class PostgresStore:
             self._import_command(where),
         )
 
-    def _rows(self, batch: list[UsageRecord]) -> tuple[list[Row], list[tuple[UsageRecord, str]]]:
-        """The rows COPY sends, and the records that cannot be sent, each with why (they go
-        to the spill)."""
+    def _rows(
+        self, batch: list[UsageRecord], docs: list[bytes | None]
+    ) -> tuple[list[Row], list[tuple[UsageRecord, str]]]:
+        """The rows COPY sends (each record's JSON is in `docs`), and the records that cannot
+        be sent, each with why (they go to the spill)."""
         rows: list[Row] = []
         bad: list[tuple[UsageRecord, str]] = []
-        for record in batch:
-            try:
-                doc = _encode(record).decode()
-            except (UnicodeEncodeError, msgspec.EncodeError) as exc:
+        for record, encoded in zip(batch, docs, strict=True):
+            if encoded is None:
                 # msgspec refuses lone surrogates on the way in; this is a last guard. Such a
                 # record cannot be written anywhere, the spill included.
-                log.error("USAGE RECORD DROPPED: call %s cannot be stored: %s", record.id, exc)
+                log.error("USAGE RECORD DROPPED: call %s cannot be encoded as JSON", record.id)
                 continue
+            doc = encoded.decode()
             try:
                 values = tuple(fill(record) for _, _, fill in COLUMNS)
                 for at in _INT8:
@@ -361,11 +378,11 @@ class PostgresStore:
             rows.append((record, (*values, doc)))
         return rows, bad
 
-    def _write(self, batch: list[UsageRecord]) -> bool:
+    def _write(self, batch: list[UsageRecord], docs: list[bytes | None]) -> bool:
         """Store a batch; False (and the batch back at the head of the queue) if the
         database could not be reached. A record the database refuses (or that cannot be
         sent) goes to the spill, and health says so: never nowhere."""
-        rows, refused = self._rows(batch)
+        rows, refused = self._rows(batch, docs)
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = database.connect(
