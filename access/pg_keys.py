@@ -24,6 +24,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -83,6 +84,11 @@ class Database(Protocol):
         ...
 
     def unreachable(self, exc: psycopg.Error) -> str: ...
+
+    def bounded(self, conn: psycopg.Connection[Any]) -> AbstractContextManager[Any]:
+        """One operation on `conn`, within a deadline past which it fails with StoreError
+        (a database that holds the connection and answers nothing)."""
+        ...
 
     def migrate(self) -> int: ...
 
@@ -148,7 +154,7 @@ class DatabaseKeyRing:
         """The keys (or the admin token) changed somewhere: read them again."""
         writes = self._writes
         try:
-            with self.db.connect("keys", autocommit=True) as conn:
+            with self.db.connect("keys", autocommit=True) as conn, self.db.bounded(conn):
                 rows = conn.execute(sql.SQL("SELECT doc::text FROM {}").format(KEYS)).fetchall()
         except (psycopg.Error, StoreError) as exc:
             log.warning("could not read the API keys again (%s); the ones read last hold", exc)
@@ -195,9 +201,10 @@ class DatabaseKeyRing:
             try:
                 if self._reader is None or self._reader.closed:
                     self._reader = self.db.connect("keys", autocommit=True)
-                row = self._reader.execute(
-                    sql.SQL("SELECT doc::text FROM {} WHERE id = %s").format(KEYS), (key_id,)
-                ).fetchone()
+                with self.db.bounded(self._reader):
+                    row = self._reader.execute(
+                        sql.SQL("SELECT doc::text FROM {} WHERE id = %s").format(KEYS), (key_id,)
+                    ).fetchone()
             except (psycopg.OperationalError, StoreError) as exc:
                 if self._reader is not None:
                     self._reader.close()
@@ -219,7 +226,11 @@ class DatabaseKeyRing:
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = self.db.connect("keys")
-                with self._conn.transaction(), self._conn.cursor() as cur:
+                with (
+                    self.db.bounded(self._conn),
+                    self._conn.transaction(),
+                    self._conn.cursor() as cur,
+                ):
                     return work(cur)
             except (psycopg.OperationalError, StoreError) as exc:
                 if self._conn is not None:

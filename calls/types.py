@@ -13,6 +13,8 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from .bounds import seconds_or_none, tokens_or_none
+
 # Ollama model names: `name`, `name:tag`, `namespace/name:tag` or `host/namespace/name:tag`.
 # Each part starts with a letter or digit, so `../x`, `/x` and `host:port/x` never reach an
 # upstream.
@@ -141,6 +143,15 @@ class Metrics(msgspec.Struct, kw_only=True):
     # Set by the router that ran the call: the GPU time it used there.
     gpu: GpuUse | None = None
 
+    def __post_init__(self) -> None:
+        # Untrusted: bounded as they enter (calls/bounds.py), whichever upstream sent them.
+        self.input_tokens = tokens_or_none(self.input_tokens, "input_tokens")
+        self.output_tokens = tokens_or_none(self.output_tokens, "output_tokens")
+        self.upstream_seconds = seconds_or_none(self.upstream_seconds, "upstream_seconds")
+        self.load_seconds = seconds_or_none(self.load_seconds, "load_seconds")
+        self.prompt_eval_seconds = seconds_or_none(self.prompt_eval_seconds, "prompt_eval_seconds")
+        self.eval_seconds = seconds_or_none(self.eval_seconds, "eval_seconds")
+
 
 class Piece(msgspec.Struct):
     """One streamed chunk of the answer."""
@@ -169,6 +180,12 @@ class Embeddings(msgspec.Struct, kw_only=True):
     upstream: str | None = None
     attempts: int = 1
     gpu: GpuUse | None = None
+
+    def __post_init__(self) -> None:
+        # Untrusted: bounded as they enter (calls/bounds.py).
+        self.input_tokens = tokens_or_none(self.input_tokens, "input_tokens")
+        self.upstream_seconds = seconds_or_none(self.upstream_seconds, "upstream_seconds")
+        self.load_seconds = seconds_or_none(self.load_seconds, "load_seconds")
 
 
 class ModelInfo(msgspec.Struct, kw_only=True, omit_defaults=True):

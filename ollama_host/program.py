@@ -7,6 +7,7 @@
     ... import-usage --from DATA_DIR --store postgresql://...
                                              copy a TinyDB data folder into PostgreSQL
     ... import-spill FILE... --data DIR      bring records spilled at shutdown back
+    ... import-spill FILE... --store URL     the same, into PostgreSQL
 
 The web app itself is composed in app.py, the composition root, which imports every part and
 which nothing imports: it hands its `create_app` to `main` here. So every start goes through
@@ -117,7 +118,7 @@ def _settings_table(argv: Sequence[str]) -> int:
 
 
 def _import_spill(argv: Sequence[str]) -> int:
-    from store.tinydb.import_spill import main as import_spill
+    from store.import_spill import main as import_spill
 
     return import_spill(argv)
 

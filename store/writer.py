@@ -20,6 +20,9 @@ log = logging.getLogger("ollama_host.store")
 # Records held in memory while the disk or the database refuses them; past this, the newest
 # are dropped (and counted), so a store that is away never takes the gateway's memory.
 MAX_PENDING = 100_000
+# How long health stays degraded after the last record dropped for a full queue: long
+# enough for a dashboard polling /health to show it, and it then recovers on its own.
+DROPPED_NOTICE = 300.0
 
 
 class Queue:
@@ -32,6 +35,7 @@ class Queue:
         self.pending: list[UsageRecord] = []
         self.since = 0.0  # when the first of them was appended
         self.dropped = 0
+        self.dropped_at = 0.0  # when the last of them was dropped
         self.flushes: list[Future[None]] = []
         self.closing = False
         self.stopped = False
@@ -53,6 +57,7 @@ class Queue:
             limit = self._max_pending or MAX_PENDING
             if len(self.pending) >= limit:
                 self.dropped += 1
+                self.dropped_at = time.monotonic()
                 if self.dropped == 1 or self.dropped % 1000 == 0:
                     log.error(
                         "USAGE RECORDS DROPPED: %d records wait for %s already; %d dropped so far",
@@ -75,6 +80,7 @@ class Queue:
         if over > 0:  # appends arrived meanwhile
             del self.pending[limit:]
             self.dropped += over
+            self.dropped_at = time.monotonic()
 
     def start(self, loop: Callable[[], None]) -> None:
         """Run the store's writer loop in the writer thread."""
@@ -117,7 +123,18 @@ class Queue:
             self._thread.join()
         return True
 
-    def held(self) -> tuple[int, int, bool]:
-        """Records waiting, records dropped, and whether the writer stopped on its own."""
+    def held(self) -> tuple[int, str | None, bool]:
+        """Records waiting, what health says of records dropped for a full queue (None once
+        DROPPED_NOTICE has passed since the last), and whether the writer stopped on its own."""
         with self.lock:
-            return len(self.pending), self.dropped, self.stopped and not self.closing
+            waiting, dropped, since = len(self.pending), self.dropped, self.dropped_at
+            stopped = self.stopped and not self.closing
+        note = None
+        if dropped and time.monotonic() - since < DROPPED_NOTICE:
+            ago = time.monotonic() - since
+            note = (
+                f"{dropped} usage records dropped since start, the last {ago:.0f} s ago: "
+                f"{self.max_pending} records already waited for {self._waits_for} "
+                "(the bound on records held in memory)"
+            )
+        return waiting, note, stopped

@@ -31,6 +31,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def spill_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Spilled records and PostgreSQL's files of pending records (store/spill.py) go to a
+    folder of the test session's own, never the user's $XDG_STATE_HOME; the gateways the
+    tests start inherit it."""
+    state = tmp_path_factory.mktemp("state")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(state))
+        yield state / "ollama-host" / "spill"
+
+
 @pytest.fixture(scope="session")
 def standin() -> Iterator[StandIn]:
     with start_standin() as server:

@@ -8,6 +8,9 @@ listening, as a server restarted between two calls, or a middlebox dropping its 
 `freeze()` stops relaying anything, either way, on every connection, new ones included (they
 are still accepted): a hung server, which takes connections and answers nothing; `thaw()`
 lets what was held go through.
+`hang()` keeps every connection, and takes new ones, but passes nothing on: a server that
+holds the connection open and answers nothing (TCP itself stays healthy, so keepalives
+cannot tell).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class TcpProxy:
         self._flowing = threading.Event()
         self._flowing.set()
         self.port = 0
+        self.hung = False
         self.restore()
 
     def restore(self) -> None:
@@ -74,12 +78,20 @@ class TcpProxy:
     def thaw(self) -> None:
         self._flowing.set()
 
+    def hang(self) -> None:
+        """From now on pass nothing on, either way, on old connections and new ones."""
+        self.hung = True
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self.hung:  # accepted, and never answered
+                with self._lock:
+                    self._conns.append(client)
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -105,7 +117,8 @@ class TcpProxy:
                     data = sock.recv(65536)
                     if not data:
                         return
-                    pairs[sock].sendall(data)
+                    if not self.hung:
+                        pairs[sock].sendall(data)
         except (OSError, ValueError):
             return
         finally:

@@ -63,3 +63,16 @@ def test_a_call_is_finished_once() -> None:
     assert first is not None
     assert second is None
     assert account.record is first
+
+
+def test_an_absurd_count_is_recorded_as_an_estimate_not_as_reported() -> None:
+    account = call()
+    account.add([Piece("a "), Piece("b")])
+
+    record = account.finish("ok", Metrics(input_tokens=-1, output_tokens=2**63, eval_seconds=1e20))
+
+    assert record is not None
+    assert (record.input_tokens, record.output_tokens, record.total_tokens) == (None, 2, None)
+    assert record.tokens_estimated
+    assert record.eval_seconds is None
+    assert record.status == "ok"

@@ -43,6 +43,8 @@ VOCABULARY = {
     "calls.collect",
     # One HTTP exchange with a model server, for every upstream kind (on http_transport).
     "calls.exchange",
+    # Bounds on the numbers an upstream reports, which the types apply as they are made.
+    "calls.bounds",
     "store.base",
     "store.records",
     # Who waits for an upstream slot, in what order (the fair queue): the router keeps the

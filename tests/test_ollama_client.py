@@ -186,6 +186,54 @@ async def test_a_whole_answer_comes_back_in_seconds() -> None:
     assert (metrics.prompt_eval_seconds, metrics.eval_seconds) == (0.5, 1.0)
 
 
+@pytest.mark.parametrize(
+    "counts",
+    [
+        {"eval_count": 2**63, "prompt_eval_count": 2**64 + 5},  # past a 64-bit column
+        {"eval_count": -3, "prompt_eval_count": 2**31},  # no call has these
+    ],
+)
+async def test_counts_no_call_can_have_become_unknown(counts: dict[str, int]) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={**DONE, **counts, "message": {"content": "hi"}})
+
+    answer = await ollama(handler).answer(hi())
+
+    assert (answer.content, answer.metrics.input_tokens, answer.metrics.output_tokens) == (
+        "hi",
+        None,
+        None,
+    )
+    assert answer.metrics.upstream_seconds == 2.5  # what was plausible is kept
+
+
+async def test_durations_no_call_can_take_become_unknown() -> None:
+    absurd = {"total_duration": 2**63 - 1, "eval_duration": -5, "load_duration": 10**30}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={**DONE, **absurd, "message": {"content": "hi"}})
+
+    answer = await ollama(handler).answer(hi())
+
+    metrics = answer.metrics
+    assert (metrics.upstream_seconds, metrics.eval_seconds, metrics.load_seconds) == (
+        None,
+        None,
+        None,
+    )
+    assert (metrics.output_tokens, metrics.prompt_eval_seconds) == (3, 0.5)
+
+
+async def test_an_absurd_embedding_count_becomes_unknown() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        reply = {"embeddings": [[0.5]], "prompt_eval_count": 2**70, "total_duration": -1}
+        return httpx.Response(200, json=reply)
+
+    result = await ollama(handler).embed(EmbedRequest(model="m", input=["a"]))
+
+    assert (result.vectors, result.input_tokens, result.upstream_seconds) == ([[0.5]], None, None)
+
+
 async def test_a_stream_comes_in_batches_however_the_lines_are_cut() -> None:
     wire = chunk("w0 ") + chunk("w1 ") + chunk("") + line(**DONE, message={"content": ""})
     cut = len(chunk("w0 ")) + 5

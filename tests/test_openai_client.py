@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from calls.errors import (
@@ -226,3 +227,26 @@ async def test_llama_server_without_an_alias_is_asked_by_file_name() -> None:
     assert listed == ["SmolLM2-135M-Instruct.Q4_1"]
     assert answer.content
     assert (await seen(app))[-1]["body"]["model"] == path
+
+
+async def test_counts_and_timings_no_call_can_have_become_unknown() -> None:
+    # A third-party OpenAI-compatible service can send anything: the counts are bounded as
+    # they enter, the answer itself is kept.
+    answer_body = {
+        "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 2**63, "completion_tokens": 9_999_999_999_999},
+        "timings": {"prompt_ms": 1e308 * 10, "predicted_ms": 12.5},
+    }
+    body = b"data: " + msgspec.json.encode(answer_body) + b"\n\ndata: [DONE]\n\n"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+
+    upstream = OpenAIUpstream(httpx.MockTransport(handler), "http://odd.test/v1", name="odd")
+
+    answer = await upstream.answer(ask("hi"))
+
+    metrics = answer.metrics
+    assert answer.content == "hi"
+    assert (metrics.input_tokens, metrics.output_tokens) == (None, None)
+    assert (metrics.prompt_eval_seconds, metrics.eval_seconds) == (None, 0.0125)

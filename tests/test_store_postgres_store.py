@@ -282,7 +282,7 @@ def test_records_held_while_the_database_is_away_are_bounded(
 
     assert (health.status, health.pending) == ("degraded", 5)
     assert health.error is not None
-    assert "3 records dropped" in health.error
+    assert "3 usage records dropped" in health.error
     assert count(dsn) == 5  # the five held were written at the stop
 
 
@@ -401,3 +401,62 @@ async def test_odd_query_strings_change_nothing_and_leak_nothing(dsn: str, tmp_p
     assert [r["project"] for r in found[0]] == ["p'; --"]
     assert found[1]["totals"]["calls"] == 1
     assert count(dsn) == 1  # nothing deleted, nothing added
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"since": "9999-12-31T23:59:59.999999"},
+        {"since": "9999-12-31T23:00:00"},
+        {"until": "0001-01-01T00:00:00"},
+        {"since": "0001-01-01T00:00:00.000001", "until": "9999-12-31T23:59:59.999999"},
+    ],
+)
+async def test_stats_at_the_ends_of_time_answer_clearly(
+    dsn: str, tmp_path: Path, params: dict[str, str]
+) -> None:
+    from tests.asgi import in_process
+
+    async with in_process(tmp_path / "data", "--store", dsn) as local, local.client() as client:
+        answers = [
+            await client.get(f"/api/v1/admin/{path}", params=params)
+            for path in ("stats", "dashboard", "export")
+        ]
+
+    for answer in answers:
+        assert answer.status_code in (200, 422), answer.text
+        assert "Traceback" not in answer.text
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "DROP TABLE ollama_host.state",
+        "DROP TABLE ollama_host.usage_hourly",
+        "DROP TABLE ollama_host.keys",
+        "ALTER TABLE ollama_host.usage DROP COLUMN upstream",
+        "DELETE FROM ollama_host.state",
+    ],
+)
+def test_a_half_made_schema_stops_the_start_with_one_line(
+    dsn: str, tmp_path: Path, damage: str
+) -> None:
+    pg.migrate(pg.parse(dsn))
+    testpg.execute(dsn, damage)
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "app.py"), "--data", str(tmp_path), "--store", dsn],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "schema" in done.stderr
+    assert "ollama_host" in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr

@@ -22,8 +22,8 @@ import pytest
 from tinydb import TinyDB
 
 from routes.request_id import new_id
-from store import InputMessage, TinyDBStore, UsageRecord, iso
-from store.tinydb import files, spill
+from store import InputMessage, TinyDBStore, UsageRecord, iso, spill
+from store.tinydb import files
 from store.tinydb import store as usage_store
 from tests import disks
 from tests.gateway_proc import ROOT, Gateway, start_gateway

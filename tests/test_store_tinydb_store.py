@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,8 +17,8 @@ import pytest
 from tinydb import TinyDB
 
 from ollama_host.settings import parse_settings
-from store import FolderInUse, StoreError, TinyDBStore, UsageRecord, writer
-from store.tinydb import files, import_spill, spill
+from store import FolderInUse, StoreError, TinyDBStore, UsageRecord, spill, writer
+from store.tinydb import files, import_spill
 from store.tinydb import store as usage_store
 from tests.store_helpers import check_stats, fill, query, record, stats
 
@@ -338,7 +339,7 @@ def test_records_held_while_the_disk_refuses_are_bounded(
     health = store.health()
     assert (health.status, health.pending) == ("degraded", 5)
     assert health.error is not None
-    assert "3 records dropped" in health.error
+    assert "3 usage records dropped" in health.error
 
 
 def test_the_single_file_log_of_earlier_versions_is_imported(
@@ -514,8 +515,8 @@ def test_records_the_disk_refuses_at_close_are_spilled_where_they_fit(
     first = import_spill.import_spill([spilled], data_dir)
     again = import_spill.import_spill([spilled], data_dir)
 
-    assert first == import_spill.Imported(added=5, present=0, unreadable=0)
-    assert again == import_spill.Imported(added=0, present=5, unreadable=0)
+    assert first == spill.Imported(added=5, present=0, unreadable=0)
+    assert again == spill.Imported(added=0, present=5, unreadable=0)
     assert read_all(data_dir) == sorted(records, key=lambda r: r.id, reverse=True)
 
 
@@ -596,3 +597,12 @@ def test_an_index_of_an_older_version_is_rebuilt_at_startup(
         "ollama": 40,
         "openai": 40,
     }
+
+
+def test_the_logged_import_command_runs_from_the_gateways_folder() -> None:
+    command = spill.import_command("/spill/usage-1.jsonl", ["--data", "/var/lib/gateway"])
+
+    words = shlex.split(command)
+    assert words[0] == "cd"
+    assert (Path(words[1]) / "app.py").is_file()  # where `python -m ollama_host` runs
+    assert words[-4:] == ["import-spill", "/spill/usage-1.jsonl", "--data", "/var/lib/gateway"]

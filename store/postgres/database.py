@@ -15,9 +15,14 @@ Requires the `postgres` extra (psycopg 3).
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import logging
+import os
+import socket
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -34,6 +39,29 @@ MARKER = "Ollama Host: usage records, API keys and secrets"
 # Any constant works, as long as every gateway uses the same one: "ollamaho" in ASCII.
 MIGRATION_LOCK = 0x6F6C6C616D61686F
 CONNECT_TIMEOUT = "5"
+# A database can hold a connection open and answer nothing (a hung server, a proxy or
+# firewall that keeps the socket and drops the traffic). Every connection is bounded three
+# ways: libpq's connect_timeout (the whole start, login included); TCP keepalives and
+# tcp_user_timeout, which notice a peer that is gone (a host that died, a cable); and, for
+# a peer that is there and silent, which TCP cannot tell from a slow one, a deadline on each
+# operation (`bounded`, below), whose watchdog shuts the socket when it passes. The server's
+# own statement_timeout ends a statement stuck in the server (a lock) a little before that.
+KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",  # milliseconds
+}
+# The longest any one operation may take (a COPY of a batch, a stats query, a poll): far
+# past what each takes on a healthy server (milliseconds; a stats query over a year of
+# rollups, a second or two).
+OPERATION_SECONDS = 30.0
+STATEMENT_TIMEOUT_MS = int(OPERATION_SECONDS * 1000) - 2000
+# A watch's read of its one row: a server that takes this long is as good as away.
+POLL_SECONDS = 5.0
+# How long a stop waits for a watch's poll to end.
+STOP_WAIT = 1.0
 
 Params = dict[str, Any]
 
@@ -59,6 +87,11 @@ def parse(dsn: str) -> Params:
             "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
         ) from None
     params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    for name, value in KEEPALIVES.items():
+        params.setdefault(name, value)
+    options = str(params.get("options") or "")
+    if "statement_timeout" not in options:
+        params["options"] = f"{options} -c statement_timeout={STATEMENT_TIMEOUT_MS}".strip()
     return params
 
 
@@ -85,8 +118,15 @@ def _reason(exc: psycopg.Error) -> str:
     return text.removeprefix("connection failed: ") or type(exc).__name__
 
 
-def connect(params: Params, *, purpose: str, autocommit: bool = False) -> psycopg.Connection[Any]:
-    """A connection, or DatabaseUnavailable naming the host and libpq's reason."""
+def connect(
+    params: Params, *, purpose: str, autocommit: bool = False, timeout: float | None = None
+) -> psycopg.Connection[Any]:
+    """A connection, or DatabaseUnavailable naming the host and libpq's reason; `timeout`
+    shortens the connect timeout (to what is left of a stop's wait)."""
+    if timeout is not None:
+        seconds = min(float(params.get("connect_timeout") or CONNECT_TIMEOUT), timeout)
+        # libpq takes whole seconds, and 0 means forever.
+        params = {**params, "connect_timeout": str(max(1, int(seconds)))}
     try:
         return psycopg.connect(
             **params, autocommit=autocommit, application_name=f"ollama-host {purpose}"
@@ -100,6 +140,107 @@ def connect(params: Params, *, purpose: str, autocommit: bool = False) -> psycop
 def unreachable(params: Params, exc: psycopg.Error) -> str:
     """What health and the log say when a working connection failed."""
     return f"cannot reach PostgreSQL at {where(params)}: {_reason(exc)}"
+
+
+# -- a bound on every operation ------------------------------------------------------------------
+
+
+class TimedOut(DatabaseUnavailable):
+    """An operation passed its deadline: the database holds the connection and answers nothing
+    (or too slowly). The connection was shut; the message names the host and the bound."""
+
+
+class Deadline:
+    """One operation's deadline on one connection, armed in the watchdog (see `bounded`)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], at: float) -> None:
+        self.conn = conn
+        self.at = at
+        self.fired = False
+        self.armed = True
+
+    def __lt__(self, other: Deadline) -> bool:
+        return self.at < other.at
+
+
+class Watchdog:
+    """One thread for every deadline of the process: when one passes while its operation is
+    still running, the connection's socket is shut, so the call blocked on it in libpq
+    returns at once with an error (psycopg has no timeout of its own for a sync operation,
+    and a cancel request would go to the same silent server)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[Deadline] = []
+        self._thread: threading.Thread | None = None
+
+    def arm(self, conn: psycopg.Connection[Any], seconds: float) -> Deadline:
+        deadline = Deadline(conn, time.monotonic() + seconds)
+        with self._cond:
+            heapq.heappush(self._heap, deadline)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pg-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return deadline
+
+    def disarm(self, deadline: Deadline) -> None:
+        with self._cond:
+            deadline.armed = False
+
+    def shorten(self, deadline: Deadline, at: float) -> None:
+        """Bring a deadline forward (a stop that cannot wait as long)."""
+        with self._cond:
+            if deadline.armed and at < deadline.at:
+                deadline.at = at
+                heapq.heapify(self._heap)
+                self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and not self._heap[0].armed:
+                    heapq.heappop(self._heap)
+                now = time.monotonic()
+                if self._heap and self._heap[0].at <= now:
+                    deadline = heapq.heappop(self._heap)
+                    # Under the lock: a disarmed deadline's connection may be closed, its
+                    # descriptor reused; an armed one's is still the connection's.
+                    deadline.fired = True
+                    _shut(deadline.conn)
+                    continue
+                self._cond.wait(self._heap[0].at - now if self._heap else None)
+
+
+def _shut(conn: psycopg.Connection[Any]) -> None:
+    with contextlib.suppress(OSError, psycopg.Error):
+        fd = conn.pgconn.socket
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+WATCHDOG = Watchdog()
+
+
+@contextlib.contextmanager
+def bounded(
+    conn: psycopg.Connection[Any], params: Params, seconds: float | None = None
+) -> Iterator[Deadline]:
+    """Run one operation on `conn` within `seconds` (OPERATION_SECONDS by default); past that
+    its socket is shut and the operation fails with TimedOut. The connection is then broken:
+    close it (a pool discards it on its own)."""
+    limit = OPERATION_SECONDS if seconds is None else seconds
+    deadline = WATCHDOG.arm(conn, max(limit, 0.0))
+    try:
+        yield deadline
+    except psycopg.Error:
+        if deadline.fired:
+            raise TimedOut(
+                f"PostgreSQL at {where(params)} did not answer within {limit:g} s"
+            ) from None
+        raise
+    finally:
+        WATCHDOG.disarm(deadline)
 
 
 # -- the schema --------------------------------------------------------------------------------
@@ -251,6 +392,78 @@ MIGRATIONS: list[str] = [
 ]
 
 LATEST = len(MIGRATIONS)
+
+# What the migrations make, as the gateway reads and writes it: checked at every start, so
+# that a schema someone changed since (a table dropped or replaced, a column gone) stops the
+# start with one line instead of failing record by record. A migration that adds a table or
+# a column the gateway needs adds it here too.
+TABLES: dict[str, frozenset[str]] = {
+    "migrations": frozenset({"version", "applied"}),
+    "state": frozenset({"one", "instance", "usage_changes", "keys_version"}),
+    "usage": frozenset(
+        {
+            "id",
+            "date",
+            "model_name",
+            "project",
+            "process_id",
+            "subprocess_id",
+            "status",
+            "input_tokens",
+            "output_tokens",
+            "total_seconds",
+            "ttft_seconds",
+            "eval_seconds",
+            "upstream_seconds",
+            "tokens_estimated",
+            "key_id",
+            "user",
+            "front",
+            "endpoint",
+            "upstream",
+            "doc",
+        }
+    ),
+    "usage_hourly": frozenset(
+        {
+            "hour",
+            "model_name",
+            "project",
+            "process_id",
+            "subprocess_id",
+            "status",
+            "front",
+            "endpoint",
+            "upstream",
+            "calls",
+            "input_tokens",
+            "output_tokens",
+            "total_seconds",
+            "upstream_seconds",
+            "eval_seconds",
+            "eval_tokens",
+            "seconds_hist",
+            "ttft_hist",
+        }
+    ),
+    "usage_daily_hist": frozenset(
+        {
+            "day",
+            "model_name",
+            "project",
+            "process_id",
+            "subprocess_id",
+            "status",
+            "front",
+            "endpoint",
+            "upstream",
+            "seconds_hist",
+            "ttft_hist",
+        }
+    ),
+    "keys": frozenset({"id", "doc"}),
+    "secrets": frozenset({"name", "value", "created"}),
+}
 assert SCHEMA in MIGRATIONS[0]
 assert MARKER in MIGRATIONS[0]
 
@@ -288,12 +501,40 @@ def _version(cur: psycopg.Cursor[Any], place: str) -> int:
     return int(row[0]) if row else 0
 
 
+def _check(cur: psycopg.Cursor[Any], place: str) -> None:
+    """SchemaError, in one line, if the schema lacks what the migrations made (TABLES)."""
+    cur.execute(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = %s",
+        (SCHEMA,),
+    )
+    found: dict[str, set[str]] = {}
+    for table, column in cur.fetchall():
+        found.setdefault(str(table), set()).add(str(column))
+    wrong: list[str] = []
+    for table, columns in TABLES.items():
+        if table not in found:
+            wrong.append(f"no table {table}")
+        elif missing := sorted(columns - found[table]):
+            wrong.append(f"{table} lacks {', '.join(missing)}")
+    if "state" in found and not wrong:
+        cur.execute(sql.SQL("SELECT count(*) FROM {}.state").format(sql.Identifier(SCHEMA)))
+        rows = cur.fetchone()
+        if not rows or rows[0] != 1:
+            wrong.append("its state table does not hold its one row")
+    if wrong:
+        raise SchemaError(
+            f"the database {place} holds the gateway's schema {SCHEMA!r}, but not as its "
+            f"migrations made it ({'; '.join(wrong)}): something changed it since. Restore it "
+            "from a backup, or point --store at a database of its own"
+        )
+
+
 def migrate(params: Params) -> int:
     """Bring the schema to LATEST (under the advisory lock); returns the version found."""
     place = where(params)
     with connect(params, purpose="migrations") as conn:
         try:
-            with conn.transaction(), conn.cursor() as cur:
+            with bounded(conn, params), conn.transaction(), conn.cursor() as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
                 found = _version(cur, place)
                 if found > LATEST:
@@ -311,6 +552,7 @@ def migrate(params: Params) -> int:
                         (version,),
                     )
                     log.info("database %s: applied schema migration %d", place, version)
+                _check(cur, place)
         except psycopg.errors.InsufficientPrivilege as exc:
             raise SchemaError(
                 f"the database {place} refused to make the gateway's schema: {_reason(exc)}; "
@@ -360,7 +602,8 @@ class Watch:
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = connect(self.params, purpose="watch", autocommit=True)
-            row = self._conn.execute(self.query).fetchone()
+            with bounded(self._conn, self.params, POLL_SECONDS):
+                row = self._conn.execute(self.query).fetchone()
         except (psycopg.Error, DatabaseUnavailable) as exc:
             self._drop()
             error = unreachable(self.params, exc) if isinstance(exc, psycopg.Error) else str(exc)
@@ -387,7 +630,10 @@ class Watch:
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join()
+            # A poll is bounded (a connect by its timeout, a read by POLL_SECONDS), but a stop
+            # does not wait that long: the thread ends on its own (a daemon, it holds no
+            # record, and its connection goes with the process).
+            self._thread.join(STOP_WAIT)
         else:
             self._drop()
 
@@ -408,6 +654,10 @@ class Database:
 
     def unreachable(self, exc: psycopg.Error) -> str:
         return unreachable(self.params, exc)
+
+    def bounded(self, conn: psycopg.Connection[Any]) -> contextlib.AbstractContextManager[Any]:
+        """One operation on `conn` within OPERATION_SECONDS (TimedOut, a StoreError, past it)."""
+        return bounded(conn, self.params)
 
     def migrate(self) -> int:
         return migrate(self.params)

@@ -377,7 +377,11 @@ def _segments(
     if not sizes:
         return [(None, since, until)]
     size = sizes[0]
-    first, last = _ceil(since, size), _floor(until, size)
+    try:
+        first = _ceil(since, size)
+    except OverflowError:  # since is in the last period a datetime holds: none whole after it
+        return _segments(since, until, sizes[1:])
+    last = _floor(until, size)
     if first is not None and last is not None and first >= last:
         return _segments(since, until, sizes[1:])
     found: list[Segment] = [(size, first, last)]

@@ -1,8 +1,8 @@
 """The TinyDB store, the default: usage records in TinyDB files in the data folder, with a
 journal for durability (`store`), their files and indexes (`files`), reading and stats over
 them (`reading`), repairs and the journal's replay (`recovery`), retention (`retention`), and
-the spill of records a full disk refused at shutdown (`spill`,
-`import_spill`)."""
+and the import of records a full disk refused at shutdown (`import_spill`; the spill itself
+is store/spill.py)."""
 
 from __future__ import annotations
 

@@ -33,10 +33,11 @@ from pathlib import Path
 
 import msgspec
 
+from .. import spill
 from ..base import FolderInUse, StoreError, StoreHealth, export_pages
 from ..records import Stats, UsageQuery, UsageRecord
 from ..writer import Queue
-from . import files, reading, spill
+from . import files, reading
 from .files import OpenSegment, Row, SegmentMeta
 from .files import write_all as _write_all
 from .recovery import Damage, Recovery
@@ -297,7 +298,7 @@ class TinyDBStore(Recovery, Retention):
             count,
             error,
             place,
-            spill.import_command(where, self.folder),
+            spill.import_command(where, ["--data", str(self.folder.resolve())]),
         )
 
     def _fold_due(self, now: float) -> bool:
@@ -540,7 +541,7 @@ class TinyDBStore(Recovery, Retention):
         if stopped:
             error = "the usage writer stopped unexpectedly (see the log); restart the gateway"
         if dropped:
-            error = f"{error or 'the disk refused records'}; {dropped} records dropped"
+            error = f"{error}; {dropped}" if error else dropped
         if damage:
             error = "; ".join([*([error] if error else []), *(d.describe() for d in damage)])
         return StoreHealth(

@@ -1,12 +1,13 @@
-"""Records the disk refused at shutdown: written somewhere else, then imported back.
+"""Records a store could not keep: written somewhere else, then imported back.
 
-When the gateway stops while its disk refuses the journal (a full disk), the records
-still queued would be lost. Instead they go, as JSON lines, to the first of these that
-takes them: $XDG_STATE_HOME/ollama-host/spill/ (~/.local/state/ollama-host/spill/), then
-the temp folder's ollama-host-spill/ ($TMPDIR, else the system's), then standard error, one
-record per line after SPILL_PREFIX (systemd's journal keeps it).
-`python -m ollama_host import-spill` brings them back (import_spill.py); records carry ids,
-so importing twice adds nothing.
+When the gateway stops while its disk refuses the journal (a full disk, store/tinydb), or
+while PostgreSQL is away, and whenever PostgreSQL refuses a record (store/postgres), the
+records would be lost. Instead they go, as JSON lines, to the first of these that takes
+them: $XDG_STATE_HOME/ollama-host/spill/ (~/.local/state/ollama-host/spill/), then the temp
+folder's ollama-host-spill/ ($TMPDIR, else the system's), then standard error, one record
+per line after SPILL_PREFIX (systemd's journal keeps it).
+`python -m ollama_host import-spill` brings them back (store/import_spill.py); records carry
+ids, so importing twice adds nothing.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from ..records import UsageRecord
-from . import files
+from .records import UsageRecord
 
 SPILL_PREFIX = "USAGE RECORD SPILL: "
 STDERR = "standard error"
@@ -67,7 +67,7 @@ def spill(lines: list[bytes], *, env: Mapping[str, str] = os.environ) -> tuple[s
             continue
         try:
             try:
-                files.write_all(fd, data)
+                write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -76,20 +76,48 @@ def spill(lines: list[bytes], *, env: Mapping[str, str] = os.environ) -> tuple[s
                 path.unlink()
             refused.append(f"{folder}: {exc.strerror or exc}")
             continue
-        files.fsync_dir(folder)
+        fsync_dir(folder)
         return str(path), refused
-    files.write_all(2, b"".join(_PREFIX + line + b"\n" for line in lines))
+    write_all(2, b"".join(_PREFIX + line + b"\n" for line in lines))
     return STDERR, refused
 
 
-def import_command(where: str, data: Path) -> str:
-    """The command that imports a spill, as the log tells it."""
+def import_command(where: str, target: list[str]) -> str:
+    """The command that imports a spill into `target` (`--data DIR` or `--store ADDRESS`),
+    as the log tells it."""
     source = "FILE" if where == STDERR else shlex.quote(where)
     python = shlex.quote(sys.executable or "python3")
-    return (
-        f"cd {shlex.quote(str(ROOT))} && {python} -m ollama_host import-spill {source} --data "
-        + (shlex.quote(str(data.resolve())))
-    )
+    into = " ".join(shlex.quote(arg) for arg in target)
+    return f"cd {shlex.quote(str(ROOT))} && {python} -m ollama_host import-spill {source} {into}"
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data`, however many writes it takes (a write may take part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def fsync_dir(folder: Path) -> None:
+    """A new file is durable only once the folder's entry is on disk too."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class Imported(NamedTuple):
+    """What an import of spilled records did."""
+
+    added: int
+    present: int  # already in the store (imported before, or written after all)
+    unreadable: int
+
+
+class SpillError(Exception):
+    """The import could not write the records; the message says why and what to do."""
 
 
 class SpillLines(NamedTuple):
