@@ -12,6 +12,8 @@ default origins exports `BROWSER_ORIGINS = access.origins.OLLAMA_DEFAULTS` (see 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -38,17 +40,41 @@ from ollama_host import __version__, program
 from ollama_host.backends import open_access, open_shared
 from ollama_host.requestlog import RequestLog
 from ollama_host.settings import Settings
-from routes import admin, docs, health, keys, ollama, openai, openapi, page, request_id, seed
+from routes import (
+    admin,
+    docs,
+    health,
+    keys,
+    metrics,
+    ollama,
+    openai,
+    openapi,
+    page,
+    request_id,
+    seed,
+)
 from routes.common import encoder
 from routes.dispatch import StaticFirstRouter
 from routes.errors import error_response, with_request_id
 from routes.streaming import SERVER_SEND
 from store import StoreError, UsageStore, open_store
+from telemetry import open_metrics
+from telemetry.serving import serve_metrics
 
 # Each module exports `routes` and an `openapi` description of them.
 # The router tries routes in this order, a regex each: the fronts first, the one with the
 # fewest routes before the one with the most.
-MODULES: tuple[ModuleType, ...] = (seed, openai, ollama, admin, keys, health, docs, page)
+MODULES: tuple[ModuleType, ...] = (
+    seed,
+    openai,
+    ollama,
+    admin,
+    keys,
+    health,
+    metrics,
+    docs,
+    page,
+)
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
@@ -131,6 +157,7 @@ def create_app(
     if access is None:
         access, _ = open_access(settings.store, settings.data_path, settings.admin_token)
     render_for = renderer(modules)
+    counted = open_metrics(settings)
 
     def respond(request: Request, error: CallError) -> Response:
         return render_for(request.url.path)(with_request_id(error))
@@ -186,11 +213,13 @@ def create_app(
                     open_wait=settings.open_wait,
                 )
                 gateway.observers.append(request_id.note_record)
+                gateway.starters.append(request_id.note_account)
                 gateway.limits.observers.append(request_id.note_local_admission)
                 # For the routes, and for GatewayServer.shutdown, which must reach it before
                 # connections close.
                 app.state.gateway = gateway
-                yield {}
+                async with _counting(app, gateway):
+                    yield {}
             finally:
                 await up.aclose()
         finally:
@@ -198,6 +227,28 @@ def create_app(
                 await shared.aclose()
             await usage.aclose()
             access.close()
+
+    @contextlib.asynccontextmanager
+    async def _counting(app: Starlette, gateway: Gateway) -> AsyncIterator[None]:
+        """The metrics watch the calls; their gauges are sampled each second; and, with
+        --metrics-port, served there (by this process, unless it is one of --workers N,
+        whose parent serves them for all)."""
+        if counted is None:
+            yield
+            return
+        gateway.watchers.append(counted)
+        sampler = asyncio.ensure_future(counted.keep_sampling(gateway.upstream, gateway.store))
+        served = None
+        if settings.metrics_port and getattr(app.state, "serves_metrics_port", True):
+            served = serve_metrics(settings.metrics_port, counted.exposition)
+        try:
+            yield
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+            if served is not None:
+                served.close()
 
     app = GatewayApp(
         routes=[route for module in modules for route in module.routes],
@@ -223,6 +274,7 @@ def create_app(
         },
     )
     app.state.settings = settings
+    app.state.metrics = counted
     app.state.version = __version__
     app.state.openapi = encoder.encode(
         openapi.document(

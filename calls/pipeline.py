@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -40,7 +41,7 @@ from .errors import (
     shutting_down,
 )
 from .events import Done, Event, Failed, Pieces, Started
-from .record import Account
+from .record import Account, operation_of
 from .shutdown import Drain, ShuttingDown
 from .types import (
     Answer,
@@ -53,7 +54,7 @@ from .types import (
     Metrics,
     ModelInfo,
 )
-from .upstream import AnswerStream, Upstream
+from .upstream import AnswerStream, Upstream, queued_call
 
 log = logging.getLogger("ollama_host.calls")
 T = TypeVar("T")
@@ -83,6 +84,19 @@ class Ask(msgspec.Struct, Generic[Q], frozen=True, kw_only=True):
     id: str
     front: str
     endpoint: str
+
+
+class Watcher(Protocol):
+    """What watches calls go by (the metrics, the traces): told when a call is admitted,
+    when a stream holds a place and gives it back, and when the call is recorded."""
+
+    def admitted(self, account: Account) -> None: ...
+
+    def stream_opened(self, account: Account) -> None: ...
+
+    def stream_closed(self, account: Account) -> None: ...
+
+    def finished(self, account: Account, record: UsageRecord) -> None: ...
 
 
 class Finished(msgspec.Struct, Generic[R]):
@@ -126,6 +140,9 @@ class Gateway:
         self.drain = Drain()
         # Called with each record as it is written (the request log's line uses it).
         self.observers: list[Callable[[UsageRecord], None]] = []
+        # Called with each call's account as it is admitted (the request log's Server-Timing).
+        self.starters: list[Callable[[Account], None]] = []
+        self.watchers: list[Watcher] = []
 
     # -- the one call ------------------------------------------------------------------------
 
@@ -154,11 +171,23 @@ class Gateway:
         )
         if inputs is not None:
             account.input_count = inputs
+            account.operation = "embeddings"
+        else:
+            account.operation = operation_of(asked, None)
+        # For the router, which notes the queue wait on it (a stream's opening task too).
+        queued_call.set(account)
+        for starter in self.starters:
+            starter(account)
+        for watcher in self.watchers:
+            watcher.admitted(account)
         if not ask.stream:
             return Call(self, ask, caller, account)
         held = await self.limits.open_stream(caller.key)
         call = Call(self, ask, caller, account, held)
+        for watcher in self.watchers:
+            watcher.stream_opened(account)
         assert isinstance(request, CallRequest)
+        account.upstream_since = time.perf_counter()
         call._opening = asyncio.ensure_future(self.upstream.open_stream(request))
         try:
             await call._wait_open(self.open_wait)
@@ -208,6 +237,8 @@ class Gateway:
         self.store.append(record)
         for observer in self.observers:
             observer(record)
+        for watcher in self.watchers:
+            watcher.finished(account, record)
         tokens = (record.input_tokens or 0) + (record.output_tokens or 0)
         if tokens and (account.caller.key is not None or record.project is not None):
             await self.limits.spend(account.caller.key, record.project, tokens)
@@ -337,8 +368,13 @@ class Call(Generic[Q]):
         """Await an upstream's whole result, recording any way it fails."""
         account = self.account
         gateway = self.gateway
+        account.upstream_since = time.perf_counter()
         try:
-            return await gateway.drain.guard(work)
+            try:
+                return await gateway.drain.guard(work)
+            finally:
+                # The wait on the upstream ends here, before the record is made.
+                account.waited_upstream()
         except ShuttingDown:
             error = shutting_down(account.id)
             await gateway.finish(account, "cancelled", error=error)
@@ -378,6 +414,7 @@ class Call(Generic[Q]):
             return
         exc = self._opening.exception()
         if isinstance(exc, UpstreamError):
+            self.account.waited_upstream()
             _tried(self.account, exc)
             error = call_error(exc, self.id)
             await self.gateway.finish(self.account, "error", error=error)
@@ -397,15 +434,18 @@ class Call(Generic[Q]):
             # Not `await opening`: a cancelled awaiter cancels the task it awaits, and the
             # upstream's close must happen in aclose, shielded.
             await drain.guard(asyncio.wait({opening}))
+            account.waited_upstream()
             self._stream = stream = opening.result()
             account.upstream, account.attempts = stream.upstream, stream.attempts
             batches = stream.batches()
             task = asyncio.current_task()
             assert task is not None
             reads = 0
+            clock = time.perf_counter
             while not self.gone:
                 # drain.guard's steps, without its coroutine: this runs per upstream read.
                 drain.waiting(task)
+                began = clock()
                 try:
                     batch = await anext(batches)
                 except StopAsyncIteration:
@@ -416,6 +456,7 @@ class Call(Generic[Q]):
                     raise
                 finally:
                     drain.done_waiting(task)
+                    account.upstream_wait += clock() - began
                 account.add(batch)
                 yield Pieces(batch)
                 reads += 1
@@ -477,4 +518,6 @@ class Call(Generic[Q]):
         await self.gateway.finish(self.account, "cancelled", error=self.reason)
         held, self._held = self._held, None
         if held is not None:
+            for watcher in self.gateway.watchers:
+                watcher.stream_closed(self.account)
             await self.gateway.limits.close_stream(held)

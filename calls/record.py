@@ -48,6 +48,13 @@ def input_of(request: CallRequest) -> list[InputMessage]:
     return messages
 
 
+def operation_of(request: CallRequest, inputs: int | None) -> str:
+    """The call's operation, in the OpenTelemetry GenAI conventions' words."""
+    if inputs is not None:
+        return "embeddings"
+    return "chat" if request.completion is None else "text_completion"
+
+
 class Text:
     """Text that arrives in pieces, of which the record keeps the first `limit` characters."""
 
@@ -77,7 +84,14 @@ class Text:
 
 
 class Account:
-    """One call in flight: its request, its caller, the answer so far, and the clock."""
+    """One call in flight: its request, its caller, the answer so far, and the clock.
+
+    The clock: `received` is when its request's first byte arrived (the request log says;
+    else when the account was made), `queue_seconds` how long it waited for an upstream slot
+    (set by the router when one is granted), `upstream_wait` how long it waited on the
+    upstream itself (a whole answer's request, or a stream's opening and reads). The rest,
+    to the record, is the gateway's own (`gateway_seconds`).
+    """
 
     def __init__(
         self,
@@ -99,7 +113,15 @@ class Account:
         self.endpoint = endpoint
         self.streamed = streamed
         self.date = iso(datetime.now(UTC))
-        self.started = time.perf_counter()
+        self.started = self.received = time.perf_counter()
+        self.queue_seconds: float | None = None
+        self.upstream_wait = 0.0
+        # Since when it has been waiting on the upstream, not yet added to upstream_wait.
+        self.upstream_since: float | None = None
+        self.operation = "chat"
+        # Whether this call made the upstream load its model, and what that load unloaded.
+        self.cold_start: bool | None = None
+        self.evicted: str | None = None
         self.first_token: float | None = None
         self.output = Text(max_output)
         self.thinking = Text(max_output)
@@ -111,6 +133,25 @@ class Account:
         self.attempts: int | None = None
         self.input_count: int | None = None
         self.record: UsageRecord | None = None
+
+    def waited_upstream(self) -> None:
+        """The wait on the upstream that began at `upstream_since` is over: add it (less the
+        part of it spent in the queue, which the router noted meanwhile)."""
+        since = self.upstream_since
+        if since is not None:
+            self.upstream_since = None
+            waited = time.perf_counter() - since - (self.queue_seconds or 0.0)
+            self.upstream_wait += max(waited, 0.0)
+
+    def split(self, now: float) -> tuple[float, float | None, float]:
+        """The call's time so far: the gateway's own, the queue's, and the upstream's."""
+        queue = self.queue_seconds
+        upstream = self.upstream_wait
+        since = self.upstream_since
+        if since is not None:
+            upstream += max(now - since - (queue or 0.0), 0.0)
+        gateway = now - self.received - upstream - (queue or 0.0)
+        return max(gateway, 0.0), queue, upstream
 
     def add(self, pieces: list[Piece]) -> None:
         if self.first_token is None:
@@ -140,11 +181,13 @@ class Account:
         )
         labels = self.labels
         output, thinking = self.output, self.thinking
+        now = time.perf_counter()
+        gateway, queue, _ = self.split(now)
         truncated = output.truncated or thinking.truncated
         self.record = UsageRecord(
             id=self.id,
             date=self.date,
-            total_seconds=round(time.perf_counter() - self.started, 6),
+            total_seconds=round(now - self.started, 6),
             total_tokens=total,
             input_tokens=metrics.input_tokens,
             output_tokens=output_tokens,
@@ -179,5 +222,9 @@ class Account:
             output_truncated=truncated,
             output_chars=output.chars if truncated else None,
             input_count=self.input_count,
+            queue_seconds=None if queue is None else round(queue, 6),
+            gateway_seconds=round(gateway, 6),
+            cold_start=self.cold_start,
+            evicted=self.evicted,
         )
         return self.record

@@ -12,6 +12,7 @@ a transport's own exceptions.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from typing import Literal, Protocol
 
 import msgspec
@@ -46,6 +47,19 @@ class UpstreamHealth(msgspec.Struct, kw_only=True):
     circuit: str | None = None
     waiting: int | None = None
     loaded: list[str] | None = None
+
+
+class Queued(Protocol):
+    """A call as a router sees it while it gets a slot: where it notes the wait."""
+
+    # Seconds it waited in line for a free upstream slot, once one was granted (summed over
+    # a failover's second slot); None before.
+    queue_seconds: float | None
+
+
+# The call the current task makes (the pipeline sets it; a stream's opening task inherits
+# it): a router that makes it wait for a slot says how long on it.
+queued_call: ContextVar[Queued | None] = ContextVar("queued_call", default=None)
 
 
 class AnswerStream(Protocol):

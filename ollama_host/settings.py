@@ -516,6 +516,48 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "also log each ask's prompt and answer (never a key)",
         ),
     ] = False
+    # -- monitoring (issue 22): /metrics, traces ---------------------------------------------
+    no_metrics: Annotated[
+        bool,
+        setting(
+            "--no-metrics",
+            "OLLAMA_GATEWAY_NO_METRICS",
+            "count nothing for Prometheus and answer /metrics with 404 (counting is on when the "
+            "`metrics` extra, prometheus_client, is installed)",
+        ),
+    ] = False
+    metrics_port: Annotated[
+        int,
+        setting(
+            "--metrics-port",
+            "OLLAMA_GATEWAY_METRICS_PORT",
+            "serve /metrics without a token on 127.0.0.1 at this port instead of behind the "
+            "admin token on the main port; `0` keeps it on the main port",
+            shown=NONE,
+            metavar="PORT",
+            ge=0,
+            le=65535,
+        ),
+    ] = 0
+    otlp: Annotated[
+        str | None,
+        setting(
+            "--otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "export a trace span per call to this OpenTelemetry collector (OTLP over HTTP, "
+            "e.g. `http://127.0.0.1:4318`; the `otel` extra)",
+            shown="off",
+            metavar="URL",
+        ),
+    ] = None
+    otlp_content: Annotated[
+        bool,
+        setting(
+            "--otlp-content",
+            "OLLAMA_GATEWAY_OTLP_CONTENT",
+            "also put each call's prompt and answer in its span (off: they may be private)",
+        ),
+    ] = False
     reset_admin_token: Annotated[
         bool,
         setting(

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from store import shared
+from telemetry import multiproc
+from telemetry.serving import Served, serve_metrics
 
 from .server import SHUTDOWN_MARGIN
 
@@ -88,6 +90,19 @@ def run_workers(settings: Settings, argv: Sequence[str] | None, *, script: Path)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
+    # The metrics: each worker writes its numbers to one folder, which /metrics adds up.
+    counting = not settings.no_metrics and multiproc.installed()
+    folder = multiproc.prepare() if counting else None
+    served: Served | None = None
+    if counting and settings.metrics_port:
+        try:
+            served = serve_metrics(settings.metrics_port, multiproc.exposition)
+        except OSError as exc:
+            log.error("cannot serve metrics on port %d: %s", settings.metrics_port, exc)
+            listener.close()
+            if folder is not None:
+                multiproc.remove(folder)
+            return 1
     workers = [_Worker(script, args, fd, n) for n in range(settings.workers)]
     log.info(
         "Ollama Host on http://%s:%d with %d workers, asking Ollama at %s",
@@ -109,6 +124,8 @@ def run_workers(settings: Settings, argv: Sequence[str] | None, *, script: Path)
                 stopping.append(0)
                 break
             log.error("worker %d ended (exit status %d); starting it again", n, code)
+            if counting:
+                multiproc.worker_gone(worker.proc.pid)
             workers[n] = _Worker(script, args, fd, n)
     listener.close()
     for worker in workers:
@@ -124,6 +141,10 @@ def run_workers(settings: Settings, argv: Sequence[str] | None, *, script: Path)
             code = worker.proc.wait()
         if code not in (0, -signal.SIGTERM):
             status = status or 1
+    if served is not None:
+        served.close()
+    if folder is not None:
+        multiproc.remove(folder)
     return status
 
 

@@ -67,6 +67,17 @@ class UsageRecord(msgspec.Struct, kw_only=True):
     output_chars: int | None = None
     # Embeddings: how many inputs were embedded (their vectors are never stored).
     input_count: int | None = None
+    # -- issue 22 (metrics): where the call's time went, and whether it paid for a model load.
+    # Seconds the call waited in the gateway for a free upstream slot (--upstream-queue);
+    # 0 when a slot was free at once, None when it never reached the point of asking one.
+    queue_seconds: float | None = None
+    # The gateway's own part of the call: from the request's first byte to the record, less
+    # the queue and the time spent waiting on the upstream (docs/monitoring.md).
+    gateway_seconds: float | None = None
+    # Whether the upstream loaded the model for this call (it was not resident before),
+    # and which model, if any, it unloaded to make room.
+    cold_start: bool | None = None
+    evicted: str | None = None
 
 
 class UsageQuery(msgspec.Struct, kw_only=True, frozen=True):

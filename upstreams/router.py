@@ -58,7 +58,7 @@ from calls.types import (
     ModelInfo,
     Piece,
 )
-from calls.upstream import AnswerStream, ModelServer, UpstreamHealth
+from calls.upstream import AnswerStream, ModelServer, UpstreamHealth, queued_call
 
 from .breaker import Breaker
 from .config import UpstreamSpec
@@ -418,6 +418,7 @@ class Router:
             member = self._choose(key, up)
             if member is not None:
                 member.in_flight += 1
+                _queued(loop, deadline, self.wait_seconds)
                 return member
             if deadline is None:
                 if len(self._waiters) >= self.max_waiting:
@@ -450,6 +451,7 @@ class Router:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
             if handed is not None:
+                _queued(loop, deadline, self.wait_seconds)
                 return handed  # its slot came with it
             # Woken to look again: an upstream came back, or the models changed.
 
@@ -608,6 +610,15 @@ class Router:
             else:
                 log.info("upstream %s is back (%s)", member.name, breaker.state)
             self._wake_all()
+
+
+def _queued(loop: asyncio.AbstractEventLoop, deadline: float | None, wait: float) -> None:
+    """A slot was granted: note on the call's account how long it waited in line for it
+    (0 when one was free at once; added up over a failover's second slot)."""
+    call = queued_call.get()
+    if call is not None:
+        waited = 0.0 if deadline is None else loop.time() - (deadline - wait)
+        call.queue_seconds = (call.queue_seconds or 0.0) + waited
 
 
 def _now() -> float:
