@@ -23,7 +23,14 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client import multiprocess as _multiprocess
 
 from calls.errors import UpstreamError
@@ -57,6 +64,10 @@ GATEWAY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
                    1.0)  # fmt: skip
 QUEUE_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+
+# No `_created` series beside each counter and histogram: they double the series for a
+# timestamp Prometheus does not need (it sees resets by itself).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 MODEL = "gen_ai_request_model"
 OPERATION = "gen_ai_operation_name"
