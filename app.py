@@ -19,7 +19,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -58,8 +58,11 @@ from routes.dispatch import StaticFirstRouter
 from routes.errors import error_response, with_request_id
 from routes.streaming import SERVER_SEND
 from store import StoreError, UsageStore, open_store
-from telemetry import open_metrics
+from telemetry import open_metrics, open_tracing
 from telemetry.serving import serve_metrics
+
+if TYPE_CHECKING:
+    from telemetry.metrics import Metrics
 
 # Each module exports `routes` and an `openapi` description of them.
 # The router tries routes in this order, a regex each: the fronts first, the one with the
@@ -232,10 +235,26 @@ def create_app(
     async def _counting(app: Starlette, gateway: Gateway) -> AsyncIterator[None]:
         """The metrics watch the calls; their gauges are sampled each second; and, with
         --metrics-port, served there (by this process, unless it is one of --workers N,
-        whose parent serves them for all)."""
-        if counted is None:
-            yield
-            return
+        whose parent serves them for all). With --otlp, the traces watch them too."""
+        tracing = open_tracing(settings, counted)
+        if tracing is not None:
+            gateway.watchers.append(tracing)
+            with contextlib.suppress(UpstreamError, TimeoutError):
+                async with asyncio.timeout(5):
+                    tracing.addresses = {u.name: u.address for u in await gateway.upstream.health()}
+        try:
+            if counted is None:
+                yield
+            else:
+                async with _sampled(app, gateway, counted):
+                    yield
+        finally:
+            if tracing is not None:
+                # Flushes what is queued; bounded by the exporter's own timeout.
+                await asyncio.to_thread(tracing.close)
+
+    @contextlib.asynccontextmanager
+    async def _sampled(app: Starlette, gateway: Gateway, counted: Metrics) -> AsyncIterator[None]:
         gateway.watchers.append(counted)
         sampler = asyncio.ensure_future(counted.keep_sampling(gateway.upstream, gateway.store))
         served = None

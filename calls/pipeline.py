@@ -84,6 +84,8 @@ class Ask(msgspec.Struct, Generic[Q], frozen=True, kw_only=True):
     id: str
     front: str
     endpoint: str
+    # The caller's W3C trace context (its `traceparent` header), for --otlp.
+    trace: str | None = None
 
 
 class Watcher(Protocol):
@@ -169,6 +171,7 @@ class Gateway:
             streamed=ask.stream,
             max_output=self.max_output,
         )
+        account.trace = ask.trace
         if inputs is not None:
             account.input_count = inputs
             account.operation = "embeddings"
@@ -187,7 +190,7 @@ class Gateway:
         for watcher in self.watchers:
             watcher.stream_opened(account)
         assert isinstance(request, CallRequest)
-        account.upstream_since = time.perf_counter()
+        account.upstream_since = account.upstream_began = time.perf_counter()
         call._opening = asyncio.ensure_future(self.upstream.open_stream(request))
         try:
             await call._wait_open(self.open_wait)
@@ -234,7 +237,9 @@ class Gateway:
         record = account.finish(status, metrics, error)
         if record is None:
             return None
+        account.store_began = time.perf_counter()
         self.store.append(record)
+        account.store_ended = time.perf_counter()
         for observer in self.observers:
             observer(record)
         for watcher in self.watchers:
@@ -368,7 +373,7 @@ class Call(Generic[Q]):
         """Await an upstream's whole result, recording any way it fails."""
         account = self.account
         gateway = self.gateway
-        account.upstream_since = time.perf_counter()
+        account.upstream_since = account.upstream_began = time.perf_counter()
         try:
             try:
                 return await gateway.drain.guard(work)
@@ -456,7 +461,8 @@ class Call(Generic[Q]):
                     raise
                 finally:
                     drain.done_waiting(task)
-                    account.upstream_wait += clock() - began
+                    account.upstream_ended = now = clock()
+                    account.upstream_wait += now - began
                 account.add(batch)
                 yield Pieces(batch)
                 reads += 1

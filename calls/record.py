@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
@@ -118,6 +119,14 @@ class Account:
         self.upstream_wait = 0.0
         # Since when it has been waiting on the upstream, not yet added to upstream_wait.
         self.upstream_since: float | None = None
+        # For its trace: when it first asked the upstream and last heard from it, when its
+        # record went to the store, and the caller's W3C trace context.
+        self.upstream_began: float | None = None
+        self.upstream_ended: float | None = None
+        self.store_began = self.store_ended = 0.0
+        self.trace: str | None = None
+        # What a watcher of traces keeps with the call while it runs (telemetry/tracing.py).
+        self.span: Any = None
         self.operation = "chat"
         # Whether this call made the upstream load its model, and what that load unloaded.
         self.cold_start: bool | None = None
@@ -140,7 +149,8 @@ class Account:
         since = self.upstream_since
         if since is not None:
             self.upstream_since = None
-            waited = time.perf_counter() - since - (self.queue_seconds or 0.0)
+            self.upstream_ended = now = time.perf_counter()
+            waited = now - since - (self.queue_seconds or 0.0)
             self.upstream_wait += max(waited, 0.0)
 
     def split(self, now: float) -> tuple[float, float | None, float]:

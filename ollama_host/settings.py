@@ -647,6 +647,29 @@ def _help(item: Declared) -> str:
     return f"{text}{default} [{item.env}]" if item.env else f"{text}{default}"
 
 
+def otlp_problem(url: str) -> str | None:
+    """What is wrong with --otlp URL (or OTEL_EXPORTER_OTLP_ENDPOINT), if anything."""
+    if not url.startswith(("http://", "https://")):
+        return (
+            f"--otlp must be the collector's OTLP/HTTP address, such as "
+            f"http://127.0.0.1:4318, not {url!r}"
+        )
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("opentelemetry.sdk") and importlib.util.find_spec(
+            "opentelemetry.exporter.otlp.proto.http"
+        )
+    except ImportError:  # a parent package is missing
+        found = None
+    if not found:
+        return (
+            "--otlp needs the OpenTelemetry SDK and its OTLP exporter: "
+            "pip install 'ollama-host[otel]'"
+        )
+    return None
+
+
 def parse_settings(
     argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
@@ -700,6 +723,10 @@ def parse_settings(
         parse_patterns(settings.admin_origins, "--admin-origins")
     except OriginError as exc:
         parser.error(str(exc))
+    if settings.otlp is not None:
+        problem = otlp_problem(settings.otlp)
+        if problem:
+            parser.error(problem)
     several = bool(settings.upstream or settings.upstreams_file)
     if several and args.get("ollama_url") is not None:
         parser.error("--ollama names the one Ollama; with --upstream or --upstreams, name it there")

@@ -19,12 +19,17 @@ SERVER_TIMING = b"server-timing"
 
 def timing_value(gateway: float, queue: float | None, upstream: float | None) -> bytes:
     """The header's value for these durations in seconds (None: no such part)."""
-    text = f"gateway;dur={gateway * 1000:.3f}"
-    if queue is not None:
-        text += f", queue;dur={queue * 1000:.3f}"
-    if upstream is not None:
-        text += f", upstream;dur={upstream * 1000:.3f}"
-    return text.encode("latin-1")
+    # One bytes %-format per case: the header is made for every response, and formatting
+    # each part apart cost twice as much.
+    if upstream is None:
+        return b"gateway;dur=%.3f" % (gateway * 1000)
+    if queue is None:
+        return b"gateway;dur=%.3f, upstream;dur=%.3f" % (gateway * 1000, upstream * 1000)
+    return b"gateway;dur=%.3f, queue;dur=%.3f, upstream;dur=%.3f" % (
+        gateway * 1000,
+        queue * 1000,
+        upstream * 1000,
+    )
 
 
 def server_timing(info: RequestInfo, now: float) -> bytes:

@@ -11,11 +11,18 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from .metrics import Metrics
+    from .tracing import Tracing
 
 
 class Wanted(Protocol):
     @property
     def no_metrics(self) -> bool: ...
+
+    @property
+    def otlp(self) -> str | None: ...
+
+    @property
+    def otlp_content(self) -> bool: ...
 
 
 def open_metrics(settings: Wanted) -> Metrics | None:
@@ -27,3 +34,16 @@ def open_metrics(settings: Wanted) -> Metrics | None:
     except ImportError:
         return None
     return Metrics()
+
+
+def open_tracing(settings: Wanted, metrics: Metrics | None) -> Tracing | None:
+    """The traces, with --otlp (the settings checked that the `otel` extra is installed)."""
+    if settings.otlp is None:
+        return None
+    from .tracing import Tracing
+
+    return Tracing(
+        settings.otlp,
+        content=settings.otlp_content,
+        dropped=None if metrics is None else metrics.spans_dropped.inc,
+    )

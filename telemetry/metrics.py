@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -54,6 +55,7 @@ SAMPLE_SECONDS = 1.0
 CIRCUIT_STATES = ("closed", "open", "half-open")
 
 # Buckets: the GenAI conventions' advice where they give one, else the gateway's own.
+# Each *_BOUNDS is the same with +Inf last, as prometheus_client keeps them.
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
                     40.96, 81.92)  # fmt: skip
@@ -68,6 +70,16 @@ LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160
 # No `_created` series beside each counter and histogram: they double the series for a
 # timestamp Prometheus does not need (it sees resets by itself).
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+INF = float("inf")
+TOKEN_BOUNDS = (*TOKEN_BUCKETS, INF)
+DURATION_BOUNDS = (*DURATION_BUCKETS, INF)
+TTFT_BOUNDS = (*TTFT_BUCKETS, INF)
+TPOT_BOUNDS = (*TPOT_BUCKETS, INF)
+GATEWAY_BOUNDS = (*GATEWAY_BUCKETS, INF)
+QUEUE_BOUNDS = (*QUEUE_BUCKETS, INF)
+LOAD_BOUNDS = (*LOAD_BUCKETS, INF)
+HISTOGRAMS = 8
 
 MODEL = "gen_ai_request_model"
 OPERATION = "gen_ai_operation_name"
@@ -247,8 +259,10 @@ class Metrics:
             [],
             registry=registry,
         )
-        # Per label set, the children a recorded call touches, found once.
-        self._children: dict[tuple[str, ...], _CallChildren] = {}
+        # Per kind of call, what it tallied since the last flush, and its labelled children.
+        Key = tuple[str, str, str, str | None, str]
+        self._tallies: dict[Key, _Tally] = {}
+        self._children: dict[Key, _CallChildren] = {}
         self._open: dict[str, Gauge] = {}
 
     # -- the pipeline's watcher (calls.pipeline.Watcher) --------------------------------------
@@ -266,44 +280,55 @@ class Metrics:
         self._open[account.front].dec()
 
     def finished(self, account: Account, record: UsageRecord) -> None:
-        upstream = record.upstream or "none"
-        model = self.models.label(record.model_name, answered=record.status == "ok")
-        key = (account.operation, account.front, model, upstream, record.status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = _CallChildren(self, key)
-        children.calls.inc()
-        children.duration.observe(record.total_seconds)
-        if record.gateway_seconds is not None:
-            children.gateway.observe(record.gateway_seconds)
+        # The request path: plain arithmetic on this kind of call's tally, which flush() hands
+        # to prometheus_client (a lock and a method call per observation cost 70 µs a call).
+        key = (account.operation, account.front, record.model_name, record.upstream, record.status)
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = _Tally()
+        tally.calls += 1
+        tally.observe(0, DURATION_BOUNDS, record.total_seconds)
+        gateway = record.gateway_seconds
+        if gateway is not None:
+            tally.observe(1, GATEWAY_BOUNDS, gateway)
         if record.input_tokens:
-            children.tokens_in.observe(record.input_tokens)
-        if record.output_tokens:
-            children.tokens_out.observe(record.output_tokens)
-        if record.ttft_seconds is not None and record.streamed:
-            children.ttft.observe(record.ttft_seconds)
-        if record.eval_seconds and record.output_tokens:
-            children.tpot.observe(record.eval_seconds / record.output_tokens)
+            tally.observe(2, TOKEN_BOUNDS, record.input_tokens)
+        output = record.output_tokens
+        if output:
+            tally.observe(3, TOKEN_BOUNDS, output)
+            if record.eval_seconds:
+                tally.observe(5, TPOT_BOUNDS, record.eval_seconds / output)
+        if record.streamed and record.ttft_seconds is not None:
+            tally.observe(4, TTFT_BOUNDS, record.ttft_seconds)
         if record.queue_seconds is not None:
-            children.queue.observe(record.queue_seconds)
+            tally.observe(6, QUEUE_BOUNDS, record.queue_seconds)
         if record.load_seconds is not None:
-            children.load.observe(record.load_seconds)
+            tally.observe(7, LOAD_BOUNDS, record.load_seconds)
         gpu = getattr(record, "gpu_seconds", None)
         if gpu is None:
             gpu = record.upstream_seconds
         if gpu:
-            children.gpu.inc(gpu)
+            tally.gpu += gpu
         if record.cold_start:
-            children.cold.inc()
+            tally.cold += 1
         if record.evicted:
-            for name in record.evicted.split(", "):
-                evicted = self.models.label(name, answered=False)
-                self.evictions.labels(upstream, evicted).inc()
+            tally.evicted.extend(record.evicted.split(", "))
+
+    def flush(self) -> None:
+        """Hand what the calls tallied since the last flush to prometheus_client (each second,
+        and before every scrape)."""
+        tallies, self._tallies = self._tallies, {}
+        for key, tally in tallies.items():
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = _CallChildren(self, key)
+            children.add(tally)
 
     # -- gauges, sampled --------------------------------------------------------------------
 
     async def sample(self, upstream: Upstream, store: UsageStore) -> None:
-        """Set the gauges from what this process sees now."""
+        """Flush the calls' tallies, and set the gauges from what this process sees now."""
+        self.flush()
         health = store.health()
         self.store_pending.set(health.pending)
         self.store_degraded.set(1 if health.status != "ok" else 0)
@@ -340,34 +365,73 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class _Tally:
+    """What calls of one kind (operation, front, model, upstream, status) added up since the
+    last flush: their number, and per histogram the count in each bucket and the sum."""
+
+    __slots__ = ("buckets", "calls", "cold", "evicted", "gpu", "sums")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.gpu = 0.0
+        self.cold = 0
+        self.evicted: list[str] = []
+        # One bucket list and one sum per histogram, in _CallChildren.histograms' order.
+        self.buckets: list[list[int] | None] = [None] * HISTOGRAMS
+        self.sums = [0.0] * HISTOGRAMS
+
+    def observe(self, which: int, bounds: tuple[float, ...], amount: float) -> None:
+        counts = self.buckets[which]
+        if counts is None:
+            counts = self.buckets[which] = [0] * len(bounds)
+        # prometheus_client keeps a bucket's own count; the first bound >= amount holds it.
+        counts[bisect_left(bounds, amount)] += 1
+        self.sums[which] += amount
+
+
 class _CallChildren:
-    """The labelled children one kind of call (operation, front, model, upstream, status)
-    counts into: looked up once, not on every call."""
+    """The labelled children one kind of call counts into: found once, not on every call."""
 
-    __slots__ = (
-        "calls",
-        "cold",
-        "duration",
-        "gateway",
-        "gpu",
-        "load",
-        "queue",
-        "tokens_in",
-        "tokens_out",
-        "tpot",
-        "ttft",
-    )
+    __slots__ = ("calls", "cold", "evictions", "gpu", "histograms", "models", "upstream")
 
-    def __init__(self, metrics: Metrics, key: tuple[str, ...]) -> None:
-        operation, front, model, upstream, status = key
+    def __init__(self, metrics: Metrics, key: tuple[str, str, str, str | None, str]) -> None:
+        operation, front, model_name, upstream_name, status = key
+        upstream = upstream_name or "none"
+        model = metrics.models.label(model_name, answered=status == "ok")
+        self.upstream = upstream
+        self.evictions = metrics.evictions
+        self.models = metrics.models
         self.calls = metrics.calls.labels(front, model, upstream, status)
-        self.duration = metrics.request_duration.labels(operation, model, status)
-        self.gateway = metrics.gateway.labels(front)
-        self.tokens_in = metrics.token_usage.labels(operation, model, "input", upstream)
-        self.tokens_out = metrics.token_usage.labels(operation, model, "output", upstream)
-        self.ttft = metrics.ttft.labels(operation, model)
-        self.tpot = metrics.tpot.labels(operation, model)
-        self.queue = metrics.queue.labels(upstream)
-        self.load = metrics.load.labels(upstream, model)
         self.gpu = metrics.gpu_seconds.labels(upstream, model)
         self.cold = metrics.cold_starts.labels(upstream, model)
+        # In _Tally's order: duration, gateway, tokens in, tokens out, ttft, tpot, queue, load.
+        self.histograms = (
+            metrics.request_duration.labels(operation, model, status),
+            metrics.gateway.labels(front),
+            metrics.token_usage.labels(operation, model, "input", upstream),
+            metrics.token_usage.labels(operation, model, "output", upstream),
+            metrics.ttft.labels(operation, model),
+            metrics.tpot.labels(operation, model),
+            metrics.queue.labels(upstream),
+            metrics.load.labels(upstream, model),
+        )
+
+    def add(self, tally: _Tally) -> None:
+        self.calls.inc(tally.calls)
+        if tally.gpu:
+            self.gpu.inc(tally.gpu)
+        if tally.cold:
+            self.cold.inc(tally.cold)
+        for name in tally.evicted:
+            self.evictions.labels(self.upstream, self.models.label(name, answered=False)).inc()
+        for histogram, counts, total in zip(
+            self.histograms, tally.buckets, tally.sums, strict=True
+        ):
+            if counts is None:
+                continue
+            # prometheus_client has no bulk observe: its own per-bucket values take the counts
+            # (pinned by requirements.lock; tests/test_telemetry_metrics.py reads them back).
+            histogram._sum.inc(total)
+            for bucket, count in zip(histogram._buckets, counts, strict=True):
+                if count:
+                    bucket.inc(count)

@@ -322,6 +322,15 @@ class CallRecord(msgspec.Struct):
     finished: bool = False  # a done:true line / reply was sent
     disconnected: bool = False  # the client hung up before the response was complete
     disconnected_at: float | None = None
+    # The W3C trace context the request carried, if any (what a traced client passes on).
+    traceparent: str | None = None
+
+
+def _traceparent(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"traceparent":
+            return str(value.decode("latin-1"))
+    return None
 
 
 class _State:
@@ -607,6 +616,7 @@ class _AskEndpoint:
         self.state.open_streams += 1
         exchange = _Exchange(self.state, self.state.new_call(), send)
         exchange.record.path = scope["path"]
+        exchange.record.traceparent = _traceparent(scope)
         try:
             await self._handle(exchange, scope, receive, t0)
         finally:
@@ -920,6 +930,7 @@ class _EmbedEndpoint:
         state = self.state
         record = state.new_call()
         record.path = scope["path"]
+        record.traceparent = _traceparent(scope)
         record.stream = False
         try:
             response = await self._answer(record, await Request(scope, receive).body(), t0)
