@@ -51,6 +51,7 @@ from routes import (
     openapi,
     page,
     request_id,
+    residency,
     seed,
 )
 from routes.common import encoder
@@ -72,6 +73,7 @@ MODULES: tuple[ModuleType, ...] = (
     openai,
     ollama,
     admin,
+    residency,
     keys,
     health,
     metrics,

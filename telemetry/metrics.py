@@ -6,7 +6,8 @@ alerts written for them fit; the gateway's own carry the `ollama_host_` prefix. 
 has the one table of them all.
 
 No label takes free text: projects, process ids, key labels and users stay out. Models are the
-one label a caller chooses, so they are bounded: the first MAX_MODELS models that an upstream
+one label a caller chooses, so they are bounded, and named as servers list them ("llama3"
+and "llama3:latest" are one series): the first MAX_MODELS models that an upstream
 answered get their own value, and any other model is counted as `other`.
 
 With `--workers N` the numbers are the whole gateway's: the program sets
@@ -35,6 +36,7 @@ from prometheus_client import (
 from prometheus_client import multiprocess as _multiprocess
 
 from calls.errors import UpstreamError
+from calls.models import canonical
 from store.base import StoreError
 
 if TYPE_CHECKING:
@@ -397,7 +399,7 @@ class _CallChildren:
     def __init__(self, metrics: Metrics, key: tuple[str, str, str, str | None, str]) -> None:
         operation, front, model_name, upstream_name, status = key
         upstream = upstream_name or "none"
-        model = metrics.models.label(model_name, answered=status == "ok")
+        model = metrics.models.label(canonical(model_name), answered=status == "ok")
         self.upstream = upstream
         self.evictions = metrics.evictions
         self.models = metrics.models
@@ -423,7 +425,8 @@ class _CallChildren:
         if tally.cold:
             self.cold.inc(tally.cold)
         for name in tally.evicted:
-            self.evictions.labels(self.upstream, self.models.label(name, answered=False)).inc()
+            evicted = self.models.label(canonical(name), answered=False)
+            self.evictions.labels(self.upstream, evicted).inc()
         for histogram, counts, total in zip(
             self.histograms, tally.buckets, tally.sums, strict=True
         ):

@@ -101,7 +101,7 @@ async def test_calls_are_counted_as_their_records_say(local: Local) -> None:
         text,
         "ollama_host_calls_total",
         front="ollama",
-        gen_ai_request_model="llama3",
+        gen_ai_request_model="llama3:latest",
         upstream=upstream,
         status="ok",
     ) == len(ok)

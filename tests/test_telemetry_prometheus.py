@@ -119,7 +119,7 @@ def test_prometheus_counts_what_the_records_say(standin: StandIn, tmp_path: Path
         everything = httpx.get(
             f"{server.url}/api/v1/label/gen_ai_request_model/values", timeout=10
         ).json()["data"]
-        assert set(everything) == {"llama3", "other"}
+        assert set(everything) == {"llama3:latest", "other"}
         assert not server.query(f'{{__name__=~".+", project="{project}"}}')
 
 
@@ -150,7 +150,7 @@ def test_with_two_workers_the_numbers_are_the_whole_gateways(
         for _ in range(4):
             scraped = httpx.get(f"{gateway.url}/metrics", headers={**ADMIN, "Connection": "close"})
             assert (
-                'ollama_host_calls_total{front="ollama",gen_ai_request_model="llama3"'
+                'ollama_host_calls_total{front="ollama",gen_ai_request_model="llama3:latest"'
                 in scraped.text
             )
             line = next(
