@@ -34,6 +34,7 @@ from access.keys import Access
 from access.limits import Limits
 from access.origins import OriginPolicy, Origins, parse_patterns
 from calls.errors import CallError, UpstreamError, call_error, internal
+from calls.options import Pinned
 from calls.pipeline import Gateway
 from calls.upstream import Upstream
 from ollama_host import __version__, program
@@ -216,6 +217,7 @@ def create_app(
                     max_prompt=settings.max_prompt,
                     max_output=settings.max_record_output,
                     open_wait=settings.open_wait,
+                    pinned=Pinned.of(settings.model_options, settings.upstreams_file),
                 )
                 gateway.observers.append(request_id.note_record)
                 gateway.starters.append(request_id.note_account)

@@ -41,6 +41,7 @@ from .errors import (
     shutting_down,
 )
 from .events import Done, Event, Failed, Pieces, Started
+from .options import Pinned
 from .record import Account, operation_of
 from .shutdown import Drain, ShuttingDown
 from .types import (
@@ -129,6 +130,7 @@ class Gateway:
         max_prompt: int,
         max_output: int,
         open_wait: float = 0.5,
+        pinned: Pinned | None = None,
     ) -> None:
         self.upstream = upstream
         self.store = store
@@ -139,6 +141,8 @@ class Gateway:
         # How long a stream waits for its upstream to accept before its response starts, so
         # that fast failures keep their HTTP status.
         self.open_wait = open_wait
+        # Options the operator pinned per model (--model-options), over what callers ask.
+        self.pinned = pinned
         self.drain = Drain()
         # Called with each record as it is written (the request log's line uses it).
         self.observers: list[Callable[[UsageRecord], None]] = []
@@ -152,6 +156,9 @@ class Gateway:
         """Admit `ask` and start it (see the module's docstring). Raises CallError."""
         caller = await self.admit(ask)
         request = ask.request
+        if self.pinned is not None:
+            request = self.pinned.apply(request)
+            ask = msgspec.structs.replace(ask, request=request)
         inputs = None
         if isinstance(request, EmbedRequest):
             # The record keeps the texts as the prompt, never the vectors.

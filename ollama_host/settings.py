@@ -558,6 +558,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "also put each call's prompt and answer in its span (off: they may be private)",
         ),
     ] = False
+    model_options: Annotated[
+        tuple[str, ...],
+        setting(
+            "--model-options",
+            "OLLAMA_GATEWAY_MODEL_OPTIONS",
+            "options pinned for one model, replacing what callers ask, so that no client's "
+            "`num_ctx` or `keep_alive` makes it reload or unload: "
+            "`llama3,num_ctx=8192,keep_alive=30m` (Ollama's option names; `stop` values "
+            "separated by `|`); also `[model.NAME]` tables in the `--upstreams` file",
+            shown="none",
+            metavar="MODEL,OPTION=VALUE[,...]",
+            repeat=True,
+        ),
+    ] = ()
     reset_admin_token: Annotated[
         bool,
         setting(
@@ -727,6 +741,12 @@ def parse_settings(
         problem = otlp_problem(settings.otlp)
         if problem:
             parser.error(problem)
+    from calls.options import OptionsError, Pinned
+
+    try:
+        Pinned.of(settings.model_options, settings.upstreams_file)
+    except OptionsError as exc:
+        parser.error(str(exc))
     several = bool(settings.upstream or settings.upstreams_file)
     if several and args.get("ollama_url") is not None:
         parser.error("--ollama names the one Ollama; with --upstream or --upstreams, name it there")
