@@ -741,12 +741,6 @@ def parse_settings(
         problem = otlp_problem(settings.otlp)
         if problem:
             parser.error(problem)
-    from calls.options import OptionsError, Pinned
-
-    try:
-        Pinned.of(settings.model_options, settings.upstreams_file)
-    except OptionsError as exc:
-        parser.error(str(exc))
     several = bool(settings.upstream or settings.upstreams_file)
     if several and args.get("ollama_url") is not None:
         parser.error("--ollama names the one Ollama; with --upstream or --upstreams, name it there")
@@ -756,6 +750,13 @@ def parse_settings(
     try:
         specs(settings.upstream, settings.upstreams_file, settings.ollama_url, env)
     except ConfigError as exc:
+        parser.error(str(exc))
+    # After the upstreams: a file that is no TOML is said so by them.
+    from calls.options import OptionsError, Pinned
+
+    try:
+        Pinned.of(settings.model_options, settings.upstreams_file)
+    except OptionsError as exc:
         parser.error(str(exc))
     # The embedded model stands in only where no upstream is named at all.
     named = several or args.get("ollama_url") is not None or bool(env.get("OLLAMA_HOST"))
