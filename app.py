@@ -61,6 +61,7 @@ from routes.errors import error_response, with_request_id
 from routes.streaming import SERVER_SEND
 from store import StoreError, UsageStore, open_store
 from telemetry import open_metrics, open_tracing
+from telemetry.multiproc import multiprocess
 from telemetry.serving import serve_metrics
 
 if TYPE_CHECKING:
@@ -260,16 +261,22 @@ def create_app(
     @contextlib.asynccontextmanager
     async def _sampled(app: Starlette, gateway: Gateway, counted: Metrics) -> AsyncIterator[None]:
         gateway.watchers.append(counted)
-        sampler = asyncio.ensure_future(counted.keep_sampling(gateway.upstream, gateway.store))
         served = None
         if settings.metrics_port and getattr(app.state, "serves_metrics_port", True):
             served = serve_metrics(settings.metrics_port, counted.exposition)
+        # A scrape of this process samples it as it comes; only numbers that something else
+        # serves (the --metrics-port thread, or a worker's for another worker's scrape) need
+        # sampling each second.
+        sampler = None
+        if served is not None or multiprocess():
+            sampler = asyncio.ensure_future(counted.keep_sampling(gateway.upstream, gateway.store))
         try:
             yield
         finally:
-            sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampler
+            if sampler is not None:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
             if served is not None:
                 served.close()
 

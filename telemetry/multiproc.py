@@ -19,6 +19,11 @@ from pathlib import Path
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+def multiprocess() -> bool:
+    """Whether this process shares its numbers with others (--workers N)."""
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
 def installed() -> bool:
     try:
         import prometheus_client  # noqa: F401

@@ -17,7 +17,7 @@ from tests.gateway_proc import Gateway, start_gateway
 from tests.helpers import unique
 from tests.ollama_standin import StandIn, _Model, start_standin
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.server, pytest.mark.browser]
 
 LOAD = 0.2
 

@@ -17,7 +17,7 @@ from tests.helpers import unique
 from tests.ollama_standin import StandIn
 from tests.prometheus import Prometheus, prometheus
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.server
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -123,6 +123,7 @@ def test_prometheus_counts_what_the_records_say(standin: StandIn, tmp_path: Path
         assert not server.query(f'{{__name__=~".+", project="{project}"}}')
 
 
+@pytest.mark.postgres
 def test_with_two_workers_the_numbers_are_the_whole_gateways(
     standin: StandIn, tmp_path: Path, dsn: str
 ) -> None:
