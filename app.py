@@ -277,6 +277,8 @@ def create_app(
                 sampler.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sampler
+            # A worker's last calls count too, after it is gone (its counters stay).
+            counted.flush()
             if served is not None:
                 served.close()
 
