@@ -197,7 +197,8 @@ class Gateway:
         for watcher in self.watchers:
             watcher.stream_opened(account)
         assert isinstance(request, CallRequest)
-        account.upstream_since = account.upstream_began = time.perf_counter()
+        timing = account.timing
+        timing.upstream_since = timing.upstream_began = time.perf_counter()
         call._opening = asyncio.ensure_future(self.upstream.open_stream(request))
         try:
             await call._wait_open(self.open_wait)
@@ -244,9 +245,10 @@ class Gateway:
         record = account.finish(status, metrics, error)
         if record is None:
             return None
-        account.store_began = time.perf_counter()
+        timing = account.timing
+        timing.store_began = time.perf_counter()
         self.store.append(record)
-        account.store_ended = time.perf_counter()
+        timing.store_ended = time.perf_counter()
         for observer in self.observers:
             observer(record)
         for watcher in self.watchers:
@@ -380,7 +382,8 @@ class Call(Generic[Q]):
         """Await an upstream's whole result, recording any way it fails."""
         account = self.account
         gateway = self.gateway
-        account.upstream_since = account.upstream_began = time.perf_counter()
+        timing = account.timing
+        timing.upstream_since = timing.upstream_began = time.perf_counter()
         try:
             try:
                 return await gateway.drain.guard(work)
@@ -454,6 +457,7 @@ class Call(Generic[Q]):
             assert task is not None
             reads = 0
             clock = time.perf_counter
+            timing = account.timing
             while not self.gone:
                 # drain.guard's steps, without its coroutine: this runs per upstream read.
                 drain.waiting(task)
@@ -468,8 +472,8 @@ class Call(Generic[Q]):
                     raise
                 finally:
                     drain.done_waiting(task)
-                    account.upstream_ended = now = clock()
-                    account.upstream_wait += now - began
+                    timing.upstream_ended = now = clock()
+                    timing.upstream_wait += now - began
                 account.add(batch)
                 yield Pieces(batch)
                 reads += 1

@@ -71,7 +71,7 @@ def note_account(account: Account) -> None:
     info = current.get()
     if info is not None and info.id == account.id:
         info.account = account
-        account.received = info.started
+        account.timing.received = info.started
 
 
 def note_local_admission() -> None:

@@ -131,7 +131,7 @@ class Tracing:
             f"{account.operation} {model}",
             context=parent,
             kind=SpanKind.SERVER,
-            start_time=clock.wall(account.received),
+            start_time=clock.wall(account.timing.received),
             attributes={
                 "gen_ai.operation.name": account.operation,
                 "gen_ai.request.model": model,
@@ -188,19 +188,20 @@ class Tracing:
             span.set_attribute("error.type", record.error_code or record.status)
             span.set_status(StatusCode.ERROR, record.error or record.status)
         inside = set_span_in_context(span)
-        began = account.upstream_began
+        timing = account.timing
+        began = timing.upstream_began
         queue = account.queue_seconds
         if began is not None and queue:
             self._child("queue", inside, clock, began, began + queue)
         if began is not None:
             start = began + (queue or 0.0)
-            upstream_end = account.upstream_ended or end
+            upstream_end = timing.upstream_ended or end
             about = {}
             if record.upstream is not None:
                 about = {"server.address": attributes["server.address"]}
             self._child("upstream", inside, clock, start, max(start, upstream_end), about)
-        if account.store_ended:
-            self._child("store", inside, clock, account.store_began, account.store_ended)
+        if timing.store_ended:
+            self._child("store", inside, clock, timing.store_began, timing.store_ended)
         span.end(end_time=clock.wall(end))
 
     def _child(
