@@ -13,12 +13,14 @@ clients' browsers use Ollama's default origins exports
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -33,6 +35,7 @@ from access.keys import Access
 from access.limits import Limits
 from access.origins import OriginPolicy, Origins, parse_patterns
 from calls.errors import CallError, UpstreamError, call_error, internal
+from calls.options import Pinned
 from calls.pipeline import Gateway
 from calls.upstream import Upstream
 from ollama_host import __version__, program
@@ -45,12 +48,14 @@ from routes import (
     docs,
     health,
     keys,
+    metrics,
     ollama,
     openai,
     openapi,
     page,
     queue,
     request_id,
+    residency,
     responses,
     seed,
 )
@@ -60,6 +65,12 @@ from routes.errors import error_response, with_request_id
 from routes.resuming import Resumes
 from routes.streaming import SERVER_SEND
 from store import StoreError, UsageStore, open_store
+from telemetry import open_metrics, open_tracing
+from telemetry.multiproc import multiprocess
+from telemetry.serving import serve_metrics
+
+if TYPE_CHECKING:
+    from telemetry.metrics import Metrics
 
 # Each module exports `routes` and an `openapi` description of them.
 # The router tries routes in this order, a regex each: the fronts first, the one with the
@@ -71,9 +82,11 @@ MODULES: tuple[ModuleType, ...] = (
     openai,
     ollama,
     admin,
+    residency,
     keys,
     queue,
     health,
+    metrics,
     docs,
     page,
 )
@@ -159,6 +172,7 @@ def create_app(
     if access is None:
         access, _ = open_access(settings.store, settings.data_path, settings.admin_token)
     render_for = renderer(modules)
+    counted = open_metrics(settings)
 
     def respond(request: Request, error: CallError) -> Response:
         return render_for(request.url.path)(with_request_id(error))
@@ -218,8 +232,10 @@ def create_app(
                     max_output=settings.max_record_output,
                     open_wait=settings.open_wait,
                     share_by=settings.fair_share,
+                    pinned=Pinned.of(settings.model_options, settings.upstreams_file),
                 )
                 gateway.observers.append(request_id.note_record)
+                gateway.starters.append(request_id.note_account)
                 gateway.limits.observers.append(request_id.note_local_admission)
                 # For the routes, and for GatewayServer.shutdown, which must reach it before
                 # connections close.
@@ -228,7 +244,8 @@ def create_app(
                 resumes = Resumes(window=settings.resume_window, buffer=settings.resume_buffer)
                 app.state.resumes = resumes
                 try:
-                    yield {}
+                    async with _counting(app, gateway):
+                        yield {}
                 finally:
                     # Streams kept for a client that may come back: not to this process.
                     await resumes.aclose()
@@ -239,6 +256,52 @@ def create_app(
                 await shared.aclose()
             await usage.aclose()
             access.close()
+
+    @contextlib.asynccontextmanager
+    async def _counting(app: Starlette, gateway: Gateway) -> AsyncIterator[None]:
+        """The metrics watch the calls; their gauges are sampled each second; and, with
+        --metrics-port, served there (by this process, unless it is one of --workers N,
+        whose parent serves them for all). With --otlp, the traces watch them too."""
+        tracing = open_tracing(settings, counted)
+        if tracing is not None:
+            gateway.watchers.append(tracing)
+            with contextlib.suppress(UpstreamError, TimeoutError):
+                async with asyncio.timeout(5):
+                    tracing.addresses = {u.name: u.address for u in await gateway.upstream.health()}
+        try:
+            if counted is None:
+                yield
+            else:
+                async with _sampled(app, gateway, counted):
+                    yield
+        finally:
+            if tracing is not None:
+                # Flushes what is queued; bounded by the exporter's own timeout.
+                await asyncio.to_thread(tracing.close)
+
+    @contextlib.asynccontextmanager
+    async def _sampled(app: Starlette, gateway: Gateway, counted: Metrics) -> AsyncIterator[None]:
+        gateway.watchers.append(counted)
+        served = None
+        if settings.metrics_port and getattr(app.state, "serves_metrics_port", True):
+            served = serve_metrics(settings.metrics_port, counted.exposition)
+        # A scrape of this process samples it as it comes; only numbers that something else
+        # serves (the --metrics-port thread, or a worker's for another worker's scrape) need
+        # sampling each second.
+        sampler = None
+        if served is not None or multiprocess():
+            sampler = asyncio.ensure_future(counted.keep_sampling(gateway.upstream, gateway.store))
+        try:
+            yield
+        finally:
+            if sampler is not None:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
+            # A worker's last calls count too, after it is gone (its counters stay).
+            counted.flush()
+            if served is not None:
+                served.close()
 
     app = GatewayApp(
         routes=[route for module in modules for route in module.routes],
@@ -264,6 +327,7 @@ def create_app(
         },
     )
     app.state.settings = settings
+    app.state.metrics = counted
     app.state.version = __version__
     app.state.openapi = encoder.encode(
         openapi.document(

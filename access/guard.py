@@ -43,7 +43,7 @@ Render = Callable[[str, CallError], tuple[bytes, bytes]]
 
 SESSION_COOKIE = "ohost_admin"
 ADMIN_PREFIXES = ("/api/v1/admin",)
-ADMIN_PAGES = frozenset({"/", "/dashboard"})
+ADMIN_PAGES = frozenset({"/", "/dashboard", "/metrics"})
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 _EXPOSED = b"X-Request-Id, X-Next-Cursor, Link, Retry-After"
 _METHODS = b"GET, HEAD, POST, PATCH, DELETE"

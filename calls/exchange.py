@@ -6,6 +6,8 @@ keeps only what is its own: its paths, its wire format, and what its error bodie
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 import httpx
 
 from http_transport import FirstByteTimeout, LineTooLong, MalformedResponse, exchange
@@ -17,6 +19,11 @@ from .errors import (
     UpstreamUnavailable,
     UpstreamUnreachable,
 )
+
+# The W3C `traceparent` the current call passes on to its upstream (--otlp sets it per call;
+# a stream's opening task inherits it). Only calls carry it: they are POSTs, and the health
+# checks, which may run in a task a call started, are GETs.
+traceparent: ContextVar[bytes | None] = ContextVar("traceparent", default=None)
 
 
 class Server:
@@ -65,7 +72,10 @@ class Server:
         self._headers = exchange.json_headers(api_key)
 
     def request(self, method: str, url: httpx.URL, body: bytes | None = None) -> httpx.Request:
-        return exchange.request(method, url, self._headers, body, self._timeout)
+        headers = self._headers
+        if method == "POST" and (trace := traceparent.get()) is not None:
+            headers = [*headers, (b"traceparent", trace)]
+        return exchange.request(method, url, headers, body, self._timeout)
 
     def failure(self, exc: Exception) -> UpstreamError | None:
         """The UpstreamError a failure to send or read stands for; None for one that is not a

@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -43,7 +44,8 @@ from .errors import (
     shutting_down,
 )
 from .events import Done, Event, Failed, Loading, Pieces, Queued, Started
-from .record import Account
+from .options import Pinned
+from .record import Account, operation_of
 from .shutdown import Drain, ShuttingDown
 from .types import (
     Answer,
@@ -57,7 +59,7 @@ from .types import (
     Metrics,
     ModelInfo,
 )
-from .upstream import AnswerStream, Upstream, gpu_tab
+from .upstream import AnswerStream, Upstream, gpu_tab, queued_call
 
 log = logging.getLogger("ollama_host.calls")
 T = TypeVar("T")
@@ -92,6 +94,21 @@ class Ask(msgspec.Struct, Generic[Q], frozen=True, kw_only=True):
     endpoint: str
     # The class the caller asked for (X-Priority); served at most at its key's own.
     priority: Priority | None = None
+    # The caller's W3C trace context (its `traceparent` header), for --otlp.
+    trace: str | None = None
+
+
+class Watcher(Protocol):
+    """What watches calls go by (the metrics, the traces): told when a call is admitted,
+    when a stream holds a place and gives it back, and when the call is recorded."""
+
+    def admitted(self, account: Account) -> None: ...
+
+    def stream_opened(self, account: Account) -> None: ...
+
+    def stream_closed(self, account: Account) -> None: ...
+
+    def finished(self, account: Account, record: UsageRecord) -> None: ...
 
 
 class Finished(msgspec.Struct, Generic[R]):
@@ -123,6 +140,7 @@ class Gateway:
         max_output: int,
         open_wait: float = 0.5,
         share_by: str = "key",
+        pinned: Pinned | None = None,
     ) -> None:
         self.upstream = upstream
         self.store = store
@@ -135,9 +153,14 @@ class Gateway:
         self.open_wait = open_wait
         # What the fair queue divides slots among: "key" or "project" (docs/queue.md).
         self.share_by = share_by
+        # Options the operator pinned per model (--model-options), over what callers ask.
+        self.pinned = pinned
         self.drain = Drain()
         # Called with each record as it is written (the request log's line uses it).
         self.observers: list[Callable[[UsageRecord], None]] = []
+        # Called with each call's account as it is admitted (the request log's Server-Timing).
+        self.starters: list[Callable[[Account], None]] = []
+        self.watchers: list[Watcher] = []
 
     # -- the one call ------------------------------------------------------------------------
 
@@ -145,6 +168,9 @@ class Gateway:
         """Admit `ask` and start it (see the module's docstring). Raises CallError."""
         caller = await self.admit(ask)
         request = ask.request
+        if self.pinned is not None:
+            request = self.pinned.apply(request)
+            ask = msgspec.structs.replace(ask, request=request)
         inputs = None
         if isinstance(request, EmbedRequest):
             # The record keeps the texts as the prompt, never the vectors.
@@ -164,14 +190,28 @@ class Gateway:
             streamed=ask.stream,
             max_output=self.max_output,
         )
+        account.trace = ask.trace
         if inputs is not None:
             account.input_count = inputs
+            account.operation = "embeddings"
+        else:
+            account.operation = operation_of(asked, None)
+        # For the router, which notes the queue wait on it (a stream's opening task too).
+        queued_call.set(account)
+        for starter in self.starters:
+            starter(account)
+        for watcher in self.watchers:
+            watcher.admitted(account)
         place = self.place_of(ask, caller, account)
         if not ask.stream:
             return Call(self, ask, caller, account, place=place)
         held = await self.limits.open_stream(caller.key)
         call = Call(self, ask, caller, account, held, place=place)
+        for watcher in self.watchers:
+            watcher.stream_opened(account)
         assert isinstance(request, CallRequest)
+        timing = account.timing
+        timing.upstream_since = timing.upstream_began = time.perf_counter()
         # The opening runs in a task of its own, which takes a copy of the context as it is
         # made: the place in line and the GPU tab go with it.
         place_token = current_place.set(place)
@@ -252,9 +292,14 @@ class Gateway:
         record = account.finish(status, metrics, error)
         if record is None:
             return None
+        timing = account.timing
+        timing.store_began = time.perf_counter()
         self.store.append(record)
+        timing.store_ended = time.perf_counter()
         for observer in self.observers:
             observer(record)
+        for watcher in self.watchers:
+            watcher.finished(account, record)
         tokens = (record.input_tokens or 0) + (record.output_tokens or 0)
         if tokens and (account.caller.key is not None or record.project is not None):
             await self.limits.spend(account.caller.key, record.project, tokens)
@@ -400,8 +445,14 @@ class Call(Generic[Q]):
         place_token = current_place.set(self.place)
         tab: list[GpuUse] = []
         token = gpu_tab.set(tab)
+        timing = account.timing
+        timing.upstream_since = timing.upstream_began = time.perf_counter()
         try:
-            return await gateway.drain.guard(work)
+            try:
+                return await gateway.drain.guard(work)
+            finally:
+                # The wait on the upstream ends here, before the record is made.
+                account.waited_upstream()
         except ShuttingDown:
             account.gpu = tab[-1] if tab else None
             error = shutting_down(account.id)
@@ -447,6 +498,7 @@ class Call(Generic[Q]):
             return
         exc = self._opening.exception()
         if isinstance(exc, UpstreamError):
+            self.account.waited_upstream()
             _tried(self.account, exc)
             error = call_error(exc, self.id)
             await self.gateway.finish(self.account, "error", error=error)
@@ -470,15 +522,19 @@ class Call(Generic[Q]):
                     yield event
             elif not opening.done():
                 await drain.guard(asyncio.wait({opening}))
+            account.waited_upstream()
             self._stream = stream = opening.result()
             account.upstream, account.attempts = stream.upstream, stream.attempts
             batches = stream.batches()
             task = asyncio.current_task()
             assert task is not None
             reads = 0
+            clock = time.perf_counter
+            timing = account.timing
             while not self.gone:
                 # drain.guard's steps, without its coroutine: this runs per upstream read.
                 drain.waiting(task)
+                began = clock()
                 try:
                     batch = await anext(batches)
                 except StopAsyncIteration:
@@ -489,6 +545,8 @@ class Call(Generic[Q]):
                     raise
                 finally:
                     drain.done_waiting(task)
+                    timing.upstream_ended = now = clock()
+                    timing.upstream_wait += now - began
                 account.add(batch)
                 yield Pieces(batch)
                 reads += 1
@@ -575,4 +633,6 @@ class Call(Generic[Q]):
         await self.gateway.finish(self.account, "cancelled", error=self.reason)
         held, self._held = self._held, None
         if held is not None:
+            for watcher in self.gateway.watchers:
+                watcher.stream_closed(self.account)
             await self.gateway.limits.close_stream(held)

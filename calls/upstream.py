@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -60,6 +60,49 @@ class UpstreamHealth(msgspec.Struct, kw_only=True):
     # Its GPUs and its price per GPU-hour (upstreams.gputime), for one of several.
     gpus: int | None = None
     cost: float | None = None
+
+
+class Queued(Protocol):
+    """A call as a router sees it while it gets a slot: where it notes the wait, and what
+    its model's residency on the upstream cost it."""
+
+    # Seconds it waited in line for a free upstream slot, once one was granted (summed over
+    # a failover's second slot); None before.
+    queue_seconds: float | None
+    # Whether the upstream had to load the model for it, and which models (", "-joined) that
+    # load unloaded: the model itself when it was reloaded for another context.
+    cold_start: bool | None
+    evicted: str | None
+
+
+# The call the current task makes (the pipeline sets it; a stream's opening task inherits
+# it): a router that makes it wait for a slot says how long on it.
+queued_call: ContextVar[Queued | None] = ContextVar("queued_call", default=None)
+
+
+class ResidencyEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A model's residency changing on one upstream, as its /api/ps (or /slots) showed it."""
+
+    at: str  # ISO 8601 UTC
+    model: str
+    event: Literal["loaded", "unloaded", "reloaded"]
+    # The context it was loaded with, when the server says.
+    context: int | None = None
+
+
+class UpstreamResidency(msgspec.Struct, kw_only=True):
+    """Which models one upstream holds now, and how that changed lately (oldest first)."""
+
+    name: str
+    loaded: list[str]
+    events: list[ResidencyEvent]
+
+
+@runtime_checkable
+class WatchesResidency(Protocol):
+    """An upstream that keeps the residency of models on its servers (the router does)."""
+
+    def residency(self) -> list[UpstreamResidency]: ...
 
 
 class AnswerStream(Protocol):

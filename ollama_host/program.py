@@ -101,6 +101,8 @@ def _serve(
         return run_workers(settings, args, script=APP)
     where = store.health().path
     app = create_app(settings, store=store, access=access)
+    # --metrics-port: a worker's numbers are served by the process that runs the workers.
+    app.state.serves_metrics_port = worker_fd is None
     if worker_fd is None:
         log.info(
             "Ollama Host on http://%s:%d, asking %s, usage in %s",

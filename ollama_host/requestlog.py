@@ -25,6 +25,7 @@ import msgspec
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from routes.request_id import RequestInfo, current, new_id
+from routes.timing import SERVER_TIMING, server_timing
 
 if TYPE_CHECKING:
     from ollama_host.settings import Settings
@@ -44,7 +45,7 @@ class RequestLog:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        info = RequestInfo(new_id())
+        info = RequestInfo(new_id(), started)
         status = 0
 
         async def send_with_id(message: Message) -> None:
@@ -52,9 +53,13 @@ class RequestLog:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = message.get("headers", [])
+                timing = (SERVER_TIMING, server_timing(info, time.perf_counter()))
                 # An ask sets its own header (its call id is this id); anything else gets ours.
                 if not any(name.lower() == _HEADER for name, _ in headers):
-                    message = {**message, "headers": [*headers, (_HEADER, info.id.encode())]}
+                    headers = [*headers, (_HEADER, info.id.encode()), timing]
+                else:
+                    headers = [*headers, timing]
+                message = {**message, "headers": headers}
             await send(message)
 
         # For the 500 handler, which runs outside this middleware (and this context).

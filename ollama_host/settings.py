@@ -649,6 +649,62 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "also log each ask's prompt and answer (never a key)",
         ),
     ] = False
+    # -- monitoring (issue 22): /metrics, traces ---------------------------------------------
+    no_metrics: Annotated[
+        bool,
+        setting(
+            "--no-metrics",
+            "OLLAMA_GATEWAY_NO_METRICS",
+            "count nothing for Prometheus and answer /metrics with 404 (counting is on when the "
+            "`metrics` extra, prometheus_client, is installed)",
+        ),
+    ] = False
+    metrics_port: Annotated[
+        int,
+        setting(
+            "--metrics-port",
+            "OLLAMA_GATEWAY_METRICS_PORT",
+            "serve /metrics without a token on 127.0.0.1 at this port instead of behind the "
+            "admin token on the main port; `0` keeps it on the main port",
+            shown=NONE,
+            metavar="PORT",
+            ge=0,
+            le=65535,
+        ),
+    ] = 0
+    otlp: Annotated[
+        str | None,
+        setting(
+            "--otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "export a trace span per call to this OpenTelemetry collector (OTLP over HTTP, "
+            "e.g. `http://127.0.0.1:4318`; the `otel` extra)",
+            shown="off",
+            metavar="URL",
+        ),
+    ] = None
+    otlp_content: Annotated[
+        bool,
+        setting(
+            "--otlp-content",
+            "OLLAMA_GATEWAY_OTLP_CONTENT",
+            "also put each call's prompt and answer in its span (off: they may be private)",
+        ),
+    ] = False
+    model_options: Annotated[
+        tuple[str, ...],
+        setting(
+            "--model-options",
+            "OLLAMA_GATEWAY_MODEL_OPTIONS",
+            "options pinned for one model, replacing what callers ask, so that no client's "
+            "`num_ctx` or `keep_alive` makes it reload or unload: "
+            "`llama3,num_ctx=8192,keep_alive=30m` (Ollama's option names; `stop` values "
+            "separated by `|`); also `[model.NAME]` tables in the `--upstreams` file",
+            shown="none",
+            metavar="MODEL,OPTION=VALUE[,...]",
+            repeat=True,
+        ),
+    ] = ()
     reset_admin_token: Annotated[
         bool,
         setting(
@@ -757,6 +813,29 @@ def _named(message: str, items: list[Declared]) -> str:
     return message
 
 
+def otlp_problem(url: str) -> str | None:
+    """What is wrong with --otlp URL (or OTEL_EXPORTER_OTLP_ENDPOINT), if anything."""
+    if not url.startswith(("http://", "https://")):
+        return (
+            f"--otlp must be the collector's OTLP/HTTP address, such as "
+            f"http://127.0.0.1:4318, not {url!r}"
+        )
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("opentelemetry.sdk") and importlib.util.find_spec(
+            "opentelemetry.exporter.otlp.proto.http"
+        )
+    except ImportError:  # a parent package is missing
+        found = None
+    if not found:
+        return (
+            "--otlp needs the OpenTelemetry SDK and its OTLP exporter: "
+            "pip install 'ollama-host[otel]'"
+        )
+    return None
+
+
 def parse_settings(
     argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
@@ -812,6 +891,10 @@ def parse_settings(
         parse_patterns(settings.admin_origins, "--admin-origins")
     except OriginError as exc:
         parser.error(str(exc))
+    if settings.otlp is not None:
+        problem = otlp_problem(settings.otlp)
+        if problem:
+            parser.error(problem)
     several = bool(settings.upstream or settings.upstreams_file)
     if several and args.get("ollama_url") is not None:
         parser.error("--ollama names the one Ollama; with --upstream or --upstreams, name it there")
@@ -821,6 +904,13 @@ def parse_settings(
     try:
         specs(settings.upstream, settings.upstreams_file, settings.ollama_url, env)
     except ConfigError as exc:
+        parser.error(str(exc))
+    # After the upstreams: a file that is no TOML is said so by them.
+    from calls.options import OptionsError, Pinned
+
+    try:
+        Pinned.of(settings.model_options, settings.upstreams_file)
+    except OptionsError as exc:
         parser.error(str(exc))
     # The embedded model stands in only where no upstream is named at all.
     named = several or args.get("ollama_url") is not None or bool(env.get("OLLAMA_HOST"))

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from store import shared
+from telemetry import multiproc
+from telemetry.serving import Served, serve_metrics
 from upstreams import describe
 
 from .server import SHUTDOWN_MARGIN
@@ -148,6 +150,19 @@ def run_workers(settings: Settings, argv: Sequence[str] | None, *, script: Path)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
+    # The metrics: each worker writes its numbers to one folder, which /metrics adds up.
+    counting = not settings.no_metrics and multiproc.installed()
+    folder = multiproc.prepare() if counting else None
+    metrics_server: Served | None = None
+    if counting and settings.metrics_port:
+        try:
+            metrics_server = serve_metrics(settings.metrics_port, multiproc.exposition)
+        except OSError as exc:
+            log.error("cannot serve metrics on port %d: %s", settings.metrics_port, exc)
+            listener.close()
+            if folder is not None:
+                multiproc.remove(folder)
+            return 1
     slots = [_Slot(_Worker(script, args, fd, n)) for n in range(settings.workers)]
     log.info(
         "Ollama Host on http://%s:%d with %d workers, asking %s",
@@ -202,6 +217,8 @@ def run_workers(settings: Settings, argv: Sequence[str] | None, *, script: Path)
                 )
             else:
                 log.error("worker %d ended %s (exit status %d); starting it again", n, how, code)
+            if counting:
+                multiproc.worker_gone(worker.proc.pid)
     listener.close()
     workers = [slot.worker for slot in slots if slot.worker is not None]
     for worker in workers:
@@ -218,6 +235,10 @@ def run_workers(settings: Settings, argv: Sequence[str] | None, *, script: Path)
         worker.close()
         if code not in (0, -signal.SIGTERM):
             status = status or 1
+    if metrics_server is not None:
+        metrics_server.close()
+    if folder is not None:
+        multiproc.remove(folder)
     return status
 
 

@@ -146,13 +146,3 @@ class Place:
 
 
 current: contextvars.ContextVar[Place | None] = contextvars.ContextVar("place", default=None)
-
-
-def timing(place: Place | None) -> str | None:
-    """The queue's part of a Server-Timing header (`queue;dur=12.3`, milliseconds), or None
-    when the call never took a slot of a capped upstream (where nothing can wait, there is
-    no wait to tell, and a call does not pay for the header)."""
-    if place is None or not place.capped or place.granted is None:
-        return None
-    seconds = place.queue_seconds or 0.0
-    return f"queue;dur={seconds * 1000:.1f}"

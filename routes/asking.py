@@ -19,7 +19,7 @@ from access.identity import Caller, Credentials
 from calls.errors import CallError
 from calls.pipeline import Ask, Call, Q
 from calls.types import Labels
-from queueing import Place, Priority, priority_of, timing
+from queueing import Place, Priority, priority_of
 from queueing.place import PriorityError
 
 from . import request_id
@@ -112,15 +112,12 @@ def queue_headers(place: Place | None) -> dict[str, str]:
 
 
 def answer_headers(call: Call[Any]) -> dict[str, str]:
-    """A whole answer's headers: its id, and how long it waited for a slot (Server-Timing)."""
+    """A whole answer's headers: its id, and the class it was served at when the caller asked
+    for one. (Its wait for a slot is in the Server-Timing every response gets: routes/timing.)"""
     headers = {"X-Request-Id": call.id}
     place = call.place
-    if place is not None:
-        if place.asked is not None:
-            headers["X-Priority"] = place.priority
-        queue = timing(place)
-        if queue is not None:
-            headers["Server-Timing"] = queue
+    if place is not None and place.asked is not None:
+        headers["X-Priority"] = place.priority
     return headers
 
 
@@ -148,7 +145,17 @@ def ask_of(
         # The scope's path, not request.url.path: building the URL object cost 8 µs an ask.
         endpoint=request.scope["path"],
         priority=asked_priority(request) if "x-priority" in request.headers else None,
+        trace=_traceparent(request.scope["headers"]),
     )
+
+
+def _traceparent(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The caller's W3C trace context, if it sent one (for --otlp). A loop over the raw
+    headers: Starlette's Headers.get cost five times as much, on every call."""
+    for name, value in headers:
+        if name == b"traceparent":
+            return value.decode("latin-1")
+    return None
 
 
 def allowed(caller: Caller, model: str) -> bool:

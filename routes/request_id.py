@@ -14,6 +14,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from calls.record import Account
     from store.records import UsageRecord
 
 _id_lock = threading.Lock()
@@ -39,10 +40,14 @@ def new_id() -> str:
 class RequestInfo:
     """What the log line needs to know about one request, filled in as it runs."""
 
-    __slots__ = ("id", "limits_local", "record")
+    __slots__ = ("account", "id", "limits_local", "record", "started")
 
-    def __init__(self, request_id: str) -> None:
+    def __init__(self, request_id: str, started: float = 0.0) -> None:
         self.id = request_id
+        # When its first byte arrived (time.perf_counter), and the account of its call, if
+        # it makes one: what the response's Server-Timing is made of.
+        self.started = started
+        self.account: Account | None = None
         # The usage record of the ask this request made, once written.
         self.record: UsageRecord | None = None
         # Its admission was decided by this gateway's own counts, the shared store failing.
@@ -58,6 +63,15 @@ def note_record(record: UsageRecord) -> None:
     info = current.get()
     if info is not None and info.id == record.id:
         info.record = record
+
+
+def note_account(account: Account) -> None:
+    """A pipeline starter: the current request's call was admitted. Its clock starts when
+    the request arrived, and the response's Server-Timing splits the call's time."""
+    info = current.get()
+    if info is not None and info.id == account.id:
+        info.account = account
+        account.timing.received = info.started
 
 
 def note_local_admission() -> None:

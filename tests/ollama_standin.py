@@ -54,8 +54,14 @@ Test-only observation endpoints live under ``/_standin/``: ``GET calls`` (one re
 path and its body, images replaced by their lengths), ``POST reset`` and ``GET open``.
 
 Run as a script: ``python tests/ollama_standin.py --host 127.0.0.1 --port PORT [--models a,b]
-[--delay S]`` (``--delay``: a slow server, S seconds between streamed lines unless asked otherwise),
-or from Python with :func:`start_standin`.
+[--delay S] [--memory BYTES --load-seconds S]`` (``--delay``: a slow server, S seconds between
+streamed lines unless asked otherwise), or from Python with :func:`start_standin`.
+
+With ``--memory`` the stand-in holds models as Ollama's scheduler does on a GPU of that size: a
+call for a model that is not loaded, or that is loaded with another ``num_ctx`` (Ollama reloads
+a model for a different context), loads it first, taking ``--load-seconds`` (reported in
+``load_duration``), and unloads the least recently used models until it fits. /api/ps then
+lists what is loaded, each with the ``context_length`` it was loaded with.
 """
 
 from __future__ import annotations
@@ -92,6 +98,8 @@ if TYPE_CHECKING:
 
     from starlette.types import Receive, Scope, Send
 
+# The context a model is loaded with when a call names none (Ollama's default num_ctx).
+DEFAULT_CONTEXT: Final = 4096
 DEFAULT_MODELS: Final = ["llama3:latest", "qwen:latest", "mistral:latest", "custom-model:latest"]
 VERSION: Final = "0.12.0"
 EMBEDDING_LENGTH: Final = 8
@@ -326,12 +334,33 @@ class CallRecord(msgspec.Struct):
     finished: bool = False  # a done:true line / reply was sent
     disconnected: bool = False  # the client hung up before the response was complete
     disconnected_at: float | None = None
+    # The W3C trace context the request carried, if any (what a traced client passes on).
+    traceparent: str | None = None
+
+
+def _traceparent(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"traceparent":
+            return str(value.decode("latin-1"))
+    return None
 
 
 class _State:
-    def __init__(self, model_names: list[str], delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        model_names: list[str],
+        delay: float = 0.0,
+        memory: int = 0,
+        load_seconds: float = 0.0,
+    ) -> None:
         # A slow server: seconds between streamed lines when the message asks for no delay.
         self.delay = delay
+        # A memory budget (0: none), the time a load takes, and per loaded model the context
+        # it was loaded with and when it was last used (for least-recently-used unloading).
+        self.memory = memory
+        self.load_seconds = load_seconds
+        self.contexts: dict[str, int] = {}
+        self.last_used: dict[str, float] = {}
         self.models: dict[str, _Model] = {}
         for name in model_names:
             model = _Model.make(name)
@@ -357,6 +386,37 @@ class _State:
         self.calls = []
         self.next_n = 1
         self.peak_streams = self.open_streams
+
+    def load(self, model: _Model, options: Any) -> float:
+        """Make `model` resident for a call with these options; the seconds its load takes
+        (0 when it was loaded already, as asked, or when there is no memory budget)."""
+        context = DEFAULT_CONTEXT
+        if isinstance(options, dict) and isinstance(options.get("num_ctx"), int):
+            context = options["num_ctx"]
+        now = time.time()
+        resident = model.name in self.loaded and self.loaded[model.name] > now
+        self.last_used[model.name] = now
+        if self.memory <= 0:
+            self.loaded[model.name] = now + 300
+            self.contexts[model.name] = context
+            return 0.0
+        if resident and self.contexts.get(model.name) == context:
+            self.loaded[model.name] = now + 300
+            return 0.0
+        self.loaded.pop(model.name, None)
+        others = sorted(
+            (name for name in self.loaded if self.loaded[name] > now),
+            key=lambda name: self.last_used.get(name, 0.0),
+        )
+        used = sum(self.models[name].size for name in others)
+        while others and used + model.size > self.memory:
+            gone = others.pop(0)
+            used -= self.models[gone].size
+            del self.loaded[gone]
+            self.contexts.pop(gone, None)
+        self.loaded[model.name] = now + 300
+        self.contexts[model.name] = context
+        return self.load_seconds
 
 
 # --------------------------------------------------------------------------------------------
@@ -616,6 +676,7 @@ class _AskEndpoint:
         self.state.peak_streams = max(self.state.peak_streams, self.state.open_streams)
         exchange = _Exchange(self.state, self.state.new_call(), send)
         exchange.record.path = scope["path"]
+        exchange.record.traceparent = _traceparent(scope)
         try:
             await self._handle(exchange, scope, receive, t0)
         finally:
@@ -692,8 +753,9 @@ class _AskEndpoint:
             unload = req.get("keep_alive") in (0, "0", "0s")
             if unload:
                 self.state.loaded.pop(model.name, None)
+                self.state.contexts.pop(model.name, None)
             else:
-                self.state.loaded[model.name] = time.time() + 300
+                self.state.load(model, req.get("options"))
             reply: dict[str, Any] = {"model": model_name, "created_at": _clock.now().decode()}
             if self.generate:
                 reply["response"] = ""
@@ -725,7 +787,9 @@ class _AskEndpoint:
                 await exchange.reply(400, _error_body("stand-in: [[tool_calls=1]] needs tools"))
                 return
 
-        self.state.loaded[model.name] = time.time() + 300
+        loading = self.state.load(model, req.get("options"))
+        if loading:
+            plan = dataclasses.replace(plan, load=plan.load + loading)
         tokens = plan.answer_tokens()
         if plan.echo:
             tokens = [_echo(req, messages)]
@@ -931,6 +995,7 @@ class _EmbedEndpoint:
         state = self.state
         record = state.new_call()
         record.path = scope["path"]
+        record.traceparent = _traceparent(scope)
         record.stream = False
         try:
             response = await self._answer(record, await Request(scope, receive).body(), t0)
@@ -995,8 +1060,14 @@ class _EmbedEndpoint:
 # --------------------------------------------------------------------------------------------
 
 
-def create_app(models: list[str] | None = None, *, delay: float = 0.0) -> Starlette:
-    state = _State(models if models else DEFAULT_MODELS, delay)
+def create_app(
+    models: list[str] | None = None,
+    *,
+    delay: float = 0.0,
+    memory: int = 0,
+    load_seconds: float = 0.0,
+) -> Starlette:
+    state = _State(models if models else DEFAULT_MODELS, delay, memory, load_seconds)
 
     def json_response(body: bytes, status: int = 200) -> Response:
         return Response(body, status_code=status, media_type=_JSON.decode())
@@ -1022,7 +1093,7 @@ def create_app(models: list[str] | None = None, *, delay: float = 0.0) -> Starle
             del entry["modified_at"]
             entry["expires_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
             entry["size_vram"] = model.size
-            entry["context_length"] = 4096
+            entry["context_length"] = state.contexts.get(name, DEFAULT_CONTEXT)
             running.append(entry)
         return json_response(_encode({"models": running}))
 
@@ -1083,10 +1154,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=11434)
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated")
     parser.add_argument("--delay", type=float, default=0.0, help="a slow server: S between lines")
+    parser.add_argument("--memory", type=int, default=0, help="bytes of model memory (0: no limit)")
+    parser.add_argument("--load-seconds", type=float, default=0.0, help="seconds a load takes")
     args = parser.parse_args(argv)
     models = [name.strip() for name in args.models.split(",") if name.strip()]
     uvicorn.run(
-        create_app(models, delay=args.delay),
+        create_app(models, delay=args.delay, memory=args.memory, load_seconds=args.load_seconds),
         host=args.host,
         port=args.port,
         loop="auto",  # uvloop when importable
@@ -1216,7 +1289,12 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, timeout: float) -> b
 
 
 def start_standin(
-    *, models: list[str] | None = None, port: int | None = None, delay: float = 0.0
+    *,
+    models: list[str] | None = None,
+    port: int | None = None,
+    delay: float = 0.0,
+    memory: int = 0,
+    load_seconds: float = 0.0,
 ) -> StandIn:
     """Start a stand-in server process on a free loopback port (or `port`) and wait for it."""
     attempts = 1 if port is not None else 3  # a picked free port can be taken before we bind
@@ -1228,6 +1306,8 @@ def start_standin(
             command += ["--models", ",".join(models)]
         if delay:
             command += ["--delay", str(delay)]
+        if memory:
+            command += ["--memory", str(memory), "--load-seconds", str(load_seconds)]
         # stderr goes to a file, not a pipe: nobody drains a pipe during a long benchmark.
         stderr = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the StandIn
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)

@@ -26,6 +26,7 @@ PACKAGES = (
     "queueing",
     "routes",
     "store",
+    "telemetry",
     "upstreams",
 )
 
@@ -220,6 +221,14 @@ def test_the_pipeline_knows_no_front_no_upstream_kind_and_no_store_implementatio
     allowed = VOCABULARY | {"access", "http_transport"}
 
     assert offending(modules("calls"), allowed, own="calls") == {}
+
+
+def test_telemetry_watches_the_pipeline_and_knows_no_implementation() -> None:
+    """The metrics and traces see calls through the pipeline's accounts and the neutral
+    types; no front, no upstream kind, no store implementation."""
+    allowed = VOCABULARY | {"calls"}
+
+    assert offending(modules("telemetry"), allowed, own="telemetry") == {}
 
 
 def test_routes_do_not_reach_an_implementation() -> None:

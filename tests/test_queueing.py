@@ -10,7 +10,7 @@ import pytest
 
 from calls.errors import KeyQueueFull, UpstreamBusy
 from calls.types import Answer, CallRequest
-from queueing import Line, Place, current, priority_of, timing
+from queueing import Line, Place, current, priority_of
 from queueing.place import PriorityError, served
 from upstreams.router import Router
 
@@ -277,17 +277,6 @@ def test_x_priority_lowers_never_raises() -> None:
     assert served("interactive", "batch") == "batch"
     assert served("batch", "interactive") == "batch"
     assert served("batch", None) == "batch"
-
-
-def test_server_timing_names_the_wait_in_milliseconds() -> None:
-    p = Place(tenant="")
-    assert timing(p) is None
-    p.granted = 10.0
-    assert timing(p) is None  # not at a capped upstream: nothing could wait
-    p.capped = True
-    p.enqueued = 10.0
-    p.granted = 10.25
-    assert timing(p) == "queue;dur=250.0"
 
 
 def test_a_line_forgets_idle_tenants_but_stays_bounded() -> None:

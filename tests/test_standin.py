@@ -323,3 +323,41 @@ def test_sse_only_one_leading_space_is_stripped() -> None:
     [event] = parse_sse("data:  two spaces\ndata:none\n\n")
     assert event.data == " two spaces\nnone"
     assert parse_sse("data: unterminated\n") == []
+
+
+@pytest.mark.anyio
+async def test_a_memory_budget_loads_and_unloads_models_as_ollama_does() -> None:
+    from tests.ollama_standin import _Model, create_app
+
+    sizes = {name: _Model.make(name).size for name in ("llama3", "qwen", "mistral")}
+    # Room for any two of them, never for all three.
+    memory = sum(sizes.values()) - min(sizes.values()) // 2
+    app = create_app(memory=memory, load_seconds=0.05)
+    transport = httpx.ASGITransport(app=app)
+
+    async def ask(client: httpx.AsyncClient, model: str, **options: Any) -> float:
+        body = chat("hi", model=model, stream=False)
+        if options:
+            body["options"] = options
+        reply = (await client.post("/api/chat", json=body)).json()
+        return float(reply["load_duration"]) / 1e9
+
+    async def loaded(client: httpx.AsyncClient) -> dict[str, int]:
+        models = (await client.get("/api/ps")).json()["models"]
+        return {m["name"].split(":")[0]: m["context_length"] for m in models}
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://standin") as client:
+        cold = await ask(client, "llama3")
+        warm = await ask(client, "llama3")
+        await ask(client, "qwen")
+        both = await loaded(client)
+        await ask(client, "mistral")  # llama3 was used least recently: it goes
+        after = await loaded(client)
+        reloaded = await ask(client, "qwen", num_ctx=8192)  # another context: a reload
+        contexts = await loaded(client)
+
+    assert cold >= 0.05 > warm
+    assert set(both) == {"llama3", "qwen"}
+    assert set(after) == {"qwen", "mistral"}
+    assert reloaded >= 0.05
+    assert contexts == {"qwen": 8192, "mistral": 4096}

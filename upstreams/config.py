@@ -235,9 +235,13 @@ def load_file(path: Path) -> list[UpstreamSpec]:
         raise ConfigError(f"{where}: cannot read it ({exc.strerror or exc})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{where}: not TOML: {exc}") from None
-    extra = sorted(set(data) - {"upstream"})
+    # [model.NAME]: options pinned per model (calls/options.py reads those).
+    extra = sorted(set(data) - {"upstream", "model"})
     if extra:
-        raise ConfigError(f"{where}: unknown table {extra[0]!r}; upstreams are [upstream.NAME]")
+        raise ConfigError(
+            f"{where}: unknown table {extra[0]!r}; upstreams are [upstream.NAME], "
+            "pinned model options [model.NAME]"
+        )
     tables = data.get("upstream", {})
     if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
         raise ConfigError(f"{where}: each upstream is a table [upstream.NAME]")

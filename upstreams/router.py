@@ -64,7 +64,15 @@ from calls.types import (
     ModelInfo,
     Piece,
 )
-from calls.upstream import AnswerStream, ModelServer, UpstreamHealth, gpu_tab
+from calls.upstream import (
+    AnswerStream,
+    ModelServer,
+    Queued,
+    UpstreamHealth,
+    UpstreamResidency,
+    gpu_tab,
+    queued_call,
+)
 from queueing import Line, Place, Waiter, current
 from queueing.line import Order
 from queueing.place import RANK
@@ -76,6 +84,7 @@ from queueing.view import now as queue_now
 from .breaker import Breaker
 from .config import UpstreamSpec
 from .gputime import GpuClock, Lease, charge, reported
+from .residency import Residency
 
 log = logging.getLogger("ollama_host.upstreams")
 T = TypeVar("T")
@@ -139,6 +148,8 @@ class Member:
         self.failure: str | None = None
         self.checked: UpstreamError | None = None
         self.breaker = Breaker(cooldown, retry=min(1.0, cooldown))
+        # Its models in memory, watched (residency.py).
+        self.residency = Residency()
         self.next_check = 0.0
         self.current = 0.0  # smooth weighted round robin
         # Its GPUs, shared by the calls running on it (upstreams.gputime), and their price.
@@ -304,11 +315,17 @@ class Router:
     def _shared_caps(self) -> list[tuple[str, int]]:
         return [(m.name, m.cap) for m in self.members if m.cap is not None]
 
+    def residency(self) -> list[UpstreamResidency]:
+        """Each upstream's models in memory, and their loads and unloads lately."""
+        return [m.residency.view(m.name) for m in self.members]
+
     async def answer(self, request: CallRequest) -> Answer:
         """A whole answer. Nothing of it reaches the client before it is complete, so any
         failure is tried once on another upstream."""
         return await self._whole(
-            request.model, lambda member: member.upstream.answer(self._own(member, request))
+            request.model,
+            lambda member: member.upstream.answer(self._own(member, request)),
+            _context(request.generation.options),
         )
 
     async def open_stream(self, request: CallRequest) -> RoutedStream:
@@ -316,8 +333,8 @@ class Router:
         await self._ready()
         tried: list[Member] = []
         place = _place_of(request.model)
-        member, inner, lease = await self._open_on(request, tried, None, place)
-        return RoutedStream(self, request, tried, member, inner, place, lease)
+        member, inner, lease, cold = await self._open_on(request, tried, None, place)
+        return RoutedStream(self, request, tried, member, inner, place, lease, cold)
 
     async def embed(self, request: EmbedRequest) -> Embeddings:
         def ask(member: Member) -> Awaitable[Embeddings]:
@@ -326,9 +343,11 @@ class Router:
                 return member.upstream.embed(request)
             return member.upstream.embed(msgspec.structs.replace(request, model=own))
 
-        return await self._whole(request.model, ask)
+        return await self._whole(request.model, ask, _context(request.options))
 
-    async def _whole(self, model: str, ask: Callable[[Member], Awaitable[W]]) -> W:
+    async def _whole(
+        self, model: str, ask: Callable[[Member], Awaitable[W]], context: int | None
+    ) -> W:
         """What `ask` gets of an upstream that has the model, tried once more on another
         upstream if it fails: a whole result reaches nobody before it is complete."""
         self._refuse_cloud(model)
@@ -339,6 +358,7 @@ class Router:
         while True:
             member = await self._next(model, tried, failure, place)
             lease = member.clock.start()
+            cold = _cold(member, model, context)
             try:
                 result = await ask(member)
             except UpstreamError as exc:
@@ -355,6 +375,8 @@ class Router:
             finally:
                 self._release(member, place)
             self._succeeded(member, _key(model))
+            if cold is not None:
+                await self._loaded(cold)
             result.upstream, result.attempts = member.name, len(tried)
             if isinstance(result, Answer):
                 result.metrics.gpu = member.charge(lease, result.metrics)
@@ -463,13 +485,15 @@ class Router:
         tried: list[Member],
         failure: UpstreamError | None,
         place: Place,
-    ) -> tuple[Member, AnswerStream, Lease]:
-        """A stream opened on an upstream not tried yet (after `failure`, if one came), and
-        its lease on that upstream's GPU clock, which starts when the slot is granted."""
+    ) -> tuple[Member, AnswerStream, Lease, _Cold | None]:
+        """A stream opened on an upstream not tried yet (after `failure`, if one came), its
+        lease on that upstream's GPU clock, which starts when the slot is granted, and the
+        model load it makes, if it makes one."""
         while True:
             member = await self._next(request.model, tried, failure, place)
             lease = member.clock.start()
             try:
+                cold = _cold(member, request.model, _context(request.generation.options))
                 opened = await member.upstream.open_stream(self._own(member, request))
             except UpstreamError as exc:
                 exc.gpu = member.charge(lease, None)
@@ -483,7 +507,7 @@ class Router:
                 self._release(member, place)
                 raise
             else:
-                return member, opened, lease
+                return member, opened, lease, cold
 
     async def _next(
         self, model: str, tried: list[Member], failure: UpstreamError | None, place: Place
@@ -791,6 +815,25 @@ class Router:
             )
             self._wake_all()
 
+    async def _loaded(self, cold: _Cold) -> None:
+        """After a call that made its upstream load the model: read what the server holds
+        now, and note on the call which models the load unloaded (the model itself, when it
+        was reloaded for another context)."""
+        member = cold.member
+        try:
+            entries = await self._probe(member.upstream.loaded())
+        except (UpstreamError, TimeoutError):
+            return
+        member.loaded = {_key(e.name) for e in entries}
+        residency = member.residency
+        residency.see(entries)
+        now = residency.models
+        gone = [name for key, (name, _) in cold.before.items() if key not in now]
+        held = cold.before.get(cold.key)
+        if held is not None and cold.key in now and now[cold.key][1] != held[1]:
+            gone.append(held[0])
+        cold.call.evicted = ", ".join(sorted(gone)) or None
+
     async def _ready(self) -> None:
         """Start the health checks, and wait for the first reading of the model lists."""
         if self._monitor is None and not self._closed:
@@ -869,7 +912,9 @@ class Router:
             member.list_models(models)
             # Which models are loaded, and the version: nice to know, not a health matter.
             with contextlib.suppress(UpstreamError, TimeoutError):
-                member.loaded = {_key(e.name) for e in await self._probe(upstream.loaded())}
+                entries = await self._probe(upstream.loaded())
+                member.loaded = {_key(e.name) for e in entries}
+                member.residency.see(entries)
             if member.version is None:
                 with contextlib.suppress(UpstreamError, TimeoutError):
                     member.version = await self._probe(upstream.version())
@@ -897,6 +942,36 @@ class Router:
             else:
                 log.info("upstream %s is back (%s)", member.name, breaker.state)
             self._wake_all()
+
+
+def _context(options: dict[str, object] | None) -> int | None:
+    """The context a call asks for (Ollama's num_ctx), if it names one."""
+    value = options.get("num_ctx") if options else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class _Cold:
+    """A call that makes its upstream load its model: what was loaded before it."""
+
+    __slots__ = ("before", "call", "key", "member")
+
+    def __init__(self, call: Queued, member: Member, key: str) -> None:
+        self.call = call
+        self.member = member
+        self.key = key
+        self.before = dict(member.residency.models)
+
+
+def _cold(member: Member, model: str, context: int | None) -> _Cold | None:
+    """Note on the current call whether `member` will load its model for it (unknown until
+    its loaded models were read once); the load to watch for, if it will."""
+    call = queued_call.get()
+    residency = member.residency
+    if call is None or not residency.seen:
+        return None
+    key = _key(model)
+    call.cold_start = residency.cold(key, context)
+    return _Cold(call, member, key) if call.cold_start else None
 
 
 def _now() -> float:
@@ -949,9 +1024,13 @@ class RoutedStream:
         inner: AnswerStream,
         place: Place,
         lease: Lease,
+        cold: _Cold | None = None,
     ) -> None:
         self._router = router
         self._place = place
+        # A load this stream made: watched once its first piece came (the load is over).
+        self._cold = cold
+        self._watching: asyncio.Future[None] | None = None
         self._request = request
         self._tried = tried
         self._member = member
@@ -977,13 +1056,15 @@ class RoutedStream:
                 # Nothing has reached the pipeline yet: once more, elsewhere.
                 router._failed(self._member, exc, self._request.model)
                 await self._let_go()
-                self._member, self._inner, self._lease = await router._open_on(
+                self._member, self._inner, self._lease, self._cold = await router._open_on(
                     self._request, self._tried, exc, self._place
                 )
                 self._held = self._member
                 self.upstream, self.attempts = self._member.name, len(self._tried)
                 continue
             router._succeeded(self._member, _key(self._request.model))
+            if self._cold is not None:
+                self._watching = asyncio.ensure_future(router._loaded(self._cold))
             yield first
             # Not held for the rest of the stream: a read can bring hundreds of KB.
             del first
@@ -999,6 +1080,10 @@ class RoutedStream:
                 raise
             break
         self.metrics = self._inner.metrics
+        watching = self._watching
+        if watching is not None and not watching.done():
+            # What the load unloaded, for the record: a moment more at most.
+            await asyncio.wait({watching}, timeout=router.probe_seconds)
         await self._let_go()
         if self.metrics is not None:
             self.metrics.gpu = self.gpu
@@ -1015,4 +1100,7 @@ class RoutedStream:
                 self._router._release(held, self._place)
 
     async def aclose(self) -> None:
+        watching = self._watching
+        if watching is not None and not watching.done():
+            watching.cancel()
         await self._let_go()
