@@ -37,6 +37,8 @@ class StoreHealth(msgspec.Struct):
     error: str | None = None
     # Stored files (or tables) found damaged since the gateway started.
     damaged: list[str] = msgspec.field(default_factory=list)
+    # Records dropped since the start because too many already waited (the writer's bound).
+    dropped: int = 0
 
 
 class UsageStore(Protocol):

@@ -667,6 +667,7 @@ class PostgresStore:
             path=f"postgresql://{self.address}",
             pending=pending_,
             error="; ".join(problems) or None,
+            dropped=self._queue.dropped,
         )
 
     def close(self) -> None:

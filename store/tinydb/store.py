@@ -550,6 +550,7 @@ class TinyDBStore(Recovery, Retention):
             pending=pending,
             error=error,
             damaged=[d.name for d in damage],
+            dropped=self._queue.dropped,
         )
 
     def close(self) -> None:
