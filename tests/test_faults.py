@@ -175,7 +175,9 @@ def test_a_stalled_stream_ends_at_the_timeout_and_is_recorded(
         record = wait_record(client, project)
 
     assert events[0].event == "start"
-    assert [e.event for e in events[1:-1]] == ["token"] * len(output.split())
+    # A `loading` event may come first: the stand-in had not loaded the model.
+    told = [e.event for e in events[1:-1] if e.event != "loading"]
+    assert told == ["token"] * len(output.split())
     assert events[-1].event == "error"
     assert data(events[-1])["error"]["code"] == "upstream_timeout"
     assert (record["status"], record["error_code"]) == ("error", "upstream_timeout")
