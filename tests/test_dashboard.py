@@ -217,7 +217,12 @@ def test_stored_html_stays_inert(page: Page, site: Gateway) -> None:
     # Not even inert markup: the page has no <img>, <script> or <b> made from the data.
     assert page.evaluate("document.querySelectorAll('main img, dialog img, main b').length") == 0
     scripts = page.evaluate("[...document.scripts].map((s) => new URL(s.src).pathname)")
-    assert scripts == ["/static/theme.js", "/static/dashboard.js", "/static/residency.js"]
+    assert scripts == [
+        "/static/theme.js",
+        "/static/dashboard.js",
+        "/static/queue.js",
+        "/static/residency.js",
+    ]
     page.screenshot(path=ARTIFACTS / "detail-untrusted.png")
 
 
