@@ -38,9 +38,11 @@ class Reply:
     events: Mapping[str, Any] | None = None
     # SSE: the data of a last event that is not JSON (OpenAI's `[DONE]`).
     last_data: str | None = None
-    """One kind of event: named, with an id (the seed's) or without (Anthropic's, OpenAI's
-    Responses'), or only `data` (OpenAI's chat chunks)."""
+    # SSE: whether each named event has an `id` (the seed's do; Anthropic's and OpenAI's
+    # Responses' do not), and the names of those that may come without one all the same
+    # (the seed's `error` for a resume that cannot be served).
     event_ids: bool = True
+    unnumbered: tuple[str, ...] = ()
     headers: Mapping[str, str] = field(default_factory=dict)  # name -> description
 
 
@@ -153,7 +155,11 @@ def document(
             content["application/json"] = {"schema": schema_of[reply.json]}
         if reply.events is not None:
             content["text/event-stream"] = _event_stream(
-                reply.events, schema_of, reply.last_data, ids=reply.event_ids
+                reply.events,
+                schema_of,
+                reply.last_data,
+                ids=reply.event_ids,
+                unnumbered=reply.unnumbered,
             )
         return content
 
@@ -249,6 +255,7 @@ def _event_stream(
     last_data: str | None = None,
     *,
     ids: bool = True,
+    unnumbered: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """A Server-Sent Events body, described one event at a time.
 
@@ -259,7 +266,9 @@ def _event_stream(
     variants: list[dict[str, Any]] = []
     for name, kinds in events.items():
         for kind in kinds if isinstance(kinds, tuple) else (kinds,):
-            variants.append(_event_variant(name, schema_of[kind], ids=ids))
+            variants.append(
+                _event_variant(name, schema_of[kind], ids=ids, id_optional=name in unnumbered)
+            )
     if last_data is not None:
         variants.append(
             {
@@ -288,7 +297,9 @@ def _event_stream(
     return {"schema": {"description": about, "oneOf" if all(events) else "anyOf": variants}}
 
 
-def _event_variant(name: str, schema: dict[str, Any], *, ids: bool = True) -> dict[str, Any]:
+def _event_variant(
+    name: str, schema: dict[str, Any], *, ids: bool = True, id_optional: bool = False
+) -> dict[str, Any]:
     """One kind of event: named, with an id (the seed's) or without (Anthropic's, OpenAI's
     Responses'), or only `data` (OpenAI's chat chunks)."""
     data = {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
@@ -310,5 +321,5 @@ def _event_variant(name: str, schema: dict[str, Any], *, ids: bool = True) -> di
         "title": f"{name} event",
         "type": "object",
         "properties": {"event": {"const": name}, "id": {"type": "string"}, "data": data},
-        "required": ["event", "id", "data"] if ids else ["event", "data"],
+        "required": ["event", "data"] if id_optional else ["event", "id", "data"],
     }

@@ -133,6 +133,7 @@ def test_an_hourly_sum_that_overflows_spills_the_record_and_says_so(dsn: str, sp
             process_id=zero.process_id,
             subprocess_id=zero.subprocess_id,
             status=zero.status,
+            key_label=zero.key_label,
         )  # the same labels and hour as record(0): the same hourly row
         fill(store, [same])
         health = store.health()

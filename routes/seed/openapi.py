@@ -52,6 +52,7 @@ _STREAM = Reply(
     "usage or `error` (also sent when the gateway shuts down before the answer ends, with "
     "code `server_shutdown`).",
     events=_EVENTS,
+    unnumbered=("error",),
 )
 _STREAM_ABOUT = (
     "Failures noticed before the stream opens (within `--open-wait` seconds) keep their "
@@ -65,6 +66,7 @@ _RESUMED = Reply(
     "end), `events_dropped` (let go past `--resume-buffer`), `stream_expired` (nobody "
     "resumed it within `--resume-window`).",
     events=_EVENTS,
+    unnumbered=("error",),
 )
 _LAST_EVENT_ID = (
     "The id of the last event received (a reconnecting EventSource sends it): the stream "
