@@ -24,7 +24,7 @@ from calls.upstream import ResidencyEvent, WatchesResidency
 from store.records import UsageQuery, UsageRecord
 
 from .common import JSON, decode_query, gateway_of
-from .openapi import ADMIN, UNAUTHORIZED, Operation, Paths, Reply
+from .openapi import ADMIN, UNAUTHORIZED, Operation, Paths, Reply, error
 
 PATH = "/api/v1/admin/residency"
 # Records read at most for one answer (the newest first).
@@ -237,6 +237,7 @@ openapi: Paths = {
             replies={
                 200: Reply(description="The residency view.", json=ResidencyReply),
                 401: UNAUTHORIZED,
+                422: error("A query parameter is invalid (`invalid_request`)."),
             },
             auth=ADMIN,
         )

@@ -100,7 +100,7 @@ def test_records_and_the_view_say_where_loads_went(tight: StandIn, tmp_path: Pat
     assert loads == {"llama3:latest": 3, "qwen:latest": 6}
     (reloads,) = upstream["option_reloads"]
     assert (reloads["key"], reloads["model"], reloads["times"]) == ("admin", "qwen:latest", 3)
-    assert reloads["load_seconds"] >= 3 * LOAD
+    assert reloads["load_seconds"] >= 3 * LOAD - 1e-6  # 3 x 0.2 in floats is above 0.6
     advice = upstream["advice"]
     assert len(advice) == 2
     assert any(
