@@ -35,6 +35,7 @@ import logging
 import math
 import sys
 import time
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -234,12 +235,12 @@ class _Bounded(_Uvicorn):
 
     # The head's bound. The protocol class says how to parse and where a request stands.
 
-    def _parse(self, data: bytes) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _parse(self, data: bytes) -> None: ...
 
+    @abstractmethod
     def _in_head(self) -> bool:
         """Whether the parser is inside a request's head (or waiting for one to start)."""
-        raise NotImplementedError
 
     def _feed(self, data: bytes) -> None:
         """Parse `data`, but never more of a request's head than max_headers: what is handed

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from abc import abstractmethod
 from collections import OrderedDict
 from pathlib import Path
 
@@ -57,11 +58,12 @@ class Recovery:
     _suspect: set[tuple[str, int]]
     _repairs: list[str]
 
-    def _rows(self, meta: SegmentMeta) -> list[Row]:
-        raise NotImplementedError  # the store's own reading
+    # The store's own reading and cache, which the store class defines.
+    @abstractmethod
+    def _rows(self, meta: SegmentMeta) -> list[Row]: ...
 
-    def _cache_put(self, meta: SegmentMeta, rows: list[Row]) -> None:
-        raise NotImplementedError  # the store's own cache
+    @abstractmethod
+    def _cache_put(self, meta: SegmentMeta, rows: list[Row]) -> None: ...
 
     def _reindex(self, name: str) -> tuple[SegmentMeta, list[Row]] | None:
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from abc import abstractmethod
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,10 +36,11 @@ class Retention:
     _metas: list[SegmentMeta]
     _damage: dict[str, Damage]
 
+    # Recovery's (recovery.py), which the store class takes in beside this one.
+    @abstractmethod
     def _salvage(
         self, name: str, why: str, count: int = 0
-    ) -> tuple[list[UsageRecord], list[bytes]] | None:
-        raise NotImplementedError  # recovery's
+    ) -> tuple[list[UsageRecord], list[bytes]] | None: ...
 
     def _apply_retention(self) -> None:
         assert self.retention_days is not None
