@@ -5,7 +5,7 @@ A gateway that reads the variable differently from Ollama's own tools would ask 
 server than `ollama run` does on the same machine. So the quirks are kept: quotes around
 the value, a bare IPv6 address, a bad port that falls back to the default (Ollama logs a
 warning and goes on), `ollama.com` alone meaning https, and `0.0.0.0` or `::` meaning the
-loopback address to a client. tests/test_envhost.py holds Ollama's own test tables.
+loopback address to a client. tests/test_ollama_host_envhost.py holds Ollama's own test tables.
 """
 
 from __future__ import annotations

@@ -256,7 +256,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ge=0,
         ),
     ] = 4.0
-    # -- upfaults (issue 19): a hung upstream's hold on a call --------------------------------
+    # -- a hung upstream's hold on a call --------------------------------------------------
     # Ollama sends nothing while it loads a model and reads the prompt, so the first byte of
     # an answer waits for both: 300 s is Ollama's own bound on a load that makes no progress
     # (OLLAMA_LOAD_TIMEOUT, 5 minutes), and covers a 40 GB model read from a disk at 150 MB/s
@@ -649,7 +649,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "also log each ask's prompt and answer (never a key)",
         ),
     ] = False
-    # -- monitoring (issue 22): /metrics, traces ---------------------------------------------
+    # -- monitoring: /metrics, traces ---------------------------------------------------------
     no_metrics: Annotated[
         bool,
         setting(

@@ -76,7 +76,7 @@ class UsageRecord(msgspec.Struct, kw_only=True):
     # at the upstream's `cost` per GPU-hour (None: not priced).
     gpu_seconds: float | None = None
     cost: float | None = None
-    # -- issue 22 (metrics): where the call's time went, and whether it paid for a model load.
+    # -- monitoring: where the call's time went, and whether it paid for a model load.
     # The gateway's own part of the call: from the request's first byte to the record, less
     # the queue and the time spent waiting on the upstream (docs/monitoring.md).
     gateway_seconds: float | None = None

@@ -10,6 +10,7 @@ the type checker: no module imports another that imports it back, however far ro
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -305,3 +306,40 @@ def test_nothing_imports_the_composition_root() -> None:
     importers = sorted(name for name, targets in import_graph().items() if "app" in targets)
 
     assert importers == []
+
+
+def _doc_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_the_layout_table_names_every_top_level_folder() -> None:
+    """The README's Layout table has a row for every folder at the top of the checkout."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = {line.split("`")[1].rstrip("/") for line in table.splitlines() if line.startswith("| `")}
+    folders = {
+        p.name
+        for p in ROOT.iterdir()
+        if p.is_dir()
+        and not p.name.startswith(".")
+        and not p.name.endswith(".egg-info")
+        and p.name not in {"build", "dist", "data", "__pycache__"}
+    } | {".ci"}
+
+    assert folders - named == set()
+
+
+def test_every_path_the_docs_name_exists() -> None:
+    """A path under one of the project's folders, named in the README or docs/, is a file or
+    folder of the tree. (Old names a history gives in brackets, `[like/this.py]`, are left
+    out; so are tests a doc shows as examples of what a new kind would add.)"""
+    tops = {*PACKAGES, "tests", "static", "bench", "docs", "scripts", ".ci"}
+    named = re.compile(r"(?<!\[)`((?:" + "|".join(map(re.escape, tops)) + r")/[\w./-]*)`")
+    missing = [
+        (doc.name, path)
+        for doc in _doc_files()
+        for path in named.findall(doc.read_text())
+        if not (ROOT / path.split("::")[0]).exists() and "tgi" not in path
+    ]
+
+    assert missing == []

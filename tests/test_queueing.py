@@ -1,6 +1,6 @@
 """The fair queue: its order (classes, keys by deficit round-robin, weights), its bounds and
 Retry-After, a waiter that leaves, positions, and the caps an upstream reports; with the
-scripted upstreams of tests/test_router.py in this process."""
+scripted upstreams of tests/test_upstreams_router.py in this process."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Resumable seed streams over HTTP, against a real gateway and the Ollama stand-in: a client
 that leaves and comes back after 1 s, after 10 s, and after the window; who may resume; what a
-wrong `Last-Event-ID` gets. (The kept events themselves: tests/test_resuming.py; a browser's
+wrong `Last-Event-ID` gets. (The kept events themselves: tests/test_routes_resuming.py; a browser's
 EventSource through a cut connection: tests/test_resume_browser.py.)"""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The fair queue seen from the API: a key's class and weight, X-Priority, the queue's headers
 and SSE events, its records, and GET /api/v1/admin/queue; in this process, in front of a
-scripted upstream at its cap (tests/test_router.py's Fake)."""
+scripted upstream at its cap (tests/test_upstreams_router.py's Fake)."""
 
 from __future__ import annotations
 

@@ -298,10 +298,10 @@ def open_small_stream(gateway: Gateway, model: str, project: str) -> socket.sock
 def test_clients_that_read_nothing_then_close_free_their_upstream_at_once(
     plain_gateway: Gateway, upstream: FaultUpstream, model: str
 ) -> None:
-    """Issue 19 §6.9: 20 streams whose clients read nothing for 5 s (with flood-1024 the
+    """20 streams whose clients read nothing for 5 s (with flood-1024 the
     gateway's sends then wait on their full sockets; with drip-5 they do not), then close:
     each upstream request is closed as the client goes, not after --send-timeout (60 s here;
-    the fault run saw 2 of 20 closed, the rest waiting for it), and each record says
+    a fault run saw 2 of 20 closed, the rest waiting for it), and each record says
     `cancelled` (not `client_stalled`, the send timeout's). It held on main as it is."""
     gateway, clients = plain_gateway, 20
     projects = [unique("blocked") for _ in range(clients)]

@@ -384,7 +384,7 @@ def test_an_sse_error_event_is_the_one_error_shape(
 def test_a_hung_upstream_loses_its_calls_to_another_and_leaves_the_routing(
     tmp_path: Path,
 ) -> None:
-    """Issue 19 §6.5: an upstream that takes connections and answers nothing (a TCP proxy
+    """An upstream that takes connections and answers nothing (a TCP proxy
     that stops relaying). A call waiting on it for a first byte is tried on the other
     upstream once the first-byte bound passes, nothing having reached its client; its
     health check times out, which takes it out of the routing at once; when it answers
