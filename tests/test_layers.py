@@ -316,7 +316,8 @@ def test_the_layout_table_names_every_top_level_folder() -> None:
     """The README's Layout table has a row for every folder at the top of the checkout."""
     readme = (ROOT / "README.md").read_text()
     table = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
-    named = {line.split("`")[1].rstrip("/") for line in table.splitlines() if line.startswith("| `")}
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    named = {row.split("`")[1].rstrip("/") for row in rows}
     folders = {
         p.name
         for p in ROOT.iterdir()
