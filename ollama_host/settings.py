@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import typing
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -836,16 +837,24 @@ def otlp_problem(url: str) -> str | None:
     return None
 
 
+def program_name(argv0: str | None = None) -> str:
+    """How the gateway was started, as its usage lines should say: `ollama-host` (the
+    installed command) or `python app.py` (which `python -m ollama_host` runs)."""
+    path = Path(sys.argv[0] if argv0 is None else argv0)
+    return "ollama-host" if path.name == "ollama-host" else "python app.py"
+
+
 def parse_settings(
     argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
     env = os.environ if env is None else env
+    prog = program_name()
     parser = _Parser(
-        prog="python app.py",
+        prog=prog,
         description="Ollama Host: a gateway in front of Ollama that streams answers as "
         "Server-Sent Events and records the usage of every call.",
         epilog="Every flag can also be set by the environment variable named in brackets; "
-        "a flag wins over its variable. Several model servers: python app.py "
+        f"a flag wins over its variable. Several model servers: {prog} "
         "--upstream gpu1=http://10.0.0.5:11434,cap=4 "
         "--upstream gpu2=http://10.0.0.6:8080,kind=openai,models=llama3|qwen,key_env=GPU2_KEY",
     )

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from ollama_host.envhost import ollama_url
-from ollama_host.settings import declared, parse_settings, settings_table
+from ollama_host.settings import declared, parse_settings, program_name, settings_table
 from tests.gateway_proc import ROOT
 
 
@@ -139,3 +139,16 @@ def test_every_setting_has_a_flag_a_help_and_a_distinct_variable() -> None:
     assert len({item.flag for item in items}) == len(items)
     assert len(set(envs)) == len(envs)
     assert all(item.help and item.flag.startswith("--") for item in items)
+
+
+@pytest.mark.parametrize(
+    ("argv0", "name"),
+    [
+        ("/usr/local/bin/ollama-host", "ollama-host"),
+        ("app.py", "python app.py"),
+        ("/srv/gw/app.py", "python app.py"),
+    ],
+)
+def test_the_usage_names_the_program_as_it_was_started(argv0: str, name: str) -> None:
+    """`ollama-host --help` says `usage: ollama-host`, not `python app.py`."""
+    assert program_name(argv0) == name
