@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -318,14 +319,12 @@ def test_the_layout_table_names_every_top_level_folder() -> None:
     table = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in table.splitlines() if line.startswith("| `")]
     named = {row.split("`")[1].rstrip("/") for row in rows}
-    folders = {
-        p.name
-        for p in ROOT.iterdir()
-        if p.is_dir()
-        and not p.name.startswith(".")
-        and not p.name.endswith(".egg-info")
-        and p.name not in {"build", "dist", "data", "__pycache__"}
-    } | {".ci"}
+    # The folders the checkout holds (git's own list): what running it makes (the venv, data,
+    # caches, test artifacts) is not part of the layout.
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    folders = {path.split("/", 1)[0] for path in tracked if "/" in path}
 
     assert folders - named == set()
 
