@@ -301,10 +301,11 @@ class Gateway:
         for watcher in self.watchers:
             watcher.finished(account, record)
         tokens = (record.input_tokens or 0) + (record.output_tokens or 0)
-        if tokens and (account.caller.key is not None or record.project is not None):
-            await self.limits.spend(account.caller.key, record.project, tokens)
-        if record.gpu_seconds and (account.caller.key is not None or record.project is not None):
-            await self.limits.spend_gpu(account.caller.key, record.project, record.gpu_seconds)
+        key, project = account.caller.key, record.project
+        if tokens and (key is not None or project is not None):
+            await self.limits.spend(key, project, tokens)
+        if record.gpu_seconds and self.limits.counts_gpu(key, project):
+            await self.limits.spend_gpu(key, project, record.gpu_seconds)
         log.debug(
             "call %s model=%s status=%s streamed=%s tokens_in=%s tokens_out=%s seconds=%.3f%s",
             account.id,
