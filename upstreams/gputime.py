@@ -63,31 +63,26 @@ class GpuClock:
         self._now = now
         self._at = now()
 
-    # start and stop advance the clock in line (no method of their own): both run on every
-    # call, and a call less each showed in a call's instruction count.
-
-    def start(self) -> Lease:
-        """A call starts running on the upstream."""
+    def _advance(self) -> float:
         now = self._now()
         running = self.running
         if running:
-            gpus = self.gpus
-            self.virtual += (now - self._at) * (1.0 if running <= gpus else gpus / running)
+            rate = 1.0 if running <= self.gpus else self.gpus / running
+            self.virtual += (now - self._at) * rate
         self._at = now
-        self.running = running + 1
+        return now
+
+    def start(self) -> Lease:
+        """A call starts running on the upstream."""
+        now = self._advance()
+        self.running += 1
         return Lease(now, self.virtual)
 
     def stop(self, lease: Lease) -> tuple[float, float]:
         """The call has ended: how long it held its slot, and its share of the GPUs then."""
-        now = self._now()
-        running = self.running
-        if running:
-            gpus = self.gpus
-            self.virtual += (now - self._at) * (1.0 if running <= gpus else gpus / running)
-        self._at = now
-        self.running = running - 1
-        held, share = now - lease.at, self.virtual - lease.virtual
-        return (held if held > 0.0 else 0.0), (share if share > 0.0 else 0.0)
+        now = self._advance()
+        self.running -= 1
+        return max(0.0, now - lease.at), max(0.0, self.virtual - lease.virtual)
 
 
 _INF = float("inf")
