@@ -336,6 +336,11 @@ class Limits:
                 (reset - datetime.now(UTC)).total_seconds(),
             )
 
+    def counts_gpu(self, key: ApiKey | None, project: str | None) -> bool:
+        """Whether spend_gpu would count anything for this key and project (every call asks:
+        a test here costs less than a coroutine that does nothing)."""
+        return key is not None or (project is not None and self._project_gpu_on)
+
     async def spend_gpu(self, key: ApiKey | None, project: str | None, seconds: float) -> None:
         """Count a finished call's GPU-seconds against its key's and project's budgets.
 

@@ -14,7 +14,6 @@ relayed (the record says `tokens_estimated`), as for a stream that ended without
 from __future__ import annotations
 
 import logging
-import math
 
 log = logging.getLogger("ollama_host.upstream")
 
@@ -36,8 +35,9 @@ def tokens_or_none(value: int | None, what: str) -> int | None:
 
 
 def seconds_or_none(value: float | None, what: str) -> float | None:
-    """A duration in seconds as reported, or None if no call could take it."""
-    if value is None or (math.isfinite(value) and 0 <= value <= MAX_SECONDS):
+    """A duration in seconds as reported, or None if no call could take it. (NaN fails
+    every comparison, and an infinity is past MAX_SECONDS: one range test covers both.)"""
+    if value is None or 0 <= value <= MAX_SECONDS:
         return value
     log.warning(
         "an upstream reported %s = %r s, outside 0..%g s: recorded as unknown",

@@ -180,15 +180,16 @@ class Gateway:
             )
         else:
             asked = request
+        # By position (front, endpoint, streamed, max_output): see Account.
         account = Account(
             ask.id,
             asked,
             caller,
             labelled(ask.labels, caller),
-            front=ask.front,
-            endpoint=ask.endpoint,
-            streamed=ask.stream,
-            max_output=self.max_output,
+            ask.front,
+            ask.endpoint,
+            ask.stream,
+            self.max_output,
         )
         account.trace = ask.trace
         if inputs is not None:
@@ -204,9 +205,9 @@ class Gateway:
             watcher.admitted(account)
         place = self.place_of(ask, caller, account)
         if not ask.stream:
-            return Call(self, ask, caller, account, place=place)
+            return Call(self, ask, caller, account, None, place)
         held = await self.limits.open_stream(caller.key)
-        call = Call(self, ask, caller, account, held, place=place)
+        call = Call(self, ask, caller, account, held, place)
         for watcher in self.watchers:
             watcher.stream_opened(account)
         assert isinstance(request, CallRequest)
@@ -241,17 +242,20 @@ class Gateway:
             tenant = f"p:{project}" if project else (f"k:{key.id}" if key else "")
         else:
             tenant = f"k:{key.id}" if key else (f"p:{project}" if project else "")
-        priority = served(own, ask.priority)
+        asked = ask.priority
+        priority = served(own, asked)
         account.priority = priority
+        # By position (see Place): tenant, key label, project, class, the class asked for,
+        # weight, model, and what to tell when a slot is granted.
         return Place(
-            tenant=tenant,
-            key_label=caller.label,
-            project=project,
-            priority=priority,
-            asked=ask.priority,
-            weight=weight,
-            model=ask.request.model,
-            on_grant=account.queued,
+            tenant,
+            caller.label,
+            project,
+            priority,
+            asked,
+            weight,
+            ask.request.model,
+            account.queued,
         )
 
     async def admit(self, ask: Ask[Q]) -> Caller:
@@ -301,10 +305,11 @@ class Gateway:
         for watcher in self.watchers:
             watcher.finished(account, record)
         tokens = (record.input_tokens or 0) + (record.output_tokens or 0)
-        if tokens and (account.caller.key is not None or record.project is not None):
-            await self.limits.spend(account.caller.key, record.project, tokens)
-        if record.gpu_seconds and (account.caller.key is not None or record.project is not None):
-            await self.limits.spend_gpu(account.caller.key, record.project, record.gpu_seconds)
+        key, project = account.caller.key, record.project
+        if tokens and (key is not None or project is not None):
+            await self.limits.spend(key, project, tokens)
+        if record.gpu_seconds and self.limits.counts_gpu(key, project):
+            await self.limits.spend_gpu(key, project, record.gpu_seconds)
         log.debug(
             "call %s model=%s status=%s streamed=%s tokens_in=%s tokens_out=%s seconds=%.3f%s",
             account.id,
@@ -376,7 +381,6 @@ class Call(Generic[Q]):
         caller: Caller,
         account: Account,
         held: tuple[str, ...] | None = None,
-        *,
         place: Place | None = None,
     ) -> None:
         self.gateway = gateway

@@ -132,12 +132,13 @@ class Account:
         request: CallRequest,
         caller: Caller,
         labels: Labels,
-        *,
         front: str,
         endpoint: str,
         streamed: bool,
         max_output: int,
     ) -> None:
+        # Not keyword-only: one is made per call, and a class called with keywords gets them
+        # as a dict.
         self.id = call_id
         self.request = request
         self.caller = caller

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from .bounds import seconds_or_none, tokens_or_none
+from .bounds import MAX_SECONDS, MAX_TOKENS, seconds_or_none, tokens_or_none
 
 # Ollama model names: `name`, `name:tag`, `namespace/name:tag` or `host/namespace/name:tag`.
 # Each part starts with a letter or digit, so `../x`, `/x` and `host:port/x` never reach an
@@ -145,12 +145,27 @@ class Metrics(msgspec.Struct, kw_only=True):
 
     def __post_init__(self) -> None:
         # Untrusted: bounded as they enter (calls/bounds.py), whichever upstream sent them.
-        self.input_tokens = tokens_or_none(self.input_tokens, "input_tokens")
-        self.output_tokens = tokens_or_none(self.output_tokens, "output_tokens")
-        self.upstream_seconds = seconds_or_none(self.upstream_seconds, "upstream_seconds")
-        self.load_seconds = seconds_or_none(self.load_seconds, "load_seconds")
-        self.prompt_eval_seconds = seconds_or_none(self.prompt_eval_seconds, "prompt_eval_seconds")
-        self.eval_seconds = seconds_or_none(self.eval_seconds, "eval_seconds")
+        # Every call makes one: the figures are tested here in line, and only one out of
+        # bounds goes through bounds.py (which logs it); six calls each time cost more.
+        tokens, seconds = MAX_TOKENS, MAX_SECONDS
+        value: float | None = self.input_tokens
+        if value is not None and not 0 <= value <= tokens:
+            self.input_tokens = tokens_or_none(self.input_tokens, "input_tokens")
+        value = self.output_tokens
+        if value is not None and not 0 <= value <= tokens:
+            self.output_tokens = tokens_or_none(self.output_tokens, "output_tokens")
+        value = self.upstream_seconds
+        if value is not None and not 0 <= value <= seconds:
+            self.upstream_seconds = seconds_or_none(value, "upstream_seconds")
+        value = self.load_seconds
+        if value is not None and not 0 <= value <= seconds:
+            self.load_seconds = seconds_or_none(value, "load_seconds")
+        value = self.prompt_eval_seconds
+        if value is not None and not 0 <= value <= seconds:
+            self.prompt_eval_seconds = seconds_or_none(value, "prompt_eval_seconds")
+        value = self.eval_seconds
+        if value is not None and not 0 <= value <= seconds:
+            self.eval_seconds = seconds_or_none(value, "eval_seconds")
 
 
 class Piece(msgspec.Struct):
@@ -182,10 +197,16 @@ class Embeddings(msgspec.Struct, kw_only=True):
     gpu: GpuUse | None = None
 
     def __post_init__(self) -> None:
-        # Untrusted: bounded as they enter (calls/bounds.py).
-        self.input_tokens = tokens_or_none(self.input_tokens, "input_tokens")
-        self.upstream_seconds = seconds_or_none(self.upstream_seconds, "upstream_seconds")
-        self.load_seconds = seconds_or_none(self.load_seconds, "load_seconds")
+        # Untrusted: bounded as they enter (calls/bounds.py), tested in line as in Metrics.
+        value: float | None = self.input_tokens
+        if value is not None and not 0 <= value <= MAX_TOKENS:
+            self.input_tokens = tokens_or_none(self.input_tokens, "input_tokens")
+        value = self.upstream_seconds
+        if value is not None and not 0 <= value <= MAX_SECONDS:
+            self.upstream_seconds = seconds_or_none(value, "upstream_seconds")
+        value = self.load_seconds
+        if value is not None and not 0 <= value <= MAX_SECONDS:
+            self.load_seconds = seconds_or_none(value, "load_seconds")
 
 
 class ModelInfo(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -55,10 +55,13 @@ class RequestLog:
                 headers = message.get("headers", [])
                 timing = (SERVER_TIMING, server_timing(info, time.perf_counter()))
                 # An ask sets its own header (its call id is this id); anything else gets ours.
-                if not any(name.lower() == _HEADER for name, _ in headers):
-                    headers = [*headers, (_HEADER, info.id.encode()), timing]
+                # A plain loop: any() over a generator cost twice as much, on every response.
+                for name, _ in headers:
+                    if name.lower() == _HEADER:
+                        headers = [*headers, timing]
+                        break
                 else:
-                    headers = [*headers, timing]
+                    headers = [*headers, (_HEADER, info.id.encode()), timing]
                 message = {**message, "headers": headers}
             await send(message)
 

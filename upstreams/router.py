@@ -545,7 +545,12 @@ class Router:
     def _candidates(self, key: str, tried: list[Member]) -> list[Member]:
         """The routable upstreams that have the model (all that have it, if none is
         routable); _NoOther if none has it."""
-        have = [m for m in self.members if m not in tried and m.serves(key)]
+        # Plain loops, not comprehensions and any(): every call comes through here, and in
+        # this Python each comprehension is a function call of its own.
+        have: list[Member] = []
+        for m in self.members:
+            if m not in tried and m.serves(key):
+                have.append(m)
         if not have:
             only = self.members[0]
             if (
@@ -556,15 +561,22 @@ class Router:
                 have = [only]  # one upstream: it answers for itself
             else:
                 raise _NoOther
-        if not self.allow_cloud and any(key in m.remote for m in have):
-            raise CloudModelRefused(_cloud_message(key))
         # A circuit takes an upstream out of the choice while another can answer; with
         # nowhere else to go, the call is tried anyway, as if there were no breaker: the
         # server may be back before its next probe, and failing at once helps no one.
-        return [m for m in have if m.breaker.routable] or have
+        routable: list[Member] = []
+        for m in have:
+            if not self.allow_cloud and key in m.remote:
+                raise CloudModelRefused(_cloud_message(key))
+            if m.breaker.routable:
+                routable.append(m)
+        return routable or have
 
     def _choose(self, key: str, up: list[Member]) -> Member | None:
-        free = [m for m in up if m.free()]
+        free: list[Member] = []
+        for m in up:
+            if m.free():
+                free.append(m)
         if not free:
             return None
         if len(free) == 1:
