@@ -6,7 +6,6 @@ work offline, and neither has an inline script, so they run under a strict CSP.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
@@ -15,9 +14,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .openapi import Operation, Paths, Reply
-from .page import PAGE_HEADERS
-
-STATIC = Path(__file__).resolve().parent.parent / "static"
+from .page import PAGE_HEADERS, STATIC
 
 # Scripts and styles from this server only. Both UIs set inline style attributes and
 # ReDoc's search runs in a blob: worker; images include data: URIs.

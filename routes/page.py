@@ -12,7 +12,11 @@ from access.guard import wants_page
 
 from .openapi import ADMIN, UNAUTHORIZED, Operation, Paths, Reply
 
-STATIC = Path(__file__).resolve().parent.parent / "static"
+# The page's files: static/ beside the packages in a checkout; where pip installed the
+# gateway, ollama_host/static (pyproject.toml puts them there, not at site-packages' top).
+_HERE = Path(__file__).resolve().parent.parent
+_INSTALLED = _HERE / "ollama_host" / "static"
+STATIC = _INSTALLED if _INSTALLED.is_dir() else _HERE / "static"
 
 # The page shows prompts and answers written by anyone who can call the gateway. It
 # renders them as text, and this policy is the second wall: only the gateway's own

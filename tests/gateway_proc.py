@@ -82,9 +82,15 @@ class Gateway:
 
 
 def start_gateway(
-    data: Path, *args: str, env: dict[str, str] | None = None, wait: bool = True
+    data: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+    command: list[str] | None = None,
+    cwd: Path = ROOT,
 ) -> Gateway:
-    """Start `python app.py --port P --data DATA ARGS...`; wait until /health answers."""
+    """Start `python app.py --port P --data DATA ARGS...` (or `COMMAND --port P ...`); wait
+    until /health answers."""
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     argv = ["--port", str(port), "--data", str(data), *args]
@@ -93,8 +99,8 @@ def start_gateway(
     full_env["OLLAMA_GATEWAY_ADMIN_TOKEN"] = ADMIN_TOKEN
     full_env.update(env or {})
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py"), *argv],
-        cwd=ROOT,
+        [*(command or [sys.executable, str(ROOT / "app.py")]), *argv],
+        cwd=cwd,
         stdout=log,
         stderr=subprocess.STDOUT,
         env=full_env,

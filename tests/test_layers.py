@@ -265,14 +265,22 @@ def test_nothing_generic_is_installed_at_the_top_of_site_packages() -> None:
     import tomllib
 
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    installed = set(config["py-modules"]) | set(config["packages"])
-    generic = {"errors", "keys", "settings", "service", "schemas", "limits", "guard"}
+    packages = set(config["packages"])
+    installed = set(config["py-modules"]) | {name.split(".")[0] for name in packages}
+    generic = {"errors", "keys", "settings", "service", "schemas", "limits", "guard", "static"}
 
     assert installed == {"app", *PACKAGES}
     assert not installed & generic
-    # Every package on disk is installed, and no stray top-level module is left behind.
-    on_disk = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "bench"}
-    assert on_disk <= installed
+    # Every package on disk, sub-packages too, is installed (setuptools takes only those
+    # named), and no stray top-level module is left behind. The page's files go in as a
+    # package of data inside the program's: static/ as ollama_host/static.
+    on_disk = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for p in ROOT.glob("**/__init__.py")
+        if p.parts[len(ROOT.parts)] in PACKAGES
+    }
+    assert packages == on_disk | {"ollama_host.static"}
+    assert config["package-dir"] == {"ollama_host.static": "static"}
     assert {p.stem for p in ROOT.glob("*.py")} == {"app", "launcher"}
 
 
