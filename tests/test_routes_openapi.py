@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from app import create_app
 from ollama_host.settings import parse_settings
-from routes.docs import STATIC
+from routes.page import STATIC
 from routes.errors import ErrorBody
 from routes.openapi import Operation, Reply, document, error
 from routes.seed.schemas import AskRequest
