@@ -13,9 +13,9 @@ from starlette.routing import Route
 
 from app import create_app
 from ollama_host.settings import parse_settings
-from routes.page import STATIC
 from routes.errors import ErrorBody
 from routes.openapi import Operation, Reply, document, error
+from routes.page import STATIC
 from routes.seed.schemas import AskRequest
 
 
