@@ -14,7 +14,7 @@ from queueing import Line, Place, current, priority_of
 from queueing.place import PriorityError, served
 from upstreams.router import Router
 
-from .test_router import Fake, ask, eventually, router
+from .test_upstreams_router import Fake, ask, eventually, router
 
 pytestmark = pytest.mark.anyio
 

@@ -20,7 +20,7 @@ from tests import redis_server
 from tests.tcp_proxy import TcpProxy
 from upstreams.router import Router
 
-from .test_router import Fake, ask, eventually, router
+from .test_upstreams_router import Fake, ask, eventually, router
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 

@@ -18,7 +18,7 @@ from tests.helpers import aonly_record, assert_error
 from tests.sse import parse_sse
 from upstreams.router import Router
 
-from .test_router import Fake, eventually, router
+from .test_upstreams_router import Fake, eventually, router
 
 pytestmark = pytest.mark.anyio
 
