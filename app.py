@@ -329,7 +329,16 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = counted
     app.state.version = __version__
-    app.state.openapi = encoder.encode(
+    app.state.openapi = openapi_json(tuple(modules))
+    return app
+
+
+@functools.cache
+def openapi_json(modules: tuple[ModuleType, ...]) -> bytes:
+    """The OpenAPI document of these modules' routes, encoded. It depends on nothing but the
+    modules, and msgspec takes longer to write their schemas than the rest of `create_app`
+    takes, so every app made of the same modules shares one."""
+    return encoder.encode(
         openapi.document(
             (module.openapi for module in modules),
             title="Ollama Host",
@@ -339,7 +348,6 @@ def create_app(
             "records the usage of every call.",
         )
     )
-    return app
 
 
 def main(argv: Sequence[str] | None = None) -> int:

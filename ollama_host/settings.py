@@ -9,6 +9,7 @@ declaration. A flag given on the command line wins over its variable.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import typing
@@ -741,23 +742,34 @@ class Declared(msgspec.Struct, frozen=True):
 
 def declared() -> Iterator[Declared]:
     """Every setting, in declaration order."""
+    return iter(_declarations())
+
+
+@functools.cache
+def _declarations() -> tuple[Declared, ...]:
+    # Read once: resolving Settings' annotations (get_type_hints) costs more than the
+    # rest of parse_settings, and they never change.
     hints = get_type_hints(Settings, include_extras=True)
+    items: list[Declared] = []
     for field in msgspec.structs.fields(Settings):
         hint = hints[field.name]
         assert get_origin(hint) is Annotated, field.name
         meta = next(m for m in get_args(hint)[1:] if isinstance(m, Meta))
         extra = meta.extra or {}
-        yield Declared(
-            field=field.name,
-            flag=extra["flag"],
-            env=extra["env"],
-            help=meta.description or "",
-            shown=extra["shown"],
-            metavar=extra["metavar"],
-            default=field.default,
-            switch=get_args(hint)[0] is bool,
-            repeat=extra["repeat"],
+        items.append(
+            Declared(
+                field=field.name,
+                flag=extra["flag"],
+                env=extra["env"],
+                help=meta.description or "",
+                shown=extra["shown"],
+                metavar=extra["metavar"],
+                default=field.default,
+                switch=get_args(hint)[0] is bool,
+                repeat=extra["repeat"],
+            )
         )
+    return tuple(items)
 
 
 def _shown_default(item: Declared) -> str:

@@ -8,6 +8,7 @@ on a real socket. `scripts/test --fast` runs the rest (`pytest -m "not slow"`); 
 
 from __future__ import annotations
 
+import ast
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,43 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         uses = set(getattr(item, "fixturenames", ()))
         if any(item.get_closest_marker(name) for name in SLOW_MARKERS) or uses & PROCESS_FIXTURES:
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Under -m "not slow" (scripts/test --fast), a test module whose `pytestmark` names a
+    slow marker is not even imported: each of its tests would be deselected, and importing
+    them (the real clients' SDKs, Playwright, the databases' drivers) took seconds of every
+    quick loop. The plain run imports and runs them as before."""
+    if config.getoption("markexpr", "").strip() != "not slow":
+        return None
+    if not (collection_path.name.startswith("test_") and collection_path.suffix == ".py"):
+        return None
+    return True if module_marks(collection_path) & {"slow", *SLOW_MARKERS} else None
+
+
+def module_marks(path: Path) -> set[str]:
+    """The names of the marks a test module gives all its tests (`pytestmark = pytest.mark.X`
+    or a list of them, read from the source); empty when it sets none in a form read here."""
+    marks: set[str] = set()
+    for node in ast.parse(path.read_bytes(), str(path)).body:
+        if not (
+            isinstance(node, ast.Assign)
+            and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["pytestmark"]
+        ):
+            continue
+        values = node.value.elts if isinstance(node.value, ast.List | ast.Tuple) else [node.value]
+        marks = set()  # the last assignment is the one pytest sees
+        for value in values:
+            mark = value.func if isinstance(value, ast.Call) else value
+            if (
+                isinstance(mark, ast.Attribute)
+                and isinstance(mark.value, ast.Attribute)
+                and mark.value.attr == "mark"
+                and isinstance(mark.value.value, ast.Name)
+                and mark.value.value.id == "pytest"
+            ):
+                marks.add(mark.attr)
+    return marks
 
 
 @pytest.fixture(scope="session", autouse=True)

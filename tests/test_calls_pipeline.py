@@ -379,7 +379,9 @@ async def test_a_stream_marked_gone_stops_at_its_next_step(tmp_path: Path) -> No
 async def test_a_stream_closed_before_the_upstream_opened_is_recorded_once(
     tmp_path: Path,
 ) -> None:
-    async with pipeline(tmp_path, hold=True) as (gateway, upstream):
+    # --open-wait 0: the call is handed back at once, not after the default second of
+    # waiting for an upstream that holds (it returns unopened either way).
+    async with pipeline(tmp_path, "--open-wait", "0", hold=True) as (gateway, upstream):
         call = ask()
         stream = await gateway.call(streamed(call))
         await upstream.holding.wait()

@@ -40,8 +40,8 @@ def routed(gpus: int = 1, cost: float | None = None) -> Router:
 
 
 @asynccontextmanager
-async def gateway(folder: Path, router: Router) -> AsyncIterator[Local]:
-    async with in_process(folder, upstream=router) as local:
+async def gateway(folder: Path, router: Router, *flags: str) -> AsyncIterator[Local]:
+    async with in_process(folder, *flags, upstream=router) as local:
         yield local
 
 
@@ -126,7 +126,9 @@ async def test_a_call_whose_client_hangs_up_is_charged_what_it_used(
     """Hanging up before the answer is complete is no way around a budget: the GPU worked
     for the time the call held its slot, whole answer or stream."""
     router = routed()
-    async with gateway(tmp_path / "data", router) as local:
+    # --open-wait 0: a stream is handed back at once, not after a second's wait for the
+    # upstream to accept, so that its client goes 0.2 s into the 1.5 s load.
+    async with gateway(tmp_path / "data", router, "--open-wait", "0") as local:
         pipeline = local.gateway
         asked = Ask(
             # The in-process stand-in's answer arrives whole after its load: a stream is

@@ -390,22 +390,23 @@ def test_a_stream_that_stalls_mid_body_is_a_read_timeout() -> None:
 
 
 def test_a_slow_steady_stream_longer_than_the_read_timeout_does_not_time_out() -> None:
-    # The read timeout bounds each wait for the next byte, not the whole body.
+    # The read timeout bounds each wait for the next byte, not the whole body: 40 waits of
+    # 0.01 s take at least 0.4 s, more than the 0.3 s timeout.
     async def steady(server: Server, reader: asyncio.StreamReader, writer: Any) -> None:
         await server.read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        for _ in range(30):
+        for _ in range(40):
             writer.write(b"1\r\nx\r\n")
             await writer.drain()
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.01)
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 
     async def scenario() -> bytes:
-        async with serving(steady) as server, client(read=0.6) as http:
+        async with serving(steady) as server, client(read=0.3) as http:
             return (await http.get(server.url)).content
 
-    assert run(scenario) == b"x" * 30
+    assert run(scenario) == b"x" * 40
 
 
 def test_closing_a_stream_early_closes_its_connection() -> None:
@@ -638,7 +639,7 @@ def test_the_first_byte_bound_is_for_the_first_byte_only() -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n")
         for _ in range(3):
             await writer.drain()
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.1)
             writer.write(b"1\r\ny\r\n")
         writer.write(b"0\r\n\r\n")
         await writer.drain()

@@ -113,10 +113,13 @@ async def test_a_failed_call_is_an_error_span(tmp_path: Path) -> None:
 
 
 async def test_a_collector_that_does_not_answer_costs_spans_not_calls(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     nobody = f"http://127.0.0.1:{free_port()}"
     caplog.set_level(logging.WARNING, "ollama_host.traces")
+    # The exporter retries a refused connection after 1 s and 2 s while its bound allows:
+    # a bound shorter than the first wait gives up after the first try, the same way.
+    monkeypatch.setattr("telemetry.tracing.EXPORT_SECONDS", 0.5)
     async with in_process(tmp_path / "data", "--otlp", nobody) as local, local.client() as client:
         statuses = [(await client.post("/api/chat", json=CHAT)).status_code for _ in range(3)]
         tracing = next(w for w in local.gateway.watchers if hasattr(w, "spans_dropped"))

@@ -512,6 +512,10 @@ async def test_a_health_check_that_times_out_takes_the_upstream_out_at_once() ->
     a = Fake("a", ["llama3"], loaded=["llama3"])
     b = Fake("b", ["llama3"])
     routed = router(a, b, interval=5.0, probe_seconds=0.05)
+    # A server found down is probed again every second; here every 0.02 s, so that its
+    # coming back is seen at once. Up servers are still checked only every 5 s: none is
+    # checked meanwhile but by the one check below.
+    routed._retry = routed.members[0].breaker.retry = 0.02
     await routed.models()
     a.slow = 60.0  # hung from now on
 
