@@ -50,7 +50,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
     (wheel,) = (work / "dist").glob("*.whl")
     prefix = work / "prefix"
     subprocess.run(
-        [*pip, "install", "--no-deps", "--prefix", str(prefix), str(wheel)],
+        # --ignore-installed: without it pip uninstalls the checkout's own (editable)
+        # install from this venv before installing into the prefix.
+        [*pip, "install", "--no-deps", "--ignore-installed", "--prefix", str(prefix), str(wheel)],
         check=True,
         timeout=300,
     )
