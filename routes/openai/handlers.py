@@ -12,10 +12,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from access.identity import check_model
 from calls.types import ModelName
 
-from ..asking import allowed, answer_headers, ask_of, credentials_of, whole
+from ..asking import answer_headers, ask_of, credentials_of, visible_model, visible_models, whole
 from ..common import JSON, decode_body, gateway_of
 from ..streaming import CallStreamResponse, stream_response
 from .errors import bad
@@ -97,12 +96,9 @@ def _owner(name: str) -> str:
 
 
 async def models(request: Request) -> Response:
-    gateway = gateway_of(request)
-    caller = await gateway.identify(credentials_of(request))
     data = [
         Model(id=m.name, created=_created(m.modified_at), owned_by=_owner(m.name))
-        for m in await gateway.models()
-        if allowed(caller, m.name)
+        for m in await visible_models(request, credentials_of(request))
     ]
     return JSON(ModelList(data=data))
 
@@ -113,9 +109,7 @@ async def model(request: Request) -> Response:
         name = msgspec.convert(name, ModelName)
     except msgspec.ValidationError:
         raise bad(f"{name!r} is not a model name", param="model") from None
-    gateway = gateway_of(request)
-    check_model(await gateway.identify(credentials_of(request)), name)
-    shown = await gateway.show(name)
+    shown = await visible_model(request, credentials_of(request), name)
     return JSON(Model(id=name, created=_created(shown.modified_at), owned_by=_owner(name)))
 
 
