@@ -1,5 +1,6 @@
 """The OpenAI API at /v1/*: chat completions, completions, embeddings and models; the handlers
-and their routes."""
+and their routes. GET /v1/models is shared with Anthropic's API: routes/models.py routes it,
+here when the request is an OpenAI client's."""
 
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ async def embeddings(request: Request) -> Response:
     return JSON(reply, headers=answer_headers(call))
 
 
-# -- the models --------------------------------------------------------------------------------
+# -- the models (routed by routes/models.py) ---------------------------------------------------
 
 
 def _created(when: str | None) -> int:
@@ -117,6 +118,4 @@ routes = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/embeddings", embeddings, methods=["POST"]),
-    Route("/v1/models", models, methods=["GET"]),
-    Route("/v1/models/{model:path}", model, methods=["GET"]),
 ]
