@@ -299,7 +299,7 @@ class ModelsQuery(msgspec.Struct, kw_only=True):
     """GET /v1/models's paging, as Anthropic's: a page of `limit` models after `after_id` or
     before `before_id` (one of them at most)."""
 
-    limit: Annotated[int, Meta(ge=1, le=1000, description="Models a page. 1 to 1000.")] = 20
+    limit: Annotated[int, Meta(ge=1, le=1000, description="Models on a page, 1 to 1000.")] = 20
     after_id: Annotated[
         str | None, Meta(description="The page after this model (the last page's `last_id`).")
     ] = None
