@@ -15,14 +15,15 @@ from starlette.requests import Request
 from starlette.types import Receive
 
 from access.guard import SESSION_COOKIE
-from access.identity import Caller, Credentials
+from access.identity import Caller, Credentials, check_model
 from calls.errors import CallError
 from calls.pipeline import Ask, Call, Q
-from calls.types import Labels
+from calls.types import Labels, ModelInfo
 from queueing import Place, Priority, priority_of
 from queueing.place import PriorityError
 
 from . import request_id
+from .common import gateway_of
 
 T = TypeVar("T")
 
@@ -170,6 +171,22 @@ def _priority(header: str) -> Priority:
 def allowed(caller: Caller, model: str) -> bool:
     """Whether the caller's key lets it see and use `model` (every model without a key)."""
     return caller.key is None or caller.key.allows(model)
+
+
+async def visible_models(request: Request, credentials: Credentials) -> list[ModelInfo]:
+    """The models a caller may see, in the upstream's order: its key's, or every model
+    (CallError 401 without a valid key, once keys exist). Every front's listing is this one."""
+    gateway = gateway_of(request)
+    caller = await gateway.identify(credentials)
+    return [m for m in await gateway.models() if allowed(caller, m.name)]
+
+
+async def visible_model(request: Request, credentials: Credentials, name: str) -> ModelInfo:
+    """What the upstream says of one model, if the caller may see it (CallError 401 or 403;
+    the upstream's 404 if none has it)."""
+    gateway = gateway_of(request)
+    check_model(await gateway.identify(credentials), name)
+    return await gateway.show(name)
 
 
 # How long a whole answer runs before a task starts watching for its client's hang-up.

@@ -30,7 +30,9 @@ class Reply:
     """One response of an operation; a body in each media type given (none: no body)."""
 
     description: str
-    json: Any = None  # a type msgspec knows; its schema is the JSON body's
+    # A type msgspec knows, whose schema is the JSON body's; or a tuple of them, for an
+    # operation that answers in either of two APIs' shapes (routes/models.py).
+    json: Any = None
     # Media type(s) of a text body, e.g. "text/plain" or ("text/html", "text/plain").
     text: str | tuple[str, ...] | None = None
     # SSE: event name -> type of its JSON data (or a tuple of the types it may be); "" for
@@ -109,6 +111,45 @@ def error(description: str, *, retry: bool = False, shape: Any = ErrorBody) -> R
 
 Paths = Mapping[str, Mapping[str, Operation]]
 
+
+def either(
+    first: Operation,
+    second: Operation,
+    *,
+    summary: str,
+    tag: str,
+    header: str,
+    about: str | Header,
+) -> Operation:
+    """One operation answered in two APIs' shapes, the second's when the request carries
+    `header`: each reply a status of either (both shapes where both have it), the
+    parameters and callers of both."""
+    replies: dict[int, Reply] = {}
+    for status in sorted({*first.replies, *second.replies}):
+        one, other = first.replies.get(status), second.replies.get(status)
+        if one is None or other is None:
+            only = one or other
+            assert only is not None
+            replies[status] = only
+            continue
+        replies[status] = Reply(
+            description=f"{one.description} With `{header}`: {other.description}",
+            json=(one.json, other.json),
+            headers={**one.headers, **other.headers},
+        )
+    return Operation(
+        summary=summary,
+        tag=tag,
+        replies=replies,
+        description=" ".join(d for d in (first.description, second.description) if d),
+        query=first.query if first.query is not None else second.query,
+        # The second's own description of `header` (required, there) gives way to `about`.
+        headers={**first.headers, **second.headers, header: about},
+        path={**first.path, **second.path},
+        auth=tuple(dict.fromkeys((*second.auth, *first.auth))),
+    )
+
+
 UNAUTHORIZED = error("No valid admin token, API key or ticket (`unauthorized`).")
 
 
@@ -130,7 +171,9 @@ def document(
             queries += [op.query] if op.query is not None else []
             types += [op.body] if op.body is not None else []
             for reply in op.replies.values():
-                if reply.json is not None:
+                if isinstance(reply.json, tuple):
+                    types += list(reply.json)
+                elif reply.json is not None:
                     types.append(reply.json)
                 for kinds in (reply.events or {}).values():
                     types += list(kinds) if isinstance(kinds, tuple) else [kinds]
@@ -151,7 +194,11 @@ def document(
         texts = (reply.text,) if isinstance(reply.text, str) else reply.text or ()
         for text in texts:
             content[text] = {"schema": {"type": "string"}}
-        if reply.json is not None:
+        if isinstance(reply.json, tuple):
+            # The shapes may overlap (an Anthropic error is also an object with an `error`):
+            # any one of them, not exactly one.
+            content["application/json"] = {"schema": {"anyOf": [schema_of[t] for t in reply.json]}}
+        elif reply.json is not None:
             content["application/json"] = {"schema": schema_of[reply.json]}
         if reply.events is not None:
             content["text/event-stream"] = _event_stream(

@@ -92,6 +92,13 @@ out.image = seen.content[0].text;
 
 out.count = (await client.messages.countTokens({ model: "llama3", messages: user(`${project} one two`) })).input_tokens;
 
+// models.list() pages by after_id; for await walks every page.
+out.models = [];
+for await (const model of client.models.list({ limit: 1 })) out.models.push(model.id);
+const one = await client.models.retrieve("llama3");
+out.model = { id: one.id, type: one.type, display_name: one.display_name };
+out.noModel = await failure(() => client.models.retrieve("no-such-model"));
+
 out.missing = await failure(() => client.messages.create({ model: "no-such-model", max_tokens: 5, messages: user("hi") }));
 const stranger = new Anthropic({ apiKey: "ohk_00000000_not-a-key", ...options });
 out.unauthorized = await failure(() => stranger.messages.create({ model: "llama3", max_tokens: 5, messages: user("hi") }));

@@ -314,6 +314,49 @@ def test_count_tokens_is_the_upstreams_own_count(
     assert_record(first, "anthropic", "/v1/messages/count_tokens", project, input_tokens=6)
 
 
+def test_models_list_pages_and_retrieve(
+    gw: Gateway, keys: Keys, admin: httpx.Client, opened: contextlib.ExitStack
+) -> None:
+    """The SDK's `models.list()` walks the pages by `after_id` (and back by `before_id`), and
+    `models.retrieve()` gets one ModelInfo; a key limited to one model sees that one only."""
+    project = unique("an-models")
+    client = opened.enter_context(client_of(gw, keys.main, project))
+    limited = opened.enter_context(client_of(gw, keys.make(label="q", models=["qwen"]), project))
+    names = [m["id"] for m in admin.get("/v1/models").json()["data"]]
+
+    walked = list(client.models.list(limit=1))
+    first_page = client.models.list(limit=2)
+    back = client.models.list(limit=2, before_id=names[-1])
+    one = client.models.retrieve("llama3")
+    only_qwen = [m.id for m in limited.models.list()]
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        client.models.retrieve("nope")
+    with pytest.raises(anthropic.PermissionDeniedError):
+        limited.models.retrieve("llama3")
+    with pytest.raises(anthropic.BadRequestError):
+        client.models.list(limit=0)
+
+    assert len(names) > 2
+    assert [m.id for m in walked] == names
+    assert all(isinstance(m, anthropic.types.ModelInfo) for m in walked)
+    assert (walked[0].type, walked[0].display_name, walked[0].lifecycle) == (
+        "model",
+        names[0],
+        "active",
+    )
+    assert walked[0].created_at.tzinfo is not None
+    assert (first_page.has_more, first_page.first_id, first_page.last_id) == (
+        True,
+        names[0],
+        names[1],
+    )
+    assert [m.id for m in back.data] == names[-3:-1]
+    assert (one.id, one.type, one.max_input_tokens) == ("llama3", "model", 8192)
+    assert only_qwen == [n for n in names if n.startswith("qwen")]
+    assert missing.value.status_code == 404
+    assert missing.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+
+
 def test_a_bearer_token_as_claude_codes_auth_token(
     gw: Gateway, keys: Keys, admin: httpx.Client, opened: contextlib.ExitStack
 ) -> None:

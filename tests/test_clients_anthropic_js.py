@@ -73,6 +73,15 @@ def test_the_anthropic_npm_sdk_works_unchanged(standin: StandIn, tmp_path: Path)
     assert seen["thinking"] == ["thinking", "text"]
     assert seen["image"] == "w0 "
     assert seen["count"] == 3
+    # The stand-in's models, one page each, and one model by its name.
+    assert seen["models"] == [
+        "llama3:latest",
+        "qwen:latest",
+        "mistral:latest",
+        "custom-model:latest",
+    ]
+    assert seen["model"] == {"id": "llama3", "type": "model", "display_name": "llama3"}
+    assert seen["noModel"] == {"name": "NotFoundError", "status": 404, "type": "not_found_error"}
     assert seen["missing"] == {"name": "NotFoundError", "status": 404, "type": "not_found_error"}
     assert seen["unauthorized"] == {
         "name": "AuthenticationError",

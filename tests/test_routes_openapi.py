@@ -42,6 +42,19 @@ def test_every_route_of_the_app_is_documented(spec: dict[str, Any]) -> None:
     assert ("/api/v1/ai/ask_async", "get") in documented
 
 
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+# GET /v1/models answers OpenAI's clients and Anthropic's (by `anthropic-version`), each in
+# its shape: a status both may get is either shape, one that only one may get is its shape.
+MODELS_ERRORS = (
+    _ref("OpenAIError"),
+    _ref("AnthropicError"),
+    {"anyOf": [_ref("OpenAIError"), _ref("AnthropicError")]},
+)
+
+
 def _error_shape(path: str) -> str:
     """Each front's errors keep its clients' shape: Ollama's under /api/ (but the gateway's
     own /api/v1/), Anthropic's under /v1/messages, OpenAI's under the rest of /v1/, the
@@ -66,7 +79,9 @@ def test_every_response_has_a_status_a_request_id_and_errors_one_shape(
             for status, response in op["responses"].items():
                 assert re.fullmatch(r"[1-5][0-9][0-9]", status)
                 assert "X-Request-Id" in response["headers"]
-                if int(status) >= 400:
+                if int(status) >= 400 and path.startswith("/v1/models"):
+                    assert response["content"]["application/json"]["schema"] in MODELS_ERRORS
+                elif int(status) >= 400:
                     assert response["content"] == {"application/json": {"schema": error_ref}}
                     shapes.add(error_ref["$ref"])
     assert len(shapes) == 4
@@ -170,3 +185,27 @@ def test_vendored_files_keep_their_licences() -> None:
     assert "Apache License" in (vendor / "swagger-ui" / "LICENSE").read_text()
     assert "MIT License" in (vendor / "redoc" / "LICENSE").read_text()
     assert Path(vendor / "README.md").read_text().count("5.35.0") == 1
+
+
+def test_the_models_operation_shows_both_apis_shapes(spec: dict[str, Any]) -> None:
+    listed = spec["paths"]["/v1/models"]["get"]
+    one = spec["paths"]["/v1/models/{model}"]["get"]
+
+    def schema(op: dict[str, Any], status: str) -> Any:
+        return op["responses"][status]["content"]["application/json"]["schema"]
+
+    assert schema(listed, "200") == {"anyOf": [_ref("ModelList"), _ref("AnthropicModelList")]}
+    assert schema(one, "200") == {"anyOf": [_ref("Model"), _ref("AnthropicModel")]}
+    # Only an Anthropic client can send a bad `limit`; both can lack a key.
+    assert schema(listed, "400") == _ref("AnthropicError")
+    assert schema(listed, "401") == {"anyOf": [_ref("OpenAIError"), _ref("AnthropicError")]}
+    params = {p["name"]: p for p in listed["parameters"]}
+    assert set(params) == {"anthropic-version", "limit", "after_id", "before_id"}
+    assert params["anthropic-version"]["required"] is False
+    assert params["limit"]["schema"] == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 1000,
+        "default": 20,
+    }
+    assert [name for entry in listed["security"] for name in entry][:2] == ["xApiKey", "apiKey"]

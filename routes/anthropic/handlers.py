@@ -33,7 +33,7 @@ T = TypeVar("T")
 VERSIONS = frozenset({"2023-01-01", "2023-06-01", "2026-10-21"})
 
 
-def _check_version(request: Request) -> None:
+def check_version(request: Request) -> None:
     version = request.headers.get("anthropic-version")
     if version is None:
         raise bad("anthropic-version: header is required; send `anthropic-version: 2023-06-01`")
@@ -63,7 +63,7 @@ async def _decode(request: Request, kind: type[T]) -> T:
         raise bad(f"{where}.type: {found[1]} is not a type this API takes{takes}") from None
 
 
-def _credentials(request: Request, user_id: str | None) -> Credentials:
+def credentials_from(request: Request, user_id: str | None) -> Credentials:
     """The key from `x-api-key` (what the Anthropic SDKs send) or `Authorization: Bearer`
     (Claude Code's ANTHROPIC_AUTH_TOKEN). Without a key, `metadata.user_id` stands where the
     seed's `user_key` does: while no key exists it groups the caller's calls (the record's
@@ -77,6 +77,17 @@ def _credentials(request: Request, user_id: str | None) -> Credentials:
     return credentials
 
 
+def anthropics_words(error: CallError, credentials: Credentials) -> CallError:
+    """Anthropic's words for a missing key, not the seed's `user_key` advice; any other
+    error as it is."""
+    if error.status == 401 and credentials.bearer is None and credentials.session is None:
+        return unauthorized(
+            "x-api-key header is required: send your gateway API key as `x-api-key` "
+            "(ANTHROPIC_API_KEY) or as `Authorization: Bearer` (ANTHROPIC_AUTH_TOKEN)"
+        )
+    return error
+
+
 async def _call(
     request: Request, neutral: CallRequest, credentials: Credentials, *, stream: bool
 ) -> Call[CallRequest]:
@@ -84,21 +95,20 @@ async def _call(
     try:
         return await gateway_of(request).call(ask)
     except CallError as error:
-        if error.status == 401 and credentials.bearer is None and credentials.session is None:
-            # Anthropic's words for a missing key, not the seed's `user_key` advice.
-            raise unauthorized(
-                "x-api-key header is required: send your gateway API key as `x-api-key` "
-                "(ANTHROPIC_API_KEY) or as `Authorization: Bearer` (ANTHROPIC_AUTH_TOKEN)"
-            ) from None
-        raise
+        worded = anthropics_words(error, credentials)
+        if worded is error:
+            raise
+        raise worded from None
 
 
 async def messages(request: Request) -> Response | CallStreamResponse:
-    _check_version(request)
+    check_version(request)
     body = await _decode(request, MessagesRequest)
     user_id = body.metadata.user_id if body.metadata else None
     stream = bool(body.stream)
-    call = await _call(request, message_call(body), _credentials(request, user_id), stream=stream)
+    call = await _call(
+        request, message_call(body), credentials_from(request, user_id), stream=stream
+    )
     if stream:
         return stream_response(request, call, MessageEvents(call.id, body.model))
     finished = await whole(request, call.answer())
@@ -107,9 +117,9 @@ async def messages(request: Request) -> Response | CallStreamResponse:
 
 
 async def count_tokens(request: Request) -> Response:
-    _check_version(request)
+    check_version(request)
     body = await _decode(request, CountTokensRequest)
-    call = await _call(request, count_call(body), _credentials(request, None), stream=False)
+    call = await _call(request, count_call(body), credentials_from(request, None), stream=False)
     finished = await whole(request, call.answer())
     # As a message's usage says it: Ollama leaves a count of 0 out (Go's omitempty).
     tokens = finished.result.metrics.input_tokens or 0

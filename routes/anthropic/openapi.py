@@ -10,6 +10,8 @@ from .handlers import VERSIONS
 from .schemas import (
     AnthropicError,
     AnthropicMessage,
+    AnthropicModel,
+    AnthropicModelList,
     ContentBlockDelta,
     ContentBlockStart,
     ContentBlockStop,
@@ -18,6 +20,7 @@ from .schemas import (
     MessagesRequest,
     MessageStart,
     MessageStop,
+    ModelsQuery,
     Ping,
     TokenCount,
 )
@@ -98,6 +101,62 @@ openapi: Paths = {
             auth=_AUTH,
             headers=_HEADERS,
             replies={200: Reply(description="The prompt's tokens.", json=TokenCount), **_ERRORS},
+        )
+    },
+}
+
+# GET /v1/models in Anthropic's shape: one of the two shapes routes/models.py documents.
+_VERSION = Header(
+    description="The API's version; it makes the answer Anthropic's.",
+    required=True,
+    enum=tuple(sorted(VERSIONS)),
+)
+_MODELS_ERRORS = {
+    400: _error(
+        "`limit` is not 1 to 1000, `after_id` or `before_id` is not a model of the list, "
+        "both are given, or `anthropic-version` is unknown (`invalid_request_error`)."
+    ),
+    401: _ERRORS[401],
+    502: _ERRORS[502],
+    503: _ERRORS[503],
+    504: _ERRORS[504],
+}
+models_openapi: Paths = {
+    "/v1/models": {
+        "GET": Operation(
+            summary="The models (Anthropic's Models API)",
+            tag="anthropic",
+            description="Anthropic's shape: a page of `limit` models after `after_id` or "
+            "before `before_id`, in the upstream's order; `lifecycle[]` is taken (every "
+            "model is `active`).",
+            query=ModelsQuery,
+            auth=_AUTH,
+            headers={"anthropic-version": _VERSION},
+            replies={
+                200: Reply(
+                    description="A page of models, with `has_more`, `first_id` and `last_id`.",
+                    json=AnthropicModelList,
+                ),
+                **_MODELS_ERRORS,
+            },
+        )
+    },
+    "/v1/models/{model}": {
+        "GET": Operation(
+            summary="One model (Anthropic's Models API)",
+            tag="anthropic",
+            path={"model": "The model's name, as `ollama list` shows it."},
+            auth=_AUTH,
+            headers={"anthropic-version": _VERSION},
+            replies={
+                200: Reply(description="The model (`ModelInfo`).", json=AnthropicModel),
+                400: _error(
+                    "A bad model name, or `anthropic-version` is unknown (`invalid_request_error`)."
+                ),
+                403: _error("This API key may not use this model (`permission_error`)."),
+                404: _ERRORS[404],
+                **{s: r for s, r in _MODELS_ERRORS.items() if s != 400},
+            },
         )
     },
 }

@@ -292,6 +292,45 @@ class TokenCount(msgspec.Struct):
     input_tokens: int
 
 
+# -- the models (GET /v1/models with `anthropic-version`) ----------------------------------------
+
+
+class ModelsQuery(msgspec.Struct, kw_only=True):
+    """GET /v1/models's paging, as Anthropic's: a page of `limit` models after `after_id` or
+    before `before_id` (one of them at most)."""
+
+    limit: Annotated[int, Meta(ge=1, le=1000, description="Models on a page, 1 to 1000.")] = 20
+    after_id: Annotated[
+        str | None, Meta(description="The page after this model (the last page's `last_id`).")
+    ] = None
+    before_id: Annotated[
+        str | None, Meta(description="The page before this model (a page's `first_id`).")
+    ] = None
+
+
+class AnthropicModel(msgspec.Struct, tag_field="type", tag="model", kw_only=True):
+    """One model, as Anthropic's ModelInfo (`anthropic.types.ModelInfo`)."""
+
+    id: str
+    display_name: str
+    # RFC 3339: when the upstream last changed the model, or the Unix epoch if it does not say
+    # (Anthropic's own answer for "release date unknown").
+    created_at: str
+    # Every model the gateway lists is usable; none is deprecated or retired.
+    lifecycle: Literal["active"] = "active"
+    # The longest context the model takes, where the upstream says it (a model's own page).
+    max_input_tokens: int | None = None
+
+
+class AnthropicModelList(msgspec.Struct, kw_only=True):
+    """A page of models, as Anthropic's (the SDK's `SyncPage[ModelInfo]`)."""
+
+    data: list[AnthropicModel]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
 class AnthropicErrorDetail(msgspec.Struct, kw_only=True):
     type: str
     message: str

@@ -1,5 +1,6 @@
 """The OpenAI API at /v1/*: chat completions, completions, embeddings and models; the handlers
-and their routes."""
+and their routes. GET /v1/models is shared with Anthropic's API: routes/models.py routes it,
+here when the request is an OpenAI client's."""
 
 from __future__ import annotations
 
@@ -12,10 +13,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from access.identity import check_model
 from calls.types import ModelName
 
-from ..asking import allowed, answer_headers, ask_of, credentials_of, whole
+from ..asking import answer_headers, ask_of, credentials_of, visible_model, visible_models, whole
 from ..common import JSON, decode_body, gateway_of
 from ..streaming import CallStreamResponse, stream_response
 from .errors import bad
@@ -77,7 +77,7 @@ async def embeddings(request: Request) -> Response:
     return JSON(reply, headers=answer_headers(call))
 
 
-# -- the models --------------------------------------------------------------------------------
+# -- the models (routed by routes/models.py) ---------------------------------------------------
 
 
 def _created(when: str | None) -> int:
@@ -97,12 +97,9 @@ def _owner(name: str) -> str:
 
 
 async def models(request: Request) -> Response:
-    gateway = gateway_of(request)
-    caller = await gateway.identify(credentials_of(request))
     data = [
         Model(id=m.name, created=_created(m.modified_at), owned_by=_owner(m.name))
-        for m in await gateway.models()
-        if allowed(caller, m.name)
+        for m in await visible_models(request, credentials_of(request))
     ]
     return JSON(ModelList(data=data))
 
@@ -113,9 +110,7 @@ async def model(request: Request) -> Response:
         name = msgspec.convert(name, ModelName)
     except msgspec.ValidationError:
         raise bad(f"{name!r} is not a model name", param="model") from None
-    gateway = gateway_of(request)
-    check_model(await gateway.identify(credentials_of(request)), name)
-    shown = await gateway.show(name)
+    shown = await visible_model(request, credentials_of(request), name)
     return JSON(Model(id=name, created=_created(shown.modified_at), owned_by=_owner(name)))
 
 
@@ -123,6 +118,4 @@ routes = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/embeddings", embeddings, methods=["POST"]),
-    Route("/v1/models", models, methods=["GET"]),
-    Route("/v1/models/{model:path}", model, methods=["GET"]),
 ]

@@ -100,6 +100,10 @@ openapi: Paths = {
             replies={200: Reply(description="The vectors.", json=EmbeddingList), **_ASK_ERRORS},
         )
     },
+}
+
+# GET /v1/models in OpenAI's shape: one of the two shapes routes/models.py documents.
+models_openapi: Paths = {
     "/v1/models": {
         "GET": Operation(
             summary="The models (that this key may use)",
