@@ -2,7 +2,8 @@
 
 `store.tinydb.TinyDBStore` is one implementation (the default: TinyDB files in the data
 folder), `store.postgres.PostgresStore` another (a database server); a third is one more
-sub-package implementing this `Protocol` and one line in `store.STORES`. The app is given a
+sub-package implementing this `Protocol`, one line in `store.STORES` and its name in
+pyproject's `packages`. The app is given a
 store; nothing above this package knows which.
 """
 
