@@ -850,10 +850,15 @@ def otlp_problem(url: str) -> str | None:
 
 
 def program_name(argv0: str | None = None) -> str:
-    """How the gateway was started, as its usage lines should say: `ollama-host` (the
-    installed command) or `python app.py` (which `python -m ollama_host` runs)."""
+    """How the gateway was started, as its usage lines should say: `python app.py` in a
+    checkout, else `ollama-host`, the installed command (`python -m ollama_host` runs app.py,
+    which pip puts in site-packages, where a user has no app.py to run)."""
     path = Path(sys.argv[0] if argv0 is None else argv0)
-    return "ollama-host" if path.name == "ollama-host" else "python app.py"
+    if path.name == "ollama-host":
+        return "ollama-host"
+    if path.name == "app.py" and not (path.parent / "pyproject.toml").is_file():
+        return "ollama-host"
+    return "python app.py"
 
 
 def parse_settings(

@@ -117,6 +117,16 @@ def test_the_installed_command_runs_from_the_installed_copy(
         check=True,
     ).stdout
     assert usage.startswith("usage: ollama-host")
+    # `python -m ollama_host` runs the installed app.py: it names the command a user has.
+    usage = subprocess.run(
+        [sys.executable, "-m", "ollama_host", "--help"],
+        cwd=tmp_path,
+        env=_env(site),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert usage.startswith("usage: ollama-host")
 
 
 def test_the_installed_gateway_answers_and_serves_its_pages(

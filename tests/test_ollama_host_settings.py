@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -141,14 +142,17 @@ def test_every_setting_has_a_flag_a_help_and_a_distinct_variable() -> None:
     assert all(item.help and item.flag.startswith("--") for item in items)
 
 
-@pytest.mark.parametrize(
-    ("argv0", "name"),
-    [
-        ("/usr/local/bin/ollama-host", "ollama-host"),
-        ("app.py", "python app.py"),
-        ("/srv/gw/app.py", "python app.py"),
-    ],
-)
-def test_the_usage_names_the_program_as_it_was_started(argv0: str, name: str) -> None:
-    """`ollama-host --help` says `usage: ollama-host`, not `python app.py`."""
-    assert program_name(argv0) == name
+def test_the_usage_names_the_program_as_it_was_started(tmp_path: Path) -> None:
+    """`ollama-host --help` says `usage: ollama-host`, not `python app.py`; so does
+    `python -m ollama_host` where pip installed it (it runs app.py in site-packages, where a
+    user has no app.py to run). In a checkout (app.py beside pyproject.toml): `python app.py`."""
+    checkout, site = tmp_path / "checkout", tmp_path / "site-packages"
+    for folder in (checkout, site):
+        folder.mkdir()
+        (folder / "app.py").write_text("")
+    (checkout / "pyproject.toml").write_text("")
+
+    assert program_name("/usr/local/bin/ollama-host") == "ollama-host"
+    assert program_name(str(site / "app.py")) == "ollama-host"
+    assert program_name(str(checkout / "app.py")) == "python app.py"
+    assert program_name(str(ROOT / "app.py")) == "python app.py"
