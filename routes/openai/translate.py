@@ -122,6 +122,15 @@ def _messages(given: list[ChatMessage]) -> list[Message]:
     return messages
 
 
+def think_of(effort: str | None, param: str) -> bool | str | None:
+    """A reasoning effort as Ollama's `think` (None: none asked, the upstream's default)."""
+    if not effort:
+        return None
+    if effort not in THINK:
+        raise bad(f"{param} {effort!r} is not one of {', '.join(THINK)}", param=param)
+    return THINK[effort]
+
+
 def _check_n(body: ChatCompletionRequest | CompletionRequest) -> None:
     if body.n is not None and body.n != 1:
         raise bad(
@@ -140,14 +149,7 @@ def chat_call(body: ChatCompletionRequest) -> CallRequest:
     elif isinstance(rf, JsonSchemaFormat):
         format_ = rf.json_schema.schema
     effort = body.reasoning.effort if body.reasoning else body.reasoning_effort
-    think = None
-    if effort:
-        if effort not in THINK:
-            raise bad(
-                f"reasoning_effort {effort!r} is not one of {', '.join(THINK)}",
-                param="reasoning_effort",
-            )
-        think = THINK[effort]
+    think = think_of(effort, "reasoning_effort")
     max_tokens = body.max_completion_tokens or body.max_tokens
     generation = Generation(
         options=body.options(max_tokens), format=format_, think=think, tools=body.tools
