@@ -8,7 +8,6 @@ in its native form (Ollama's chat, not its /v1), so the record keeps its timings
 
 from __future__ import annotations
 
-from base64 import b64decode
 from typing import Any
 
 import msgspec
@@ -23,6 +22,7 @@ from calls.types import (
     ToolFunction,
 )
 
+from ..common import is_base64
 from .errors import bad
 from .schemas import (
     THINK,
@@ -63,10 +63,8 @@ def image_of(url: str, where: str) -> str:
             f"{where}: an image must be a data: URL of a jpeg, png or webp image in base64",
             param=where,
         )
-    try:
-        b64decode(data, validate=True)
-    except ValueError:  # binascii.Error, or text that is not ASCII
-        raise bad(f"{where}: the image is not valid base64", param=where) from None
+    if not is_base64(data):
+        raise bad(f"{where}: the image is not valid base64", param=where)
     return data
 
 
