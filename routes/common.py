@@ -1,8 +1,10 @@
-"""What every route shares: the JSON response, the app's Gateway, and decoding bodies and
-query strings into msgspec structs (400 for what is not JSON, 422 for the wrong JSON)."""
+"""What every route shares: the JSON response, the app's Gateway, decoding bodies and
+query strings into msgspec structs (400 for what is not JSON, 422 for the wrong JSON), and the
+base64 check every front makes of images."""
 
 from __future__ import annotations
 
+from base64 import b64decode
 from typing import Any, TypeVar
 
 import msgspec
@@ -25,6 +27,15 @@ class JSON(Response):
 
     def render(self, content: Any) -> bytes:
         return encoder.encode(content)
+
+
+def is_base64(text: str) -> bool:
+    """Whether an image sent as text is base64, as every upstream takes images."""
+    try:
+        b64decode(text, validate=True)
+    except ValueError:  # binascii.Error, or text that is not ASCII
+        return False
+    return True
 
 
 def gateway_of(request: Request) -> Gateway:

@@ -29,8 +29,8 @@ _TYPES = {
 }
 
 
-def error_type(status: int) -> str:
-    return _TYPES.get(status) or ("invalid_request_error" if status < 500 else "api_error")
+def _status(error: CallError) -> int:
+    return 400 if error.status == 422 else error.status
 
 
 def bad(message: str) -> CallError:
@@ -39,9 +39,11 @@ def bad(message: str) -> CallError:
 
 
 def error_body(error: CallError) -> AnthropicError:
-    status = 400 if error.status == 422 else error.status
-    detail = AnthropicErrorDetail(type=error_type(status), message=error.message)
-    return AnthropicError(error=detail, request_id=error.request_id)
+    status = _status(error)
+    kind = _TYPES.get(status) or ("invalid_request_error" if status < 500 else "api_error")
+    return AnthropicError(
+        error=AnthropicErrorDetail(type=kind, message=error.message), request_id=error.request_id
+    )
 
 
 def error_response(error: CallError) -> Response:
@@ -50,5 +52,4 @@ def error_response(error: CallError) -> Response:
     headers = dict(error.headers)
     if error.request_id:
         headers["X-Request-Id"] = headers["request-id"] = error.request_id
-    status = 400 if error.status == 422 else error.status
-    return JSON(error_body(error), status_code=status, headers=headers)
+    return JSON(error_body(error), status_code=_status(error), headers=headers)

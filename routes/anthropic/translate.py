@@ -16,11 +16,11 @@ What has no place on the other side (a thinking budget, `tool_choice` other than
 
 from __future__ import annotations
 
-from base64 import b64decode
 from typing import Any
 
 from calls.types import CallRequest, Generation, Message, ToolCall, ToolFunction
 
+from ..common import is_base64
 from .errors import bad
 from .schemas import (
     Base64ImageSource,
@@ -49,10 +49,8 @@ def _image(block: ImageBlockParam, where: str) -> str:
             f"{where}.source: image URLs are not supported; send the image as base64 "
             '({"type": "base64", "media_type": "image/png", "data": "..."})'
         )
-    try:
-        b64decode(source.data, validate=True)
-    except ValueError:  # binascii.Error, or text that is not ASCII
-        raise bad(f"{where}.source.data: the image is not valid base64") from None
+    if not is_base64(source.data):
+        raise bad(f"{where}.source.data: the image is not valid base64")
     return source.data
 
 

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from base64 import b64decode
-
 from calls.types import CallRequest, Completion, EmbedRequest
 
+from ..common import is_base64
 from .errors import bad
 from .schemas import ChatRequest, EmbedBody, EmbeddingsBody, GenerateRequest
 
 
 def _check_images(images: list[str] | None, where: str) -> None:
     for n, image in enumerate(images or ()):
-        try:
-            b64decode(image, validate=True)
-        except ValueError:  # binascii.Error, or text that is not ASCII
+        if not is_base64(image):
             raise bad(
                 f"{where}.images[{n}] is not base64: send each image as base64 text, "
                 "without a data: prefix"
-            ) from None
+            )
 
 
 def chat_call(body: ChatRequest) -> CallRequest:

@@ -37,12 +37,13 @@ def bad(message: str, *, param: str | None = None) -> CallError:
     return _BadParam(message, param)
 
 
-def error_response(error: CallError) -> Response:
+def error_response(error: CallError, *, param: str | None = None) -> Response:
     """OpenAI's error shape, with the statuses the `openai` library maps to its exceptions
-    (400 BadRequestError for any unreadable request, where the gateway's own API says 422)."""
+    (400 BadRequestError for any unreadable request, where the gateway's own API says 422).
+    `param` names the field at fault where the error itself does not."""
     status = 400 if error.status == 422 else error.status
     kind = _TYPES.get(status) or ("invalid_request_error" if status < 500 else "api_error")
-    param = getattr(error, "param", None)
+    param = getattr(error, "param", None) or param
     if param is None and "- at `$." in error.message:
         # msgspec's messages end with the path of the field at fault.
         param = error.message.rsplit("- at `$.", 1)[1].rstrip("`")

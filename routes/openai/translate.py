@@ -8,7 +8,6 @@ in its native form (Ollama's chat, not its /v1), so the record keeps its timings
 
 from __future__ import annotations
 
-from base64 import b64decode
 from typing import Any
 
 import msgspec
@@ -23,6 +22,7 @@ from calls.types import (
     ToolFunction,
 )
 
+from ..common import is_base64
 from .errors import bad
 from .schemas import (
     THINK,
@@ -63,10 +63,8 @@ def image_of(url: str, where: str) -> str:
             f"{where}: an image must be a data: URL of a jpeg, png or webp image in base64",
             param=where,
         )
-    try:
-        b64decode(data, validate=True)
-    except ValueError:  # binascii.Error, or text that is not ASCII
-        raise bad(f"{where}: the image is not valid base64", param=where) from None
+    if not is_base64(data):
+        raise bad(f"{where}: the image is not valid base64", param=where)
     return data
 
 
@@ -122,6 +120,15 @@ def _messages(given: list[ChatMessage]) -> list[Message]:
     return messages
 
 
+def think_of(effort: str | None, param: str) -> bool | str | None:
+    """A reasoning effort as Ollama's `think` (None: none asked, the upstream's default)."""
+    if not effort:
+        return None
+    if effort not in THINK:
+        raise bad(f"{param} {effort!r} is not one of {', '.join(THINK)}", param=param)
+    return THINK[effort]
+
+
 def _check_n(body: ChatCompletionRequest | CompletionRequest) -> None:
     if body.n is not None and body.n != 1:
         raise bad(
@@ -140,14 +147,7 @@ def chat_call(body: ChatCompletionRequest) -> CallRequest:
     elif isinstance(rf, JsonSchemaFormat):
         format_ = rf.json_schema.schema
     effort = body.reasoning.effort if body.reasoning else body.reasoning_effort
-    think = None
-    if effort:
-        if effort not in THINK:
-            raise bad(
-                f"reasoning_effort {effort!r} is not one of {', '.join(THINK)}",
-                param="reasoning_effort",
-            )
-        think = THINK[effort]
+    think = think_of(effort, "reasoning_effort")
     max_tokens = body.max_completion_tokens or body.max_tokens
     generation = Generation(
         options=body.options(max_tokens), format=format_, think=think, tools=body.tools

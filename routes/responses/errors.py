@@ -28,12 +28,10 @@ def error_response(error: CallError) -> Response:
     """The OpenAI front's error response, with `param` also naming an unknown field, as
     OpenAI's "Unknown parameter" errors do."""
     found = _UNKNOWN.search(error.message)
-    if found is not None and getattr(error, "param", None) is None:
-        name, where = found.groups()
-        named = bad(error.message, param=f"{where}.{name}" if where else name)
-        named.code, named.headers, named.request_id = error.code, error.headers, error.request_id
-        error = named
-    return openai_errors.error_response(error)
+    if found is None:
+        return openai_errors.error_response(error)
+    name, where = found.groups()
+    return openai_errors.error_response(error, param=f"{where}.{name}" if where else name)
 
 
 def stateless(what: str, param: str) -> CallError:

@@ -15,8 +15,7 @@ import msgspec
 
 from calls.types import CallRequest, Generation, Message, ToolCall, ToolFunction
 
-from ..openai.schemas import THINK
-from ..openai.translate import image_of
+from ..openai.translate import image_of, think_of
 from .errors import bad, stateless
 from .schemas import ContentPart, FunctionTool, Item, ResponsesRequest
 
@@ -173,15 +172,7 @@ def response_call(body: ResponsesRequest) -> CallRequest:
                 param="text.format.schema",
             )
         format_ = text_format.schema
-    think = None
-    effort = body.reasoning.effort if body.reasoning else None
-    if effort:
-        if effort not in THINK:
-            raise bad(
-                f"reasoning.effort {effort!r} is not one of {', '.join(THINK)}",
-                param="reasoning.effort",
-            )
-        think = THINK[effort]
+    think = think_of(body.reasoning.effort if body.reasoning else None, "reasoning.effort")
     options: dict[str, Any] = {}
     if body.max_output_tokens is not None:
         options["num_predict"] = body.max_output_tokens
