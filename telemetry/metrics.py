@@ -97,7 +97,6 @@ BUCKETS = sum(len(b) for b in ALL_BOUNDS)
 _, AT_GATEWAY, AT_INPUT, AT_OUTPUT, AT_TTFT, AT_TPOT, AT_QUEUE, AT_LOAD = OFFSETS
 
 MODEL = "gen_ai_request_model"
-# Whether usage records carry GPU-seconds of their own (they will, from another change).
 OPERATION = "gen_ai_operation_name"
 
 
