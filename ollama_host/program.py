@@ -91,7 +91,7 @@ def _serve(
     new_token: str | None,
     create_app: AppFactory,
     worker_fd: int | None,
-    ready_fd: int | None = None,
+    ready_fd: int | None,
 ) -> int:
     if new_token:
         show_new_token(settings, new_token)

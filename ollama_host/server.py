@@ -66,10 +66,8 @@ def _stopping(signum: int, frame: object) -> None:
     """The signal handler left in place after uvicorn's; see serve."""
 
 
-def say_ready(fd: int | None) -> None:
+def say_ready(fd: int) -> None:
     """Tell the process that runs --workers N that this worker serves (workers._Worker.look)."""
-    if fd is None:
-        return
     try:
         with contextlib.suppress(OSError):  # it is gone; die_with ends this worker
             os.write(fd, b"r")

@@ -276,7 +276,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             gt=0,
         ),
     ] = 300.0
-    # -- end upfaults ---------------------------------------------------------------------------
     # Seconds between SSE keep-alive comments, so proxies keep an idle stream open.
     keepalive: Annotated[
         float,

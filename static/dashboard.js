@@ -3,6 +3,7 @@
 // Everything that came from a caller (prompts, answers, tags, model names) reaches
 // the page through textContent or an attribute, never as HTML.
 
+import { el } from "./dom.js";
 import { renderGpu } from "./gpu.js";
 
 const POLL_MS = 3000;
@@ -42,13 +43,6 @@ const state = {
 };
 
 // ---- small helpers ------------------------------------------------------------------------
-
-function el(tag, text, className) {
-  const node = document.createElement(tag);
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  if (className) node.className = className;
-  return node;
-}
 
 function fmtInt(value) {
   return value === null || value === undefined ? "–" : numberFormat.format(value);

@@ -5,6 +5,8 @@
 // Everything that came from a caller (project, key labels, model names) reaches the page
 // through textContent or an attribute, never as HTML.
 
+import { el } from "./dom.js";
+
 const ROWS = 8;
 const numberFormat = new Intl.NumberFormat();
 const TABLES = [
@@ -14,13 +16,6 @@ const TABLES = [
   ["gpu-by-model", "by_model", "model"],
   ["gpu-by-upstream", "by_upstream", "upstream"],
 ];
-
-function el(tag, text, className) {
-  const node = document.createElement(tag);
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  if (className) node.className = className;
-  return node;
-}
 
 export function fmtGpu(seconds) {
   if (seconds === null || seconds === undefined) return "–";

@@ -5,14 +5,9 @@
 // Everything that came from a caller (key labels, projects, model names) reaches the page
 // through textContent, never as HTML.
 
-const QUEUE_MS = 1000;
+import { el } from "./dom.js";
 
-function cell(tag, text, className) {
-  const node = document.createElement(tag);
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  if (className) node.className = className;
-  return node;
-}
+const QUEUE_MS = 1000;
 
 function seconds(value) {
   if (value === null || value === undefined) return "–";
@@ -22,18 +17,18 @@ function seconds(value) {
 }
 
 function row(line, call, state) {
-  const tr = cell("tr");
+  const tr = el("tr");
   tr.className = `q-${state}`;
   tr.append(
-    cell("td", line.upstream),
-    cell("td", line.model),
-    cell("td", state, `q-state q-${state}`),
-    cell("td", call.position ?? "", "num"),
-    cell("td", call.key_label ?? "–"),
-    cell("td", call.project ?? "–"),
-    cell("td", call.priority, `q-class q-${call.priority}`),
-    cell("td", seconds(call.waited_seconds), "num"),
-    cell("td", state === "running" ? seconds(call.running_seconds) : "", "num"),
+    el("td", line.upstream),
+    el("td", line.model),
+    el("td", state, `q-state q-${state}`),
+    el("td", call.position ?? "", "num"),
+    el("td", call.key_label ?? "–"),
+    el("td", call.project ?? "–"),
+    el("td", call.priority, `q-class q-${call.priority}`),
+    el("td", seconds(call.waited_seconds), "num"),
+    el("td", state === "running" ? seconds(call.running_seconds) : "", "num"),
   );
   return tr;
 }

@@ -5,19 +5,14 @@
 // Model names and key labels come from callers and upstreams: they reach the page through
 // textContent and attributes only, never as HTML.
 
+import { el } from "./dom.js";
+
 const POLL_MS = 5000;
 const HOURS = 1;
 const SVG = "http://www.w3.org/2000/svg";
 const LANE = 18; // px per model in the timeline
 
 const $ = (id) => document.getElementById(id);
-
-function el(tag, text, className) {
-  const node = document.createElement(tag);
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  if (className) node.className = className;
-  return node;
-}
 
 function seconds(value) {
   if (value < 120) return `${value.toFixed(1)} s`;

@@ -1,8 +1,10 @@
-"""The gateway in a team's monitoring: Prometheus metrics (telemetry/metrics.py), and what
---workers N needs for them (telemetry/multiproc.py).
+"""The gateway in a team's monitoring: Prometheus metrics (telemetry/metrics.py), what
+--workers N needs for them (telemetry/multiproc.py) and --metrics-port (telemetry/serving.py);
+trace spans over OTLP (telemetry/tracing.py).
 
-Both parts are optional extras (`metrics`: prometheus_client), so a workstation install stays
-lean: without the extra, `open_metrics` gives None and the gateway counts nothing.
+Both are optional extras (`metrics`: prometheus_client; `otel`: the OpenTelemetry SDK), so a
+workstation install stays lean: without the `metrics` extra, `open_metrics` gives None and the
+gateway counts nothing.
 """
 
 from __future__ import annotations

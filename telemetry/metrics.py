@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from bisect import bisect_left
 from typing import TYPE_CHECKING
 
@@ -33,12 +32,13 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client import multiprocess as _multiprocess
 
 from calls.errors import UpstreamError
 from calls.models import canonical
 from store.base import StoreError
 from store.records import UsageRecord
+
+from . import multiproc
 
 if TYPE_CHECKING:
     from calls.record import Account
@@ -47,8 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ollama_host.metrics")
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Distinct model label values at most; the rest are `other`.
 MAX_MODELS = 100
 OTHER = "other"
@@ -99,13 +97,7 @@ BUCKETS = sum(len(b) for b in ALL_BOUNDS)
 _, AT_GATEWAY, AT_INPUT, AT_OUTPUT, AT_TTFT, AT_TPOT, AT_QUEUE, AT_LOAD = OFFSETS
 
 MODEL = "gen_ai_request_model"
-# Whether usage records carry GPU-seconds of their own (they will, from another change).
 OPERATION = "gen_ai_operation_name"
-
-
-def multiprocess() -> bool:
-    """Whether this process shares its numbers with others (--workers N)."""
-    return bool(os.environ.get(MULTIPROC_ENV))
 
 
 class Models:
@@ -397,10 +389,8 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The text format, made by prometheus_client: the whole gateway's numbers."""
-        if multiprocess():
-            registry = CollectorRegistry()
-            _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            return generate_latest(registry)
+        if multiproc.multiprocess():
+            return multiproc.exposition()
         return generate_latest(self.registry)
 
 
