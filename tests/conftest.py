@@ -9,6 +9,7 @@ on a real socket. `scripts/test --fast` runs the rest (`pytest -m "not slow"`); 
 from __future__ import annotations
 
 import ast
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 
 from tests.asgi import Keyed, Local, gateway_log, in_process, logged
 from tests.gateway_proc import Gateway, start_gateway
+from tests.helpers import Keys
 from tests.ollama_standin import StandIn, start_standin
 
 # Markers whose tests need a real process, and fixtures that start one: each makes a test slow.
@@ -100,6 +102,42 @@ def client(gateway: Gateway) -> Iterator[httpx.Client]:
     """A client of the shared gateway, holding the admin token."""
     with gateway.client() as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def gateway_keys(
+    standin: StandIn, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Gateway, Keys]]:
+    """For the real clients' tests (test_clients*.py): a gateway of each module's own, with a
+    key made (`Keys.main`), so that asking needs one, for good."""
+    data = tmp_path_factory.mktemp("clients") / "data"
+    with start_gateway(data, "--ollama", standin.url, "--keepalive", "0.2") as server:
+        yield server, Keys(server)
+    assert "Traceback" not in server.logs(), server.logs()
+
+
+@pytest.fixture
+def gw(gateway_keys: tuple[Gateway, Keys]) -> Gateway:
+    return gateway_keys[0]
+
+
+@pytest.fixture
+def keys(gateway_keys: tuple[Gateway, Keys]) -> Keys:
+    return gateway_keys[1]
+
+
+@pytest.fixture
+def admin(gw: Gateway) -> Iterator[httpx.Client]:
+    """A client of `gw`, holding the admin token."""
+    with gw.client() as client:
+        yield client
+
+
+@pytest.fixture
+def opened() -> Iterator[contextlib.ExitStack]:
+    """Closes each client a test opens (an unclosed one is a ResourceWarning, an error here)."""
+    with contextlib.ExitStack() as stack:
+        yield stack
 
 
 @pytest.fixture
