@@ -12,7 +12,7 @@ import ast
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -22,9 +22,12 @@ from tests.gateway_proc import Gateway, start_gateway
 from tests.helpers import Keys
 from tests.ollama_standin import StandIn, start_standin
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
 # Markers whose tests need a real process, and fixtures that start one: each makes a test slow.
 SLOW_MARKERS = ("server", "browser", "faults", "model", "postgres", "redis")
-PROCESS_FIXTURES = frozenset({"standin", "gateway"})
+PROCESS_FIXTURES = frozenset({"standin", "gateway", "browser"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -138,6 +141,15 @@ def opened() -> Iterator[contextlib.ExitStack]:
     """Closes each client a test opens (an unclosed one is a ResourceWarning, an error here)."""
     with contextlib.ExitStack() as stack:
         yield stack
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium, one per module (Playwright is imported only by the tests that ask)."""
+    from tests.browser import chromium
+
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture
