@@ -20,6 +20,7 @@ import pytest
 from tests.asgi import Keyed, Local, gateway_log, in_process, logged
 from tests.gateway_proc import Gateway, start_gateway
 from tests.helpers import Keys
+from tests.llama import LlamaServer, running
 from tests.ollama_standin import StandIn, start_standin
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 # Markers whose tests need a real process, and fixtures that start one: each makes a test slow.
 SLOW_MARKERS = ("server", "browser", "faults", "model", "postgres", "redis")
-PROCESS_FIXTURES = frozenset({"standin", "gateway", "browser"})
+PROCESS_FIXTURES = frozenset({"standin", "gateway", "browser", "llama"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -150,6 +151,13 @@ def browser() -> Iterator[Browser]:
 
     with chromium() as browser:
         yield browser
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """llama-server with the real model (tests/llama.py), one per module that asks."""
+    with running(tmp_path_factory.mktemp("llama")) as server:
+        yield server
 
 
 @pytest.fixture
