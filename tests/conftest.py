@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from tests import pg
 from tests.asgi import Keyed, Local, gateway_log, in_process, logged
 from tests.gateway_proc import Gateway, start_gateway
 from tests.helpers import Keys
 from tests.llama import LlamaServer, running
 from tests.ollama_standin import StandIn, start_standin
+from tests.tcp_proxy import TcpProxy
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -158,6 +160,21 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
     """llama-server with the real model (tests/llama.py), one per module that asks."""
     with running(tmp_path_factory.mktemp("llama")) as server:
         yield server
+
+
+@pytest.fixture
+def dsn() -> Iterator[str]:
+    """A new, empty PostgreSQL database of the test's own (tests/pg.py); dropped after."""
+    with pg.database() as address:
+        yield address
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    """A TCP proxy in front of the test PostgreSQL server, to cut its connections."""
+    pg.require()
+    with TcpProxy("127.0.0.1", 5432) as through:
+        yield through
 
 
 @pytest.fixture
