@@ -9,20 +9,28 @@ on a real socket. `scripts/test --fast` runs the rest (`pytest -m "not slow"`); 
 from __future__ import annotations
 
 import ast
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
+from tests import pg
 from tests.asgi import Keyed, Local, gateway_log, in_process, logged
 from tests.gateway_proc import Gateway, start_gateway
+from tests.helpers import Keys
+from tests.llama import LlamaServer, running
 from tests.ollama_standin import StandIn, start_standin
+from tests.tcp_proxy import TcpProxy
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 # Markers whose tests need a real process, and fixtures that start one: each makes a test slow.
 SLOW_MARKERS = ("server", "browser", "faults", "model", "postgres", "redis")
-PROCESS_FIXTURES = frozenset({"standin", "gateway"})
+PROCESS_FIXTURES = frozenset({"standin", "gateway", "browser", "llama"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -100,6 +108,73 @@ def client(gateway: Gateway) -> Iterator[httpx.Client]:
     """A client of the shared gateway, holding the admin token."""
     with gateway.client() as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def gateway_keys(
+    standin: StandIn, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Gateway, Keys]]:
+    """For the real clients' tests (test_clients*.py): a gateway of each module's own, with a
+    key made (`Keys.main`), so that asking needs one, for good."""
+    data = tmp_path_factory.mktemp("clients") / "data"
+    with start_gateway(data, "--ollama", standin.url, "--keepalive", "0.2") as server:
+        yield server, Keys(server)
+    assert "Traceback" not in server.logs(), server.logs()
+
+
+@pytest.fixture
+def gw(gateway_keys: tuple[Gateway, Keys]) -> Gateway:
+    return gateway_keys[0]
+
+
+@pytest.fixture
+def keys(gateway_keys: tuple[Gateway, Keys]) -> Keys:
+    return gateway_keys[1]
+
+
+@pytest.fixture
+def admin(gw: Gateway) -> Iterator[httpx.Client]:
+    """A client of `gw`, holding the admin token."""
+    with gw.client() as client:
+        yield client
+
+
+@pytest.fixture
+def opened() -> Iterator[contextlib.ExitStack]:
+    """Closes each client a test opens (an unclosed one is a ResourceWarning, an error here)."""
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium, one per module (Playwright is imported only by the tests that ask)."""
+    from tests.browser import chromium
+
+    with chromium() as browser:
+        yield browser
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """llama-server with the real model (tests/llama.py), one per module that asks."""
+    with running(tmp_path_factory.mktemp("llama")) as server:
+        yield server
+
+
+@pytest.fixture
+def dsn() -> Iterator[str]:
+    """A new, empty PostgreSQL database of the test's own (tests/pg.py); dropped after."""
+    with pg.database() as address:
+        yield address
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    """A TCP proxy in front of the test PostgreSQL server, to cut its connections."""
+    pg.require()
+    with TcpProxy("127.0.0.1", 5432) as through:
+        yield through
 
 
 @pytest.fixture

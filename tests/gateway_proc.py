@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -30,6 +31,38 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@contextlib.contextmanager
+def serving(
+    argv: list[str], log: Path, ready: str, *, seconds: float, said: Callable[[], str] | None = None
+) -> Iterator[None]:
+    """Run a server (`argv`, its output to `log`) until `ready` answers 200; terminated after
+    (killed if it lingers). If it exits or is not ready within `seconds`, the error holds
+    what it said (`said()`, or its log)."""
+    name = Path(argv[0]).name
+    out = open(log, "w+")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + seconds
+        while True:
+            if proc.poll() is not None:
+                output = said() if said else log.read_text()
+                raise RuntimeError(f"{name} exited with {proc.returncode}: {output}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(ready, timeout=5).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, f"{name} did not start"
+            time.sleep(0.05)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        out.close()
 
 
 class Gateway:

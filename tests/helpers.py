@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from tests.gateway_proc import Gateway
 from tests.sse import SSEEvent, SSEParser
 
 
@@ -113,3 +114,34 @@ def read_until(response: httpx.Response, event: str) -> Iterator[str]:
         if any(e.event == event for e in parser.feed(text)):
             return chunks
     raise AssertionError(f"the stream ended without a {event!r} event")
+
+
+class Keys:
+    """The API keys the tests ask with."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        # Accounts its calls to "team-a" when a call names no project.
+        self.main = self.make(label="main", project="team-a")
+
+    def make(self, **body: Any) -> str:
+        with self.gateway.client() as admin:
+            response = admin.post("/api/v1/admin/keys", json=body)
+        assert response.status_code == 201, response.text
+        key: str = response.json()["key"]
+        return key
+
+
+def labels(project: str) -> dict[str, str]:
+    return {"X-Project": project, "X-Process-Id": "proc-1", "X-Subprocess-Id": "sub-2"}
+
+
+def wait_records(admin: httpx.Client, project: str, count: int) -> list[dict[str, Any]]:
+    """The project's records, oldest first, once there are `count` (the store writes late)."""
+    deadline = time.monotonic() + 15
+    while True:
+        found = records(admin, project=project)
+        if len(found) >= count or time.monotonic() > deadline:
+            assert len(found) == count, found
+            return found[::-1]
+        time.sleep(0.02)

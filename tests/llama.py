@@ -14,6 +14,7 @@ import contextlib
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -138,3 +139,12 @@ class LlamaServer:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def running(folder: Path) -> Iterator[LlamaServer]:
+    """One llama-server on the model, ready to answer (its log in `folder`); stopped after."""
+    server, model = binaries()
+    with LlamaServer(server, model, folder / "llama.log").start() as one:
+        one.wait_ready()
+        yield one

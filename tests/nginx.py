@@ -10,15 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.gateway_proc import free_port
+from tests.gateway_proc import free_port, serving
 
 NGINX = os.environ.get("NGINX", shutil.which("nginx") or "/usr/sbin/nginx")
 
@@ -73,30 +70,13 @@ def nginx(folder: Path, ports: list[int]) -> Iterator[str]:
     servers = "\n".join(f"        server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;" for p in ports)
     config = folder / "nginx.conf"
     config.write_text(CONFIG.format(prefix=folder, servers=servers, port=port))
-    log = open(folder / "stdout.log", "w+")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [NGINX, "-p", str(folder), "-c", str(config)], stdout=log, stderr=subprocess.STDOUT
-    )
+
+    def said() -> str:
+        errors = folder / "error.log"
+        text = (folder / "stdout.log").read_text()
+        return text + (errors.read_text() if errors.exists() else "")
+
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                errors = folder / "error.log"
-                said = (folder / "stdout.log").read_text()
-                said += errors.read_text() if errors.exists() else ""
-                raise RuntimeError(f"nginx exited with {proc.returncode}: {said}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "nginx did not start"
-            time.sleep(0.05)
+    argv = [NGINX, "-p", str(folder), "-c", str(config)]
+    with serving(argv, folder / "stdout.log", url + "/health", seconds=15, said=said):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateway_proc import free_port
+from tests.gateway_proc import free_port, serving
 
 PROMETHEUS = os.environ.get("PROMETHEUS", shutil.which("prometheus") or "/usr/bin/prometheus")
 
@@ -101,36 +100,13 @@ def prometheus(folder: Path, target: str, *, token: str | None) -> Iterator[Prom
     config = folder / "prometheus.yml"
     config.write_text(CONFIG.format(target=target, auth=auth))
     port = free_port()
-    log = open(folder / "prometheus.log", "w+")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={folder / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--web.enable-lifecycle",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    argv = [
+        PROMETHEUS,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={folder / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--web.enable-lifecycle",
+    ]
     url = f"http://127.0.0.1:{port}"
-    server = Prometheus(url, folder)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {proc.returncode}: {server.logs()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url + "/-/ready", timeout=5).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "prometheus did not start"
-            time.sleep(0.1)
-        yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with serving(argv, folder / "prometheus.log", url + "/-/ready", seconds=30):
+        yield Prometheus(url, folder)

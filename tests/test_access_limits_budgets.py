@@ -5,7 +5,7 @@ with --redis every gateway counts against the same budget."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from access.keys import ApiKey, KeyLimits
 from access.limits import Limits, MemoryCounters
 from access.redis_shared import RedisShared
 from calls.errors import OverBudget
-from tests import pg, redis_server
+from tests import redis_server
 from tests.asgi import Local, in_process
 from tests.helpers import ask, assert_error, unique
 from tests.test_access_limits import Settings
@@ -187,12 +187,6 @@ async def test_a_key_over_its_budget_is_refused_with_the_reset_time(budgeted: Lo
 
 
 # -- across gateways, with Redis -------------------------------------------------------------
-
-
-@pytest.fixture
-def dsn() -> Iterator[str]:
-    with pg.database() as address:
-        yield address
 
 
 @pytest.mark.postgres

@@ -34,12 +34,6 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 JSON = {"Accept": "application/json"}
 
 
-@pytest.fixture
-def dsn() -> Iterator[str]:
-    with pg.database() as address:
-        yield address
-
-
 @contextlib.contextmanager
 def watches_held(dsn: str) -> Iterator[None]:
     """Hold every gateway's key watch still: its read of the keys' version (which also reads

@@ -18,7 +18,7 @@ import pytest
 
 from tests.gateway_proc import Gateway, start_gateway
 from tests.helpers import records, unique
-from tests.llama import MODEL, LlamaServer, binaries
+from tests.llama import MODEL, LlamaServer
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(1200)]
 
@@ -26,17 +26,6 @@ QUESTION = "Name three colours."
 SYSTEM = "You answer briefly."
 # Greedy, so that the same question gets the same answer, directly or through the gateway.
 GREEDY = {"temperature": 0}
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    server, model = binaries()
-    one = LlamaServer(server, model, tmp_path_factory.mktemp("llama") / "l.log").start()
-    try:
-        one.wait_ready()
-        yield one
-    finally:
-        one.stop()
 
 
 @pytest.fixture(scope="module")

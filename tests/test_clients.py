@@ -13,7 +13,6 @@ import contextlib
 import json
 import struct
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -23,8 +22,8 @@ import pydantic
 import pytest
 from openai.types.chat import ChatCompletionFunctionToolParam
 
-from tests.gateway_proc import Gateway, start_gateway
-from tests.helpers import calls_with, records, unique
+from tests.gateway_proc import Gateway
+from tests.helpers import Keys, calls_with, labels, records, unique, wait_records
 from tests.ollama_standin import StandIn
 
 pytestmark = pytest.mark.server
@@ -51,71 +50,6 @@ class Forecast(pydantic.BaseModel):
     city: str
     degrees: float
     sunny: bool
-
-
-class Keys:
-    """The API keys the tests ask with."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        # Accounts its calls to "team-a" when a call names no project.
-        self.main = self.make(label="main", project="team-a")
-
-    def make(self, **body: Any) -> str:
-        with self.gateway.client() as admin:
-            response = admin.post("/api/v1/admin/keys", json=body)
-        assert response.status_code == 201, response.text
-        key: str = response.json()["key"]
-        return key
-
-
-@pytest.fixture(scope="module")
-def gateway_keys(
-    standin: StandIn, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Gateway, Keys]]:
-    """A gateway of its own: once a key exists, asking needs one, for good."""
-    data = tmp_path_factory.mktemp("clients") / "data"
-    with start_gateway(data, "--ollama", standin.url, "--keepalive", "0.2") as server:
-        yield server, Keys(server)
-    assert "Traceback" not in server.logs(), server.logs()
-
-
-@pytest.fixture
-def gw(gateway_keys: tuple[Gateway, Keys]) -> Gateway:
-    return gateway_keys[0]
-
-
-@pytest.fixture
-def keys(gateway_keys: tuple[Gateway, Keys]) -> Keys:
-    return gateway_keys[1]
-
-
-@pytest.fixture
-def opened() -> Iterator[contextlib.ExitStack]:
-    """Closes each client a test opens (an unclosed one is a ResourceWarning, an error here)."""
-    with contextlib.ExitStack() as stack:
-        yield stack
-
-
-@pytest.fixture
-def admin(gw: Gateway) -> Iterator[httpx.Client]:
-    with gw.client() as client:
-        yield client
-
-
-def labels(project: str) -> dict[str, str]:
-    return {"X-Project": project, "X-Process-Id": "proc-1", "X-Subprocess-Id": "sub-2"}
-
-
-def wait_records(admin: httpx.Client, project: str, count: int) -> list[dict[str, Any]]:
-    """The project's records, oldest first, once there are `count` (the store writes late)."""
-    deadline = time.monotonic() + 15
-    while True:
-        found = records(admin, project=project)
-        if len(found) >= count or time.monotonic() > deadline:
-            assert len(found) == count, found
-            return found[::-1]
-        time.sleep(0.02)
 
 
 def assert_record(

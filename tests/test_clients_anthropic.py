@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,10 @@ import pytest
 from anthropic.types import MessageParam, ToolParam
 
 from tests.gateway_proc import Gateway, free_port, start_gateway
-from tests.helpers import calls_with, unique
+from tests.helpers import Keys, calls_with, labels, unique, wait_records
 from tests.ollama_standin import StandIn, start_standin
 from tests.openai_standin import start_openai_standin
-from tests.test_clients import PNG, Keys, assert_record, labels, sent, wait_records
+from tests.test_clients import PNG, assert_record, sent
 
 pytestmark = pytest.mark.server
 
@@ -38,38 +37,6 @@ WEATHER: ToolParam = {
         "required": ["city"],
     },
 }
-
-
-@pytest.fixture(scope="module")
-def gateway_keys(
-    standin: StandIn, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Gateway, Keys]]:
-    data = tmp_path_factory.mktemp("clients-anthropic") / "data"
-    with start_gateway(data, "--ollama", standin.url, "--keepalive", "0.2") as server:
-        yield server, Keys(server)
-    assert "Traceback" not in server.logs(), server.logs()
-
-
-@pytest.fixture
-def gw(gateway_keys: tuple[Gateway, Keys]) -> Gateway:
-    return gateway_keys[0]
-
-
-@pytest.fixture
-def keys(gateway_keys: tuple[Gateway, Keys]) -> Keys:
-    return gateway_keys[1]
-
-
-@pytest.fixture
-def admin(gw: Gateway) -> Iterator[httpx.Client]:
-    with gw.client() as client:
-        yield client
-
-
-@pytest.fixture
-def opened() -> Iterator[contextlib.ExitStack]:
-    with contextlib.ExitStack() as stack:
-        yield stack
 
 
 def client_of(gw: Gateway, key: str, project: str, *, bearer: bool = False) -> anthropic.Anthropic:

@@ -13,8 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +22,8 @@ import pydantic
 import pytest
 from openai.types.responses import FunctionToolParam
 
-from tests.gateway_proc import ROOT, Gateway, start_gateway
-from tests.helpers import calls_with, records, unique
+from tests.gateway_proc import ROOT, Gateway
+from tests.helpers import Keys, calls_with, labels, unique, wait_records
 from tests.ollama_standin import StandIn
 from tests.real_clients import codex, loopback_only, vercel_openai
 
@@ -51,58 +49,16 @@ class Forecast(pydantic.BaseModel):
 
 
 @pytest.fixture(scope="module")
-def gateway_key(
-    standin: StandIn, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Gateway, str]]:
-    """A gateway of its own, with a key that accounts to "team-r" when a call names none."""
-    data = tmp_path_factory.mktemp("responses") / "data"
-    with start_gateway(data, "--ollama", standin.url, "--keepalive", "0.2") as server:
-        with server.client() as admin:
-            made = admin.post("/api/v1/admin/keys", json={"label": "main", "project": "team-r"})
-        assert made.status_code == 201, made.text
-        yield server, made.json()["key"]
-    assert "Traceback" not in server.logs(), server.logs()
-
-
-@pytest.fixture
-def gw(gateway_key: tuple[Gateway, str]) -> Gateway:
-    return gateway_key[0]
-
-
-@pytest.fixture
-def key(gateway_key: tuple[Gateway, str]) -> str:
-    return gateway_key[1]
-
-
-@pytest.fixture
-def admin(gw: Gateway) -> Iterator[httpx.Client]:
-    with gw.client() as client:
-        yield client
-
-
-@pytest.fixture
-def opened() -> Iterator[contextlib.ExitStack]:
-    with contextlib.ExitStack() as stack:
-        yield stack
+def key(gateway_keys: tuple[Gateway, Keys]) -> str:
+    """A key that accounts to "team-r" when a call names none."""
+    return gateway_keys[1].make(label="main", project="team-r")
 
 
 def client_of(gw: Gateway, key: str, project: str, stack: contextlib.ExitStack) -> openai.OpenAI:
-    headers = {"X-Project": project, "X-Process-Id": "proc-1", "X-Subprocess-Id": "sub-2"}
     client = openai.OpenAI(
-        base_url=gw.url + "/v1", api_key=key, default_headers=headers, max_retries=0
+        base_url=gw.url + "/v1", api_key=key, default_headers=labels(project), max_retries=0
     )
     return stack.enter_context(client)
-
-
-def wait_records(admin: httpx.Client, project: str, count: int) -> list[dict[str, Any]]:
-    """The project's records, oldest first, once there are `count` (the store writes late)."""
-    deadline = time.monotonic() + 15
-    while True:
-        found = records(admin, project=project)
-        if len(found) >= count or time.monotonic() > deadline:
-            assert len(found) == count, found
-            return found[::-1]
-        time.sleep(0.02)
 
 
 def assert_record(record: dict[str, Any], project: str, **fields: Any) -> None:

@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Browser, Page, ViewportSize, expect
 
 from access.guard import SESSION_COOKIE
-from tests.browser import ARTIFACTS, chromium
+from tests.browser import ARTIFACTS, LAPTOP, PHONE, watched_page
 from tests.gateway_proc import Gateway, start_gateway
 from tests.helpers import ask, calls_with, records, unique
 from tests.ollama_standin import StandIn
@@ -22,8 +22,6 @@ pytestmark = pytest.mark.browser
 # A tag and a prompt that would run script if the page ever treated them as HTML.
 EVIL_TAG = "<img src=x onerror=window.__pwned=1>"
 EVIL_PROMPT = "<script>window.__pwned=2</script><b>bold?</b> [[tricky=1]]"
-LAPTOP: ViewportSize = {"width": 1366, "height": 900}
-PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +41,6 @@ def site(standin: StandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     assert "Traceback" not in server.logs(), server.logs()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as browser:
-        yield browser
-
-
 @pytest.fixture
 def client(site: Gateway) -> Iterator[httpx.Client]:
     with site.client() as client:
@@ -58,15 +50,8 @@ def client(site: Gateway) -> Iterator[httpx.Client]:
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
     """A fresh tab; any script error on the page fails the test."""
-    context = browser.new_context(viewport=LAPTOP)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    expect.set_options(timeout=10_000)
-    yield page
-    context.close()
-    assert errors == []
+    with watched_page(browser) as page:
+        yield page
 
 
 def open_dashboard(page: Page, site: Gateway, query: str = "") -> None:

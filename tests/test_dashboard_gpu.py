@@ -11,11 +11,11 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.browser import ARTIFACTS, chromium
+from tests.browser import ARTIFACTS, LAPTOP, PHONE, watched_page
 from tests.gateway_proc import Gateway, start_gateway
 from tests.helpers import ask
 from tests.ollama_standin import StandIn
-from tests.test_dashboard import LAPTOP, PHONE, open_dashboard
+from tests.test_dashboard import open_dashboard
 
 pytestmark = pytest.mark.browser
 
@@ -54,23 +54,10 @@ def site(standin: StandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     assert "Traceback" not in server.logs(), server.logs()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as browser:
-        yield browser
-
-
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport=LAPTOP)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    expect.set_options(timeout=10_000)
-    yield page
-    context.close()
-    assert errors == []
+    with watched_page(browser) as page:
+        yield page
 
 
 def api_stats(site: Gateway, **params: str) -> dict[str, Any]:

@@ -8,10 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from access.guard import SESSION_COOKIE
-from tests.browser import ARTIFACTS, chromium
+from tests.browser import ARTIFACTS, chromium, watched_page
 from tests.gateway_proc import Gateway, start_gateway
 from tests.helpers import ask, unique
 from tests.ollama_standin import StandIn
@@ -29,23 +29,11 @@ def site(standin: StandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture
 def page(site: Gateway) -> Iterator[Page]:
-    with chromium() as browser:
-        yield from _page(browser, site)
-
-
-def _page(browser: Browser, site: Gateway) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1366, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    expect.set_options(timeout=10_000)
-    page.goto(f"{site.url}/?token={site.admin_token}")
-    assert any(c["name"] == SESSION_COOKIE for c in context.cookies())
-    expect(page.locator("#live")).to_have_class("live on")
-    yield page
-    context.close()
-    assert errors == []
+    with chromium() as browser, watched_page(browser) as page:
+        page.goto(f"{site.url}/?token={site.admin_token}")
+        assert any(c["name"] == SESSION_COOKIE for c in page.context.cookies())
+        expect(page.locator("#live")).to_have_class("live on")
+        yield page
 
 
 def post(site: Gateway, body: dict[str, object], **headers: str) -> int:

@@ -16,23 +16,12 @@ import pytest
 
 from tests.gateway_proc import ADMIN_TOKEN, Gateway, start_gateway
 from tests.helpers import ask, unique
-from tests.llama import MODEL, LlamaServer, binaries
+from tests.llama import MODEL, LlamaServer
 
 pytestmark = pytest.mark.model
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 OPTIONS = {"temperature": 0, "num_predict": 48}
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    server, model = binaries()
-    one = LlamaServer(server, model, tmp_path_factory.mktemp("llama") / "l.log").start()
-    try:
-        one.wait_ready()
-        yield one
-    finally:
-        one.stop()
 
 
 @pytest.fixture(scope="module")

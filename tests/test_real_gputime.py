@@ -16,23 +16,12 @@ import pytest
 
 from tests.gateway_proc import Gateway, start_gateway
 from tests.helpers import ask, records, unique
-from tests.llama import MODEL, LlamaServer, binaries
+from tests.llama import MODEL, LlamaServer
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(1200)]
 
 SYNC = "/api/v1/ai/ask_sync"
 GREEDY = {"temperature": 0}
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    server, model = binaries()
-    one = LlamaServer(server, model, tmp_path_factory.mktemp("llama") / "l1.log").start()
-    try:
-        one.wait_ready()
-        yield one
-    finally:
-        one.stop()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 from tests.gateway_proc import Gateway, start_gateway
 from tests.helpers import records, unique
-from tests.llama import MODEL, LlamaServer, binaries
+from tests.llama import MODEL, LlamaServer
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(2400)]
 
@@ -29,14 +29,6 @@ def eventually(condition: Callable[[], bool], seconds: float = 20.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "the condition did not come true in time"
         time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    server, model = binaries()
-    with LlamaServer(server, model, tmp_path_factory.mktemp("llama") / "l.log").start() as one:
-        one.wait_ready()
-        yield one
 
 
 @pytest.fixture(scope="module")

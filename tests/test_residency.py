@@ -12,7 +12,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser import ARTIFACTS, chromium
+from tests.browser import ARTIFACTS, chromium, watched_page
 from tests.gateway_proc import Gateway, start_gateway
 from tests.helpers import unique
 from tests.ollama_standin import StandIn, _Model, start_standin
@@ -127,12 +127,7 @@ def test_records_and_the_view_say_where_loads_went(tight: StandIn, tmp_path: Pat
 
 def _look(gateway: Gateway) -> None:
     """The view in real headless Chromium: the advice, a lane per model, the tables."""
-    with chromium() as browser:
-        context = browser.new_context(viewport={"width": 1366, "height": 900})
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    with chromium() as browser, watched_page(browser) as page:
         page.goto(f"{gateway.url}/?token={gateway.admin_token}")
         section = page.locator("#residency-section")
         expect(section).to_have_attribute("data-loaded", "true", timeout=15_000)
@@ -143,5 +138,3 @@ def _look(gateway: Gateway) -> None:
         assert box.locator("svg.residency-timeline rect").count() >= 4
         expect(box.locator("table").nth(1)).to_contain_text("llama3")
         section.screenshot(path=ARTIFACTS / "residency.png")
-        context.close()
-        assert errors == []

@@ -72,12 +72,6 @@ def stored_ids(dsn: str, project: str) -> list[str]:
     return [str(i) for i in ids]
 
 
-@pytest.fixture
-def dsn() -> Iterator[str]:
-    with pg.database() as address:
-        yield address
-
-
 def test_two_gateways_behind_nginx_share_keys_limits_and_the_log(
     standin: StandIn, tmp_path: Path, dsn: str
 ) -> None:

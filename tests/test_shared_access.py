@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -27,12 +27,6 @@ from tests.helpers import ask
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres, pytest.mark.redis]
-
-
-@pytest.fixture
-def dsn() -> Iterator[str]:
-    with pg.database() as address:
-        yield address
 
 
 @pytest.fixture

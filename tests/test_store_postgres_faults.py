@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,19 +36,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.faults]
 
 SYNC = "/api/v1/ai/ask_sync"
 JSON_REPLY = {"Accept": "application/json"}
-
-
-@pytest.fixture
-def dsn() -> Iterator[str]:
-    with testpg.database() as address:
-        yield address
-
-
-@pytest.fixture
-def proxy() -> Iterator[TcpProxy]:
-    testpg.require()
-    with TcpProxy("127.0.0.1", 5432) as through:
-        yield through
 
 
 @pytest.fixture

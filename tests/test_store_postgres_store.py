@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,19 +29,6 @@ from tests.tcp_proxy import TcpProxy
 pytestmark = pytest.mark.postgres
 
 PASSWORD = "s3cret-pw-never-shown"
-
-
-@pytest.fixture
-def dsn() -> Iterator[str]:
-    with testpg.database() as address:
-        yield address
-
-
-@pytest.fixture
-def proxy() -> Iterator[TcpProxy]:
-    testpg.require()
-    with TcpProxy("127.0.0.1", 5432) as through:
-        yield through
 
 
 def through(dsn: str, proxy: TcpProxy, *, password: str | None = None) -> str:

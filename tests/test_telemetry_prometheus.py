@@ -4,14 +4,12 @@ records, with one worker and with two (--workers 2, prometheus_client's multipro
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests import pg
 from tests.gateway_proc import ADMIN_TOKEN, Gateway, start_gateway
 from tests.helpers import unique
 from tests.ollama_standin import StandIn
@@ -20,12 +18,6 @@ from tests.prometheus import Prometheus, prometheus
 pytestmark = pytest.mark.server
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-@pytest.fixture
-def dsn() -> Iterator[str]:
-    with pg.database() as address:
-        yield address
 
 
 def chat(url: str, project: str, content: str, *, stream: bool, model: str = "llama3") -> int:
