@@ -55,13 +55,6 @@ def input_of(request: CallRequest) -> list[InputMessage]:
     return messages
 
 
-def operation_of(request: CallRequest, inputs: int | None) -> str:
-    """The call's operation, in the OpenTelemetry GenAI conventions' words."""
-    if inputs is not None:
-        return "embeddings"
-    return "chat" if request.completion is None else "text_completion"
-
-
 class Text:
     """Text that arrives in pieces, of which the record keeps the first `limit` characters."""
 
