@@ -17,6 +17,7 @@ import msgspec
 from access.identity import Caller
 from store.records import InputMessage, Status, UsageRecord, iso
 
+from .bounds import micro
 from .errors import CallError
 from .types import CallRequest, GpuUse, Labels, Message, Metrics, Piece, ToolCall
 
@@ -36,12 +37,6 @@ def _seconds(value: float | None) -> float | None:
     """A duration as the record keeps it: to the nanosecond, the finest any upstream reports
     (milliseconds / 1000 left float noise such as 0.17858500000000002)."""
     return None if value is None else round(value, 9)
-
-
-def _micro(seconds: float) -> float:
-    """Seconds to the microsecond: round(x, 6) goes through a decimal string, three times
-    the cost, and this runs for every call."""
-    return int(seconds * 1e6 + 0.5) / 1e6
 
 
 def input_of(request: CallRequest) -> list[InputMessage]:
@@ -229,7 +224,7 @@ class Account:
         self.record = UsageRecord(
             id=self.id,
             date=self.date,
-            total_seconds=round(now - self.started, 6),
+            total_seconds=micro(now - self.started),
             total_tokens=total,
             input_tokens=metrics.input_tokens,
             output_tokens=output_tokens,
@@ -245,7 +240,7 @@ class Account:
             streamed=self.streamed,
             done_reason=metrics.done_reason,
             ttft_seconds=(
-                None if self.first_token is None else round(self.first_token - self.started, 6)
+                None if self.first_token is None else micro(self.first_token - self.started)
             ),
             load_seconds=_seconds(metrics.load_seconds),
             prompt_eval_seconds=_seconds(metrics.prompt_eval_seconds),
@@ -264,11 +259,11 @@ class Account:
             output_truncated=truncated,
             output_chars=output.chars if truncated else None,
             input_count=self.input_count,
-            queue_seconds=None if queue is None else _micro(queue),
+            queue_seconds=None if queue is None else micro(queue),
             priority=self.priority,
             gpu_seconds=gpu.seconds if gpu else None,
             cost=gpu.cost if gpu else None,
-            gateway_seconds=_micro(gateway),
+            gateway_seconds=micro(gateway),
             cold_start=self.cold_start,
             evicted=self.evicted,
         )
