@@ -79,7 +79,6 @@ from queueing.place import RANK
 from queueing.sharing import Shared as SharedSlots
 from queueing.sharing import SharedDown
 from queueing.view import ModelQueue, QueuedCall, QueueView
-from queueing.view import now as queue_now
 
 from .breaker import Breaker
 from .config import UpstreamSpec
@@ -413,7 +412,7 @@ class Router:
         found = await shared.view([name for name, _ in capped])
         caps = dict(capped)
         groups: dict[tuple[str, str], ModelQueue] = {}
-        for name, running, waiting, now in found:
+        for name, running, waiting, _ in found:
             for kind, entries in (("running", running), ("waiting", waiting)):
                 for position, entry in enumerate(entries, 1):
                     fields = entry.split("\x1f") + [""] * 6
@@ -440,7 +439,6 @@ class Router:
                         position=position if kind == "waiting" else None,
                     )
                     (group.running if kind == "running" else group.waiting).append(call)
-            del now
         return QueueView(
             order=self.line.order,
             shared=shared.describe(),
@@ -448,7 +446,7 @@ class Router:
         )
 
     def _local_queue(self) -> QueueView:
-        moment = queue_now()
+        moment = time.monotonic()
         groups: dict[tuple[str, str], ModelQueue] = {}
 
         def group(member: Member, model: str) -> ModelQueue:
