@@ -120,6 +120,28 @@ async def test_a_full_shared_line_says_when_to_retry_by_its_slots() -> None:
         await routed.aclose()
 
 
+async def test_calls_still_asking_redis_do_not_fill_the_shared_line() -> None:
+    redis_server.require()
+    server = Server()
+    routed = router(Seen(server), caps={"gpu": 2}, max_waiting=2)
+    shared = SharedSlots(redis_server.URL, secrets.token_hex(6))
+    routed.share(shared)
+    # Four at once: while the first two still ask Redis for their free slots, the other two
+    # find no call waiting yet, so they join the line rather than being refused.
+    calls = [start(routed, Place(tenant=f"k{i}")) for i in range(4)]
+    try:
+
+        async def settled() -> bool:
+            return server.running == 2 and shared.waiting_count() == 2
+
+        await eventually(settled)
+        assert not any(call.done() for call in calls)
+    finally:
+        server.hold.set()
+        await asyncio.gather(*calls)
+        await routed.aclose()
+
+
 async def test_the_cap_holds_across_gateways(gateways: tuple[Server, list[Router]]) -> None:
     server, (a, b) = gateways
     order: list[str] = []
