@@ -94,9 +94,7 @@ def utc_day() -> int:
 
 
 def seconds_to_midnight() -> float:
-    now = datetime.now(UTC)
-    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
-    return (midnight - now).total_seconds()
+    return (next_midnight() - datetime.now(UTC)).total_seconds()
 
 
 def utc_month() -> int:
@@ -113,8 +111,9 @@ def next_month() -> datetime:
 
 
 def next_midnight() -> datetime:
-    now = datetime.now(UTC)
-    return datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+    """When the current UTC day ends."""
+    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+    return datetime.combine(tomorrow, datetime.min.time(), UTC)
 
 
 # GPU-seconds are counted in whole microseconds: exact sums, in Redis too (INCRBY).

@@ -45,7 +45,7 @@ from .errors import (
 )
 from .events import Done, Event, Failed, Loading, Pieces, Queued, Started
 from .options import Pinned
-from .record import Account, operation_of
+from .record import Account
 from .shutdown import Drain, ShuttingDown
 from .types import (
     Answer,
@@ -192,11 +192,12 @@ class Gateway:
             self.max_output,
         )
         account.trace = ask.trace
+        # The operation, in the OpenTelemetry GenAI conventions' words ("chat" unless said).
         if inputs is not None:
             account.input_count = inputs
             account.operation = "embeddings"
-        else:
-            account.operation = operation_of(asked, None)
+        elif asked.completion is not None:
+            account.operation = "text_completion"
         # For the router, which notes the queue wait on it (a stream's opening task too).
         queued_call.set(account)
         for starter in self.starters:

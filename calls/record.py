@@ -17,6 +17,7 @@ import msgspec
 from access.identity import Caller
 from store.records import InputMessage, Status, UsageRecord, iso
 
+from .bounds import micro
 from .errors import CallError
 from .types import CallRequest, GpuUse, Labels, Message, Metrics, Piece, ToolCall
 
@@ -38,12 +39,6 @@ def _seconds(value: float | None) -> float | None:
     return None if value is None else round(value, 9)
 
 
-def _micro(seconds: float) -> float:
-    """Seconds to the microsecond: round(x, 6) goes through a decimal string, three times
-    the cost, and this runs for every call."""
-    return int(seconds * 1e6 + 0.5) / 1e6
-
-
 def input_of(request: CallRequest) -> list[InputMessage]:
     """What the record keeps of the prompt: each message's text (images only counted)."""
     completion = request.completion
@@ -53,13 +48,6 @@ def input_of(request: CallRequest) -> list[InputMessage]:
     images = len(completion.images) if completion.images else None
     messages.append(InputMessage("user", completion.prompt, images=images))
     return messages
-
-
-def operation_of(request: CallRequest, inputs: int | None) -> str:
-    """The call's operation, in the OpenTelemetry GenAI conventions' words."""
-    if inputs is not None:
-        return "embeddings"
-    return "chat" if request.completion is None else "text_completion"
 
 
 class Text:
@@ -236,7 +224,7 @@ class Account:
         self.record = UsageRecord(
             id=self.id,
             date=self.date,
-            total_seconds=round(now - self.started, 6),
+            total_seconds=micro(now - self.started),
             total_tokens=total,
             input_tokens=metrics.input_tokens,
             output_tokens=output_tokens,
@@ -252,7 +240,7 @@ class Account:
             streamed=self.streamed,
             done_reason=metrics.done_reason,
             ttft_seconds=(
-                None if self.first_token is None else round(self.first_token - self.started, 6)
+                None if self.first_token is None else micro(self.first_token - self.started)
             ),
             load_seconds=_seconds(metrics.load_seconds),
             prompt_eval_seconds=_seconds(metrics.prompt_eval_seconds),
@@ -271,11 +259,11 @@ class Account:
             output_truncated=truncated,
             output_chars=output.chars if truncated else None,
             input_count=self.input_count,
-            queue_seconds=None if queue is None else _micro(queue),
+            queue_seconds=None if queue is None else micro(queue),
             priority=self.priority,
             gpu_seconds=gpu.seconds if gpu else None,
             cost=gpu.cost if gpu else None,
-            gateway_seconds=_micro(gateway),
+            gateway_seconds=micro(gateway),
             cold_start=self.cold_start,
             evicted=self.evicted,
         )

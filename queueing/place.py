@@ -19,8 +19,9 @@ PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
 RANK: dict[str, int] = {name: rank for rank, name in enumerate(PRIORITIES)}
 
 
-class Line(Protocol):
-    """Where a place waits (queueing.line.Line): it knows where the place stands."""
+class Standing(Protocol):
+    """Where a place waits (queueing.line.Line, or a line shared through Redis): it knows
+    where the place stands."""
 
     def standing(self, place: Place) -> tuple[int, int] | None: ...
 
@@ -104,7 +105,7 @@ class Place:
         # Its arrival number in its line, kept when it looks again (FIFO within a tenant).
         self.seq: int | None = None
         # The line it waits in now; None once it has a slot (or never waited).
-        self.line: Line | None = None
+        self.line: Standing | None = None
         # Slot-seconds charged to its tenant when it was granted (an estimate, corrected at
         # release by the time it really held the slot).
         self.charged = 0.0

@@ -313,11 +313,13 @@ class SharedStanding:
 
 
 class _Waiting:
-    __slots__ = ("future", "standing")
+    __slots__ = ("future", "queued", "standing")
 
     def __init__(self, future: asyncio.Future[str | None], standing: SharedStanding) -> None:
         self.future = future
         self.standing = standing
+        # In the shared line: its take found no free slot (until then it is only asking).
+        self.queued = False
 
 
 def redacted(url: str) -> str:
@@ -372,7 +374,8 @@ class SharedSlots:
         return f"redis at {self.address}"
 
     def waiting_count(self) -> int:
-        return len(self._waiting)
+        """This gateway's calls in the shared line (not those still asking for a slot)."""
+        return sum(waiting.queued for waiting in self._waiting.values())
 
     async def _step(self, work: Callable[[], Awaitable[T]]) -> T:
         if not self.usable:
@@ -455,9 +458,10 @@ class SharedSlots:
         ]
         for name, cap in ups:
             args += [name, cap]
-        if call_id not in self._waiting:
+        waiting = self._waiting.get(call_id)
+        if waiting is None:
             loop = asyncio.get_running_loop()
-            self._waiting[call_id] = _Waiting(loop.create_future(), SharedStanding())
+            waiting = self._waiting[call_id] = _Waiting(loop.create_future(), SharedStanding())
 
         async def go() -> Any:
             return await self._take(args=args)
@@ -472,6 +476,7 @@ class SharedSlots:
             name = got.decode() if isinstance(got, bytes) else str(got)
             self._hold(call_id, name)
             return name
+        waiting.queued = True
         self._start_pump()
         self._kick.set()
         return None

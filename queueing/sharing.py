@@ -6,15 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from .place import Place
+from .place import Place, Standing
 
 
 class SharedDown(Exception):
     """The shared store cannot be asked now: use the local line."""
-
-
-class Standing(Protocol):
-    def standing(self, place: Place) -> tuple[int, int] | None: ...
 
 
 class Shared(Protocol):

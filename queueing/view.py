@@ -3,8 +3,6 @@ calls waiting for it."""
 
 from __future__ import annotations
 
-import time
-
 import msgspec
 
 from .place import Place
@@ -51,7 +49,3 @@ class QueueView(msgspec.Struct, kw_only=True):
     # "local", "redis", or why Redis is not used now.
     shared: str
     queues: list[ModelQueue]
-
-
-def now() -> float:
-    return time.monotonic()

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from calls.errors import UpstreamBusy
 from calls.types import Answer, CallRequest
 from queueing import Place, current
 from queueing import shared as shared_module
@@ -86,6 +87,59 @@ def named(tenant: str, order: list[str], label: str, **options: object) -> Place
         on_grant=lambda _s: order.append(label),
         **options,  # type: ignore[arg-type]
     )
+
+
+async def test_a_full_shared_line_says_when_to_retry_by_its_slots() -> None:
+    redis_server.require()
+    server = Server()
+    routed = router(Seen(server), caps={"gpu": 2}, max_waiting=2)
+    shared = SharedSlots(redis_server.URL, secrets.token_hex(6))
+    routed.share(shared)
+    calls = [start(routed, Place(tenant=f"k{i}")) for i in range(2)]
+    try:
+
+        async def both_run() -> bool:
+            return server.running == 2
+
+        async def line_full() -> bool:
+            return shared.waiting_count() == 2
+
+        # The two that wait come once both slots are taken, so that every count is settled.
+        await eventually(both_run)
+        calls += [start(routed, Place(tenant=f"k{i}")) for i in range(2, 4)]
+        await eventually(line_full)
+        with pytest.raises(UpstreamBusy) as raised:
+            await routed.answer(ask())
+
+        # Two slots drain two waiting calls in one call's time (1 s before any was measured),
+        # as the local line reckons: by the slots, not by the number of upstreams.
+        assert raised.value.retry_after == routed.line.retry_after(2, 2) == 1
+    finally:
+        server.hold.set()
+        await asyncio.gather(*calls)
+        await routed.aclose()
+
+
+async def test_calls_still_asking_redis_do_not_fill_the_shared_line() -> None:
+    redis_server.require()
+    server = Server()
+    routed = router(Seen(server), caps={"gpu": 2}, max_waiting=2)
+    shared = SharedSlots(redis_server.URL, secrets.token_hex(6))
+    routed.share(shared)
+    # Four at once: while the first two still ask Redis for their free slots, the other two
+    # find no call waiting yet, so they join the line rather than being refused.
+    calls = [start(routed, Place(tenant=f"k{i}")) for i in range(4)]
+    try:
+
+        async def settled() -> bool:
+            return server.running == 2 and shared.waiting_count() == 2
+
+        await eventually(settled)
+        assert not any(call.done() for call in calls)
+    finally:
+        server.hold.set()
+        await asyncio.gather(*calls)
+        await routed.aclose()
 
 
 async def test_the_cap_holds_across_gateways(gateways: tuple[Server, list[Router]]) -> None:

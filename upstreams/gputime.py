@@ -34,6 +34,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from calls.bounds import micro
 from calls.types import GpuUse, Metrics
 
 _HOUR = 3600.0
@@ -118,7 +119,7 @@ def charge(own: float | None, held: float, share: float, cost: float | None) -> 
         seconds = (own if own < held else held) * (share / held)
     # To the microsecond (and the cost to 1e-9), by arithmetic: round() formats the float
     # as decimal digits and parses them back, a few thousand instructions on every call.
-    seconds = int(seconds * 1e6 + 0.5) / 1e6
+    seconds = micro(seconds)
     return GpuUse(
         seconds=seconds,
         cost=None if cost is None else int(seconds * cost / _HOUR * 1e9 + 0.5) / 1e9,

@@ -79,7 +79,6 @@ from queueing.place import RANK
 from queueing.sharing import Shared as SharedSlots
 from queueing.sharing import SharedDown
 from queueing.view import ModelQueue, QueuedCall, QueueView
-from queueing.view import now as queue_now
 
 from .breaker import Breaker
 from .config import UpstreamSpec
@@ -413,7 +412,7 @@ class Router:
         found = await shared.view([name for name, _ in capped])
         caps = dict(capped)
         groups: dict[tuple[str, str], ModelQueue] = {}
-        for name, running, waiting, now in found:
+        for name, running, waiting, _ in found:
             for kind, entries in (("running", running), ("waiting", waiting)):
                 for position, entry in enumerate(entries, 1):
                     fields = entry.split("\x1f") + [""] * 6
@@ -440,7 +439,6 @@ class Router:
                         position=position if kind == "waiting" else None,
                     )
                     (group.running if kind == "running" else group.waiting).append(call)
-            del now
         return QueueView(
             order=self.line.order,
             shared=shared.describe(),
@@ -448,7 +446,7 @@ class Router:
         )
 
     def _local_queue(self) -> QueueView:
-        moment = queue_now()
+        moment = time.monotonic()
         groups: dict[tuple[str, str], ModelQueue] = {}
 
         def group(member: Member, model: str) -> ModelQueue:
@@ -658,13 +656,9 @@ class Router:
         Redis cannot be asked (the local line takes over)."""
         ordered = sorted(up, key=lambda m: m.rank(key))
         ups = [(m.name, m.cap or 1) for m in ordered]
-        if shared.waiting_count() >= self.line.max_waiting:
-            busy = UpstreamBusy(
-                f"every upstream with {model!r} is at its cap and {self.line.max_waiting} "
-                "calls wait already (--upstream-queue); try again shortly"
-            )
-            busy.retry_after = self.line.retry_after(shared.waiting_count(), len(ups))
-            raise busy
+        waiting = shared.waiting_count()
+        if waiting >= self.line.max_waiting:
+            raise self._busy(model, waiting, sum(cap for _, cap in ups))
         call_id = shared.new_id()
         cost = self.line.cost
         try:
@@ -710,18 +704,23 @@ class Router:
             return
         slots = sum(m.cap or 1 for m in up)
         if full == "line":
-            busy = UpstreamBusy(
-                f"every upstream with {model!r} is at its cap and {line.max_waiting} "
-                "calls wait already (--upstream-queue); try again shortly"
-            )
-            busy.retry_after = line.retry_after(len(line.waiting), slots)
-            raise busy
+            raise self._busy(model, len(line.waiting), slots)
         mine = KeyQueueFull(
             f"{line.per_key} calls of yours wait already for {model!r} (--queue-per-key); "
             "try again when some have been served"
         )
         mine.retry_after = line.retry_after(line.tenant_waiting(place.tenant), slots)
         raise mine
+
+    def _busy(self, model: str, waiting: int, slots: int) -> UpstreamBusy:
+        """The refusal of a call the line (local or shared) is too long for: Retry-After is
+        when `waiting` calls will have gone through `slots` slots."""
+        busy = UpstreamBusy(
+            f"every upstream with {model!r} is at its cap and {self.line.max_waiting} "
+            "calls wait already (--upstream-queue); try again shortly"
+        )
+        busy.retry_after = self.line.retry_after(waiting, slots)
+        return busy
 
     def _grant(self, member: Member, place: Place, *, handed: bool) -> None:
         if member.cap is not None:
