@@ -164,8 +164,11 @@ class Account:
         self.priority: str | None = None
 
     def queued(self, seconds: float) -> None:
-        """The call got its upstream slot after waiting `seconds` in the gateway."""
-        self.queue_seconds = seconds
+        """The call got its upstream slot after waiting `seconds` in the gateway. A failover
+        waits again for a slot on the next upstream: the waits add up, so neither counts as
+        the upstream's time."""
+        queued = self.queue_seconds
+        self.queue_seconds = seconds if queued is None else queued + seconds
 
     def waited_upstream(self) -> None:
         """The wait on the upstream that began at `upstream_since` is over: add it (less the

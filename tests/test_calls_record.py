@@ -76,3 +76,16 @@ def test_an_absurd_count_is_recorded_as_an_estimate_not_as_reported() -> None:
     assert record.tokens_estimated
     assert record.eval_seconds is None
     assert record.status == "ok"
+
+
+def test_a_failovers_second_wait_for_a_slot_adds_to_the_first() -> None:
+    """The router grants a slot once per upstream it tries: after a failover the record's
+    queue wait is both waits, and the upstream's time is what is left of the span."""
+    account = call()
+    account.queued(0.25)
+    account.queued(0.5)
+    record = account.finish("ok", Metrics())
+
+    assert account.queue_seconds == 0.75
+    assert record is not None
+    assert record.queue_seconds == 0.75
