@@ -67,7 +67,6 @@ READERS = 2
 # OFFSET is a bigint in PostgreSQL; anything past this skips every record anyway.
 MAX_OFFSET = 1 << 62
 
-_encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(UsageRecord).decode
 
 USAGE = sql.Identifier(SCHEMA, "usage")
@@ -112,14 +111,6 @@ _INT8 = [at for at, (_, kind, _) in enumerate(COLUMNS) if kind == "int8"]
 def _moment(date: str) -> datetime:
     moment = datetime.fromisoformat(date)
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _doc(record: UsageRecord) -> bytes | None:
-    """The record as JSON, or None if it cannot be encoded (a lone surrogate)."""
-    try:
-        return _encode(record)
-    except (UnicodeEncodeError, msgspec.EncodeError):
-        return None
 
 
 class StoreUnavailable(StoreError):
@@ -286,7 +277,7 @@ class PostgresStore:
                     waiting = self._queue.pending[self._journaled :]
             if batch:
                 # Each record is encoded once, for the file of pending records and for COPY.
-                docs = [_doc(record) for record in batch]
+                docs = [pending.doc(record) for record in batch]
                 if self._pending is not None:
                     self._pending.write_lines([doc for doc in docs[known:] if doc is not None])
                     self._journaled_at = time.monotonic()
