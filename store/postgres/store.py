@@ -298,9 +298,11 @@ class PostgresStore:
                 if done:
                     self._queue.flushes = []
                 left = len(self._queue.pending)
-                if written and batch and not self._journaled and self._pending is not None:
-                    # Nothing on the file waits any more.
-                    self._pending.clear()
+                # Nothing on the file waits any more. (Only this thread writes the file and
+                # counts what is on it: it is emptied outside the lock append() takes.)
+                emptied = written and bool(batch) and not self._journaled
+            if emptied and self._pending is not None:
+                self._pending.clear()
             for flushed in flushes:
                 flushed.set_result(None)
             if closing:
