@@ -506,7 +506,7 @@ def _check(cur: psycopg.Cursor[Any], place: str) -> None:
             wrong.append(f"no table {table}")
         elif missing := sorted(columns - found[table]):
             wrong.append(f"{table} lacks {', '.join(missing)}")
-    if "state" in found and not wrong:
+    if not wrong:  # the state table among what is there
         cur.execute(sql.SQL("SELECT count(*) FROM {}.state").format(sql.Identifier(SCHEMA)))
         rows = cur.fetchone()
         if not rows or rows[0] != 1:
