@@ -3,10 +3,9 @@
 A cell sums the records that share a time bucket and the dimensions the dashboard
 filters and groups by (model, project, process, subprocess, status, the front,
 endpoint and upstream a call took, and its key's label); a dist holds the duration
-histograms of one
-combination of dimensions. Both merge,
-so the store keeps hourly cells and dists beside each closed file and answers
-stats() from those instead of re-reading every record.
+histograms of one combination of dimensions. Both merge, so the store keeps hourly cells
+and dists beside each closed file and answers stats() from those instead of re-reading
+every record.
 
 Percentiles come from a histogram of fixed logarithmic buckets (each 10% wider
 than the last, from 1 µs up), not from the exact values: a reported p50/p95 is
@@ -152,8 +151,8 @@ class Cell(msgspec.Struct, array_like=True, kw_only=True):
     front: str | None = None
     endpoint: str | None = None
     upstream: str | None = None
-    # GPU time (upstreams.gputime), the part of it that was model loading, and its price.
     key_label: str | None = None
+    # GPU time (upstreams.gputime), the part of it that was model loading, and its price.
     gpu_seconds: float = 0.0
     gpu_load_seconds: float = 0.0
     cost: float = 0.0

@@ -130,8 +130,8 @@ class Queue:
             waiting, dropped, since = len(self.pending), self.dropped, self.dropped_at
             stopped = self.stopped and not self.closing
         note = None
-        if dropped and time.monotonic() - since < DROPPED_NOTICE:
-            ago = time.monotonic() - since
+        ago = time.monotonic() - since
+        if dropped and ago < DROPPED_NOTICE:
             note = (
                 f"{dropped} usage records dropped since start, the last {ago:.0f} s ago: "
                 f"{self.max_pending} records already waited for {self._waits_for} "

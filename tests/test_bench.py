@@ -112,3 +112,16 @@ def test_wrk_percentiles_in_seconds_carry_a_trailing_space() -> None:
     assert report != WRK_REPORT
 
     assert parse_wrk(report)["p99"] == 2610.0
+
+
+def test_the_fairness_bench_runs_and_reads_the_queues_wait() -> None:
+    # It broke once, unnoticed, when Server-Timing gained the gateway's and the upstream's
+    # parts beside the queue's: it read the whole header as the queue's figure.
+    argv = [sys.executable, str(ROOT / "bench" / "fairness.py"), "--seconds", "0.2"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    [row] = [line for line in done.stdout.splitlines() if line.startswith("| interactive ask's")]
+    _fair, fifo = (float(cell) for cell in row.strip("| ").split(" | ")[1:])
+    # First in, first out, the ask waits behind the batch key's 198 (0: the header unread).
+    assert fifo > 0, row

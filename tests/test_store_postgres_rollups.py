@@ -11,7 +11,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
+from store.postgres.database import TABLES
 from store.postgres.rollups import DAY, HOUR, _prefix, _start, dims_of
+from store.postgres.store import COLUMNS
 from store.records import iso
 from tests.store_helpers import record
 
@@ -47,3 +49,9 @@ def test_dims_are_the_records_own_values_with_nul_replaced() -> None:
 
     assert dims_of(plain)[1] == "p1"
     assert dims_of(odd)[1] == "a\ufffdb"
+
+
+def test_the_start_checks_every_usage_column_the_writer_fills() -> None:
+    # A column the schema check does not know of is one someone may drop unnoticed: the
+    # start goes on and every record is then refused (key_label and the GPU columns were).
+    assert {name for name, _, _ in COLUMNS} | {"doc"} == TABLES["usage"]

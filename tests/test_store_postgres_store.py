@@ -424,6 +424,8 @@ async def test_stats_at_the_ends_of_time_answer_clearly(
         "DROP TABLE ollama_host.usage_hourly",
         "DROP TABLE ollama_host.keys",
         "ALTER TABLE ollama_host.usage DROP COLUMN upstream",
+        "ALTER TABLE ollama_host.usage DROP COLUMN gpu_seconds",
+        "ALTER TABLE ollama_host.usage_hourly DROP COLUMN key_label",
         "DELETE FROM ollama_host.state",
     ],
 )

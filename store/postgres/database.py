@@ -393,10 +393,39 @@ MIGRATIONS: list[str] = [
 
 LATEST = len(MIGRATIONS)
 
+# The dimensions the rollups keep apart (store/postgres/rollups.py): every column a filter or
+# a breakdown may name, in all three usage tables.
+DIMS = (
+    "model_name",
+    "project",
+    "process_id",
+    "subprocess_id",
+    "status",
+    "front",
+    "endpoint",
+    "upstream",
+    "key_label",
+)
+# The hourly rollup's sums (rollups.py adds a record's values to them).
+SUMS = (
+    "calls",
+    "input_tokens",
+    "output_tokens",
+    "total_seconds",
+    "upstream_seconds",
+    "eval_seconds",
+    "eval_tokens",
+    "gpu_seconds",
+    "gpu_load_seconds",
+    "cost",
+)
+HOURLY_COLUMNS = ("hour", *DIMS, *SUMS, "seconds_hist", "ttft_hist")
+DAILY_COLUMNS = ("day", *DIMS, "seconds_hist", "ttft_hist")
+
 # What the migrations make, as the gateway reads and writes it: checked at every start, so
 # that a schema someone changed since (a table dropped or replaced, a column gone) stops the
 # start with one line instead of failing record by record. A migration that adds a table or
-# a column the gateway needs adds it here too.
+# a column the gateway needs adds it here too (the usage columns are store.py's COLUMNS).
 TABLES: dict[str, frozenset[str]] = {
     "migrations": frozenset({"version", "applied"}),
     "state": frozenset({"one", "instance", "usage_changes", "keys_version"}),
@@ -404,11 +433,7 @@ TABLES: dict[str, frozenset[str]] = {
         {
             "id",
             "date",
-            "model_name",
-            "project",
-            "process_id",
-            "subprocess_id",
-            "status",
+            *DIMS,
             "input_tokens",
             "output_tokens",
             "total_seconds",
@@ -418,49 +443,14 @@ TABLES: dict[str, frozenset[str]] = {
             "tokens_estimated",
             "key_id",
             "user",
-            "front",
-            "endpoint",
-            "upstream",
+            "gpu_seconds",
+            "gpu_load_seconds",
+            "cost",
             "doc",
         }
     ),
-    "usage_hourly": frozenset(
-        {
-            "hour",
-            "model_name",
-            "project",
-            "process_id",
-            "subprocess_id",
-            "status",
-            "front",
-            "endpoint",
-            "upstream",
-            "calls",
-            "input_tokens",
-            "output_tokens",
-            "total_seconds",
-            "upstream_seconds",
-            "eval_seconds",
-            "eval_tokens",
-            "seconds_hist",
-            "ttft_hist",
-        }
-    ),
-    "usage_daily_hist": frozenset(
-        {
-            "day",
-            "model_name",
-            "project",
-            "process_id",
-            "subprocess_id",
-            "status",
-            "front",
-            "endpoint",
-            "upstream",
-            "seconds_hist",
-            "ttft_hist",
-        }
-    ),
+    "usage_hourly": frozenset(HOURLY_COLUMNS),
+    "usage_daily_hist": frozenset(DAILY_COLUMNS),
     "keys": frozenset({"id", "doc"}),
     "secrets": frozenset({"name", "value", "created"}),
 }
@@ -516,7 +506,7 @@ def _check(cur: psycopg.Cursor[Any], place: str) -> None:
             wrong.append(f"no table {table}")
         elif missing := sorted(columns - found[table]):
             wrong.append(f"{table} lacks {', '.join(missing)}")
-    if "state" in found and not wrong:
+    if not wrong:  # the state table among what is there
         cur.execute(sql.SQL("SELECT count(*) FROM {}.state").format(sql.Identifier(SCHEMA)))
         rows = cur.fetchone()
         if not rows or rows[0] != 1:

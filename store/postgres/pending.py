@@ -42,14 +42,18 @@ PREFIX = "pending-"
 _encode = msgspec.json.Encoder().encode
 
 
+def doc(record: UsageRecord) -> bytes | None:
+    """The record as JSON, or None if it cannot be encoded (a lone surrogate, which msgspec
+    refuses on the way in already)."""
+    try:
+        return _encode(record)
+    except (UnicodeEncodeError, msgspec.EncodeError):
+        return None
+
+
 def encodable(records: list[UsageRecord]) -> list[bytes]:
-    """The records as JSON lines; one that cannot be encoded (a lone surrogate, which
-    msgspec refuses on the way in already) is left out."""
-    lines: list[bytes] = []
-    for record in records:
-        with contextlib.suppress(msgspec.EncodeError, UnicodeEncodeError):
-            lines.append(_encode(record))
-    return lines
+    """The records as JSON lines; one that cannot be encoded is left out."""
+    return [line for line in map(doc, records) if line is not None]
 
 
 class PendingFile:

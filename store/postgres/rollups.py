@@ -31,7 +31,7 @@ from psycopg import sql
 
 from ..records import Bucket, GroupStats, Stats, Totals, UsageQuery, UsageRecord, iso
 from ..stats import ZERO, gpu_load_seconds, hist_bucket, hist_percentile
-from .database import SCHEMA
+from .database import DAILY_COLUMNS, DIMS, HOURLY_COLUMNS, SCHEMA, SUMS
 
 USAGE = sql.Identifier(SCHEMA, "usage")
 HOURLY = sql.Identifier(SCHEMA, "usage_hourly")
@@ -39,19 +39,6 @@ DAILY = sql.Identifier(SCHEMA, "usage_daily_hist")
 HOUR = 3600
 DAY = 86400
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-# The dimensions the rollups keep apart: every column a filter or a breakdown may name.
-DIMS = (
-    "model_name",
-    "project",
-    "process_id",
-    "subprocess_id",
-    "status",
-    "front",
-    "endpoint",
-    "upstream",
-    "key_label",
-)
 
 # The equality filters: UsageQuery field -> column. A filter added to UsageQuery is one line
 # here; one listed here that UsageQuery does not have (yet) is skipped.
@@ -88,20 +75,6 @@ _SB = sql.SQL(_HIST.format("total_seconds", ZERO))
 _TB = sql.SQL(_HIST.format("ttft_seconds", ZERO))
 
 Dims = tuple[str | None, ...]
-SUMS = (
-    "calls",
-    "input_tokens",
-    "output_tokens",
-    "total_seconds",
-    "upstream_seconds",
-    "eval_seconds",
-    "eval_tokens",
-    "gpu_seconds",
-    "gpu_load_seconds",
-    "cost",
-)
-HOURLY_COLUMNS = ("hour", *DIMS, *SUMS, "seconds_hist", "ttft_hist")
-DAILY_COLUMNS = ("day", *DIMS, "seconds_hist", "ttft_hist")
 
 
 def text(value: str | None) -> str | None:

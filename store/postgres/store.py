@@ -67,7 +67,6 @@ READERS = 2
 # OFFSET is a bigint in PostgreSQL; anything past this skips every record anyway.
 MAX_OFFSET = 1 << 62
 
-_encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(UsageRecord).decode
 
 USAGE = sql.Identifier(SCHEMA, "usage")
@@ -112,14 +111,6 @@ _INT8 = [at for at, (_, kind, _) in enumerate(COLUMNS) if kind == "int8"]
 def _moment(date: str) -> datetime:
     moment = datetime.fromisoformat(date)
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _doc(record: UsageRecord) -> bytes | None:
-    """The record as JSON, or None if it cannot be encoded (a lone surrogate)."""
-    try:
-        return _encode(record)
-    except (UnicodeEncodeError, msgspec.EncodeError):
-        return None
 
 
 class StoreUnavailable(StoreError):
@@ -286,7 +277,7 @@ class PostgresStore:
                     waiting = self._queue.pending[self._journaled :]
             if batch:
                 # Each record is encoded once, for the file of pending records and for COPY.
-                docs = [_doc(record) for record in batch]
+                docs = [pending.doc(record) for record in batch]
                 if self._pending is not None:
                     self._pending.write_lines([doc for doc in docs[known:] if doc is not None])
                     self._journaled_at = time.monotonic()
@@ -307,9 +298,11 @@ class PostgresStore:
                 if done:
                     self._queue.flushes = []
                 left = len(self._queue.pending)
-                if written and batch and not self._journaled and self._pending is not None:
-                    # Nothing on the file waits any more.
-                    self._pending.clear()
+                # Nothing on the file waits any more. (Only this thread writes the file and
+                # counts what is on it: it is emptied outside the lock append() takes.)
+                emptied = written and bool(batch) and not self._journaled
+            if emptied and self._pending is not None:
+                self._pending.clear()
             for flushed in flushes:
                 flushed.set_result(None)
             if closing:

@@ -406,16 +406,6 @@ def reindex(usage: Path, name: str) -> tuple[SegmentMeta, list[Row]] | None:
     return write_segment(usage, name, records, lines, data=not same)
 
 
-def fsync_dir(folder: Path) -> None:
-    # A rename is durable only once the folder's entry is on disk too.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _aside_name(path: Path) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return path.with_name(f"{path.name}.corrupt-{stamp}")
@@ -448,10 +438,3 @@ def set_aside(path: Path, why: str) -> Path:
         aside,
     )
     return aside
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """All of `data`, however many writes it takes (a write may take part of it)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

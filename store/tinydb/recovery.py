@@ -17,6 +17,7 @@ from pathlib import Path
 
 import msgspec
 
+from .. import spill
 from ..records import UsageRecord
 from ..writer import Queue
 from . import files
@@ -118,7 +119,7 @@ class Recovery:
         whole = journal.rfind(b"\n") + 1
         if whole < len(journal):  # a line a crash cut short: drop it before appending
             os.ftruncate(self._journal_fd, whole)
-        files.write_all(self._journal_fd, b"".join(files.encode(r) + b"\n" for r in records))
+        spill.write_all(self._journal_fd, b"".join(files.encode(r) + b"\n" for r in records))
         os.fsync(self._journal_fd)
         kept = legacy.with_name("usage.json.imported")
         os.replace(legacy, kept)
@@ -170,7 +171,7 @@ class Recovery:
                 seen.add(r.id)
                 fresh.append((r, line))
         if bad:  # the journal was replaced: put the records back before anything else
-            files.write_all(self._journal_fd, b"".join(line + b"\n" for _, line in fresh))
+            spill.write_all(self._journal_fd, b"".join(line + b"\n" for _, line in fresh))
             os.fsync(self._journal_fd)
         log.info("recovered %d records from the journal", len(fresh))
         return fresh
@@ -189,8 +190,8 @@ class Recovery:
             except ValueError as exc:
                 kept = self._salvage(name, str(exc), meta.count)
                 indexed = files.write_segment(self.path, name, *kept) if kept else None
-            files.fsync_dir(self.path)
-            files.fsync_dir(self.path / files.INDEX)
+            spill.fsync_dir(self.path)
+            spill.fsync_dir(self.path / files.INDEX)
         except OSError as exc:
             # Queries go on reading around the damage; the next start tries again.
             log.error("USAGE FILE DAMAGED: %s, and it cannot be repaired now: %s", path, exc)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import spill
 from ..records import UsageRecord, iso
 from . import files
 from .files import OpenSegment, SegmentMeta
@@ -76,7 +77,7 @@ class Retention:
             lines = [files.encode(r) for r in fresh]
             files.atomic_write(self.path / current.name, files.tinydb_bytes(lines))
             current = OpenSegment(current.name, fresh, lines, sum(map(len, lines)))
-        files.fsync_dir(self.path)
+        spill.fsync_dir(self.path)
         with self._lock:
             self._metas = kept
             self._changed.notify_all()

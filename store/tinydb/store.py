@@ -36,10 +36,10 @@ import msgspec
 from .. import spill
 from ..base import FolderInUse, StoreError, StoreHealth, export_pages
 from ..records import Stats, UsageQuery, UsageRecord
+from ..spill import write_all as _write_all
 from ..writer import Queue
 from . import files, reading
 from .files import OpenSegment, Row, SegmentMeta
-from .files import write_all as _write_all
 from .recovery import Damage, Recovery
 from .retention import RETENTION_EVERY, Retention
 
@@ -99,7 +99,7 @@ class TinyDBStore(Recovery, Retention):
         self.folder = folder
         self.path = folder / "usage"
         self.retention_days = retention_days
-        # Whether records the disk refuses at close are spilled (store/tinydb/spill.py).
+        # Whether records the disk refuses at close are spilled (store/spill.py).
         self.spill = spill
         # Records appended (by the event loop) and deleted by retention (by the writer)
         # since startup: `changes`, the dashboard's ETag, is their sum, so a page polling
@@ -389,8 +389,8 @@ class TinyDBStore(Recovery, Retention):
             size += len(line)
         indexed = [files.write_segment(self.path, *closed_one) for closed_one in closed]
         files.atomic_write(self.path / name, files.tinydb_bytes(lines))
-        files.fsync_dir(self.path)
-        files.fsync_dir(self.path / files.INDEX)
+        spill.fsync_dir(self.path)
+        spill.fsync_dir(self.path / files.INDEX)
         os.ftruncate(self._journal_fd, 0)
         os.fsync(self._journal_fd)
         self._journal_size = 0
